@@ -1,0 +1,3 @@
+from mtad.cli import main
+
+raise SystemExit(main())

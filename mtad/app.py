@@ -1,0 +1,135 @@
+"""The composition root: builds every part from the configuration, runs them, handles signals.
+
+SIGTERM/SIGINT: stop listening, let sessions in DATA finish, answer the rest 421 4.3.2, close the
+store, exit 0. SIGHUP: re-read the config file and apply users, domains and limits without dropping
+connections (listeners and the store path need a restart). systemd is told READY/STATUS/STOPPING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from mtad import config as config_mod, sdnotify, spool
+from mtad.config import Config
+from mtad.directory import Directory
+from mtad.errors import ConfigError
+from mtad.ingress import Ingress
+from mtad.smtpserver import MtadSMTP, Sessions
+from mtad.store import Store
+from mtad.tlsutil import make_self_signed, server_context
+
+log = logging.getLogger("mtad")
+
+
+class App:
+    def __init__(self, cfg: Config, config_path: Path | None = None, shutdown_grace: float = 30.0):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.shutdown_grace = shutdown_grace
+        self.store = Store(cfg.store_path, max_group=cfg.store.max_group)
+        self.sessions = Sessions()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.ingress: Ingress | None = None
+        self._stop = asyncio.Event()
+        self.tls_context: ssl.SSLContext | None = None
+
+    # --- start -----------------------------------------------------------------------------------
+    def _tls(self) -> ssl.SSLContext:
+        cfg = self.cfg
+        if cfg.tls.cert and cfg.tls.key:
+            cert, key = cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)
+        else:
+            cert, key = cfg.state_path / "tls" / "cert.pem", cfg.state_path / "tls" / "key.pem"
+            if not cert.exists() or not key.exists():
+                make_self_signed(cert, key, cfg.hostname)
+                log.info("made a self-signed certificate for %s in %s", cfg.hostname, cert.parent)
+        try:
+            return server_context(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("tls", f"cannot load certificate {cert} / key {key}: {exc}") from None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.state_path.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.store.open)
+        released = await self.store.write(spool.release_stale_locks)
+        if released:
+            log.info("released %d stale work locks", released)
+        needs_tls = any(listener.tls != "none" for listener in cfg.listeners)
+        self.tls_context = self._tls() if needs_tls else None
+        self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=Directory.from_config(cfg),
+                               store=self.store)
+        loop = asyncio.get_running_loop()
+        for listener in cfg.listeners:
+            def factory(listener=listener) -> MtadSMTP:
+                return MtadSMTP(self.ingress, listener, self.cfg.limits, self.cfg.hostname, self.tls_context,
+                                self.sessions, loop)
+            server = await loop.create_server(
+                factory, host=listener.host, port=listener.port, backlog=1024,
+                ssl=self.tls_context if listener.tls == "implicit" else None, reuse_address=True)
+            self.servers.append(server)
+            log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
+
+    # --- run -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sdnotify.notify("READY=1\nSTATUS=accepting mail")
+        await self._stop.wait()
+        await self.stop()
+
+    def reload(self) -> None:
+        if self.config_path is None:
+            log.info("SIGHUP: no config file to reload (embedded default)")
+            return
+        try:
+            cfg = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if cfg.listeners != self.cfg.listeners or cfg.store_path != self.cfg.store_path:
+            log.warning("reload: listener and store changes need a restart; applying the rest")
+        self.cfg = cfg
+        if self.ingress is not None:
+            self.ingress.reload(limits=cfg.limits, directory=Directory.from_config(cfg))
+        log.info("configuration reloaded from %s", self.config_path)
+        sdnotify.notify("STATUS=configuration reloaded")
+
+    async def stop(self) -> None:
+        sdnotify.notify("STOPPING=1\nSTATUS=finishing sessions")
+        log.info("stopping: no new connections; finishing sessions in DATA")
+        for server in self.servers:
+            server.close()
+        await self.sessions.shutdown(self.shutdown_grace)
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.to_thread(self.store.close)
+        log.info("stopped")
+
+
+def run(cfg: Config, config_path: Path | None = None) -> int:
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    app = App(cfg, config_path)
+    try:
+        runner(app.run())
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

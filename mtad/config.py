@@ -1,0 +1,212 @@
+"""mtad's configuration: the YAML schema as frozen dataclasses, its defaults, and loading.
+
+``load(path)`` reads one YAML file strictly (unknown keys and bad values are ``ConfigError``s naming the
+key path); ``embedded_default(state_dir)`` is the configuration used when no file is given. Every
+default lives here, once. docs/configuration.md is the reference for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from mtad.configload import Secret, build, dump
+from mtad.errors import ConfigError
+from mtad.rates import Duration, Size
+
+Role = Literal["mx", "submission"]
+TlsMode = Literal["starttls", "implicit", "none"]
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One SMTP listener. ``mx`` takes mail for receiving domains (and authenticated relay after TLS);
+    ``submission`` requires AUTH before MAIL."""
+
+    address: str
+    role: Role
+    tls: TlsMode = "starttls"
+    name: str = ""
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def __post_build__(self, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host != "localhost":
+                raise ConfigError(f"{path}.address", f"expected an IP address, got {host!r}") from None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Certificate and key (PEM). If both are absent a self-signed pair is made in the state folder."""
+
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_build__(self, path: str) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError(path, "cert and key must be given together")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Protocol limits. Defaults follow Postfix where it has an equivalent (named in docs)."""
+
+    max_message_size: Size = Size(25_000_000)  # message_size_limit; Mailgun's 25 MB
+    max_recipients: int = 1000  # smtpd_recipient_limit
+    max_line_length: int = 998  # RFC 5322 2.1.1, for DATA lines (CRLF excluded)
+    max_command_length: int = 2048  # RFC 5321 512 + extension parameters
+    max_header_count: int = 1000
+    max_header_size: Size = Size(1_000_000)  # the whole header block
+    max_mime_depth: int = 20
+    command_timeout: Duration = Duration(300)  # RFC 5321 4.5.3.2.7
+    data_timeout: Duration = Duration(600)  # whole DATA transfer
+    session_lifetime: Duration = Duration(1800)  # whole connection, whatever the client does
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50  # smtpd_client_connection_count_limit
+    max_auth_failures: int = 3  # then 421 and close
+    auth_failure_delay: Duration = Duration(1)  # before answering a failed AUTH (tarpit)
+    max_errors: int = 20  # smtpd_hard_error_limit: bad commands before 421
+    max_inflight_bytes: Size = Size(512_000_000)  # message bytes held in memory, all sessions
+    bare_newline: Literal["normalize", "reject"] = "normalize"  # Postfix smtpd_forbid_bare_newline
+
+    def __post_build__(self, path: str) -> None:
+        for name in ("max_recipients", "max_line_length", "max_connections", "max_connections_per_ip",
+                     "max_header_count", "max_mime_depth", "max_command_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """An SMTP user of a sending domain. The login is ``name@domain``."""
+
+    password_hash: Secret
+    send_as: tuple[str, ...] = ()  # domains this user may send as; empty = its own domain
+
+    def __post_build__(self, path: str) -> None:
+        if not self.password_hash.reveal().startswith("$scrypt$"):
+            raise ConfigError(f"{path}.password_hash", "expected a hash from `mtad passwd` ($scrypt$...)")
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    selector: str
+    key_file: str  # PEM private key (RSA or Ed25519); relative paths are relative to the config file
+
+
+@dataclass(frozen=True)
+class SendingDomainConfig:
+    users: dict[str, UserConfig] = field(default_factory=dict)
+    dkim: tuple[DkimKeyConfig, ...] = ()
+    dkim_sign: bool = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "mtad.sqlite3"  # relative to state_dir
+    max_group: int = 256  # writes committed in one transaction at most
+    event_retention: Duration = Duration(30 * 86400)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+def _default_listeners() -> tuple[ListenerConfig, ...]:
+    return (
+        ListenerConfig("127.0.0.1:2525", "mx", "starttls", "mx"),
+        ListenerConfig("127.0.0.1:2587", "submission", "starttls", "submission"),
+        ListenerConfig("127.0.0.1:2465", "submission", "implicit", "submissions"),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = field(default_factory=socket.getfqdn)
+    state_dir: str = "./mtad-state"
+    listeners: tuple[ListenerConfig, ...] = field(default_factory=_default_listeners)
+    tls: TlsConfig = TlsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    sending_domains: dict[str, SendingDomainConfig] = field(default_factory=dict)
+    receiving_domains: tuple[str, ...] = ()
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+    base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
+
+    def __post_build__(self, path: str) -> None:
+        seen: set[str] = set()
+        for i, listener in enumerate(self.listeners):
+            if listener.address in seen:
+                raise ConfigError(f"listeners[{i}].address", f"{listener.address} is used twice")
+            seen.add(listener.address)
+        for domain, cfg in self.sending_domains.items():
+            if domain != domain.lower() or "@" in domain:
+                raise ConfigError(f"sending_domains.{domain}", "domain names must be lower case, without @")
+            for user in cfg.users:
+                if "@" in user:
+                    raise ConfigError(f"sending_domains.{domain}.users.{user}",
+                                      "give the local part only; the login is local@domain")
+
+    # --- derived views -------------------------------------------------------------------------
+    def path(self, relative: str) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def store_path(self) -> Path:
+        p = Path(self.store.path)
+        return p if p.is_absolute() else self.state_path / p
+
+    def users(self) -> dict[str, tuple[UserConfig, str]]:
+        """login -> (user, its own domain)."""
+        return {f"{name}@{domain}": (user, domain)
+                for domain, cfg in self.sending_domains.items() for name, user in cfg.users.items()}
+
+
+def parse(data: object, base_dir: Path) -> Config:
+    cfg = build(Config, data, "", base_dir)
+    return dataclasses.replace(cfg, base_dir=str(base_dir))
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file; relative paths inside it are relative to its folder."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{file} is not valid YAML: {exc}") from None
+    return parse(data, file.resolve().parent)
+
+
+def effective(cfg: Config) -> str:
+    """The effective configuration as YAML, secrets masked (``mtad check-config``)."""
+    return yaml.safe_dump(dump(cfg), sort_keys=False, default_flow_style=False)

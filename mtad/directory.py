@@ -1,0 +1,49 @@
+"""Who may send and what mtad receives: SMTP users, sending domains, receiving domains.
+
+Built from the configuration (and, later, from domains and credentials created through the API);
+replaced as a whole on reload, so readers always see a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtad.config import Config
+
+
+@dataclass(frozen=True)
+class User:
+    login: str  # local@domain
+    password_hash: str
+    domain: str
+    send_as: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Directory:
+    users: dict[str, User]
+    sending_domains: frozenset[str]
+    receiving_domains: frozenset[str]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Directory":
+        users = {}
+        for login, (user, domain) in cfg.users().items():
+            send_as = frozenset(d.lower() for d in user.send_as) or frozenset({domain})
+            users[login.lower()] = User(login.lower(), user.password_hash.reveal(), domain, send_as)
+        return cls(users, frozenset(cfg.sending_domains), frozenset(d.lower() for d in cfg.receiving_domains))
+
+    def user(self, login: str) -> User | None:
+        return self.users.get(login.lower())
+
+    def may_send_as(self, login: str, sender: str) -> bool:
+        """A user may use an envelope sender of its allowed domains (and the null sender, for DSNs)."""
+        user = self.user(login)
+        if user is None:
+            return False
+        if sender == "":
+            return True
+        return sender.rpartition("@")[2].lower() in user.send_as
+
+    def receives(self, domain: str) -> bool:
+        return domain.lower() in self.receiving_domains
