@@ -13,14 +13,39 @@ import signal
 import ssl
 from pathlib import Path
 
-from mtad import config as config_mod, sdnotify, spool
+from mtad import config as config_mod, dkim, providers, sdnotify, spool
 from mtad.config import Config
+from mtad.delivery import BrokenTls, Connector, TlsContexts
 from mtad.directory import Directory
 from mtad.errors import ConfigError
 from mtad.ingress import Ingress
+from mtad.resolver import Resolver
+from mtad.scheduler import Scheduler
 from mtad.smtpserver import MtadSMTP, Sessions
 from mtad.store import Store
 from mtad.tlsutil import make_self_signed, server_context
+
+SHIPPED_SHAPING = Path(__file__).with_name("providers.yaml")
+
+
+def load_dkim_keys(cfg: Config) -> dict[str, list[dkim.DkimKey]]:
+    """Signing keys per sending domain, from the files the config names."""
+    keys: dict[str, list[dkim.DkimKey]] = {}
+    for domain, dcfg in cfg.sending_domains.items():
+        if not dcfg.dkim_sign:
+            continue
+        for i, key in enumerate(dcfg.dkim):
+            path = cfg.path(key.key_file)
+            try:
+                keys.setdefault(domain, []).append(dkim.load_key(domain, key.selector, path.read_bytes()))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"sending_domains.{domain}.dkim[{i}].key_file", f"cannot load {path}: {exc}") from None
+    return keys
+
+
+def load_shaping(cfg: Config) -> providers.ShapingConfig:
+    path = cfg.path(cfg.delivery.shaping_file) if cfg.delivery.shaping_file else SHIPPED_SHAPING
+    return providers.load_shaping(path)
 
 log = logging.getLogger("mtad")
 
@@ -34,6 +59,8 @@ class App:
         self.sessions = Sessions()
         self.servers: list[asyncio.base_events.Server] = []
         self.ingress: Ingress | None = None
+        self.scheduler: Scheduler | None = None
+        self._background: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self.tls_context: ssl.SSLContext | None = None
 
@@ -63,6 +90,10 @@ class App:
         self.tls_context = self._tls() if needs_tls else None
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=Directory.from_config(cfg),
                                store=self.store)
+        if cfg.delivery.enabled:
+            self.scheduler = self._build_scheduler()
+            self.ingress.on_commit = self.scheduler.wake
+            self._background.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
             def factory(listener=listener) -> MtadSMTP:
@@ -73,6 +104,16 @@ class App:
                 ssl=self.tls_context if listener.tls == "implicit" else None, reuse_address=True)
             self.servers.append(server)
             log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
+
+    def _build_scheduler(self) -> Scheduler:
+        cfg = self.cfg
+        d = cfg.delivery
+        resolver = Resolver(list(d.dns_nameservers) or None, d.dns_port, d.dns_timeout.seconds)
+        connector = Connector(cfg.hostname, resolver, TlsContexts(cfg.path(d.tls_ca_file) if d.tls_ca_file else None),
+                              BrokenTls(d.tls_failure_memory.seconds))
+        password = d.smarthost.password.reveal() if d.smarthost and d.smarthost.password else None
+        return Scheduler(store=self.store, connector=connector, resolver=resolver, shaping=load_shaping(cfg),
+                         config=d, hostname=cfg.hostname, dkim_keys=load_dkim_keys(cfg), smarthost_password=password)
 
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -108,6 +149,12 @@ class App:
         for server in self.servers:
             server.close()
         await self.sessions.shutdown(self.shutdown_grace)
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1)

@@ -127,6 +127,55 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """When deferred mail is tried again: the n-th retry waits ``schedule[n-1]`` (the last repeats),
+    until ``max_age`` after acceptance, then it fails permanently (reason ``old``)."""
+
+    schedule: tuple[Duration, ...] = (Duration(300), Duration(600), Duration(1200), Duration(2400),
+                                      Duration(3600), Duration(7200), Duration(14400))
+    max_age: Duration = Duration(5 * 86400)  # Postfix maximal_queue_lifetime
+
+    def __post_build__(self, path: str) -> None:
+        if not self.schedule:
+            raise ConfigError(f"{path}.schedule", "give at least one delay")
+
+    def delay(self, attempt_no: int) -> float:
+        return self.schedule[min(max(attempt_no, 1), len(self.schedule)) - 1].seconds
+
+
+@dataclass(frozen=True)
+class SmarthostConfig:
+    """Send everything through another relay instead of looking up MX records."""
+
+    host: str
+    port: int = 587
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    verify: bool = True
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The outbound stage. Provider shaping lives in ``shaping_file`` (default: the shipped providers.yaml)."""
+
+    enabled: bool = True
+    port: int = 25
+    dns_nameservers: tuple[str, ...] = ()  # empty: the system resolver
+    dns_port: int = 53
+    dns_timeout: Duration = Duration(5)
+    tls_ca_file: str | None = None  # CAs for verifying MX certificates (default: the system's)
+    tls_failure_memory: Duration = Duration(3600)  # plaintext to a host whose TLS broke, this long
+    smarthost: SmarthostConfig | None = None
+    retry: RetryConfig = RetryConfig()
+    shaping_file: str | None = None
+    max_inflight: int = 1000  # deliveries claimed from the store at once
+    poll_interval: Duration = Duration(1)
+    dsn: bool = True  # bounce messages to SMTP senders on permanent failure
+    message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -150,6 +199,7 @@ class Config:
     sending_domains: dict[str, SendingDomainConfig] = field(default_factory=dict)
     receiving_domains: tuple[str, ...] = ()
     store: StoreConfig = StoreConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     log: LogConfig = LogConfig()
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 

@@ -67,6 +67,7 @@ class Ingress:
         self.verified = VerifiedCache()
         self.inflight_bytes = 0
         self.counters = Counters()
+        self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
@@ -173,6 +174,7 @@ class Ingress:
         finally:
             self.inflight_bytes -= len(content)
         self.counters.accepted += 1
+        self.on_commit()
         log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s",
                  queue_id, envelope.sender, len(envelope.recipients), len(content), envelope.client_ip,
                  envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction)

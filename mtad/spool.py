@@ -96,3 +96,161 @@ def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, An
 
 def count_messages(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+# --- outbound deliveries -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """A claimed delivery row with what the scheduler needs from its message (not the body)."""
+
+    id: int
+    queue_id: str
+    domain: str
+    recipients: tuple[str, ...]
+    attempts: int
+    sender: str
+    sending_domain: str
+    created_at: float
+    options: dict[str, Any]
+    headers: dict[str, str]
+    envelope: dict[str, Any]
+    size: int
+
+
+def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
+                         paused_domains: Iterable[str] = ()) -> list[DeliveryJob]:
+    """Lock up to ``limit`` due deliveries for ``worker``; oldest due first."""
+    paused = list(paused_domains)
+    exclude = f" AND domain NOT IN ({','.join('?' * len(paused))})" if paused else ""
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
+        f" AND locked_by IS NULL{exclude} ORDER BY next_attempt_at LIMIT ?", (now, *paused, limit))]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})", (worker, now, *ids))
+    rows = conn.execute(
+        "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, m.sender, m.domain, m.created_at, m.options,"
+        f" m.headers, m.envelope, m.size FROM deliveries d JOIN messages m ON m.id = d.message WHERE d.id IN ({marks})"
+        " ORDER BY d.next_attempt_at", ids).fetchall()
+    return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
+                        json.loads(r[9]), json.loads(r[10]), r[11]) for r in rows]
+
+
+def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
+    row = conn.execute("SELECT body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def hold(conn: sqlite3.Connection, delivery_id: int) -> None:
+    conn.execute("UPDATE deliveries SET state = 'held', locked_by = NULL, locked_at = NULL WHERE id = ?",
+                 (delivery_id,))
+
+
+def release(conn: sqlite3.Connection, delivery_id: int, next_attempt_at: float, reply: str = "") -> None:
+    """Give a claimed delivery back without counting an attempt (suspended provider, shutdown)."""
+    conn.execute("UPDATE deliveries SET locked_by = NULL, locked_at = NULL, next_attempt_at = ?,"
+                 " last_reply = COALESCE(NULLIF(?, ''), last_reply) WHERE id = ?",
+                 (next_attempt_at, reply, delivery_id))
+
+
+def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
+               tags: Iterable[str] = ()) -> dict[str, str]:
+    """recipient -> reason (suppress-bounce | suppress-unsubscribe | suppress-complaint), allowlist honoured."""
+    result: dict[str, str] = {}
+    tags = set(tags)
+    for rcpt in recipients:
+        address = rcpt.lower()
+        allowed = conn.execute(
+            "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
+            (domain, address, events.domain_of(address))).fetchone()
+        if allowed:
+            continue
+        for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
+                             ("unsubscribes", "suppress-unsubscribe")):
+            row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
+                               (domain, kind, address)).fetchone()
+            if row is None:
+                continue
+            if kind == "unsubscribes":
+                unsub_tags = set(json.loads(row[0]).get("tags") or ["*"])
+                if "*" not in unsub_tags and not unsub_tags & tags:
+                    continue
+            result[rcpt] = reason
+            break
+    return result
+
+
+def add_suppression(conn: sqlite3.Connection, domain: str, kind: str, address: str, now: float,
+                    data: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO suppressions (domain, kind, address, created_at, data) VALUES (?, ?, ?, ?, ?)"
+                 " ON CONFLICT (domain, kind, address) DO UPDATE SET data = excluded.data,"
+                 " created_at = excluded.created_at", (domain, kind, address.lower(), now, json.dumps(data)))
+
+
+def _job_event(kind: str, job: DeliveryJob, rcpt: str, now: float, extra: dict[str, Any]) -> dict[str, Any]:
+    env = job.envelope
+    flags = {"is-authenticated": env.get("auth_user") is not None, "is-test-mode": bool(job.options.get("test_mode")),
+             "is-routed": env.get("transport") == "route", "is-delayed-bounce": False}
+    envelope = {"sender": job.sender, "targets": rcpt, "transport": "smtp", "sending-ip": env.get("sending_ip", "")}
+    return events.base_event(kind, timestamp=now, recipient=rcpt, queue_id=job.queue_id,
+                             message=events.message_part(job.headers, job.size), options=job.options,
+                             envelope=envelope, flags=flags, extra=extra)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one attempt decided, per recipient, for ``finish_attempt``."""
+
+    outcomes: dict[str, Any]  # recipient -> types.Outcome
+    attempt_no: int
+    retry_at: float | None  # when deferred recipients are tried again; None: they have run out of time
+    session_seconds: float = 0.0
+
+
+def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRecord, now: float,
+                   dsn: Any = None) -> list[str]:
+    """Apply an attempt: events, bounce list, the row's next state. Returns permanently failed recipients.
+
+    ``dsn(job, failed: dict[rcpt, Outcome]) -> NewMessage | None`` builds the bounce to the sender.
+    """
+    from mtad.classify import is_mailbox_bounce
+    from mtad.types import Outcome
+    deferred: list[str] = []
+    failed: dict[str, Outcome] = {}
+    for rcpt, outcome in record.outcomes.items():
+        if outcome.kind == "deferred" and record.retry_at is None:
+            outcome = Outcome("failed", outcome.code, outcome.enhanced, outcome.message, outcome.mx_host, outcome.tls,
+                              outcome.certificate_verified, reason="old")
+        status = events.outcome_status(outcome, record.attempt_no, record.session_seconds,
+                                       (record.retry_at - now) if outcome.kind == "deferred" and record.retry_at else None)
+        if outcome.kind == "delivered":
+            events.record(conn, job.sending_domain, _job_event("delivered", job, rcpt, now, {"delivery-status": status}))
+        elif outcome.kind == "deferred":
+            deferred.append(rcpt)
+            events.record(conn, job.sending_domain, _job_event(
+                "failed", job, rcpt, now, {"severity": "temporary", "reason": "generic", "delivery-status": status}))
+        else:
+            failed[rcpt] = outcome
+            events.record(conn, job.sending_domain, _job_event(
+                "failed", job, rcpt, now, {"severity": "permanent", "reason": outcome.reason or "bounce",
+                                           "delivery-status": status}))
+            if is_mailbox_bounce(outcome):
+                add_suppression(conn, job.sending_domain, "bounces", rcpt, now,
+                                {"code": str(outcome.code), "error": outcome.message})
+    last = next(iter(record.outcomes.values()), None)
+    if deferred:
+        conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
+                     " locked_by = NULL, locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                     (json.dumps(deferred), record.attempt_no, record.retry_at, last.code if last else None,
+                      last.message if last else None, now, job.id))
+    else:
+        conn.execute("UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, locked_by = NULL,"
+                     " locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                     (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
+    if failed and dsn is not None:
+        bounce = dsn(job, failed)
+        if bounce is not None:
+            enqueue(conn, new_queue_id(), bounce, now)
+    return list(failed)

@@ -1,0 +1,237 @@
+"""Outbound SMTP: one connection to one destination, used for one or several messages.
+
+``open_session`` tries the destination's hosts in order (each host's addresses in turn) until one
+answers, says EHLO, upgrades to TLS as the policy asks, and authenticates (smarthost). ``send`` runs
+one transaction and returns an ``Outcome`` per recipient: one RCPT may fail while others succeed, and
+a reply lost after the final dot is a deferral (at-least-once, as Postfix does). Under the
+opportunistic policy a failed TLS handshake is retried in plaintext on the same host, and the host is
+remembered as TLS-broken for a while (Postfix, KumoMTA) so later connections go plaintext at once.
+Errors are classified by ``classify`` only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+
+from mtad import classify
+from mtad.errors import TempFailure
+from mtad.resolver import Resolver
+from mtad.types import Outcome
+
+log = logging.getLogger("mtad.delivery")
+TlsPolicy = Literal["opportunistic", "required", "disabled", "implicit"]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where and how to connect, decided by the scheduler from MX records, provider policy and options."""
+
+    name: str  # the destination domain (or "smarthost")
+    hosts: tuple[str, ...]
+    port: int = 25
+    tls: TlsPolicy = "opportunistic"
+    verify: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+
+
+class BrokenTls:
+    """Hosts whose TLS handshake failed recently: skip STARTTLS with them until the memory expires."""
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self._until: dict[str, float] = {}
+
+    def remember(self, host: str) -> None:
+        self._until[host] = self.clock() + self.seconds
+
+    def is_broken(self, host: str) -> bool:
+        until = self._until.get(host)
+        if until is None:
+            return False
+        if until < self.clock():
+            del self._until[host]
+            return False
+        return True
+
+
+class TlsContexts:
+    """Client TLS contexts: verifying (system CAs or a CA file) and not verifying."""
+
+    def __init__(self, ca_file: str | None = None):
+        self.verifying = ssl.create_default_context(cafile=ca_file)
+        self.verifying.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.relaxed = ssl.create_default_context()
+        self.relaxed.check_hostname = False
+        self.relaxed.verify_mode = ssl.CERT_NONE
+
+    def get(self, verify: bool) -> ssl.SSLContext:
+        return self.verifying if verify else self.relaxed
+
+
+class Session:
+    """An open, greeted (and possibly encrypted and authenticated) SMTP connection."""
+
+    def __init__(self, client: aiosmtplib.SMTP, host: str, tls: bool, verified: bool, dest: Destination):
+        self.client = client
+        self.host = host
+        self.tls = tls
+        self.verified = verified
+        self.dest = dest
+        self.deliveries = 0
+        self.usable = True
+
+    def _outcome(self, exc: BaseException) -> Outcome:
+        return classify.from_exception(exc, mx_host=self.host, tls=self.tls, verified=self.verified)
+
+    def _reply(self, code: int, message: str) -> Outcome:
+        return classify.from_reply(code, message, mx_host=self.host, tls=self.tls, verified=self.verified)
+
+    async def send(self, sender: str, recipients: list[str], body: bytes) -> dict[str, Outcome]:
+        """One transaction; an Outcome for every recipient."""
+        self.deliveries += 1
+        client = self.client
+        options = []
+        if not body.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if (not sender.isascii() or not all(r.isascii() for r in recipients)) and \
+                client.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+        outcomes: dict[str, Outcome] = {}
+        try:
+            await client.mail(sender, options=options, timeout=self.dest.command_timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            return {r: self._reply(exc.code, exc.message) for r in recipients}
+        except Exception as exc:  # noqa: BLE001 - classified once, below
+            self.usable = False
+            return {r: self._outcome(exc) for r in recipients}
+        accepted = []
+        for rcpt in recipients:
+            try:
+                await client.rcpt(rcpt, timeout=self.dest.command_timeout)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPResponseException as exc:
+                outcomes[rcpt] = self._reply(exc.code, exc.message)
+            except Exception as exc:  # noqa: BLE001
+                self.usable = False
+                for r in recipients:
+                    outcomes.setdefault(r, self._outcome(exc))
+                return outcomes
+        if not accepted:
+            await self._reset()
+            return outcomes
+        try:
+            response = await client.data(body, timeout=self.dest.data_timeout)
+            result = self._reply(response.code, response.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            result = self._reply(exc.code, exc.message)
+            if exc.code == 421 or isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                self.usable = False
+        except Exception as exc:  # noqa: BLE001 - a lost reply after the dot is a deferral
+            self.usable = False
+            result = self._outcome(exc)
+        for rcpt in accepted:
+            outcomes[rcpt] = result
+        return outcomes
+
+    async def _reset(self) -> None:
+        try:
+            await self.client.rset(timeout=self.dest.command_timeout)
+        except Exception:  # noqa: BLE001
+            self.usable = False
+
+    async def close(self) -> None:
+        try:
+            if self.client.is_connected:
+                await self.client.quit(timeout=5)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        finally:
+            self.client.close()
+
+
+class Connector:
+    """Opens Sessions to Destinations."""
+
+    def __init__(self, hostname: str, resolver: Resolver, tls: TlsContexts, broken_tls: BrokenTls):
+        self.hostname = hostname
+        self.resolver = resolver
+        self.tls = tls
+        self.broken_tls = broken_tls
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            return await self.resolver.resolve_addresses(host)
+
+    async def open(self, dest: Destination) -> Session:
+        """A ready Session with the first host that works; raises the last error (classify it)."""
+        last: BaseException = TempFailure(f"no hosts for {dest.name}")
+        for host in dest.hosts:
+            try:
+                addresses = await self._addresses(host)
+            except Exception as exc:  # noqa: BLE001 - try the next host
+                last = exc
+                continue
+            for address in addresses:
+                try:
+                    return await self._open_one(dest, host, address)
+                except aiosmtplib.SMTPResponseException as exc:
+                    last = exc
+                    if 500 <= exc.code < 600 and dest.tls != "required":
+                        raise  # a 5xx greeting or EHLO is the host's final word
+                except Exception as exc:  # noqa: BLE001 - try the next address
+                    last = exc
+                    log.info("%s: %s [%s]:%d failed: %s", dest.name, host, address, dest.port, exc)
+        raise last
+
+    async def _open_one(self, dest: Destination, host: str, address: str) -> Session:
+        use_starttls = dest.tls in ("opportunistic", "required") and not (
+            dest.tls == "opportunistic" and self.broken_tls.is_broken(host))
+        client = await self._connect(dest, host, address)
+        tls = dest.tls == "implicit"
+        try:
+            if use_starttls and client.supports_extension("starttls"):
+                try:
+                    await client.starttls(server_hostname=host, tls_context=self.tls.get(dest.verify),
+                                          timeout=dest.command_timeout)
+                    await client.ehlo(hostname=self.hostname)
+                    tls = True
+                except (ssl.SSLError, ssl.CertificateError, aiosmtplib.SMTPException, OSError) as exc:
+                    client.close()
+                    if dest.tls == "required":
+                        raise TempFailure(f"TLS required but the handshake with {host} failed: {exc}") from exc
+                    self.broken_tls.remember(host)
+                    log.info("%s: TLS with %s failed (%s); retrying in plaintext", dest.name, host, exc)
+                    client = await self._connect(dest, host, address)
+            elif dest.tls == "required":
+                raise TempFailure(f"TLS required but {host} does not offer STARTTLS")
+            if dest.username:
+                await client.login(dest.username, dest.password or "", timeout=dest.command_timeout)
+        except BaseException:
+            client.close()
+            raise
+        return Session(client, host, tls, tls and dest.verify, dest)
+
+    async def _connect(self, dest: Destination, host: str, address: str) -> aiosmtplib.SMTP:
+        implicit = dest.tls == "implicit"  # implicit TLS connects by name, for SNI and verification
+        client = aiosmtplib.SMTP(hostname=host if implicit else address, port=dest.port,
+                                 local_hostname=self.hostname, timeout=dest.command_timeout, use_tls=implicit,
+                                 start_tls=False, tls_context=self.tls.get(dest.verify) if implicit else None)
+        await client.connect(timeout=dest.connect_timeout)
+        await client.ehlo(hostname=self.hostname)
+        return client

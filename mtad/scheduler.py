@@ -1,0 +1,329 @@
+"""The outbound scheduler: due deliveries -> provider shaping -> SMTP sessions -> recorded outcomes.
+
+Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingConfig``).
+
+1. Every ``poll_interval`` (or when woken after an enqueue) due rows are claimed from the store
+   (locked to this process, at most ``max_inflight`` at once).
+2. Each job is checked before any connection: age and Deliver-Within (fail, reason ``old``), test mode
+   (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
+3. The destination's MX hosts are resolved (or the smarthost used) and its ``ProviderPolicy`` found;
+   the job joins the ready queue of its site (provider + hosts).
+4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
+   provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
+   session and delivers queued jobs over it, one message-rate token each, up to
+   ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
+   at once (the site is "dead" for this round, as Postfix does).
+5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
+6. Outcomes are committed with their events; deferred recipients get their next attempt time.
+A job is locked by one worker only; a crash leaves locks that the next start releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from mtad import classify, dkim as dkim_mod, dsn, headers as headers_mod, providers, spool
+from mtad.config import DeliveryConfig
+from mtad.delivery import Connector, Destination, Session
+from mtad.errors import PermFailure, TempFailure
+from mtad.providers import ProviderPolicy, ShapingConfig
+from mtad.resolver import Resolver
+from mtad.store import Store
+from mtad.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
+from mtad.types import Outcome
+
+log = logging.getLogger("mtad.scheduler")
+
+
+@dataclass
+class Site:
+    """Jobs waiting for one destination (a provider's set of MX hosts) and the sessions serving them."""
+
+    key: tuple[str, tuple[str, ...]]
+    policy: ProviderPolicy
+    destination: Destination
+    jobs: deque = field(default_factory=deque)
+    connections: int = 0
+
+
+class Scheduler:
+    def __init__(self, *, store: Store, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
+                 config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
+                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.connector = connector
+        self.resolver = resolver
+        self.shaping = shaping
+        self.config = config
+        self.hostname = hostname
+        self.dkim_keys = dkim_keys
+        self.smarthost_password = smarthost_password
+        self.clock = clock
+        self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
+        self.limiter = ConcurrencyLimiter()
+        self.rates = RateLimiter()
+        self.suspensions = Suspensions()
+        self.sites: dict[tuple, Site] = {}
+        self.inflight = 0
+        self.paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+        self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
+
+    # --- main loop -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._load_pauses()
+                room = self.config.max_inflight - self.inflight
+                if room > 0:
+                    now = self.clock()
+                    jobs = await self.store.write(lambda c: spool.claim_due_deliveries(
+                        c, self.worker, now, room, self.paused["domain"]))
+                    for job in jobs:
+                        self.inflight += 1
+                        self._spawn(self._dispatch(job))
+            except Exception:  # noqa: BLE001 - the loop must survive; the store may be briefly unavailable
+                log.exception("scheduler loop error")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load_pauses(self) -> None:
+        rows = await self.store.read(lambda c: c.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'").fetchall())
+        paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+        for (key,) in rows:
+            _, kind, value = key.split(":", 2)
+            paused.setdefault(kind, set()).add(value)
+        self.paused = paused
+
+    # --- per job ---------------------------------------------------------------------------------
+    async def _dispatch(self, job: spool.DeliveryJob) -> None:
+        try:
+            if await self._settled_without_sending(job):
+                return
+            try:
+                destination, mx_hosts = await self._destination(job.domain)
+            except (PermFailure, TempFailure) as exc:
+                await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
+                return
+            policy = providers.for_destination(job.domain, list(mx_hosts), self.shaping)
+            if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
+                await self.store.write(lambda c: spool.hold(c, job.id))
+                self.inflight -= 1
+                return
+            destination = self._apply_policy(destination, policy, job)
+            key = (policy.name, destination.hosts, destination.tls, destination.verify)
+            site = self.sites.get(key)
+            if site is None:
+                site = self.sites[key] = Site(key, policy, destination)
+            site.jobs.append(job)
+            self._start_connections(site)
+        except Exception:  # noqa: BLE001 - give the job back rather than lose track of it
+            log.exception("%s: dispatch failed", job.queue_id)
+            await self._release(job, self.clock() + 60)
+
+    async def _settled_without_sending(self, job: spool.DeliveryJob) -> bool:
+        """Jobs that end before any connection: too old, test mode, suppressed. True if nothing is left."""
+        now = self.clock()
+        opts = job.options
+        within = opts.get("deliver_within")
+        if (within and now > job.created_at + within) or now > job.created_at + self.config.retry.max_age.seconds:
+            outcome = Outcome("failed", 550, "5.4.7", "Delivery time expired", reason="old")
+            await self._finish(job, {r: outcome for r in job.recipients})
+            return True
+        if opts.get("test_mode"):
+            outcome = Outcome("delivered", 650, "2.0.0", "Test mode: message not sent")
+            await self._finish(job, {r: outcome for r in job.recipients})
+            return True
+        blocked = await self.store.read(lambda c: spool.suppressed(c, job.sending_domain, job.recipients,
+                                                                   opts.get("tags") or ()))
+        if blocked:
+            outcomes = {r: Outcome("failed", 605, "5.0.0", f"Not delivering to a suppressed address ({reason})",
+                                   reason=reason) for r, reason in blocked.items()}
+            rest = tuple(r for r in job.recipients if r not in blocked)
+            if not rest:
+                await self._finish(job, outcomes)
+                return True
+            await self.store.write(lambda c: spool.finish_attempt(
+                c, replace(job, recipients=tuple(blocked)), spool.AttemptRecord(outcomes, job.attempts, now), now))
+            await self.store.write(lambda c: c.execute(
+                "UPDATE deliveries SET recipients = ?, state = 'queued', locked_by = ?, locked_at = ? WHERE id = ?",
+                (spool.json.dumps(list(rest)), self.worker, now, job.id)))
+            object.__setattr__(job, "recipients", rest)
+        return False
+
+    async def _destination(self, domain: str) -> tuple[Destination, tuple[str, ...]]:
+        cfg = self.config
+        if cfg.smarthost is not None:
+            sh = cfg.smarthost
+            tls = {"starttls": "required", "implicit": "implicit", "none": "disabled"}[sh.tls]
+            return Destination("smarthost", (sh.host,), sh.port, tls, sh.verify, sh.username,
+                               self.smarthost_password), ()
+        mx = await self.resolver.resolve_mx(domain)
+        hosts = tuple(h.host for h in mx.hosts)
+        return Destination(domain, hosts, cfg.port), hosts
+
+    def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: spool.DeliveryJob) -> Destination:
+        if dest.name == "smarthost":
+            return dest
+        tls = policy.tls
+        verify = False
+        if job.options.get("require_tls"):
+            tls = "required"
+        if tls == "required":
+            verify = not job.options.get("skip_verification")
+        return replace(dest, tls=tls, verify=verify, connect_timeout=policy.connect_timeout.seconds,
+                       command_timeout=policy.command_timeout.seconds, data_timeout=policy.data_timeout.seconds)
+
+    # --- sites and connections -------------------------------------------------------------------
+    def _start_connections(self, site: Site) -> None:
+        limit = self._limits(site.policy)[0]
+        while site.jobs and site.connections < limit and site.connections < len(site.jobs):
+            site.connections += 1
+            self._spawn(self._connection(site))
+
+    def _limits(self, policy: ProviderPolicy) -> tuple[int, object]:
+        effective = self.suspensions.effective(policy)
+        return effective.max_connections, effective.max_message_rate
+
+    async def _connection(self, site: Site) -> None:
+        policy = site.policy
+        try:
+            limit, _ = self._limits(policy)
+            async with self.limiter.acquire(policy.name, limit):
+                if not site.jobs:
+                    return
+                if await self._defer_if_suspended(site):
+                    return
+                started = time.monotonic()
+                try:
+                    session = await self.connector.open(site.destination)
+                except Exception as exc:  # noqa: BLE001 - the site is dead for this round
+                    outcome = classify.from_exception(exc)
+                    await self._check_automation(policy, outcome)
+                    while site.jobs:
+                        job = site.jobs.popleft()
+                        await self._finish(job, {r: outcome for r in job.recipients}, time.monotonic() - started)
+                    return
+                try:
+                    await self._serve(site, session)
+                finally:
+                    await session.close()
+        finally:
+            site.connections -= 1
+            if site.jobs:
+                self._start_connections(site)
+            elif site.connections == 0:
+                self.sites.pop(site.key, None)
+
+    async def _serve(self, site: Site, session: Session) -> None:
+        policy = site.policy
+        while site.jobs and session.usable and session.deliveries < policy.max_deliveries_per_connection:
+            if await self._defer_if_suspended(site):
+                return
+            _, rate = self._limits(policy)
+            if rate is not None:
+                await self.rates.wait(policy.name, rate)
+            if not site.jobs:
+                return
+            job = site.jobs.popleft()
+            started = time.monotonic()
+            body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
+            if body is None:  # deleted by an operator meanwhile
+                self.inflight -= 1
+                continue
+            body = await self._sign(job, body)
+            outcomes = await session.send(job.sender, list(job.recipients), body)
+            for outcome in outcomes.values():
+                if outcome.kind != "delivered":
+                    await self._check_automation(policy, outcome)
+            await self._finish(job, outcomes, time.monotonic() - started)
+
+    async def _defer_if_suspended(self, site: Site) -> bool:
+        if not self.suspensions.is_suspended(site.policy.name):
+            return False
+        until = self.clock() + self.suspensions.remaining(site.policy.name)
+        while site.jobs:
+            job = site.jobs.popleft()
+            await self._release(job, until, f"provider {site.policy.name} suspended")
+        return True
+
+    async def _check_automation(self, policy: ProviderPolicy, outcome: Outcome) -> None:
+        rule = providers.match_automation(f"{outcome.code} {outcome.enhanced} {outcome.message}", policy.name,
+                                          self.shaping.automation)
+        if rule is None:
+            return
+        if not self.suspensions.apply(policy.name, rule):
+            return
+        log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
+                    outcome.message[:200])
+
+    async def _sign(self, job: spool.DeliveryJob, body: bytes) -> bytes:
+        keys = self.dkim_keys.get(job.sending_domain)
+        if not keys or job.options.get("dkim") is False:
+            return body
+        return await asyncio.to_thread(dkim_mod.sign, body, keys)
+
+    # --- recording -------------------------------------------------------------------------------
+    async def _finish(self, job: spool.DeliveryJob, outcomes: dict[str, Outcome], seconds: float = 0.0) -> None:
+        now = self.clock()
+        attempt_no = job.attempts + 1
+        deferred = any(o.kind == "deferred" for o in outcomes.values())
+        retry_at = None
+        if deferred:
+            retry_at = now + self.config.retry.delay(attempt_no)
+            deadline = job.created_at + self.config.retry.max_age.seconds
+            within = job.options.get("deliver_within")
+            if within:
+                deadline = min(deadline, job.created_at + within)
+            if retry_at > deadline:
+                retry_at = None
+        record = spool.AttemptRecord(outcomes, attempt_no, retry_at, seconds)
+        bounce = self._dsn if self.config.dsn else None
+        try:
+            await self.store.write(lambda c: spool.finish_attempt(c, job, record, now, bounce))
+        except Exception:  # noqa: BLE001 - the row stays locked until restart; never lose the outcome silently
+            log.exception("%s: could not record the outcome of delivery %d", job.queue_id, job.id)
+        finally:
+            self.inflight -= 1
+        for rcpt, o in outcomes.items():
+            kind = "deferred" if o.kind == "deferred" and retry_at else ("failed" if o.kind != "delivered" else o.kind)
+            self.counters[kind] = self.counters.get(kind, 0) + 1
+            log.info("%s: to=<%s> relay=%s status=%s (%d %s %s)%s", job.queue_id, rcpt, o.mx_host or "none", kind,
+                     o.code, o.enhanced, o.message[:200], f" reason={o.reason}" if o.reason else "")
+        self.wake()
+
+    def _dsn(self, job: spool.DeliveryJob, failed: dict[str, Outcome]):
+        return dsn.build(job, failed, self.hostname)
+
+    async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
+        try:
+            await self.store.write(lambda c: spool.release(c, job.id, at, reply))
+        finally:
+            self.inflight -= 1
