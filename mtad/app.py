@@ -8,7 +8,10 @@ connections (listeners and the store path need a restart). systemd is told READY
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import secrets
 import signal
 import ssl
 from pathlib import Path
@@ -18,12 +21,17 @@ from mtad.config import Config
 from mtad.delivery import BrokenTls, Connector, TlsContexts
 from mtad.directory import Directory
 from mtad.errors import ConfigError
+from mtad.forward import Forwarder
+from mtad.httpclient import HttpClient
+from mtad.inbound import Routing
 from mtad.ingress import Ingress
 from mtad.resolver import Resolver
+from mtad.router import Route
 from mtad.scheduler import Scheduler
 from mtad.smtpserver import MtadSMTP, Sessions
 from mtad.store import Store
 from mtad.tlsutil import make_self_signed, server_context
+from mtad.workloop import WorkLoop
 
 SHIPPED_SHAPING = Path(__file__).with_name("providers.yaml")
 
@@ -41,6 +49,26 @@ def load_dkim_keys(cfg: Config) -> dict[str, list[dkim.DkimKey]]:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"sending_domains.{domain}.dkim[{i}].key_file", f"cannot load {path}: {exc}") from None
     return keys
+
+
+def signing_key(cfg: Config) -> str:
+    """The HMAC key of route POSTs and webhooks: from the config, else made once in the state folder."""
+    if cfg.signing_key is not None:
+        return cfg.signing_key.reveal()
+    path = cfg.state_path / "signing-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("key-" + secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def config_routes(cfg: Config) -> list[Route]:
+    routes = []
+    for r in cfg.routing.routes:
+        rid = r.id or hashlib.sha1(f"{r.priority}|{r.expression}|{r.actions}".encode()).hexdigest()[:24]
+        routes.append(Route(rid, r.priority, r.description, r.expression, tuple(r.actions)))
+    return routes
 
 
 def load_shaping(cfg: Config) -> providers.ShapingConfig:
@@ -88,12 +116,23 @@ class App:
             log.info("released %d stale work locks", released)
         needs_tls = any(listener.tls != "none" for listener in cfg.listeners)
         self.tls_context = self._tls() if needs_tls else None
+        self.signing_key = signing_key(cfg)
+        self.routing = Routing(config_routes(cfg), srs_key=self.signing_key.encode(), use_srs=cfg.routing.srs,
+                               allow_backtracking=cfg.routing.allow_backtracking_regex)
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=Directory.from_config(cfg),
-                               store=self.store)
+                               store=self.store, router=self.routing)
+        wakers = []
         if cfg.delivery.enabled:
             self.scheduler = self._build_scheduler()
-            self.ingress.on_commit = self.scheduler.wake
+            wakers.append(self.scheduler.wake)
             self._background.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self.http = HttpClient(cfg.routing.allowed_networks, cfg.routing.timeout.seconds)
+        self.forwarder = Forwarder(store=self.store, http=self.http, config=cfg.routing, signing_key=self.signing_key)
+        self.forward_loop = WorkLoop(name="forward", store=self.store, table="forwards", handle=self.forwarder.handle,
+                                     max_concurrent=cfg.routing.max_concurrent, actions=("http",))
+        wakers.append(self.forward_loop.wake)
+        self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
+        self.ingress.on_commit = lambda: [wake() for wake in wakers]
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
             def factory(listener=listener) -> MtadSMTP:
@@ -140,6 +179,10 @@ class App:
         self.cfg = cfg
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=Directory.from_config(cfg))
+            try:
+                self.routing.replace(config_routes(cfg))
+            except Exception as exc:  # noqa: BLE001 - a bad route keeps the old table
+                log.error("reload: routes not changed: %s", exc)
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")
 
@@ -151,6 +194,8 @@ class App:
         await self.sessions.shutdown(self.shutdown_grace)
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.forward_loop.stop()
+        await self.http.close()
         for task in self._background:
             task.cancel()
         if self._background:

@@ -176,6 +176,42 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """One route, as in Mailgun's API: ``expression`` filters and ``actions``; lower priority runs first."""
+
+    expression: str
+    actions: tuple[str, ...]
+    id: str = ""
+    priority: int = 0
+    description: str = ""
+
+
+_ROUTE_SCHEDULE = tuple(Duration(s) for s in (600, 600, 900, 1800, 3600, 7200, 14400))
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Inbound routing: the routes, and how forwards to URLs are made."""
+
+    routes: tuple[RouteConfig, ...] = ()
+    retry_schedule: tuple[Duration, ...] = _ROUTE_SCHEDULE  # Mailgun's: about 8 hours in all
+    timeout: Duration = Duration(30)  # one POST, connect to last byte
+    max_concurrent: int = 50  # POSTs in flight, all applications together
+    allowed_networks: tuple[str, ...] = ()  # private/loopback networks URLs may reach (public always may)
+    allow_backtracking_regex: bool = False  # allow patterns RE2 cannot run, with a time budget
+    srs: bool = True  # rewrite the envelope sender of forwards to addresses
+
+    def __post_build__(self, path: str) -> None:
+        for i, net in enumerate(self.allowed_networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{path}.allowed_networks[{i}]", f"expected a network like 10.0.0.0/8, got {net!r}") from None
+        if not self.retry_schedule:
+            raise ConfigError(f"{path}.retry_schedule", "give at least one delay")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -200,6 +236,8 @@ class Config:
     receiving_domains: tuple[str, ...] = ()
     store: StoreConfig = StoreConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    routing: RoutingConfig = RoutingConfig()
+    signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 

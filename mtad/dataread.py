@@ -32,7 +32,9 @@ class DataResult:
 async def read_data(reader: asyncio.StreamReader, max_size: int) -> DataResult:
     """Read up to CRLF.CRLF. Raises ``asyncio.IncompleteReadError`` if the connection ends first."""
     buf: bytearray = reader._buffer  # type: ignore[attr-defined]
-    while len(buf) < 3 and not reader.at_eof():
+    while len(buf) < 3:
+        if reader._eof:  # type: ignore[attr-defined]  # (at_eof() is false while bytes remain)
+            raise asyncio.IncompleteReadError(bytes(buf), None)
         await reader._wait_for_data("read_data")  # type: ignore[attr-defined]
     if buf[:3] == b".\r\n":  # empty message: the DATA line's CRLF precedes the dot
         del buf[:3]
@@ -53,7 +55,7 @@ async def read_data(reader: asyncio.StreamReader, max_size: int) -> DataResult:
             if too_big or size > max_size:
                 return DataResult(None, size)
             return DataResult(parts[0] if len(parts) == 1 else b"".join(parts), size)
-        if reader.at_eof():
+        if reader._eof:  # type: ignore[attr-defined]  # the client closed before CRLF.CRLF
             raise asyncio.IncompleteReadError(b"", None)
         if len(buf) > _FLUSH_AT or held + len(buf) > max_size:
             keep = len(END) - 1

@@ -11,8 +11,9 @@ Contract:
   hashed bottom-up (§5.4.2). Headers are not over-signed.
 - Keys: RSA (``rsa-sha256``, PKCS#1 v1.5, at least 1024 bits as RFC 8301 requires) and Ed25519
   (``ed25519-sha256``, RFC 8463: Ed25519 over the SHA-256 of the header hash input). Both may sign one message.
-- Signing is CPU work (~0.2 ms per RSA-2048 signature): callers on the event loop should batch it or hand it
-  to a thread.
+- Signing is CPU work (~0.25 ms per RSA-2048 signature, ~0.04 ms Ed25519): callers on the event loop should hand
+  it to a thread; OpenSSL releases the GIL while it signs, so threads also use the other cores.
+- A message without a From header is refused (``ValueError``): §5.4 requires From to be signed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
@@ -53,7 +55,10 @@ class DkimKey:
 
 def load_key(domain: str, selector: str, pem_bytes: bytes) -> DkimKey:
     """Load a PEM private key (PKCS#8 or traditional). Raises ``ValueError`` for unusable keys."""
-    key = serialization.load_pem_private_key(pem_bytes, password=None)
+    try:
+        key = serialization.load_pem_private_key(pem_bytes, password=None)
+    except (TypeError, UnsupportedAlgorithm) as exc:  # encrypted, or of a kind OpenSSL cannot load
+        raise ValueError(f"cannot load the private key: {exc}") from exc
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < 1024:
             raise ValueError(f"RSA key of {key.key_size} bits is too small (RFC 8301: at least 1024)")

@@ -33,7 +33,7 @@ class InboundRouter(Protocol):
     """What ingress needs from the router (routes issue): RCPT-time decision and forward rows."""
 
     def would_handle(self, recipient: str) -> bool: ...
-    def forwards_for(self, recipient: str, fields: list[headers.HeaderField]) -> list[spool.ForwardRow]: ...
+    def forwards_for(self, recipient: str, fields: list[headers.HeaderField], sender: str) -> list[spool.ForwardRow]: ...
 
 
 class AcceptAll:
@@ -42,7 +42,7 @@ class AcceptAll:
     def would_handle(self, recipient: str) -> bool:
         return True
 
-    def forwards_for(self, recipient: str, fields: list[headers.HeaderField]) -> list[spool.ForwardRow]:
+    def forwards_for(self, recipient: str, fields: list[headers.HeaderField], sender: str) -> list[spool.ForwardRow]:
         return []
 
 
@@ -154,7 +154,7 @@ class Ingress:
         """Store the message and its work rows durably; the SMTP reply to give."""
         outbound = envelope.auth_user is not None or envelope.transport == "http"
         inbound_rcpts = [r for r in envelope.recipients if self.directory.receives(r.rpartition("@")[2])]
-        forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, fields)]
+        forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, fields, envelope.sender)]
         deliver_to = [r for r in envelope.recipients if r not in inbound_rcpts]
         if outbound:
             domain = self._sending_domain(envelope)

@@ -7,6 +7,7 @@ naming the source, so SMTP can answer ``550 5.7.1 X-Mailgun-Variables: ...`` and
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import re
@@ -56,8 +57,10 @@ def _time(source: str, value: str) -> float:
         parsed = email.utils.parsedate_to_datetime(v)
     except (TypeError, ValueError, IndexError):
         parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    if parsed is None:
         raise OptionError(source, f"expected an RFC 2822 date or a Unix time, got {v!r}")
+    if parsed.tzinfo is None:  # "-0000": UTC, local zone unknown (RFC 5322 3.3)
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
     return parsed.timestamp()
 
 
@@ -124,6 +127,7 @@ def parse(items: Iterable[tuple[str, str, str]], user_variables: Iterable[tuple[
         else:
             raise OptionError(source, "unknown option")
     for name, value in user_variables:
+        name = name[2:] if name.startswith("v:") else name
         try:
             variables[name] = json.loads(value) if value[:1] in "{[" else value
         except ValueError:

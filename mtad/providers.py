@@ -147,7 +147,8 @@ def build(data: Mapping[str, Any]) -> ShapingConfig:
         rule = _build(AutomationRule, spec, path, AutomationRule(name=str(name)), skip=("name",))
         unknown = [p for p in rule.providers if p not in known]
         if unknown:
-            raise ConfigError(f"{path}.providers", f"unknown provider {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{path}.providers",
+                              f"unknown provider {unknown[0]!r} (known: {', '.join(sorted(known))})")
         limits = rule.max_connections is not None or rule.max_message_rate is not None
         if rule.action == "throttle" and not limits:
             raise ConfigError(path, "a throttle rule needs max_connections or max_message_rate")
@@ -223,4 +224,5 @@ def _keys(spec: Mapping[str, Any], path: str, allowed: typing.Iterable[str]) -> 
     allowed = list(allowed)
     for key in _mapping(spec, path or "shaping"):
         if key not in allowed:
-            raise ConfigError(f"{path}.{key}" if path else str(key), f"unknown key (expected one of: {', '.join(allowed)})")
+            raise ConfigError(f"{path}.{key}" if path else str(key),
+                              f"unknown key (expected one of: {', '.join(allowed)})")

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import re2
 import regex
@@ -99,11 +99,11 @@ class RouteMatch:
 
 @dataclass(frozen=True)
 class _Destination:
-    """A forward destination split into literal text and capture references (int or name)."""
+    """A forward destination split into literal text and the group numbers it refers to."""
 
     text: str
     parts: tuple[str | int, ...]  # even indices literal text, odd indices group numbers
-    is_url: bool
+    origin: str  # "scheme://host" of a URL, "@domain" of an address
 
 
 @dataclass(frozen=True)
@@ -260,10 +260,12 @@ _RE2_OPTIONS.log_errors = False
 class _Matcher:
     """One case-insensitive regex: RE2, or the ``regex`` module under a time budget."""
 
-    def __init__(self, pattern: str, compiled: object, backtracking: bool):
+    def __init__(self, pattern: str, compiled: object, backtracking: bool, python: re.Pattern[str]):
         self.pattern = pattern
         self.compiled = compiled
         self.backtracking = backtracking
+        self.groups = python.groups  # Python's numbering, which RE2 and regex share
+        self.groupindex = python.groupindex
 
     def match(self, text: str, budget: _Budget) -> tuple[str | None, ...] | None:
         """The groups of a match from the text's start, or None."""
@@ -295,7 +297,7 @@ class _Budget:
         return None
 
 
-def _compile_regex(token: _Token, text: str, allow_backtracking: bool) -> tuple[_Matcher, re.Pattern[str]]:
+def _compile_regex(token: _Token, text: str, allow_backtracking: bool) -> _Matcher:
     """Checks the pattern with Python's ``re`` (its syntax is the contract) and compiles it for RE2."""
     pattern = token.value
     if len(pattern) > MAX_PATTERN:
@@ -306,13 +308,13 @@ def _compile_regex(token: _Token, text: str, allow_backtracking: bool) -> tuple[
         col = token.cols[e.pos] if e.pos is not None and e.pos < len(token.cols) else token.col
         raise RouteSyntaxError(f"invalid regex: {e.msg}", col, text) from None
     try:
-        return _Matcher(pattern, re2.compile(pattern, _RE2_OPTIONS), False), py
+        return _Matcher(pattern, re2.compile(pattern, _RE2_OPTIONS), False, py)
     except re2.error as e:
         reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
     if not allow_backtracking:
         raise RouteSyntaxError(f"regex needs backtracking ({reason}); refused unless backtracking regexes "
                                "are allowed", token.col, text)
-    return _Matcher(pattern, regex.compile(pattern, regex.IGNORECASE), True), py
+    return _Matcher(pattern, regex.compile(pattern, regex.IGNORECASE), True, py)
 
 
 # A leading ".*" (bare or alone in a group) with no alternation after it: for prefiltering,
@@ -401,14 +403,14 @@ def parse_expression(text: str, *, allow_backtracking: bool = False) -> tuple[Fi
         name = call.name.lower()
         if name == "match_recipient":
             _check_arity(call, text, 1)
-            matcher, _ = _compile_regex(call.args[0], text, allow_backtracking)
+            matcher = _compile_regex(call.args[0], text, allow_backtracking)
             filters.append(Filter("recipient", call.args[0].value, matcher=matcher))
         elif name == "match_header":
             _check_arity(call, text, 2)
             header = call.args[0].value.strip()
             if not header or any(c.isspace() or c == ":" for c in header):
                 raise RouteSyntaxError("invalid header name", call.args[0].col, text)
-            matcher, _ = _compile_regex(call.args[1], text, allow_backtracking)
+            matcher = _compile_regex(call.args[1], text, allow_backtracking)
             filters.append(Filter("header", call.args[1].value, header, matcher))
         elif name in ("catch_all", "catchall"):
             _check_arity(call, text, 0)
@@ -423,7 +425,7 @@ def parse_action(text: str) -> Action:
     return _parse_action(text, None)[0]
 
 
-def _parse_action(text: str, groups: re.Pattern[str] | None) -> tuple[Action, tuple[_Destination, ...]]:
+def _parse_action(text: str, groups: _Matcher | None) -> tuple[Action, tuple[_Destination, ...]]:
     call = _Parser(text).single()
     name = call.name.lower()
     if name == "stop":
@@ -443,7 +445,7 @@ def _parse_action(text: str, groups: re.Pattern[str] | None) -> tuple[Action, tu
     raise RouteSyntaxError(f"unknown action {call.name!r}", call.col, text)
 
 
-def _destination(piece: str, token: _Token, text: str, groups: re.Pattern[str] | None) -> _Destination:
+def _destination(piece: str, token: _Token, text: str, groups: _Matcher | None) -> _Destination:
     dest = piece.strip()
     col = token.col
     if not dest:
@@ -452,10 +454,7 @@ def _destination(piece: str, token: _Token, text: str, groups: re.Pattern[str] |
         raise RouteSyntaxError(f"destination longer than {MAX_DESTINATION} characters", col, text)
     is_url = "://" in dest
     origin = _URL_ORIGIN.match(dest)
-    if is_url and not origin:
-        raise RouteSyntaxError(f"forward destination {dest!r} is not an http(s) URL with a host", col, text)
-    if not is_url and (not _ADDRESS_LOCAL.fullmatch(dest.rpartition("@")[2]) or any(c.isspace() for c in dest)):
-        raise RouteSyntaxError(f"forward destination {dest!r} is neither an http(s) URL nor an address", col, text)
+    local, at, domain = dest.rpartition("@")
     parts: list[str | int] = []
     last = 0
     for m in _REFERENCE.finditer(dest):
@@ -463,14 +462,18 @@ def _destination(piece: str, token: _Token, text: str, groups: re.Pattern[str] |
         ref = int(name) if name.isdigit() else groups.groupindex.get(name, 0) if groups else 0
         if groups is None or not 0 < ref <= groups.groups:
             raise RouteSyntaxError(f"{m.group()} refers to no group of the route's first match_recipient", col, text)
-        if is_url and m.start() < origin.end():
+        if is_url and (origin is None or m.start() < origin.end()):
             raise RouteSyntaxError("a capture may only go into a URL's path or query, not its scheme or host", col, text)
-        if not is_url and m.start() > dest.rindex("@"):
+        if not is_url and m.start() >= len(local):
             raise RouteSyntaxError("a capture may only go into an address's local part", col, text)
         parts += [dest[last:m.start()], ref]
         last = m.end()
     parts.append(dest[last:])
-    return _Destination(dest, tuple(parts), is_url)
+    if is_url and not origin:
+        raise RouteSyntaxError(f"forward destination {dest!r} is not an http(s) URL with a host", col, text)
+    if not is_url and (not local or not _ADDRESS_LOCAL.fullmatch(domain) or any(c.isspace() for c in dest)):
+        raise RouteSyntaxError(f"forward destination {dest!r} is neither an http(s) URL nor an address", col, text)
+    return _Destination(dest, tuple(parts), origin.group() if origin else at + domain)
 
 
 def compile_route(route: Route, *, allow_backtracking: bool = False) -> CompiledRoute:
@@ -479,8 +482,7 @@ def compile_route(route: Route, *, allow_backtracking: bool = False) -> Compiled
         filters = parse_expression(route.expression, allow_backtracking=allow_backtracking)
     except RouteSyntaxError as e:
         raise RouteSyntaxError(f"expression: {e.problem}", e.position, e.text) from None
-    first = next((f for f in filters if f.kind == "recipient"), None)
-    groups = re.compile(first.pattern, re.IGNORECASE) if first else None
+    groups = next((f.matcher for f in filters if f.kind == "recipient"), None)
     actions: list[Action] = []
     destinations: list[tuple[_Destination, ...]] = []
     for n, text in enumerate(route.actions, 1):
@@ -504,19 +506,20 @@ def _expand(dest: _Destination, groups: tuple[str | None, ...]) -> str | None:
     """Fills capture references; None when the result would leave the template's origin or domain."""
     if len(dest.parts) == 1:
         return dest.text
+    is_address = dest.origin.startswith("@")
     out = []
     for i, part in enumerate(dest.parts):
         if i % 2 == 0:
             out.append(part)
             continue
         value = groups[part - 1] or ""
-        out.append(quote(value, safe="") if dest.is_url else value)
+        out.append(value if is_address else quote(value, safe=""))
     result = "".join(out)  # type: ignore[arg-type]
-    if dest.is_url:
-        before, after = urlsplit(dest.text), urlsplit(result)
-        return result if (before.scheme, before.netloc) == (after.scheme, after.netloc) else None
-    local, _, domain = result.rpartition("@")
-    ok = domain == dest.text.rpartition("@")[2] and _ADDRESS_LOCAL.fullmatch(local) and local.isprintable()
+    if not is_address:
+        origin = _URL_ORIGIN.match(result)
+        return result if origin and origin.group() == dest.origin else None
+    local, at, domain = result.rpartition("@")
+    ok = at + domain == dest.origin and _ADDRESS_LOCAL.fullmatch(local) and local.isprintable()
     return result if ok else None
 
 

@@ -207,6 +207,14 @@ class MtadSMTP(SMTP):
             self.client_ip = peer[0] if peer else ""
         super().connection_made(transport)
 
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels the session here, dropping commands the client pipelined before closing its
+        # side (``...<CRLF>.<CRLF>QUIT`` then FIN loses the 250 of a committed message). Let the command
+        # loop read to the end instead; it closes the connection at IncompleteReadError. A TLS
+        # transport cannot stay half-open: returning False closes it.
+        self._reader.feed_eof()
+        return not self.tls_active
+
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.remove(self)
         if self._lifetime_handle:
@@ -275,7 +283,8 @@ class MtadSMTP(SMTP):
                     await self._discard_long_line(exc.consumed)
                     await self._error("500 5.5.2 Line too long")
                     continue
-                except asyncio.IncompleteReadError:
+                except asyncio.IncompleteReadError:  # the client closed its side
+                    self.transport.close()
                     return
                 line = line.rstrip(b"\r\n")
                 verb, _, rest = line.partition(b" ")
@@ -298,6 +307,8 @@ class MtadSMTP(SMTP):
                     self._say_goodbye("421 4.3.2 Service shutting down, try again later")
                     return
             except asyncio.CancelledError:
+                if self.transport is not None:  # else the session keeps its connection slot
+                    self.transport.close()
                 raise
             except (ConnectionError, TLSSetupException, asyncio.IncompleteReadError) as exc:
                 log.info("%s connection ended: %s", self.client_ip, exc.__class__.__name__)

@@ -30,6 +30,7 @@ class ForwardRow:
     route_id: str
     action: str  # http | address | store
     destination: str
+    sender: str | None = None  # address forwards: the rewritten envelope sender (SRS)
 
 
 def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
@@ -65,10 +66,21 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
             " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
             [(queue_id, domain, json.dumps(rcpts), due, now, now)
              for domain, rcpts in group_by_domain(deliver_to).items()])
+    forwards = list(forwards)
+    by_sender: dict[tuple[str, str], list[str]] = {}
+    for f in forwards:
+        if f.action == "address":
+            by_sender.setdefault((events.domain_of(f.destination), f.sender or env.sender), []).append(f.destination)
+    conn.executemany(
+        "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender, created_at,"
+        " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+        [(queue_id, domain, json.dumps(sorted(set(rcpts))), now, sender, now, now)
+         for (domain, sender), rcpts in by_sender.items()])
     conn.executemany(
         "INSERT INTO forwards (message, recipient, route_id, action, destination, state, next_attempt_at,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-        [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now) for f in forwards])
+        [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
+         for f in forwards if f.action != "address"])
     for event in events.accepted_events(msg, queue_id, now):
         events.record(conn, msg.domain, event)
 
@@ -131,7 +143,7 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
     marks = ",".join("?" * len(ids))
     conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})", (worker, now, *ids))
     rows = conn.execute(
-        "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, m.sender, m.domain, m.created_at, m.options,"
+        "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
         f" m.headers, m.envelope, m.size FROM deliveries d JOIN messages m ON m.id = d.message WHERE d.id IN ({marks})"
         " ORDER BY d.next_attempt_at", ids).fetchall()
     return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
@@ -254,3 +266,47 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
         if bounce is not None:
             enqueue(conn, new_queue_id(), bounce, now)
     return list(failed)
+
+
+# --- HTTP work: route forwards and webhooks (same row shape) ------------------------------------------
+
+WORK_TABLES = ("forwards", "webhook_deliveries")
+
+
+def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float, limit: int,
+                   actions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions)."""
+    assert table in WORK_TABLES
+    only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
+    rows = conn.execute(
+        f"SELECT * FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
+        f" AND locked_by IS NULL{only} ORDER BY next_attempt_at LIMIT ?", (now, *actions, limit)).fetchall()
+    if not rows:
+        return []
+    names = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    ids = [r[0] for r in rows]
+    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                 (worker, now, *ids))
+    return [dict(zip(names, r)) for r in rows]
+
+
+def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str, attempts: int,
+                next_attempt_at: float | None, status: int | None, error: str, now: float) -> None:
+    assert table in WORK_TABLES
+    conn.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                 " locked_by = NULL, locked_at = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                 (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
+
+
+def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT id, created_at, direction, domain, sender, recipients, message_id, headers, options,"
+                       " envelope, size, body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    if row is None:
+        return None
+    keys = ("id", "created_at", "direction", "domain", "sender", "recipients", "message_id", "headers", "options",
+            "envelope", "size", "body")
+    data = dict(zip(keys, row))
+    for key in ("recipients", "headers", "options", "envelope"):
+        data[key] = json.loads(data[key])
+    data["body"] = bytes(data["body"])
+    return data

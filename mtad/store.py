@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     provider TEXT,
     last_code INTEGER,
     last_reply TEXT,
+    sender TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );

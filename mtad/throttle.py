@@ -9,7 +9,8 @@
   ``apply`` turns a matched ``AutomationRule`` into one of them once the rule's threshold is reached.
 
 All of it is memory only and may be lost (the store holds the truth). Time comes from an injectable monotonic
-``clock``, so the pure parts are tested with a fake one. Idle keys are forgotten, so memory follows the active keys.
+``clock``, so the pure parts are tested with a fake one. Expired entries and idle keys are dropped, so memory
+follows the active keys.
 """
 
 from __future__ import annotations
@@ -108,9 +109,9 @@ class RateLimiter:
         capacity = max(1.0, math.floor(rate.per_second))
         bucket = self._buckets.get(key)
         tokens = capacity if bucket is None else min(capacity, bucket.tokens + (now - bucket.at) * rate.per_second)
-        wait = 0.0 if tokens >= 1 else (1 - tokens) / rate.per_second
+        wait = 0.0 if tokens >= 1 - 1e-9 else (1 - tokens) / rate.per_second  # 1e-9: float drift is not a wait
         if not wait:
-            tokens -= 1
+            tokens = max(0.0, tokens - 1)
         self._buckets[key] = _Bucket(tokens, now, now + (capacity - tokens) / rate.per_second)
         if len(self._buckets) > self._sweep_at:
             self._buckets = {k: b for k, b in self._buckets.items() if b.full_at > now}
@@ -131,6 +132,7 @@ class Suspensions:
         self._connections: dict[str, tuple[int, float]] = {}  # key -> (max_connections, until)
         self._rates: dict[str, tuple[Rate, float]] = {}  # key -> (max_message_rate, until)
         self._matches: dict[tuple[str, str], tuple[float, deque[float]]] = {}  # (key, rule) -> (period, times)
+        self._sweep_at = _SWEEP_MIN
 
     def suspend(self, key: str, until: float) -> None:
         """Suspend ``key`` until ``until`` (clock time); an existing longer suspension stays."""
@@ -138,8 +140,11 @@ class Suspensions:
 
     def remaining(self, key: str) -> float:
         """Seconds until ``key`` may be used again; 0.0 when it is not suspended."""
-        until = _live(self._suspended, key, self._clock())
-        return 0.0 if until is None else until - self._clock()
+        left = self._suspended.get(key, 0.0) - self._clock()
+        if left > 0:
+            return left
+        self._suspended.pop(key, None)
+        return 0.0
 
     def is_suspended(self, key: str) -> bool:
         return self.remaining(key) > 0
@@ -157,12 +162,12 @@ class Suspensions:
         now = self._clock()
         changes: dict[str, object] = {}
         connections = _live(self._connections, policy.name, now)
-        if connections is not None and connections[0] < policy.max_connections:
-            changes["max_connections"] = connections[0]
+        if connections is not None and connections < policy.max_connections:
+            changes["max_connections"] = connections
         rate = _live(self._rates, policy.name, now)
         if rate is not None and (policy.max_message_rate is None
-                                 or rate[0].per_second < policy.max_message_rate.per_second):
-            changes["max_message_rate"] = rate[0]
+                                 or rate.per_second < policy.max_message_rate.per_second):
+            changes["max_message_rate"] = rate
         return replace(policy, **changes) if changes else policy
 
     def apply(self, key: str, rule: AutomationRule) -> bool:
@@ -186,18 +191,16 @@ class Suspensions:
         return True
 
     def _forget_old_matches(self, now: float) -> None:
-        if len(self._matches) > _SWEEP_MIN:
+        if len(self._matches) > self._sweep_at:
             self._matches = {k: (period, seen) for k, (period, seen) in self._matches.items()
                              if seen[-1] > now - period}
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(self._matches))
 
 
-def _live(table: dict[str, _V], key: str, now: float) -> _V | None:
-    """``table[key]`` unless it has expired (its ``until``, or its last item, is past); expired entries go."""
+def _live(table: dict[str, tuple[_V, float]], key: str, now: float) -> _V | None:
+    """The value of ``table[key]`` while its ``until`` is ahead; an expired entry is removed."""
     entry = table.get(key)
-    if entry is None:
-        return None
-    until = entry[1] if isinstance(entry, tuple) else entry
-    if until <= now:
+    if entry is not None and entry[1] <= now:
         del table[key]
         return None
-    return entry
+    return None if entry is None else entry[0]

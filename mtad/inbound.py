@@ -1,0 +1,67 @@
+"""Inbound routing at acceptance: which recipients are kept, and the work each one creates.
+
+``Routing`` holds the compiled route table (config routes and API routes together, swapped as a
+whole when routes change) and answers ingress: ``would_handle`` at RCPT time, ``forwards_for`` at the
+end of DATA. Forward URLs become HTTP work rows, forward addresses become outbound deliveries with an
+SRS envelope sender, store() becomes a stored-message row. Bounces to our SRS addresses are accepted
+and returned to the original sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from mtad import headers as headers_mod, srs
+from mtad.router import Route, RouteTable
+from mtad.spool import ForwardRow
+
+log = logging.getLogger("mtad.inbound")
+
+
+def is_url(destination: str) -> bool:
+    return destination.lower().startswith(("http://", "https://"))
+
+
+class Routing:
+    """The ``InboundRouter`` of ingress."""
+
+    def __init__(self, routes: Iterable[Route], *, srs_key: bytes, use_srs: bool = True,
+                 allow_backtracking: bool = False):
+        self.srs_key = srs_key
+        self.use_srs = use_srs
+        self.allow_backtracking = allow_backtracking
+        self.table = RouteTable(list(routes), allow_backtracking=allow_backtracking)
+
+    def replace(self, routes: Iterable[Route]) -> None:
+        """Swap in a new route table (API changes take effect without a restart)."""
+        self.table = RouteTable(list(routes), allow_backtracking=self.allow_backtracking)
+
+    def would_handle(self, recipient: str) -> bool:
+        if srs.reverse(recipient, self.srs_key) is not None:
+            return True
+        return self.table.would_handle(recipient)
+
+    def forwards_for(self, recipient: str, fields: list[headers_mod.HeaderField], sender: str) -> list[ForwardRow]:
+        original = srs.reverse(recipient, self.srs_key)
+        if original is not None:  # a bounce of one of our forwards: back to whoever sent the original
+            return [ForwardRow(recipient, "", "address", original, sender="")]
+        pairs = [(f.name, headers_mod.decode(f.value)) for f in fields]
+        rows: list[ForwardRow] = []
+        domain = recipient.rpartition("@")[2]
+        for match in self.table.evaluate(recipient, pairs):
+            for problem in match.problems:
+                log.warning("route %s: %s", match.route.id, problem)
+            for action in match.actions:
+                if action.kind == "forward":
+                    for dest in action.destinations:
+                        if is_url(dest):
+                            rows.append(ForwardRow(recipient, match.route.id, "http", dest))
+                        else:
+                            envelope_sender = srs.forward_address(sender, domain, self.srs_key, time.time()) \
+                                if self.use_srs else sender
+                            rows.append(ForwardRow(recipient, match.route.id, "address", dest, envelope_sender))
+                elif action.kind == "store":
+                    rows.append(ForwardRow(recipient, match.route.id, "store", action.notify or ""))
+        return rows

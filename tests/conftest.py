@@ -1,0 +1,59 @@
+"""Shared fixtures: trustme certificates, and mtad started from a config file on loopback ports."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.support.daemon import Mtad, base_config
+
+
+@dataclass
+class Certs:
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    ca = trustme.CA()
+    server = ca.issue_cert("mtad.test", "localhost", "127.0.0.1")
+    folder = tmp_path_factory.mktemp("certs")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    server.private_key_pem.write_to_path(key)
+    server.cert_chain_pems[0].write_to_path(cert)
+    return Certs(ca, cert, key)
+
+
+@pytest.fixture
+def mtad_config(tmp_path: Path, certs: Certs) -> dict:
+    """The config dict a test may change before starting mtad with the ``mtad`` fixture."""
+    return base_config(tmp_path, certs)
+
+
+@pytest.fixture
+def mtad_factory(tmp_path: Path, mtad_config: dict):
+    started: list[Mtad] = []
+
+    def make(cfg: dict | None = None) -> Mtad:
+        daemon = Mtad(tmp_path, cfg or mtad_config)
+        started.append(daemon)
+        return daemon
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def mtad(mtad_factory) -> Mtad:
+    return mtad_factory().start()

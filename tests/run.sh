@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# README's test command: installs everything the suite needs, then runs the whole suite.
+# System packages (Debian): postfix (a real smarthost client and smtp-sink), swaks (a real SMTP client),
+# opendkim-tools (an independent DKIM verifier). Python packages: the project with its [test] extra, in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  for pkg in postfix swaks opendkim-tools; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

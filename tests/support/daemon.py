@@ -1,0 +1,138 @@
+"""Start mtad as a user would: ``python -m mtad run --config FILE`` on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtad.passwords import hash_password
+
+PASSWORD = "s3cret-pass"
+_FAST_HASH = hash_password(PASSWORD, n=2**10)  # low cost: tests need speed, not brute-force resistance
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mtad exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
+    """A config with the three listener kinds, one sending domain with a user, one receiving domain."""
+    return {
+        "hostname": "mtad.test",
+        "state_dir": str(tmp / "state"),
+        "listeners": [
+            {"address": f"127.0.0.1:{free_port()}", "role": "mx", "tls": "starttls", "name": "mx"},
+            {"address": f"127.0.0.1:{free_port()}", "role": "submission", "tls": "starttls", "name": "submission"},
+            {"address": f"127.0.0.1:{free_port()}", "role": "submission", "tls": "implicit", "name": "submissions"},
+        ],
+        "tls": {"cert": str(certs.cert), "key": str(certs.key)},
+        "sending_domains": {
+            "example.com": {"users": {"postmaster": {"password_hash": _FAST_HASH,
+                                                     "send_as": ["example.com", "news.example.com"]}}},
+            "other.org": {"users": {"app": {"password_hash": _FAST_HASH}}},
+        },
+        "receiving_domains": ["inbound.test"],
+        "log": {"level": "debug"},
+    }
+
+
+class Mtad:
+    """A running mtad process with its config file, ports and log."""
+
+    def __init__(self, tmp: Path, cfg: dict[str, Any]):
+        self.tmp = tmp
+        self.cfg = cfg
+        self.config_path = tmp / "mtad.yaml"
+        self.log_path = tmp / "mtad.log"
+        self.proc: subprocess.Popen | None = None
+
+    def port(self, name: str) -> int:
+        for listener in self.cfg["listeners"]:
+            if listener.get("name") == name:
+                return int(listener["address"].rsplit(":", 1)[1])
+        raise KeyError(name)
+
+    @property
+    def mx(self) -> int:
+        return self.port("mx")
+
+    @property
+    def submission(self) -> int:
+        return self.port("submission")
+
+    @property
+    def submissions(self) -> int:
+        return self.port("submissions")
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.cfg["state_dir"]) / "mtad.sqlite3"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.cfg))
+
+    def start(self, extra_env: dict[str, str] | None = None) -> "Mtad":
+        self.write_config()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(self.config_path)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        for listener in self.cfg["listeners"]:
+            wait_port(int(listener["address"].rsplit(":", 1)[1]), proc=self.proc)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import sqlite3
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
