@@ -94,6 +94,125 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rw(cfg: Config) -> sqlite3.Connection:
+    from mtad.store import connect
+    if not cfg.store_path.exists():
+        raise ConfigError("store.path", f"no store at {cfg.store_path} (has mtad run yet?)")
+    return connect(cfg.store_path)
+
+
+def _write(args: argparse.Namespace, fn):
+    cfg, _ = _load(args)
+    conn = _rw(cfg)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        result = fn(conn)
+        conn.execute("COMMIT")
+        return result
+    finally:
+        conn.close()
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    from mtad import queueadmin
+    cfg, _ = _load(args)
+    with _db(cfg) as conn:
+        info = queueadmin.show(conn, args.queue_id)
+    if info is None:
+        print(f"mtad: no message {args.queue_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_queue_action(args: argparse.Namespace) -> int:
+    from mtad import queueadmin
+    action = args.queue_command
+    if action == "flush":
+        n = _write(args, lambda c: queueadmin.flush(c, domain=args.domain))
+        print(f"{n} deliveries due now")
+    elif action == "retry":
+        n = _write(args, lambda c: queueadmin.flush(c, queue_id=args.queue_id))
+        print(f"{args.queue_id}: {n} deliveries due now")
+    elif action == "delete":
+        if not _write(args, lambda c: queueadmin.delete(c, args.queue_id)):
+            print(f"mtad: no message {args.queue_id}", file=sys.stderr)
+            return 1
+        print(f"{args.queue_id}: deleted")
+    elif action == "bounce":
+        n = _write(args, lambda c: queueadmin.bounce(c, args.queue_id))
+        print(f"{args.queue_id}: {n} recipients failed")
+    elif action in ("pause", "resume"):
+        kind, value = next((k, getattr(args, k)) for k in queueadmin.PAUSE_KINDS if getattr(args, k))
+        if action == "pause":
+            _write(args, lambda c: queueadmin.pause(c, kind, value))
+            print(f"paused {kind} {value}")
+        else:
+            n = _write(args, lambda c: queueadmin.resume(c, kind, value))
+            print(f"resumed {kind} {value} ({n} held deliveries back in the queue)")
+    return 0
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    import os
+    from mtad import dkim
+    cfg, _ = _load(args)
+    folder = Path(args.out_dir) if args.out_dir else cfg.state_path / "dkim"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{args.domain}.{args.selector}.pem"
+    if path.exists() and not args.force:
+        print(f"mtad: {path} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    pem = dkim.generate_key(args.algorithm, args.bits)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    name, value = dkim.dns_record(dkim.load_key(args.domain, args.selector, pem))
+    print(f"# key written to {path}; add to the config:")
+    print(f"#   sending_domains: {{{args.domain}: {{dkim: [{{selector: {args.selector}, key_file: {path}}}]}}}}")
+    print("# publish this DNS TXT record:")
+    print(f'{name}. IN TXT "{value}"')
+    return 0
+
+
+def cmd_routes_test(args: argparse.Namespace) -> int:
+    from mtad.app import config_routes
+    from mtad.router import RouteTable
+    cfg, _ = _load(args)
+    routes = config_routes(cfg)
+    if cfg.store_path.exists():
+        with _db(cfg) as conn:
+            for row in conn.execute("SELECT id, priority, description, expression, actions FROM routes"):
+                from mtad.router import Route
+                routes.append(Route(row[0], row[1], row[2], row[3], tuple(json.loads(row[4]))))
+    table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
+    headers = []
+    for h in args.header or []:
+        name, _, value = h.partition(":")
+        headers.append((name.strip(), value.strip()))
+    recipient = args.recipient.lower()
+    print(f"recipient {recipient}: would be {'accepted' if table.would_handle(recipient) else 'refused (550 5.1.1)'}"
+          " at RCPT time")
+    matches = table.evaluate(recipient, headers)
+    if not matches:
+        print("no route matches: the message would be accepted and not forwarded" if table.would_handle(recipient)
+              else "no route matches")
+        return 1
+    for m in matches:
+        print(f"route {m.route.id} (priority {m.route.priority}) {m.route.expression}")
+        for action in m.actions:
+            if action.kind == "forward":
+                for dest in action.destinations:
+                    print(f"  forward -> {dest}")
+            elif action.kind == "store":
+                print(f"  store{' (notify ' + action.notify + ')' if action.notify else ''}")
+            else:
+                print("  stop")
+        for problem in m.problems:
+            print(f"  ! {problem}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtad", description="SMTP MTA and inbound mail router")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +237,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_queue_list)
+    p = q.add_parser("show", help="a message, its headers and its pending work")
+    with_config(p)
+    p.add_argument("queue_id")
+    p.set_defaults(func=cmd_queue_show)
+    p = q.add_parser("flush", help="make deferred mail due now")
+    with_config(p)
+    p.add_argument("--domain")
+    p.set_defaults(func=cmd_queue_action)
+    for name, text in (("retry", "make one message due now"), ("delete", "remove a message and its work"),
+                       ("bounce", "fail a message's pending recipients now")):
+        p = q.add_parser(name, help=text)
+        with_config(p)
+        p.add_argument("queue_id")
+        p.set_defaults(func=cmd_queue_action)
+    for name in ("pause", "resume"):
+        p = q.add_parser(name, help=f"{name} delivery for a destination domain, provider or tag")
+        with_config(p)
+        group = p.add_mutually_exclusive_group(required=True)
+        group.add_argument("--domain")
+        group.add_argument("--provider")
+        group.add_argument("--tag")
+        p.set_defaults(func=cmd_queue_action)
+
+    d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
+    p = d.add_parser("keygen", help="make a signing key and print the DNS record to publish")
+    with_config(p)
+    p.add_argument("domain")
+    p.add_argument("--selector", required=True)
+    p.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    p.add_argument("--bits", type=int, default=2048)
+    p.add_argument("--out-dir", help="where to write the key (default: STATE_DIR/dkim)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_dkim_keygen)
+
+    r = sub.add_parser("routes", help="inbound routes").add_subparsers(dest="routes_command", required=True)
+    p = r.add_parser("test", help="show which routes match a recipient and what would happen")
+    with_config(p)
+    p.add_argument("--recipient", required=True)
+    p.add_argument("--header", action="append", help="'Name: value' (repeatable)")
+    p.set_defaults(func=cmd_routes_test)
     return parser
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 import aiosmtplib
 
 from mtad import classify
-from mtad.errors import TempFailure
+from mtad.errors import PermFailure, TempFailure
 from mtad.resolver import Resolver
 from mtad.types import Outcome
 
@@ -181,12 +181,15 @@ class Connector:
     async def open(self, dest: Destination) -> Session:
         """A ready Session with the first host that works; raises the last error (classify it)."""
         last: BaseException = TempFailure(f"no hosts for {dest.name}")
+        resolved_any = False
         for host in dest.hosts:
             try:
                 addresses = await self._addresses(host)
             except Exception as exc:  # noqa: BLE001 - try the next host
                 last = exc
+                resolved_any = True  # a temporary lookup failure: not proof that no address exists
                 continue
+            resolved_any = resolved_any or bool(addresses)
             for address in addresses:
                 try:
                     return await self._open_one(dest, host, address)
@@ -197,6 +200,8 @@ class Connector:
                 except Exception as exc:  # noqa: BLE001 - try the next address
                     last = exc
                     log.info("%s: %s [%s]:%d failed: %s", dest.name, host, address, dest.port, exc)
+        if not resolved_any:
+            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})")
         raise last
 
     async def _open_one(self, dest: Destination, host: str, address: str) -> Session:

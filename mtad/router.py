@@ -186,7 +186,7 @@ class _Call:
     name: str
     col: int
     args: tuple[_Token, ...]
-    kwargs: tuple[tuple[str, _Token], ...]
+    kwargs: tuple[tuple[_Token, _Token], ...]  # (name, value)
 
 
 class _Parser:
@@ -225,14 +225,16 @@ class _Parser:
         name = self.expect("name", "a function name")
         self.expect("(", "'('")
         args: list[_Token] = []
-        kwargs: list[tuple[str, _Token]] = []
+        kwargs: list[tuple[_Token, _Token]] = []
         while self.peek().kind != ")":
             if args or kwargs:
                 self.expect(",", "',' or ')'")
             if self.peek().kind == "name":
                 key = self.expect("name", "an argument")
+                if any(key.value == k.value for k, _ in kwargs):
+                    raise RouteSyntaxError(f"argument {key.value!r} given twice", key.col, self.text)
                 self.expect("=", "'='")
-                kwargs.append((key.value, self.expect("string", "a quoted string")))
+                kwargs.append((key, self.expect("string", "a quoted string")))
             else:
                 if kwargs:
                     raise RouteSyntaxError("positional argument after keyword argument", self.peek().col, self.text)
@@ -242,9 +244,9 @@ class _Parser:
 
 
 def _check_arity(call: _Call, text: str, nargs: int, kwargs: tuple[str, ...] = ()) -> None:
-    for key, token in call.kwargs:
-        if key not in kwargs:
-            raise RouteSyntaxError(f"{call.name}() takes no argument {key!r}", token.col, text)
+    for key, _ in call.kwargs:
+        if key.value not in kwargs:
+            raise RouteSyntaxError(f"{call.name}() takes no argument {key.value!r}", key.col, text)
     if len(call.args) != nargs:
         plural = "s" if nargs != 1 else ""
         raise RouteSyntaxError(f"{call.name}() takes {nargs} argument{plural}, got {len(call.args)}", call.col, text)
@@ -433,7 +435,7 @@ def _parse_action(text: str, groups: _Matcher | None) -> tuple[Action, tuple[_De
         return Action("stop"), ()
     if name == "store":
         _check_arity(call, text, 0, ("notify",))
-        notify = dict(call.kwargs).get("notify")
+        notify = next((value for key, value in call.kwargs), None)  # arity check allowed only notify=
         if notify is not None and not _URL_ORIGIN.match(notify.value):
             raise RouteSyntaxError("notify must be an http(s) URL", notify.col, text)
         return Action("store", notify=notify.value if notify else None), ()

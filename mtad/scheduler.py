@@ -288,7 +288,11 @@ class Scheduler:
         keys = self.dkim_keys.get(job.sending_domain)
         if not keys or job.options.get("dkim") is False:
             return body
-        return await asyncio.to_thread(dkim_mod.sign, body, keys)
+        try:
+            return await asyncio.to_thread(dkim_mod.sign, body, keys)
+        except ValueError as exc:  # e.g. no From header: RFC 6376 5.4 forbids signing; send unsigned
+            log.warning("%s: not DKIM-signed: %s", job.queue_id, exc)
+            return body
 
     # --- recording -------------------------------------------------------------------------------
     async def _finish(self, job: spool.DeliveryJob, outcomes: dict[str, Outcome], seconds: float = 0.0) -> None:
