@@ -63,6 +63,20 @@ def signing_key(cfg: Config) -> str:
     return path.read_text().strip()
 
 
+def api_keys(cfg: Config) -> tuple[list, str | None]:
+    """API keys from the config; else one made once in the state folder (returned to print at start)."""
+    from mtad.api import ApiKey, hash_key
+    if cfg.api.keys:
+        return [ApiKey(k.key_hash.reveal(), frozenset(d.lower() for d in k.domains)) for k in cfg.api.keys], None
+    path = cfg.state_path / "api-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("key-" + secrets.token_hex(16))
+    key = path.read_text().strip()
+    return [ApiKey(hash_key(key))], key
+
+
 def config_routes(cfg: Config) -> list[Route]:
     routes = []
     for r in cfg.routing.routes:
@@ -114,7 +128,7 @@ class App:
         released = await self.store.write(spool.release_stale_locks)
         if released:
             log.info("released %d stale work locks", released)
-        needs_tls = any(listener.tls != "none" for listener in cfg.listeners)
+        needs_tls = any(listener.tls != "none" for listener in cfg.listeners) or (cfg.api.enabled and cfg.api.tls)
         self.tls_context = self._tls() if needs_tls else None
         self.signing_key = signing_key(cfg)
         self.routing = Routing(config_routes(cfg), srs_key=self.signing_key.encode(), use_srs=cfg.routing.srs,
@@ -133,6 +147,8 @@ class App:
         wakers.append(self.forward_loop.wake)
         self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
+        if cfg.api.enabled:
+            await self._start_api()
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
             def factory(listener=listener) -> MtadSMTP:
@@ -143,6 +159,26 @@ class App:
                 ssl=self.tls_context if listener.tls == "implicit" else None, reuse_address=True)
             self.servers.append(server)
             log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
+
+    async def _start_api(self) -> None:
+        from aiohttp import web
+        from mtad.api import ApiContext, create_app
+        from mtad.api.features import all_features
+        cfg = self.cfg
+        keys, generated = api_keys(cfg)
+        scheme = "https" if cfg.api.tls else "http"
+        base_url = cfg.api.public_url.rstrip("/") or f"{scheme}://{cfg.api.address}"
+        self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
+            "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
+            "signing_key": self.signing_key, "mtad_config": cfg})
+        self.api_runner = web.AppRunner(create_app(self.api_context, all_features()), access_log=None)
+        await self.api_runner.setup()
+        site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port, backlog=1024,
+                           ssl_context=self.tls_context if cfg.api.tls else None)
+        await site.start()
+        log.info("HTTP API on %s", base_url)
+        if generated:
+            log.info("API key (kept in %s): %s", cfg.state_path / "api-key", generated)
 
     def _build_scheduler(self) -> Scheduler:
         cfg = self.cfg
@@ -196,6 +232,8 @@ class App:
             await self.scheduler.stop()
         await self.forward_loop.stop()
         await self.http.close()
+        if getattr(self, "api_runner", None) is not None:
+            await self.api_runner.cleanup()
         for task in self._background:
             task.cancel()
         if self._background:

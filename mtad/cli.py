@@ -36,6 +36,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  SMTP user:        {demo['login']}", file=sys.stderr)
         print(f"  SMTP password:    {demo['password']}", file=sys.stderr)
         print(f"  receiving domain: {demo['receiving_domain']}", file=sys.stderr)
+        if cfg.api.enabled:
+            from mtad.app import api_keys
+            _, key = api_keys(cfg)
+            print(f"  HTTP API:         http://{cfg.api.address}/v3  (user api, key {key})", file=sys.stderr)
         print(f"  (kept in {cfg.state_path / 'demo-credentials.json'})", file=sys.stderr, flush=True)
     return run(cfg, Path(args.config).resolve() if args.config else None)
 
@@ -60,6 +64,15 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         print("mtad passwd: empty password", file=sys.stderr)
         return 1
     print(hash_password(password))
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    import secrets
+    from mtad.api import hash_key
+    key = "key-" + secrets.token_hex(16)
+    print(f"key:      {key}")
+    print(f"key_hash: {hash_key(key)}")
     return 0
 
 
@@ -230,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passwd", help="print a password hash for the config file")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=cmd_passwd)
+    p = sub.add_parser("apikey", help="make an HTTP API key and the hash for the config file")
+    p.set_defaults(func=cmd_apikey)
     q = sub.add_parser("queue", help="inspect and manage the queue").add_subparsers(dest="queue_command",
                                                                                     required=True)
     p = q.add_parser("list", help="list pending deliveries and forwards")

@@ -212,6 +212,46 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class ApiKeyConfig:
+    """An HTTP API key, stored as ``sha256:<hex>`` of the key (``mtad apikey`` makes one)."""
+
+    key_hash: Secret
+    domains: tuple[str, ...] = ()  # empty: every domain
+    description: str = ""
+
+    def __post_build__(self, path: str) -> None:
+        value = self.key_hash.reveal()
+        if not value.startswith("sha256:") or len(value) != 71:
+            raise ConfigError(f"{path}.key_hash", "expected sha256:<64 hex digits> (from `mtad apikey`)")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The Mailgun-compatible HTTP API (one aiohttp server)."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1:2580"
+    tls: bool = False  # serve HTTPS with the tls certificate
+    keys: tuple[ApiKeyConfig, ...] = ()  # none: a key is made in the state folder and printed at start
+    max_body_size: Size = Size(30_000_000)  # 25 MB messages plus form overhead
+    max_auth_failures: int = 10  # per client address per minute, then 429
+    public_url: str = ""  # base URL used in paging links and message URLs (default: http(s)://address)
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def __post_build__(self, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -237,6 +277,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     routing: RoutingConfig = RoutingConfig()
+    api: ApiConfig = ApiConfig()
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start

@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
+from mtad.api import hash_key
 from mtad.passwords import hash_password
 
 PASSWORD = "s3cret-pass"
+API_KEY = "key-test0123456789abcdef0123456789"
 _FAST_HASH = hash_password(PASSWORD, n=2**10)  # low cost: tests need speed, not brute-force resistance
 
 
@@ -55,6 +57,10 @@ def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
             "other.org": {"users": {"app": {"password_hash": _FAST_HASH}}},
         },
         "receiving_domains": ["inbound.test"],
+        "api": {"address": f"127.0.0.1:{free_port()}", "keys": [{"key_hash": hash_key(API_KEY)}]},
+        # never the system resolver in tests: a dead loopback port unless a test serves DNS itself
+        "delivery": {"dns_nameservers": ["127.0.0.1"], "dns_port": free_port(), "dns_timeout": "1s",
+                     "poll_interval": "0.2s"},
         "log": {"level": "debug"},
     }
 
@@ -86,6 +92,14 @@ class Mtad:
     @property
     def submissions(self) -> int:
         return self.port("submissions")
+
+    @property
+    def api_port(self) -> int:
+        return int(self.cfg["api"]["address"].rsplit(":", 1)[1])
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def db_path(self) -> Path:

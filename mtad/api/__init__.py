@@ -1,0 +1,159 @@
+"""The Mailgun-compatible HTTP API: one aiohttp application, its authentication and error shapes.
+
+Conventions (Mailgun's): HTTP basic auth with user ``api`` and an API key (keys may be limited to
+domains); errors are ``{"message": "..."}`` with Mailgun's status codes; no stack trace ever reaches a
+client (unexpected errors are logged and answered 500 ``{"message": "Internal error"}``). Failed
+authentication is rate-limited per client address. Each feature lives in its own module under
+``mtad.api`` with a ``setup(app)`` that adds its routes; ``ApiContext`` carries the collaborators.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from mtad.config import ApiConfig
+
+log = logging.getLogger("mtad.api")
+
+CONTEXT: web.AppKey["ApiContext"] = web.AppKey("mtad_context")
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_hash: str
+    domains: frozenset[str] = frozenset()  # empty: all domains
+
+    def allows(self, domain: str | None) -> bool:
+        return not self.domains or domain is None or domain.lower() in self.domains
+
+
+@dataclass
+class ApiContext:
+    """What handlers need; built by app.py. ``extras`` holds feature collaborators by name."""
+
+    config: ApiConfig
+    keys: list[ApiKey]
+    store: Any
+    base_url: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["extras"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+class AuthLimiter:
+    """Failed authentications per client address in a sliding minute."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, client: str, now: float) -> bool:
+        q = self._failures.get(client)
+        if not q:
+            return False
+        while q and q[0] < now - self.window:
+            q.popleft()
+        if not q:
+            self._failures.pop(client, None)
+        return len(q) >= self.limit
+
+    def fail(self, client: str, now: float) -> None:
+        self._failures[client].append(now)
+
+
+def _authenticate(request: web.Request, keys: list[ApiKey]) -> ApiKey | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, blob = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, key = base64.b64decode(blob.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if user != "api" or not key:
+        return None
+    digest = hash_key(key)
+    for candidate in keys:
+        if hmac.compare_digest(candidate.key_hash, digest):
+            return candidate
+    return None
+
+
+PUBLIC_PATHS = {"/metrics", "/healthz"}
+
+
+def _middlewares(ctx: ApiContext) -> list:
+    limiter = AuthLimiter(ctx.config.max_auth_failures)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json":
+                message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+                return error(exc.status, message)
+            raise
+        except Exception:  # noqa: BLE001 - never a stack trace to the client
+            log.exception("API error on %s %s", request.method, request.path)
+            return error(500, "Internal error")
+
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        client = request.remote or "?"
+        now = time.monotonic()
+        if limiter.blocked(client, now):
+            return error(429, "Too many failed authentication attempts, try again later")
+        key = _authenticate(request, ctx.keys)
+        if key is None:
+            limiter.fail(client, now)
+            resp = error(401, "Forbidden")
+            resp.headers["WWW-Authenticate"] = 'Basic realm="MG API"'
+            return resp
+        domain = request.match_info.get("domain") or request.match_info.get("name")
+        if not key.allows(domain):
+            return error(403, "Forbidden: this key may not use domain " + str(domain))
+        request["api_key"] = key
+        return await handler(request)
+
+    return [errors, auth]
+
+
+def create_app(ctx: ApiContext, features: list[Callable[[web.Application], None]]) -> web.Application:
+    app = web.Application(middlewares=_middlewares(ctx), client_max_size=int(ctx.config.max_body_size))
+    app[CONTEXT] = ctx
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+    app.router.add_get("/healthz", healthz)
+    for setup in features:
+        setup(app)
+    return app
+
+
+def context(request: web.Request) -> ApiContext:
+    return request.app[CONTEXT]
