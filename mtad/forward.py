@@ -30,7 +30,7 @@ def build_form(message: dict[str, Any], recipient: str, url: str, key: str, max_
     if url.rstrip("/").lower().endswith("mime"):
         post = inbound_parse.raw_fields(raw, recipient, message["sender"])
     else:
-        post = inbound_parse.parsed_fields(raw, recipient, message["sender"])
+        post = inbound_parse.parsed_fields(raw, recipient, message["sender"], max_depth=max_depth)
     form = aiohttp.FormData(quote_fields=False, charset="utf-8")
     for name, value in post.fields:
         form.add_field(name, value)

@@ -22,13 +22,14 @@ verbatim into an address's local part; an expansion that would change the origin
 invalid address is dropped and reported in ``RouteMatch.problems``.
 
 Speed and safety: every regex runs on RE2 (linear time, so a hostile recipient cannot make a
-pattern backtrack). All ``match_recipient`` patterns of a table sit in two ``re2.Set`` prefilters
-that report in one pass which patterns can match; only those routes are then checked, in order,
-with their own RE2 regex (which also extracts captures). Patterns RE2 cannot run (backreferences,
-lookaround) are refused unless ``allow_backtracking`` is set; then they run on the ``regex``
-module with a timeout drawn from one time budget per evaluation, so a recipient can cost at most
-``backtrack_budget`` seconds of backtracking in all. A fallback match that runs out of time counts
-as no match and is logged.
+pattern backtrack). All ``match_recipient`` patterns of a table sit in two ``re2.Set`` indexes that
+answer in one pass which of them match; only the routes they name (and routes without a recipient
+pattern) are walked, in order, and a route's own RE2 regex runs again only to extract the captures
+its destinations use. A recipient containing a newline (impossible in SMTP) matches no route.
+Patterns RE2 cannot run (backreferences, lookaround) are refused unless ``allow_backtracking`` is
+set; then they run on the ``regex`` module with a timeout drawn from one time budget per
+evaluation, so a recipient costs at most ``backtrack_budget`` seconds of backtracking in all. A
+fallback match that runs out of time counts as no match and is logged.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 from urllib.parse import quote
 
 import re2
@@ -423,11 +424,18 @@ def parse_expression(text: str, *, allow_backtracking: bool = False) -> tuple[Fi
 
 
 def parse_action(text: str) -> Action:
-    """Parses one action string; capture references in destinations are left unexpanded."""
+    """Parses one action string alone: capture references are kept as written, their groups unchecked."""
     return _parse_action(text, None)[0]
 
 
-def _parse_action(text: str, groups: _Matcher | None) -> tuple[Action, tuple[_Destination, ...]]:
+class _Groups(NamedTuple):
+    """The groups a route's first match_recipient captures, for checking references."""
+
+    groups: int
+    groupindex: Mapping[str, int]
+
+
+def _parse_action(text: str, groups: _Groups | None) -> tuple[Action, tuple[_Destination, ...]]:
     call = _Parser(text).single()
     name = call.name.lower()
     if name == "stop":
@@ -447,7 +455,7 @@ def _parse_action(text: str, groups: _Matcher | None) -> tuple[Action, tuple[_De
     raise RouteSyntaxError(f"unknown action {call.name!r}", call.col, text)
 
 
-def _destination(piece: str, token: _Token, text: str, groups: _Matcher | None) -> _Destination:
+def _destination(piece: str, token: _Token, text: str, groups: _Groups | None) -> _Destination:
     dest = piece.strip()
     col = token.col
     if not dest:
@@ -462,7 +470,7 @@ def _destination(piece: str, token: _Token, text: str, groups: _Matcher | None) 
     for m in _REFERENCE.finditer(dest):
         name = m.group(1) or m.group(2)
         ref = int(name) if name.isdigit() else groups.groupindex.get(name, 0) if groups else 0
-        if groups is None or not 0 < ref <= groups.groups:
+        if groups is not None and not 0 < ref <= groups.groups:
             raise RouteSyntaxError(f"{m.group()} refers to no group of the route's first match_recipient", col, text)
         if is_url and (origin is None or m.start() < origin.end()):
             raise RouteSyntaxError("a capture may only go into a URL's path or query, not its scheme or host", col, text)
@@ -484,7 +492,8 @@ def compile_route(route: Route, *, allow_backtracking: bool = False) -> Compiled
         filters = parse_expression(route.expression, allow_backtracking=allow_backtracking)
     except RouteSyntaxError as e:
         raise RouteSyntaxError(f"expression: {e.problem}", e.position, e.text) from None
-    groups = next((f.matcher for f in filters if f.kind == "recipient"), None)
+    first = next((f.matcher for f in filters if f.kind == "recipient"), None)
+    groups = _Groups(first.groups, first.groupindex) if first else _Groups(0, {})
     actions: list[Action] = []
     destinations: list[tuple[_Destination, ...]] = []
     for n, text in enumerate(route.actions, 1):

@@ -122,13 +122,20 @@ class Sessions:
             else:
                 self.per_ip[s.client_ip] = n
 
-    async def shutdown(self, grace: float) -> None:
-        """Answer idle sessions 421 now; let sessions in DATA finish (up to ``grace`` seconds)."""
+    async def shutdown(self, grace: float, linger: float = 1.0) -> None:
+        """Answer idle sessions 421 now; let sessions in DATA finish (up to ``grace`` seconds).
+
+        Sessions already told 421 get ``linger`` seconds to close, then are dropped: a TLS close waits
+        for the peer's close_notify, and a client that never reads must not hold up the stop.
+        """
         self.closing = True
         for s in list(self.active):
             s.shutdown()
-        deadline = time.monotonic() + grace
+        now = time.monotonic()
+        deadline, linger_until = now + grace, now + linger
         while self.active and time.monotonic() < deadline:
+            if time.monotonic() > linger_until and not any(s.in_data for s in self.active):
+                break
             await asyncio.sleep(0.05)
         for s in list(self.active):
             s.abort()
@@ -238,7 +245,7 @@ class MtadSMTP(SMTP):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()  # close() on TLS would wait for the peer's close_notify
 
     def _say_goodbye(self, reply: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -364,7 +371,6 @@ class MtadSMTP(SMTP):
             lines.append("STARTTLS")
         if self.tls_active:
             lines.append("AUTH PLAIN LOGIN")
-        lines.append("HELP")
         reply = "\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}"
         await self.push(reply)
 

@@ -17,8 +17,12 @@ forwards            one row per (message, recipient, route action destination): 
 webhook_deliveries  one row per (event, webhook URL)
 events              Mailgun-shaped event log
 stats               hourly counters maintained as events are written
+stats_dims          the same counters by provider (recipient domain) and sending IP, without tags
 suppressions        bounces / unsubscribes / complaints / whitelists per domain
+webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
 routes, kv          routes created by API; small settings (queue pauses, ...)
+domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
+messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at``; stale locks are released
 at start (``release_stale_locks``).
 
@@ -157,6 +161,45 @@ CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    receiving INTEGER NOT NULL DEFAULT 1,
+    spam_action TEXT NOT NULL DEFAULT 'disabled',
+    wildcard INTEGER NOT NULL DEFAULT 0,
+    dkim_selector TEXT NOT NULL,
+    dkim_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    login TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,  -- an API domain or a config one (credentials may be added to both)
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credentials_domain ON credentials(domain);
+CREATE INDEX IF NOT EXISTS events_domain_event ON events(domain, event, timestamp);
+CREATE INDEX IF NOT EXISTS events_domain_recipient ON events(domain, recipient COLLATE NOCASE, timestamp);
+CREATE INDEX IF NOT EXISTS events_message_id ON events(message_id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries(event_id);
+CREATE INDEX IF NOT EXISTS stats_event_hour ON stats(event, hour);
+CREATE TABLE IF NOT EXISTS stats_dims (
+    domain TEXT NOT NULL,
+    dim TEXT NOT NULL,
+    value TEXT NOT NULL,
+    event TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (domain, dim, value, event, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhooks (
+    domain TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    url TEXT NOT NULL,
+    format TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, hook, url)
+) WITHOUT ROWID;
 """
 
 
@@ -264,13 +307,24 @@ class Store:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        pending = batch
+        while pending:
+            pending = self._try_batch(conn, pending)
+
+    def _try_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Job]:
+        """Run and commit ``batch``; returns the jobs to run again in a new transaction, if any.
+
+        A write that fails is rolled back to its savepoint and reported to its caller alone. If SQLite
+        aborted the whole transaction instead (disk full, I/O error), the writes before it are gone
+        too: they are run again in a new transaction, since each is a pure function of the database.
+        """
         done: list[tuple[_Job, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for job in batch:
                 _settle(job, error=StoreError(f"cannot begin transaction: {exc}"))
-            return
+            return []
         for n, job in enumerate(batch):
             savepoint = f"w{n}"
             try:
@@ -279,12 +333,19 @@ class Store:
                 conn.execute(f"RELEASE {savepoint}")
                 done.append((job, result))
             except BaseException as exc:  # noqa: BLE001 - any failure belongs to that caller alone
+                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked
+                    exc = StoreError(str(exc))
+                elif not isinstance(exc, Exception):
+                    exc = StoreError(repr(exc))
+                _settle(job, error=exc)
+                if not conn.in_transaction:
+                    log.error("store transaction aborted by SQLite (%s); retrying %d writes", exc, len(done))
+                    return [j for j, _ in done] + batch[n + 1:]
                 try:
                     conn.execute(f"ROLLBACK TO {savepoint}")
                     conn.execute(f"RELEASE {savepoint}")
                 except sqlite3.Error:
                     pass
-                _settle(job, error=exc if isinstance(exc, Exception) else StoreError(repr(exc)))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -295,11 +356,12 @@ class Store:
                 pass
             for job, _ in done:
                 _settle(job, error=StoreError(f"commit failed: {exc}"))
-            return
+            return []
         self.commits += 1
         self.committed_writes += len(done)
         for job, result in done:
             _settle(job, result)
+        return []
 
     # --- reading ---------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
