@@ -14,9 +14,10 @@ import os
 import secrets
 import signal
 import ssl
+import time
 from pathlib import Path
 
-from mtad import config as config_mod, dkim, providers, sdnotify, spool
+from mtad import accounts as accounts_mod, config as config_mod, dkim, providers, routestore, sdnotify, spool
 from mtad.config import Config
 from mtad.delivery import BrokenTls, Connector, TlsContexts
 from mtad.directory import Directory
@@ -30,6 +31,7 @@ from mtad.router import Route
 from mtad.scheduler import Scheduler
 from mtad.smtpserver import MtadSMTP, Sessions
 from mtad.store import Store
+from mtad.storedmsg import StoreAction
 from mtad.tlsutil import make_self_signed, server_context
 from mtad.workloop import WorkLoop
 
@@ -85,6 +87,12 @@ def config_routes(cfg: Config) -> list[Route]:
     return routes
 
 
+def api_base_url(cfg: Config) -> str:
+    """The API's base URL as clients see it (paging links, stored-message URLs)."""
+    scheme = "https" if cfg.api.tls else "http"
+    return cfg.api.public_url.rstrip("/") or f"{scheme}://{cfg.api.address}"
+
+
 def load_shaping(cfg: Config) -> providers.ShapingConfig:
     path = cfg.path(cfg.delivery.shaping_file) if cfg.delivery.shaping_file else SHIPPED_SHAPING
     return providers.load_shaping(path)
@@ -105,6 +113,7 @@ class App:
         self._background: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self.tls_context: ssl.SSLContext | None = None
+        self.accounts = accounts_mod.Accounts()
 
     # --- start -----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
@@ -133,7 +142,9 @@ class App:
         self.signing_key = signing_key(cfg)
         self.routing = Routing(config_routes(cfg), srs_key=self.signing_key.encode(), use_srs=cfg.routing.srs,
                                allow_backtracking=cfg.routing.allow_backtracking_regex)
-        self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=Directory.from_config(cfg),
+        await self._load_api_routes()
+        self.accounts = await self.store.read(accounts_mod.load)
+        self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
         wakers = []
         if cfg.delivery.enabled:
@@ -146,6 +157,14 @@ class App:
                                      max_concurrent=cfg.routing.max_concurrent, actions=("http",))
         wakers.append(self.forward_loop.wake)
         self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
+        await self._start_webhooks()
+        self.store_action = StoreAction(store=self.store, http=self.http, config=cfg.routing,
+                                        signing_key=self.signing_key, base_url=api_base_url(cfg))
+        # Polled, not woken by every commit: store() is rare, and a claim per commit would cost every message.
+        self.store_loop = WorkLoop(name="store", store=self.store, table="forwards", handle=self.store_action.handle,
+                                   max_concurrent=cfg.routing.max_concurrent, actions=("store",), poll_interval=0.5)
+        self._background.append(asyncio.create_task(self.store_loop.run(), name="store-action"))
+        self._background.append(asyncio.create_task(self.store_action.expire_loop(), name="store-expiry"))
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
         if cfg.api.enabled:
             await self._start_api()
@@ -160,14 +179,57 @@ class App:
             self.servers.append(server)
             log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
 
+    def directory(self, cfg: Config) -> Directory:
+        """The config file's users and domains plus those created through the API."""
+        return Directory.from_config(cfg).merged(*self.accounts.directory_parts())
+
+    def apply_accounts(self, accounts: accounts_mod.Accounts) -> None:
+        """Domains or credentials changed through the API: new directory and DKIM keys, no restart."""
+        self.accounts = accounts
+        if self.ingress is not None:
+            self.ingress.reload(limits=self.ingress.limits, directory=self.directory(self.cfg))
+        if self.scheduler is not None:
+            self.scheduler.dkim_keys = {**accounts.dkim_keys(), **load_dkim_keys(self.cfg)}
+
+    async def _load_api_routes(self) -> None:
+        """Routes created through the API; one that no longer compiles (config changed) is skipped."""
+        stored = [s.route for s in await self.store.read(routestore.load)]
+        try:
+            self.routing.replace_api(stored)
+            return
+        except Exception:  # noqa: BLE001 - find the culprits one by one
+            pass
+        good = []
+        for route in stored:
+            try:
+                self.routing.build([], [route])
+                good.append(route)
+            except Exception as exc:  # noqa: BLE001
+                log.error("route %s (created through the API) is skipped: %s", route.id, exc)
+        self.routing.replace_api(good)
+
+    async def _start_webhooks(self) -> None:
+        """Event webhooks (own HTTP client and work loop, woken by events.record) and event retention."""
+        from mtad import events, retention, webhooks
+        cfg = self.cfg
+        await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+        self.webhook_http = HttpClient(cfg.routing.allowed_networks, cfg.webhooks.timeout.seconds)
+        self.webhook_dispatcher = webhooks.Dispatcher(store=self.store, http=self.webhook_http, config=cfg.webhooks,
+                                                      signing_key=self.signing_key)
+        self.webhook_loop = webhooks.WebhookLoop(store=self.store, dispatcher=self.webhook_dispatcher,
+                                                 config=cfg.webhooks)
+        events.on_webhook_work = self.webhook_loop.wake_threadsafe(asyncio.get_running_loop())
+        self._background.append(asyncio.create_task(self.webhook_loop.run(), name="webhooks"))
+        self.pruner = retention.Pruner(self.store, cfg.store.event_retention.seconds)
+        self._background.append(asyncio.create_task(self.pruner.run(), name="retention"))
+
     async def _start_api(self) -> None:
         from aiohttp import web
         from mtad.api import ApiContext, create_app
         from mtad.api.features import all_features
         cfg = self.cfg
         keys, generated = api_keys(cfg)
-        scheme = "https" if cfg.api.tls else "http"
-        base_url = cfg.api.public_url.rstrip("/") or f"{scheme}://{cfg.api.address}"
+        base_url = api_base_url(cfg)
         self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
             "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
             "signing_key": self.signing_key, "mtad_config": cfg})
@@ -177,6 +239,10 @@ class App:
                            ssl_context=self.tls_context if cfg.api.tls else None)
         await site.start()
         log.info("HTTP API on %s", base_url)
+        from mtad import events
+        from mtad.api.metrics import EventCounters
+        self.event_counters = EventCounters(self.scheduler.shaping if self.scheduler is not None else None)
+        events.observers.append(self.event_counters.observe)
         if generated:
             log.info("API key (kept in %s): %s", cfg.state_path / "api-key", generated)
 
@@ -188,7 +254,8 @@ class App:
                               BrokenTls(d.tls_failure_memory.seconds))
         password = d.smarthost.password.reveal() if d.smarthost and d.smarthost.password else None
         return Scheduler(store=self.store, connector=connector, resolver=resolver, shaping=load_shaping(cfg),
-                         config=d, hostname=cfg.hostname, dkim_keys=load_dkim_keys(cfg), smarthost_password=password)
+                         config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **load_dkim_keys(cfg)},
+                         smarthost_password=password)
 
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -214,13 +281,21 @@ class App:
             log.warning("reload: listener and store changes need a restart; applying the rest")
         self.cfg = cfg
         if self.ingress is not None:
-            self.ingress.reload(limits=cfg.limits, directory=Directory.from_config(cfg))
+            self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
             try:
                 self.routing.replace(config_routes(cfg))
             except Exception as exc:  # noqa: BLE001 - a bad route keeps the old table
                 log.error("reload: routes not changed: %s", exc)
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")
+        self._background.append(asyncio.get_running_loop().create_task(self._sync_webhooks(cfg)))
+
+    async def _sync_webhooks(self, cfg: Config) -> None:
+        from mtad import webhooks
+        try:
+            await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+        except Exception:  # noqa: BLE001 - keep the previous webhooks
+            log.exception("reload: webhooks not changed")
 
     async def stop(self) -> None:
         sdnotify.notify("STOPPING=1\nSTATUS=finishing sessions")
@@ -231,7 +306,14 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.forward_loop.stop()
+        await self.store_loop.stop()
         await self.http.close()
+        await self.webhook_loop.stop()
+        await self.webhook_http.close()
+        from mtad import events
+        events.on_webhook_work = lambda: None
+        if getattr(self, "event_counters", None) is not None and self.event_counters.observe in events.observers:
+            events.observers.remove(self.event_counters.observe)
         if getattr(self, "api_runner", None) is not None:
             await self.api_runner.cleanup()
         for task in self._background:

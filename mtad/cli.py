@@ -203,7 +203,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     for h in args.header or []:
         name, _, value = h.partition(":")
         headers.append((name.strip(), value.strip()))
-    recipient = args.recipient.lower()
+    local, at, domain = args.recipient.rpartition("@")
+    recipient = f"{local}{at}{domain.lower()}"  # as the MX listener takes it: the local part keeps its case
     print(f"recipient {recipient}: would be {'accepted' if table.would_handle(recipient) else 'refused (550 5.1.1)'}"
           " at RCPT time")
     matches = table.evaluate(recipient, headers)
@@ -223,6 +224,26 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
                 print("  stop")
         for problem in m.problems:
             print(f"  ! {problem}")
+    return 0
+
+
+def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
+    from mtad import eventquery, webhooks
+
+    def when(text: str, name: str) -> float:
+        try:
+            return time.time() - eventquery.parse_duration(text, name)  # 2h, 3d: that long ago
+        except eventquery.QueryError:
+            return eventquery.parse_time(text, name)
+    try:
+        since = when(args.since, "--since")
+        until = when(args.until, "--until") if args.until else None
+    except eventquery.QueryError as exc:
+        print(f"mtad: {exc}", file=sys.stderr)
+        return 2
+    n = _write(args, lambda c: webhooks.redeliver(c, since=since, until=until, kinds=args.event or (),
+                                                  domain=args.domain, url=args.url))
+    print(f"{n} webhook POSTs queued (events since {eventquery.rfc2822(since)}); the running daemon sends them")
     return 0
 
 
@@ -292,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipient", required=True)
     p.add_argument("--header", action="append", help="'Name: value' (repeatable)")
     p.set_defaults(func=cmd_routes_test)
+
+    w = sub.add_parser("webhooks", help="event webhooks").add_subparsers(dest="webhooks_command", required=True)
+    p = w.add_parser("redeliver", help="POST stored events again to the current webhooks (after a long outage)")
+    with_config(p)
+    p.add_argument("--since", required=True, help="RFC 2822 date, epoch seconds, or a duration ago (2h, 3d)")
+    p.add_argument("--until", help="same forms; default: now")
+    p.add_argument("--event", action="append", help="only this event kind (repeatable): delivered, failed, ...")
+    p.add_argument("--domain", help="only this domain's events")
+    p.add_argument("--url", help="only this webhook URL")
+    p.set_defaults(func=cmd_webhooks_redeliver)
     return parser
 
 

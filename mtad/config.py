@@ -200,6 +200,7 @@ class RoutingConfig:
     allowed_networks: tuple[str, ...] = ()  # private/loopback networks URLs may reach (public always may)
     allow_backtracking_regex: bool = False  # allow patterns RE2 cannot run, with a time budget
     srs: bool = True  # rewrite the envelope sender of forwards to addresses
+    store_retention: Duration = Duration(3 * 86400)  # how long store() keeps a message (Mailgun: 3 days)
 
     def __post_build__(self, path: str) -> None:
         for i, net in enumerate(self.allowed_networks):
@@ -209,6 +210,57 @@ class RoutingConfig:
                 raise ConfigError(f"{path}.allowed_networks[{i}]", f"expected a network like 10.0.0.0/8, got {net!r}") from None
         if not self.retry_schedule:
             raise ConfigError(f"{path}.retry_schedule", "give at least one delay")
+        from mtad.errors import RouteSyntaxError
+        from mtad.router import Route, compile_route
+        for i, r in enumerate(self.routes):  # the parser the daemon uses, so check-config and start agree
+            try:
+                compile_route(Route(r.id, r.priority, r.description, r.expression, tuple(r.actions)),
+                              allow_backtracking=self.allow_backtracking_regex)
+            except RouteSyntaxError as exc:
+                raise ConfigError(f"{path}.routes[{i}]", str(exc)) from None
+
+
+WEBHOOK_IDS = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained", "permanent_fail",
+               "temporary_fail")
+# The seed manual's schedule: retried seven times, three times every 10 minutes, then four times every 30.
+_WEBHOOK_SCHEDULE = tuple(Duration(s) for s in (600, 600, 600, 1800, 1800, 1800, 1800))
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook of a domain: up to 3 URLs, all POSTed in one format (``json``, or Mailgun's legacy form)."""
+
+    urls: tuple[str, ...]
+    format: Literal["json", "legacy"] = "json"
+
+    def __post_build__(self, path: str) -> None:
+        from mtad.httpclient import check_url
+        if not 1 <= len(self.urls) <= 3:
+            raise ConfigError(f"{path}.urls", "give one to three URLs")
+        for i, url in enumerate(self.urls):
+            problem = check_url(url)
+            if problem:
+                raise ConfigError(f"{path}.urls[{i}]", problem)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Event webhooks: per-domain URLs from the config (more by API), and how they are POSTed and retried."""
+
+    domains: dict[str, dict[str, WebhookConfig]] = field(default_factory=dict)  # domain -> webhook id -> urls
+    retry_schedule: tuple[Duration, ...] = _WEBHOOK_SCHEDULE  # delays after each failed attempt
+    timeout: Duration = Duration(10)  # one POST, connect to last byte
+    max_concurrent: int = 100  # POSTs in flight, all receivers together
+    max_per_url: int = 4  # POSTs in flight to one URL: a slow receiver holds this many slots at most
+
+    def __post_build__(self, path: str) -> None:
+        for domain, hooks in self.domains.items():
+            for hook_id in hooks:
+                if hook_id not in WEBHOOK_IDS:
+                    raise ConfigError(f"{path}.domains.{domain}.{hook_id}",
+                                      f"unknown webhook id (known: {', '.join(WEBHOOK_IDS)})")
+        if self.max_concurrent < 1 or self.max_per_url < 1:
+            raise ConfigError(path, "max_concurrent and max_per_url must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -278,6 +330,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     routing: RoutingConfig = RoutingConfig()
     api: ApiConfig = ApiConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start

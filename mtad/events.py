@@ -2,16 +2,26 @@
 
 An event is a plain JSON-able dict in the shape of Mailgun's events API (``id``, ``event``,
 ``timestamp``, ``log-level``, ``recipient``, ``message``, ``envelope``, ``flags``, ...). ``record``
-inserts it inside the caller's transaction and bumps the hourly ``stats`` counters, so stats queries
-never scan events. Building is pure; recording takes the writer's connection.
+inserts it inside the caller's transaction, bumps the hourly ``stats`` counters (so stats queries
+never scan events) and creates one ``webhook_deliveries`` row per URL of the domain's webhook for
+that event (so a committed event is never without its webhook work). Building is pure; recording
+takes the writer's connection.
+
+Webhook URLs live in the ``webhooks`` table; ``record`` reads them through an in-memory cache that
+whoever changes the table clears with ``invalidate_webhooks()`` (the table is small and read on
+every event). ``on_webhook_work`` and ``observers`` are process-local hooks set by app.py: called on
+the writer thread inside the transaction, they must be cheap and must not raise.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import sqlite3
-from typing import Any, Iterable
+import threading
+import time
+from typing import Any, Callable, Iterable
 
 from mtad.types import NewMessage, Outcome
 
@@ -21,7 +31,10 @@ _LOG_LEVEL = {"accepted": "info", "delivered": "info", "failed": "error", "rejec
 
 
 def new_event_id() -> str:
-    return secrets.token_urlsafe(16)
+    """22 URL-safe characters like Mailgun's, time-ordered (48 bits of milliseconds, then 80 random bits) so that
+    the events table's unique index on ids grows at its end instead of dirtying a random page per event."""
+    raw = int(time.time() * 1000).to_bytes(6, "big") + secrets.token_bytes(10)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def domain_of(address: str) -> str:
@@ -39,7 +52,8 @@ def base_event(kind: str, *, timestamp: float, recipient: str, queue_id: str, me
         "id": new_event_id(),
         "event": kind,
         "timestamp": timestamp,
-        "log-level": _LOG_LEVEL.get(kind, "info"),
+        "log-level": "warn" if kind == "failed" and (extra or {}).get("severity") == "temporary"
+        else _LOG_LEVEL.get(kind, "info"),
         "recipient": recipient,
         "recipient-domain": domain_of(recipient),
         "message": message,
@@ -61,7 +75,7 @@ def accepted_events(msg: NewMessage, queue_id: str, now: float) -> list[dict[str
     options = msg.options.to_json()
     message = message_part(msg.headers.to_json(), len(msg.body), msg.attachments)
     flags = {"is-authenticated": env.auth_user is not None, "is-test-mode": msg.options.test_mode,
-             "is-routed": False, "is-system-test": False}
+             "is-routed": False, "is-delayed-bounce": False, "is-system-test": False}
     events = []
     for rcpt in env.recipients:
         envelope = {"sender": env.sender, "targets": rcpt, "transport": env.transport,
@@ -107,8 +121,58 @@ def stat_keys(event: dict[str, Any]) -> list[str]:
     return keys
 
 
+def webhook_id(event: dict[str, Any]) -> str | None:
+    """The Mailgun webhook id an event triggers (``failed`` splits by severity), or None."""
+    kind = event["event"]
+    if kind == "failed":
+        return "permanent_fail" if event.get("severity", "permanent") == "permanent" else "temporary_fail"
+    return kind if kind in _WEBHOOK_KINDS else None
+
+
+_WEBHOOK_KINDS = frozenset({"accepted", "delivered", "opened", "clicked", "unsubscribed", "complained"})
+_webhooks_lock = threading.Lock()
+_webhooks: dict[int, dict[tuple[str, str], list[tuple[str, str]]]] = {}  # id(conn) -> (domain, hook) -> urls
+
+on_webhook_work: Callable[[], None] = lambda: None  # new webhook rows were written (wakes the dispatcher)
+observers: list[Callable[[str, dict[str, Any]], None]] = []  # every recorded event (metrics)
+
+
+def invalidate_webhooks() -> None:
+    """Forget cached webhook URLs; the next event reads the ``webhooks`` table again."""
+    with _webhooks_lock:
+        _webhooks.clear()
+
+
+def webhook_targets(conn: sqlite3.Connection, domain: str, hook: str) -> list[tuple[str, str]]:
+    """(url, format) pairs of ``domain``'s webhook ``hook``, from the cache (filled from the table)."""
+    table = _webhooks.get(id(conn))
+    if table is None:
+        table = {}
+        for d, h, url, fmt in conn.execute("SELECT domain, hook, url, format FROM webhooks ORDER BY created_at"):
+            table.setdefault((d, h), []).append((url, fmt))
+        with _webhooks_lock:
+            _webhooks[id(conn)] = table
+    return table.get((domain, hook), [])
+
+
+def add_webhook_work(conn: sqlite3.Connection, domain: str, event_id: str, targets: Iterable[tuple[str, str]],
+                     now: float) -> int:
+    """Queue one POST of event ``event_id`` per (url, format); a URL given twice gets one."""
+    seen: set[str] = set()
+    rows = []
+    for url, fmt in targets:
+        if url not in seen:
+            seen.add(url)
+            rows.append((event_id, domain, url, fmt, now, now, now))
+    conn.executemany(
+        "INSERT INTO webhook_deliveries (event_id, domain, url, format, state, next_attempt_at, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)", rows)
+    return len(rows)
+
+
 def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None:
-    """Insert one event and bump its hourly counters (total and per tag), in the caller's transaction."""
+    """Insert one event, bump its hourly counters (total, per tag, per provider and sending IP) and queue
+    its webhook POSTs, in the caller's transaction."""
     headers = event.get("message", {}).get("headers", {})
     conn.execute(
         "INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
@@ -117,8 +181,25 @@ def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None
          headers.get("message-id", ""), event.get("storage", {}).get("key", ""),
          event.get("severity", ""), json.dumps(event, separators=(",", ":"))))
     hour = int(event["timestamp"] // 3600)
-    tags = [""] + list(event.get("tags") or ())
-    rows = [(domain, tag, key, hour) for tag in tags for key in stat_keys(event)]
-    conn.executemany(
-        "INSERT INTO stats (domain, tag, event, hour, count) VALUES (?, ?, ?, ?, 1)"
-        " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + 1", rows)
+    keys = stat_keys(event)
+    tags = dict.fromkeys(["", *(event.get("tags") or ())])
+    rows = [(domain, tag, key, hour) for tag in tags for key in keys]  # one statement: fewer GIL round trips
+    conn.execute("INSERT INTO stats (domain, tag, event, hour, count) VALUES " + ",".join(["(?, ?, ?, ?, 1)"] * len(rows))
+                 + " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + 1",
+                 [v for row in rows for v in row])
+    dims = [("provider", event.get("recipient-domain") or "")]
+    ip = (event.get("envelope") or {}).get("sending-ip")
+    if ip:
+        dims.append(("ip", ip))
+    rows = [(domain, dim, value, key, hour) for dim, value in dims for key in keys]
+    conn.execute("INSERT INTO stats_dims (domain, dim, value, event, hour, count) VALUES "
+                 + ",".join(["(?, ?, ?, ?, ?, 1)"] * len(rows))
+                 + " ON CONFLICT (domain, dim, value, event, hour) DO UPDATE SET count = count + 1",
+                 [v for row in rows for v in row])
+    hook = webhook_id(event)
+    if hook is not None:
+        targets = webhook_targets(conn, domain, hook)
+        if targets and add_webhook_work(conn, domain, event["id"], targets, event["timestamp"]):
+            on_webhook_work()
+    for observe in observers:
+        observe(domain, event)

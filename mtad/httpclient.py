@@ -34,10 +34,18 @@ class GuardedResolver(AbstractResolver):
     def __init__(self, allowed_networks: tuple[str, ...]):
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
         self._inner = ThreadedResolver()
+        self._verdicts: dict[str, bool] = {}  # ipaddress's range checks cost ~20 µs; asked for every POST
 
     def permitted(self, host: str) -> bool:
-        addr = ipaddress.ip_address(host)
-        return _public(addr) or any(addr in net for net in self.allowed)
+        """Whether mtad may connect to this IP address (ValueError if it is not one)."""
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            addr = ipaddress.ip_address(host)
+            verdict = _public(addr) or any(addr in net for net in self.allowed)
+            if len(self._verdicts) >= 10_000:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
@@ -108,6 +116,10 @@ class HttpClient:
                 return HttpResult(response.status, "", body.decode("utf-8", "replace"))
         except ForbiddenAddress as exc:
             return HttpResult(None, str(exc))
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ForbiddenAddress):  # aiohttp wraps what the resolver raised
+                return HttpResult(None, str(exc.os_error))
+            return HttpResult(None, f"{exc.__class__.__name__}: {exc}")
         except TimeoutError:
             return HttpResult(None, f"timed out after {self.timeout:g}s")
         except (aiohttp.ClientError, OSError) as exc:

@@ -9,6 +9,7 @@ and returned to the original sender.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Iterable
@@ -32,11 +33,38 @@ class Routing:
         self.srs_key = srs_key
         self.use_srs = use_srs
         self.allow_backtracking = allow_backtracking
-        self.table = RouteTable(list(routes), allow_backtracking=allow_backtracking)
+        self.config_routes: list[Route] = list(routes)
+        self.api_routes: list[Route] = []
+        self.table = RouteTable(self.config_routes, allow_backtracking=allow_backtracking)
+
+    def build(self, config_routes: Iterable[Route], api_routes: Iterable[Route]) -> RouteTable:
+        """A table of the config file's routes then the API's (raises RouteSyntaxError/ConfigError)."""
+        return RouteTable([*config_routes, *api_routes], allow_backtracking=self.allow_backtracking)
 
     def replace(self, routes: Iterable[Route]) -> None:
-        """Swap in a new route table (API changes take effect without a restart)."""
-        self.table = RouteTable(list(routes), allow_backtracking=self.allow_backtracking)
+        """Swap in new config-file routes (reload); the API's routes stay."""
+        routes = list(routes)
+        self.table = self.build(routes, self.api_routes)
+        self.config_routes = routes
+
+    def replace_api(self, routes: Iterable[Route]) -> None:
+        """Swap in the API's routes (changes take effect without a restart); config routes stay."""
+        routes = list(routes)
+        self.table = self.build(self.config_routes, routes)
+        self.api_routes = routes
+
+    async def replace_api_async(self, routes: Iterable[Route]) -> None:
+        """``replace_api`` for callers on the event loop: the table is built in a thread (10,000 routes
+        take seconds), then swapped in on the loop. Callers serialise their changes (the API's lock); a
+        config reload that lands meanwhile is honoured by building again with its routes."""
+        routes = list(routes)
+        while True:
+            config_routes = self.config_routes
+            table = await asyncio.to_thread(self.build, config_routes, routes)
+            if self.config_routes is config_routes:
+                break
+        self.table = table
+        self.api_routes = routes
 
     def would_handle(self, recipient: str) -> bool:
         if srs.reverse(recipient, self.srs_key) is not None:
@@ -47,7 +75,8 @@ class Routing:
         original = srs.reverse(recipient, self.srs_key)
         if original is not None:  # a bounce of one of our forwards: back to whoever sent the original
             return [ForwardRow(recipient, "", "address", original, sender="")]
-        pairs = [(f.name, headers_mod.decode(f.value)) for f in fields]
+        # Decoded only if a route has match_header (RouteTable takes a callable): most tables have none.
+        pairs = lambda: [(f.name, headers_mod.decode(f.value)) for f in fields]  # noqa: E731
         rows: list[ForwardRow] = []
         domain = recipient.rpartition("@")[2]
         for match in self.table.evaluate(recipient, pairs):

@@ -31,6 +31,7 @@ import codecs
 import email
 import email.header
 import email.policy
+import email.utils
 import json
 import logging
 import re
@@ -163,12 +164,23 @@ class _Bodies:
     content_ids: dict[str, str]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+
+
 def _filename(part: Message) -> str:
+    """The part's file name; control characters (never meant, and refused in the POST's part headers) dropped."""
     try:
         name = part.get_filename()
     except Exception:  # noqa: BLE001 - mangled RFC 2231 parameters
         name = None
-    return decode_header(name) if name else ""
+    return _CONTROL.sub("", decode_header(name)) if name else ""
+
+
+def _content_type(part: Message) -> str:
+    """The part's type; one that is not a MIME type (control characters, spaces) is application/octet-stream."""
+    content_type = part.get_content_type()
+    return content_type if _MIME_TYPE.fullmatch(content_type) else "application/octet-stream"
 
 
 def _charset(part: Message) -> str | None:
@@ -179,13 +191,16 @@ def _charset(part: Message) -> str | None:
 
 
 def _repair_boundary(part: Message) -> Message | None:
-    """A multipart part whose boundary parameter is missing, re-parsed with the first "--x" line as boundary."""
-    payload = part.get_payload()
-    found = re.search(r"^--([\x21-\x7e]{1,70})\r?$", payload, re.MULTILINE) if isinstance(payload, str) else None
+    """A multipart part whose boundary parameter is missing, re-parsed with the first "--x" line as boundary.
+
+    Works on the payload's bytes: with 8-bit content, the parser's text form cannot be written back.
+    """
+    payload = _payload(part)
+    found = re.search(rb"^--([\x21-\x7e]{1,70})\r?$", payload, re.MULTILINE)
     if found is None:
         return None
-    part.set_param("boundary", found.group(1))
-    repaired = _parse(_serialize(part))
+    boundary = email.utils.quote(found.group(1).decode("ascii"))
+    repaired = _parse(f'Content-Type: {part.get_content_type()}; boundary="{boundary}"\r\n\r\n'.encode() + payload)
     return repaired if repaired is not None and repaired.is_multipart() else None
 
 
@@ -203,7 +218,7 @@ def _walk(msg: Message, max_depth: int, max_parts: int) -> _Bodies:
     while stack and seen < max_parts:
         part, depth = stack.pop()
         seen += 1
-        content_type = part.get_content_type()
+        content_type = _content_type(part)
         if content_type.startswith("multipart/") and not part.is_multipart():
             repaired = _repair_boundary(part)
             if repaired is not None:
@@ -291,12 +306,17 @@ def raw_fields(raw: bytes, recipient: str, sender: str) -> ParsedPost:
     try:
         body = raw.decode("utf-8")
     except UnicodeDecodeError:
-        body = _decode_lines(_transcode(msg) if msg is not None else raw)
+        transcoded = _transcode(msg) if msg is not None else None
+        body = _decode_lines(raw if transcoded is None else transcoded)
     return ParsedPost(tuple(_envelope_fields(headers, recipient, sender) + [("body-mime", body)]))
 
 
-def _transcode(msg: Message) -> bytes:
-    """The message re-serialized with its 8-bit non-UTF-8 text parts re-encoded as UTF-8."""
+def _transcode(msg: Message) -> bytes | None:
+    """The message re-serialized with its 8-bit non-UTF-8 text parts re-encoded as UTF-8.
+
+    None when it cannot be written back whole (8-bit bytes in a multipart part the parser could not
+    split): the caller then decodes the original, rather than post a truncated message.
+    """
     for part in msg.walk():
         if part.is_multipart() or part.get_content_maintype() != "text":
             continue
@@ -306,7 +326,12 @@ def _transcode(msg: Message) -> bytes:
         text = to_text(_payload(part), _charset(part))
         del part["Content-Transfer-Encoding"]
         part.set_payload(text, "utf-8")
-    return _serialize(msg)
+    buffer = BytesIO()
+    try:
+        BytesGenerator(buffer, mangle_from_=False, policy=_WIRE).flatten(msg)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+    return buffer.getvalue()
 
 
 def _decode_lines(data: bytes) -> str:

@@ -46,6 +46,19 @@ class AcceptAll:
         return []
 
 
+@dataclass(frozen=True)
+class Submission:
+    """One message for ``Ingress.commit_many``: what ``commit`` takes, as a record."""
+
+    envelope: Envelope
+    content: bytes
+    fields: list[headers.HeaderField]
+    summary: HeaderSummary
+    opts: SendOptions
+    queue_id: str
+    domain: str | None = None
+
+
 @dataclass
 class Counters:
     accepted: int = 0
@@ -150,35 +163,58 @@ class Ingress:
         return await self.commit(envelope, content, fields, summary, opts, queue_id, now)
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
-                     summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float) -> str:
-        """Store the message and its work rows durably; the SMTP reply to give."""
-        outbound = envelope.auth_user is not None or envelope.transport == "http"
-        inbound_rcpts = [r for r in envelope.recipients if self.directory.receives(r.rpartition("@")[2])]
-        forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, fields, envelope.sender)]
-        deliver_to = [r for r in envelope.recipients if r not in inbound_rcpts]
-        if outbound:
-            domain = self._sending_domain(envelope)
-        else:
-            domain = inbound_rcpts[0].rpartition("@")[2] if inbound_rcpts else ""
-        msg = NewMessage(envelope=envelope, body=content, direction="outbound" if outbound else "inbound",
-                         domain=domain, headers=summary, options=opts)
-        if self.inflight_bytes + len(content) > int(self.limits.max_inflight_bytes):
+                     summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
+                     domain: str | None = None) -> str:
+        """Store the message and its work rows durably; the SMTP reply to give.
+
+        ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
+        otherwise it comes from the envelope sender and the authenticated user.
+        """
+        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now)
+
+    async def commit_many(self, items: "list[Submission]", now: float) -> str:
+        """Commit several messages in one transaction, all or none (an API batch send); one reply."""
+        planned = [(item.queue_id, self._plan(item)) for item in items]
+        size = sum(len(item.content) for item in items)
+        if self.inflight_bytes + size > int(self.limits.max_inflight_bytes):
             return "452 4.3.1 Insufficient system resources, try again later"
-        self.inflight_bytes += len(content)
+        self.inflight_bytes += size
+
+        def write(conn) -> None:
+            for queue_id, (msg, forwards, deliver_to) in planned:
+                spool.enqueue(conn, queue_id, msg, now, forwards, deliver_to)
         try:
-            await self.store.write(lambda conn: spool.enqueue(conn, queue_id, msg, now, forwards, deliver_to))
+            await self.store.write(write)
         except StoreError as exc:
             self.counters.store_failures += 1
-            log.error("%s: not stored: %s", queue_id, exc)
+            log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
             return "452 4.3.1 Insufficient system storage, try again later"
         finally:
-            self.inflight_bytes -= len(content)
-        self.counters.accepted += 1
+            self.inflight_bytes -= size
+        self.counters.accepted += len(items)
         self.on_commit()
-        log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s",
-                 queue_id, envelope.sender, len(envelope.recipients), len(content), envelope.client_ip,
-                 envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction)
-        return f"250 2.0.0 Ok: queued as {queue_id}"
+        for queue_id, (msg, _, _) in planned:
+            envelope = msg.envelope
+            log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s%s",
+                     queue_id, envelope.sender, len(envelope.recipients), len(msg.body), envelope.client_ip,
+                     envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
+                     "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
+        return f"250 2.0.0 Ok: queued as {items[0].queue_id}"
+
+    def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
+        """The message to store, its route forwards and the recipients the outbound stage delivers."""
+        envelope = item.envelope
+        outbound = envelope.auth_user is not None or envelope.transport == "http"
+        inbound_rcpts = [r for r in envelope.recipients if self.directory.receives(r.rpartition("@")[2])]
+        forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, item.fields, envelope.sender)]
+        deliver_to = [r for r in envelope.recipients if r not in inbound_rcpts]
+        if outbound:
+            domain = item.domain or self._sending_domain(envelope)
+        else:
+            domain = inbound_rcpts[0].rpartition("@")[2] if inbound_rcpts else ""
+        msg = NewMessage(envelope=envelope, body=item.content, direction="outbound" if outbound else "inbound",
+                         domain=domain, headers=item.summary, options=item.opts)
+        return msg, forwards, deliver_to
 
     def _sending_domain(self, envelope: Envelope) -> str:
         sender_domain = envelope.sender.rpartition("@")[2].lower()

@@ -8,9 +8,11 @@
 
 ``resolve_addresses(host)`` answers the A then AAAA addresses of one MX host; an IP literal is returned as is.
 
-Positive and negative answers are cached in memory for their TTL by dnspython's bounded LRU cache; the cache can
-be lost at any time. Nameservers default to the system's (``/etc/resolv.conf``); tests and split-horizon setups
-pass their own, with a port.
+Positive and negative answers are cached in memory for their TTL by dnspython's bounded LRU cache, and MX answers
+also as ready host lists (a queue for one domain costs one lookup, not one per message); the caches can be lost at
+any time. Concurrent lookups of one name and type share one query (a thousand queued messages to a new domain make
+one MX query, not a thousand). Nameservers default to the system's (``/etc/resolv.conf``); tests and split-horizon
+setups pass their own, with a port.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -55,26 +58,55 @@ class Resolver:
         resolver.timeout = min(resolver.timeout, timeout)  # one try
         resolver.cache = dns.resolver.LRUCache(cache_size)
         self._resolver = resolver
+        self._pending: dict[tuple[dns.name.Name, str], asyncio.Future[dns.resolver.Answer]] = {}
+        self._mx: dict[str, tuple[float, tuple[MxHost, ...]]] = {}  # domain -> (expires, hosts by preference)
+        self._mx_size = cache_size
+
+    async def _resolve(self, name: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
+        """dnspython's lookup, shared by every caller asking for the same name and type meanwhile."""
+        key = (name, rdtype)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolver.resolve(name, rdtype, search=False))
+            self._pending[key] = pending
+
+            def done(f: asyncio.Future) -> None:
+                del self._pending[key]
+                if not f.cancelled():
+                    f.exception()  # retrieved, even if every caller was cancelled meanwhile
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)  # a caller cancelled does not cancel the others' lookup
 
     async def resolve_mx(self, domain: str) -> MxResult:
         """Where mail for ``domain`` goes. Raises ``PermFailure`` or ``TempFailure`` as the module doc says."""
+        cached = self._mx.get(domain)
+        if cached is not None and cached[0] > time.time():
+            return _in_order(list(cached[1]))
         name = _name(domain)
         try:
-            answer = await self._resolver.resolve(name, "MX", search=False)
+            answer = await self._resolve(name, "MX")
         except dns.resolver.NXDOMAIN:
             raise PermFailure(f"{domain}: domain does not exist (NXDOMAIN)") from None
         except dns.resolver.NoAnswer:
             return MxResult((MxHost(0, name.to_text(omit_final_dot=True).lower()),), implicit=True)
         except dns.exception.DNSException as exc:
             raise TempFailure(f"{domain}: MX lookup failed: {_describe(exc)}") from exc
-        records = [(r.preference, r.exchange) for r in answer]
         # RFC 7505 §3: '.' means "no mail here"; a '.' published beside real hosts is ignored.
-        hosts = [(pref, exchange) for pref, exchange in records if exchange != dns.name.root]
+        hosts = [MxHost(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer
+                 if r.exchange != dns.name.root]
         if not hosts:
             raise PermFailure(f"{domain}: domain does not accept mail (null MX, RFC 7505)")
-        random.shuffle(hosts)  # then a stable sort: equal preferences stay in random order
-        hosts.sort(key=lambda h: h[0])
-        return MxResult(tuple(MxHost(pref, ex.to_text(omit_final_dot=True).lower()) for pref, ex in hosts))
+        self._remember_mx(domain, answer.expiration, hosts)
+        return _in_order(hosts)
+
+    def _remember_mx(self, domain: str, expiration: float, hosts: list[MxHost]) -> None:
+        """Keep an MX answer until its TTL runs out: a queue for one domain looks it up once, not per message."""
+        if len(self._mx) >= self._mx_size:
+            now = time.time()
+            self._mx = {d: entry for d, entry in self._mx.items() if entry[0] > now}
+            if len(self._mx) >= self._mx_size:
+                self._mx.clear()
+        self._mx[domain] = (expiration, tuple(hosts))
 
     async def resolve_addresses(self, host: str) -> list[str]:
         """The IPv4 then IPv6 addresses of ``host``; ``[]`` when it has none or does not exist.
@@ -86,7 +118,7 @@ class Resolver:
         except ValueError:
             pass
         name = _name(host)
-        results = await asyncio.gather(*(self._resolver.resolve(name, rdtype, search=False)
+        results = await asyncio.gather(*(self._resolve(name, rdtype)
                                          for rdtype in ("A", "AAAA")), return_exceptions=True)
         addresses: list[str] = []
         failure: BaseException | None = None
@@ -102,6 +134,13 @@ class Resolver:
                 raise failure
             raise TempFailure(f"{host}: address lookup failed: {_describe(failure)}") from failure
         return addresses
+
+
+def _in_order(hosts: list[MxHost]) -> MxResult:
+    """The hosts by preference; equal preferences in a new random order each time, so load spreads among them."""
+    random.shuffle(hosts)
+    hosts.sort(key=lambda h: h.preference)  # stable: the shuffle decides among equals
+    return MxResult(tuple(hosts))
 
 
 def _name(domain: str) -> dns.name.Name:

@@ -2,19 +2,22 @@
 
 Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingConfig``).
 
-1. Every ``poll_interval`` (or when woken after an enqueue) due rows are claimed from the store
-   (locked to this process, at most ``max_inflight`` at once).
+1. Every ``poll_interval`` (or when woken after an enqueue or an outcome) due rows are claimed from the
+   store (locked to this process, at most ``max_inflight`` at once), in one transaction with their
+   suppressed recipients, the operator's pauses, and the bodies of small messages.
 2. Each job is checked before any connection: age and Deliver-Within (fail, reason ``old``), test mode
    (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
 3. The destination's MX hosts are resolved (or the smarthost used) and its ``ProviderPolicy`` found;
-   the job joins the ready queue of its site (provider + hosts).
+   the job (its preloaded body DKIM-signed on a worker thread) joins the ready queue of its site
+   (provider + hosts).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
    provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
    session and delivers queued jobs over it, one message-rate token each, up to
    ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
    at once (the site is "dead" for this round, as Postfix does).
 5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
-6. Outcomes are committed with their events; deferred recipients get their next attempt time.
+6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
+   does not wait for that commit before its next message (at-least-once: a crash in between resends).
 A job is locked by one worker only; a crash leaves locks that the next start releases.
 """
 
@@ -28,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from mtad import classify, dkim as dkim_mod, dsn, headers as headers_mod, providers, spool
+from mtad import classify, dkim as dkim_mod, dsn, providers, spool
 from mtad.config import DeliveryConfig
 from mtad.delivery import Connector, Destination, Session
 from mtad.errors import PermFailure, TempFailure
@@ -39,6 +42,7 @@ from mtad.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
 from mtad.types import Outcome
 
 log = logging.getLogger("mtad.scheduler")
+PRELOAD_BODY = 64 * 1024  # bodies up to this size come with the claimed batch: at most max_inflight x 64 KB in memory
 
 
 @dataclass
@@ -74,6 +78,10 @@ class Scheduler:
         self.paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._recording: set[asyncio.Task] = set()  # outcomes being committed; awaited, never cancelled, at stop
+        # Signatures in flight on the default executor: enough to keep every core busy (OpenSSL signs without the
+        # GIL), few enough that other users of the executor never queue behind a whole claimed batch.
+        self._signing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
         self._stopping = False
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
 
@@ -83,23 +91,29 @@ class Scheduler:
 
     async def run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before claiming: a wake-up during the claim means another round
             try:
-                await self._load_pauses()
                 room = self.config.max_inflight - self.inflight
                 if room > 0:
-                    now = self.clock()
-                    jobs = await self.store.write(lambda c: spool.claim_due_deliveries(
-                        c, self.worker, now, room, self.paused["domain"]))
-                    for job in jobs:
+                    claimed = await self.store.write(lambda c: self._claim(c, room))
+                    for job, blocked in claimed:
                         self.inflight += 1
-                        self._spawn(self._dispatch(job))
+                        self._spawn(self._dispatch(job, blocked))
             except Exception:  # noqa: BLE001 - the loop must survive; the store may be briefly unavailable
                 log.exception("scheduler loop error")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.seconds)
             except asyncio.TimeoutError:
                 pass
+
+    def _claim(self, conn, room: int) -> list[tuple[spool.DeliveryJob, dict[str, str]]]:
+        """Due jobs, each with its suppressed recipients, and the operator's pauses, in one store transaction
+        for the whole batch (runs on the store's writer thread)."""
+        self.paused = _pauses(conn)
+        jobs = spool.claim_due_deliveries(conn, self.worker, self.clock(), room, self.paused["domain"],
+                                          preload_body=PRELOAD_BODY)
+        return [(job, spool.suppressed(conn, job.sending_domain, job.recipients, job.options.get("tags") or ()))
+                for job in jobs]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -108,24 +122,24 @@ class Scheduler:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self._recording:
+            await asyncio.wait(self._recording, timeout=10)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load_pauses(self) -> None:
-        rows = await self.store.read(lambda c: c.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'").fetchall())
-        paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
-        for (key,) in rows:
-            _, kind, value = key.split(":", 2)
-            paused.setdefault(kind, set()).add(value)
-        self.paused = paused
+    def _record(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     # --- per job ---------------------------------------------------------------------------------
-    async def _dispatch(self, job: spool.DeliveryJob) -> None:
+    async def _dispatch(self, job: spool.DeliveryJob, blocked: dict[str, str]) -> None:
         try:
-            if await self._settled_without_sending(job):
+            job = await self._settled_without_sending(job, blocked)
+            if job is None:
                 return
             try:
                 destination, mx_hosts = await self._destination(job.domain)
@@ -138,6 +152,8 @@ class Scheduler:
                 self.inflight -= 1
                 return
             destination = self._apply_policy(destination, policy, job)
+            if job.body is not None:  # preloaded: signed now, in parallel with the sessions sending earlier jobs
+                job = replace(job, body=await self._sign(job, job.body))
             key = (policy.name, destination.hosts, destination.tls, destination.verify)
             site = self.sites.get(key)
             if site is None:
@@ -148,35 +164,34 @@ class Scheduler:
             log.exception("%s: dispatch failed", job.queue_id)
             await self._release(job, self.clock() + 60)
 
-    async def _settled_without_sending(self, job: spool.DeliveryJob) -> bool:
-        """Jobs that end before any connection: too old, test mode, suppressed. True if nothing is left."""
+    async def _settled_without_sending(self, job: spool.DeliveryJob,
+                                       blocked: dict[str, str]) -> spool.DeliveryJob | None:
+        """Jobs that end before any connection: too old, test mode, suppressed (``blocked``: recipient -> reason).
+        The job still to send, if any."""
         now = self.clock()
         opts = job.options
         within = opts.get("deliver_within")
         if (within and now > job.created_at + within) or now > job.created_at + self.config.retry.max_age.seconds:
             outcome = Outcome("failed", 550, "5.4.7", "Delivery time expired", reason="old")
             await self._finish(job, {r: outcome for r in job.recipients})
-            return True
+            return None
         if opts.get("test_mode"):
             outcome = Outcome("delivered", 650, "2.0.0", "Test mode: message not sent")
             await self._finish(job, {r: outcome for r in job.recipients})
-            return True
-        blocked = await self.store.read(lambda c: spool.suppressed(c, job.sending_domain, job.recipients,
-                                                                   opts.get("tags") or ()))
-        if blocked:
-            outcomes = {r: Outcome("failed", 605, "5.0.0", f"Not delivering to a suppressed address ({reason})",
-                                   reason=reason) for r, reason in blocked.items()}
-            rest = tuple(r for r in job.recipients if r not in blocked)
-            if not rest:
-                await self._finish(job, outcomes)
-                return True
-            await self.store.write(lambda c: spool.finish_attempt(
-                c, replace(job, recipients=tuple(blocked)), spool.AttemptRecord(outcomes, job.attempts, now), now))
-            await self.store.write(lambda c: c.execute(
-                "UPDATE deliveries SET recipients = ?, state = 'queued', locked_by = ?, locked_at = ? WHERE id = ?",
-                (spool.json.dumps(list(rest)), self.worker, now, job.id)))
-            object.__setattr__(job, "recipients", rest)
-        return False
+            return None
+        if not blocked:
+            return job
+        outcomes = {r: Outcome("failed", 605, "5.0.0", f"Not delivering to a suppressed address ({reason})",
+                               reason=reason) for r, reason in blocked.items()}
+        rest = tuple(r for r in job.recipients if r not in blocked)
+        if not rest:
+            await self._finish(job, outcomes)
+            return None
+        # The suppressed recipients are settled and the rest stays claimed for sending, in one transaction, so
+        # that a crash cannot lose the rest; like any permanent failure, the suppressed ones get a DSN.
+        record = spool.AttemptRecord(outcomes, job.attempts + 1, None)
+        await self.store.write(lambda c: spool.settle_some(c, job, self.worker, rest, record, now, self._bounce()))
+        return replace(job, recipients=rest)
 
     async def _destination(self, domain: str) -> tuple[Destination, tuple[str, ...]]:
         cfg = self.config
@@ -254,16 +269,20 @@ class Scheduler:
                 return
             job = site.jobs.popleft()
             started = time.monotonic()
-            body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
-            if body is None:  # deleted by an operator meanwhile
-                self.inflight -= 1
-                continue
-            body = await self._sign(job, body)
+            body = job.body  # preloaded bodies were signed at dispatch; large ones are read and signed here
+            if body is None:
+                body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
+                if body is None:  # deleted by an operator meanwhile
+                    self.inflight -= 1
+                    continue
+                body = await self._sign(job, body)
             outcomes = await session.send(job.sender, list(job.recipients), body)
             for outcome in outcomes.values():
                 if outcome.kind != "delivered":
                     await self._check_automation(policy, outcome)
-            await self._finish(job, outcomes, time.monotonic() - started)
+            # Recorded in the background: the session goes on with the next message while this outcome waits for
+            # the store's next group commit. At-least-once either way: a crash before the commit resends it.
+            self._record(self._finish(job, outcomes, time.monotonic() - started))
 
     async def _defer_if_suspended(self, site: Site) -> bool:
         if not self.suspensions.is_suspended(site.policy.name):
@@ -289,7 +308,8 @@ class Scheduler:
         if not keys or job.options.get("dkim") is False:
             return body
         try:
-            return await asyncio.to_thread(dkim_mod.sign, body, keys)
+            async with self._signing:
+                return await asyncio.to_thread(dkim_mod.sign, body, keys)
         except ValueError as exc:  # e.g. no From header: RFC 6376 5.4 forbids signing; send unsigned
             log.warning("%s: not DKIM-signed: %s", job.queue_id, exc)
             return body
@@ -309,7 +329,7 @@ class Scheduler:
             if retry_at > deadline:
                 retry_at = None
         record = spool.AttemptRecord(outcomes, attempt_no, retry_at, seconds)
-        bounce = self._dsn if self.config.dsn else None
+        bounce = self._bounce()
         try:
             await self.store.write(lambda c: spool.finish_attempt(c, job, record, now, bounce))
         except Exception:  # noqa: BLE001 - the row stays locked until restart; never lose the outcome silently
@@ -319,15 +339,28 @@ class Scheduler:
         for rcpt, o in outcomes.items():
             kind = "deferred" if o.kind == "deferred" and retry_at else ("failed" if o.kind != "delivered" else o.kind)
             self.counters[kind] = self.counters.get(kind, 0) + 1
-            log.info("%s: to=<%s> relay=%s status=%s (%d %s %s)%s", job.queue_id, rcpt, o.mx_host or "none", kind,
-                     o.code, o.enhanced, o.message[:200], f" reason={o.reason}" if o.reason else "")
+            text = o.message if o.message.startswith(o.enhanced) else f"{o.enhanced} {o.message}"
+            log.info("%s: to=<%s> relay=%s status=%s (%d %s)%s", job.queue_id, rcpt, o.mx_host or "none", kind,
+                     o.code, text[:200], f" reason={o.reason}" if o.reason else "")
         self.wake()
 
-    def _dsn(self, job: spool.DeliveryJob, failed: dict[str, Outcome]):
-        return dsn.build(job, failed, self.hostname)
+    def _bounce(self):
+        """The DSN builder ``spool.finish_attempt`` calls for permanent failures, or None when DSNs are off."""
+        if not self.config.dsn:
+            return None
+        return lambda job, failed, original_headers: dsn.build(job, failed, self.hostname, original_headers)
 
     async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
         try:
             await self.store.write(lambda c: spool.release(c, job.id, at, reply))
         finally:
             self.inflight -= 1
+
+
+def _pauses(conn) -> dict[str, set[str]]:
+    """The pauses ``mtad queue pause`` keeps in the store: kind (domain | provider | tag) -> values."""
+    paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+    for (key,) in conn.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'"):
+        _, kind, value = key.split(":", 2)
+        paused.setdefault(kind, set()).add(value)
+    return paused

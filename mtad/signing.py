@@ -22,10 +22,21 @@ def _digest(key: str, timestamp: str, token: str) -> str:
     return hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
+def new_token() -> str:
+    """TOKEN_LENGTH characters of TOKEN_ALPHABET, each equally likely, from one read of the system's randomness
+    (``secrets.choice`` reads it once per character: 50 system calls per POST)."""
+    n = len(TOKEN_ALPHABET)
+    limit = 256 - 256 % n  # bytes from here up are dropped: b % n would favour the first characters
+    token = ""
+    while len(token) < TOKEN_LENGTH:
+        token += "".join(TOKEN_ALPHABET[b % n] for b in secrets.token_bytes(TOKEN_LENGTH + 14) if b < limit)
+    return token[:TOKEN_LENGTH]
+
+
 def sign_token(key: str, timestamp: str | None = None) -> tuple[str, str, str]:
     """Returns ``(timestamp, token, signature)``; the timestamp defaults to now."""
     timestamp = timestamp if timestamp is not None else str(int(time.time()))
-    token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+    token = new_token()
     return timestamp, token, _digest(key, timestamp, token)
 
 

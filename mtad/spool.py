@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from mtad import events
@@ -81,8 +81,8 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
          for f in forwards if f.action != "address"])
-    for event in events.accepted_events(msg, queue_id, now):
-        events.record(conn, msg.domain, event)
+    for event in events.accepted_events(msg, queue_id, now):  # inbound: each recipient's own receiving domain
+        events.record(conn, event["recipient-domain"] if msg.direction == "inbound" else msg.domain, event)
 
 
 def release_stale_locks(conn: sqlite3.Connection) -> int:
@@ -114,7 +114,7 @@ def count_messages(conn: sqlite3.Connection) -> int:
 
 @dataclass(frozen=True)
 class DeliveryJob:
-    """A claimed delivery row with what the scheduler needs from its message (not the body)."""
+    """A claimed delivery row with what the scheduler needs from its message; the body only if it was preloaded."""
 
     id: int
     queue_id: str
@@ -128,11 +128,16 @@ class DeliveryJob:
     headers: dict[str, str]
     envelope: dict[str, Any]
     size: int
+    body: bytes | None = field(default=None, repr=False, compare=False)
 
 
 def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
-                         paused_domains: Iterable[str] = ()) -> list[DeliveryJob]:
-    """Lock up to ``limit`` due deliveries for ``worker``; oldest due first."""
+                         paused_domains: Iterable[str] = (), preload_body: int = 0) -> list[DeliveryJob]:
+    """Lock up to ``limit`` due deliveries for ``worker``; oldest due first.
+
+    Bodies of messages up to ``preload_body`` bytes come with the jobs (one read for the batch instead of one per
+    message); larger ones are read when sent (``load_body``), so a batch never holds more than limit x preload_body.
+    """
     paused = list(paused_domains)
     exclude = f" AND domain NOT IN ({','.join('?' * len(paused))})" if paused else ""
     ids = [r[0] for r in conn.execute(
@@ -144,10 +149,11 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
     conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})", (worker, now, *ids))
     rows = conn.execute(
         "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
-        f" m.headers, m.envelope, m.size FROM deliveries d JOIN messages m ON m.id = d.message WHERE d.id IN ({marks})"
-        " ORDER BY d.next_attempt_at", ids).fetchall()
+        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END FROM deliveries d JOIN messages m"
+        f" ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", (preload_body, *ids)).fetchall()
     return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
-                        json.loads(r[9]), json.loads(r[10]), r[11]) for r in rows]
+                        json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]))
+            for r in rows]
 
 
 def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
@@ -169,24 +175,33 @@ def release(conn: sqlite3.Connection, delivery_id: int, next_attempt_at: float, 
 
 def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
                tags: Iterable[str] = ()) -> dict[str, str]:
-    """recipient -> reason (suppress-bounce | suppress-unsubscribe | suppress-complaint), allowlist honoured."""
-    result: dict[str, str] = {}
+    """recipient -> reason (suppress-bounce | suppress-unsubscribe | suppress-complaint), allowlist honoured.
+
+    An address or its domain on the allowlist (``whitelists``) is never suppressed; otherwise bounces win over
+    complaints over unsubscribes, and an unsubscribe applies only to its tags (``*``: every message).
+    """
+    addresses = {rcpt: rcpt.lower() for rcpt in recipients}
+    keys = sorted(set(addresses.values()) | {events.domain_of(a) for a in addresses.values()})
+    entries: dict[tuple[str, str], str] = {}
+    for start in range(0, len(keys), 500):  # one query per 500 addresses, whatever the recipient count
+        chunk = keys[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        entries.update(((kind, address), data) for kind, address, data in conn.execute(
+            f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})", (domain, *chunk)))
+    if not entries:
+        return {}
     tags = set(tags)
-    for rcpt in recipients:
-        address = rcpt.lower()
-        allowed = conn.execute(
-            "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
-            (domain, address, events.domain_of(address))).fetchone()
-        if allowed:
+    result: dict[str, str] = {}
+    for rcpt, address in addresses.items():
+        if ("whitelists", address) in entries or ("whitelists", events.domain_of(address)) in entries:
             continue
         for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
                              ("unsubscribes", "suppress-unsubscribe")):
-            row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
-                               (domain, kind, address)).fetchone()
-            if row is None:
+            data = entries.get((kind, address))
+            if data is None:
                 continue
             if kind == "unsubscribes":
-                unsub_tags = set(json.loads(row[0]).get("tags") or ["*"])
+                unsub_tags = set(json.loads(data).get("tags") or ["*"])
                 if "*" not in unsub_tags and not unsub_tags & tags:
                     continue
             result[rcpt] = reason
@@ -225,7 +240,8 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
                    dsn: Any = None) -> list[str]:
     """Apply an attempt: events, bounce list, the row's next state. Returns permanently failed recipients.
 
-    ``dsn(job, failed: dict[rcpt, Outcome]) -> NewMessage | None`` builds the bounce to the sender.
+    ``dsn(job, failed: dict[rcpt, Outcome], original_headers: bytes) -> NewMessage | None`` builds the bounce
+    to the sender.
     """
     from mtad.classify import is_mailbox_bounce
     from mtad.types import Outcome
@@ -248,7 +264,9 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
             events.record(conn, job.sending_domain, _job_event(
                 "failed", job, rcpt, now, {"severity": "permanent", "reason": outcome.reason or "bounce",
                                            "delivery-status": status}))
-            if is_mailbox_bounce(outcome):
+            if is_mailbox_bounce(outcome) and not conn.execute(  # allowlisted: never put on the bounce list
+                    "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
+                    (job.sending_domain, rcpt.lower(), events.domain_of(rcpt))).fetchone():
                 add_suppression(conn, job.sending_domain, "bounces", rcpt, now,
                                 {"code": str(outcome.code), "error": outcome.message})
     last = next(iter(record.outcomes.values()), None)
@@ -262,10 +280,28 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
                      " locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
                      (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
     if failed and dsn is not None:
-        bounce = dsn(job, failed)
+        bounce = dsn(job, failed, _header_block(conn, job.queue_id))
         if bounce is not None:
             enqueue(conn, new_queue_id(), bounce, now)
     return list(failed)
+
+
+def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],
+                record: AttemptRecord, now: float, dsn: Any = None) -> None:
+    """Record final outcomes for some recipients before any connection (suppressed); ``rest`` stays claimed by
+    ``worker`` in its state. One transaction: the row never shows as done while ``rest`` still waits.
+    """
+    (state,) = conn.execute("SELECT state FROM deliveries WHERE id = ?", (job.id,)).fetchone()
+    finish_attempt(conn, replace(job, recipients=tuple(record.outcomes)), record, now, dsn)
+    conn.execute("UPDATE deliveries SET recipients = ?, state = ?, attempts = ?, locked_by = ?, locked_at = ?"
+                 " WHERE id = ?", (json.dumps(list(rest)), state, job.attempts, worker, now, job.id))
+
+
+def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
+    """The message's header block with its final CRLF, for a DSN's text/rfc822-headers part."""
+    row = conn.execute("SELECT CASE WHEN instr(body, X'0D0A0D0A') > 0 THEN substr(body, 1, instr(body, X'0D0A0D0A')"
+                       " + 1) ELSE body END FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    return bytes(row[0]) if row else b""
 
 
 # --- HTTP work: route forwards and webhooks (same row shape) ------------------------------------------

@@ -9,4 +9,8 @@ from aiohttp import web
 
 def all_features() -> list[Callable[[web.Application], None]]:
     features: list[Callable[[web.Application], None]] = []
+    from mtad.api import domains, messages, routes, stored  # issue 6: sending, routes, storage, domains
+    features += [messages.setup, routes.setup, stored.setup, domains.setup]
+    from mtad.api import events, metrics, stats, suppressions, webhooks  # issue 5: events, webhooks, suppressions, stats
+    features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
     return features

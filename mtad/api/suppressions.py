@@ -1,0 +1,279 @@
+"""Suppression lists over HTTP, Mailgun's shapes: bounces, unsubscribes, complaints and whitelists.
+
+For each list ``KIND``: ``GET /v3/{domain}/KIND`` (paged by address: ``limit``, ``page`` = first | last |
+next | previous, ``address`` = the pivot), ``POST`` (one entry as a form, or a JSON array of up to
+1,000 entries), ``POST /v3/{domain}/KIND/import`` (a CSV file, field ``file``), ``DELETE`` (all),
+``GET/DELETE /v3/{domain}/KIND/{address}``. Unsubscribes carry tags (``*`` = every message; a
+``DELETE`` with ``tag`` removes only that tag); whitelists hold addresses or whole domains.
+
+All lists live in the ``suppressions`` table; the outbound scheduler reads it before each attempt
+(``spool.suppressed``), so a change applies to the very next delivery.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from mtad import spool
+from mtad.api import context, error
+from mtad.eventquery import QueryError, parse_time, rfc2822
+
+KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
+MAX_JSON_ITEMS = 1000
+MAX_PAGE = 10000
+_REMOVED_ONE = {"bounces": "Bounced address has been removed", "unsubscribes": "Unsubscribe event has been removed",
+                "complaints": "Spam complaint has been removed", "whitelists": "Whitelist address/domain has been removed"}
+_REMOVED_ALL = {"bounces": "Bounced addresses for this domain have been removed",
+                "unsubscribes": "Unsubscribe events for this domain have been removed",
+                "complaints": "Spam complaints for this domain have been removed",
+                "whitelists": "Whitelist addresses/domains for this domain have been removed"}
+
+
+class Invalid(ValueError):
+    pass
+
+
+# --- entries ------------------------------------------------------------------------------------------------------
+
+def _created(value: Any, now: float) -> float:
+    if value in (None, ""):
+        return now
+    try:
+        return parse_time(str(value), "created_at")
+    except QueryError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or "@" not in value.strip() or len(value) > 512:
+        raise Invalid(f"'{value}' is not a valid address")
+    return value.strip().lower()
+
+
+def entry(kind: str, item: Mapping[str, Any], now: float) -> tuple[str, float, dict[str, Any]]:
+    """One posted entry -> (address or domain, created_at, data); raises Invalid."""
+    if kind == "whitelists":
+        address, domain = item.get("address"), item.get("domain")
+        if bool(address) == bool(domain):
+            raise Invalid("give either address or domain")
+        if address:
+            value, typ = _address(address), "address"
+        else:
+            if not isinstance(domain, str) or "@" in domain or "." not in domain.strip():
+                raise Invalid(f"'{domain}' is not a valid domain")
+            value, typ = domain.strip().lower(), "domain"
+        return value, now, {"type": typ, "reason": str(item.get("reason") or "")}
+    address = _address(item.get("address"))
+    created = _created(item.get("created_at"), now)
+    if kind == "bounces":
+        return address, created, {"code": str(item.get("code") or "550"), "error": str(item.get("error") or "")}
+    if kind == "unsubscribes":
+        tags = item.get("tags")
+        if tags is None:
+            tags = [item.get("tag") or "*"]
+        if isinstance(tags, str):
+            tags = [t.strip() for t in tags.split(",") if t.strip()] or ["*"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            raise Invalid("tags: expected a list of tags")
+        return address, created, {"tags": tags}
+    return address, created, {}
+
+
+def add_entries(conn, domain: str, kind: str, entries: Iterable[tuple[str, float, dict[str, Any]]]) -> int:
+    n = 0
+    for address, created, data in entries:
+        if kind == "unsubscribes":  # tags accumulate; '*' covers everything
+            row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
+                               (domain, kind, address)).fetchone()
+            if row is not None:
+                tags = list(dict.fromkeys(json.loads(row[0]).get("tags", ["*"]) + data["tags"]))
+                data = {"tags": ["*"] if "*" in tags else tags}
+        spool.add_suppression(conn, domain, kind, address, created, data)
+        n += 1
+    return n
+
+
+def view(kind: str, address: str, created: float, data: dict[str, Any]) -> dict[str, Any]:
+    if kind == "bounces":
+        return {"address": address, "code": data.get("code", "550"), "error": data.get("error", ""),
+                "created_at": rfc2822(created)}
+    if kind == "unsubscribes":
+        return {"address": address, "tags": data.get("tags") or ["*"], "created_at": rfc2822(created)}
+    if kind == "complaints":
+        return {"address": address, "created_at": rfc2822(created)}
+    return {"value": address, "reason": data.get("reason", ""), "type": data.get("type", "address"),
+            "createdAt": rfc2822(created)}
+
+
+def page(conn, domain: str, kind: str, limit: int, which: str, pivot: str | None) -> list[tuple]:
+    where, params, order = "domain = ? AND kind = ?", [domain, kind], "ASC"
+    if which == "next" and pivot is not None:
+        where += " AND address > ?"
+        params.append(pivot)
+    elif which in ("previous", "prev") and pivot is not None:
+        where += " AND address < ?"
+        params.append(pivot)
+        order = "DESC"
+    elif which == "last":
+        order = "DESC"
+    rows = conn.execute(f"SELECT address, created_at, data FROM suppressions WHERE {where} ORDER BY address {order}"
+                        " LIMIT ?", (*params, limit)).fetchall()
+    rows = [(r[0], r[1], json.loads(r[2])) for r in rows]
+    if order == "DESC":
+        rows.reverse()
+    return rows
+
+
+# --- handlers -----------------------------------------------------------------------------------------------------
+
+def _kind(request: web.Request) -> tuple[str, str]:
+    return request.match_info["domain"].lower(), request.match_info["kind"]
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    q = request.query
+    try:
+        limit = int(q.get("limit", 100))
+    except ValueError:
+        return error(400, "limit: expected a number")
+    if not 1 <= limit <= MAX_PAGE:
+        return error(400, f"limit: must be between 1 and {MAX_PAGE}")
+    which = q.get("page", "first")
+    if which not in ("first", "last", "next", "previous", "prev"):
+        return error(400, "page: expected first, last, next or previous")
+    pivot = q.get("address")
+    rows = await context(request).store.read(lambda c: page(c, domain, kind, limit, which, pivot))
+    base = f"{context(request).base_url}/v3/{domain}/{kind}"
+
+    def link(**params: Any) -> str:
+        return f"{base}?{urlencode({**params, 'limit': limit})}"
+    if rows:
+        nxt, prev = link(page="next", address=rows[-1][0]), link(page="previous", address=rows[0][0])
+    elif which in ("previous", "prev"):  # before the start: next is the first page
+        nxt, prev = link(page="first"), link(page="previous", address=pivot or "")
+    else:  # past the end: next stays put (poll it), previous is the last page
+        nxt, prev = link(page="next", address=pivot or ""), link(page="last")
+    return web.json_response({
+        "items": [view(kind, *r) for r in rows],
+        "paging": {"first": link(page="first"), "last": link(page="last"), "next": nxt, "previous": prev}})
+
+
+async def get_entry(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    address = request.match_info["address"].lower()
+    row = await context(request).store.read(lambda c: c.execute(
+        "SELECT address, created_at, data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
+        (domain, kind, address)).fetchone())
+    if row is None:
+        return error(404, f"Address not found in {kind} table")
+    return web.json_response(view(kind, row[0], row[1], json.loads(row[2])))
+
+
+async def add(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    now = time.time()
+    try:
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                return error(400, "invalid JSON")
+            if isinstance(body, dict):
+                body = [body]
+            if not isinstance(body, list) or not all(isinstance(i, dict) for i in body):
+                return error(400, "expected a JSON array of objects")
+            if len(body) > MAX_JSON_ITEMS:
+                return error(400, f"at most {MAX_JSON_ITEMS} entries per request")
+            entries = [entry(kind, item, now) for item in body]
+            n = await context(request).store.write(lambda c: add_entries(c, domain, kind, entries))
+            return web.json_response({"message": f"{n} addresses have been added to the {kind} table"})
+        form = await request.post()
+        item = {k: v for k, v in form.items() if isinstance(v, str)}
+        one = entry(kind, item, now)
+    except Invalid as exc:
+        return error(400, str(exc))
+    await context(request).store.write(lambda c: add_entries(c, domain, kind, [one]))
+    if kind == "whitelists":
+        typ = one[2]["type"]
+        return web.json_response({"message": f"{typ.capitalize()} has been added to the whitelists table",
+                                  "type": typ, "value": one[0]})
+    return web.json_response({"message": f"Address has been added to the {kind} table", "address": one[0]})
+
+
+async def import_csv(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    try:
+        form = await request.post()
+    except ValueError:
+        return error(400, "expected multipart/form-data with a file")
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        return error(400, "file is required")
+    try:
+        text = upload.file.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return error(400, "file: expected UTF-8 CSV")
+    now = time.time()
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not ({"address", "domain"} & set(reader.fieldnames)):
+            return error(400, "file: the first line must name the columns (address, ...)")
+        entries = []
+        for n, row in enumerate(reader, start=2):
+            item = {k: v for k, v in row.items() if k and v not in (None, "")}
+            try:
+                entries.append(entry(kind, item, now))
+            except Invalid as exc:
+                return error(400, f"file line {n}: {exc}")
+    except csv.Error as exc:
+        return error(400, f"file: {exc}")
+    await context(request).store.write(lambda c: add_entries(c, domain, kind, entries))
+    return web.json_response({"message": "file uploaded successfully"})
+
+
+async def delete_entry(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    address = request.match_info["address"].lower()
+    tag = request.query.get("tag")
+
+    def remove(conn) -> bool:
+        row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
+                           (domain, kind, address)).fetchone()
+        if row is None:
+            return False
+        tags = json.loads(row[0]).get("tags") or ["*"]
+        if kind == "unsubscribes" and tag and [t for t in tags if t != tag]:
+            conn.execute("UPDATE suppressions SET data = ? WHERE domain = ? AND kind = ? AND address = ?",
+                         (json.dumps({"tags": [t for t in tags if t != tag]}), domain, kind, address))
+            return True
+        conn.execute("DELETE FROM suppressions WHERE domain = ? AND kind = ? AND address = ?", (domain, kind, address))
+        return True
+    if not await context(request).store.write(remove):
+        return error(404, f"Address not found in {kind} table")
+    key = "value" if kind == "whitelists" else "address"
+    return web.json_response({"message": _REMOVED_ONE[kind], key: address})
+
+
+async def delete_all(request: web.Request) -> web.Response:
+    domain, kind = _kind(request)
+    await context(request).store.write(lambda c: c.execute(
+        "DELETE FROM suppressions WHERE domain = ? AND kind = ?", (domain, kind)))
+    return web.json_response({"message": _REMOVED_ALL[kind]})
+
+
+def setup(app: web.Application) -> None:
+    kinds = "{kind:" + "|".join(KINDS) + "}"
+    app.router.add_get(f"/v3/{{domain}}/{kinds}", list_entries)
+    app.router.add_post(f"/v3/{{domain}}/{kinds}", add)
+    app.router.add_delete(f"/v3/{{domain}}/{kinds}", delete_all)
+    app.router.add_post(f"/v3/{{domain}}/{kinds}/import", import_csv)
+    app.router.add_get(f"/v3/{{domain}}/{kinds}/{{address}}", get_entry)
+    app.router.add_delete(f"/v3/{{domain}}/{kinds}/{{address}}", delete_entry)

@@ -1,0 +1,520 @@
+"""Event queries: Mailgun's filter expressions, time ranges and cursor paging, compiled to SQL.
+
+Two front ends share this module: ``GET /v3/{domain}/events`` (query parameters, paging URLs) and
+``POST /v1/analytics/logs`` (a JSON body with an ``AND`` of attribute/comparator/values, opaque
+pagination tokens). Both become an ``EventQuery``: SQL conditions plus a time range and a direction.
+
+**Filter expressions** (events API): a value is a word or a quoted string; ``NOT``, ``AND``, ``OR``
+and parentheses combine them (``event=failed OR delivered``, ``recipient=NOT a@b.test``,
+``tags=(a OR b) AND NOT c``); words side by side mean AND. Fields: ``event``, ``severity``,
+``recipient`` (address, case-insensitive), ``message-id`` (with or without <>), ``tags`` (any tag,
+case-insensitive), ``from`` and ``subject`` (case-insensitive substring of the header).
+
+**Paging** is by cursor, never by offset: events are ordered by ``(timestamp, seq)`` (``seq`` is the
+insertion order, which breaks ties), and a page token holds the query, an anchor ``(timestamp, seq)``
+and a side (the items ``after`` or ``before`` the anchor in the query's order). Events written
+meanwhile never shift a page; an ascending query without an end keeps returning new events from its
+``next`` link (an empty page's ``next`` is itself, so it can be polled). As with Mailgun, an event
+whose timestamp is earlier than a cursor already passed (written late by a slow transaction) is not
+seen by that traversal; poll a little behind "now" if that matters.
+
+Pure except ``fetch``/``count``, which take a read connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+MAX_LIMIT = 300
+LOGS_MAX_LIMIT = 1000
+
+
+class QueryError(ValueError):
+    """A bad query; the message is for the client (400)."""
+
+
+# --- times -----------------------------------------------------------------------------------------------------
+
+def parse_time(value: str, name: str) -> float:
+    """RFC 2822 date or epoch seconds."""
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        dt = None
+    if dt is None:
+        raise QueryError(f"{name}: expected an RFC 2822 date or epoch seconds, got '{text[:60]}'")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def rfc2822(ts: float) -> str:
+    """Mailgun's date format: ``Mon, 02 Jan 2024 15:04:05 UTC``."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S UTC")
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """``1d``, ``2h``, ``30m`` (minutes), ``1w``; seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text))
+    if not m:
+        raise QueryError(f"{name}: expected a duration like '1d' or '2h', got '{text}'")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+# --- expressions -------------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\'|([^\s()]+))')
+
+
+def tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise QueryError(f"cannot parse expression at '{text[pos:pos + 20]}'")
+        pos = m.end()
+        if m.group(1):
+            tokens.append(("(", "("))
+        elif m.group(2):
+            tokens.append((")", ")"))
+        elif m.group(3) is not None or m.group(4) is not None:
+            raw = m.group(3) if m.group(3) is not None else m.group(4)
+            tokens.append(("value", re.sub(r"\\(.)", r"\1", raw)))
+        elif m.group(5) in ("AND", "OR", "NOT"):
+            tokens.append((m.group(5), m.group(5)))
+        else:
+            tokens.append(("value", m.group(5)))
+    return tokens
+
+
+Node = tuple  # ("value", str) | ("not", Node) | ("and", [Node]) | ("or", [Node])
+
+
+def parse_expression(text: str) -> Node:
+    """Mailgun's filter expression grammar: or := and (OR and)*; and := not (AND? not)*; not := NOT not | atom."""
+    tokens = tokenize(text)
+    if not tokens:
+        raise QueryError("empty filter expression")
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos][0] if pos < len(tokens) else None
+
+    def take() -> tuple[str, str]:
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def parse_or() -> Node:
+        items = [parse_and()]
+        while peek() == "OR":
+            take()
+            items.append(parse_and())
+        return items[0] if len(items) == 1 else ("or", items)
+
+    def parse_and() -> Node:
+        items = [parse_not()]
+        while peek() in ("AND", "NOT", "value", "("):
+            if peek() == "AND":
+                take()
+            items.append(parse_not())
+        return items[0] if len(items) == 1 else ("and", items)
+
+    def parse_not() -> Node:
+        if peek() == "NOT":
+            take()
+            return ("not", parse_not())
+        return parse_atom()
+
+    def parse_atom() -> Node:
+        kind = peek()
+        if kind == "(":
+            take()
+            node = parse_or()
+            if peek() != ")":
+                raise QueryError("missing ')' in filter expression")
+            take()
+            return node
+        if kind == "value":
+            return ("value", take()[1])
+        raise QueryError(f"unexpected '{tokens[pos][1] if pos < len(tokens) else 'end'}' in filter expression")
+
+    node = parse_or()
+    if pos != len(tokens):
+        raise QueryError(f"unexpected '{tokens[pos][1]}' in filter expression")
+    return node
+
+
+def _like(value: str) -> str:
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def field_condition(name: str, value: str, comparator: str = "=") -> tuple[str, list[Any]]:
+    """SQL for one field compared with one value; comparators ``=`` and ``contains``."""
+    v = value.strip()
+    if comparator == "contains":
+        column = {"recipient": "recipient", "event": "event", "severity": "severity", "message-id": "message_id",
+                  "domain": "domain"}.get(name)
+        if column:
+            return f"{column} LIKE ? ESCAPE '\\'", [_like(v)]
+        if name in ("tags", "tag"):
+            return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value LIKE ? ESCAPE '\\')", [_like(v)]
+    if name == "event":
+        return "event = ?", [v.lower()]
+    if name == "severity":
+        return "severity = ?", [v.lower()]
+    if name == "recipient":
+        return "recipient = ? COLLATE NOCASE", [v]
+    if name == "message-id":
+        return "message_id = ?", [v.strip("<>")]
+    if name == "domain":
+        return "domain = ?", [v.lower()]
+    if name in ("tags", "tag"):
+        return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value = ? COLLATE NOCASE)", [v]
+    if name in ("from", "subject"):
+        return f"json_extract(data, '$.message.headers.{name}') LIKE ? ESCAPE '\\'", [_like(v)]
+    if name == "recipient-domain":
+        return "recipient LIKE ? ESCAPE '\\'", ["%@" + v.replace("%", "\\%").replace("_", "\\_")]
+    if name in ("reason", "method", "log-level"):
+        return f"json_extract(data, '$.\"{name}\"') = ?", [v]
+    raise QueryError(f"unknown filter field '{name}'")
+
+
+def compile_node(name: str, node: Node) -> tuple[str, list[Any]]:
+    kind = node[0]
+    if kind == "value":
+        return field_condition(name, node[1])
+    if kind == "not":
+        sql, params = compile_node(name, node[1])
+        return f"NOT ({sql})", params
+    parts = [compile_node(name, n) for n in node[1]]
+    joiner = " AND " if kind == "and" else " OR "
+    return "(" + joiner.join(f"({s})" for s, _ in parts) + ")", [p for _, ps in parts for p in ps]
+
+
+EVENTS_FIELDS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
+_ALIASES = {"tag": "tags"}
+
+
+# --- the query ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EventQuery:
+    domains: tuple[str, ...] | None  # None: every domain
+    conditions: tuple[str, ...] = ()
+    params: tuple[Any, ...] = ()
+    lo: float | None = None  # inclusive bounds on timestamp
+    hi: float | None = None
+    ascending: bool = False
+    limit: int = MAX_LIMIT
+    spec: Mapping[str, Any] = field(default_factory=dict)  # what rebuilds this query from a token
+    hint: str | None = None  # "recipient" | "message-id": one equality among the conditions, served by an index
+
+    def where(self) -> tuple[str, list[Any]]:
+        sql: list[str] = []
+        params: list[Any] = []
+        if self.domains is not None:
+            if len(self.domains) == 1:
+                sql.append("domain = ?")
+            else:  # "+": walk events_time in order rather than sort every match of several domains
+                sql.append(f"+domain IN ({','.join('?' * len(self.domains))})")
+            params += self.domains
+        if self.lo is not None:
+            sql.append("timestamp >= ?")
+            params.append(self.lo)
+        if self.hi is not None:
+            sql.append("timestamp <= ?")
+            params.append(self.hi)
+        sql += self.conditions
+        params += self.params
+        return " AND ".join(sql) or "1", params
+
+
+def _yes(value: str, name: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("yes", "true", "1"):
+        return True
+    if v in ("no", "false", "0"):
+        return False
+    raise QueryError(f"{name}: expected yes or no, got '{value}'")
+
+
+def events_spec(params: Mapping[str, str], now: float) -> dict[str, Any]:
+    """Normalise ``GET /events`` parameters into a spec (times resolved now, so paging is stable)."""
+    spec: dict[str, Any] = {"filters": {}}
+    for key, value in params.items():
+        name = _ALIASES.get(key, key)
+        if name in EVENTS_FIELDS and value.strip():
+            spec["filters"][name] = value
+    begin = parse_time(params["begin"], "begin") if params.get("begin") else None
+    end = parse_time(params["end"], "end") if params.get("end") else None
+    ascending = _yes(params["ascending"], "ascending") if params.get("ascending") else None
+    if begin is not None and end is not None:
+        inferred = begin <= end
+        if ascending is not None and ascending != inferred:
+            raise QueryError("ascending contradicts the order of begin and end")
+        ascending = inferred
+    elif ascending is None:
+        ascending = begin is not None  # from a begin: forward (open-ended); otherwise newest first
+    # begin is where the traversal starts, end where it stops (Mailgun's model)
+    spec["lo"], spec["hi"] = (begin, end) if ascending else (end, begin)
+    spec["ascending"] = ascending
+    try:
+        limit = int(params.get("limit", MAX_LIMIT))
+    except ValueError:
+        raise QueryError("limit: expected a number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit: must be between 1 and {MAX_LIMIT}")
+    spec["limit"] = limit
+    return spec
+
+
+def events_query(domain: str, spec: Mapping[str, Any]) -> EventQuery:
+    conditions, values = [], []
+    hints = set()
+    for name, expr in spec["filters"].items():
+        node = parse_expression(str(expr))
+        if node[0] == "value" and name in HINTED:
+            hints.add(name)
+        sql, params = compile_node(name, node)
+        conditions.append(sql)
+        values += params
+    lo, hi = spec.get("lo"), spec.get("hi")
+    return EventQuery((domain.lower(),), tuple(conditions), tuple(values), None if lo is None else float(lo),
+                      None if hi is None else float(hi), bool(spec["ascending"]),
+                      min(max(int(spec["limit"]), 1), MAX_LIMIT), spec, _best(hints))
+
+
+# Equality filters an hour-bucketed index serves (see store.SCHEMA): the most selective first.
+HINTED = ("message-id", "recipient")
+_HINT_INDEX = {"message-id": "events_message_hour", "recipient": "events_recipient_hour"}
+MAX_HINT_HOURS = 24 * 400
+
+
+def _best(hints: set[str]) -> str | None:
+    return next((h for h in HINTED if h in hints), None)
+
+
+# --- analytics logs (POST /v1/analytics/logs) --------------------------------------------------------------------
+
+LOGS_EVENTS = ("accepted", "delivered", "failed", "opened", "unique_opened", "clicked", "unique_clicked",
+               "unsubscribed", "complained", "rejected", "stored")
+_METRIC_EVENTS = {
+    "accepted": ("event = 'accepted'", []),
+    "accepted_incoming": ("event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 0", []),
+    "accepted_outgoing": ("event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 1", []),
+    "delivered": ("event = 'delivered'", []),
+    "delivered_smtp": ("event = 'delivered' AND coalesce(json_extract(data, '$.envelope.transport'), 'smtp') != 'http'", []),
+    "delivered_http": ("event = 'delivered' AND json_extract(data, '$.envelope.transport') = 'http'", []),
+    "stored": ("event = 'stored'", []),
+    "opened": ("event = 'opened'", []),
+    "clicked": ("event = 'clicked'", []),
+    "unsubscribed": ("event = 'unsubscribed'", []),
+    "complained": ("event = 'complained'", []),
+    "failed": ("event = 'failed'", []),
+    "permanent_failed": ("event = 'failed' AND severity = 'permanent'", []),
+    "temporary_failed": ("event = 'failed' AND severity = 'temporary'", []),
+}
+LOGS_ATTRIBUTES = ("domain", "recipient", "recipient-domain", "event", "severity", "reason", "subject", "from",
+                   "message-id", "tags", "tag", "method", "log-level")
+
+
+def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: float) -> tuple[EventQuery, dict]:
+    """The logs API body -> (query, echo of start/end). ``allowed_domains`` empty: every domain."""
+    if not isinstance(body, Mapping):
+        raise QueryError("expected a JSON object")
+    end = parse_time(body["end"], "end") if body.get("end") else now
+    if body.get("duration"):
+        start = end - parse_duration(body["duration"])
+    else:
+        start = parse_time(body["start"], "start") if body.get("start") else end - 86400
+    if start > end:
+        raise QueryError("start must be before end")
+    conditions: list[str] = []
+    params: list[Any] = []
+    hints: set[str] = set()
+    kinds = body.get("events") or []
+    metric = body.get("metric_events") or []
+    if not isinstance(kinds, list) or not isinstance(metric, list):
+        raise QueryError("events and metric_events must be lists")
+    ors: list[str] = []
+    for kind in kinds:
+        if kind not in LOGS_EVENTS:
+            raise QueryError(f"events: unknown event '{kind}'")
+        ors.append("event = ?")
+        params.append(kind.replace("unique_", ""))
+    for name in metric:
+        if name not in _METRIC_EVENTS:
+            raise QueryError(f"metric_events: unknown metric event '{name}'")
+        ors.append(_METRIC_EVENTS[name][0])
+    if ors:
+        conditions.append("(" + " OR ".join(ors) + ")")
+    domains: set[str] | None = None
+    flt = body.get("filter") or {}
+    if not isinstance(flt, Mapping) or set(flt) - {"AND"}:
+        raise QueryError("filter: expected {\"AND\": [conditions]}")
+    for i, cond in enumerate(flt.get("AND") or []):
+        where = f"filter.AND[{i}]"
+        if not isinstance(cond, Mapping):
+            raise QueryError(f"{where}: expected an object")
+        attribute, comparator = cond.get("attribute"), cond.get("comparator", "=")
+        if attribute not in LOGS_ATTRIBUTES:
+            raise QueryError(f"{where}.attribute: unknown attribute '{attribute}'")
+        if comparator not in ("=", "!=", "contains", "not contains"):
+            raise QueryError(f"{where}.comparator: expected =, !=, contains or not contains")
+        values = [v.get("value") if isinstance(v, Mapping) else v for v in cond.get("values") or []]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise QueryError(f"{where}.values: expected a list of {{\"value\": ...}}")
+        if attribute == "domain" and comparator == "=":
+            chosen = {v.lower() for v in values}
+            domains = chosen if domains is None else domains & chosen
+            continue
+        if attribute in HINTED and comparator == "=" and len(values) == 1:
+            hints.add(attribute)
+        base = "contains" if "contains" in comparator else "="
+        parts = [field_condition(attribute, v, base) for v in values]
+        sql = " OR ".join(f"({s})" for s, _ in parts)
+        conditions.append(f"NOT ({sql})" if comparator in ("!=", "not contains") else f"({sql})")
+        params += [p for _, ps in parts for p in ps]
+    if allowed_domains:
+        domains = set(allowed_domains) if domains is None else domains & allowed_domains
+    page = body.get("pagination") or {}
+    sort = page.get("sort", "timestamp:desc")
+    if sort not in ("timestamp:asc", "timestamp:desc"):
+        raise QueryError("pagination.sort: expected timestamp:asc or timestamp:desc")
+    limit = page.get("limit", 100)
+    if not isinstance(limit, int) or not 1 <= limit <= LOGS_MAX_LIMIT:
+        raise QueryError(f"pagination.limit: must be between 1 and {LOGS_MAX_LIMIT}")
+    query = EventQuery(None if domains is None else tuple(sorted(domains)), tuple(conditions), tuple(params),
+                       start, end, sort == "timestamp:asc", limit, hint=_best(hints))
+    return query, {"start": rfc2822(start), "end": rfc2822(end)}
+
+
+# --- cursors and pages -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Page:
+    anchor: tuple[float, int] | None = None
+    side: str = "after"  # after | before (the anchor, in the query's order)
+    inclusive: bool = False  # the anchor itself belongs to the page (the far side of an empty page)
+
+    def encode(self, spec: Mapping[str, Any] | None = None) -> str:
+        data: dict[str, Any] = {"a": list(self.anchor) if self.anchor else None, "s": self.side}
+        if self.inclusive:
+            data["i"] = 1
+        if spec is not None:
+            data["q"] = spec
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(token: str) -> tuple["Page", dict[str, Any] | None]:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            anchor = tuple(data["a"]) if data.get("a") else None
+            if anchor is not None:
+                anchor = (float(anchor[0]), int(anchor[1]))
+            side = data.get("s", "after")
+            if side not in ("after", "before"):
+                raise ValueError(side)
+            return Page(anchor, side, bool(data.get("i"))), data.get("q")
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+            raise QueryError("invalid page token") from None
+
+
+@dataclass
+class Result:
+    rows: list[tuple[int, float, str, str]]  # (seq, timestamp, domain, data JSON), in the query's order
+    first: Page
+    last: Page
+    next: Page
+    previous: Page
+
+
+def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list[Any]]:
+    """(WITH prefix, FROM clause, extra WHERE) for ``query``: an equality on recipient or message-id of one
+    domain probes the hour-bucketed index hour by hour over the query's range; anything else reads events."""
+    if query.hint is None or query.domains is None or len(query.domains) != 1:
+        return "", "events", []
+    lo, hi = query.lo, query.hi
+    if lo is None or hi is None:
+        first, last = conn.execute("SELECT min(timestamp), max(timestamp) FROM events WHERE domain = ?",
+                                   (query.domains[0],)).fetchone()
+        if first is None:
+            return "", "events", []
+        lo = first if lo is None else lo
+        hi = last if hi is None else hi
+    lo_h, hi_h = int(lo // 3600), int(hi // 3600)
+    if hi_h < lo_h or hi_h - lo_h > MAX_HINT_HOURS:
+        return "", "events", []
+    return ("WITH RECURSIVE hours(h) AS (SELECT ? UNION ALL SELECT h + 1 FROM hours WHERE h < ?) ",
+            f"events INDEXED BY {_HINT_INDEX[query.hint]}", [lo_h, hi_h])
+
+
+def fetch(conn: sqlite3.Connection, query: EventQuery, page: Page) -> Result:
+    """One page of ``query`` at ``page``; rows in the query's order whichever side was asked."""
+    where, params = query.where()
+    forward = query.ascending == (page.side == "after")  # walk the table upwards?
+    if page.anchor is not None:
+        op = (">" if forward else "<") + ("=" if page.inclusive else "")
+        where += f" AND (timestamp, seq) {op} (?, ?)"
+        params += list(page.anchor)
+    order = "ASC" if forward else "DESC"
+    prefix, source, hours = _source(conn, query)
+    if hours:
+        where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
+    rows = conn.execute(f"{prefix}SELECT seq, timestamp, domain, data FROM {source} WHERE {where}"
+                        f" ORDER BY timestamp {order}, seq {order} LIMIT ?", (*hours, *params, query.limit)).fetchall()
+    rows = [tuple(r) for r in rows]
+    if page.side == "before":
+        rows.reverse()
+    if rows:
+        nxt = Page((rows[-1][1], rows[-1][0]), "after")
+        prev = Page((rows[0][1], rows[0][0]), "before")
+    elif page.side == "after":  # an empty page: its next is itself, so it can be polled; its previous
+        nxt = page                 # is what lies on the other side of the same point
+        prev = Page(page.anchor, "before", not page.inclusive)
+    else:
+        nxt = Page(page.anchor, "after", not page.inclusive)
+        prev = page
+    return Result(rows, Page(None, "after"), Page(None, "before"), nxt, prev)
+
+
+def count(conn: sqlite3.Connection, query: EventQuery) -> int:
+    where, params = query.where()
+    prefix, source, hours = _source(conn, query)
+    if hours:
+        where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
+    return conn.execute(f"{prefix}SELECT count(*) FROM {source} WHERE {where}", (*hours, *params)).fetchone()[0]
+
+
+def items_json(rows: Iterable[tuple[int, float, str, str]]) -> str:
+    """The stored event texts as a JSON array, without decoding them."""
+    return "[" + ",".join(r[3] for r in rows) + "]"
+
+
+def logs_item(row: tuple[int, float, str, str]) -> dict[str, Any]:
+    event = json.loads(row[3])
+    event["@timestamp"] = datetime.fromtimestamp(row[1], timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+    event["domain"] = {"name": row[2]}
+    return event
+
+
+def now() -> float:
+    return time.time()

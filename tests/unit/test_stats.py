@@ -1,0 +1,86 @@
+"""Stats from counters: buckets, shapes, grouping; counters written by events.record."""
+
+import pytest
+
+from mtad import events, stats
+from mtad.eventquery import QueryError, parse_time
+from mtad.store import SCHEMA, connect
+
+DAY = 86400
+T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")
+
+
+@pytest.fixture
+def conn(tmp_path):
+    c = connect(tmp_path / "db.sqlite3")
+    c.executescript(SCHEMA)
+    yield c
+    c.close()
+
+
+def ev(kind, ts, rcpt="a@gmail.com", tags=(), **extra):
+    return events.base_event(kind, timestamp=ts, recipient=rcpt, queue_id="q", message={"headers": {}},
+                             options={"tags": list(tags)}, envelope={}, flags={}, extra=extra)
+
+
+def test_buckets_align_to_utc_calendar():
+    assert stats.bucket_start(T0 + 3 * DAY + 5000, "day") == T0 + 3 * DAY
+    assert stats.bucket_start(T0 + 40 * DAY, "month") == parse_time("Thu, 01 Feb 2024 00:00:00 +0000", "t")
+    assert stats.next_bucket(parse_time("Sun, 01 Dec 2024 00:00:00 +0000", "t"), "month") == \
+        parse_time("Wed, 01 Jan 2025 00:00:00 +0000", "t")
+    rng = stats.parse_range({"end": str(T0 + 10 * DAY), "duration": "3d"}, 0)
+    assert (rng.start, rng.resolution) == (T0 + 7 * DAY, "day")
+    assert stats.parse_range({"end": str(T0 + 45 * DAY), "duration": "1m", "resolution": "month"}, 0).start == T0
+    with pytest.raises(QueryError):
+        stats.parse_range({"resolution": "week"}, 0)
+    with pytest.raises(QueryError):
+        stats.check_events(["bounced"])
+
+
+def test_totals_per_resolution_and_tag(conn):
+    for day in range(3):
+        for _ in range(day + 1):
+            events.record(conn, "example.com", ev("accepted", T0 + day * DAY + 100, tags=["news"], direction="outgoing"))
+            events.record(conn, "example.com", ev("delivered", T0 + day * DAY + 200, tags=["news"]))
+    events.record(conn, "example.com", ev("failed", T0 + 7200, severity="permanent", reason="suppress-bounce"))
+    events.record(conn, "example.com", ev("failed", T0 + 7200, severity="permanent", reason="old"))
+    events.record(conn, "example.com", ev("failed", T0 + 7200, severity="temporary", reason="generic"))
+    events.record(conn, "other.org", ev("failed", T0 + 7200, severity="permanent", reason="brand-new-reason"))
+    events.record(conn, "other.org", ev("delivered", T0 + 100, rcpt="b@yahoo.com"))
+    rng = stats.Range(T0, T0 + 3 * DAY - 1, "day")
+    days = stats.totals(conn, ["accepted", "delivered", "failed"], rng, domains=["example.com"])
+    assert [d["delivered"]["total"] for d in days] == [1, 2, 3]
+    assert [d["accepted"]["outgoing"] for d in days] == [1, 2, 3]
+    assert days[0]["time"] == "Mon, 01 Jan 2024 00:00:00 UTC"
+    failed = days[0]["failed"]
+    assert failed["temporary"]["total"] == 1
+    assert failed["permanent"]["total"] == 2 and failed["permanent"]["suppress-bounce"] == 1 and failed["permanent"]["old"] == 1
+    other = stats.totals(conn, ["failed"], rng, domains=["other.org"])
+    assert other[0]["failed"]["permanent"]["brand-new-reason"] == 1 and other[0]["failed"]["permanent"]["total"] == 1
+    hours = stats.totals(conn, ["delivered"], stats.Range(T0, T0 + DAY - 1, "hour"), domains=["example.com"])
+    assert len(hours) == 24 and hours[0]["delivered"]["total"] == 1
+    month = stats.totals(conn, ["delivered"], stats.Range(T0, T0 + 3 * DAY, "month"), domains=None)
+    assert month == [{"time": "Mon, 01 Jan 2024 00:00:00 UTC", "delivered": {"smtp": 7, "http": 0, "optimized": 0,
+                                                                              "total": 7}}]
+    tagged = stats.totals(conn, ["delivered"], rng, domains=["example.com"], tag="news")
+    assert sum(d["delivered"]["total"] for d in tagged) == 6
+
+
+def test_grouping(conn):
+    events.record(conn, "example.com", ev("delivered", T0 + 10, tags=["a"]))
+    events.record(conn, "example.com", ev("delivered", T0 + 10, rcpt="c@yahoo.com", tags=["b"]))
+    events.record(conn, "other.org", ev("delivered", T0 + 10))
+    rng = stats.Range(T0, T0 + DAY, "day")
+    by_domain = stats.grouped(conn, ["delivered"], rng, group="domain", filters={}, domains=None)
+    assert [(g["domain"], g["delivered"]["total"]) for g in by_domain] == [("example.com", 2), ("other.org", 1)]
+    by_tag = stats.grouped(conn, ["delivered"], rng, group="tag", filters={"domain": ["example.com"]}, domains=None)
+    assert [(g["tag"], g["delivered"]["total"]) for g in by_tag] == [("a", 1), ("b", 1)]
+    by_provider = stats.grouped(conn, ["delivered"], rng, group="provider", filters={}, domains=["example.com"])
+    assert [(g["provider"], g["delivered"]["total"]) for g in by_provider] == [("gmail.com", 1), ("yahoo.com", 1)]
+    total = stats.grouped(conn, ["delivered"], rng, group="total", filters={"tag": ["a"]}, domains=None)
+    assert total[0]["delivered"]["total"] == 1
+    assert stats.providers(conn, "example.com")["yahoo.com"]["delivered"] == 1
+    with pytest.raises(QueryError):
+        stats.grouped(conn, ["delivered"], rng, group="provider", filters={"tag": ["a"]}, domains=None)
+    assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10)] == ["a", "b"]
+    assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10, pivot="a")] == ["b"]
