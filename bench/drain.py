@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Outbound drain rate: how fast a full queue empties into smtp-sink, mtad beside Postfix (bench/drain.sh).
+
+  python drain.py run --sink-port 2530 --sink-pid PID --work DIR --out results.jsonl \\
+                      [--postfix-dir PF --postfix-port 2525] [--mtad off,rsa] [--msgs 5000] [--size 1024] \\
+                      [--rounds 3] [--mtad-src DIR] [--profile DIR]
+  python drain.py summarize results.jsonl
+
+Every server measures the same thing, per round: N messages of SIZE bytes, one recipient each, are put in
+its queue while delivery is held back, then released; the clock runs until the queue is empty (every
+message handed over SMTP to smtp-sink, which answers 250 and keeps nothing). The servers take turns
+round by round (Postfix, mtad variant 1, mtad variant 2, Postfix, ...), so that a machine whose speed
+drifts (other work on it) affects them alike.
+
+postfix  As ../shared/bench/postfix/drain.py measured the reference 3,619 msgs/s: smtp-source (20 sessions)
+         fills the private instance's hold queue (bench/postfix/setup_postfix.sh, relayhost = the sink);
+         the clock starts at `postsuper -H ALL; postqueue -f` and stops when no queue file is left.
+mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.0.1 (tests/support/
+         dns_server.py) answers MX bench.test -> sink.bench.test -> 127.0.0.1, and delivery.port is the
+         sink's. Delivery to bench.test is paused (`mtad queue pause --domain bench.test`) while 20 SMTP
+         sessions (aiosmtplib, STARTTLS, AUTH) submit the N messages; the clock starts when the pause is
+         lifted (the store update `mtad queue resume --domain` makes, done here so that the CLI's Python
+         start-up is not counted) and stops when no delivery row is pending. Shaping file: default policy
+         max_connections 20 (Postfix's default_destination_concurrency_limit), no rate limit, 1000 deliveries
+         per connection; poll_interval 100 ms. DKIM variants: off, rsa (RSA-2048), ed25519, both, with keys
+         made by `mtad dkim keygen`. Every round checks that N `delivered` events were recorded, none failed.
+
+Each round's record (JSON line): msgs/s, wall seconds, CPU of the server's process tree (% of one core,
+and µs per message) and of the sink. --profile DIR samples each mtad with py-spy during its last round.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO))  # tests.support.dns_server
+from run_ingress import tree_cpu_rss  # noqa: E402
+
+DOMAIN = "bench.test"
+SENDER_DOMAIN = "sender.bench.test"
+LOGIN, PASSWORD = f"bench@{SENDER_DOMAIN}", "bench-password"
+MAX_S = 240.0  # one fill, one drain
+IDLE = ["--idle"] if os.environ.get("DRAIN_PROFILE_IDLE") else []  # also sample threads waiting (epoll, locks)
+
+
+def message(i: int, size: int) -> bytes:
+    head = (f"From: Bench <{LOGIN}>\r\nTo: <b{i}@{DOMAIN}>\r\nSubject: drain {i}\r\n"
+            f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{i}.{time.time_ns()}@{SENDER_DOMAIN}>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
+    line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    body = (line * (size // len(line) + 1))[:max(0, size - len(head) - 2)]
+    return (head + body).encode() + b"\r\n"
+
+
+def cpu(pid: int) -> float:
+    return tree_cpu_rss(pid)[0]
+
+
+def timed_drain(label: str, server_pid: int, sink_pid: int, held: int, release, pending, size: int) -> dict:
+    """Release the queue, poll ``pending()`` until 0; the round's record."""
+    c0, s0 = cpu(server_pid), cpu(sink_pid)
+    t0 = time.monotonic()
+    release()
+    left = held
+    while time.monotonic() - t0 < MAX_S:
+        left = pending()
+        if left == 0:
+            break
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    c1, s1 = cpu(server_pid), cpu(sink_pid)
+    done = held - left
+    return {"label": label, "size": size, "msgs": held, "left": left, "wall_s": round(wall, 3),
+            "msgs_per_s": round(done / wall, 1), "server_cpu_pct": round(100 * (c1 - c0) / wall, 1),
+            "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(1, done)),
+            "sink_cpu_pct": round(100 * (s1 - s0) / wall, 1)}
+
+
+# --- Postfix -----------------------------------------------------------------------------------------------
+
+class Postfix:
+    label = "postfix"
+
+    def __init__(self, folder: str, port: int):
+        self.dir, self.port = folder, port
+        self.etc = os.path.join(folder, "etc")
+        self.master = int(open(os.path.join(folder, "spool/pid/master.pid")).read().split()[0])
+
+    def queued(self) -> int:
+        n = 0
+        for sub in ("incoming", "active", "deferred", "hold", "maildrop"):
+            for _root, _dirs, files in os.walk(os.path.join(self.dir, "spool", sub)):
+                n += len(files)
+        return n
+
+    def round(self, a: argparse.Namespace, profile: bool) -> dict:
+        subprocess.run(["postsuper", "-c", self.etc, "-d", "ALL"], capture_output=True)
+        subprocess.run(["smtp-source", "-s", "20", "-m", str(a.msgs), "-l", str(a.size), "-f", "a@example.com",
+                        "-t", "b@example.net", "-M", "bench.localdomain", f"127.0.0.1:{self.port}"],
+                       check=True, timeout=MAX_S)
+        held = self.queued()
+        time.sleep(1)
+
+        def release() -> None:
+            subprocess.run(["postsuper", "-c", self.etc, "-H", "ALL"], capture_output=True)
+            subprocess.run(["postqueue", "-c", self.etc, "-f"], capture_output=True)
+        return timed_drain(self.label, self.master, a.sink_pid, held, release, self.queued, a.size)
+
+    def stop(self) -> None:
+        pass
+
+
+# --- mtad --------------------------------------------------------------------------------------------------
+
+class Mtad:
+    def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int):
+        self.variant, self.label = variant, f"mtad-dkim-{variant}"
+        self.work = Path(a.work) / f"mtad-{variant}"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([a.mtad_src, str(REPO)]))
+        self.port = submission_port
+        self.config = self._config(a, dns_port)
+        self.db = self.work / "state" / "mtad.sqlite3"
+        self.log = open(self.work / "mtad.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(self.config)],
+                                     cwd=self.work, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+
+    def _keygen(self, selector: str, algorithm: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "mtad", "dkim", "keygen", SENDER_DOMAIN, "--selector", selector,
+                              "--algorithm", algorithm, "--out-dir", str(self.work / "dkim"), "--state-dir",
+                              str(self.work / "keygen-state")],
+                             env=self.env, capture_output=True, text=True, check=True).stdout
+        return next(line.split("key written to ", 1)[1].split(";")[0] for line in out.splitlines()
+                    if "key written to" in line)
+
+    def _config(self, a: argparse.Namespace, dns_port: int) -> Path:
+        import yaml
+        from mtad.passwords import hash_password
+        keys = []
+        if self.variant in ("rsa", "both"):
+            keys.append({"selector": "rsa", "key_file": self._keygen("rsa", "rsa")})
+        if self.variant in ("ed25519", "both"):
+            keys.append({"selector": "ed", "key_file": self._keygen("ed", "ed25519")})
+        shaping = self.work / "shaping.yaml"
+        shaping.write_text(yaml.safe_dump({"default": {
+            "max_connections": 20, "max_message_rate": None, "max_deliveries_per_connection": 1000}}))
+        cfg = {
+            "hostname": "mtad.bench.test",
+            "state_dir": str(self.work / "state"),
+            "listeners": [{"address": f"127.0.0.1:{self.port}", "role": "submission", "tls": "starttls",
+                           "name": "submission"}],
+            "limits": {"max_connections_per_ip": 1000},
+            "api": {"enabled": False},
+            "sending_domains": {SENDER_DOMAIN: {
+                "users": {"bench": {"password_hash": hash_password(PASSWORD, n=2**10)}}, "dkim": keys}},
+            "delivery": {"port": a.sink_port, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port,
+                         "poll_interval": "100ms", "shaping_file": str(shaping)},
+            "log": {"level": "warning"},
+        }
+        path = self.work / "mtad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def round(self, a: argparse.Namespace, profile: bool) -> dict:
+        subprocess.run([sys.executable, "-m", "mtad", "queue", "pause", "--domain", DOMAIN, "--config",
+                        str(self.config)], env=self.env, check=True, capture_output=True)
+        time.sleep(0.3)  # the scheduler sees the pause at its next poll (100 ms)
+        asyncio.run(submit_all(self.port, a.msgs, a.size))
+        conn = sqlite3.connect(f"file:{self.db}", uri=True, timeout=60, isolation_level=None)
+        try:
+            pending_sql = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
+            held = conn.execute(pending_sql).fetchone()[0]
+            delivered0 = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0]
+            time.sleep(1)
+            spy = self._profile(a.profile) if profile else None
+            rec = timed_drain(self.label, self.proc.pid, a.sink_pid, held,
+                              lambda: conn.execute("DELETE FROM kv WHERE key = ?", (f"pause:domain:{DOMAIN}",)),
+                              lambda: conn.execute(pending_sql).fetchone()[0], a.size)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(60)
+            rec["delivered"] = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'"
+                                            ).fetchone()[0] - delivered0
+            rec["failed_total"] = conn.execute("SELECT count(*) FROM events WHERE event = 'failed'").fetchone()[0]
+        finally:
+            conn.close()
+        if rec["delivered"] != held or rec["failed_total"]:
+            print(f"WARNING: {self.label}: {rec['delivered']} delivered of {held}, {rec['failed_total']} failed"
+                  " events", file=sys.stderr)
+        return rec
+
+    def _profile(self, folder: str) -> subprocess.Popen:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "200", "--format", "raw",
+                                "--threads", "--nonblocking", *IDLE, "-o", str(Path(folder) / f"{self.label}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        return spy
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+async def submit_all(port: int, msgs: int, size: int, sessions: int = 20) -> None:
+    import ssl
+
+    import aiosmtplib
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    counter = iter(range(msgs))
+
+    async def session() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=ctx, timeout=60)
+        await client.connect()
+        await client.login(LOGIN, PASSWORD)
+        for i in counter:
+            await client.sendmail(LOGIN, [f"b{i}@{DOMAIN}"], message(i, size))
+        await client.quit()
+    await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), MAX_S)
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mtad exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"mtad did not open port {port}")
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+def cmd_run(a: argparse.Namespace) -> None:
+    sys.path.insert(0, a.mtad_src)  # the mtad measured (mtad.passwords, for its config)
+    from tests.support.dns_server import DnsServer
+    dns = DnsServer(ttl=3600).start()
+    dns.add_mx(DOMAIN, [(10, f"sink.{DOMAIN}")])
+    dns.add_a(f"sink.{DOMAIN}", "127.0.0.1")
+    servers: list = []
+    try:
+        if a.postfix_dir:
+            servers.append(Postfix(a.postfix_dir, a.postfix_port))
+        for n, variant in enumerate(v for v in a.mtad.split(",") if v):
+            servers.append(Mtad(a, variant, dns.port, 2587 + n))
+        for rnd in range(1, a.rounds + 1):
+            for server in servers:
+                rec = {"round": rnd, **server.round(a, profile=bool(a.profile) and rnd == a.rounds)}
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec), flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+        dns.stop()
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    runs: dict[str, list[dict]] = {}
+    for line in open(a.results):
+        rec = json.loads(line)
+        runs.setdefault(rec["label"], []).append(rec)
+    med = {label: statistics.median(r["msgs_per_s"] for r in recs) for label, recs in runs.items()}
+    base = med.get("postfix")
+    print("| drain to smtp-sink | msgs | rounds | median msgs/s | min-max | server CPU % | server CPU µs/msg |"
+          " sink CPU % | ratio to Postfix |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, recs in runs.items():
+        rates = [r["msgs_per_s"] for r in recs]
+        ratio = f"{med[label] / base:.2f}" if base else "-"
+        print(f"| {label} | {recs[0]['msgs']} x {recs[0]['size']} B | {len(recs)} | {med[label]:,.0f} |"
+              f" {min(rates):,.0f}-{max(rates):,.0f} | {statistics.median(r['server_cpu_pct'] for r in recs):.0f} |"
+              f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
+              f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--sink-port", type=int, default=2530)
+    r.add_argument("--sink-pid", type=int, required=True)
+    r.add_argument("--work", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--postfix-dir")
+    r.add_argument("--postfix-port", type=int, default=2525)
+    r.add_argument("--mtad", default="off,rsa", help="DKIM variants: off, rsa, ed25519, both (comma-separated)")
+    r.add_argument("--msgs", type=int, default=5000)
+    r.add_argument("--size", type=int, default=1024)
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--mtad-src", default=str(REPO))
+    r.add_argument("--profile")
+    s = sub.add_parser("summarize")
+    s.add_argument("results")
+    a = ap.parse_args()
+    {"run": cmd_run, "summarize": cmd_summarize}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

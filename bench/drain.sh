@@ -1,0 +1,131 @@
+#!/bin/bash
+# bench/drain.sh -- outbound drain rate: a full queue emptied into smtp-sink, mtad (DKIM off, DKIM on) beside
+# Postfix relaying the same number of messages to the same smtp-sink, in ONE run on this machine; prints a
+# markdown table of msgs/s, server and sink CPU, and the ratios mtad/Postfix (issue 3, "Benchmark").
+#
+#   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
+#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--keep]
+#   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once)
+#   --profile       also sample each mtad with py-spy during its last round (raw stacks OUT/mtad-dkim-V.txt and
+#                   a bench/pyspy_top.py ranking OUT/mtad-dkim-V.top.txt); installs py-spy with pip when missing
+#   --mtad-src DIR  measure the mtad package found in DIR (a folder holding mtad/) instead of this work tree
+#
+# How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
+# recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
+# empty. The servers take turns round by round, so drift in the machine's speed affects them alike. Postfix: private instance (bench/postfix/setup_postfix.sh), hold queue filled by smtp-source,
+# released by `postsuper -H ALL; postqueue -f`, relayhost = smtp-sink. mtad: `queue pause --domain`, 20
+# authenticated submission sessions fill it, the pause is lifted; MX lookups go to a DNS server on
+# 127.0.0.1 whose MX for bench.test points at smtp-sink. mtad's shaping file for the run: default policy
+# max_connections 20 (= Postfix's default_destination_concurrency_limit), no rate limit, 1000 deliveries
+# per connection; poll_interval 100 ms.
+#
+# INSTALLS WHAT IS MISSING (root, Debian): apt-get install postfix (smtp-source, smtp-sink; the package's own
+# instance is preseeded "No configuration" and stays stopped); pip install -e <repo> if mtad's dependencies
+# are missing; py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
+# loopback only): no benchmark traffic can leave 127.0.0.1.
+# Bounded: every fill and every drain is given 240 s, the whole run 50 min. Default run (5000 x 1 KB, 3 rounds,
+# off+rsa): about 2 minutes.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+PY=${PY:-python3}
+MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
+ORIG_ARGS=("$@")
+while [ $# -gt 0 ]; do
+  case $1 in
+    --msgs) MSGS=$2; shift ;;
+    --size) SIZE=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --dkim) DKIM=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --servers) SERVERS=$2; shift ;;
+    --profile) PROFILE=1 ;;
+    --mtad-src) MTAD_SRC=$(cd "$2" && pwd); shift ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
+
+# ---------------------------------------------------------------- phase 1: installs (outside the namespace)
+if [ -z "${BENCH_NETNS:-}" ]; then
+  [ "$(id -u)" = 0 ] || { echo "drain.sh: run as root (private Postfix instance, network namespace, apt)" >&2; exit 1; }
+  if ! { command -v smtp-source && command -v smtp-sink && command -v postfix; } >/dev/null; then
+    echo "== installing with apt: postfix"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null \
+      || { echo "drain.sh: apt-get install postfix failed" >&2; exit 1; }
+  fi
+  if want mtad && ! "$PY" -c 'import aiosmtpd, aiosmtplib, dns, yaml, uvloop, cryptography' 2>/dev/null; then
+    echo "== installing mtad (pip install -e $REPO)"
+    "$PY" -m pip install -q -e "$REPO" || { echo "drain.sh: pip install failed" >&2; exit 1; }
+  fi
+  if [ $PROFILE = 1 ] && ! command -v py-spy >/dev/null; then
+    "$PY" -m pip install -q py-spy || { echo "drain.sh: pip install py-spy failed" >&2; exit 1; }
+  fi
+  exec unshare -n env BENCH_NETNS=1 bash -c 'ip link set lo up && exec bash "$0" "$@"' "$0" "${ORIG_ARGS[@]}"
+fi
+
+# ---------------------------------------------------------------- phase 2: measure (inside the namespace)
+WORK=$(mktemp -d /tmp/mtad-drain.XXXXXX)
+chmod 755 "$WORK"   # Postfix's daemons (user postfix) must reach the queue inside it
+OUT=${OUT:-$WORK/results}
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+RESULTS=$OUT/drain.jsonl
+: > "$RESULTS"
+SINK=""; PF=""
+cleanup() {
+  [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1
+  [ -n "$SINK" ] && kill "$SINK" 2>/dev/null
+  [ $KEEP = 0 ] && rm -rf "$WORK/postfix" "$WORK"/mtad-*
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+wait_port() {
+  for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 not up" >&2; return 1
+}
+MTAD_DESC="$MTAD_SRC"
+[ "$MTAD_SRC" = "$REPO" ] && MTAD_DESC="work tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(
+  git -C "$REPO" status --porcelain -- mtad 2>/dev/null | grep -q . && echo ' + uncommitted changes in mtad/')"
+{
+  echo "date: $(date -u +%FT%TZ)   host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "mtad: $MTAD_DESC   python: $("$PY" -c 'import sys; print(sys.version.split()[0])')   postfix: $(postconf -h mail_version 2>/dev/null)"
+  echo "run: $MSGS msgs x $SIZE B, $ROUNDS rounds, mtad dkim variants: $DKIM   scratch: $WORK"
+} | tee "$OUT/env.txt"
+
+smtp-sink -u nobody 127.0.0.1:2530 1000 >/dev/null 2>&1 &
+SINK=$!
+wait_port 2530 || exit 1
+
+ARGS=(--sink-port 2530 --sink-pid "$SINK" --work "$WORK" --out "$RESULTS" --msgs "$MSGS" --size "$SIZE"
+      --rounds "$ROUNDS" --mtad-src "$MTAD_SRC" --mtad "")
+if want postfix; then
+  PF=$WORK/postfix; mkdir -p "$PF"
+  if sh "$HERE/postfix/setup_postfix.sh" "$PF" 2525 2530 >"$OUT/postfix-setup.log" 2>&1 && wait_port 2525; then
+    ARGS+=(--postfix-dir "$PF" --postfix-port 2525)
+  else
+    echo "Postfix did not start (see $OUT/postfix-setup.log)" >&2; PF=""
+  fi
+fi
+want mtad && ARGS+=(--mtad "$DKIM")
+[ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
+echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM)")"
+timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/mtad-*/mtad.log)" >&2
+for log in "$WORK"/mtad-*/mtad.log; do
+  [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"
+done
+if [ $PROFILE = 1 ]; then
+  for prof in "$OUT"/mtad-dkim-*.txt; do
+    case $prof in *.top.txt) continue ;; esac
+    "$PY" "$HERE/pyspy_top.py" "$prof" --top 30 > "${prof%.txt}.top.txt"
+    echo "profile ranking: ${prof%.txt}.top.txt"
+  done
+fi
+
+echo
+"$PY" "$HERE/drain.py" summarize "$RESULTS" | tee "$OUT/summary.md"
+echo
+echo "results: $RESULTS   table: $OUT/summary.md"

@@ -1,0 +1,224 @@
+"""Outbound delivery to MX servers on loopback: per-recipient outcomes, retries on the schedule, permanent
+failures with the bounce list, suppression and allowlist, DSNs to the sender, at-least-once after a lost
+reply, MX fallback, implicit MX, null MX, NXDOMAIN and SERVFAIL.
+
+One mtad for the module; each test has its own destination domains (``*.dlv.test``) and MX servers, and
+judges by what the receiving servers got and what mtad's store holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.outbound_support import (RETRY_SCHEDULE, SENDER, api, deliveries, events, outcomes, serve_domain,
+                                        submit, wait_final, wait_until)
+from tests.support.daemon import Mtad
+
+
+@pytest.fixture(scope="module")
+def daemon(outbound_mtad) -> Mtad:
+    return outbound_mtad()
+
+
+@pytest.fixture
+def dns(loopback_dns):
+    return loopback_dns
+
+
+def seconds(duration: str) -> float:
+    assert duration.endswith("s")
+    return float(duration[:-1])
+
+
+def test_per_recipient_outcomes_in_one_transaction(daemon, certs, dns, mx_farm):
+    mx = serve_domain(dns, mx_farm, "mixed.dlv.test")
+    mx.reject = {"nobody@mixed.dlv.test"}
+    sent = submit(daemon, certs, ["alice@mixed.dlv.test", "nobody@mixed.dlv.test", "bob@mixed.dlv.test"])
+
+    final = wait_final(daemon, sent)
+    # One transaction carried both accepted recipients; the rejected one was refused at RCPT.
+    assert [(m.rcpt_tos, m.mail_from, m.message_id) for m in mx.messages] == [
+        (["alice@mixed.dlv.test", "bob@mixed.dlv.test"], SENDER, sent.message_id)]
+    assert len(mx.connections) == 1
+    for rcpt in ("alice@mixed.dlv.test", "bob@mixed.dlv.test"):
+        status = final[rcpt]["delivery-status"]
+        assert final[rcpt]["event"] == "delivered"
+        assert (status["code"], status["attempt-no"], status["mx-host"]) == (250, 1, "mx.mixed.dlv.test")
+        assert status["message"].startswith("2.0.0 OK")
+    failed = final["nobody@mixed.dlv.test"]
+    assert (failed["event"], failed["severity"], failed["reason"]) == ("failed", "permanent", "bounce")
+    assert (failed["delivery-status"]["code"], failed["delivery-status"]["enhanced-code"]) == (550, "5.1.1")
+    assert "User unknown" in failed["delivery-status"]["message"]
+    # Nothing left to do: the row is done and no temporary failure was recorded.
+    [row] = deliveries(daemon, sent.queue_id)
+    assert (row["state"], row["attempts"], row["recipients"], row["locked_by"]) == ("done", 1, [], None)
+    assert not [e for e in outcomes(daemon, sent.queue_id) if e.get("severity") == "temporary"]
+
+
+def test_hard_bounce_lists_address_and_later_mail_is_suppressed_unless_allowlisted(daemon, certs, dns, mx_farm):
+    mx = serve_domain(dns, mx_farm, "bounce.dlv.test")
+    gone = "gone@bounce.dlv.test"
+    mx.reject = {gone}
+
+    first = submit(daemon, certs, [gone])
+    assert wait_final(daemon, first)[gone]["reason"] == "bounce"
+    [(data,)] = daemon.query("SELECT data FROM suppressions WHERE domain = 'example.com' AND kind = 'bounces'"
+                             " AND address = ?", (gone,))
+    assert '"code": "550"' in data and "User unknown" in data
+    status, entry = api(daemon, "GET", f"/v3/example.com/bounces/{gone}")  # as the operator sees it
+    assert status == 200 and entry["address"] == gone and entry["code"] == "550", entry
+    assert mx.rcpt_attempts == [gone]
+
+    # The next message to the address is not sent at all.
+    second = submit(daemon, certs, [gone])
+    event = wait_final(daemon, second)[gone]
+    assert (event["event"], event["severity"], event["reason"]) == ("failed", "permanent", "suppress-bounce")
+    assert mx.rcpt_attempts == [gone] and len(mx.connections) == 1
+    assert deliveries(daemon, second.queue_id)[0]["state"] == "done"
+
+    # Allowlisted through the API, the address is tried again; the mailbox exists again meanwhile, so this
+    # time it is delivered (though still on the bounce list).
+    status, reply = api(daemon, "POST", "/v3/example.com/whitelists", {"address": gone})
+    assert status == 200, reply
+    mx.reject = set()
+    third = submit(daemon, certs, [gone])
+    assert wait_final(daemon, third)[gone]["event"] == "delivered"
+    assert mx.by_message_id(third.message_id)[0].rcpt_tos == [gone]
+    assert not mx.by_message_id(second.message_id)
+
+
+def test_suppressed_recipient_is_dropped_from_a_message_the_others_still_get(daemon, certs, dns, mx_farm,
+                                                                             sender_mailbox):
+    mx = serve_domain(dns, mx_farm, "partial.dlv.test")
+    status, reply = api(daemon, "POST", "/v3/example.com/bounces", {"address": "old@partial.dlv.test"})
+    assert status == 200, reply  # on the bounce list already
+    sent = submit(daemon, certs, ["old@partial.dlv.test", "new@partial.dlv.test"])
+
+    final = wait_final(daemon, sent)
+    assert (final["old@partial.dlv.test"]["reason"], final["new@partial.dlv.test"]["event"]) == (
+        "suppress-bounce", "delivered")
+    assert [(m.rcpt_tos, m.message_id) for m in mx.messages] == [(["new@partial.dlv.test"], sent.message_id)]
+    assert mx.rcpt_attempts == ["new@partial.dlv.test"]
+    [row] = deliveries(daemon, sent.queue_id)
+    assert (row["state"], row["attempts"], row["recipients"]) == ("done", 1, [])
+    # Like a suppressed message as a whole, the suppressed recipient is reported to the sender.
+    wait_until(lambda: [m for m in sender_mailbox.messages if b"old@partial.dlv.test" in m.data], 10, "the DSN")
+
+
+def test_permanent_failure_sends_a_dsn_to_the_smtp_sender(daemon, certs, dns, mx_farm, sender_mailbox):
+    mx = serve_domain(dns, mx_farm, "dsn.dlv.test")
+    mx.reject = {"nobody@dsn.dlv.test"}
+    sent = submit(daemon, certs, ["nobody@dsn.dlv.test", "somebody@dsn.dlv.test"])
+    wait_final(daemon, sent)
+
+    def dsn():
+        return [m for m in sender_mailbox.messages if b"nobody@dsn.dlv.test" in m.data]
+    [bounce] = wait_until(dsn, 10, "the DSN at example.com's MX")
+    assert bounce.mail_from == "<>" and bounce.rcpt_tos == [SENDER]  # MAIL FROM:<> (aiosmtpd keeps the brackets)
+    msg = bounce.message
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    report = bounce.data.decode()
+    assert "Reporting-MTA: dns; mtad.test" in report
+    assert "Final-Recipient: rfc822; nobody@dsn.dlv.test\r\nAction: failed\r\nStatus: 5.1.1" in report
+    assert "Remote-MTA: dns; mx.dsn.dlv.test" in report
+    assert "Diagnostic-Code: smtp; 550 5.1.1" in report
+    assert "Final-Recipient: rfc822; somebody@dsn.dlv.test" not in report  # delivered: not reported
+    assert f"X-Mtad-Queue-ID: {sent.queue_id}" in report
+    # The returned headers let the sender match the bounce to its message.
+    [returned] = [p for p in msg.walk() if p.get_content_type() == "text/rfc822-headers"]
+    assert f"Message-ID: {sent.message_id}" in returned.get_content()
+    # The DSN itself is an outbound message of example.com, recorded like any other.
+    dsn_id = bounce.message_id.strip("<>")
+    [(direction, domain)] = daemon.query("SELECT direction, domain FROM messages WHERE message_id = ?", (dsn_id,))
+    assert (direction, domain) == ("outbound", "example.com")
+
+
+def test_temporary_failures_are_retried_on_the_schedule(daemon, certs, dns, mx_farm):
+    mx = serve_domain(dns, mx_farm, "flaky.dlv.test")
+    mx.data_replies.extend(["451 4.3.0 Try again later"] * 3)
+    rcpt = "carol@flaky.dlv.test"
+    sent = submit(daemon, certs, [rcpt])
+
+    assert wait_final(daemon, sent, timeout=15)[rcpt]["event"] == "delivered"
+    attempts = outcomes(daemon, sent.queue_id, rcpt)
+    assert [(e["event"], e.get("severity"), e["delivery-status"]["attempt-no"]) for e in attempts] == [
+        ("failed", "temporary", 1), ("failed", "temporary", 2), ("failed", "temporary", 3), ("delivered", None, 4)]
+    schedule = [seconds(s) for s in RETRY_SCHEDULE]  # 1s, 1s, 2s
+    assert [e["delivery-status"].get("retry-seconds") for e in attempts[:3]] == [int(s) for s in schedule]
+    assert all(e["delivery-status"]["code"] == 451 for e in attempts[:3])
+    # The MX saw each attempt when the schedule said: never early; late by a poll interval and a little more.
+    times = [a.at for a in mx.data_attempts]
+    assert len(times) == 4
+    for gap, planned in zip([b - a for a, b in zip(times, times[1:])], schedule):
+        assert planned <= gap <= planned + 1.0, (gap, planned)
+    assert [m.message_id for m in mx.messages] == [sent.message_id]
+    [row] = deliveries(daemon, sent.queue_id)
+    assert (row["state"], row["attempts"]) == ("done", 4)
+
+
+def test_reply_lost_after_the_final_dot_is_retried_at_least_once(daemon, certs, dns, mx_farm):
+    mx = serve_domain(dns, mx_farm, "dropper.dlv.test")
+    mx.drop_after_dot = 1
+    rcpt = "dave@dropper.dlv.test"
+    sent = submit(daemon, certs, [rcpt])
+
+    assert wait_final(daemon, sent)[rcpt]["event"] == "delivered"
+    first, second = outcomes(daemon, sent.queue_id, rcpt)
+    assert (first["event"], first["severity"], first["delivery-status"]["code"]) == ("failed", "temporary", 421)
+    assert "connection lost" in first["delivery-status"]["message"].lower()
+    assert second["delivery-status"]["attempt-no"] == 2
+    # The MX had the message both times: delivery is at-least-once, never at-most-once.
+    assert len(mx.by_message_id(sent.message_id)) == 2
+    assert len(mx.connections) == 2
+
+
+def test_falls_back_to_the_next_mx_when_the_first_is_down(daemon, certs, dns, mx_farm):
+    backup = mx_farm.add("backup.fallback.dlv.test")
+    dns.add_mx("fallback.dlv.test", [(10, "primary.fallback.dlv.test"), (20, "backup.fallback.dlv.test")])
+    dns.add_a("primary.fallback.dlv.test", mx_farm.address())  # nothing listens there
+    dns.add_a("backup.fallback.dlv.test", backup.ip)
+    rcpt = "erin@fallback.dlv.test"
+    sent = submit(daemon, certs, [rcpt])
+
+    event = wait_final(daemon, sent)[rcpt]
+    assert (event["event"], event["delivery-status"]["mx-host"]) == ("delivered", "backup.fallback.dlv.test")
+    assert event["delivery-status"]["attempt-no"] == 1
+    assert backup.message_ids() == [sent.message_id]
+
+
+def test_domain_without_mx_is_delivered_to_its_a_record(daemon, certs, dns, mx_farm):
+    mx = mx_farm.add("implicit.dlv.test")
+    dns.add_a("implicit.dlv.test", mx.ip)  # no MX record at all (RFC 5321 5.1)
+    rcpt = "frank@implicit.dlv.test"
+    sent = submit(daemon, certs, [rcpt])
+
+    event = wait_final(daemon, sent)[rcpt]
+    assert (event["event"], event["delivery-status"]["mx-host"]) == ("delivered", "implicit.dlv.test")
+    assert mx.message_ids() == [sent.message_id]
+    assert dns.queries_for("implicit.dlv.test", "MX")
+
+
+def test_null_mx_and_nxdomain_fail_permanently_servfail_is_temporary(daemon, certs, dns):
+    dns.add_mx("nullmx.dlv.test", [(0, ".")])  # RFC 7505: this domain accepts no mail
+    dns.servfail("servfail.dlv.test")
+    null = submit(daemon, certs, ["grace@nullmx.dlv.test"])
+    missing = submit(daemon, certs, ["heidi@nxdomain.dlv.test"])
+    broken = submit(daemon, certs, ["ivan@servfail.dlv.test"])
+
+    event = wait_final(daemon, null)["grace@nullmx.dlv.test"]
+    assert (event["severity"], event["reason"]) == ("permanent", "bounce")
+    assert "null MX" in event["delivery-status"]["message"]
+    event = wait_final(daemon, missing)["heidi@nxdomain.dlv.test"]
+    assert (event["severity"], event["reason"]) == ("permanent", "bounce")
+    assert "NXDOMAIN" in event["delivery-status"]["message"]
+    assert event["delivery-status"]["code"] >= 500
+
+    def deferred():
+        return [e for e in outcomes(daemon, broken.queue_id) if e.get("severity") == "temporary"]
+    event = wait_until(deferred, 10, "a temporary failure for the SERVFAIL domain")[0]
+    assert event["delivery-status"]["code"] == 421 and "MX lookup failed" in event["delivery-status"]["message"]
+    row = deliveries(daemon, broken.queue_id)[0]
+    assert row["state"] == "deferred" and row["recipients"] == ["ivan@servfail.dlv.test"]
+    assert not [e for e in events(daemon, broken.queue_id) if e["event"] == "delivered"]
