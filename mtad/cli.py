@@ -193,11 +193,10 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     from mtad.router import RouteTable
     cfg, _ = _load(args)
     routes = config_routes(cfg)
-    if cfg.store_path.exists():
+    if cfg.store_path.exists():  # routes created through the API are evaluated too
+        from mtad import routestore
         with _db(cfg) as conn:
-            for row in conn.execute("SELECT id, priority, description, expression, actions FROM routes"):
-                from mtad.router import Route
-                routes.append(Route(row[0], row[1], row[2], row[3], tuple(json.loads(row[4]))))
+            routes += [stored.route for stored in routestore.load(conn)]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
     headers = []
     for h in args.header or []:

@@ -8,12 +8,14 @@ their byte spans so that selected headers can be removed while every other byte 
 from __future__ import annotations
 
 import email.header
+import functools
 import email.utils
 import re
 from dataclasses import dataclass
 
 from mtad.types import HeaderSummary
 
+_MULTIPART = re.compile(rb"multipart/", re.I)
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)  # RFC 5322 ftext then colon
 
 
@@ -98,6 +100,8 @@ def remove(body: bytes, fields: list[HeaderField]) -> bytes:
 
 def decode(value: str) -> str:
     """RFC 2047-decoded text of a header value; never raises."""
+    if "=?" not in value:
+        return value
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
@@ -126,17 +130,21 @@ def received(by_host: str, client_helo: str, client_ip: str, protocol: str, queu
              recipient: str | None, when: float) -> bytes:
     """A Received: trace field (RFC 5321 4.4), folded."""
     for_part = f"\r\n\tfor <{recipient}>" if recipient else ""
-    date = email.utils.formatdate(when, localtime=False)
+    date = _formatdate(int(when))
     helo = re.sub(r"[^\x21-\x7e]", "?", client_helo)[:255] or "unknown"
     line = (f"Received: from {helo} ([{client_ip}])\r\n\tby {by_host} (mtad) with {protocol}"
             f" id {queue_id}{for_part};\r\n\t{date}\r\n")
     return line.encode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=4)
+def _formatdate(second: int) -> str:
+    return email.utils.formatdate(second, localtime=False)
+
+
 def mime_depth_exceeds(body: bytes, limit: int) -> bool:
     """True if multipart nesting is deeper than ``limit``. Cheap unless the message has many multiparts."""
-    lower = body.lower()
-    if lower.count(b"multipart/") <= limit:
+    if len(_MULTIPART.findall(body)) <= limit:  # no copy of the body, unlike body.lower()
         return False
     import email.parser
     import email.policy

@@ -192,7 +192,8 @@ class Ingress:
         finally:
             self.inflight_bytes -= size
         self.counters.accepted += len(items)
-        self.on_commit()
+        if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
+            self.on_commit()  # wake the scheduler and forwarders only when there is work for them
         for queue_id, (msg, _, _) in planned:
             envelope = msg.envelope
             log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s%s",

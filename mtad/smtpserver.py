@@ -185,6 +185,8 @@ class MtadSMTP(SMTP):
         self.auth_failures = 0
         self.errors = 0
         self._lifetime_handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._armed_at = 0.0
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -231,6 +233,35 @@ class MtadSMTP(SMTP):
     def _timeout_cb(self) -> None:
         log.info("%s timeout", self.client_ip)
         self._say_goodbye("421 4.4.2 Timeout exceeded, closing connection")
+
+    # Timers: one lazily re-armed handle per session instead of cancelling and re-creating a TimerHandle
+    # on every command (aiosmtpd's way); the handle fires, sees a later deadline, and re-arms itself.
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        if self._timeout_handle is None or self._armed_at > deadline:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._armed_at = deadline
+            self._timeout_handle = self.loop.call_at(deadline, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        now = self.loop.time()
+        if now < self._deadline:
+            self._armed_at = self._deadline
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_timeout)
+            return
+        self._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        """Write a reply; wait for the socket only when its buffer is full (no drain per reply)."""
+        data = (status.encode("utf-8") if isinstance(status, str) else status) + b"\r\n"
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > 65536:
+            await self._writer.drain()
 
     @property
     def tls_active(self) -> bool:

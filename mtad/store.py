@@ -17,7 +17,8 @@ forwards            one row per (message, recipient, route action destination): 
 webhook_deliveries  one row per (event, webhook URL)
 events              Mailgun-shaped event log
 stats               hourly counters maintained as events are written
-stats_dims          the same counters by provider (recipient domain) and sending IP, without tags
+stats_daily         the same counters per day (what queries over days and months read)
+stats_dims          daily counters by provider (recipient domain) and sending IP, without tags
 suppressions        bounces / unsubscribes / complaints / whitelists per domain
 webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
 routes, kv          routes created by API; small settings (queue pauses, ...)
@@ -185,14 +186,23 @@ CREATE INDEX IF NOT EXISTS events_recipient_hour
 CREATE INDEX IF NOT EXISTS events_message_hour ON events(domain, CAST(timestamp / 3600 AS INTEGER), message_id);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries(event_id);
 CREATE INDEX IF NOT EXISTS stats_tag_event_hour ON stats(tag, event, hour);  -- account-wide stats
+CREATE TABLE IF NOT EXISTS stats_daily (
+    domain TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    event TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (domain, tag, event, day)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stats_daily_tag_event_day ON stats_daily(tag, event, day);
 CREATE TABLE IF NOT EXISTS stats_dims (
     domain TEXT NOT NULL,
     dim TEXT NOT NULL,
     value TEXT NOT NULL,
     event TEXT NOT NULL,
-    hour INTEGER NOT NULL,
+    day INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    PRIMARY KEY (domain, dim, value, event, hour)
+    PRIMARY KEY (domain, dim, value, event, day)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS webhooks (
     domain TEXT NOT NULL,
@@ -225,14 +235,25 @@ class _Job:
 
 
 def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
-    def apply() -> None:
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-    job.loop.call_soon_threadsafe(apply)
+    _settle_all([(job, result, error)])
+
+
+def _settle_all(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Hand results to their callers: one call into each event loop for the whole batch."""
+    by_loop: dict[Any, list[tuple[_Job, Any, BaseException | None]]] = {}
+    for item in items:
+        by_loop.setdefault(item[0].loop, []).append(item)
+
+    def apply(group: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        for job, result, error in group:
+            if job.future.done():
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+    for loop, group in by_loop.items():
+        loop.call_soon_threadsafe(apply, group)
 
 
 class Store:
@@ -328,8 +349,8 @@ class Store:
             for job in batch:
                 _settle(job, error=StoreError(f"cannot begin transaction: {exc}"))
             return []
+        savepoint = "w"  # one name: released before the next, and one cached statement
         for n, job in enumerate(batch):
-            savepoint = f"w{n}"
             try:
                 conn.execute(f"SAVEPOINT {savepoint}")
                 result = job.fn(conn)
@@ -362,8 +383,7 @@ class Store:
             return []
         self.commits += 1
         self.committed_writes += len(done)
-        for job, result in done:
-            _settle(job, result)
+        _settle_all([(job, result, None) for job, result in done])
         return []
 
     # --- reading ---------------------------------------------------------------------------------
