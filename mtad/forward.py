@@ -36,10 +36,13 @@ class Form:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 
 def _param(text: str) -> str:
     """A quoted-string parameter of a part header: control characters dropped, quotes and backslashes escaped."""
+    if not _UNSAFE.search(text):  # nearly always: header names, attachment-N
+        return text
     return _CONTROL.sub("", text).replace("\\", "\\\\").replace('"', '\\"')
 
 

@@ -106,10 +106,13 @@ def to_text(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def decode_header(value: str) -> str:
     """A header value as text: unfolded, RFC 2047 words decoded, stray 8-bit bytes decoded."""
     value = re.sub(r"\r?\n[ \t]*", " ", value) if "\n" in value else value
-    if any("\udc80" <= c <= "\udcff" for c in value):  # 8-bit bytes, surrogate-escaped by the parser
+    if _ESCAPED_BYTE.search(value):  # 8-bit bytes, surrogate-escaped by the parser
         value = to_text(value.encode("ascii", "surrogateescape"), None)
     if "=?" not in value:
         return value

@@ -70,7 +70,8 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
     by_sender: dict[tuple[str, str], list[str]] = {}
     for f in forwards:
         if f.action == "address":
-            by_sender.setdefault((events.domain_of(f.destination), f.sender or env.sender), []).append(f.destination)
+            sender = env.sender if f.sender is None else f.sender  # "" is the null sender of a returned bounce
+            by_sender.setdefault((events.domain_of(f.destination), sender), []).append(f.destination)
     conn.executemany(
         "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender, created_at,"
         " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",

@@ -1,11 +1,12 @@
-"""Stats from the hourly counters (seed 001): totals, by domain / tag / provider / IP, in Mailgun's shapes.
+"""Stats from counters (seed 001): totals, by domain / tag / provider / IP, in Mailgun's shapes.
 
-``events.record`` bumps counters as events are written: ``stats(domain, tag, event, hour)`` with the
-tag ``''`` for all messages, and ``stats_dims(domain, dim, value, event, hour)`` for the provider (the
-recipient's domain) and the sending IP. Counter keys are the event name plus Mailgun's breakdowns
-(``accepted:incoming``, ``delivered:smtp``, ``failed:temporary``, ``failed:permanent:bounce``...), see
-``events.stat_keys``. A query over months reads at most one row per hour and key, grouped in SQL:
-milliseconds, never a scan of events.
+``events.record`` bumps counters as events are written: hourly ``stats(domain, tag, event, hour)`` and
+daily ``stats_daily(domain, tag, event, day)`` with the tag ``''`` for all messages, and daily
+``stats_dims(domain, dim, value, event, day)`` for the provider (the recipient's domain) and the sending
+IP. Counter keys are the event name plus Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
+``failed:temporary``, ``failed:permanent:bounce``...), see ``events.stat_keys``. A query reads at most one
+row per key and hour (hour resolution) or day (day and month resolutions, groups), through an index that
+yields them in GROUP BY order: milliseconds for months, never a scan of events.
 
 Times are UTC; buckets are aligned to the hour, day or calendar month. Pure functions of a read
 connection and parsed parameters; the API module turns them into responses.
@@ -35,6 +36,9 @@ class Range:
 
     def hours(self) -> tuple[int, int]:
         return int(self.start // 3600), int(self.end // 3600)
+
+    def days(self) -> tuple[int, int]:
+        return int(self.start // 86400), int(self.end // 86400)
 
 
 def _utc(ts: float) -> datetime:
@@ -101,8 +105,8 @@ def check_events(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-_BREAKDOWNS = {"accepted": ("accepted:incoming", "accepted:outgoing"), "delivered": ("delivered:smtp", "delivered:http"),
-               "failed": ("failed:temporary", "failed:permanent")}
+_LEAVES = {"accepted": ("accepted:incoming", "accepted:outgoing"), "delivered": ("delivered:smtp", "delivered:http"),
+           "failed": ("failed:temporary",)}
 _REASONS = ("bounce", "old", "generic", "rejected", "suppress-bounce", "suppress-unsubscribe", "suppress-complaint",
             "delayed-bounce", "webhook", "optimized")
 
@@ -110,7 +114,7 @@ _REASONS = ("bounce", "old", "generic", "rejected", "suppress-bounce", "suppress
 def _event_terms(conn: sqlite3.Connection, events: list[str]) -> tuple[str, list[str]]:
     """``event IN (...)``: the counter keys of the events and their breakdowns, so that the index serves the
     hour range too. Reasons of permanent failures beyond the known ones are looked up in the counters."""
-    keys = [k for e in events for k in (e, *_BREAKDOWNS.get(e, ()))]
+    keys = [k for e in events for k in _LEAVES.get(e, (e,))]
     if "failed" in events:
         keys += [f"failed:permanent:{r}" for r in _REASONS]
         key = "failed:permanent:"  # every reason counted so far: one index seek per distinct key (a skip scan)
@@ -124,21 +128,22 @@ def _event_terms(conn: sqlite3.Connection, events: list[str]) -> tuple[str, list
 
 
 def shape(counts: Mapping[str, int], events: list[str]) -> dict[str, Any]:
-    """Counters -> Mailgun's nested stats object for one bucket."""
+    """Leaf counters (``events.stat_key``) -> Mailgun's nested stats object for one bucket, totals summed."""
     c = lambda key: int(counts.get(key, 0))  # noqa: E731
     out: dict[str, Any] = {}
     for event in events:
         if event == "accepted":
-            out[event] = {"incoming": c("accepted:incoming"), "outgoing": c("accepted:outgoing"), "total": c("accepted")}
+            incoming, outgoing = c("accepted:incoming"), c("accepted:outgoing")
+            out[event] = {"incoming": incoming, "outgoing": outgoing, "total": incoming + outgoing}
         elif event == "delivered":
-            out[event] = {"smtp": c("delivered:smtp"), "http": c("delivered:http"), "optimized": 0,
-                          "total": c("delivered")}
+            smtp, http = c("delivered:smtp"), c("delivered:http")
+            out[event] = {"smtp": smtp, "http": http, "optimized": 0, "total": smtp + http}
         elif event == "failed":
             permanent = {reason: c(f"failed:permanent:{reason}") for reason in _PERMANENT}
             for key, n in counts.items():
                 if key.startswith("failed:permanent:"):
                     permanent[key.split(":", 2)[2]] = int(n)
-            permanent["total"] = c("failed:permanent")
+            permanent["total"] = sum(permanent.values())
             out[event] = {"temporary": {"espblock": 0, "total": c("failed:temporary")}, "permanent": permanent}
         else:
             out[event] = {"total": c(event)}
@@ -149,12 +154,17 @@ def shape(counts: Mapping[str, int], events: list[str]) -> dict[str, Any]:
 
 def _rows(conn: sqlite3.Connection, events: list[str], rng: Range, *, domains: Iterable[str] | None,
           tag: str = "", dim: tuple[str, str | None] | None = None, group: str | None = None,
-          by_day: bool = False) -> list[tuple[Any, int, str, int]]:
-    """(group value, hour or day number, key, count) rows, summed."""
-    table = "stats" if dim is None else "stats_dims"
+          by_time: bool = True) -> list[tuple[Any, int, str, int]]:
+    """(group value, hour or day number (0 without ``by_time``), key, count) rows, summed. Hour resolution
+    reads the hourly counters, day and month the daily ones (24 times fewer rows); provider and IP counters
+    are daily only. The GROUP BY follows the order of the index that serves the query, so SQLite streams the
+    sums instead of sorting every row."""
+    hourly = dim is None and rng.resolution == "hour"
+    table = "stats" if hourly else ("stats_daily" if dim is None else "stats_dims")
+    unit = "hour" if hourly else "day"
     term, params = _event_terms(conn, events)
-    lo, hi = rng.hours()
-    where = [term, "hour >= ?", "hour <= ?"]
+    lo, hi = rng.hours() if hourly else rng.days()
+    where = [term, f"{unit} >= ?", f"{unit} <= ?"]
     params += [lo, hi]
     domains = list(domains) if domains is not None else None
     if domains is not None:
@@ -174,17 +184,19 @@ def _rows(conn: sqlite3.Connection, events: list[str], rng: Range, *, domains: I
         if dim[1] is not None:
             where.append("value = ?")
             params.append(dim[1])
-    group_col = {"domain": "domain", "tag": "tag", "value": "value"}.get(group or "", "''")
-    bucket = "hour / 24" if by_day else "hour"
-    return conn.execute(f"SELECT {group_col}, {bucket}, event, sum(count) FROM {table} WHERE {' AND '.join(where)}"
-                        f" GROUP BY 1, 2, 3", params).fetchall()
+    column = {"domain": "domain", "tag": "tag", "value": "value"}.get(group or "")
+    if by_time:
+        select, group_by = f"{column or chr(39) * 2}, {unit}, event", (f"{column}, event, {unit}" if column else f"event, {unit}")
+    else:
+        select, group_by = f"{column or chr(39) * 2}, 0, event", (f"{column}, event" if column else "event")
+    return conn.execute(f"SELECT {select}, sum(count) FROM {table} WHERE {' AND '.join(where)} GROUP BY {group_by}",
+                        params).fetchall()
 
 
-def _time_series(rows: list[tuple[Any, int, str, int]], events: list[str], rng: Range,
-                 by_day: bool) -> list[dict[str, Any]]:
+def _time_series(rows: list[tuple[Any, int, str, int]], events: list[str], rng: Range) -> list[dict[str, Any]]:
     per_bucket: dict[float, dict[str, int]] = {}
-    unit = 86400 if by_day else 3600
     starts: dict[int, float] = {}  # hour or day number -> its bucket (months need the calendar, once per day)
+    unit = 3600 if rng.resolution == "hour" else 86400
     for _, n, key, count in rows:
         b = starts.get(n)
         if b is None:
@@ -204,8 +216,7 @@ def _time_series(rows: list[tuple[Any, int, str, int]], events: list[str], rng: 
 def totals(conn: sqlite3.Connection, events: list[str], rng: Range, *, domains: Iterable[str] | None,
            tag: str = "") -> list[dict[str, Any]]:
     """One entry per bucket of the range (zeros included), like ``GET /v3/stats/total``."""
-    by_day = rng.resolution != "hour"
-    return _time_series(_rows(conn, events, rng, domains=domains, tag=tag, by_day=by_day), events, rng, by_day)
+    return _time_series(_rows(conn, events, rng, domains=domains, tag=tag), events, rng)
 
 
 def grouped(conn: sqlite3.Connection, events: list[str], rng: Range, *, group: str,
@@ -239,12 +250,12 @@ def grouped(conn: sqlite3.Connection, events: list[str], rng: Range, *, group: s
     tag = tags[0] if tags else ""
     if group in ("time", "day", "month"):
         resolution = rng.resolution if group == "time" else group
+        if dim is not None and resolution == "hour":
+            raise QueryError("provider and ip counters are daily: use resolution day or month")
         rng = Range(bucket_start(rng.start, resolution), rng.end, resolution)
-        by_day = resolution != "hour"
-        rows = _rows(conn, events, rng, domains=domains, tag=tag, dim=dim, by_day=by_day)
-        return _time_series(rows, events, rng, by_day)
+        return _time_series(_rows(conn, events, rng, domains=domains, tag=tag, dim=dim), events, rng)
     column = {"domain": "domain", "tag": "tag", "provider": "value", "ip": "value"}.get(group)
-    rows = _rows(conn, events, rng, domains=domains, tag=tag, dim=dim, group=column, by_day=True)
+    rows = _rows(conn, events, rng, domains=domains, tag=tag, dim=dim, group=column, by_time=False)
     per_group: dict[str, dict[str, int]] = {}
     for value, _, key, count in rows:
         counts = per_group.setdefault(value if column else "", {})
@@ -259,7 +270,7 @@ def domain_totals(conn: sqlite3.Connection, events: list[str], at: float, resolu
     """``GET /v3/stats/total/domains``: per domain, the one bucket containing ``at``."""
     start = bucket_start(at, resolution)
     rng = Range(start, next_bucket(start, resolution) - 1, resolution)
-    rows = _rows(conn, events, rng, domains=domains, group="domain", by_day=resolution != "hour")
+    rows = _rows(conn, events, rng, domains=domains, group="domain", by_time=False)
     per_domain: dict[str, dict[str, int]] = {}
     for domain, _, key, count in rows:
         counts = per_domain.setdefault(domain, {})
@@ -273,11 +284,12 @@ def providers(conn: sqlite3.Connection, domain: str) -> dict[str, dict[str, int]
     out: dict[str, dict[str, int]] = {}
     for value, key, count in conn.execute(
             "SELECT value, event, sum(count) FROM stats_dims WHERE domain = ? AND dim = 'provider'"
-            " AND event IN ('accepted', 'delivered', 'opened', 'clicked', 'unsubscribed', 'complained',"
-            " 'failed:permanent') GROUP BY value, event", (domain,)):
+            " GROUP BY value, event", (domain,)):
         entry = out.setdefault(value, {"accepted": 0, "delivered": 0, "opened": 0, "clicked": 0, "unique_opened": 0,
                                        "unique_clicked": 0, "unsubscribed": 0, "complained": 0, "bounced": 0})
-        entry["bounced" if key == "failed:permanent" else key] = int(count)
+        name = "bounced" if key.startswith("failed:permanent:") else key.split(":")[0]
+        if name in entry:
+            entry[name] += int(count)
     return out
 
 
@@ -298,7 +310,7 @@ def list_tags(conn: sqlite3.Connection, domain: str, *, limit: int, pivot: str |
         where.append("substr(tag, 1, ?) = ?")
         params += [len(prefix), prefix]
     order = "DESC" if before else "ASC"
-    rows = conn.execute(f"SELECT tag, min(hour), max(hour) FROM stats WHERE {' AND '.join(where)} GROUP BY tag"
+    rows = conn.execute(f"SELECT tag, min(day), max(day) FROM stats_daily WHERE {' AND '.join(where)} GROUP BY tag"
                         f" ORDER BY tag {order} LIMIT ?", (*params, limit)).fetchall()
     if before:
         rows.reverse()
@@ -308,13 +320,14 @@ def list_tags(conn: sqlite3.Connection, domain: str, *, limit: int, pivot: str |
 def tag_info(conn: sqlite3.Connection, domain: str, tag: str, first: int | None = None,
              last: int | None = None) -> dict[str, Any] | None:
     if first is None:
-        row = conn.execute("SELECT min(hour), max(hour) FROM stats WHERE domain = ? AND tag = ?", (domain, tag)).fetchone()
+        row = conn.execute("SELECT min(day), max(day) FROM stats_daily WHERE domain = ? AND tag = ?",
+                           (domain, tag)).fetchone()
         if row is None or row[0] is None:
             return None
         first, last = row
     desc = conn.execute("SELECT value FROM kv WHERE key = ?", (f"tag:{domain}:{tag}",)).fetchone()
-    return {"tag": tag, "description": desc[0] if desc else "", "first-seen": _iso(first * 3600),
-            "last-seen": _iso((last or first) * 3600)}
+    return {"tag": tag, "description": desc[0] if desc else "", "first-seen": _iso(first * 86400),
+            "last-seen": _iso((last or first) * 86400)}  # to the day: from the daily counters
 
 
 def set_tag_description(conn: sqlite3.Connection, domain: str, tag: str, description: str) -> bool:
@@ -327,9 +340,7 @@ def set_tag_description(conn: sqlite3.Connection, domain: str, tag: str, descrip
 
 def delete_tag(conn: sqlite3.Connection, domain: str, tag: str) -> bool:
     n = conn.execute("DELETE FROM stats WHERE domain = ? AND tag = ?", (domain, tag)).rowcount
+    n += conn.execute("DELETE FROM stats_daily WHERE domain = ? AND tag = ?", (domain, tag)).rowcount
     conn.execute("DELETE FROM kv WHERE key = ?", (f"tag:{domain}:{tag}",))
     return n > 0
 
-
-def stat_domains(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT DISTINCT domain FROM stats")]

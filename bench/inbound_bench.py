@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Inbound end to end: SMTP in, route POST out, beside mtad's own accept rate, in one run (issue 4, "Benchmark").
+
+    python bench/inbound_bench.py [--msgs 3000] [--sessions 20] [--size 1024] [--rounds 3]
+                                  [--format parsed|mime] [--max-concurrent 50] [--out results.jsonl] [--keep]
+                                  [--profile FILE [--gil]] [--mtad-src DIR]
+
+One mtad (``python -m mtad run``, the work tree) with one MX listener on 127.0.0.1 (``tls: none``,
+``example.net`` a receiving domain, log level warning, no outbound delivery, no HTTP API) and two routes:
+
+    match_recipient("keep@example.net")  -> stop()                            accept: stored, no work made
+    match_recipient("fwd@example.net")   -> forward("http://127.0.0.1:P/post"), stop()   end to end
+
+A local aiohttp application on 127.0.0.1:P (in this process, its own event loop) reads each POST whole and
+answers 200; it counts them and notes when each arrived. Each round measures both modes at the same
+concurrency, alternating which goes first so that drift in the machine's speed affects them alike:
+
+* accept     smtp-source (Postfix's load generator: ``-s SESSIONS -m N -l SIZE``, a new connection per
+             message) sends N messages to keep@; the clock runs from its start until it exits (every
+             message answered 250, which mtad gives after the durable commit).
+* end2end    the same to fwd@; the clock runs from smtp-source's start until the application has received
+             the N-th POST (``--format mime``: URL ending in ``mime``, the raw format; default parsed).
+
+Between runs the store is emptied (every message and its rows deleted, as bench/mtad_store.py does).
+After each end2end run the bench checks that exactly N forwards are ``done`` and the application got
+exactly N POSTs. Printed: msgs/s of each mode per round, the medians, mtad's CPU (% of one core and µs per
+message), and **end2end / accept** (issue 4's target: at least 0.5). All traffic stays on 127.0.0.1.
+Needs smtp-source (``apt-get install postfix``; the package's own instance can stay unconfigured).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from run_ingress import tree_cpu_rss  # noqa: E402
+
+TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "stats", "stats_dims", "messages")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Application:
+    """The route's destination: counts POSTs (each body read whole) and when the last one came."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_at = 0.0
+        self.target = 0
+        self.done = asyncio.Event()
+        self.port = free_port()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.count += 1
+        self.last_at = time.monotonic()
+        if self.target and self.count >= self.target:
+            self.done.set()
+        return web.Response(text="ok")
+
+    def expect(self, n: int) -> None:
+        self.count, self.last_at, self.target = 0, 0.0, n
+        self.done = asyncio.Event()
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application(client_max_size=50_000_000)
+        app.router.add_post("/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024).start()
+        return runner
+
+
+def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurrent: int) -> Path:
+    import yaml
+    url = f"http://127.0.0.1:{app_port}/" + ("post_mime" if fmt == "mime" else "post")
+    cfg = {
+        "hostname": "bench.localdomain",
+        "state_dir": str(work / "state"),
+        "listeners": [{"address": f"127.0.0.1:{mx_port}", "role": "mx", "tls": "none", "name": "mx"}],
+        "receiving_domains": ["example.net"],
+        "limits": {"max_connections_per_ip": 1000},  # all load comes from 127.0.0.1
+        "delivery": {"enabled": False},
+        "api": {"enabled": False},
+        "signing_key": "key-inbound-bench",
+        "routing": {
+            "routes": [
+                {"expression": "match_recipient('keep@example.net')", "actions": ["stop()"],
+                 "description": "accept only"},
+                {"expression": "match_recipient('fwd@example.net')", "actions": [f"forward('{url}')", "stop()"],
+                 "description": "end to end"},
+            ],
+            "allowed_networks": ["127.0.0.0/8"], "max_concurrent": max_concurrent, "timeout": "30s",
+            "retry_schedule": ["10s"],
+        },
+        "log": {"level": "warning"},
+    }
+    path = work / "mtad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    check = subprocess.run([sys.executable, "-m", "mtad", "check-config", str(path)], capture_output=True,
+                           text=True, cwd=REPO)
+    if check.returncode != 0:
+        sys.exit(f"mtad refuses the bench config: {check.stderr.strip()}")
+    return path
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"mtad exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"mtad did not open port {port}")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.conn.execute("PRAGMA busy_timeout=60000")
+
+    def count(self, sql: str) -> int:
+        return self.conn.execute(sql).fetchone()[0]
+
+    def empty(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        for table in TABLES:
+            try:
+                self.conn.execute(f"DELETE FROM {table}")
+            except sqlite3.OperationalError:
+                pass
+        self.conn.execute("COMMIT")
+        self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
+
+
+async def smtp_source(args: argparse.Namespace, port: int, rcpt: str, n: int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        args.smtp_source, "-s", str(args.sessions), "-m", str(n), "-l", str(args.size), "-f", "sender@example.com",
+        "-t", rcpt, "-M", "client.localdomain", f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
+    if proc.returncode != 0:
+        sys.exit(f"smtp-source failed ({proc.returncode}): {err.decode()[-500:]}")
+
+
+async def run_mode(mode: str, args: argparse.Namespace, app: Application, store: Store, mtad_pid: int,
+                   port: int, n: int) -> dict:
+    store.empty()
+    await asyncio.sleep(0.5)  # let the machine settle after the deletion
+    app.expect(n if mode == "end2end" else 0)
+    spy = None
+    if args.profile and mode == "end2end" and n == args.msgs:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(mtad_pid), "--rate", "100", "--threads",
+                                "--nonblocking", "--format", "raw", "-o", args.profile] + (["--gil"] if args.gil else []),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1)
+    cpu0 = tree_cpu_rss(mtad_pid)[0]
+    t0 = time.monotonic()
+    await smtp_source(args, port, "fwd@example.net" if mode == "end2end" else "keep@example.net", n)
+    sent_s = time.monotonic() - t0
+    if mode == "end2end":
+        try:
+            await asyncio.wait_for(app.done.wait(), timeout=300)
+        except asyncio.TimeoutError:
+            sys.exit(f"only {app.count} of {n} POSTs arrived")
+        wall = app.last_at - t0
+    else:
+        wall = sent_s
+    cpu = tree_cpu_rss(mtad_pid)[0] - cpu0
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(60)
+    stored = store.count("SELECT count(*) FROM messages")
+    rec = {"mode": mode, "msgs": n, "stored": stored, "wall_s": round(wall, 3), "msgs_per_s": round(n / wall, 1),
+           "smtp_s": round(sent_s, 3), "mtad_cpu_pct": round(100 * cpu / wall, 1),
+           "mtad_cpu_us_per_msg": round(1e6 * cpu / n)}
+    if mode == "end2end":
+        await asyncio.sleep(0.3)  # a duplicate POST would show up now
+        rec["posts"] = app.count
+        rec["forwards_done"] = store.count("SELECT count(*) FROM forwards WHERE state = 'done'")
+        rec["accept_phase_msgs_per_s"] = round(n / sent_s, 1)  # SMTP side while forwarding runs
+        if rec["posts"] != n or rec["forwards_done"] != n:
+            rec["problem"] = f"{rec['posts']} POSTs, {rec['forwards_done']} forwards done, expected {n}"
+    if stored != n:
+        rec["problem"] = f"{stored} messages stored, expected {n}"
+    return rec
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="mtad-inbound-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    app = Application()
+    runner = await app.start()
+    port = free_port()
+    config = write_config(work, port, app.port, args.format, args.max_concurrent)
+    log = open(work / "mtad.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(config)], cwd=args.mtad_src,
+                            stdout=log, stderr=subprocess.STDOUT)
+    records: list[dict] = []
+    out = open(args.out, "a") if args.out else None
+    try:
+        wait_port(port, proc)
+        store = Store(work / "state" / "mtad.sqlite3")
+        print(f"# mtad pid {proc.pid}, MX 127.0.0.1:{port}, application 127.0.0.1:{app.port}, format {args.format}, "
+              f"{args.sessions} sessions, {args.size}-byte messages, {args.msgs} per run, {os.cpu_count()} CPUs",
+              flush=True)
+        for mode in ("accept", "end2end"):  # warm-up, unmeasured
+            await run_mode(mode, args, app, store, proc.pid, port, min(500, args.msgs))
+        for r in range(args.rounds):
+            order = ("accept", "end2end") if r % 2 == 0 else ("end2end", "accept")
+            for mode in order:
+                rec = await run_mode(mode, args, app, store, proc.pid, port, args.msgs)
+                rec["round"] = r + 1
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+                if out:
+                    out.write(json.dumps(rec) + "\n")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await runner.cleanup()
+        if out:
+            out.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    accept = statistics.median(r["msgs_per_s"] for r in records if r["mode"] == "accept")
+    e2e = statistics.median(r["msgs_per_s"] for r in records if r["mode"] == "end2end")
+    cpu = {m: statistics.median(r["mtad_cpu_us_per_msg"] for r in records if r["mode"] == m)
+           for m in ("accept", "end2end")}
+    print()
+    print(f"| mode | msgs/s (median of {args.rounds}) | runs | mtad CPU µs/msg |")
+    print("|---|---|---|---|")
+    for mode, rate in (("accept (stop() only)", accept), ("end to end (SMTP in, POST out)", e2e)):
+        key = "accept" if mode.startswith("accept") else "end2end"
+        runs = ", ".join(str(r["msgs_per_s"]) for r in records if r["mode"] == key)
+        print(f"| {mode} | {rate:.0f} | {runs} | {cpu[key]} |")
+    ratio = e2e / accept
+    print(f"\nend to end / accept = {ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
+    problems = [r for r in records if "problem" in r]
+    for r in problems:
+        print(f"PROBLEM round {r['round']} {r['mode']}: {r['problem']}")
+    return 1 if problems else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--msgs", type=int, default=3000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--format", choices=("parsed", "mime"), default="parsed")
+    ap.add_argument("--max-concurrent", type=int, default=50, help="routing.max_concurrent (POSTs in flight)")
+    ap.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
+    ap.add_argument("--mtad-src", default=str(REPO), help="measure the mtad package in this folder (default: the work tree)")
+    ap.add_argument("--work", help="folder for mtad's state (default: a temporary folder, deleted)")
+    ap.add_argument("--out", help="append each run's record (JSON line) here")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--profile", help="sample mtad with py-spy during the end2end runs into this file "
+                                      "(raw stacks; rank them with bench/pyspy_top.py)")
+    ap.add_argument("--gil", action="store_true", help="with --profile: only samples holding the GIL")
+    args = ap.parse_args()
+    try:
+        import uvloop
+        return uvloop.run(main_async(args))
+    except ImportError:
+        return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
