@@ -282,13 +282,16 @@ class App:
         self.cfg = cfg
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
-            try:
-                self.routing.replace(config_routes(cfg))
-            except Exception as exc:  # noqa: BLE001 - a bad route keeps the old table
-                log.error("reload: routes not changed: %s", exc)
+            self._background.append(asyncio.get_running_loop().create_task(self._reload_routes(cfg)))
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")
         self._background.append(asyncio.get_running_loop().create_task(self._sync_webhooks(cfg)))
+
+    async def _reload_routes(self, cfg: Config) -> None:
+        try:
+            await self.routing.replace_async(config_routes(cfg))
+        except Exception as exc:  # noqa: BLE001 - a bad route keeps the old table
+            log.error("reload: routes not changed: %s", exc)
 
     async def _sync_webhooks(self, cfg: Config) -> None:
         from mtad import webhooks

@@ -53,6 +53,17 @@ class Routing:
         self.table = self.build(self.config_routes, routes)
         self.api_routes = routes
 
+    async def replace_async(self, routes: Iterable[Route]) -> None:
+        """``replace`` built in a thread (a reload must not stall sessions); API routes current at the swap."""
+        routes = list(routes)
+        while True:
+            api_routes = self.api_routes
+            table = await asyncio.to_thread(self.build, routes, api_routes)
+            if self.api_routes is api_routes:
+                break
+        self.table = table
+        self.config_routes = routes
+
     async def replace_api_async(self, routes: Iterable[Route]) -> None:
         """``replace_api`` for callers on the event loop: the table is built in a thread (10,000 routes
         take seconds), then swapped in on the loop. Callers serialise their changes (the API's lock); a
