@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from mtad.types import HeaderSummary
 
-_MULTIPART = re.compile(rb"multipart/", re.I)
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)  # RFC 5322 ftext then colon
 
 
@@ -144,7 +143,7 @@ def _formatdate(second: int) -> str:
 
 def mime_depth_exceeds(body: bytes, limit: int) -> bool:
     """True if multipart nesting is deeper than ``limit``. Cheap unless the message has many multiparts."""
-    if len(_MULTIPART.findall(body)) <= limit:  # no copy of the body, unlike body.lower()
+    if body.lower().count(b"multipart/") <= limit:  # a C pass; a case-insensitive regex is 10x slower
         return False
     import email.parser
     import email.policy
