@@ -157,7 +157,6 @@ class App:
                                      max_concurrent=cfg.routing.max_concurrent, actions=("http",))
         wakers.append(self.forward_loop.wake)
         self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
-        await self._start_webhooks()
         self.store_action = StoreAction(store=self.store, http=self.http, config=cfg.routing,
                                         signing_key=self.signing_key, base_url=api_base_url(cfg))
         # Polled, not woken by every commit: store() is rare, and a claim per commit would cost every message.
@@ -178,6 +177,7 @@ class App:
                 ssl=self.tls_context if listener.tls == "implicit" else None, reuse_address=True)
             self.servers.append(server)
             log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
+        await self._start_webhooks()  # last: a start that fails above leaves no background write in flight
 
     def directory(self, cfg: Config) -> Directory:
         """The config file's users and domains plus those created through the API."""
@@ -260,7 +260,16 @@ class App:
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A failed start (a listener's address in use...) may leave background writes queued: let the store
+            # finish them while the loop still runs, so its writer never answers into a closed loop.
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.to_thread(self.store.close)
+            raise
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -311,8 +320,9 @@ class App:
         await self.forward_loop.stop()
         await self.store_loop.stop()
         await self.http.close()
-        await self.webhook_loop.stop()
-        await self.webhook_http.close()
+        if getattr(self, "webhook_loop", None) is not None:
+            await self.webhook_loop.stop()
+            await self.webhook_http.close()
         from mtad import events
         events.on_webhook_work = lambda: None
         if getattr(self, "event_counters", None) is not None and self.event_counters.observe in events.observers:

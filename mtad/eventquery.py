@@ -453,8 +453,9 @@ def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list
         return "", "events", []
     lo, hi = query.lo, query.hi
     if lo is None or hi is None:
-        first, last = conn.execute("SELECT min(timestamp), max(timestamp) FROM events WHERE domain = ?",
-                                   (query.domains[0],)).fetchone()
+        # two statements: SQLite answers a lone min() or max() with one index seek, both together with a scan
+        first = conn.execute("SELECT min(timestamp) FROM events WHERE domain = ?", (query.domains[0],)).fetchone()[0]
+        last = conn.execute("SELECT max(timestamp) FROM events WHERE domain = ?", (query.domains[0],)).fetchone()[0]
         if first is None:
             return "", "events", []
         lo = first if lo is None else lo

@@ -109,9 +109,10 @@ def outcome_status(outcome: Outcome, attempt: int, session_seconds: float = 0.0,
 
 
 def stat_key(event: dict[str, Any]) -> str:
-    """The one counter an event bumps: its most detailed breakdown (Mailgun's stats shape). Totals are sums of
-    these: accepted = accepted:incoming + accepted:outgoing, delivered = delivered:smtp + delivered:http, failed
-    = failed:temporary + failed:permanent:REASON for every reason; other events count under their own name."""
+    """The most detailed counter of an event (Mailgun's stats shape): totals are sums of these, accepted =
+    accepted:incoming + accepted:outgoing, delivered = delivered:smtp + delivered:http, failed =
+    failed:temporary + failed:permanent:REASON for every reason; other events count under their own name.
+    The daily and per-provider counters hold these keys only; the hourly ones also the totals (``stat_keys``)."""
     kind = event["event"]
     if kind == "accepted":
         return "accepted:incoming" if event.get("direction") == "incoming" else "accepted:outgoing"
@@ -123,6 +124,16 @@ def stat_key(event: dict[str, Any]) -> str:
             return "failed:temporary"
         return f"failed:permanent:{event.get('reason') or 'bounce'}"
     return kind
+
+
+def stat_keys(event: dict[str, Any]) -> list[str]:
+    """Hourly counter names of an event: the event itself, ``failed:temporary|permanent``, and the leaf key."""
+    kind, leaf = event["event"], stat_key(event)
+    if leaf == kind:
+        return [kind]
+    if kind == "failed" and leaf != "failed:temporary":
+        return [kind, "failed:permanent", leaf]
+    return [kind, leaf]
 
 
 def webhook_id(event: dict[str, Any]) -> str | None:
@@ -187,12 +198,14 @@ def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None
     hour = int(event["timestamp"] // 3600)
     key = stat_key(event)
     tags = dict.fromkeys(["", *(event.get("tags") or ())])
-    values = [v for tag in tags for v in (domain, tag, key)]
-    n = len(values) // 3  # one multi-row statement per table: fewer GIL round trips than executemany
-    conn.execute("INSERT INTO stats (domain, tag, event, hour, count) VALUES " + ",".join([f"(?, ?, ?, {hour}, 1)"] * n)
+    values = [v for tag in tags for k in stat_keys(event) for v in (domain, tag, k)]
+    # one multi-row statement per table: fewer GIL round trips than executemany
+    conn.execute("INSERT INTO stats (domain, tag, event, hour, count) VALUES "
+                 + ",".join([f"(?, ?, ?, {hour}, 1)"] * (len(values) // 3))
                  + " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + 1", values)
+    values = [v for tag in tags for v in (domain, tag, key)]
     conn.execute("INSERT INTO stats_daily (domain, tag, event, day, count) VALUES "
-                 + ",".join([f"(?, ?, ?, {hour // 24}, 1)"] * n)
+                 + ",".join([f"(?, ?, ?, {hour // 24}, 1)"] * len(tags))
                  + " ON CONFLICT (domain, tag, event, day) DO UPDATE SET count = count + 1", values)
     dims = [("provider", event.get("recipient-domain") or "")]
     ip = (event.get("envelope") or {}).get("sending-ip")

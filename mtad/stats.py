@@ -3,8 +3,9 @@
 ``events.record`` bumps counters as events are written: hourly ``stats(domain, tag, event, hour)`` and
 daily ``stats_daily(domain, tag, event, day)`` with the tag ``''`` for all messages, and daily
 ``stats_dims(domain, dim, value, event, day)`` for the provider (the recipient's domain) and the sending
-IP. Counter keys are the event name plus Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
-``failed:temporary``, ``failed:permanent:bounce``...), see ``events.stat_keys``. A query reads at most one
+IP. Queries read the leaf keys of Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
+``failed:temporary``, ``failed:permanent:bounce``...; see ``events.stat_key``) and sum the totals (the hourly
+table also holds the totals themselves, for readers of the table). A query reads at most one
 row per key and hour (hour resolution) or day (day and month resolutions, groups), through an index that
 yields them in GROUP BY order: milliseconds for months, never a scan of events.
 

@@ -306,7 +306,7 @@ class WebhookLoop(WorkLoop):
 
     def __init__(self, *, store: Store, dispatcher: Dispatcher, config: WebhooksConfig,
                  clock: Callable[[], float] = time.time, poll_interval: float = 1.0):
-        super().__init__(name="webhooks", store=store, table="webhook_deliveries", handle=self._handle,
+        super().__init__(name="webhooks", store=store, table="webhook_deliveries", handle=dispatcher.handle,
                          max_concurrent=config.max_concurrent, poll_interval=poll_interval, clock=clock)
         self.dispatcher = dispatcher
         self.max_per_url = config.max_per_url
@@ -319,37 +319,17 @@ class WebhookLoop(WorkLoop):
                 loop.call_soon_threadsafe(self._wake.set)
         return wake
 
-    async def _handle(self, row: dict[str, Any]) -> None:
-        try:
-            await self.dispatcher.handle(row)
-        finally:
-            self.per_url[row["url"]] -= 1
-            if self.per_url[row["url"]] <= 0:
-                del self.per_url[row["url"]]
+    async def claim(self, now: float, room: int) -> list[dict[str, Any]]:
+        busy = dict(self.per_url)
+        return await self.store.write(lambda c: claim_due(c, self.worker, now, room, busy, self.max_per_url))
 
-    async def run(self) -> None:
-        while not self._stopping:
-            room = self.max_concurrent - self.inflight
-            if room > 0:
-                try:
-                    now = self.clock()
-                    busy = dict(self.per_url)
-                    rows = await self.store.write(lambda c: claim_due(
-                        c, self.worker, now, room, busy, self.max_per_url))
-                except Exception:  # noqa: BLE001 - keep looping; the store may recover
-                    log.exception("webhooks: cannot claim work")
-                    rows = []
-                for row in rows:
-                    self.inflight += 1
-                    self.per_url[row["url"]] += 1
-                    task = asyncio.create_task(self._run_one(row))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+    def started(self, row: dict[str, Any]) -> None:
+        self.per_url[row["url"]] += 1
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.per_url[row["url"]] -= 1
+        if self.per_url[row["url"]] <= 0:
+            del self.per_url[row["url"]]
 
 
 # --- redelivery -----------------------------------------------------------------------------------------------

@@ -45,14 +45,13 @@ class WorkLoop:
             room = self.max_concurrent - self.inflight
             if room > 0:
                 try:
-                    now = self.clock()
-                    rows = await self.store.write(lambda c: spool.claim_due_work(
-                        c, self.table, self.worker, now, room, self.actions))
+                    rows = await self.claim(self.clock(), room)
                 except Exception:  # noqa: BLE001 - keep looping; the store may recover
                     log.exception("%s: cannot claim work", self.name)
                     rows = []
                 for row in rows:
                     self.inflight += 1
+                    self.started(row)
                     task = asyncio.create_task(self._run_one(row))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -62,6 +61,17 @@ class WorkLoop:
             except asyncio.TimeoutError:
                 pass
 
+    async def claim(self, now: float, room: int) -> list[dict[str, Any]]:
+        """Lock up to ``room`` due rows for this worker (subclasses may claim differently)."""
+        return await self.store.write(lambda c: spool.claim_due_work(c, self.table, self.worker, now, room,
+                                                                     self.actions))
+
+    def started(self, row: dict[str, Any]) -> None:
+        """Called when a claimed row starts (subclasses keep their own accounting)."""
+
+    def finished(self, row: dict[str, Any]) -> None:
+        """Called when a row's handling has ended, whatever the outcome."""
+
     async def _run_one(self, row: dict[str, Any]) -> None:
         try:
             await self.handle(row)
@@ -69,6 +79,7 @@ class WorkLoop:
             log.exception("%s: work item %s failed", self.name, row.get("id"))
         finally:
             self.inflight -= 1
+            self.finished(row)
             self._wake.set()
 
     async def stop(self) -> None:

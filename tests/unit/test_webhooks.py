@@ -151,4 +151,4 @@ def test_retention_prunes_in_batches(conn):
     assert retention.prune_batch(conn, 20.0, 8) == 4
     assert conn.execute("SELECT min(timestamp), count(*) FROM events").fetchone() == (20.0, 5)
     # counters stay: stats over old periods still answer
-    assert conn.execute("SELECT sum(count) FROM stats WHERE event = 'delivered' AND tag = ''").fetchone()[0] == 25
+    assert conn.execute("SELECT sum(count) FROM stats WHERE event = 'delivered:smtp' AND tag = ''").fetchone()[0] == 25

@@ -1,0 +1,43 @@
+"""Event retention: with a short ``store.event_retention`` old events disappear from the events API while
+the daemon runs, the stats counters stay, and mail keeps flowing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.events_support import World, api, events, wait_for
+
+
+def short_retention(cfg: dict, world: World) -> None:
+    cfg["store"] = {"event_retention": "3s"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, certs):
+    w = World(tmp_path_factory.mktemp("retention"), certs, short_retention)
+    problems: list[str] = []
+    try:
+        yield w
+    finally:
+        problems = w.close()
+    assert not problems, "\n".join(problems)
+
+
+async def test_old_events_are_pruned_and_counters_stay(world):
+    world.send(["old@dest.test"], "Old news")
+    await wait_for(lambda: events(world, "example.com", event="delivered"), 10, "the first delivery")
+    sent_at = time.time()
+    await wait_for(lambda: _none(world), 10, "the old events to be pruned")
+    assert time.time() - sent_at >= 2  # not before their time
+    world.send(["new@dest.test"], "New news")
+    fresh = await wait_for(lambda: events(world, "example.com", event="delivered"), 10, "the new delivery")
+    assert [e["recipient"] for e in fresh] == ["new@dest.test"]
+    totals = await api(world, "GET", "/v3/example.com/stats/total", params={"event": "delivered", "duration": "1d"})
+    assert sum(s["delivered"]["total"] for s in totals["stats"]) == 2  # counters are not pruned
+    assert world.mtad.query("SELECT count(*) FROM events WHERE recipient = 'old@dest.test'") == [(0,)]
+
+
+async def _none(world: World) -> bool:
+    return not await events(world, "example.com", recipient="old@dest.test")
