@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from mtad import headers, options as options_mod, spool
+from mtad import events, headers, options as options_mod, spool
 from mtad.config import LimitsConfig
 from mtad.dataread import DataRefused, clean
 from mtad.directory import Directory
@@ -132,12 +132,10 @@ class Ingress:
             if headers.mime_depth_exceeds(content, limits.max_mime_depth):
                 raise DataRefused(f"554 5.6.0 Message refused: MIME nesting deeper than {limits.max_mime_depth}")
         except DataRefused as exc:
-            self.counters.refused += 1
             log.info("refused from %s: %s", session.client_ip, exc.reply)
-            return exc.reply
+            return await self._refuse(session, tx, exc.reply)
         except headers.HeaderError as exc:
-            self.counters.refused += 1
-            return f"552 5.3.4 Message refused: {exc}"
+            return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}")
         outbound = session.auth_user is not None
         opts = SendOptions()
         if outbound:
@@ -145,8 +143,8 @@ class Ingress:
             try:
                 opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun)
             except OptionError as exc:
-                self.counters.refused += 1
-                return f"550 5.7.1 Invalid {exc.option} header: {exc.problem}"
+                return await self._refuse(session, tx, f"550 5.7.1 Invalid {exc.option} header: {exc.problem}",
+                                          fields)
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
@@ -161,6 +159,33 @@ class Ingress:
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
         return await self.commit(envelope, content, fields, summary, opts, queue_id, now)
+
+    async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
+                      fields: list[headers.HeaderField] | None = None) -> str:
+        """Count a refused message and, for an authenticated sender, record Mailgun's ``rejected`` event."""
+        self.counters.refused += 1
+        if session.auth_user is None:
+            return reply  # unauthenticated refusals are the sender's business, not a domain's log
+        envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
+                            auth_user=session.auth_user, tls=session.tls)
+        summary = headers.summary(fields) if fields else HeaderSummary()
+        domain = self._sending_domain(envelope)
+        code, _, text = reply.partition(" ")
+        rejected = [events.base_event(
+            "rejected", timestamp=self.clock(), recipient=rcpt, queue_id="",
+            message=events.message_part(summary.to_json(), 0), options={},
+            envelope={"sender": envelope.sender, "targets": rcpt, "transport": "smtp", "sending-ip": session.client_ip},
+            flags={"is-authenticated": True, "is-test-mode": False},
+            extra={"reject": {"reason": text, "description": reply}, "method": "smtp"}) for rcpt in tx.recipients]
+
+        def write(conn) -> None:
+            for event in rejected:
+                events.record(conn, domain, event)
+        try:
+            await self.store.write(write)
+        except Exception:  # noqa: BLE001 - the refusal stands; the event is best effort
+            log.exception("could not record rejected events")
+        return reply
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
                      summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,

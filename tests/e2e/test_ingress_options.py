@@ -180,3 +180,18 @@ def test_user_as_other_domain_options_stored_for_that_domain(server, certs):
     assert msg["envelope"]["auth_user"] == "app@other.org"
     assert msg["options"]["tags"] == ["other"]
 
+
+
+def test_refused_authenticated_message_leaves_a_rejected_event(server, session):
+    code, text = send(session, "postmaster@example.com", ["reject-me@gmail.com"],
+                      message_with("X-Mailgun-Variables: [1, 2]\r\n"))
+    assert code == 550, text
+    rows = server.query("SELECT domain, data FROM events WHERE event = 'rejected' AND recipient = ?",
+                        ("reject-me@gmail.com",))
+    assert len(rows) == 1
+    domain, data = rows[0]
+    event = json.loads(data)
+    assert domain == "example.com"
+    assert "X-Mailgun-Variables" in event["reject"]["description"]
+    assert event["envelope"]["sender"] == "postmaster@example.com"
+    assert event["flags"]["is-authenticated"] is True
