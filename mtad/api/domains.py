@@ -414,14 +414,22 @@ async def create_credential(request: web.Request) -> web.Response:
     return web.json_response({"message": "Created 1 credentials pair(s)"})
 
 
-async def update_credential(request: web.Request) -> web.Response:
+def _api_credential(request: web.Request) -> tuple[Any, str, web.Response | None]:
+    """(context, login, refusal): credentials of the config file are read-only; unknown ones are 404."""
     ctx = context(request)
     name = request.match_info["name"].lower()
     login = _login(name, request.match_info["login"])
     if login in _config_users(ctx, name):
-        return _read_only(f"Credentials {login}")
+        return ctx, login, _read_only(f"Credentials {login}")
     if login not in _accounts(ctx).credentials:
-        return error(404, "Credentials not found")
+        return ctx, login, error(404, "Credentials not found")
+    return ctx, login, None
+
+
+async def update_credential(request: web.Request) -> web.Response:
+    ctx, login, refusal = _api_credential(request)
+    if refusal is not None:
+        return refusal
     password = _password(await read_post(request))
     hashed = await asyncio.to_thread(hash_password, password)
     async with request.app[LOCK]:
@@ -431,13 +439,9 @@ async def update_credential(request: web.Request) -> web.Response:
 
 
 async def delete_credential(request: web.Request) -> web.Response:
-    ctx = context(request)
-    name = request.match_info["name"].lower()
-    login = _login(name, request.match_info["login"])
-    if login in _config_users(ctx, name):
-        return _read_only(f"Credentials {login}")
-    if login not in _accounts(ctx).credentials:
-        return error(404, "Credentials not found")
+    ctx, login, refusal = _api_credential(request)
+    if refusal is not None:
+        return refusal
     async with request.app[LOCK]:
         await ctx.store.write(lambda c: accounts_mod.delete_credential(c, login))
         await _apply(request)
