@@ -11,6 +11,7 @@ API with aiohttp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -286,3 +287,15 @@ async def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_world(tmp_path_factory, certs, name: str, *configure):
+    """A World for one test module; fails the module if the daemon exited badly or logged a traceback."""
+    w = World(tmp_path_factory.mktemp(name), certs, *configure)
+    problems: list[str] = []
+    try:
+        yield w
+    finally:
+        problems = w.close()
+    assert not problems, "\n".join(problems)

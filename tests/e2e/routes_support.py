@@ -23,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import pytest
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
@@ -232,3 +234,11 @@ def assert_clean_exit(daemon: Mtad) -> list[str]:
     if "Traceback" in daemon.log():
         problems.append(f"traceback in the daemon log:\n{daemon.log()[-6000:]}")
     return problems
+
+
+@pytest.fixture(scope="module")
+def app():
+    """The loopback application receiving route POSTs, for one test module."""
+    a = App().start()
+    yield a
+    a.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.events_support import World, api, events, wait_for
+from tests.e2e.events_support import World, running_world, api, events, wait_for
 
 
 def short_retention(cfg: dict, world: World) -> None:
@@ -16,13 +16,8 @@ def short_retention(cfg: dict, world: World) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, certs):
-    w = World(tmp_path_factory.mktemp("retention"), certs, short_retention)
-    problems: list[str] = []
-    try:
+    with running_world(tmp_path_factory, certs, "retention", short_retention) as w:
         yield w
-    finally:
-        problems = w.close()
-    assert not problems, "\n".join(problems)
 
 
 async def test_old_events_are_pruned_and_counters_stay(world):

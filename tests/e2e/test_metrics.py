@@ -6,18 +6,13 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.events_support import World, api, wait_for
+from tests.e2e.events_support import World, running_world, api, wait_for
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, certs):
-    w = World(tmp_path_factory.mktemp("metrics"), certs)
-    problems: list[str] = []
-    try:
+    with running_world(tmp_path_factory, certs, "metrics") as w:
         yield w
-    finally:
-        problems = w.close()
-    assert not problems, "\n".join(problems)
 
 
 async def scrape(world: World) -> dict[tuple[str, tuple], float]:

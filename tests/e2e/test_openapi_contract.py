@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from tests.e2e.events_support import AUTH, World, api, events, wait_for
+from tests.e2e.events_support import AUTH, World, running_world, api, events, wait_for
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 METHOD_ORDER = ("get", "post", "put", "patch", "delete")
@@ -29,13 +29,8 @@ def spec() -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, certs):
-    w = World(tmp_path_factory.mktemp("openapi"), certs)
-    problems: list[str] = []
-    try:
+    with running_world(tmp_path_factory, certs, "openapi") as w:
         yield w
-    finally:
-        problems = w.close()
-    assert not problems, "\n".join(problems)
 
 
 def resolve(spec: dict, obj: Any) -> Any:

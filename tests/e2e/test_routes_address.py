@@ -15,20 +15,14 @@ import yaml
 from mtad import dkim as mtad_dkim
 from tests.e2e.apihelpers import txt_lookup
 from tests.e2e.outbound_support import DEFAULT_SHAPING, serve_domain, write_ca
-from tests.e2e.routes_support import (App, accepted, assert_clean_exit, forward_events, inbound, route,
-                                      routing_config, simple, wait_until)
+from tests.e2e.routes_support import (
+    accepted, assert_clean_exit, forward_events, inbound, route,
+    routing_config, simple, wait_until)
 from tests.support.daemon import Mtad, base_config
 
 ORIGIN = "orig-sender.test"
 DEST = "fwd-dest.test"
 SRS0 = re.compile(r"SRS0=[A-Z2-7]{4}=[A-Z2-7]{2}=orig-sender\.test=alice@inbound\.test", re.IGNORECASE)
-
-
-@pytest.fixture(scope="module")
-def app():
-    a = App().start()
-    yield a
-    a.close()
 
 
 @pytest.fixture(scope="module")

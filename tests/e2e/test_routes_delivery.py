@@ -9,16 +9,10 @@ import time
 
 import pytest
 
-from tests.e2e.routes_support import (SIGNING_KEY, App, accepted, assert_clean_exit, forward_events, forward_rows,
-                                      route, routing_config, simple, verify, wait_until)
+from tests.e2e.routes_support import (
+    SIGNING_KEY, App, accepted, assert_clean_exit, forward_events, forward_rows,
+    route, routing_config, simple, verify, wait_until)
 from tests.support.daemon import Mtad, base_config
-
-
-@pytest.fixture(scope="module")
-def app():
-    a = App().start()
-    yield a
-    a.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,14 @@ import pytest
 
 from mtad.store import Store, connect
 from tests.e2e.apihelpers import basic_auth
-from tests.e2e.routes_support import (App, accepted, assert_clean_exit, forward_events, forward_rows, route,
-                                      routing_config, simple, wait_until)
+from tests.e2e.routes_support import (
+    accepted, assert_clean_exit, forward_events, forward_rows, route,
+    routing_config, simple, wait_until)
 from tests.support.daemon import API_KEY, Mtad, base_config
 
 # The most hostile address that reaches routing: the MX listener refuses local parts over 64 characters and
 # addresses over 254 (RFC 5321's limits) before any route sees them. "(a+)+$" would backtrack about 2**63 times.
 HOSTILE = "a" * 63 + "!@inbound.test"
-
-
-@pytest.fixture(scope="module")
-def app():
-    a = App().start()
-    yield a
-    a.close()
 
 
 def start(tmp_path_factory, certs, routes: list[dict], **routing) -> Mtad:

@@ -10,16 +10,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.e2e.routes_support import (App, accepted, assert_clean_exit, forward_events, inbound, route,
-                                      routing_config, simple, wait_until)
+from tests.e2e.routes_support import (
+    App, accepted, assert_clean_exit, forward_events, inbound, route,
+    routing_config, simple, wait_until)
 from tests.support.daemon import Mtad, base_config
-
-
-@pytest.fixture(scope="module")
-def app():
-    a = App().start()
-    yield a
-    a.close()
 
 
 def routes(app: App) -> list[dict]:

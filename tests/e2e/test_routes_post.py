@@ -13,20 +13,14 @@ import time
 
 import pytest
 
-from tests.e2e.routes_support import (SIGNING_KEY, App, accepted, assert_clean_exit, forward_events, route,
-                                      routing_config, verify, wait_until)
+from tests.e2e.routes_support import (
+    SIGNING_KEY, accepted, assert_clean_exit, forward_events, route,
+    routing_config, verify, wait_until)
 from tests.support.daemon import Mtad, base_config
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n" + bytes(range(256))
 CSV = "name;city\r\nJürgen;Köln\r\n".encode("utf-8")
-
-
-@pytest.fixture(scope="module")
-def app():
-    a = App().start()
-    yield a
-    a.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.e2e.events_support import World, api, events, wait_for
+from tests.e2e.events_support import World, running_world, api, events, wait_for
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, certs):
-    w = World(tmp_path_factory.mktemp("suppressions"), certs)
-    problems: list[str] = []
-    try:
+    with running_world(tmp_path_factory, certs, "suppressions") as w:
         yield w
-    finally:
-        problems = w.close()
-    assert not problems, "\n".join(problems)
 
 
 async def all_pages(world: World, path: str, limit: int) -> tuple[list[dict], dict]:

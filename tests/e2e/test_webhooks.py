@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e.events_support import SIGNING_KEY, World, api, events, seed_verify, wait_for
+from tests.e2e.events_support import SIGNING_KEY, World, running_world, api, events, seed_verify, wait_for
 
 
 HANG_TIMEOUT = 5.0
@@ -25,13 +25,8 @@ def with_config_webhooks(cfg: dict, world: World) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, certs):
-    w = World(tmp_path_factory.mktemp("webhooks"), certs, with_config_webhooks)
-    problems: list[str] = []
-    try:
+    with running_world(tmp_path_factory, certs, "webhooks", with_config_webhooks) as w:
         yield w
-    finally:
-        problems = w.close()
-    assert not problems, "\n".join(problems)
 
 
 def rows(world: World, url_path: str) -> list[tuple]:
