@@ -318,6 +318,7 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.forward_loop.stop()
+        await self.forwarder.close()
         await self.store_loop.stop()
         await self.http.close()
         if getattr(self, "webhook_loop", None) is not None:

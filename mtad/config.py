@@ -201,6 +201,7 @@ class RoutingConfig:
     allow_backtracking_regex: bool = False  # allow patterns RE2 cannot run, with a time budget
     srs: bool = True  # rewrite the envelope sender of forwards to addresses
     store_retention: Duration = Duration(3 * 86400)  # how long store() keeps a message (Mailgun: 3 days)
+    form_workers: int = 1  # worker processes that build forward POST bodies (0: in mtad's own process)
 
     def __post_build__(self, path: str) -> None:
         for i, net in enumerate(self.allowed_networks):
@@ -210,6 +211,8 @@ class RoutingConfig:
                 raise ConfigError(f"{path}.allowed_networks[{i}]", f"expected a network like 10.0.0.0/8, got {net!r}") from None
         if not self.retry_schedule:
             raise ConfigError(f"{path}.retry_schedule", "give at least one delay")
+        if not 0 <= self.form_workers <= 64:
+            raise ConfigError(f"{path}.form_workers", "expected 0 to 64")
         from mtad.errors import RouteSyntaxError
         from mtad.router import Route, compile_route
         for i, r in enumerate(self.routes):  # the parser the daemon uses, so check-config and start agree

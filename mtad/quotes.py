@@ -43,6 +43,10 @@ _FORWARDED = re.compile(r"^\s*-{2,}\s*(Forwarded message|Begin forwarded message
 _RULE = re.compile(r"^\s*_{10,}\s*$")
 _HEADER_FROM = re.compile(r"^\s*\*?(From|Von|De|Van|Fra|Från)\*?\s?:", re.IGNORECASE)
 _HEADER_SENT = re.compile(r"^\s*\*?(Sent|Date|Gesendet|Datum|Envoyé|Verzonden|Skickat|Sendt)\*?\s?:", re.IGNORECASE)
+# A superset of every line the classes above can mark as quoted (``>``), forwarded or a splitter: a body
+# with no line matching it has no quote to cut, found by one scan instead of four regexes per line.
+_CANDIDATE = re.compile(r"^\s*(?:[->_*]|(?:From|Von|De|Van|Fra|Från)[*\s:]|(?:On|Le|Am|Op|El|Il|Em|Den|På)\s)",
+                        re.IGNORECASE | re.MULTILINE)
 _SIGNATURE_START = re.compile(
     r"^(\s*(--|__|—)\s*$|-- $|\s*Sent from my \S.{0,40}$|\s*Sent from (Mail|Outlook) for \S.{0,30}$|"
     r"\s*(thanks|thank you|many thanks|cheers|regards|best|best regards|kind regards|warm regards|"
@@ -113,10 +117,11 @@ def _split_signature(lines: list[str]) -> tuple[list[str], list[str]]:
 
 def strip_text(body: str) -> tuple[str, str]:
     """Returns ``(stripped_text, stripped_signature)``: the reply without quoted history, and its signature."""
-    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text = body.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
     if len(lines) > MAX_LINES:
         return body.strip(), ""
-    text, signature = _split_signature(_cut_quotes(lines))
+    text, signature = _split_signature(_cut_quotes(lines) if _CANDIDATE.search(text) else lines)
     return "\n".join(text).strip(), "\n".join(signature).strip()
 
 

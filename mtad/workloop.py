@@ -49,6 +49,8 @@ class WorkLoop:
                 except Exception:  # noqa: BLE001 - keep looping; the store may recover
                     log.exception("%s: cannot claim work", self.name)
                     rows = []
+                if self._stopping:  # stop() came during the claim: the rows stay locked until the next start
+                    break
                 for row in rows:
                     self.inflight += 1
                     self.started(row)

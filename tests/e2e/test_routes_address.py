@@ -78,7 +78,9 @@ def test_forward_to_an_address_keeps_the_message_and_rewrites_the_envelope_sende
     # the outbound row carries the SRS sender; the URL forward is a forwards row
     wait_until(lambda: daemon.query("SELECT sender, domain, state FROM deliveries WHERE message = ?", (qid,)) ==
                [(copy.mail_from, DEST, "done")], what="the delivery row, with its SRS sender, to be done")
-    assert [e["event"] for e in forward_events(daemon, qid) if e["envelope"]["transport"] == "http"] == ["delivered"]
+    # the POST's outcome is written once the application has answered, which may be just after it got the POST
+    wait_until(lambda: [e["event"] for e in forward_events(daemon, qid) if e["envelope"]["transport"] == "http"]
+               == ["delivered"], what="the POST's delivered event")
 
 
 def test_captures_fill_an_address_local_part(daemon, mailboxes):
