@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README's test command: installs everything the suite needs, then runs the whole suite.
 # System packages (Debian): postfix (a real smarthost client and smtp-sink), swaks (a real SMTP client),
-# opendkim-tools (an independent DKIM verifier). Python packages: the project with its [test] extra, in .venv.
+# opendkim-tools (an independent DKIM verifier); Exim and Sendmail, which conflict with postfix, are unpacked
+# privately by tests/support/install_test_mtas.sh. Python packages: the project with its [test] extra, in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -13,7 +14,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
+  bash tests/support/install_test_mtas.sh \
+    || echo "tests/run.sh: Exim/Sendmail could not be unpacked; their smarthost tests will skip" >&2
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest -n 2 "$@"
+exec .venv/bin/python -m pytest -n 2 -rs "$@"  # -rs: every skip and its reason in the summary
