@@ -3,7 +3,7 @@
 
   python drain.py run --sink-port 2530 --sink-pid PID --work DIR --out results.jsonl \\
                       [--postfix-dir PF --postfix-port 2525] [--mtad off,rsa] [--msgs 5000] [--size 1024] \\
-                      [--rounds 3] [--mtad-src DIR] [--profile DIR]
+                      [--rounds 3] [--mtad-src DIR] [--base-src DIR] [--profile DIR]
   python drain.py summarize results.jsonl
 
 Every server measures the same thing, per round: N messages of SIZE bytes, one recipient each, are put in
@@ -23,10 +23,13 @@ mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.
          start-up is not counted) and stops when no delivery row is pending. Shaping file: default policy
          max_connections 20 (Postfix's default_destination_concurrency_limit), no rate limit, 1000 deliveries
          per connection; poll_interval 100 ms. DKIM variants: off, rsa (RSA-2048), ed25519, both, with keys
-         made by `mtad dkim keygen`. Every round checks that N `delivered` events were recorded, none failed.
+         made by `mtad dkim keygen`; a suffix /wN sets delivery.dkim_workers to N (rsa/w0: sign in-process).
+         --base-src DIR measures a second copy of mtad (labels base-mtad-...) in the same rounds. Every round
+         checks that N `delivered` events were recorded, none failed.
 
 Each round's record (JSON line): msgs/s, wall seconds, CPU of the server's process tree (% of one core,
-and µs per message) and of the sink. --profile DIR samples each mtad with py-spy during its last round.
+and µs per message; mtad's DKIM workers included), of its main process alone, and of the sink. --profile DIR
+samples each mtad with py-spy during its last round.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))  # tests.support.dns_server
-from run_ingress import tree_cpu_rss  # noqa: E402
+from run_ingress import TCK, proc_table, tree_cpu_rss  # noqa: E402
 
 DOMAIN = "bench.test"
 SENDER_DOMAIN = "sender.bench.test"
@@ -69,9 +72,14 @@ def cpu(pid: int) -> float:
     return tree_cpu_rss(pid)[0]
 
 
+def own_cpu(pid: int) -> float:
+    """CPU seconds of the process alone (without its children: Postfix's daemons, mtad's signing workers)."""
+    return proc_table().get(pid, {"cpu": 0})["cpu"] / TCK
+
+
 def timed_drain(label: str, server_pid: int, sink_pid: int, held: int, release, pending, size: int) -> dict:
     """Release the queue, poll ``pending()`` until 0; the round's record."""
-    c0, s0 = cpu(server_pid), cpu(sink_pid)
+    c0, s0, m0 = cpu(server_pid), cpu(sink_pid), own_cpu(server_pid)
     t0 = time.monotonic()
     release()
     left = held
@@ -81,11 +89,12 @@ def timed_drain(label: str, server_pid: int, sink_pid: int, held: int, release, 
             break
         time.sleep(0.02)
     wall = time.monotonic() - t0
-    c1, s1 = cpu(server_pid), cpu(sink_pid)
+    c1, s1, m1 = cpu(server_pid), cpu(sink_pid), own_cpu(server_pid)
     done = held - left
     return {"label": label, "size": size, "msgs": held, "left": left, "wall_s": round(wall, 3),
             "msgs_per_s": round(done / wall, 1), "server_cpu_pct": round(100 * (c1 - c0) / wall, 1),
             "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(1, done)),
+            "main_cpu_pct": round(100 * (m1 - m0) / wall, 1),
             "sink_cpu_pct": round(100 * (s1 - s0) / wall, 1)}
 
 
@@ -126,12 +135,15 @@ class Postfix:
 # --- mtad --------------------------------------------------------------------------------------------------
 
 class Mtad:
-    def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int):
-        self.variant, self.label = variant, f"mtad-dkim-{variant}"
-        self.work = Path(a.work) / f"mtad-{variant}"
+    def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int, src: str,
+                 prefix: str = ""):
+        self.label = f"{prefix}mtad-dkim-{variant}"
+        self.variant, _, workers = variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
+        self.dkim_workers = int(workers) if workers else None
+        self.work = Path(a.work) / f"{prefix}mtad-{variant.replace('/', '-')}"
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([a.mtad_src, str(REPO)]))
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(REPO)]))
         self.port = submission_port
         self.config = self._config(a, dns_port)
         self.db = self.work / "state" / "mtad.sqlite3"
@@ -169,7 +181,8 @@ class Mtad:
             "sending_domains": {SENDER_DOMAIN: {
                 "users": {"bench": {"password_hash": hash_password(PASSWORD, n=2**10)}}, "dkim": keys}},
             "delivery": {"port": a.sink_port, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port,
-                         "poll_interval": "100ms", "shaping_file": str(shaping)},
+                         "poll_interval": "100ms", "shaping_file": str(shaping),
+                         **({} if self.dkim_workers is None else {"dkim_workers": self.dkim_workers})},
             "log": {"level": "warning"},
         }
         path = self.work / "mtad.yaml"
@@ -206,8 +219,9 @@ class Mtad:
 
     def _profile(self, folder: str) -> subprocess.Popen:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        out = Path(folder) / f"{self.label.replace('/', '-')}.txt"
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "200", "--format", "raw",
-                                "--threads", "--nonblocking", *IDLE, "-o", str(Path(folder) / f"{self.label}.txt")],
+                                "--threads", "--nonblocking", *IDLE, "-o", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         return spy
@@ -264,8 +278,11 @@ def cmd_run(a: argparse.Namespace) -> None:
     try:
         if a.postfix_dir:
             servers.append(Postfix(a.postfix_dir, a.postfix_port))
-        for n, variant in enumerate(v for v in a.mtad.split(",") if v):
-            servers.append(Mtad(a, variant, dns.port, 2587 + n))
+        variants = [v for v in a.mtad.split(",") if v]
+        for n, variant in enumerate(variants):
+            servers.append(Mtad(a, variant, dns.port, 2587 + n, a.mtad_src))
+            if a.base_src and "/w" not in variant:  # the base may predate delivery.dkim_workers
+                servers.append(Mtad(a, variant, dns.port, 2587 + len(variants) + n, a.base_src, prefix="base-"))
         for rnd in range(1, a.rounds + 1):
             for server in servers:
                 rec = {"round": rnd, **server.round(a, profile=bool(a.profile) and rnd == a.rounds)}
@@ -286,14 +303,15 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     med = {label: statistics.median(r["msgs_per_s"] for r in recs) for label, recs in runs.items()}
     base = med.get("postfix")
     print("| drain to smtp-sink | msgs | rounds | median msgs/s | min-max | server CPU % | server CPU µs/msg |"
-          " sink CPU % | ratio to Postfix |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          " main process CPU % | sink CPU % | ratio to Postfix |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, recs in runs.items():
         rates = [r["msgs_per_s"] for r in recs]
         ratio = f"{med[label] / base:.2f}" if base else "-"
         print(f"| {label} | {recs[0]['msgs']} x {recs[0]['size']} B | {len(recs)} | {med[label]:,.0f} |"
               f" {min(rates):,.0f}-{max(rates):,.0f} | {statistics.median(r['server_cpu_pct'] for r in recs):.0f} |"
               f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
+              f" {statistics.median(r.get('main_cpu_pct', 0) for r in recs):.0f} |"
               f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} |")
 
 
@@ -312,6 +330,7 @@ def main() -> None:
     r.add_argument("--size", type=int, default=1024)
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--mtad-src", default=str(REPO))
+    r.add_argument("--base-src", help="also measure the mtad in this folder (labels base-mtad-...), after each variant")
     r.add_argument("--profile")
     s = sub.add_parser("summarize")
     s.add_argument("results")

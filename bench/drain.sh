@@ -4,11 +4,14 @@
 # markdown table of msgs/s, server and sink CPU, and the ratios mtad/Postfix (issue 3, "Benchmark").
 #
 #   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
-#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--keep]
-#   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once)
+#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR] [--keep]
+#   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once); a
+#                   suffix /wN sets delivery.dkim_workers (rsa/w0: sign in mtad's process, rsa/w2: two workers)
 #   --profile       also sample each mtad with py-spy during its last round (raw stacks OUT/mtad-dkim-V.txt and
 #                   a bench/pyspy_top.py ranking OUT/mtad-dkim-V.top.txt); installs py-spy with pip when missing
 #   --mtad-src DIR  measure the mtad package found in DIR (a folder holding mtad/) instead of this work tree
+#   --base-src DIR  also measure the mtad in DIR in the same rounds (labels base-mtad-...; variants without /wN),
+#                   e.g. a `git archive HEAD | tar -x -C /tmp/base` export, for a before/after in one run
 #
 # How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
 # recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
@@ -30,6 +33,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
 MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
+BASE_SRC=""
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -41,8 +45,9 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS=$2; shift ;;
     --profile) PROFILE=1 ;;
     --mtad-src) MTAD_SRC=$(cd "$2" && pwd); shift ;;
+    --base-src) BASE_SRC=$(cd "$2" && pwd); shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -79,7 +84,7 @@ SINK=""; PF=""
 cleanup() {
   [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1
   [ -n "$SINK" ] && kill "$SINK" 2>/dev/null
-  [ $KEEP = 0 ] && rm -rf "$WORK/postfix" "$WORK"/mtad-*
+  [ $KEEP = 0 ] && rm -rf "$WORK/postfix" "$WORK"/*mtad-*
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -94,6 +99,7 @@ MTAD_DESC="$MTAD_SRC"
   echo "date: $(date -u +%FT%TZ)   host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "mtad: $MTAD_DESC   python: $("$PY" -c 'import sys; print(sys.version.split()[0])')   postfix: $(postconf -h mail_version 2>/dev/null)"
   echo "run: $MSGS msgs x $SIZE B, $ROUNDS rounds, mtad dkim variants: $DKIM   scratch: $WORK"
+  [ -n "$BASE_SRC" ] && echo "base: $BASE_SRC (labels base-mtad-...)"
 } | tee "$OUT/env.txt"
 
 smtp-sink -u nobody 127.0.0.1:2530 1000 >/dev/null 2>&1 &
@@ -111,14 +117,15 @@ if want postfix; then
   fi
 fi
 want mtad && ARGS+=(--mtad "$DKIM")
+[ -n "$BASE_SRC" ] && ARGS+=(--base-src "$BASE_SRC")
 [ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
 echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM)")"
-timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/mtad-*/mtad.log)" >&2
-for log in "$WORK"/mtad-*/mtad.log; do
+timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/*mtad-*/mtad.log)" >&2
+for log in "$WORK"/*mtad-*/mtad.log; do
   [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"
 done
 if [ $PROFILE = 1 ]; then
-  for prof in "$OUT"/mtad-dkim-*.txt; do
+  for prof in "$OUT"/*mtad-dkim-*.txt; do
     case $prof in *.top.txt) continue ;; esac
     "$PY" "$HERE/pyspy_top.py" "$prof" --top 30 > "${prof%.txt}.top.txt"
     echo "profile ranking: ${prof%.txt}.top.txt"

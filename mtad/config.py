@@ -173,6 +173,11 @@ class DeliveryConfig:
     poll_interval: Duration = Duration(1)
     dsn: bool = True  # bounce messages to SMTP senders on permanent failure
     message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
+    dkim_workers: int = 1  # DKIM signing processes, started on first use; 0: sign in the main process
+
+    def __post_build__(self, path: str) -> None:
+        if not 0 <= self.dkim_workers <= 64:
+            raise ConfigError(f"{path}.dkim_workers", "must be between 0 and 64")
 
 
 @dataclass(frozen=True)

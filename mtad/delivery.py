@@ -6,7 +6,9 @@ one transaction and returns an ``Outcome`` per recipient: one RCPT may fail whil
 a reply lost after the final dot is a deferral (at-least-once, as Postfix does). Under the
 opportunistic policy a failed TLS handshake is retried in plaintext on the same host, and the host is
 remembered as TLS-broken for a while (Postfix, KumoMTA) so later connections go plaintext at once.
-Errors are classified by ``classify`` only.
+Errors are classified by ``classify`` only. When the server advertises PIPELINING the session's transactions
+go through ``smtp_pipeline`` (MAIL, RCPT and DATA in one write); otherwise through aiosmtplib, one command at
+a time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from mtad import classify
+from mtad import classify, smtp_pipeline
 from mtad.errors import PermFailure, TempFailure
 from mtad.resolver import Resolver
 from mtad.types import Outcome
@@ -90,7 +92,18 @@ class Session:
         self.verified = verified
         self.dest = dest
         self.deliveries = 0
-        self.usable = True
+        self._usable = True
+        transport = client.transport
+        self.pipe = smtp_pipeline.Pipeline(transport) if (  # type: ignore[arg-type]
+            transport is not None and client.supports_extension("pipelining")) else None
+
+    @property
+    def usable(self) -> bool:
+        return self._usable and (self.pipe is None or self.pipe.usable)
+
+    @usable.setter
+    def usable(self, value: bool) -> None:
+        self._usable = value
 
     def _outcome(self, exc: BaseException) -> Outcome:
         return classify.from_exception(exc, mx_host=self.host, tls=self.tls, verified=self.verified)
@@ -108,6 +121,8 @@ class Session:
         if (not sender.isascii() or not all(r.isascii() for r in recipients)) and \
                 client.supports_extension("smtputf8"):
             options.append("SMTPUTF8")
+        if self.pipe is not None:
+            return await self._send_pipelined(sender, recipients, body, options)
         outcomes: dict[str, Outcome] = {}
         try:
             await client.mail(sender, options=options, timeout=self.dest.command_timeout)
@@ -146,6 +161,72 @@ class Session:
             outcomes[rcpt] = result
         return outcomes
 
+    async def _send_pipelined(self, sender: str, recipients: list[str], body: bytes,
+                              options: list[str]) -> dict[str, Outcome]:
+        """The same transaction as ``send``, with MAIL, every RCPT and DATA in one write (RFC 2920)."""
+        pipe = self.pipe
+        assert pipe is not None
+        timeout = self.dest.command_timeout
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        try:
+            commands = [smtp_pipeline.command_line(b"MAIL FROM:", sender, options, encoding)]
+            commands += [smtp_pipeline.command_line(b"RCPT TO:", r, [], encoding) for r in recipients]
+        except (ValueError, UnicodeError) as exc:  # nothing sent: the session stays usable
+            return {r: self._outcome(exc) for r in recipients}
+        commands.append(b"DATA\r\n")
+        replies: list[tuple[int, str]] = []
+        try:
+            pipe.write(b"".join(commands))
+            for _ in range(len(recipients) + 2):
+                replies.append(await pipe.read(timeout))
+        except Exception as exc:  # noqa: BLE001 - classified once
+            self.usable = False
+            if replies and replies[0][0] != 250:  # e.g. 421 to MAIL, then the server hung up
+                return {r: self._reply(*replies[0]) for r in recipients}
+            return {r: self._outcome(exc) for r in recipients}
+        mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
+        if mail[0] != 250:
+            outcomes = {r: self._reply(*mail) for r in recipients}
+            accepted = []
+        else:
+            outcomes = {}
+            accepted = []
+            for rcpt, reply in zip(recipients, rcpts):
+                if reply[0] in (250, 251):
+                    accepted.append(rcpt)
+                else:
+                    outcomes[rcpt] = self._reply(*reply)
+        if not accepted or data[0] != 354:
+            if data[0] == 354:  # a server that said 354 without recipients gets an empty message (RFC 2920 3.1)
+                await self._pipelined_command(smtp_pipeline.text(b""), self.dest.data_timeout)
+            result = self._reply(*data)
+            for rcpt in accepted:
+                outcomes[rcpt] = result
+            if mail[0] == 421 or data[0] == 421:
+                self.usable = False
+            elif self.usable:
+                await self._pipelined_command([b"RSET\r\n"], timeout)
+            return outcomes
+        try:
+            pipe.write(*smtp_pipeline.text(body))
+            result = self._reply(*await pipe.read(self.dest.data_timeout))
+            if result.code == 421:
+                self.usable = False
+        except Exception as exc:  # noqa: BLE001 - a lost reply after the dot is a deferral
+            self.usable = False
+            result = self._outcome(exc)
+        for rcpt in accepted:
+            outcomes[rcpt] = result
+        return outcomes
+
+    async def _pipelined_command(self, chunks: list[bytes], timeout: float) -> tuple[int, str] | None:
+        try:
+            self.pipe.write(*chunks)  # type: ignore[union-attr]
+            return await self.pipe.read(timeout)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001
+            self.usable = False
+            return None
+
     async def _reset(self) -> None:
         try:
             await self.client.rset(timeout=self.dest.command_timeout)
@@ -153,6 +234,12 @@ class Session:
             self.usable = False
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            if self.pipe.usable:
+                await self._pipelined_command([b"QUIT\r\n"], 5)
+            self.pipe.close()
+            self.client.close()
+            return
         try:
             if self.client.is_connected:
                 await self.client.quit(timeout=5)

@@ -11,8 +11,8 @@ Contract:
   hashed bottom-up (§5.4.2). Headers are not over-signed.
 - Keys: RSA (``rsa-sha256``, PKCS#1 v1.5, at least 1024 bits as RFC 8301 requires) and Ed25519
   (``ed25519-sha256``, RFC 8463: Ed25519 over the SHA-256 of the header hash input). Both may sign one message.
-- Signing is CPU work (~0.25 ms per RSA-2048 signature, ~0.04 ms Ed25519): callers on the event loop should hand
-  it to a thread; OpenSSL releases the GIL while it signs, so threads also use the other cores.
+- Signing is CPU work (~0.25 ms per RSA-2048 signature, ~0.04 ms Ed25519): the scheduler hands it to worker
+  processes (``dkim_pool``), which call ``signatures`` and send back only the header fields.
 - A message without a From header is refused (``ValueError``): §5.4 requires From to be signed.
 """
 
@@ -81,6 +81,12 @@ def generate_key(algorithm: Literal["rsa", "ed25519"], bits: int = 2048) -> byte
                              serialization.NoEncryption())
 
 
+def private_pem(key: DkimKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM, what ``load_key`` reads (to hand it to a signing worker)."""
+    return key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+
+
 def dns_record(key: DkimKey) -> tuple[str, str]:
     """The TXT record to publish: ``("s1._domainkey.example.com", "v=DKIM1; k=rsa; p=...")``.
 
@@ -100,13 +106,21 @@ def sign(message: bytes, keys: list[DkimKey], headers: tuple[str, ...] = DEFAULT
     """Return ``message`` with one DKIM-Signature header per key prepended, in ``keys`` order."""
     if not keys:
         return message
+    return signatures(message, keys, headers, now) + message
+
+
+def signatures(message: bytes, keys: list[DkimKey], headers: tuple[str, ...] = DEFAULT_SIGNED_HEADERS,
+               now: float | None = None) -> bytes:
+    """The DKIM-Signature header fields ``sign`` would prepend (each ending in CRLF); ``b""`` without keys."""
+    if not keys:
+        return b""
     head, body = _split(message)
     body_hash = base64.b64encode(hashlib.sha256(canonicalize_body(body)).digest()).decode("ascii")
     names, signed = _select(head, _lowered(headers))
     if b"from" not in names:
         raise ValueError("a DKIM signature must cover From (RFC 6376 §5.4) and the message has no From header")
     timestamp = int(time.time() if now is None else now)
-    return b"".join(_signature_header(key, names, signed, body_hash, timestamp) for key in keys) + message
+    return b"".join(_signature_header(key, names, signed, body_hash, timestamp) for key in keys)
 
 
 def canonicalize_header(field: bytes) -> bytes:

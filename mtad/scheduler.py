@@ -8,8 +8,8 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 2. Each job is checked before any connection: age and Deliver-Within (fail, reason ``old``), test mode
    (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
 3. The destination's MX hosts are resolved (or the smarthost used) and its ``ProviderPolicy`` found;
-   the job (its preloaded body DKIM-signed on a worker thread) joins the ready queue of its site
-   (provider + hosts).
+   the job (its preloaded body DKIM-signed by a worker process, ``dkim_pool``) joins the ready queue of
+   its site (provider + hosts).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
    provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
    session and delivers queued jobs over it, one message-rate token each, up to
@@ -34,6 +34,7 @@ from typing import Callable
 from mtad import classify, dkim as dkim_mod, dsn, providers, spool
 from mtad.config import DeliveryConfig
 from mtad.delivery import Connector, Destination, Session
+from mtad.dkim_pool import DkimSigner
 from mtad.errors import PermFailure, TempFailure
 from mtad.providers import ProviderPolicy, ShapingConfig
 from mtad.resolver import Resolver
@@ -52,7 +53,7 @@ class Site:
     key: tuple[str, tuple[str, ...]]
     policy: ProviderPolicy
     destination: Destination
-    jobs: deque = field(default_factory=deque)
+    jobs: deque = field(default_factory=deque)  # (job, its signed body, or None when it is read at sending)
     connections: int = 0
 
 
@@ -74,14 +75,13 @@ class Scheduler:
         self.rates = RateLimiter()
         self.suspensions = Suspensions()
         self.sites: dict[tuple, Site] = {}
+        self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
         self.inflight = 0
         self.paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._recording: set[asyncio.Task] = set()  # outcomes being committed; awaited, never cancelled, at stop
-        # Signatures in flight on the default executor: enough to keep every core busy (OpenSSL signs without the
-        # GIL), few enough that other users of the executor never queue behind a whole claimed batch.
-        self._signing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+        self.signer = DkimSigner(config.dkim_workers)  # worker processes, started at the first signature
         self._stopping = False
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
 
@@ -124,6 +124,7 @@ class Scheduler:
             await asyncio.wait(self._tasks, timeout=5)
         if self._recording:
             await asyncio.wait(self._recording, timeout=10)
+        await self.signer.close()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -152,13 +153,13 @@ class Scheduler:
                 self.inflight -= 1
                 return
             destination = self._apply_policy(destination, policy, job)
-            if job.body is not None:  # preloaded: signed now, in parallel with the sessions sending earlier jobs
-                job = replace(job, body=await self._sign(job, job.body))
+            # Preloaded bodies are signed now, in parallel with the sessions sending earlier jobs.
+            body = None if job.body is None else await self._sign(job, job.body)
             key = (policy.name, destination.hosts, destination.tls, destination.verify)
             site = self.sites.get(key)
             if site is None:
                 site = self.sites[key] = Site(key, policy, destination)
-            site.jobs.append(job)
+            site.jobs.append((job, body))
             self._start_connections(site)
         except Exception:  # noqa: BLE001 - give the job back rather than lose track of it
             log.exception("%s: dispatch failed", job.queue_id)
@@ -213,8 +214,15 @@ class Scheduler:
             tls = "required"
         if tls == "required":
             verify = not job.options.get("skip_verification")
-        return replace(dest, tls=tls, verify=verify, connect_timeout=policy.connect_timeout.seconds,
-                       command_timeout=policy.command_timeout.seconds, data_timeout=policy.data_timeout.seconds)
+        key = (dest, policy.name, tls, verify)  # one Destination per combination, not a copy per job
+        applied = self._applied.get(key)
+        if applied is None:
+            if len(self._applied) > 4096:
+                self._applied.clear()
+            applied = self._applied[key] = replace(
+                dest, tls=tls, verify=verify, connect_timeout=policy.connect_timeout.seconds,
+                command_timeout=policy.command_timeout.seconds, data_timeout=policy.data_timeout.seconds)
+        return applied
 
     # --- sites and connections -------------------------------------------------------------------
     def _start_connections(self, site: Site) -> None:
@@ -243,7 +251,7 @@ class Scheduler:
                     outcome = classify.from_exception(exc)
                     await self._check_automation(policy, outcome)
                     while site.jobs:
-                        job = site.jobs.popleft()
+                        job, _ = site.jobs.popleft()
                         await self._finish(job, {r: outcome for r in job.recipients}, time.monotonic() - started)
                     return
                 try:
@@ -267,9 +275,8 @@ class Scheduler:
                 await self.rates.wait(policy.name, rate)
             if not site.jobs:
                 return
-            job = site.jobs.popleft()
+            job, body = site.jobs.popleft()  # preloaded bodies were signed at dispatch; large ones are read here
             started = time.monotonic()
-            body = job.body  # preloaded bodies were signed at dispatch; large ones are read and signed here
             if body is None:
                 body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
                 if body is None:  # deleted by an operator meanwhile
@@ -289,7 +296,7 @@ class Scheduler:
             return False
         until = self.clock() + self.suspensions.remaining(site.policy.name)
         while site.jobs:
-            job = site.jobs.popleft()
+            job, _ = site.jobs.popleft()
             await self._release(job, until, f"provider {site.policy.name} suspended")
         return True
 
@@ -308,8 +315,7 @@ class Scheduler:
         if not keys or job.options.get("dkim") is False:
             return body
         try:
-            async with self._signing:
-                return await asyncio.to_thread(dkim_mod.sign, body, keys)
+            return await self.signer.sign(body, keys)
         except ValueError as exc:  # e.g. no From header: RFC 6376 5.4 forbids signing; send unsigned
             log.warning("%s: not DKIM-signed: %s", job.queue_id, exc)
             return body

@@ -12,7 +12,8 @@ Everything stays on 127.0.0.0/8:
 An ``Mx`` records what a real server would see: connections (current, peak, total, also per group of
 servers that form one provider), every DATA attempt, and every message it accepted, with the TLS state,
 the AUTH login and the connection it came on. Its behaviour is set per test: replies to RCPT, planned
-replies to DATA, a connection dropped after the final dot, a slow DATA reply, STARTTLS, AUTH.
+replies to DATA, a connection dropped after the final dot, a slow DATA reply, STARTTLS, AUTH, PIPELINING
+(advertised unless ``pipelining`` is set False).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class Mx:
         self.data_reply: str | None = None  # the reply to DATA once data_replies is empty (None: accept)
         self.drop_after_dot = 0
         self.data_delay = 0.0
+        self.pipelining = True  # advertise PIPELINING (mtad then pipelines MAIL, RCPT and DATA)
         self.gauge = Gauge()
         self.groups = groups
         self.messages: list[Received] = []
@@ -166,6 +168,13 @@ class Mx:
             gauge.closed()
 
     # aiosmtpd hooks (farm loop)
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads commands one by one from its stream: pipelined input just works
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         self.rcpt_attempts.append(address)

@@ -30,22 +30,25 @@ def seconds(duration: str) -> float:
     return float(duration[:-1])
 
 
-def test_per_recipient_outcomes_in_one_transaction(daemon, certs, dns, mx_farm):
-    mx = serve_domain(dns, mx_farm, "mixed.dlv.test")
-    mx.reject = {"nobody@mixed.dlv.test"}
-    sent = submit(daemon, certs, ["alice@mixed.dlv.test", "nobody@mixed.dlv.test", "bob@mixed.dlv.test"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-command-at-a-time"])
+def test_per_recipient_outcomes_in_one_transaction(daemon, certs, dns, mx_farm, pipelining):
+    domain = f"mixed{'' if pipelining else '-nopipe'}.dlv.test"
+    mx = serve_domain(dns, mx_farm, domain)
+    mx.pipelining = pipelining
+    mx.reject = {f"nobody@{domain}"}
+    sent = submit(daemon, certs, [f"alice@{domain}", f"nobody@{domain}", f"bob@{domain}"])
 
     final = wait_final(daemon, sent)
     # One transaction carried both accepted recipients; the rejected one was refused at RCPT.
     assert [(m.rcpt_tos, m.mail_from, m.message_id) for m in mx.messages] == [
-        (["alice@mixed.dlv.test", "bob@mixed.dlv.test"], SENDER, sent.message_id)]
+        ([f"alice@{domain}", f"bob@{domain}"], SENDER, sent.message_id)]
     assert len(mx.connections) == 1
-    for rcpt in ("alice@mixed.dlv.test", "bob@mixed.dlv.test"):
+    for rcpt in (f"alice@{domain}", f"bob@{domain}"):
         status = final[rcpt]["delivery-status"]
         assert final[rcpt]["event"] == "delivered"
-        assert (status["code"], status["attempt-no"], status["mx-host"]) == (250, 1, "mx.mixed.dlv.test")
+        assert (status["code"], status["attempt-no"], status["mx-host"]) == (250, 1, f"mx.{domain}")
         assert status["message"].startswith("2.0.0 OK")
-    failed = final["nobody@mixed.dlv.test"]
+    failed = final[f"nobody@{domain}"]
     assert (failed["event"], failed["severity"], failed["reason"]) == ("failed", "permanent", "bounce")
     assert (failed["delivery-status"]["code"], failed["delivery-status"]["enhanced-code"]) == (550, "5.1.1")
     assert "User unknown" in failed["delivery-status"]["message"]

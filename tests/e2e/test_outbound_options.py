@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import os
 import re
 import ssl
 import subprocess
@@ -205,3 +206,42 @@ def test_opportunistic_tls_falls_back_to_plaintext_and_remembers_the_broken_host
     assert wait_final(daemon, second)["sue@brokentls.opt.test"]["delivery-status"]["tls"] is False
     assert len(mx.connections) == 3  # remembered: straight to plaintext, no second failed handshake
     assert mx.message_ids() == [first.message_id, second.message_id] and not any(m.tls for m in mx.messages)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_signing_workers_end_with_mtad_even_on_sigkill(outbound_mtad, dkim_records, certs, loopback_dns, mx_farm):
+    """DKIM is signed in worker processes (delivery.dkim_workers): started at the first signature, gone when mtad
+    is SIGKILLed (nothing to clean up; a restart signs again), and ended by a normal stop (the fixture's check)."""
+    mx = serve_domain(loopback_dns, mx_farm, "workers.opt.test")
+    daemon = outbound_mtad(delivery={"dkim_workers": 2}, dkim=[{"selector": "rsa1", "key_file": dkim_records[0][0]}])
+    assert _children(daemon.proc.pid) == []  # no DKIM yet: no workers
+    sent = submit(daemon, certs, ["olga@workers.opt.test"])
+    assert wait_final(daemon, sent)["olga@workers.opt.test"]["event"] == "delivered"
+    workers = _children(daemon.proc.pid)
+    assert len(workers) == 2
+    daemon.kill()
+    assert wait_until(lambda: all(_gone(pid) for pid in workers), timeout=10)
+
+    daemon.start()
+    again = submit(daemon, certs, ["olga@workers.opt.test"])
+    assert wait_final(daemon, again)["olga@workers.opt.test"]["event"] == "delivered"
+    assert [dkim_results(m.data, loopback_dns.port) for m in mx.messages] == [[True], [True]]
