@@ -6,7 +6,8 @@
    one's outcome (``spool.finish_attempt``: the row update, plus the ``delivered`` event, its hourly
    counters and webhook lookup), 200 outcomes in flight so group commit works as in the scheduler;
    ``synchronous=FULL``. Run twice on identical queues: with events, and with ``events.record`` replaced by
-   a no-op. Reported: outcomes/s each way and the drop. The enqueue side (``accepted`` events) likewise.
+   a no-op, alternating which goes first. Reported: outcomes/s each way and the drop (also each round's own,
+   steadier on a shared machine). The enqueue side (``accepted`` events) likewise.
    Then the real thing: mtad's scheduler draining the queue over SMTP (smarthost, no TLS) into a minimal
    pipelining sink in another process, with 20 and 100 connections, on an empty store and on one already
    holding 300,000 events; deliveries/s and the process CPU per delivery, with and without events.
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtad import events, spool, webhooks  # noqa: E402
 from mtad.config import WebhookConfig, WebhooksConfig  # noqa: E402
 from mtad.rates import Duration  # noqa: E402
-from mtad.store import Store  # noqa: E402
+from mtad.store import Staged, Store  # noqa: E402
 from mtad.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
 
 KEY = "key-bench"
@@ -218,8 +219,8 @@ async def bench_scheduler_drain(folder: Path, n: int, rounds: int, seed_events: 
             fill_events(seed_db, seed_events)
         await asyncio.sleep(0.5)
         runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-        for _ in range(rounds):
-            for with_events in (False, True):
+        for r in range(rounds):
+            for with_events in _order(r):
                 runs[with_events].append(await scheduler_drain_once(folder, n, with_events, port, seed_db,
                                                                     connections))
         off, on = (statistics.median(r[0] for r in runs[k]) for k in (False, True))
@@ -229,16 +230,31 @@ async def bench_scheduler_drain(folder: Path, n: int, rounds: int, seed_events: 
               f" {100 * (on / off - 1):+.1f}% |")
         print(f"| scheduler drain, {where}: mtad CPU µs per delivery | {cpu_off:,.0f} | {cpu_on:,.0f} |"
               f" {100 * (cpu_on / cpu_off - 1):+.1f}% |")
+        print(f"| scheduler drain, {where}: rate change per round (with / without of the same round) | | |"
+              f" {_ratios(runs[True], runs[False])} |")
     finally:
         sink.terminate()
         sink.wait(5)
 
 
+def _order(round_no: int) -> tuple[bool, bool]:
+    """Without events first in even rounds, with events first in odd ones: a machine that speeds up or slows
+    down during a round (other load, caches, the disk) favours neither side."""
+    return (False, True) if round_no % 2 == 0 else (True, False)
+
+
+def _ratios(on: list[tuple[float, ...]], off: list[tuple[float, ...]], index: int = 0) -> str:
+    """Each round's rate with events against the rate without, and their median: on a shared machine these
+    are steadier than the ratio of the two medians."""
+    changes = [100 * (a[index] / b[index] - 1) for a, b in zip(on, off)]
+    return " ".join(f"{c:+.1f}%" for c in changes) + f" (median {statistics.median(changes):+.1f}%)"
+
+
 async def bench_drain(folder: Path, n: int, rounds: int) -> None:
     print(f"\n## 1. Event write cost per delivered message ({n} messages, 1 recipient, {rounds} rounds, median)")
     results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
-    for _ in range(rounds):
-        for with_events in (False, True):
+    for r in range(rounds):
+        for with_events in _order(r):
             results[with_events].append(await drain_once(folder, n, with_events))
     enq = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     drain = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
@@ -247,6 +263,7 @@ async def bench_drain(folder: Path, n: int, rounds: int) -> None:
     print("|---|---:|---:|---:|")
     print(f"| bare store loop (claim + record outcome): outcomes/s | {drain[False]:,.0f} | {drain[True]:,.0f} |"
           f" {100 * (drain[True] / drain[False] - 1):+.1f}% |")
+    print(f"| bare store loop: outcomes/s change per round | | | {_ratios(results[True], results[False], 1)} |")
     print(f"| bare store loop: CPU µs per outcome | {cpu[False]:,.0f} | {cpu[True]:,.0f} |"
           f" {100 * (cpu[True] / cpu[False] - 1):+.1f}% |")
     print(f"| enqueue (message + work rows + accepted event): messages/s | {enq[False]:,.0f} | {enq[True]:,.0f} |"
@@ -275,6 +292,7 @@ def fill_events(path: Path, n: int, seed: int = 1) -> dict:
         [("failed", "permanent")] * 5 + [("opened", None)] * 2
     tags = [f"tag{i}" for i in range(20)]
     sample = {"recipients": [], "message_ids": []}
+    conn.staged = Staged()  # as in Store.write: events and counters written at each COMMIT
     conn.execute("BEGIN")
     for i in range(n):
         kind, severity = rng.choice(kinds)
@@ -294,9 +312,12 @@ def fill_events(path: Path, n: int, seed: int = 1) -> dict:
             sample["recipients"].append(rcpt)
             sample["message_ids"].append(mid)
         if i % 50000 == 49999:
+            conn.staged.apply(conn)
             conn.execute("COMMIT")
             conn.execute("BEGIN")
+    conn.staged.apply(conn)
     conn.execute("COMMIT")
+    conn.staged = None
     conn.execute("ANALYZE")
     conn.close()
     return sample

@@ -2,10 +2,12 @@
 
 An event is a plain JSON-able dict in the shape of Mailgun's events API (``id``, ``event``,
 ``timestamp``, ``log-level``, ``recipient``, ``message``, ``envelope``, ``flags``, ...). ``record``
-inserts it inside the caller's transaction, bumps the hourly ``stats`` counters (so stats queries
-never scan events) and creates one ``webhook_deliveries`` row per URL of the domain's webhook for
-that event (so a committed event is never without its webhook work). Building is pure; recording
-takes the writer's connection.
+writes it in the caller's transaction, counts it in the ``stats`` counters (so stats queries never scan
+events) and creates one ``webhook_deliveries`` row per URL of the domain's webhook for that event (so a
+committed event is never without its webhook work). Inside ``Store.write`` the event row, its counter
+increments and webhook rows are staged and written with those of the whole group commit just before its
+COMMIT (``write_events``: a few multi-row statements, one UPSERT row per distinct counter), which is what
+keeps events cheap beside deliveries. Building is pure; recording takes the writer's connection.
 
 Webhook URLs live in the ``webhooks`` table; ``record`` reads them through an in-memory cache that
 whoever changes the table clears with ``invalidate_webhooks()`` (the table is small and read on
@@ -16,14 +18,17 @@ the writer thread inside the transaction, they must be cheap and must not raise.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
 import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Iterable
 
+from mtad.store import execute_rows
 from mtad.types import NewMessage, Outcome
 
 _LOG_LEVEL = {"accepted": "info", "delivered": "info", "failed": "error", "rejected": "warn",
@@ -128,12 +133,18 @@ def stat_key(event: dict[str, Any]) -> str:
 
 def stat_keys(event: dict[str, Any]) -> list[str]:
     """Hourly counter names of an event: the event itself, ``failed:temporary|permanent``, and the leaf key."""
-    kind, leaf = event["event"], stat_key(event)
+    return list(_hourly_keys(stat_key(event)))
+
+
+@functools.lru_cache(maxsize=256)
+def _hourly_keys(leaf: str) -> tuple[str, ...]:
+    """``stat_keys`` from the leaf key alone (the event name is its first part)."""
+    kind = leaf.partition(":")[0]
     if leaf == kind:
-        return [kind]
+        return (kind,)
     if kind == "failed" and leaf != "failed:temporary":
-        return [kind, "failed:permanent", leaf]
-    return [kind, leaf]
+        return (kind, "failed:permanent", leaf)
+    return (kind, leaf)
 
 
 def webhook_id(event: dict[str, Any]) -> str | None:
@@ -170,55 +181,99 @@ def webhook_targets(conn: sqlite3.Connection, domain: str, hook: str) -> list[tu
     return table.get((domain, hook), [])
 
 
-def add_webhook_work(conn: sqlite3.Connection, domain: str, event_id: str, targets: Iterable[tuple[str, str]],
-                     now: float) -> int:
-    """Queue one POST of event ``event_id`` per (url, format); a URL given twice gets one."""
+def webhook_rows(domain: str, event_id: str, targets: Iterable[tuple[str, str]], now: float) -> list[tuple]:
+    """``webhook_deliveries`` rows (``write_webhook_rows``) for one POST of ``event_id`` per (url, format); a URL
+    given twice gets one."""
     seen: set[str] = set()
     rows = []
     for url, fmt in targets:
         if url not in seen:
             seen.add(url)
-            rows.append((event_id, domain, url, fmt, now, now, now))
-    conn.executemany(
-        "INSERT INTO webhook_deliveries (event_id, domain, url, format, state, next_attempt_at, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)", rows)
+            rows.append((event_id, domain, url, fmt, "queued", now, now, now))
+    return rows
+
+
+def write_webhook_rows(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    execute_rows(conn, "INSERT INTO webhook_deliveries (event_id, domain, url, format, state, next_attempt_at,"
+                       " created_at, updated_at)", 8, rows)
+
+
+def add_webhook_work(conn: sqlite3.Connection, domain: str, event_id: str, targets: Iterable[tuple[str, str]],
+                     now: float) -> int:
+    """Queue one POST of event ``event_id`` per (url, format) now; returns the number of POSTs queued."""
+    rows = webhook_rows(domain, event_id, targets, now)
+    write_webhook_rows(conn, rows)
     return len(rows)
 
 
+_EVENT_ROWS = "INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # events are trees we built
+_STAGED, _STAGED_WEBHOOKS = "events", "events.webhooks"  # what each write stages (see store.Staged)
+_UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (store.execute_rows)
+    ("INSERT INTO stats (domain, tag, event, hour, count)", 5,
+     " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + excluded.count"),
+    ("INSERT INTO stats_daily (domain, tag, event, day, count)", 5,
+     " ON CONFLICT (domain, tag, event, day) DO UPDATE SET count = count + excluded.count"),
+    ("INSERT INTO stats_dims (domain, dim, value, event, day, count)", 6,
+     " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = count + excluded.count"),
+)
+
+# What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP).
+StatItem = tuple[str, tuple[str, ...], str, int, str, str]
+
+
+def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem]]) -> None:
+    """Insert (event row, counter item) pairs as ``record`` makes them, and add them to the counters: the
+    events of a batch with the same counter item are counted once with their number, so a group commit of
+    deliveries costs one UPSERT row per distinct counter, not several per event, and a few multi-row
+    statements in all (``store.execute_rows``). Counters are updated in key order (neighbouring keys share
+    B-tree pages)."""
+    execute_rows(conn, _EVENT_ROWS, 9, [row for row, _ in items])
+    hourly: Counter = Counter()
+    daily: Counter = Counter()
+    dims: Counter = Counter()
+    for (domain, tags, leaf, hour, provider, ip), n in Counter([stat for _, stat in items]).items():
+        day = hour // 24
+        for tag in dict.fromkeys(("", *tags)):
+            for key in _hourly_keys(leaf):
+                hourly[(domain, tag, key, hour)] += n
+            daily[(domain, tag, leaf, day)] += n
+        dims[(domain, "provider", provider, leaf, day)] += n
+        if ip:
+            dims[(domain, "ip", ip, leaf, day)] += n
+    for (head, width, tail), counts in zip(_UPSERTS, (hourly, daily, dims)):
+        execute_rows(conn, head, width, [(*key, n) for key, n in sorted(counts.items())], tail)
+
+
 def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None:
-    """Insert one event, bump its hourly counters (total, per tag, per provider and sending IP) and queue
-    its webhook POSTs, in the caller's transaction."""
+    """Write one event, count it (hourly per tag, daily per tag, daily per provider and sending IP) and queue
+    its webhook POSTs, in the caller's transaction.
+
+    Inside ``Store.write`` the event row, its counter item and its webhook rows are staged (``conn.staged``)
+    and written with the rest of the group commit's (``write_events``, ``write_webhook_rows``) just before its
+    COMMIT: exactly as durable as the write that recorded them, and gone with it if it fails. On any other
+    connection they are written at once."""
     headers = event.get("message", {}).get("headers", {})
-    conn.execute(
-        "INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
-         headers.get("message-id", ""), event.get("storage", {}).get("key", ""),
-         event.get("severity", ""), json.dumps(event, separators=(",", ":"))))
-    hour = int(event["timestamp"] // 3600)
-    key = stat_key(event)
-    tags = dict.fromkeys(["", *(event.get("tags") or ())])
-    values = [v for tag in tags for k in stat_keys(event) for v in (domain, tag, k)]
-    # one multi-row statement per table: fewer GIL round trips than executemany
-    conn.execute("INSERT INTO stats (domain, tag, event, hour, count) VALUES "
-                 + ",".join([f"(?, ?, ?, {hour}, 1)"] * (len(values) // 3))
-                 + " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + 1", values)
-    values = [v for tag in tags for v in (domain, tag, key)]
-    conn.execute("INSERT INTO stats_daily (domain, tag, event, day, count) VALUES "
-                 + ",".join([f"(?, ?, ?, {hour // 24}, 1)"] * len(tags))
-                 + " ON CONFLICT (domain, tag, event, day) DO UPDATE SET count = count + 1", values)
-    dims = [("provider", event.get("recipient-domain") or "")]
-    ip = (event.get("envelope") or {}).get("sending-ip")
-    if ip:
-        dims.append(("ip", ip))
-    values = [v for dim, value in dims for v in (domain, dim, value, key)]
-    conn.execute("INSERT INTO stats_dims (domain, dim, value, event, day, count) VALUES "
-                 + ",".join([f"(?, ?, ?, ?, {hour // 24}, 1)"] * (len(values) // 4))
-                 + " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = count + 1", values)
+    tags = event.get("tags")
+    item = ((event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
+             headers.get("message-id", ""), event.get("storage", {}).get("key", ""), event.get("severity", ""),
+             _encode(event)),
+            (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
+             event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or ""))
+    staged = getattr(conn, "staged", None)
+    if staged is None:
+        write_events(conn, [item])
+    else:
+        staged.pending(_STAGED, write_events).append(item)
     hook = webhook_id(event)
     if hook is not None:
         targets = webhook_targets(conn, domain, hook)
-        if targets and add_webhook_work(conn, domain, event["id"], targets, event["timestamp"]):
-            on_webhook_work()
+        if targets:
+            rows = webhook_rows(domain, event["id"], targets, event["timestamp"])
+            if staged is None:
+                write_webhook_rows(conn, rows)
+            else:
+                staged.pending(_STAGED_WEBHOOKS, write_webhook_rows).extend(rows)
+            on_webhook_work()  # the dispatcher's claim is a later write: it sees these rows
     for observe in observers:
         observe(domain, event)

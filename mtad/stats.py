@@ -1,6 +1,6 @@
 """Stats from counters (seed 001): totals, by domain / tag / provider / IP, in Mailgun's shapes.
 
-``events.record`` bumps counters as events are written: hourly ``stats(domain, tag, event, hour)`` and
+``events.record`` bumps counters as events are written (summed over each group commit, see ``events.write_events``): hourly ``stats(domain, tag, event, hour)`` and
 daily ``stats_daily(domain, tag, event, day)`` with the tag ``''`` for all messages, and daily
 ``stats_dims(domain, dim, value, event, day)`` for the provider (the recipient's domain) and the sending
 IP. Queries read the leaf keys of Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
