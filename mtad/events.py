@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable
 
+import orjson
+
 from mtad.store import execute_rows
 from mtad.types import NewMessage, Outcome
 
@@ -207,7 +209,16 @@ def add_webhook_work(conn: sqlite3.Connection, domain: str, event_id: str, targe
 
 
 _EVENT_ROWS = "INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # events are trees we built
+_json_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # events are trees we built
+
+
+def _encode(event: dict[str, Any]) -> str:
+    """Compact JSON of an event: orjson (a tenth of the stdlib's cost per event); the stdlib for what orjson
+    refuses (a lone surrogate from an undecodable header, an integer over 64 bits)."""
+    try:
+        return orjson.dumps(event).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return _json_encode(event)
 _STAGED, _STAGED_WEBHOOKS = "events", "events.webhooks"  # what each write stages (see store.Staged)
 _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (store.execute_rows)
     ("INSERT INTO stats (domain, tag, event, hour, count)", 5,
