@@ -112,6 +112,8 @@ class App:
         self.scheduler: Scheduler | None = None
         self._background: list[asyncio.Task] = []
         self._stop = asyncio.Event()
+        self._started = False
+        self._reload_pending = False
         self.tls_context: ssl.SSLContext | None = None
         self.accounts = accounts_mod.Accounts()
 
@@ -260,6 +262,10 @@ class App:
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Before start(): a SIGHUP arriving once the listeners are up must reload, never kill (its default action).
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.start()
         except BaseException:
@@ -270,14 +276,17 @@ class App:
             await asyncio.gather(*self._background, return_exceptions=True)
             await asyncio.to_thread(self.store.close)
             raise
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._started = True
         sdnotify.notify("READY=1\nSTATUS=accepting mail")
+        if self._reload_pending:
+            self.reload()
         await self._stop.wait()
         await self.stop()
 
     def reload(self) -> None:
+        if not self._started:  # SIGHUP during start-up: applied once start() is done
+            self._reload_pending = True
+            return
         if self.config_path is None:
             log.info("SIGHUP: no config file to reload (embedded default)")
             return

@@ -175,6 +175,18 @@ def test_sighup_reload_adds_a_user_without_dropping_connections(mtad_factory, in
     assert daemon.proc.poll() is None
 
 
+def test_sighup_as_soon_as_the_listeners_answer_reloads_and_never_kills(mtad_factory, ingress_config, certs):
+    """The listeners come up before start-up has finished; a SIGHUP then must still mean reload (its default
+    action would kill the process)."""
+    daemon = mtad_factory().start()  # returns as soon as every listener accepts connections
+    daemon.signal(signal.SIGHUP)
+    wait_for_log(daemon, "configuration reloaded")
+    assert daemon.proc.poll() is None
+    with submission(daemon, certs.client_context()) as s:
+        code, text = send(s, "postmaster@example.com", ["x@gmail.com"], MESSAGE)
+    assert code == 250, text
+
+
 def test_sighup_with_a_broken_config_keeps_the_running_one(mtad_factory, ingress_config, certs):
     daemon = mtad_factory().start()
     daemon.config_path.write_text(daemon.config_path.read_text() + "\nbogus_key: 1\n")
