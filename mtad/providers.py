@@ -57,6 +57,7 @@ class ProviderPolicy:
     connect_timeout: Duration = Duration(30)
     command_timeout: Duration = Duration(300)
     data_timeout: Duration = Duration(60)
+    idle_timeout: Duration = Duration(2)  # an emptied connection waits this long for more mail to its site
 
     def __post_init__(self) -> None:
         for attr in ("match_mx_suffix", "match_domain_suffix"):

@@ -49,6 +49,11 @@ class ConcurrencyLimiter:
         slot = self._slots.get(key)
         return slot.in_use if slot else 0
 
+    def waiting(self, key: str) -> int:
+        """Tasks queued for a place under ``key``."""
+        slot = self._slots.get(key)
+        return len(slot.waiters) if slot else 0
+
     @asynccontextmanager
     async def acquire(self, key: str, limit: int) -> AsyncIterator[None]:
         if limit < 1:

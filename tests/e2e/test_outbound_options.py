@@ -202,6 +202,7 @@ def test_opportunistic_tls_falls_back_to_plaintext_and_remembers_the_broken_host
     status = wait_final(daemon, first)["sue@brokentls.opt.test"]["delivery-status"]
     assert (status["tls"], status["attempt-no"]) == (False, 1)  # retried in plaintext at once, same attempt
     assert len(mx.connections) == 2  # the failed handshake, then plaintext
+    wait_until(lambda: mx.gauge.current == 0, 10, "the idle plaintext connection closed")  # idle_timeout
     second = submit(daemon, certs, ["sue@brokentls.opt.test"])
     assert wait_final(daemon, second)["sue@brokentls.opt.test"]["delivery-status"]["tls"] is False
     assert len(mx.connections) == 3  # remembered: straight to plaintext, no second failed handshake

@@ -23,6 +23,7 @@ SHAPING = {
                    "max_deliveries_per_connection": 3},
         "rated": {"match_mx_suffix": [".rated.shp.test"], "max_message_rate": "5/s"},
         "auto": {"match_mx_suffix": [".auto.shp.test"]},
+        "lingering": {"match_mx_suffix": [".linger.shp.test"], "idle_timeout": "1500ms"},
     },
     "automation": {
         "auto-tss04": {"providers": ["auto"], "regex": r"\[TSS04\]", "action": "suspend", "duration": "3s"},
@@ -84,6 +85,28 @@ def test_connections_are_reused_up_to_the_providers_deliveries_per_connection(da
     assert sum(per_connection) == 7
     assert per_connection == [3, 3, 1]  # 7 messages over 3 connections, at most 3 each
     assert mx.gauge.peak == 1 and mx.gauge.total == 3
+
+
+def test_an_emptied_connection_waits_idle_timeout_for_the_next_message_then_closes(daemon, certs, loopback_dns,
+                                                                                    mx_farm):
+    import time
+    mx = mx_farm.add("mx.linger.shp.test")
+    loopback_dns.add_a(mx.name, mx.ip)
+    loopback_dns.add_mx("idle.shp.test", [(10, mx.name)])
+    submitter = Submitter(daemon, certs)
+    try:
+        first = submitter.send(["a@idle.shp.test"])
+        wait_final(daemon, first)
+        second = submitter.send(["b@idle.shp.test"])  # well within the provider's 1.5 s idle_timeout
+        wait_final(daemon, second)
+    finally:
+        submitter.close()
+    # Postfix's connection cache: the second message went over the connection the first one opened.
+    assert mx.gauge.total == 1 and list(mx.per_connection().values()) == [2]
+    assert mx.gauge.current == 1  # still open, waiting for more
+    idle_since = time.monotonic()
+    wait_until(lambda: mx.gauge.current == 0, 10, "the idle connection closed")
+    assert time.monotonic() - idle_since < 5
 
 
 def test_provider_message_rate_is_respected(daemon, certs, loopback_dns, mx_farm):
