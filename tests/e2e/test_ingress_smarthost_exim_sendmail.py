@@ -66,20 +66,25 @@ def assert_relayed(daemon: Mtad, sink, qid: str | None, message_id: str, recipie
 
 # The factories come first in the tests' arguments: a test that skips starts no mtad.
 
-@pytest.fixture
-def exim_factory(certs):
-    reason = mta_clients.unavailable(mta_clients.EXIM, "Exim")
+def client_factory(root, name: str, build):
+    """Skip (saying why) unless the MTA is unpacked; else yield ``make(...)`` -> a client, closed at teardown."""
+    reason = mta_clients.unavailable(root, name)
     if reason:
         pytest.skip(reason)
-    made: list[mta_clients.EximClient] = []
+    made = []
 
-    def make(daemon: Mtad, *mechanisms: str) -> mta_clients.EximClient:
-        client = mta_clients.EximClient(daemon.submission, LOGIN, PASSWORD, certs.ca.cert_pem.bytes(), mechanisms)
-        made.append(client)
-        return client
+    def make(*args, **kwargs):
+        made.append(build(*args, **kwargs))
+        return made[-1]
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def exim_factory(certs):
+    yield from client_factory(mta_clients.EXIM, "Exim", lambda daemon, *mechanisms: mta_clients.EximClient(
+        daemon.submission, LOGIN, PASSWORD, certs.ca.cert_pem.bytes(), mechanisms))
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
@@ -105,19 +110,9 @@ def test_exim_relays_through_mtad_with_verified_starttls_and_auth(exim_factory, 
 
 @pytest.fixture
 def sendmail_factory(certs):
-    reason = mta_clients.unavailable(mta_clients.SENDMAIL, "Sendmail")
-    if reason:
-        pytest.skip(reason)
-    made: list[mta_clients.SendmailClient] = []
-
-    def make(daemon: Mtad, mechanism: str, ca_pem: bytes | None = None) -> mta_clients.SendmailClient:
-        client = mta_clients.SendmailClient(daemon.submission, LOGIN, PASSWORD,
-                                            ca_pem or certs.ca.cert_pem.bytes(), mechanism)
-        made.append(client)
-        return client
-    yield make
-    for client in made:
-        client.close()
+    yield from client_factory(mta_clients.SENDMAIL, "Sendmail", lambda daemon, mechanism, ca_pem=None:
+                              mta_clients.SendmailClient(daemon.submission, LOGIN, PASSWORD,
+                                                         ca_pem or certs.ca.cert_pem.bytes(), mechanism))
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
