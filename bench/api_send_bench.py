@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mtad.api import hash_key  # noqa: E402
-from mtad.passwords import hash_password  # noqa: E402
+from mtad.base.passwords import hash_password  # noqa: E402
 
 API_KEY = "key-bench0123456789abcdef01234567"
 LOGIN, PASSWORD = "bench@example.com", "bench-password"

@@ -33,7 +33,7 @@ import dkim as dkimpy
 from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mtad import dkim  # noqa: E402
+from mtad.mail import dkim  # noqa: E402
 
 HEADERS = (
     b"From: Alice Example <alice@example.com>\r\n"
@@ -71,7 +71,7 @@ def pool_rates(msg: bytes, key, workers: list[int], n: int = 5000) -> dict[str, 
     """Through DkimSigner: msgs/s and the calling process's CPU µs per message, per worker count."""
     import asyncio
 
-    from mtad.dkim_pool import DkimSigner
+    from mtad.outbound.dkim_pool import DkimSigner
 
     async def run(w: int) -> dict[str, float]:
         signer = DkimSigner(w)

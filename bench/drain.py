@@ -162,7 +162,7 @@ class Mtad:
 
     def _config(self, a: argparse.Namespace, dns_port: int) -> Path:
         import yaml
-        from mtad.passwords import hash_password
+        from mtad.base.passwords import hash_password
         keys = []
         if self.variant in ("rsa", "both"):
             keys.append({"selector": "rsa", "key_file": self._keygen("rsa", "rsa")})

@@ -40,11 +40,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtad import events, spool, webhooks  # noqa: E402
-from mtad.config import WebhookConfig, WebhooksConfig  # noqa: E402
-from mtad.rates import Duration  # noqa: E402
-from mtad.store import Staged, Store  # noqa: E402
-from mtad.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
+from mtad.events import record as events
+from mtad.store import queue as spool
+from mtad.events import webhooks  # noqa: E402
+from mtad.config.schema import WebhookConfig, WebhooksConfig  # noqa: E402
+from mtad.base.rates import Duration  # noqa: E402
+from mtad.store.engine import Staged, Store  # noqa: E402
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
 
 KEY = "key-bench"
 
@@ -167,11 +169,11 @@ def free_port() -> int:
 async def scheduler_drain_once(folder: Path, n: int, with_events: bool, sink_port: int,
                                seed_db: Path | None, connections: int = 20) -> tuple[float, float]:
     """(deliveries/s, process CPU µs per delivery) of mtad's real scheduler, over SMTP to a local sink."""
-    from mtad import providers
-    from mtad.config import DeliveryConfig, SmarthostConfig
-    from mtad.delivery import BrokenTls, Connector, TlsContexts
-    from mtad.resolver import Resolver
-    from mtad.scheduler import Scheduler
+    from mtad.outbound import providers
+    from mtad.config.schema import DeliveryConfig, SmarthostConfig
+    from mtad.outbound.delivery import BrokenTls, Connector, TlsContexts
+    from mtad.net.resolver import Resolver
+    from mtad.outbound.scheduler import Scheduler
     path = folder / f"sched-{with_events}-{time.monotonic_ns()}.sqlite3"
     if seed_db is not None:
         shutil.copy(seed_db, path)
@@ -279,7 +281,7 @@ async def bench_drain(folder: Path, n: int, rounds: int) -> None:
 
 def fill_events(path: Path, n: int, seed: int = 1) -> dict:
     """``n`` events of example.com over 30 days, written with events.record in big transactions."""
-    from mtad.store import SCHEMA, connect
+    from mtad.store.engine import SCHEMA, connect
     rng = random.Random(seed)
     conn = connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -329,7 +331,7 @@ async def api_client(store: Store):
     from aiohttp import web
     from mtad.api import ApiContext, ApiKey, create_app, hash_key
     from mtad.api import events as events_api, stats as stats_api
-    from mtad.config import ApiConfig
+    from mtad.config.schema import ApiConfig
     ctx = ApiContext(config=ApiConfig(), keys=[ApiKey(hash_key(KEY))], store=store, base_url="")
     runner = web.AppRunner(create_app(ctx, [events_api.setup, stats_api.setup]), access_log=None)
     await runner.setup()
@@ -417,7 +419,7 @@ def _rfc(ts: float) -> str:
 # --- 3. stats ------------------------------------------------------------------------------------------------
 
 def fill_stats(path: Path) -> int:
-    from mtad.store import SCHEMA, connect
+    from mtad.store.engine import SCHEMA, connect
     rng = random.Random(3)
     conn = connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -497,7 +499,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 async def bench_webhooks(folder: Path, n: int) -> None:
     import socket
-    from mtad.httpclient import HttpClient
+    from mtad.net.httpclient import HttpClient
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

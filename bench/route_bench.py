@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtad.router import Route, RouteTable  # noqa: E402
+from mtad.inbound.router import Route, RouteTable  # noqa: E402
 
 
 def word(rng: random.Random, n: int) -> str:

@@ -17,25 +17,31 @@ import ssl
 import time
 from pathlib import Path
 
-from mtad import accounts as accounts_mod, config as config_mod, dkim, providers, routestore, sdnotify, spool
-from mtad.config import Config
-from mtad.delivery import BrokenTls, Connector, TlsContexts
-from mtad.directory import Directory
-from mtad.errors import ConfigError
-from mtad.forward import Forwarder
-from mtad.httpclient import HttpClient
-from mtad.inbound import Routing
-from mtad.ingress import Ingress
-from mtad.resolver import Resolver
-from mtad.router import Route
-from mtad.scheduler import Scheduler
-from mtad.smtpserver import MtadSMTP, Sessions
-from mtad.store import Store
-from mtad.storedmsg import StoreAction
-from mtad.tlsutil import make_self_signed, server_context
-from mtad.workloop import WorkLoop
+from mtad.store import accounts as accounts_mod
+from mtad.config import schema as config_mod
+from mtad.mail import dkim
+from mtad.outbound import providers
+from mtad.store import routes as routestore
+from mtad.base import sdnotify
+from mtad.store import queue as spool
+from mtad.config.schema import Config
+from mtad.outbound.delivery import BrokenTls, Connector, TlsContexts
+from mtad.ingress.directory import Directory
+from mtad.base.errors import ConfigError
+from mtad.inbound.forward import Forwarder
+from mtad.net.httpclient import HttpClient
+from mtad.inbound.routing import Routing
+from mtad.ingress.pipeline import Ingress
+from mtad.net.resolver import Resolver
+from mtad.inbound.router import Route
+from mtad.outbound.scheduler import Scheduler
+from mtad.smtp.server import MtadSMTP, Sessions
+from mtad.store.engine import Store
+from mtad.inbound.store_action import StoreAction
+from mtad.smtp.tls import make_self_signed, server_context
+from mtad.store.workloop import WorkLoop
 
-SHIPPED_SHAPING = Path(__file__).with_name("providers.yaml")
+SHIPPED_SHAPING = Path(__file__).parent / "config" / "providers.yaml"
 
 
 def load_dkim_keys(cfg: Config) -> dict[str, list[dkim.DkimKey]]:
@@ -212,7 +218,9 @@ class App:
 
     async def _start_webhooks(self) -> None:
         """Event webhooks (own HTTP client and work loop, woken by events.record) and event retention."""
-        from mtad import events, retention, webhooks
+        from mtad.events import record as events
+        from mtad.events import retention
+        from mtad.events import webhooks
         cfg = self.cfg
         await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
         self.webhook_http = HttpClient(cfg.routing.allowed_networks, cfg.webhooks.timeout.seconds)
@@ -241,7 +249,7 @@ class App:
                            ssl_context=self.tls_context if cfg.api.tls else None)
         await site.start()
         log.info("HTTP API on %s", base_url)
-        from mtad import events
+        from mtad.events import record as events
         from mtad.api.metrics import EventCounters
         self.event_counters = EventCounters(self.scheduler.shaping if self.scheduler is not None else None)
         events.observers.append(self.event_counters.observe)
@@ -312,7 +320,7 @@ class App:
             log.error("reload: routes not changed: %s", exc)
 
     async def _sync_webhooks(self, cfg: Config) -> None:
-        from mtad import webhooks
+        from mtad.events import webhooks
         try:
             await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
         except Exception:  # noqa: BLE001 - keep the previous webhooks
@@ -333,7 +341,7 @@ class App:
         if getattr(self, "webhook_loop", None) is not None:
             await self.webhook_loop.stop()
             await self.webhook_http.close()
-        from mtad import events
+        from mtad.events import record as events
         events.on_webhook_work = lambda: None
         if getattr(self, "event_counters", None) is not None and self.event_counters.observe in events.observers:
             events.observers.remove(self.event_counters.observe)

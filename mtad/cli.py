@@ -10,20 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-from mtad import config as config_mod
-from mtad.config import Config
-from mtad.errors import ConfigError
+from mtad.config import schema as config_mod
+from mtad.config.schema import Config
+from mtad.base.errors import ConfigError
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, dict | None]:
     if getattr(args, "config", None):
         return config_mod.load(args.config), None
-    from mtad.demo import embedded_default
+    from mtad.config.demo import embedded_default
     return embedded_default(getattr(args, "state_dir", None) or "./mtad-state")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mtad import logsetup
+    from mtad.base import logsetup
     from mtad.app import run
     cfg, demo = _load(args)
     logsetup.setup(cfg.log.level, cfg.log.format)
@@ -52,7 +52,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from mtad.passwords import hash_password
+    from mtad.base.passwords import hash_password
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -92,7 +92,7 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    from mtad import spool
+    from mtad.store import queue as spool
     cfg, _ = _load(args)
     with _db(cfg) as conn:
         rows = spool.list_queue(conn, args.limit)
@@ -108,7 +108,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def _rw(cfg: Config) -> sqlite3.Connection:
-    from mtad.store import connect
+    from mtad.store.engine import connect
     if not cfg.store_path.exists():
         raise ConfigError("store.path", f"no store at {cfg.store_path} (has mtad run yet?)")
     return connect(cfg.store_path)
@@ -127,7 +127,7 @@ def _write(args: argparse.Namespace, fn):
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    from mtad import queueadmin
+    from mtad.outbound import queueadmin
     cfg, _ = _load(args)
     with _db(cfg) as conn:
         info = queueadmin.show(conn, args.queue_id)
@@ -139,7 +139,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_action(args: argparse.Namespace) -> int:
-    from mtad import queueadmin
+    from mtad.outbound import queueadmin
     action = args.queue_command
     if action == "flush":
         n = _write(args, lambda c: queueadmin.flush(c, domain=args.domain))
@@ -168,7 +168,7 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     import os
-    from mtad import dkim
+    from mtad.mail import dkim
     cfg, _ = _load(args)
     folder = Path(args.out_dir) if args.out_dir else cfg.state_path / "dkim"
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,11 +190,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
     from mtad.app import config_routes
-    from mtad.router import RouteTable
+    from mtad.inbound.router import RouteTable
     cfg, _ = _load(args)
     routes = config_routes(cfg)
     if cfg.store_path.exists():  # routes created through the API are evaluated too
-        from mtad import routestore
+        from mtad.store import routes as routestore
         with _db(cfg) as conn:
             routes += [stored.route for stored in routestore.load(conn)]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
@@ -227,7 +227,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
-    from mtad import eventquery, webhooks
+    from mtad.events import query as eventquery
+    from mtad.events import webhooks
 
     def when(text: str, name: str) -> float:
         try:

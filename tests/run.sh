@@ -19,4 +19,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml: a wrong import fails the run
 exec .venv/bin/python -m pytest -n 2 -rs "$@"  # -rs: every skip and its reason in the summary

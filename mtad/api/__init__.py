@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from mtad.config import ApiConfig
+from mtad.config.schema import ApiConfig
 
 log = logging.getLogger("mtad.api")
 

@@ -32,10 +32,11 @@ import dns.exception
 import dns.resolver
 from aiohttp import web
 
-from mtad import accounts as accounts_mod, dkim
+from mtad.store import accounts as accounts_mod
+from mtad.mail import dkim
 from mtad.api import ApiContext, context, error
 from mtad.api.formdata import read_post
-from mtad.passwords import hash_password
+from mtad.base.passwords import hash_password
 
 LOCK: web.AppKey[asyncio.Lock] = web.AppKey("domains_lock")
 STATES: web.AppKey[dict] = web.AppKey("domain_states")

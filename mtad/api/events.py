@@ -13,9 +13,9 @@ import time
 
 from aiohttp import web
 
-from mtad import eventquery
+from mtad.events import query as eventquery
 from mtad.api import context, error
-from mtad.eventquery import Page, QueryError
+from mtad.events.query import Page, QueryError
 
 
 def _paging(base: str, domain: str, spec: dict, result: eventquery.Result) -> dict[str, str]:

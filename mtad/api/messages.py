@@ -22,10 +22,12 @@ import urllib.parse
 
 from aiohttp import web
 
-from mtad import compose as compose_mod, headers as headers_mod, spool
+from mtad.mail import compose as compose_mod
+from mtad.mail import headers as headers_mod
+from mtad.store import queue as spool
 from mtad.api import ApiContext, context, error, formdata
-from mtad.ingress import Submission
-from mtad.types import Envelope
+from mtad.ingress.pipeline import Submission
+from mtad.base.types import Envelope
 
 log = logging.getLogger("mtad.api.messages")
 

@@ -21,11 +21,11 @@ import time
 
 from aiohttp import web
 
-from mtad import routestore
+from mtad.store import routes as routestore
 from mtad.api import ApiContext, context, error
 from mtad.api.formdata import read_post
-from mtad.errors import ConfigError, RouteSyntaxError
-from mtad.router import Route, compile_route
+from mtad.base.errors import ConfigError, RouteSyntaxError
+from mtad.inbound.router import Route, compile_route
 
 _STARTED = time.time()  # shown as created_at of config-file routes
 LOCK: web.AppKey[asyncio.Lock] = web.AppKey("routes_lock")

@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from mtad import stats
+from mtad.events import stats
 from mtad.api import context, error
-from mtad.eventquery import QueryError, parse_time, rfc2822
+from mtad.events.query import QueryError, parse_time, rfc2822
 
 
 def _allowed(request: web.Request) -> list[str] | None:

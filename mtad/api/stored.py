@@ -16,11 +16,14 @@ import time
 
 from aiohttp import web
 
-from mtad import compose as compose_mod, headers as headers_mod, spool, storedmsg
+from mtad.mail import compose as compose_mod
+from mtad.mail import headers as headers_mod
+from mtad.store import queue as spool
+from mtad.inbound import store_action as storedmsg
 from mtad.api import context, error
 from mtad.api.formdata import read_post
-from mtad.ingress import Submission
-from mtad.types import Envelope, SendOptions
+from mtad.ingress.pipeline import Submission
+from mtad.base.types import Envelope, SendOptions
 
 NOT_FOUND = "Message not found"
 

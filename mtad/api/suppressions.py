@@ -21,9 +21,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from mtad import spool
+from mtad.store import queue as spool
 from mtad.api import context, error
-from mtad.eventquery import QueryError, parse_time, rfc2822
+from mtad.events.query import QueryError, parse_time, rfc2822
 
 KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 MAX_JSON_ITEMS = 1000

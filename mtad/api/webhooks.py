@@ -13,9 +13,10 @@ import time
 
 from aiohttp import web
 
-from mtad import events, webhooks
+from mtad.events import record as events
+from mtad.events import webhooks
 from mtad.api import context, error
-from mtad.webhooks import WebhookError
+from mtad.events.webhooks import WebhookError
 
 
 def _view(entry: dict) -> dict:

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from mtad import dkim
+from mtad.mail import dkim
 from tests.support.daemon import API_KEY, Mtad, free_port
 from tests.support.dns_server import DnsServer
 

@@ -17,7 +17,7 @@ import aiohttp
 import dkim as dkimpy
 import pytest
 
-from mtad import dkim as dkim_mod
+from mtad.mail import dkim as dkim_mod
 from tests.e2e.apihelpers import MxSink, api, basic_auth, delivering, dkim_domain, txt_lookup
 from tests.e2e.helpers import send as smtp_send, submission
 from tests.support.daemon import _FAST_HASH

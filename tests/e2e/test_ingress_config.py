@@ -16,7 +16,7 @@ import yaml
 
 from tests.e2e.conftest import ingress_only
 from tests.e2e.helpers import MESSAGE, queue_id, send, stored, submission
-from mtad.passwords import hash_password
+from mtad.base.passwords import hash_password
 from tests.support.daemon import PASSWORD, base_config
 
 FAST_HASH = hash_password(PASSWORD, n=2**10)

@@ -12,7 +12,7 @@ import dkim as dkimpy
 import pytest
 import yaml
 
-from mtad import dkim as mtad_dkim
+from mtad.mail import dkim as mtad_dkim
 from tests.e2e.apihelpers import txt_lookup
 from tests.e2e.outbound_support import DEFAULT_SHAPING, serve_domain, write_ca
 from tests.e2e.routes_support import (

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from mtad.api import hash_key
-from mtad.passwords import hash_password
+from mtad.base.passwords import hash_password
 
 PASSWORD = "s3cret-pass"
 API_KEY = "key-test0123456789abcdef0123456789"

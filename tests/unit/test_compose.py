@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from mtad import compose
-from mtad.compose import ComposeError, Upload
+from mtad.mail import compose
+from mtad.mail.compose import ComposeError, Upload
 
 NOW = 1_900_000_000.0
 BASE = [("from", "Sender <me@example.com>"), ("to", "a@x.test"), ("subject", "Hi"), ("text", "Hello")]
@@ -171,7 +171,7 @@ def test_time_zone_localize_becomes_a_delivery_time():
 
 
 def test_utf8_addresses_and_header_spans_match_the_parser():
-    from mtad import headers
+    from mtad.mail import headers
     c = build([("from", "Zoë <me@example.com>"), ("to", "josé@x.test, Ünal <ü@x.test>"), ("subject", "Grüße"),
                ("h:X-Note", "ça va"), ("text", "t")])
     copy = c.copies[0]

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from mtad import config
-from mtad.errors import ConfigError
-from mtad.passwords import hash_password, verify_password
-from mtad.rates import Duration, Rate, Size
+from mtad.config import schema as config
+from mtad.base.errors import ConfigError
+from mtad.base.passwords import hash_password, verify_password
+from mtad.base.rates import Duration, Rate, Size
 
 
 def parse(data):

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from mtad.dataread import DataRefused, clean, read_data
+from mtad.smtp.dataread import DataRefused, clean, read_data
 
 
 async def feed(chunks, max_size=10_000, eof=False):

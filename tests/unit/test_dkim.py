@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mtad import dkim
+from mtad.mail import dkim
 
 # cryptography refuses to generate keys under 1024 bits; this one was made by `openssl genpkey`.
 RSA_512_PEM = b"""-----BEGIN PRIVATE KEY-----

@@ -10,8 +10,8 @@ import dkim as dkimpy
 import nacl  # noqa: F401  # dkimpy verifies Ed25519 with PyNaCl (a test dependency)
 import pytest
 
-from mtad import dkim
-from mtad.dkim_pool import DkimSigner
+from mtad.mail import dkim
+from mtad.outbound.dkim_pool import DkimSigner
 
 RSA = dkim.load_key("example.com", "rsa1", dkim.generate_key("rsa", bits=2048))
 ED = dkim.load_key("example.com", "ed1", dkim.generate_key("ed25519"))
@@ -57,7 +57,7 @@ async def test_refusals_are_value_errors_and_the_worker_stays():
 
 
 async def test_a_killed_worker_loses_nothing_and_is_replaced(monkeypatch):
-    monkeypatch.setattr("mtad.dkim_pool.RESTART_DELAY", 0.05)
+    monkeypatch.setattr("mtad.outbound.dkim_pool.RESTART_DELAY", 0.05)
     signer = DkimSigner(1)
     try:
         assert verifies(await signer.sign(message(0), [RSA]))
@@ -91,7 +91,7 @@ def test_workers_exit_when_the_parent_dies(tmp_path):
     import subprocess
     import sys
     import time
-    from mtad import dkim_pool
+    from mtad.outbound import dkim_pool
     worker = subprocess.Popen([sys.executable, "-c", dkim_pool._WORKER_CODE], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE)
     worker.stdin.close()  # what the kernel does when the parent dies

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from mtad import eventquery
-from mtad.eventquery import Page, QueryError, events_query, events_spec, parse_expression
-from mtad.store import connect, SCHEMA
+from mtad.events import query as eventquery
+from mtad.events.query import Page, QueryError, events_query, events_spec, parse_expression
+from mtad.store.engine import connect, SCHEMA
 
 
 def test_expression_grammar():

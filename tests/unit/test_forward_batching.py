@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-from mtad import quotes, routeform
-from mtad.coalesce import Coalescer
-from mtad.fasthttp import FastPoster
-from mtad.formworker import FormJob, FormWorkers
+from mtad.inbound.form import quotes
+from mtad.inbound.form import build as routeform
+from mtad.base.coalesce import Coalescer
+from mtad.net.fasthttp import FastPoster
+from mtad.inbound.form.worker import FormJob, FormWorkers
 
 MESSAGE = (b"From: A <a@example.com>\r\nTo: b@example.net\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
            b"--x\r\nContent-Type: text/plain\r\n\r\nHello\r\n\r\nOn Mon, Bob wrote:\r\n> old\r\n--x\r\n"

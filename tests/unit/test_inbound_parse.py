@@ -8,7 +8,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from mtad.inbound_parse import parsed_fields, raw_fields
+from mtad.inbound.form.parse import parsed_fields, raw_fields
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4

@@ -2,8 +2,8 @@ import calendar
 
 import pytest
 
-from mtad import options
-from mtad.errors import OptionError
+from mtad.mail import options
+from mtad.base.errors import OptionError
 
 
 def test_every_header_option_parses():

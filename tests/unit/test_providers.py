@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mtad.errors import ConfigError
-from mtad.providers import AutomationRule, ProviderPolicy, ShapingConfig, build, for_destination, load_shaping, \
+from mtad.base.errors import ConfigError
+from mtad.outbound.providers import AutomationRule, ProviderPolicy, ShapingConfig, build, for_destination, load_shaping, \
     match_automation
-from mtad.rates import Duration, Rate
+from mtad.base.rates import Duration, Rate
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "providers.yaml"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtad.errors import PermFailure, TempFailure
-from mtad.resolver import MxHost, MxResult, Resolver
+from mtad.base.errors import PermFailure, TempFailure
+from mtad.net.resolver import MxHost, MxResult, Resolver
 from tests.support.dns_fixture import dns_server  # noqa: F401  (the fixture)
 from tests.support.dns_server import DnsServer
 

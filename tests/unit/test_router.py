@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mtad.errors import RouteSyntaxError
-from mtad.router import (
+from mtad.base.errors import RouteSyntaxError
+from mtad.inbound.router import (
     Action, Filter, Route, RouteTable, compile_route, parse_action, parse_expression,
 )
 

@@ -7,7 +7,7 @@ import hmac
 import re
 import time
 
-from mtad.signing import sign_token, verify
+from mtad.mail.signing import sign_token, verify
 
 
 def seed_verify(api_key, token, timestamp, signature):

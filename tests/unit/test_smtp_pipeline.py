@@ -8,8 +8,8 @@ import asyncio
 import aiosmtplib
 import pytest
 
-from mtad import smtp_pipeline
-from mtad.delivery import Destination, Session
+from mtad.outbound import pipelining as smtp_pipeline
+from mtad.outbound.delivery import Destination, Session
 
 
 class Scripted:

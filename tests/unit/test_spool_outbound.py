@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from mtad import spool
-from mtad.store import SCHEMA
-from mtad.types import Envelope, HeaderSummary, NewMessage, Outcome
+from mtad.store import queue as spool
+from mtad.store.engine import SCHEMA
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome
 
 BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n"
 

@@ -2,9 +2,10 @@
 
 import pytest
 
-from mtad import events, stats
-from mtad.eventquery import QueryError, parse_time
-from mtad.store import SCHEMA, connect
+from mtad.events import record as events
+from mtad.events import stats
+from mtad.events.query import QueryError, parse_time
+from mtad.store.engine import SCHEMA, connect
 
 DAY = 86400
 T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")

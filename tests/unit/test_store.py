@@ -3,10 +3,10 @@ import sqlite3
 
 import pytest
 
-from mtad import spool
-from mtad.errors import StoreError
-from mtad.store import Store
-from mtad.types import Envelope, HeaderSummary, NewMessage, SendOptions
+from mtad.store import queue as spool
+from mtad.base.errors import StoreError
+from mtad.store.engine import Store
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 
 def message(rcpts=("a@x.com", "b@x.com", "c@y.org")):
@@ -99,7 +99,7 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
     assert dict(((r[0], r[1], r[2]), r[4]) for r in got[1]["stats_daily"]) == {
         ("example.com", "", "accepted:outgoing"): 150, ("example.com", "t1", "accepted:outgoing"): 150}
 
-    from mtad.store import SCHEMA, connect  # the same events on a plain connection: counted at once
+    from mtad.store.engine import SCHEMA, connect  # the same events on a plain connection: counted at once
     plain = connect(tmp_path / "plain.sqlite3")
     plain.executescript(SCHEMA)
     for q in ids:
@@ -109,8 +109,9 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
 
 
 async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store):
-    from mtad import events, webhooks
-    from mtad.config import WebhookConfig, WebhooksConfig
+    from mtad.events import record as events
+    from mtad.events import webhooks
+    from mtad.config.schema import WebhookConfig, WebhooksConfig
     await store.write(lambda c: webhooks.sync_config(c, WebhooksConfig(domains={"example.com": {
         "delivered": WebhookConfig(("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"))}}), 1.0))
     seen = []
@@ -134,7 +135,7 @@ async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store)
 
 @pytest.mark.parametrize("n", [0, 1, 3, 511, 1300])
 def test_execute_rows_inserts_every_row_in_order(n):
-    from mtad.store import execute_rows
+    from mtad.store.engine import execute_rows
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a, b)")
     execute_rows(conn, "INSERT INTO t (a, b)", 2, [(i, str(i)) for i in range(n)])

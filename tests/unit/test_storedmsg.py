@@ -6,8 +6,10 @@ import sqlite3
 
 import pytest
 
-from mtad import spool, storedmsg, store as store_mod
-from mtad.types import Envelope, HeaderSummary, NewMessage
+from mtad.store import queue as spool
+from mtad.inbound import store_action as storedmsg
+from mtad.store import engine as store_mod
+from mtad.base.types import Envelope, HeaderSummary, NewMessage
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from mtad.providers import AutomationRule, ProviderPolicy
-from mtad.rates import Duration, Rate
-from mtad.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
+from mtad.outbound.providers import AutomationRule, ProviderPolicy
+from mtad.base.rates import Duration, Rate
+from mtad.outbound.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
 
 
 class FakeClock:

@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from mtad import events, retention, webhooks
-from mtad.config import WebhookConfig, WebhooksConfig
-from mtad.httpclient import HttpResult
-from mtad.store import SCHEMA, connect
+from mtad.events import record as events
+from mtad.events import retention
+from mtad.events import webhooks
+from mtad.config.schema import WebhookConfig, WebhooksConfig
+from mtad.net.httpclient import HttpResult
+from mtad.store.engine import SCHEMA, connect
 
 KEY = "key-signing"
 

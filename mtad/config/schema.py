@@ -1,0 +1,402 @@
+"""mtad's configuration: the YAML schema as frozen dataclasses, its defaults, and loading.
+
+``load(path)`` reads one YAML file strictly (unknown keys and bad values are ``ConfigError``s naming the
+key path); ``embedded_default(state_dir)`` is the configuration used when no file is given. Every
+default lives here, once. docs/configuration.md is the reference for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from mtad.config.load import Secret, build, dump
+from mtad.base.errors import ConfigError
+from mtad.base.rates import Duration, Size
+
+Role = Literal["mx", "submission"]
+TlsMode = Literal["starttls", "implicit", "none"]
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One SMTP listener. ``mx`` takes mail for receiving domains (and authenticated relay after TLS);
+    ``submission`` requires AUTH before MAIL."""
+
+    address: str
+    role: Role
+    tls: TlsMode = "starttls"
+    name: str = ""
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def __post_build__(self, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host != "localhost":
+                raise ConfigError(f"{path}.address", f"expected an IP address, got {host!r}") from None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Certificate and key (PEM). If both are absent a self-signed pair is made in the state folder."""
+
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_build__(self, path: str) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError(path, "cert and key must be given together")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Protocol limits. Defaults follow Postfix where it has an equivalent (named in docs)."""
+
+    max_message_size: Size = Size(25_000_000)  # message_size_limit; Mailgun's 25 MB
+    max_recipients: int = 1000  # smtpd_recipient_limit
+    max_line_length: int = 998  # RFC 5322 2.1.1, for DATA lines (CRLF excluded)
+    max_command_length: int = 2048  # RFC 5321 512 + extension parameters
+    max_header_count: int = 1000
+    max_header_size: Size = Size(1_000_000)  # the whole header block
+    max_mime_depth: int = 20
+    command_timeout: Duration = Duration(300)  # RFC 5321 4.5.3.2.7
+    data_timeout: Duration = Duration(600)  # whole DATA transfer
+    session_lifetime: Duration = Duration(1800)  # whole connection, whatever the client does
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50  # smtpd_client_connection_count_limit
+    max_auth_failures: int = 3  # then 421 and close
+    auth_failure_delay: Duration = Duration(1)  # before answering a failed AUTH (tarpit)
+    max_errors: int = 20  # smtpd_hard_error_limit: bad commands before 421
+    max_inflight_bytes: Size = Size(512_000_000)  # message bytes held in memory, all sessions
+    bare_newline: Literal["normalize", "reject"] = "normalize"  # Postfix smtpd_forbid_bare_newline
+
+    def __post_build__(self, path: str) -> None:
+        for name in ("max_recipients", "max_line_length", "max_connections", "max_connections_per_ip",
+                     "max_header_count", "max_mime_depth", "max_command_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """An SMTP user of a sending domain. The login is ``name@domain``."""
+
+    password_hash: Secret
+    send_as: tuple[str, ...] = ()  # domains this user may send as; empty = its own domain
+
+    def __post_build__(self, path: str) -> None:
+        if not self.password_hash.reveal().startswith("$scrypt$"):
+            raise ConfigError(f"{path}.password_hash", "expected a hash from `mtad passwd` ($scrypt$...)")
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    selector: str
+    key_file: str  # PEM private key (RSA or Ed25519); relative paths are relative to the config file
+
+
+@dataclass(frozen=True)
+class SendingDomainConfig:
+    users: dict[str, UserConfig] = field(default_factory=dict)
+    dkim: tuple[DkimKeyConfig, ...] = ()
+    dkim_sign: bool = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "mtad.sqlite3"  # relative to state_dir
+    max_group: int = 256  # writes committed in one transaction at most
+    event_retention: Duration = Duration(30 * 86400)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """When deferred mail is tried again: the n-th retry waits ``schedule[n-1]`` (the last repeats),
+    until ``max_age`` after acceptance, then it fails permanently (reason ``old``)."""
+
+    schedule: tuple[Duration, ...] = (Duration(300), Duration(600), Duration(1200), Duration(2400),
+                                      Duration(3600), Duration(7200), Duration(14400))
+    max_age: Duration = Duration(5 * 86400)  # Postfix maximal_queue_lifetime
+
+    def __post_build__(self, path: str) -> None:
+        if not self.schedule:
+            raise ConfigError(f"{path}.schedule", "give at least one delay")
+
+    def delay(self, attempt_no: int) -> float:
+        return self.schedule[min(max(attempt_no, 1), len(self.schedule)) - 1].seconds
+
+
+@dataclass(frozen=True)
+class SmarthostConfig:
+    """Send everything through another relay instead of looking up MX records."""
+
+    host: str
+    port: int = 587
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    verify: bool = True
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The outbound stage. Provider shaping lives in ``shaping_file`` (default: the shipped providers.yaml)."""
+
+    enabled: bool = True
+    port: int = 25
+    dns_nameservers: tuple[str, ...] = ()  # empty: the system resolver
+    dns_port: int = 53
+    dns_timeout: Duration = Duration(5)
+    tls_ca_file: str | None = None  # CAs for verifying MX certificates (default: the system's)
+    tls_failure_memory: Duration = Duration(3600)  # plaintext to a host whose TLS broke, this long
+    smarthost: SmarthostConfig | None = None
+    retry: RetryConfig = RetryConfig()
+    shaping_file: str | None = None
+    max_inflight: int = 1000  # deliveries claimed from the store at once
+    poll_interval: Duration = Duration(1)
+    dsn: bool = True  # bounce messages to SMTP senders on permanent failure
+    message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
+    dkim_workers: int = 1  # DKIM signing processes, started on first use; 0: sign in the main process
+
+    def __post_build__(self, path: str) -> None:
+        if not 0 <= self.dkim_workers <= 64:
+            raise ConfigError(f"{path}.dkim_workers", "must be between 0 and 64")
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One route, as in Mailgun's API: ``expression`` filters and ``actions``; lower priority runs first."""
+
+    expression: str
+    actions: tuple[str, ...]
+    id: str = ""
+    priority: int = 0
+    description: str = ""
+
+
+_ROUTE_SCHEDULE = tuple(Duration(s) for s in (600, 600, 900, 1800, 3600, 7200, 14400))
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Inbound routing: the routes, and how forwards to URLs are made."""
+
+    routes: tuple[RouteConfig, ...] = ()
+    retry_schedule: tuple[Duration, ...] = _ROUTE_SCHEDULE  # Mailgun's: about 8 hours in all
+    timeout: Duration = Duration(30)  # one POST, connect to last byte
+    max_concurrent: int = 50  # POSTs in flight, all applications together
+    allowed_networks: tuple[str, ...] = ()  # private/loopback networks URLs may reach (public always may)
+    allow_backtracking_regex: bool = False  # allow patterns RE2 cannot run, with a time budget
+    srs: bool = True  # rewrite the envelope sender of forwards to addresses
+    store_retention: Duration = Duration(3 * 86400)  # how long store() keeps a message (Mailgun: 3 days)
+    form_workers: int = 1  # worker processes that build forward POST bodies (0: in mtad's own process)
+
+    def __post_build__(self, path: str) -> None:
+        for i, net in enumerate(self.allowed_networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{path}.allowed_networks[{i}]", f"expected a network like 10.0.0.0/8, got {net!r}") from None
+        if not self.retry_schedule:
+            raise ConfigError(f"{path}.retry_schedule", "give at least one delay")
+        if not 0 <= self.form_workers <= 64:
+            raise ConfigError(f"{path}.form_workers", "expected 0 to 64")
+        from mtad.base.errors import RouteSyntaxError
+        from mtad.inbound.router import Route, compile_route
+        for i, r in enumerate(self.routes):  # the parser the daemon uses, so check-config and start agree
+            try:
+                compile_route(Route(r.id, r.priority, r.description, r.expression, tuple(r.actions)),
+                              allow_backtracking=self.allow_backtracking_regex)
+            except RouteSyntaxError as exc:
+                raise ConfigError(f"{path}.routes[{i}]", str(exc)) from None
+
+
+WEBHOOK_IDS = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained", "permanent_fail",
+               "temporary_fail")
+# The seed manual's schedule: retried seven times, three times every 10 minutes, then four times every 30.
+_WEBHOOK_SCHEDULE = tuple(Duration(s) for s in (600, 600, 600, 1800, 1800, 1800, 1800))
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook of a domain: up to 3 URLs, all POSTed in one format (``json``, or Mailgun's legacy form)."""
+
+    urls: tuple[str, ...]
+    format: Literal["json", "legacy"] = "json"
+
+    def __post_build__(self, path: str) -> None:
+        from mtad.net.httpclient import check_url
+        if not 1 <= len(self.urls) <= 3:
+            raise ConfigError(f"{path}.urls", "give one to three URLs")
+        for i, url in enumerate(self.urls):
+            problem = check_url(url)
+            if problem:
+                raise ConfigError(f"{path}.urls[{i}]", problem)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Event webhooks: per-domain URLs from the config (more by API), and how they are POSTed and retried."""
+
+    domains: dict[str, dict[str, WebhookConfig]] = field(default_factory=dict)  # domain -> webhook id -> urls
+    retry_schedule: tuple[Duration, ...] = _WEBHOOK_SCHEDULE  # delays after each failed attempt
+    timeout: Duration = Duration(10)  # one POST, connect to last byte
+    max_concurrent: int = 100  # POSTs in flight, all receivers together
+    max_per_url: int = 4  # POSTs in flight to one URL: a slow receiver holds this many slots at most
+
+    def __post_build__(self, path: str) -> None:
+        for domain, hooks in self.domains.items():
+            for hook_id in hooks:
+                if hook_id not in WEBHOOK_IDS:
+                    raise ConfigError(f"{path}.domains.{domain}.{hook_id}",
+                                      f"unknown webhook id (known: {', '.join(WEBHOOK_IDS)})")
+        if self.max_concurrent < 1 or self.max_per_url < 1:
+            raise ConfigError(path, "max_concurrent and max_per_url must be at least 1")
+
+
+@dataclass(frozen=True)
+class ApiKeyConfig:
+    """An HTTP API key, stored as ``sha256:<hex>`` of the key (``mtad apikey`` makes one)."""
+
+    key_hash: Secret
+    domains: tuple[str, ...] = ()  # empty: every domain
+    description: str = ""
+
+    def __post_build__(self, path: str) -> None:
+        value = self.key_hash.reveal()
+        if not value.startswith("sha256:") or len(value) != 71:
+            raise ConfigError(f"{path}.key_hash", "expected sha256:<64 hex digits> (from `mtad apikey`)")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The Mailgun-compatible HTTP API (one aiohttp server)."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1:2580"
+    tls: bool = False  # serve HTTPS with the tls certificate
+    keys: tuple[ApiKeyConfig, ...] = ()  # none: a key is made in the state folder and printed at start
+    max_body_size: Size = Size(30_000_000)  # 25 MB messages plus form overhead
+    max_auth_failures: int = 10  # per client address per minute, then 429
+    public_url: str = ""  # base URL used in paging links and message URLs (default: http(s)://address)
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def __post_build__(self, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+def _default_listeners() -> tuple[ListenerConfig, ...]:
+    return (
+        ListenerConfig("127.0.0.1:2525", "mx", "starttls", "mx"),
+        ListenerConfig("127.0.0.1:2587", "submission", "starttls", "submission"),
+        ListenerConfig("127.0.0.1:2465", "submission", "implicit", "submissions"),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = field(default_factory=socket.getfqdn)
+    state_dir: str = "./mtad-state"
+    listeners: tuple[ListenerConfig, ...] = field(default_factory=_default_listeners)
+    tls: TlsConfig = TlsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    sending_domains: dict[str, SendingDomainConfig] = field(default_factory=dict)
+    receiving_domains: tuple[str, ...] = ()
+    store: StoreConfig = StoreConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    routing: RoutingConfig = RoutingConfig()
+    api: ApiConfig = ApiConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
+    log: LogConfig = LogConfig()
+    base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
+
+    def __post_build__(self, path: str) -> None:
+        seen: set[str] = set()
+        for i, listener in enumerate(self.listeners):
+            if listener.address in seen:
+                raise ConfigError(f"listeners[{i}].address", f"{listener.address} is used twice")
+            seen.add(listener.address)
+        for domain, cfg in self.sending_domains.items():
+            if domain != domain.lower() or "@" in domain:
+                raise ConfigError(f"sending_domains.{domain}", "domain names must be lower case, without @")
+            for user in cfg.users:
+                if "@" in user:
+                    raise ConfigError(f"sending_domains.{domain}.users.{user}",
+                                      "give the local part only; the login is local@domain")
+
+    # --- derived views -------------------------------------------------------------------------
+    def path(self, relative: str) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def store_path(self) -> Path:
+        p = Path(self.store.path)
+        return p if p.is_absolute() else self.state_path / p
+
+    def users(self) -> dict[str, tuple[UserConfig, str]]:
+        """login -> (user, its own domain)."""
+        return {f"{name}@{domain}": (user, domain)
+                for domain, cfg in self.sending_domains.items() for name, user in cfg.users.items()}
+
+
+def parse(data: object, base_dir: Path) -> Config:
+    cfg = build(Config, data, "", base_dir)
+    return dataclasses.replace(cfg, base_dir=str(base_dir))
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file; relative paths inside it are relative to its folder."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{file} is not valid YAML: {exc}") from None
+    return parse(data, file.resolve().parent)
+
+
+def effective(cfg: Config) -> str:
+    """The effective configuration as YAML, secrets masked (``mtad check-config``)."""
+    return yaml.safe_dump(dump(cfg), sort_keys=False, default_flow_style=False)

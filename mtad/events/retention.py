@@ -1,0 +1,62 @@
+"""Event retention: events older than ``store.event_retention`` are deleted, a little at a time.
+
+A background task wakes every ``interval`` (a tenth of the retention, between 1 s and 5 minutes) and
+deletes old events in batches of ``batch`` rows, each batch its own short write transaction with a
+pause between batches, so pruning millions of rows never holds the writer for long: ingress commits
+and deliveries interleave with it. Finished webhook rows older than the retention go the same way.
+Stats counters are not pruned (they are small and are what long-range stats queries read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from mtad.store.engine import Store
+
+log = logging.getLogger("mtad.retention")
+
+
+def prune_batch(conn, cutoff: float, limit: int) -> int:
+    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows."""
+    deleted = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?"
+                           " ORDER BY timestamp LIMIT ?)", (cutoff, limit)).rowcount
+    deleted += conn.execute("DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+                            " WHERE state IN ('done', 'failed') AND updated_at < ? LIMIT ?)", (cutoff, limit)).rowcount
+    return deleted
+
+
+class Pruner:
+    def __init__(self, store: Store, retention: float, *, batch: int = 500, pause: float = 0.01,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.retention = retention
+        self.batch = batch
+        self.pause = pause
+        self.clock = clock
+        self.interval = min(300.0, max(1.0, retention / 10))
+        self.pruned = 0
+
+    async def prune_once(self) -> int:
+        cutoff = self.clock() - self.retention
+        total = 0
+        while True:
+            n = await self.store.write(lambda c: prune_batch(c, cutoff, self.batch))
+            total += n
+            if n < self.batch:
+                break
+            await asyncio.sleep(self.pause)  # let other writers in between batches
+        self.pruned += total
+        if total:
+            log.info("pruned %d events and webhook rows older than %ds", total, int(self.retention))
+        return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.prune_once()
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("event pruning failed")
+            await asyncio.sleep(self.interval)

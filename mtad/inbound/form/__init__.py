@@ -1,0 +1,1 @@
+"""mtad.inbound.form."""

@@ -1,0 +1,108 @@
+"""Inbound routing at acceptance: which recipients are kept, and the work each one creates.
+
+``Routing`` holds the compiled route table (config routes and API routes together, swapped as a
+whole when routes change) and answers ingress: ``would_handle`` at RCPT time, ``forwards_for`` at the
+end of DATA. Forward URLs become HTTP work rows, forward addresses become outbound deliveries with an
+SRS envelope sender, store() becomes a stored-message row. Bounces to our SRS addresses are accepted
+and returned to the original sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Iterable
+
+from mtad.mail import headers as headers_mod
+from mtad.mail import srs
+from mtad.inbound.router import Route, RouteTable
+from mtad.store.queue import ForwardRow
+
+log = logging.getLogger("mtad.inbound")
+
+
+def is_url(destination: str) -> bool:
+    return destination.lower().startswith(("http://", "https://"))
+
+
+class Routing:
+    """The ``InboundRouter`` of ingress."""
+
+    def __init__(self, routes: Iterable[Route], *, srs_key: bytes, use_srs: bool = True,
+                 allow_backtracking: bool = False):
+        self.srs_key = srs_key
+        self.use_srs = use_srs
+        self.allow_backtracking = allow_backtracking
+        self.config_routes: list[Route] = list(routes)
+        self.api_routes: list[Route] = []
+        self.table = RouteTable(self.config_routes, allow_backtracking=allow_backtracking)
+
+    def build(self, config_routes: Iterable[Route], api_routes: Iterable[Route]) -> RouteTable:
+        """A table of the config file's routes then the API's (raises RouteSyntaxError/ConfigError)."""
+        return RouteTable([*config_routes, *api_routes], allow_backtracking=self.allow_backtracking)
+
+    def replace(self, routes: Iterable[Route]) -> None:
+        """Swap in new config-file routes (reload); the API's routes stay."""
+        routes = list(routes)
+        self.table = self.build(routes, self.api_routes)
+        self.config_routes = routes
+
+    def replace_api(self, routes: Iterable[Route]) -> None:
+        """Swap in the API's routes (changes take effect without a restart); config routes stay."""
+        routes = list(routes)
+        self.table = self.build(self.config_routes, routes)
+        self.api_routes = routes
+
+    async def replace_async(self, routes: Iterable[Route]) -> None:
+        """``replace`` built in a thread (a reload must not stall sessions); API routes current at the swap."""
+        routes = list(routes)
+        while True:
+            api_routes = self.api_routes
+            table = await asyncio.to_thread(self.build, routes, api_routes)
+            if self.api_routes is api_routes:
+                break
+        self.table = table
+        self.config_routes = routes
+
+    async def replace_api_async(self, routes: Iterable[Route]) -> None:
+        """``replace_api`` for callers on the event loop: the table is built in a thread (10,000 routes
+        take seconds), then swapped in on the loop. Callers serialise their changes (the API's lock); a
+        config reload that lands meanwhile is honoured by building again with its routes."""
+        routes = list(routes)
+        while True:
+            config_routes = self.config_routes
+            table = await asyncio.to_thread(self.build, config_routes, routes)
+            if self.config_routes is config_routes:
+                break
+        self.table = table
+        self.api_routes = routes
+
+    def would_handle(self, recipient: str) -> bool:
+        if srs.reverse(recipient, self.srs_key) is not None:
+            return True
+        return self.table.would_handle(recipient)
+
+    def forwards_for(self, recipient: str, fields: list[headers_mod.HeaderField], sender: str) -> list[ForwardRow]:
+        original = srs.reverse(recipient, self.srs_key)
+        if original is not None:  # a bounce of one of our forwards: back to whoever sent the original
+            return [ForwardRow(recipient, "", "address", original, sender="")]
+        # Decoded only if a route has match_header (RouteTable takes a callable): most tables have none.
+        pairs = lambda: [(f.name, headers_mod.decode(f.value)) for f in fields]  # noqa: E731
+        rows: list[ForwardRow] = []
+        domain = recipient.rpartition("@")[2]
+        for match in self.table.evaluate(recipient, pairs):
+            for problem in match.problems:
+                log.warning("route %s: %s", match.route.id, problem)
+            for action in match.actions:
+                if action.kind == "forward":
+                    for dest in action.destinations:
+                        if is_url(dest):
+                            rows.append(ForwardRow(recipient, match.route.id, "http", dest))
+                        else:
+                            envelope_sender = srs.forward_address(sender, domain, self.srs_key, time.time()) \
+                                if self.use_srs else sender
+                            rows.append(ForwardRow(recipient, match.route.id, "address", dest, envelope_sender))
+                elif action.kind == "store":
+                    rows.append(ForwardRow(recipient, match.route.id, "store", action.notify or ""))
+        return rows

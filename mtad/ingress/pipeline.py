@@ -1,0 +1,268 @@
+"""Ingress policy: who may relay, what is accepted, and the commit that earns a 250.
+
+The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of DATA. Rules:
+- submission listeners require AUTH before MAIL; an authenticated user may use only its domains;
+- the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
+  denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
+- authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
+- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from mtad.events import record as events
+from mtad.mail import headers
+from mtad.mail import options as options_mod
+from mtad.store import queue as spool
+from mtad.config.schema import LimitsConfig
+from mtad.smtp.dataread import DataRefused, clean
+from mtad.ingress.directory import Directory
+from mtad.base.errors import OptionError, StoreError
+from mtad.base.passwords import VerifiedCache, verify_password
+from mtad.smtp.server import SessionInfo, Transaction
+from mtad.store.engine import Store
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
+
+log = logging.getLogger("mtad.ingress")
+
+
+class InboundRouter(Protocol):
+    """What ingress needs from the router (routes issue): RCPT-time decision and forward rows."""
+
+    def would_handle(self, recipient: str) -> bool: ...
+    def forwards_for(self, recipient: str, fields: list[headers.HeaderField], sender: str) -> list[spool.ForwardRow]: ...
+
+
+class AcceptAll:
+    """Router stand-in when no routes are configured: every recipient of a receiving domain is kept."""
+
+    def would_handle(self, recipient: str) -> bool:
+        return True
+
+    def forwards_for(self, recipient: str, fields: list[headers.HeaderField], sender: str) -> list[spool.ForwardRow]:
+        return []
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One message for ``Ingress.commit_many``: what ``commit`` takes, as a record."""
+
+    envelope: Envelope
+    content: bytes
+    fields: list[headers.HeaderField]
+    summary: HeaderSummary
+    opts: SendOptions
+    queue_id: str
+    domain: str | None = None
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    refused: int = 0
+    store_failures: int = 0
+
+
+class Ingress:
+    """The ``Policy`` of smtpserver.MtadSMTP, and the one path from bytes to a committed message."""
+
+    def __init__(self, *, hostname: str, limits: LimitsConfig, directory: Directory, store: Store,
+                 router: InboundRouter | None = None, clock: Callable[[], float] = time.time):
+        self.hostname = hostname
+        self.limits = limits
+        self.directory = directory
+        self.store = store
+        self.router: InboundRouter = router or AcceptAll()
+        self.clock = clock
+        self.verified = VerifiedCache()
+        self.inflight_bytes = 0
+        self.counters = Counters()
+        self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
+
+    def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
+        self.limits = limits
+        self.directory = directory
+
+    # --- AUTH / MAIL / RCPT ----------------------------------------------------------------------
+    async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None:
+        user = self.directory.user(login)
+        if user is None:
+            log.info("auth failed: unknown user %r from %s", login[:100], session.client_ip)
+            return None
+        if not self.verified.known(user.login, password, user.password_hash):
+            ok = await asyncio.to_thread(verify_password, password, user.password_hash)
+            if not ok:
+                log.info("auth failed: bad password for %s from %s", user.login, session.client_ip)
+                return None
+            self.verified.remember(user.login, password, user.password_hash)
+        return user.login
+
+    def check_mail(self, session: SessionInfo, sender: str) -> str | None:
+        if session.auth_user is None:
+            if session.listener is not None and session.listener.role == "submission":
+                return "530 5.7.0 Authentication required"
+            return None
+        if not self.directory.may_send_as(session.auth_user, sender):
+            return f"550 5.7.1 Sender address <{sender}> is not allowed for user {session.auth_user}"
+        return None
+
+    def check_rcpt(self, session: SessionInfo, tx: Transaction, recipient: str) -> str | None:
+        domain = recipient.rpartition("@")[2]
+        if self.directory.receives(domain):
+            if not self.router.would_handle(recipient):
+                return f"550 5.1.1 <{recipient}>: Recipient address rejected: no route for this address"
+            return None
+        if session.auth_user is None:
+            return f"554 5.7.1 <{recipient}>: Relay access denied"
+        return None
+
+    # --- DATA ------------------------------------------------------------------------------------
+    async def accept(self, session: SessionInfo, tx: Transaction, content: bytes) -> str:
+        limits = self.limits
+        try:
+            if len(content) > 1_000_000:
+                content = await asyncio.to_thread(clean, content, bare_newline=limits.bare_newline,
+                                                  max_line_length=limits.max_line_length)
+            else:
+                content = clean(content, bare_newline=limits.bare_newline, max_line_length=limits.max_line_length)
+            fields, _ = headers.parse_block(content, limits.max_header_count, int(limits.max_header_size))
+            if headers.mime_depth_exceeds(content, limits.max_mime_depth):
+                raise DataRefused(f"554 5.6.0 Message refused: MIME nesting deeper than {limits.max_mime_depth}")
+        except DataRefused as exc:
+            log.info("refused from %s: %s", session.client_ip, exc.reply)
+            return await self._refuse(session, tx, exc.reply)
+        except headers.HeaderError as exc:
+            return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}")
+        outbound = session.auth_user is not None
+        opts = SendOptions()
+        if outbound:
+            mailgun = [f for f in fields if f.name.lower().startswith("x-mailgun-")]
+            try:
+                opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun)
+            except OptionError as exc:
+                return await self._refuse(session, tx, f"550 5.7.1 Invalid {exc.option} header: {exc.problem}",
+                                          fields)
+            content = headers.remove(content, mailgun)
+            if opts.unknown:
+                log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+        queue_id = spool.new_queue_id()
+        now = self.clock()
+        summary = headers.summary(fields)
+        content = self._add_trace(session, tx, content, fields, queue_id, now, outbound)
+        if not summary.message_id and outbound:
+            summary = HeaderSummary(headers.make_message_id(self.hostname, queue_id).strip("<>"),
+                                    summary.from_, summary.to, summary.subject)
+        envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
+                            client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
+                            transport="smtp", listener=session.listener.name if session.listener else "")
+        return await self.commit(envelope, content, fields, summary, opts, queue_id, now)
+
+    async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
+                      fields: list[headers.HeaderField] | None = None) -> str:
+        """Count a refused message and, for an authenticated sender, record Mailgun's ``rejected`` event."""
+        self.counters.refused += 1
+        if session.auth_user is None:
+            return reply  # unauthenticated refusals are the sender's business, not a domain's log
+        envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
+                            auth_user=session.auth_user, tls=session.tls)
+        summary = headers.summary(fields) if fields else HeaderSummary()
+        domain = self._sending_domain(envelope)
+        code, _, text = reply.partition(" ")
+        rejected = [events.base_event(
+            "rejected", timestamp=self.clock(), recipient=rcpt, queue_id="",
+            message=events.message_part(summary.to_json(), 0), options={},
+            envelope={"sender": envelope.sender, "targets": rcpt, "transport": "smtp", "sending-ip": session.client_ip},
+            flags={"is-authenticated": True, "is-test-mode": False},
+            extra={"reject": {"reason": text, "description": reply}, "method": "smtp"}) for rcpt in tx.recipients]
+
+        def write(conn) -> None:
+            for event in rejected:
+                events.record(conn, domain, event)
+        try:
+            await self.store.write(write)
+        except Exception:  # noqa: BLE001 - the refusal stands; the event is best effort
+            log.exception("could not record rejected events")
+        return reply
+
+    async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
+                     summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
+                     domain: str | None = None) -> str:
+        """Store the message and its work rows durably; the SMTP reply to give.
+
+        ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
+        otherwise it comes from the envelope sender and the authenticated user.
+        """
+        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now)
+
+    async def commit_many(self, items: "list[Submission]", now: float) -> str:
+        """Commit several messages in one transaction, all or none (an API batch send); one reply."""
+        planned = [(item.queue_id, self._plan(item)) for item in items]
+        size = sum(len(item.content) for item in items)
+        if self.inflight_bytes + size > int(self.limits.max_inflight_bytes):
+            return "452 4.3.1 Insufficient system resources, try again later"
+        self.inflight_bytes += size
+
+        def write(conn) -> None:
+            for queue_id, (msg, forwards, deliver_to) in planned:
+                spool.enqueue(conn, queue_id, msg, now, forwards, deliver_to)
+        try:
+            await self.store.write(write)
+        except StoreError as exc:
+            self.counters.store_failures += 1
+            log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
+            return "452 4.3.1 Insufficient system storage, try again later"
+        finally:
+            self.inflight_bytes -= size
+        self.counters.accepted += len(items)
+        if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
+            self.on_commit()  # wake the scheduler and forwarders only when there is work for them
+        for queue_id, (msg, _, _) in planned:
+            envelope = msg.envelope
+            log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s%s",
+                     queue_id, envelope.sender, len(envelope.recipients), len(msg.body), envelope.client_ip,
+                     envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
+                     "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
+        return f"250 2.0.0 Ok: queued as {items[0].queue_id}"
+
+    def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
+        """The message to store, its route forwards and the recipients the outbound stage delivers."""
+        envelope = item.envelope
+        outbound = envelope.auth_user is not None or envelope.transport == "http"
+        inbound_rcpts = [r for r in envelope.recipients if self.directory.receives(r.rpartition("@")[2])]
+        forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, item.fields, envelope.sender)]
+        deliver_to = [r for r in envelope.recipients if r not in inbound_rcpts]
+        if outbound:
+            domain = item.domain or self._sending_domain(envelope)
+        else:
+            domain = inbound_rcpts[0].rpartition("@")[2] if inbound_rcpts else ""
+        msg = NewMessage(envelope=envelope, body=item.content, direction="outbound" if outbound else "inbound",
+                         domain=domain, headers=item.summary, options=item.opts)
+        return msg, forwards, deliver_to
+
+    def _sending_domain(self, envelope: Envelope) -> str:
+        sender_domain = envelope.sender.rpartition("@")[2].lower()
+        user = self.directory.user(envelope.auth_user) if envelope.auth_user else None
+        if user is None or sender_domain in user.send_as:
+            return sender_domain
+        return user.domain
+
+    def _add_trace(self, session: SessionInfo, tx: Transaction, content: bytes,
+                   fields: list[headers.HeaderField], queue_id: str, now: float, outbound: bool) -> bytes:
+        protocol = ("ESMTP" if session.extended_smtp else "SMTP") + ("S" if session.tls else "") + \
+            ("A" if session.auth_user else "")
+        rcpt = tx.recipients[0] if len(tx.recipients) == 1 else None
+        added = headers.received(self.hostname, session.host_name or "", session.client_ip, protocol,
+                                 queue_id, rcpt, now)
+        if outbound:
+            import email.utils
+            if headers.first(fields, "Message-ID") is None:
+                added += f"Message-ID: {headers.make_message_id(self.hostname, queue_id)}\r\n".encode()
+            if headers.first(fields, "Date") is None:
+                added += f"Date: {email.utils.formatdate(now)}\r\n".encode()
+        return added + content

@@ -1,0 +1,655 @@
+"""Messages built from Mailgun API fields: ``POST /v3/{domain}/messages`` and ``/messages.mime``.
+
+``compose(fields, uploads, ...)`` turns the form of a send request into the copies to commit:
+- ``from``, ``to``, ``cc``, ``bcc`` (repeatable or comma-separated), ``subject``, ``text``, ``html``,
+  ``amp-html``, ``attachment`` and ``inline`` files, ``h:Name`` headers, ``v:name`` user variables and
+  ``o:name`` options;
+- without ``recipient-variables``: one copy to every recipient (Bcc never appears in a header);
+- with ``recipient-variables`` (batch sending): one copy per ``to`` recipient, its To header naming
+  only that recipient, with ``%recipient.KEY%`` replaced in the subject, bodies, ``h:`` and ``v:``
+  values (a key the recipient lacks becomes empty). ``cc`` and ``bcc`` get every copy, as Mailgun does.
+``from_mime(raw, ...)`` does the same for a message the client built itself.
+
+Options go through ``options.parse``, the one parser SMTP's ``X-Mailgun-*`` headers use: ``o:`` fields
+and ``h:X-Mailgun-*`` headers (or, in a MIME upload, the message's ``X-Mailgun-*`` headers, which are
+removed) become the same ``SendOptions``.
+
+Safety: Python's e-mail generator does not guard against header injection, so this module writes
+headers itself and refuses any value bound for a header that holds CR, LF or NUL (also after
+recipient-variable substitution) with a ``ComposeError`` naming the field. At most 1,000 recipients;
+the finished message must fit ``max_size`` (25 MB by default). Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import email.header
+import email.utils
+import json
+import mimetypes
+import random
+import re
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from mtad.mail import headers as headers_mod
+from mtad.mail import options as options_mod
+from mtad.base.errors import OptionError
+from mtad.base.types import HeaderSummary, SendOptions
+
+MAX_RECIPIENTS = 1000
+MAX_LINE = 998
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9._\-\[\]:]+")
+_VARIABLE = re.compile(r"%recipient\.([^%\s]+)%")
+_TZL = re.compile(r"^(\d{1,2}):(\d{2})\s*([ap]m)?$", re.I)
+_STO = re.compile(r"^(\d+)h?$", re.I)
+# Headers mtad writes for the MIME structure: h: may not replace them.
+_STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version"}
+_ADDRESS_HEADERS = {"from", "to", "cc", "reply-to", "sender", "bcc"}
+# o: fields options.py does not know, handled here (or accepted and ignored, see api docs).
+_SCHEDULING = {"o:deliverytime-optimize-period", "o:time-zone-localize"}
+
+
+class ComposeError(ValueError):
+    """A field of the request is missing or malformed; ``field`` names it for the 400 answer."""
+
+    def __init__(self, field_name: str, problem: str):
+        self.field = field_name
+        self.problem = problem
+        super().__init__(f"'{field_name}' {problem}")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file of the request: ``kind`` is ``attachment`` or ``inline``."""
+
+    kind: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One message to commit: its envelope recipients, final bytes (CRLF) and options."""
+
+    recipients: tuple[str, ...]
+    content: bytes
+    options: SendOptions
+    fields: tuple[headers_mod.HeaderField, ...]  # the header block as headers.parse_block would give it
+    summary: HeaderSummary
+
+
+@dataclass(frozen=True)
+class Composed:
+    message_id: str  # without angle brackets; the API answers it as "<id>"
+    sender: str  # envelope sender
+    copies: tuple[Copy, ...]
+    ignored: tuple[str, ...] = ()  # o: fields accepted but without effect
+
+
+@dataclass
+class _Form:
+    """The request's text fields, grouped."""
+
+    single: dict[str, str] = field(default_factory=dict)
+    multi: dict[str, list[str]] = field(default_factory=dict)
+    headers: list[tuple[str, str]] = field(default_factory=list)  # h: in order
+    user_variables: list[tuple[str, str]] = field(default_factory=list)  # v: in order
+    option_fields: list[tuple[str, str]] = field(default_factory=list)  # o: in order
+
+
+_REPEATABLE = {"to", "cc", "bcc"}
+
+
+def _group(fields: Iterable[tuple[str, str]]) -> _Form:
+    form = _Form()
+    for name, value in fields:
+        if name.startswith("h:"):
+            form.headers.append((name[2:], value))
+        elif name.startswith("v:"):
+            form.user_variables.append((name, value))
+        elif name.startswith("o:"):
+            form.option_fields.append((name, value))
+        elif name in _REPEATABLE:
+            form.multi.setdefault(name, []).append(value)
+        else:
+            form.single.setdefault(name, value)
+    return form
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+def check_header_value(field_name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ComposeError(field_name, "contains a line break (CR or LF) or NUL, which is not allowed in a header")
+
+
+_SIMPLE_LIST = re.compile(r'[^"()\\;:\[\]]*')  # no quoting, comments or groups: commas split the list
+_SIMPLE_ITEM = re.compile(r"\s*(?:([^<>]*?)\s*<([^<>\s]*)>|([^<>\s]+))\s*")
+
+
+def _split_addresses(value: str) -> list[tuple[str, str]]:
+    """getaddresses(), with a fast path for the usual ``a@b, Name <c@d>`` lists (it is costly per message)."""
+    if _SIMPLE_LIST.fullmatch(value):
+        pairs = []
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            m = _SIMPLE_ITEM.fullmatch(item)
+            if m is None:
+                break
+            pairs.append((m.group(1) or "", m.group(2) if m.group(2) is not None else m.group(3)))
+        else:
+            return pairs
+    return email.utils.getaddresses([value])
+
+
+def parse_addresses(field_name: str, values: Sequence[str]) -> list[tuple[str, str]]:
+    """``(display spec, addr-spec)`` pairs of comma-separated address lists; refuses malformed ones."""
+    result: list[tuple[str, str]] = []
+    for value in values:
+        check_header_value(field_name, value)
+        for name, addr in _split_addresses(value):
+            if not name and not addr:
+                continue
+            addr = addr.strip()
+            if not _ADDRESS.fullmatch(addr) or len(addr) > 254:
+                shown = (addr or name)[:100]
+                raise ComposeError(field_name, f"parameter is not a valid address: {shown!r}")
+            result.append((name.strip(), addr))
+    return result
+
+
+# --- header writing --------------------------------------------------------------------------------
+
+def _is_ascii(text: str) -> bool:
+    return text.isascii()
+
+
+def _format_address(name: str, addr: str) -> str:
+    if not name:
+        return addr
+    if _is_ascii(name):
+        return email.utils.formataddr((name, addr))
+    return f"{email.header.Header(name, 'utf-8').encode()} <{addr}>"
+
+
+def _fold(name: str, value: str) -> str:
+    """``Name: value`` CRLF, RFC 2047-encoded when not ASCII, folded so no line passes 998 octets."""
+    if not _is_ascii(value):
+        encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n"
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return line + "\r\n"
+    out, current = [], f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > 78 and current.strip() and current != f"{name}:":
+            out.append(current)
+            current = " " + word
+        else:
+            current += " " + word
+    out.append(current)
+    if any(len(piece) > MAX_LINE for piece in out):
+        raise ComposeError(f"h:{name}", "is too long to fit in a header line")
+    return "\r\n".join(out) + "\r\n"
+
+
+def _address_header(name: str, pairs: list[tuple[str, str]]) -> str:
+    specs = [_format_address(n, a) for n, a in pairs]
+    return f"{name}: " + ",\r\n ".join(specs) + "\r\n"
+
+
+# --- bodies ----------------------------------------------------------------------------------------
+
+def _normalize_text(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _text_part(text: str, subtype: str) -> bytes:
+    body = _normalize_text(text)
+    raw = body.encode("utf-8")
+    if body.isascii() and all(len(line) <= MAX_LINE for line in body.split("\n")):
+        encoded = raw.replace(b"\n", b"\r\n")
+        cte = "7bit"
+    else:
+        encoded = binascii.b2a_qp(raw, istext=True).replace(b"\n", b"\r\n")
+        cte = "quoted-printable"
+    head = (f"Content-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+            f"Content-Transfer-Encoding: {cte}\r\n\r\n").encode()
+    return head + encoded
+
+
+def _param(name: str, value: str) -> str:
+    """A MIME parameter; RFC 2231 for non-ASCII values."""
+    if value.isascii():
+        return f'{name}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+    return f"{name}*=utf-8''{urllib.parse.quote(value, safe='')}"
+
+
+def _file_part(upload: Upload) -> bytes:
+    given = (upload.content_type or "").split(";")[0].strip()
+    if not given or given == "application/octet-stream":
+        given = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
+    ctype = given if re.fullmatch(r"[\w.+-]+/[\w.+-]+", given) else "application/octet-stream"
+    lines = [f"Content-Type: {ctype}; {_param('name', upload.filename)}",
+             f"Content-Disposition: {upload.kind}; {_param('filename', upload.filename)}",
+             "Content-Transfer-Encoding: base64"]
+    if upload.kind == "inline":
+        lines.append(f"Content-ID: <{upload.filename}>")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + _base64(upload.data)
+
+
+def _base64(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _boundary() -> str:
+    return "=_mtad_" + secrets.token_hex(12)
+
+
+def _multipart(subtype: str, parts: list[bytes]) -> bytes:
+    boundary = _boundary()
+    out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()]
+    for part in parts:
+        out.append(f"--{boundary}\r\n".encode())
+        out.append(part)
+        out.append(b"\r\n")  # the CRLF before a delimiter belongs to it (RFC 2046 5.1.1), not to the part
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)
+
+
+def _body(text: str | None, html: str | None, amp: str | None, inline: list[bytes],
+          attachments: list[bytes]) -> bytes:
+    """The MIME entity (its Content-* headers, blank line, content): mixed > related > alternative."""
+    alternatives = []
+    if text is not None:
+        alternatives.append(_text_part(text, "plain"))
+    if amp is not None:
+        alternatives.append(_text_part(amp, "x-amp-html"))
+    if html is not None:
+        alternatives.append(_text_part(html, "html"))
+    entity = alternatives[0] if len(alternatives) == 1 else _multipart("alternative", alternatives)
+    if inline:
+        entity = _multipart("related", [entity, *inline])
+    if attachments:
+        entity = _multipart("mixed", [entity, *attachments])
+    return entity if entity.endswith(b"\r\n") else entity + b"\r\n"
+
+
+# --- substitution ----------------------------------------------------------------------------------
+
+def _substitute(text: str, variables: dict[str, Any] | None) -> str:
+    if variables is None or "%recipient." not in text:
+        return text
+
+    def value(m: re.Match[str]) -> str:
+        v = variables.get(m.group(1), "")
+        if isinstance(v, str):
+            return v
+        return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return _VARIABLE.sub(value, text)
+
+
+# --- options ---------------------------------------------------------------------------------------
+
+def _scheduling(name: str, value: str, now: float) -> tuple[str, str, str] | None:
+    """``o:time-zone-localize`` becomes a delivery time; ``o:deliverytime-optimize-period`` is checked."""
+    v = value.strip()
+    if name == "o:time-zone-localize":
+        m = _TZL.match(v)
+        if not m:
+            raise ComposeError(name, "expected a time like 14:00 or 2:00PM")
+        hour, minute, half = int(m.group(1)), int(m.group(2)), (m.group(3) or "").lower()
+        if half:
+            if not 1 <= hour <= 12:
+                raise ComposeError(name, "hour must be 1-12 with AM/PM")
+            hour = hour % 12 + (12 if half == "pm" else 0)
+        if hour > 23 or minute > 59:
+            raise ComposeError(name, "not a valid time of day")
+        # The recipient's time zone is unknown to mtad: the time is taken in UTC.
+        day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        at = day.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if at.timestamp() < now:
+            at += datetime.timedelta(days=1)
+        return (name, "deliverytime", str(int(at.timestamp())))
+    m = _STO.match(v)
+    if not m or not 24 <= int(m.group(1)) <= 72:
+        raise ComposeError(name, "expected a period between 24h and 72h")
+    return None  # no engagement data: delivering at once is as good a time as any in the period
+
+
+def _option_items(form: _Form, header_items: list[tuple[str, str, str]], now: float
+                  ) -> tuple[list[tuple[str, str, str]], list[str]]:
+    items = list(header_items)
+    ignored: list[str] = []
+    explicit_time = any(name == "o:deliverytime" for name, _ in form.option_fields)
+    for name, value in form.option_fields:
+        key = options_mod.API_OPTIONS.get(name)
+        if key is not None:
+            items.append((name, key, value))
+        elif name in _SCHEDULING:
+            item = _scheduling(name, value, now)
+            if item is not None and not explicit_time:
+                items.append(item)
+        else:
+            ignored.append(name)
+    return items, ignored
+
+
+def _parse_options(items: list[tuple[str, str, str]], user_variables: list[tuple[str, str]],
+                   unknown: list[tuple[str, str]]) -> SendOptions:
+    try:
+        return options_mod.parse(items, user_variables, unknown)
+    except OptionError as exc:
+        raise ComposeError(exc.option, exc.problem) from None
+
+
+def _split_mailgun_headers(form_headers: list[tuple[str, str]]
+                           ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """h: headers minus ``X-Mailgun-*``, which become option items (or unknown, recorded then dropped)."""
+    kept, items, unknown = [], [], []
+    for name, value in form_headers:
+        lower = name.lower()
+        if lower.startswith("x-mailgun-"):
+            key = options_mod.HEADER_OPTIONS.get(lower)
+            if key is None:
+                unknown.append((name, value))
+            else:
+                items.append((name, key, value))
+        else:
+            kept.append((name, value))
+    return kept, items, unknown
+
+
+# --- the header block as ingress sees it ---------------------------------------------------------------
+
+def _fields(head: list[str]) -> tuple[headers_mod.HeaderField, ...]:
+    """What ``headers.parse_block`` would find in the lines written here (ASCII, folded with CRLF SP)."""
+    fields, pos = [], 0
+    for line in head:
+        name, _, value = line.partition(":")
+        end = pos + (len(line) if line.isascii() else len(line.encode("utf-8")))
+        fields.append(headers_mod.HeaderField(name, value.replace("\r\n", "").strip(), pos, end))
+        pos = end
+    return tuple(fields)
+
+
+def _decoded(value: str | None) -> str:
+    if not value:
+        return ""
+    return headers_mod.decode(value) if "=?" in value else value  # decoding is costly; most values are plain
+
+
+def _summary(fields: tuple[headers_mod.HeaderField, ...]) -> HeaderSummary:
+    as_list = list(fields)
+    mid = (headers_mod.first(as_list, "Message-ID") or "").strip().strip("<>")
+    return HeaderSummary(mid, _decoded(headers_mod.first(as_list, "From")), _decoded(headers_mod.first(as_list, "To")),
+                         _decoded(headers_mod.first(as_list, "Subject")))
+
+
+# --- identity --------------------------------------------------------------------------------------
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def http_date(now: float) -> str:
+    """``email.utils.formatdate(now, usegmt=True)``, computed once per second (every send has a Date)."""
+    global _last_date
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date = (second, email.utils.formatdate(second, usegmt=True))
+    return _last_date[1]
+
+
+def new_message_id(domain: str, now: float) -> str:
+    """``<YYYYmmddHHMMSS>.<16 hex>@domain``, Mailgun's form. Unique, not secret: no need for os.urandom."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return f"{stamp}.{random.getrandbits(64):016x}@{domain}"
+
+
+def envelope_sender(from_addr: str, domain: str) -> str:
+    """The From address when it belongs to the sending domain (or a subdomain), else postmaster@domain."""
+    from_domain = from_addr.rpartition("@")[2].lower()
+    if from_domain == domain or from_domain.endswith("." + domain):
+        return from_addr
+    return f"postmaster@{domain}"
+
+
+def _user_message_id(value: str) -> str:
+    mid = value.strip().strip("<>").strip()
+    if not mid or "@" not in mid or any(c in mid for c in "<> \t"):
+        raise ComposeError("h:Message-Id", "expected <local@domain>")
+    return mid
+
+
+# --- the two entry points --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Request:
+    """A ``/messages`` request, checked: what every copy is built from."""
+
+    senders: list[tuple[str, str]]
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    bcc: list[tuple[str, str]]
+    subject: str
+    bodies: tuple[str | None, str | None, str | None]  # text, html, amp-html
+    batch: dict[str, Any] | None  # recipient-variables by lower-cased address
+    user_headers: list[tuple[str, str]]
+    option_items: list[tuple[str, str, str]]
+    unknown: list[tuple[str, str]]  # X-Mailgun-* headers mtad does not know
+    user_variables: list[tuple[str, str]]
+    files: tuple[list[bytes], list[bytes]]  # inline parts, attachment parts (encoded once for every copy)
+    message_id: str
+    now: float
+    max_size: int
+
+
+def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, domain: str, now: float,
+            max_size: int) -> Composed:
+    """The copies a ``/messages`` request asks for. Raises ComposeError naming the faulty field."""
+    form = _group(fields)
+    senders, to, cc, bcc = _recipients(form)
+    bodies = _bodies(form)
+    subject = form.single.get("subject", "")
+    check_header_value("subject", subject)
+    batch = _batch(form)
+    user_headers, header_items, unknown = _user_headers(form)
+    items, ignored = _option_items(form, header_items, now)
+    for upload in uploads:
+        check_header_value(upload.kind, upload.filename)
+    files = ([_file_part(u) for u in uploads if u.kind == "inline"],
+             [_file_part(u) for u in uploads if u.kind == "attachment"])
+    message_id = next((_user_message_id(v) for n, v in user_headers if n.lower() == "message-id"),
+                      None) or new_message_id(domain, now)
+    req = _Request(senders, to, cc, bcc, subject, bodies, batch, user_headers, items, unknown, form.user_variables,
+                   files, message_id, now, max_size)
+    if batch is None:
+        copies = (_build(req, to, None),)
+    else:
+        unique: dict[str, tuple[str, str]] = {}
+        for name, addr in to:  # one copy per address, however often it is listed
+            unique.setdefault(addr.lower(), (name, addr))
+        copies = tuple(_build(req, [pair], batch.get(key, {})) for key, pair in unique.items())
+    return Composed(message_id, envelope_sender(senders[0][1], domain), copies, tuple(ignored))
+
+
+def _recipients(form: _Form) -> tuple[list[tuple[str, str]], ...]:
+    from_value = form.single.get("from")
+    if not from_value:
+        raise ComposeError("from", "parameter is missing")
+    senders = parse_addresses("from", [from_value])
+    if len(senders) != 1:
+        raise ComposeError("from", "parameter must be exactly one address")
+    to = parse_addresses("to", form.multi.get("to", []))
+    if not to:
+        raise ComposeError("to", "parameter is missing")
+    cc = parse_addresses("cc", form.multi.get("cc", []))
+    bcc = parse_addresses("bcc", form.multi.get("bcc", []))
+    if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
+        raise ComposeError("to", f"too many recipients: at most {MAX_RECIPIENTS} in to, cc and bcc together")
+    return senders, to, cc, bcc
+
+
+def _bodies(form: _Form) -> tuple[str | None, str | None, str | None]:
+    text, html, amp = form.single.get("text"), form.single.get("html"), form.single.get("amp-html")
+    if text is None and html is None and amp is None:
+        if "template" in form.single:
+            raise ComposeError("template", "is not supported by mtad; send 'text', 'html' or 'amp-html'")
+        raise ComposeError("text", "Need at least one of 'text', 'html' or 'amp-html' parameters specified")
+    return text, html, amp
+
+
+def _batch(form: _Form) -> dict[str, Any] | None:
+    if "recipient-variables" not in form.single:
+        return None
+    try:
+        batch = json.loads(form.single["recipient-variables"] or "{}")
+    except ValueError as exc:
+        raise ComposeError("recipient-variables", f"is not valid JSON ({exc})") from None
+    if not isinstance(batch, dict) or not all(isinstance(v, dict) for v in batch.values()):
+        raise ComposeError("recipient-variables", "must be a JSON object of objects keyed by address")
+    return {k.lower(): v for k, v in batch.items()}
+
+
+def _user_headers(form: _Form) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """``h:`` headers checked: (headers to write, X-Mailgun-* option items, unknown X-Mailgun-* headers)."""
+    user_headers, header_items, unknown = _split_mailgun_headers(form.headers)
+    for name, value in user_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ComposeError(f"h:{name}", "is not a valid header name")
+        if name.lower() in _STRUCTURAL:
+            raise ComposeError(f"h:{name}", "is set by mtad from the message structure")
+        if name.lower() == "bcc":
+            raise ComposeError(f"h:{name}", "would show blind copies to every recipient; use the 'bcc' field")
+        check_header_value(f"h:{name}", value)
+    for name, _, value in header_items:
+        check_header_value(f"h:{name}", value)
+    for name, value in unknown:
+        check_header_value(f"h:{name}", value)
+    return user_headers, header_items, unknown
+
+
+def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, Any] | None) -> list[str]:
+    """The header lines of one copy (CRLF-terminated); ``h:`` headers replace generated ones of the same name."""
+    overridden = {n.lower() for n, _ in req.user_headers}
+    head = []
+    if "from" not in overridden:
+        head.append(_address_header("From", req.senders))
+    if "to" not in overridden:
+        head.append(_address_header("To", to_pairs))
+    if req.cc and "cc" not in overridden:
+        head.append(_address_header("Cc", req.cc))
+    subject = _substitute(req.subject, variables)
+    if variables is not None:
+        check_header_value("recipient-variables", subject)
+    if "subject" not in overridden:
+        head.append(_fold("Subject", subject))
+    if "message-id" not in overridden:
+        head.append(f"Message-ID: <{req.message_id}>\r\n")
+    if "date" not in overridden:
+        head.append(f"Date: {http_date(req.now)}\r\n")
+    for name, value in req.user_headers:
+        value = _substitute(value, variables)
+        if variables is not None:
+            check_header_value("recipient-variables", value)
+        if name.lower() == "message-id":
+            head.append(f"Message-ID: <{req.message_id}>\r\n")
+        elif name.lower() in _ADDRESS_HEADERS and not value.isascii():
+            head.append(_address_header(name, parse_addresses(f"h:{name}", [value])))
+        else:
+            head.append(_fold(name, value))
+    head.append("MIME-Version: 1.0\r\n")
+    return head
+
+
+def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, Any] | None) -> Copy:
+    """One copy: headers, MIME body, options (``v:`` values substituted too), the fields ingress reads."""
+    head = _head(req, to_pairs, variables)
+    text, html, amp = (None if b is None else _substitute(b, variables) for b in req.bodies)
+    body = _body(text, html, amp, *req.files)
+    content = "".join(head).encode("utf-8") + body  # ASCII but for UTF-8 addresses (RFC 6532)
+    if len(content) > req.max_size:
+        raise ComposeError("message", f"is {len(content)} bytes, over the limit of {req.max_size}")
+    user_vars = [(n, _substitute(v, variables)) for n, v in req.user_variables]
+    opts = _parse_options(req.option_items, user_vars, req.unknown)
+    recipients = tuple(dict.fromkeys([a for _, a in to_pairs] + [a for _, a in req.cc] + [a for _, a in req.bcc]))
+    entity_head = body[:body.index(b"\r\n\r\n") + 2].decode("ascii")  # Content-Type and its CTE
+    fields = _fields(head + [line + "\r\n" for line in entity_head.split("\r\n")[:-1]])
+    return Copy(recipients, content, opts, fields, _summary(fields))
+
+
+def normalize_mime(raw: bytes, max_line: int = MAX_LINE) -> bytes:
+    """An uploaded message with CRLF line endings (uploads often use LF); refuses over-long lines."""
+    if b"\0" in raw:
+        raise ComposeError("message", "contains NUL bytes")
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raw = re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    if len(raw) > max_line and max(map(len, raw.split(b"\r\n"))) > max_line:
+        raise ComposeError("message", f"has a line longer than {max_line} octets")
+    return raw
+
+
+def from_mime(raw: bytes, fields: Iterable[tuple[str, str]], *, domain: str, now: float, max_size: int,
+              max_header_count: int, max_header_size: int) -> Composed:
+    """The copy a ``/messages.mime`` request asks for: the client's message, ``to`` as the envelope.
+
+    The message's ``X-Mailgun-*`` headers are parsed with the ``o:`` fields (``o:`` last, so they
+    win where one value is kept) and removed; Message-ID and Date are added when missing.
+    """
+    form = _group(fields)
+    to = parse_addresses("to", form.multi.get("to", []))
+    if not to:
+        raise ComposeError("to", "parameter is missing")
+    if len(to) > MAX_RECIPIENTS:
+        raise ComposeError("to", f"too many recipients: at most {MAX_RECIPIENTS}")
+    content = normalize_mime(raw)
+    if len(content) > max_size:
+        raise ComposeError("message", f"is {len(content)} bytes, over the limit of {max_size}")
+    try:
+        fields_, _ = headers_mod.parse_block(content, max_header_count, max_header_size)
+    except headers_mod.HeaderError as exc:
+        raise ComposeError("message", str(exc)) from None
+    mailgun = [f for f in fields_ if f.name.lower().startswith("x-mailgun-")]
+    header_items, unknown = [], []
+    for f in mailgun:
+        key = options_mod.HEADER_OPTIONS.get(f.name.lower())
+        if key is None:
+            unknown.append((f.name, headers_mod.decode(f.value)))
+        else:
+            header_items.append((f.name, key, headers_mod.decode(f.value)))
+    content = headers_mod.remove(content, mailgun)
+    items, ignored = _option_items(form, header_items, now)
+    opts = _parse_options(items, form.user_variables, unknown)
+    from_value = headers_mod.first(fields_, "From") or ""
+    from_pairs = email.utils.getaddresses([headers_mod.decode(from_value)]) if from_value else []
+    from_addr = from_pairs[0][1] if from_pairs and "@" in from_pairs[0][1] else ""
+    mid_value = headers_mod.first(fields_, "Message-ID")
+    added = b""
+    if mid_value and mid_value.strip().strip("<>"):
+        message_id = mid_value.strip().strip("<>")
+    else:
+        message_id = new_message_id(domain, now)
+        added += f"Message-ID: <{message_id}>\r\n".encode()
+    if headers_mod.first(fields_, "Date") is None:
+        added += f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
+    body = added + content
+    try:
+        fields_, _ = headers_mod.parse_block(body, max_header_count, max_header_size)
+    except headers_mod.HeaderError as exc:
+        raise ComposeError("message", str(exc)) from None
+    copy = Copy(tuple(dict.fromkeys(a for _, a in to)), body, opts, tuple(fields_), headers_mod.summary(fields_))
+    return Composed(message_id, envelope_sender(from_addr, domain) if from_addr else f"postmaster@{domain}",
+                    (copy,), tuple(ignored))

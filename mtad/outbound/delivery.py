@@ -1,0 +1,330 @@
+"""Outbound SMTP: one connection to one destination, used for one or several messages.
+
+``open_session`` tries the destination's hosts in order (each host's addresses in turn) until one
+answers, says EHLO, upgrades to TLS as the policy asks, and authenticates (smarthost). ``send`` runs
+one transaction and returns an ``Outcome`` per recipient: one RCPT may fail while others succeed, and
+a reply lost after the final dot is a deferral (at-least-once, as Postfix does). Under the
+opportunistic policy a failed TLS handshake is retried in plaintext on the same host, and the host is
+remembered as TLS-broken for a while (Postfix, KumoMTA) so later connections go plaintext at once.
+Errors are classified by ``classify`` only. When the server advertises PIPELINING the session's transactions
+go through ``smtp_pipeline`` (MAIL, RCPT and DATA in one write); otherwise through aiosmtplib, one command at
+a time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+
+from mtad.outbound import classify
+from mtad.outbound import pipelining as smtp_pipeline
+from mtad.base.errors import PermFailure, TempFailure
+from mtad.net.resolver import Resolver
+from mtad.base.types import Outcome
+
+log = logging.getLogger("mtad.delivery")
+TlsPolicy = Literal["opportunistic", "required", "disabled", "implicit"]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where and how to connect, decided by the scheduler from MX records, provider policy and options."""
+
+    name: str  # the destination domain (or "smarthost")
+    hosts: tuple[str, ...]
+    port: int = 25
+    tls: TlsPolicy = "opportunistic"
+    verify: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+
+
+class BrokenTls:
+    """Hosts whose TLS handshake failed recently: skip STARTTLS with them until the memory expires."""
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self._until: dict[str, float] = {}
+
+    def remember(self, host: str) -> None:
+        self._until[host] = self.clock() + self.seconds
+
+    def is_broken(self, host: str) -> bool:
+        until = self._until.get(host)
+        if until is None:
+            return False
+        if until < self.clock():
+            del self._until[host]
+            return False
+        return True
+
+
+class TlsContexts:
+    """Client TLS contexts: verifying (system CAs or a CA file) and not verifying."""
+
+    def __init__(self, ca_file: str | None = None):
+        self.verifying = ssl.create_default_context(cafile=ca_file)
+        self.verifying.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.relaxed = ssl.create_default_context()
+        self.relaxed.check_hostname = False
+        self.relaxed.verify_mode = ssl.CERT_NONE
+
+    def get(self, verify: bool) -> ssl.SSLContext:
+        return self.verifying if verify else self.relaxed
+
+
+class Session:
+    """An open, greeted (and possibly encrypted and authenticated) SMTP connection."""
+
+    def __init__(self, client: aiosmtplib.SMTP, host: str, tls: bool, verified: bool, dest: Destination):
+        self.client = client
+        self.host = host
+        self.tls = tls
+        self.verified = verified
+        self.dest = dest
+        self.deliveries = 0
+        self._usable = True
+        transport = client.transport
+        self.pipe = smtp_pipeline.Pipeline(transport) if (  # type: ignore[arg-type]
+            transport is not None and client.supports_extension("pipelining")) else None
+
+    @property
+    def usable(self) -> bool:
+        return self._usable and (self.pipe is None or self.pipe.usable)
+
+    @usable.setter
+    def usable(self, value: bool) -> None:
+        self._usable = value
+
+    def _outcome(self, exc: BaseException) -> Outcome:
+        return classify.from_exception(exc, mx_host=self.host, tls=self.tls, verified=self.verified)
+
+    def _reply(self, code: int, message: str) -> Outcome:
+        return classify.from_reply(code, message, mx_host=self.host, tls=self.tls, verified=self.verified)
+
+    async def send(self, sender: str, recipients: list[str], body: bytes) -> dict[str, Outcome]:
+        """One transaction; an Outcome for every recipient."""
+        self.deliveries += 1
+        client = self.client
+        options = []
+        if not body.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if (not sender.isascii() or not all(r.isascii() for r in recipients)) and \
+                client.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+        if self.pipe is not None:
+            return await self._send_pipelined(sender, recipients, body, options)
+        outcomes: dict[str, Outcome] = {}
+        try:
+            await client.mail(sender, options=options, timeout=self.dest.command_timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            return {r: self._reply(exc.code, exc.message) for r in recipients}
+        except Exception as exc:  # noqa: BLE001 - classified once, below
+            self.usable = False
+            return {r: self._outcome(exc) for r in recipients}
+        accepted = []
+        for rcpt in recipients:
+            try:
+                await client.rcpt(rcpt, timeout=self.dest.command_timeout)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPResponseException as exc:
+                outcomes[rcpt] = self._reply(exc.code, exc.message)
+            except Exception as exc:  # noqa: BLE001
+                self.usable = False
+                for r in recipients:
+                    outcomes.setdefault(r, self._outcome(exc))
+                return outcomes
+        if not accepted:
+            await self._reset()
+            return outcomes
+        try:
+            response = await client.data(body, timeout=self.dest.data_timeout)
+            result = self._reply(response.code, response.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            result = self._reply(exc.code, exc.message)
+            if exc.code == 421 or isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                self.usable = False
+        except Exception as exc:  # noqa: BLE001 - a lost reply after the dot is a deferral
+            self.usable = False
+            result = self._outcome(exc)
+        for rcpt in accepted:
+            outcomes[rcpt] = result
+        return outcomes
+
+    async def _send_pipelined(self, sender: str, recipients: list[str], body: bytes,
+                              options: list[str]) -> dict[str, Outcome]:
+        """The same transaction as ``send``, with MAIL, every RCPT and DATA in one write (RFC 2920)."""
+        pipe = self.pipe
+        assert pipe is not None
+        timeout = self.dest.command_timeout
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        try:
+            commands = [smtp_pipeline.command_line(b"MAIL FROM:", sender, options, encoding)]
+            commands += [smtp_pipeline.command_line(b"RCPT TO:", r, [], encoding) for r in recipients]
+        except (ValueError, UnicodeError) as exc:  # nothing sent: the session stays usable
+            return {r: self._outcome(exc) for r in recipients}
+        commands.append(b"DATA\r\n")
+        replies: list[tuple[int, str]] = []
+        try:
+            pipe.write(b"".join(commands))
+            for _ in range(len(recipients) + 2):
+                replies.append(await pipe.read(timeout))
+        except Exception as exc:  # noqa: BLE001 - classified once
+            self.usable = False
+            if replies and replies[0][0] != 250:  # e.g. 421 to MAIL, then the server hung up
+                return {r: self._reply(*replies[0]) for r in recipients}
+            return {r: self._outcome(exc) for r in recipients}
+        mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
+        if mail[0] != 250:
+            outcomes = {r: self._reply(*mail) for r in recipients}
+            accepted = []
+        else:
+            outcomes = {}
+            accepted = []
+            for rcpt, reply in zip(recipients, rcpts):
+                if reply[0] in (250, 251):
+                    accepted.append(rcpt)
+                else:
+                    outcomes[rcpt] = self._reply(*reply)
+        if not accepted or data[0] != 354:
+            if data[0] == 354:  # a server that said 354 without recipients gets an empty message (RFC 2920 3.1)
+                await self._pipelined_command(smtp_pipeline.text(b""), self.dest.data_timeout)
+            result = self._reply(*data)
+            for rcpt in accepted:
+                outcomes[rcpt] = result
+            if mail[0] == 421 or data[0] == 421:
+                self.usable = False
+            elif self.usable:
+                await self._pipelined_command([b"RSET\r\n"], timeout)
+            return outcomes
+        try:
+            pipe.write(*smtp_pipeline.text(body))
+            result = self._reply(*await pipe.read(self.dest.data_timeout))
+            if result.code == 421:
+                self.usable = False
+        except Exception as exc:  # noqa: BLE001 - a lost reply after the dot is a deferral
+            self.usable = False
+            result = self._outcome(exc)
+        for rcpt in accepted:
+            outcomes[rcpt] = result
+        return outcomes
+
+    async def _pipelined_command(self, chunks: list[bytes], timeout: float) -> tuple[int, str] | None:
+        try:
+            self.pipe.write(*chunks)  # type: ignore[union-attr]
+            return await self.pipe.read(timeout)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001
+            self.usable = False
+            return None
+
+    async def _reset(self) -> None:
+        try:
+            await self.client.rset(timeout=self.dest.command_timeout)
+        except Exception:  # noqa: BLE001
+            self.usable = False
+
+    async def close(self) -> None:
+        if self.pipe is not None:
+            if self.pipe.usable:
+                await self._pipelined_command([b"QUIT\r\n"], 5)
+            self.pipe.close()
+            self.client.close()
+            return
+        try:
+            if self.client.is_connected:
+                await self.client.quit(timeout=5)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        finally:
+            self.client.close()
+
+
+class Connector:
+    """Opens Sessions to Destinations."""
+
+    def __init__(self, hostname: str, resolver: Resolver, tls: TlsContexts, broken_tls: BrokenTls):
+        self.hostname = hostname
+        self.resolver = resolver
+        self.tls = tls
+        self.broken_tls = broken_tls
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            return await self.resolver.resolve_addresses(host)
+
+    async def open(self, dest: Destination) -> Session:
+        """A ready Session with the first host that works; raises the last error (classify it)."""
+        last: BaseException = TempFailure(f"no hosts for {dest.name}")
+        resolved_any = False
+        for host in dest.hosts:
+            try:
+                addresses = await self._addresses(host)
+            except Exception as exc:  # noqa: BLE001 - try the next host
+                last = exc
+                resolved_any = True  # a temporary lookup failure: not proof that no address exists
+                continue
+            resolved_any = resolved_any or bool(addresses)
+            for address in addresses:
+                try:
+                    return await self._open_one(dest, host, address)
+                except aiosmtplib.SMTPResponseException as exc:
+                    last = exc
+                    if 500 <= exc.code < 600 and dest.tls != "required":
+                        raise  # a 5xx greeting or EHLO is the host's final word
+                except Exception as exc:  # noqa: BLE001 - try the next address
+                    last = exc
+                    log.info("%s: %s [%s]:%d failed: %s", dest.name, host, address, dest.port, exc)
+        if not resolved_any:
+            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})")
+        raise last
+
+    async def _open_one(self, dest: Destination, host: str, address: str) -> Session:
+        use_starttls = dest.tls in ("opportunistic", "required") and not (
+            dest.tls == "opportunistic" and self.broken_tls.is_broken(host))
+        client = await self._connect(dest, host, address)
+        tls = dest.tls == "implicit"
+        try:
+            if use_starttls and client.supports_extension("starttls"):
+                try:
+                    await client.starttls(server_hostname=host, tls_context=self.tls.get(dest.verify),
+                                          timeout=dest.command_timeout)
+                    await client.ehlo(hostname=self.hostname)
+                    tls = True
+                except (ssl.SSLError, ssl.CertificateError, aiosmtplib.SMTPException, OSError) as exc:
+                    client.close()
+                    if dest.tls == "required":
+                        raise TempFailure(f"TLS required but the handshake with {host} failed: {exc}") from exc
+                    self.broken_tls.remember(host)
+                    log.info("%s: TLS with %s failed (%s); retrying in plaintext", dest.name, host, exc)
+                    client = await self._connect(dest, host, address)
+            elif dest.tls == "required":
+                raise TempFailure(f"TLS required but {host} does not offer STARTTLS")
+            if dest.username:
+                await client.login(dest.username, dest.password or "", timeout=dest.command_timeout)
+        except BaseException:
+            client.close()
+            raise
+        return Session(client, host, tls, tls and dest.verify, dest)
+
+    async def _connect(self, dest: Destination, host: str, address: str) -> aiosmtplib.SMTP:
+        implicit = dest.tls == "implicit"  # implicit TLS connects by name, for SNI and verification
+        client = aiosmtplib.SMTP(hostname=host if implicit else address, port=dest.port,
+                                 local_hostname=self.hostname, timeout=dest.command_timeout, use_tls=implicit,
+                                 start_tls=False, tls_context=self.tls.get(dest.verify) if implicit else None)
+        await client.connect(timeout=dest.connect_timeout)
+        await client.ehlo(hostname=self.hostname)
+        return client

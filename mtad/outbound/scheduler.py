@@ -1,0 +1,403 @@
+"""The outbound scheduler: due deliveries -> provider shaping -> SMTP sessions -> recorded outcomes.
+
+Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingConfig``).
+
+1. Every ``poll_interval`` (or when woken after an enqueue or an outcome) due rows are claimed from the
+   store (locked to this process, at most ``max_inflight`` at once), in one transaction with their
+   suppressed recipients, the operator's pauses, and the bodies of small messages.
+2. Each job is checked before any connection: age and Deliver-Within (fail, reason ``old``), test mode
+   (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
+3. The destination's MX hosts are resolved (or the smarthost used) and its ``ProviderPolicy`` found;
+   the job (its preloaded body DKIM-signed by a worker process, ``dkim_pool``) joins the ready queue of
+   its site (provider + hosts).
+4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
+   provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
+   session and delivers queued jobs over it, one message-rate token each, up to
+   ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
+   at once (the site is "dead" for this round, as Postfix does).
+5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
+6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
+   does not wait for that commit before its next message (at-least-once: a crash in between resends).
+A job is locked by one worker only; a crash leaves locks that the next start releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from mtad.outbound import classify
+from mtad.mail import dkim as dkim_mod
+from mtad.outbound import dsn
+from mtad.outbound import providers
+from mtad.store import queue as spool
+from mtad.config.schema import DeliveryConfig
+from mtad.outbound.delivery import Connector, Destination, Session
+from mtad.outbound.dkim_pool import DkimSigner
+from mtad.base.errors import PermFailure, TempFailure
+from mtad.outbound.providers import ProviderPolicy, ShapingConfig
+from mtad.net.resolver import Resolver
+from mtad.store.engine import Store
+from mtad.outbound.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
+from mtad.base.types import Outcome
+
+log = logging.getLogger("mtad.scheduler")
+PRELOAD_BODY = 64 * 1024  # bodies up to this size come with the claimed batch: at most max_inflight x 64 KB in memory
+
+
+@dataclass
+class Site:
+    """Jobs waiting for one destination (a provider's set of MX hosts) and the sessions serving them."""
+
+    key: tuple[str, tuple[str, ...]]
+    policy: ProviderPolicy
+    destination: Destination
+    jobs: deque = field(default_factory=deque)  # (job, its signed body, or None when it is read at sending)
+    connections: int = 0
+    idle: int = 0  # connections waiting for more mail (``ProviderPolicy.idle_timeout``)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
+
+
+class Scheduler:
+    def __init__(self, *, store: Store, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
+                 config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
+                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.connector = connector
+        self.resolver = resolver
+        self.shaping = shaping
+        self.config = config
+        self.hostname = hostname
+        self.dkim_keys = dkim_keys
+        self.smarthost_password = smarthost_password
+        self.clock = clock
+        self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
+        self.limiter = ConcurrencyLimiter()
+        self.rates = RateLimiter()
+        self.suspensions = Suspensions()
+        self.sites: dict[tuple, Site] = {}
+        self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
+        self.inflight = 0
+        self.paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._recording: set[asyncio.Task] = set()  # outcomes being committed; awaited, never cancelled, at stop
+        self.signer = DkimSigner(config.dkim_workers)  # worker processes, started at the first signature
+        self._stopping = False
+        self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
+
+    # --- main loop -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()  # before claiming: a wake-up during the claim means another round
+            try:
+                room = self.config.max_inflight - self.inflight
+                if room > 0:
+                    claimed = await self.store.write(lambda c: self._claim(c, room))
+                    for job, blocked in claimed:
+                        self.inflight += 1
+                        self._spawn(self._dispatch(job, blocked))
+            except Exception:  # noqa: BLE001 - the loop must survive; the store may be briefly unavailable
+                log.exception("scheduler loop error")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    def _claim(self, conn, room: int) -> list[tuple[spool.DeliveryJob, dict[str, str]]]:
+        """Due jobs, each with its suppressed recipients, and the operator's pauses, in one store transaction
+        for the whole batch (runs on the store's writer thread)."""
+        self.paused = _pauses(conn)
+        jobs = spool.claim_due_deliveries(conn, self.worker, self.clock(), room, self.paused["domain"],
+                                          preload_body=PRELOAD_BODY)
+        return [(job, spool.suppressed(conn, job.sending_domain, job.recipients, job.options.get("tags") or ()))
+                for job in jobs]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._recording:
+            await asyncio.wait(self._recording, timeout=10)
+        await self.signer.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _record(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    # --- per job ---------------------------------------------------------------------------------
+    async def _dispatch(self, job: spool.DeliveryJob, blocked: dict[str, str]) -> None:
+        try:
+            job = await self._settled_without_sending(job, blocked)
+            if job is None:
+                return
+            try:
+                destination, mx_hosts = await self._destination(job.domain)
+            except (PermFailure, TempFailure) as exc:
+                await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
+                return
+            policy = providers.for_destination(job.domain, list(mx_hosts), self.shaping)
+            if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
+                await self.store.write(lambda c: spool.hold(c, job.id))
+                self.inflight -= 1
+                return
+            destination = self._apply_policy(destination, policy, job)
+            # Preloaded bodies are signed now, in parallel with the sessions sending earlier jobs.
+            body = None if job.body is None else await self._sign(job, job.body)
+            key = (policy.name, destination.hosts, destination.tls, destination.verify)
+            site = self.sites.get(key)
+            if site is None:
+                site = self.sites[key] = Site(key, policy, destination)
+            site.jobs.append((job, body))
+            self._start_connections(site)
+        except Exception:  # noqa: BLE001 - give the job back rather than lose track of it
+            log.exception("%s: dispatch failed", job.queue_id)
+            await self._release(job, self.clock() + 60)
+
+    async def _settled_without_sending(self, job: spool.DeliveryJob,
+                                       blocked: dict[str, str]) -> spool.DeliveryJob | None:
+        """Jobs that end before any connection: too old, test mode, suppressed (``blocked``: recipient -> reason).
+        The job still to send, if any."""
+        now = self.clock()
+        opts = job.options
+        within = opts.get("deliver_within")
+        if (within and now > job.created_at + within) or now > job.created_at + self.config.retry.max_age.seconds:
+            outcome = Outcome("failed", 550, "5.4.7", "Delivery time expired", reason="old")
+            await self._finish(job, {r: outcome for r in job.recipients})
+            return None
+        if opts.get("test_mode"):
+            outcome = Outcome("delivered", 650, "2.0.0", "Test mode: message not sent")
+            await self._finish(job, {r: outcome for r in job.recipients})
+            return None
+        if not blocked:
+            return job
+        outcomes = {r: Outcome("failed", 605, "5.0.0", f"Not delivering to a suppressed address ({reason})",
+                               reason=reason) for r, reason in blocked.items()}
+        rest = tuple(r for r in job.recipients if r not in blocked)
+        if not rest:
+            await self._finish(job, outcomes)
+            return None
+        # The suppressed recipients are settled and the rest stays claimed for sending, in one transaction, so
+        # that a crash cannot lose the rest; like any permanent failure, the suppressed ones get a DSN.
+        record = spool.AttemptRecord(outcomes, job.attempts + 1, None)
+        await self.store.write(lambda c: spool.settle_some(c, job, self.worker, rest, record, now, self._bounce()))
+        return replace(job, recipients=rest)
+
+    async def _destination(self, domain: str) -> tuple[Destination, tuple[str, ...]]:
+        cfg = self.config
+        if cfg.smarthost is not None:
+            sh = cfg.smarthost
+            tls = {"starttls": "required", "implicit": "implicit", "none": "disabled"}[sh.tls]
+            return Destination("smarthost", (sh.host,), sh.port, tls, sh.verify, sh.username,
+                               self.smarthost_password), ()
+        mx = await self.resolver.resolve_mx(domain)
+        hosts = tuple(h.host for h in mx.hosts)
+        return Destination(domain, hosts, cfg.port), hosts
+
+    def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: spool.DeliveryJob) -> Destination:
+        if dest.name == "smarthost":
+            return dest
+        tls = policy.tls
+        verify = False
+        if job.options.get("require_tls"):
+            tls = "required"
+        if tls == "required":
+            verify = not job.options.get("skip_verification")
+        key = (dest, policy.name, tls, verify)  # one Destination per combination, not a copy per job
+        applied = self._applied.get(key)
+        if applied is None:
+            if len(self._applied) > 4096:
+                self._applied.clear()
+            applied = self._applied[key] = replace(
+                dest, tls=tls, verify=verify, connect_timeout=policy.connect_timeout.seconds,
+                command_timeout=policy.command_timeout.seconds, data_timeout=policy.data_timeout.seconds)
+        return applied
+
+    # --- sites and connections -------------------------------------------------------------------
+    def _start_connections(self, site: Site) -> None:
+        if site.idle:
+            site.arrived.set()  # idle connections take queued jobs first
+        limit = self._limits(site.policy)[0]
+        while site.jobs and site.connections < limit and site.connections < len(site.jobs):
+            site.connections += 1
+            self._spawn(self._connection(site))
+
+    def _limits(self, policy: ProviderPolicy) -> tuple[int, object]:
+        effective = self.suspensions.effective(policy)
+        return effective.max_connections, effective.max_message_rate
+
+    async def _connection(self, site: Site) -> None:
+        policy = site.policy
+        try:
+            limit, _ = self._limits(policy)
+            async with self.limiter.acquire(policy.name, limit):
+                if not site.jobs:
+                    return
+                if await self._defer_if_suspended(site):
+                    return
+                started = time.monotonic()
+                try:
+                    session = await self.connector.open(site.destination)
+                except Exception as exc:  # noqa: BLE001 - the site is dead for this round
+                    outcome = classify.from_exception(exc)
+                    await self._check_automation(policy, outcome)
+                    while site.jobs:
+                        job, _ = site.jobs.popleft()
+                        await self._finish(job, {r: outcome for r in job.recipients}, time.monotonic() - started)
+                    return
+                try:
+                    await self._serve(site, session)
+                finally:
+                    await session.close()
+        finally:
+            site.connections -= 1
+            if site.jobs:
+                self._start_connections(site)
+            elif site.connections == 0:
+                self.sites.pop(site.key, None)
+
+    async def _serve(self, site: Site, session: Session) -> None:
+        policy = site.policy
+        while session.usable and session.deliveries < policy.max_deliveries_per_connection:
+            if not site.jobs and not await self._linger(site):
+                return
+            if await self._defer_if_suspended(site):
+                return
+            _, rate = self._limits(policy)
+            if rate is not None:
+                await self.rates.wait(policy.name, rate)
+            if not site.jobs:
+                return
+            job, body = site.jobs.popleft()  # preloaded bodies were signed at dispatch; large ones are read here
+            started = time.monotonic()
+            if body is None:
+                body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
+                if body is None:  # deleted by an operator meanwhile
+                    self.inflight -= 1
+                    continue
+                body = await self._sign(job, body)
+            outcomes = await session.send(job.sender, list(job.recipients), body)
+            for outcome in outcomes.values():
+                if outcome.kind != "delivered":
+                    await self._check_automation(policy, outcome)
+            # Recorded in the background: the session goes on with the next message while this outcome waits for
+            # the store's next group commit. At-least-once either way: a crash before the commit resends it.
+            self._record(self._finish(job, outcomes, time.monotonic() - started))
+
+    async def _linger(self, site: Site) -> bool:
+        """Keep an emptied connection open up to the policy's ``idle_timeout`` for more mail to the site, as
+        Postfix's connection cache does (no new TCP and TLS handshake for the next message); True when a job
+        came. Not while the scheduler stops, nor while another site of the provider waits for a connection slot
+        (checked every 100 ms)."""
+        deadline = time.monotonic() + site.policy.idle_timeout.seconds
+        site.idle += 1
+        try:
+            while not site.jobs:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping or self.limiter.waiting(site.policy.name):
+                    return False
+                site.arrived.clear()
+                try:
+                    await asyncio.wait_for(site.arrived.wait(), min(remaining, 0.1))
+                except asyncio.TimeoutError:
+                    pass
+            return True
+        finally:
+            site.idle -= 1
+
+    async def _defer_if_suspended(self, site: Site) -> bool:
+        if not self.suspensions.is_suspended(site.policy.name):
+            return False
+        until = self.clock() + self.suspensions.remaining(site.policy.name)
+        while site.jobs:
+            job, _ = site.jobs.popleft()
+            await self._release(job, until, f"provider {site.policy.name} suspended")
+        return True
+
+    async def _check_automation(self, policy: ProviderPolicy, outcome: Outcome) -> None:
+        rule = providers.match_automation(f"{outcome.code} {outcome.enhanced} {outcome.message}", policy.name,
+                                          self.shaping.automation)
+        if rule is None:
+            return
+        if not self.suspensions.apply(policy.name, rule):
+            return
+        log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
+                    outcome.message[:200])
+
+    async def _sign(self, job: spool.DeliveryJob, body: bytes) -> bytes:
+        keys = self.dkim_keys.get(job.sending_domain)
+        if not keys or job.options.get("dkim") is False:
+            return body
+        try:
+            return await self.signer.sign(body, keys)
+        except ValueError as exc:  # e.g. no From header: RFC 6376 5.4 forbids signing; send unsigned
+            log.warning("%s: not DKIM-signed: %s", job.queue_id, exc)
+            return body
+
+    # --- recording -------------------------------------------------------------------------------
+    async def _finish(self, job: spool.DeliveryJob, outcomes: dict[str, Outcome], seconds: float = 0.0) -> None:
+        now = self.clock()
+        attempt_no = job.attempts + 1
+        deferred = any(o.kind == "deferred" for o in outcomes.values())
+        retry_at = None
+        if deferred:
+            retry_at = now + self.config.retry.delay(attempt_no)
+            deadline = job.created_at + self.config.retry.max_age.seconds
+            within = job.options.get("deliver_within")
+            if within:
+                deadline = min(deadline, job.created_at + within)
+            if retry_at > deadline:
+                retry_at = None
+        record = spool.AttemptRecord(outcomes, attempt_no, retry_at, seconds)
+        bounce = self._bounce()
+        try:
+            await self.store.write(lambda c: spool.finish_attempt(c, job, record, now, bounce))
+        except Exception:  # noqa: BLE001 - the row stays locked until restart; never lose the outcome silently
+            log.exception("%s: could not record the outcome of delivery %d", job.queue_id, job.id)
+        finally:
+            self.inflight -= 1
+        for rcpt, o in outcomes.items():
+            kind = "deferred" if o.kind == "deferred" and retry_at else ("failed" if o.kind != "delivered" else o.kind)
+            self.counters[kind] = self.counters.get(kind, 0) + 1
+            text = o.message if o.message.startswith(o.enhanced) else f"{o.enhanced} {o.message}"
+            log.info("%s: to=<%s> relay=%s status=%s (%d %s)%s", job.queue_id, rcpt, o.mx_host or "none", kind,
+                     o.code, text[:200], f" reason={o.reason}" if o.reason else "")
+        self.wake()
+
+    def _bounce(self):
+        """The DSN builder ``spool.finish_attempt`` calls for permanent failures, or None when DSNs are off."""
+        if not self.config.dsn:
+            return None
+        return lambda job, failed, original_headers: dsn.build(job, failed, self.hostname, original_headers)
+
+    async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
+        try:
+            await self.store.write(lambda c: spool.release(c, job.id, at, reply))
+        finally:
+            self.inflight -= 1
+
+
+def _pauses(conn) -> dict[str, set[str]]:
+    """The pauses ``mtad queue pause`` keeps in the store: kind (domain | provider | tag) -> values."""
+    paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+    for (key,) in conn.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'"):
+        _, kind, value = key.split(":", 2)
+        paused.setdefault(kind, set()).add(value)
+    return paused

@@ -1,0 +1,92 @@
+"""Domains and SMTP credentials created through the API, kept in the store.
+
+``Accounts`` is an immutable snapshot of the ``domains`` and ``credentials`` tables, loaded at start
+and after every API change; app.py merges it with the config file into the ``Directory`` (config
+entries win on a clash and stay read-only through the API) and into the scheduler's DKIM keys.
+Each API domain has one DKIM key, generated at creation and kept in the store as PEM. Store
+functions take a connection; nothing here does network I/O.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from mtad.mail import dkim
+
+
+@dataclass(frozen=True)
+class DomainRecord:
+    name: str
+    created_at: float
+    receiving: bool
+    spam_action: str
+    wildcard: bool
+    dkim_selector: str
+    dkim_key: str  # PEM private key
+
+    def signing_key(self) -> dkim.DkimKey:
+        return dkim.load_key(self.name, self.dkim_selector, self.dkim_key.encode())
+
+
+@dataclass(frozen=True)
+class Credential:
+    login: str  # local@domain, lower case
+    domain: str
+    password_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Accounts:
+    domains: dict[str, DomainRecord] = field(default_factory=dict)
+    credentials: dict[str, Credential] = field(default_factory=dict)
+
+    def dkim_keys(self) -> dict[str, list[dkim.DkimKey]]:
+        keys: dict[str, list[dkim.DkimKey]] = {}
+        for d in self.domains.values():
+            keys[d.name] = [d.signing_key()]
+        return keys
+
+    def directory_parts(self) -> tuple[list[tuple[str, bool]], list[tuple[str, str, str]]]:
+        """``([(domain, receiving)], [(login, password_hash, domain)])`` for ``Directory.merged``."""
+        return ([(d.name, d.receiving) for d in self.domains.values()],
+                [(c.login, c.password_hash, c.domain) for c in self.credentials.values()])
+
+
+def load(conn: sqlite3.Connection) -> Accounts:
+    domains = {r[0]: DomainRecord(r[0], r[1], bool(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in conn.execute(
+        "SELECT name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key FROM domains")}
+    creds = {r[0]: Credential(*r) for r in conn.execute(
+        "SELECT login, domain, password_hash, created_at FROM credentials")}
+    return Accounts(domains, creds)
+
+
+def add_domain(conn: sqlite3.Connection, d: DomainRecord) -> bool:
+    """False when the domain exists already."""
+    return conn.execute(
+        "INSERT INTO domains (name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        (d.name, d.created_at, int(d.receiving), d.spam_action, int(d.wildcard), d.dkim_selector,
+         d.dkim_key)).rowcount > 0
+
+
+def delete_domain(conn: sqlite3.Connection, name: str) -> bool:
+    conn.execute("DELETE FROM credentials WHERE domain = ?", (name,))
+    return conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount > 0
+
+
+def add_credential(conn: sqlite3.Connection, c: Credential) -> bool:
+    """False when the login exists already."""
+    return conn.execute("INSERT INTO credentials (login, domain, password_hash, created_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (login) DO NOTHING",
+                        (c.login, c.domain, c.password_hash, c.created_at)).rowcount > 0
+
+
+def set_password(conn: sqlite3.Connection, login: str, password_hash: str) -> bool:
+    return conn.execute("UPDATE credentials SET password_hash = ? WHERE login = ?",
+                        (password_hash, login)).rowcount > 0
+
+
+def delete_credential(conn: sqlite3.Connection, login: str) -> bool:
+    return conn.execute("DELETE FROM credentials WHERE login = ?", (login,)).rowcount > 0

@@ -1,0 +1,349 @@
+"""Queue operations on the store's tables: enqueue, claim, mark, list. Functions of a connection.
+
+These run inside ``Store.write`` (one transaction, group-committed) or ``Store.read``. The scheduler
+and the CLI call them; nothing here knows SMTP or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+from mtad.events import record as events
+from mtad.base.types import NewMessage
+
+
+def new_queue_id() -> str:
+    """Sortable, unique: 11 hex digits of milliseconds then 8 random hex digits."""
+    return f"{int(time.time() * 1000):011X}{os.urandom(4).hex().upper()}"
+
+
+@dataclass(frozen=True)
+class ForwardRow:
+    """Inbound work created at acceptance: one route action destination for one recipient."""
+
+    recipient: str
+    route_id: str
+    action: str  # http | address | store
+    destination: str
+    sender: str | None = None  # address forwards: the rewritten envelope sender (SRS)
+
+
+def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for rcpt in recipients:
+        grouped.setdefault(events.domain_of(rcpt), []).append(rcpt)
+    return grouped
+
+
+def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float,
+            forwards: Iterable[ForwardRow] = (), deliver_to: Iterable[str] | None = None) -> None:
+    """Store the message once, its work rows, and an ``accepted`` event per recipient.
+
+    ``deliver_to`` are the recipients the outbound stage delivers (default: all of an outbound
+    message's); ``forwards`` are the inbound route actions.
+    """
+    env = msg.envelope
+    envelope = {"client_ip": env.client_ip, "client_helo": env.client_helo, "auth_user": env.auth_user,
+                "tls": env.tls, "transport": env.transport, "listener": env.listener}
+    conn.execute(
+        "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
+        " options, envelope, size, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (queue_id, now, msg.direction, msg.domain, env.sender, json.dumps(list(env.recipients)),
+         msg.headers.message_id, json.dumps(msg.headers.to_json()), json.dumps(msg.options.to_json()),
+         json.dumps(envelope), len(msg.body), msg.body))
+    if deliver_to is None:
+        deliver_to = env.recipients if msg.direction == "outbound" else ()
+    deliver_to = list(deliver_to)
+    if deliver_to:
+        due = max(now, msg.options.deliver_by or 0.0)
+        conn.executemany(
+            "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"
+            " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+            [(queue_id, domain, json.dumps(rcpts), due, now, now)
+             for domain, rcpts in group_by_domain(deliver_to).items()])
+    forwards = list(forwards)
+    by_sender: dict[tuple[str, str], list[str]] = {}
+    for f in forwards:
+        if f.action == "address":
+            sender = env.sender if f.sender is None else f.sender  # "" is the null sender of a returned bounce
+            by_sender.setdefault((events.domain_of(f.destination), sender), []).append(f.destination)
+    conn.executemany(
+        "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender, created_at,"
+        " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+        [(queue_id, domain, json.dumps(sorted(set(rcpts))), now, sender, now, now)
+         for (domain, sender), rcpts in by_sender.items()])
+    conn.executemany(
+        "INSERT INTO forwards (message, recipient, route_id, action, destination, state, next_attempt_at,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
+         for f in forwards if f.action != "address"])
+    for event in events.accepted_events(msg, queue_id, now):  # inbound: each recipient's own receiving domain
+        events.record(conn, event["recipient-domain"] if msg.direction == "inbound" else msg.domain, event)
+
+
+def release_stale_locks(conn: sqlite3.Connection) -> int:
+    """At start-up nothing is in flight: every lock left by a dead process is released."""
+    released = 0
+    for table in ("deliveries", "forwards", "webhook_deliveries"):
+        released += conn.execute(
+            f"UPDATE {table} SET locked_by = NULL, locked_at = NULL WHERE locked_by IS NOT NULL").rowcount
+    return released
+
+
+def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, Any]]:
+    """Pending outbound deliveries and inbound forwards, oldest first (``mtad queue list``)."""
+    rows = conn.execute(
+        "SELECT d.message AS queue_id, m.sender, d.recipients, d.domain AS destination, d.state, d.attempts,"
+        " d.next_attempt_at, d.last_reply, 'delivery' AS kind FROM deliveries d JOIN messages m"
+        " ON m.id = d.message WHERE d.state IN ('queued', 'deferred', 'held')"
+        " UNION ALL SELECT f.message, m.sender, json_array(f.recipient), f.destination, f.state, f.attempts,"
+        " f.next_attempt_at, f.last_error, 'forward' FROM forwards f JOIN messages m ON m.id = f.message"
+        " WHERE f.state IN ('queued', 'deferred') ORDER BY 1 LIMIT ?", (limit,)).fetchall()
+    return [dict(row) | {"recipients": json.loads(row["recipients"])} for row in rows]
+
+
+def count_messages(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+# --- outbound deliveries -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """A claimed delivery row with what the scheduler needs from its message; the body only if it was preloaded."""
+
+    id: int
+    queue_id: str
+    domain: str
+    recipients: tuple[str, ...]
+    attempts: int
+    sender: str
+    sending_domain: str
+    created_at: float
+    options: dict[str, Any]
+    headers: dict[str, str]
+    envelope: dict[str, Any]
+    size: int
+    body: bytes | None = field(default=None, repr=False, compare=False)
+
+
+def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
+                         paused_domains: Iterable[str] = (), preload_body: int = 0) -> list[DeliveryJob]:
+    """Lock up to ``limit`` due deliveries for ``worker``; oldest due first.
+
+    Bodies of messages up to ``preload_body`` bytes come with the jobs (one read for the batch instead of one per
+    message); larger ones are read when sent (``load_body``), so a batch never holds more than limit x preload_body.
+    """
+    paused = list(paused_domains)
+    exclude = f" AND domain NOT IN ({','.join('?' * len(paused))})" if paused else ""
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
+        f" AND locked_by IS NULL{exclude} ORDER BY next_attempt_at LIMIT ?", (now, *paused, limit))]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})", (worker, now, *ids))
+    rows = conn.execute(
+        "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
+        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END FROM deliveries d JOIN messages m"
+        f" ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", (preload_body, *ids)).fetchall()
+    return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
+                        json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]))
+            for r in rows]
+
+
+def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
+    row = conn.execute("SELECT body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def hold(conn: sqlite3.Connection, delivery_id: int) -> None:
+    conn.execute("UPDATE deliveries SET state = 'held', locked_by = NULL, locked_at = NULL WHERE id = ?",
+                 (delivery_id,))
+
+
+def release(conn: sqlite3.Connection, delivery_id: int, next_attempt_at: float, reply: str = "") -> None:
+    """Give a claimed delivery back without counting an attempt (suspended provider, shutdown)."""
+    conn.execute("UPDATE deliveries SET locked_by = NULL, locked_at = NULL, next_attempt_at = ?,"
+                 " last_reply = COALESCE(NULLIF(?, ''), last_reply) WHERE id = ?",
+                 (next_attempt_at, reply, delivery_id))
+
+
+def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
+               tags: Iterable[str] = ()) -> dict[str, str]:
+    """recipient -> reason (suppress-bounce | suppress-unsubscribe | suppress-complaint), allowlist honoured.
+
+    An address or its domain on the allowlist (``whitelists``) is never suppressed; otherwise bounces win over
+    complaints over unsubscribes, and an unsubscribe applies only to its tags (``*``: every message).
+    """
+    addresses = {rcpt: rcpt.lower() for rcpt in recipients}
+    keys = sorted(set(addresses.values()) | {events.domain_of(a) for a in addresses.values()})
+    entries: dict[tuple[str, str], str] = {}
+    for start in range(0, len(keys), 500):  # one query per 500 addresses, whatever the recipient count
+        chunk = keys[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        entries.update(((kind, address), data) for kind, address, data in conn.execute(
+            f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})", (domain, *chunk)))
+    if not entries:
+        return {}
+    tags = set(tags)
+    result: dict[str, str] = {}
+    for rcpt, address in addresses.items():
+        if ("whitelists", address) in entries or ("whitelists", events.domain_of(address)) in entries:
+            continue
+        for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
+                             ("unsubscribes", "suppress-unsubscribe")):
+            data = entries.get((kind, address))
+            if data is None:
+                continue
+            if kind == "unsubscribes":
+                unsub_tags = set(json.loads(data).get("tags") or ["*"])
+                if "*" not in unsub_tags and not unsub_tags & tags:
+                    continue
+            result[rcpt] = reason
+            break
+    return result
+
+
+def add_suppression(conn: sqlite3.Connection, domain: str, kind: str, address: str, now: float,
+                    data: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO suppressions (domain, kind, address, created_at, data) VALUES (?, ?, ?, ?, ?)"
+                 " ON CONFLICT (domain, kind, address) DO UPDATE SET data = excluded.data,"
+                 " created_at = excluded.created_at", (domain, kind, address.lower(), now, json.dumps(data)))
+
+
+def _job_event(kind: str, job: DeliveryJob, rcpt: str, now: float, extra: dict[str, Any]) -> dict[str, Any]:
+    env = job.envelope
+    flags = {"is-authenticated": env.get("auth_user") is not None, "is-test-mode": bool(job.options.get("test_mode")),
+             "is-routed": env.get("transport") == "route", "is-delayed-bounce": False}
+    envelope = {"sender": job.sender, "targets": rcpt, "transport": "smtp", "sending-ip": env.get("sending_ip", "")}
+    return events.base_event(kind, timestamp=now, recipient=rcpt, queue_id=job.queue_id,
+                             message=events.message_part(job.headers, job.size), options=job.options,
+                             envelope=envelope, flags=flags, extra=extra)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one attempt decided, per recipient, for ``finish_attempt``."""
+
+    outcomes: dict[str, Any]  # recipient -> types.Outcome
+    attempt_no: int
+    retry_at: float | None  # when deferred recipients are tried again; None: they have run out of time
+    session_seconds: float = 0.0
+
+
+def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRecord, now: float,
+                   dsn: Any = None) -> list[str]:
+    """Apply an attempt: events, bounce list, the row's next state. Returns permanently failed recipients.
+
+    ``dsn(job, failed: dict[rcpt, Outcome], original_headers: bytes) -> NewMessage | None`` builds the bounce
+    to the sender.
+    """
+    from mtad.outbound.classify import is_mailbox_bounce
+    from mtad.base.types import Outcome
+    deferred: list[str] = []
+    failed: dict[str, Outcome] = {}
+    for rcpt, outcome in record.outcomes.items():
+        if outcome.kind == "deferred" and record.retry_at is None:
+            outcome = Outcome("failed", outcome.code, outcome.enhanced, outcome.message, outcome.mx_host, outcome.tls,
+                              outcome.certificate_verified, reason="old")
+        status = events.outcome_status(outcome, record.attempt_no, record.session_seconds,
+                                       (record.retry_at - now) if outcome.kind == "deferred" and record.retry_at else None)
+        if outcome.kind == "delivered":
+            events.record(conn, job.sending_domain, _job_event("delivered", job, rcpt, now, {"delivery-status": status}))
+        elif outcome.kind == "deferred":
+            deferred.append(rcpt)
+            events.record(conn, job.sending_domain, _job_event(
+                "failed", job, rcpt, now, {"severity": "temporary", "reason": "generic", "delivery-status": status}))
+        else:
+            failed[rcpt] = outcome
+            events.record(conn, job.sending_domain, _job_event(
+                "failed", job, rcpt, now, {"severity": "permanent", "reason": outcome.reason or "bounce",
+                                           "delivery-status": status}))
+            if is_mailbox_bounce(outcome) and not conn.execute(  # allowlisted: never put on the bounce list
+                    "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
+                    (job.sending_domain, rcpt.lower(), events.domain_of(rcpt))).fetchone():
+                add_suppression(conn, job.sending_domain, "bounces", rcpt, now,
+                                {"code": str(outcome.code), "error": outcome.message})
+    last = next(iter(record.outcomes.values()), None)
+    if deferred:
+        conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
+                     " locked_by = NULL, locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                     (json.dumps(deferred), record.attempt_no, record.retry_at, last.code if last else None,
+                      last.message if last else None, now, job.id))
+    else:
+        conn.execute("UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, locked_by = NULL,"
+                     " locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                     (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
+    if failed and dsn is not None:
+        bounce = dsn(job, failed, _header_block(conn, job.queue_id))
+        if bounce is not None:
+            enqueue(conn, new_queue_id(), bounce, now)
+    return list(failed)
+
+
+def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],
+                record: AttemptRecord, now: float, dsn: Any = None) -> None:
+    """Record final outcomes for some recipients before any connection (suppressed); ``rest`` stays claimed by
+    ``worker`` in its state. One transaction: the row never shows as done while ``rest`` still waits.
+    """
+    (state,) = conn.execute("SELECT state FROM deliveries WHERE id = ?", (job.id,)).fetchone()
+    finish_attempt(conn, replace(job, recipients=tuple(record.outcomes)), record, now, dsn)
+    conn.execute("UPDATE deliveries SET recipients = ?, state = ?, attempts = ?, locked_by = ?, locked_at = ?"
+                 " WHERE id = ?", (json.dumps(list(rest)), state, job.attempts, worker, now, job.id))
+
+
+def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
+    """The message's header block with its final CRLF, for a DSN's text/rfc822-headers part."""
+    row = conn.execute("SELECT CASE WHEN instr(body, X'0D0A0D0A') > 0 THEN substr(body, 1, instr(body, X'0D0A0D0A')"
+                       " + 1) ELSE body END FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    return bytes(row[0]) if row else b""
+
+
+# --- HTTP work: route forwards and webhooks (same row shape) ------------------------------------------
+
+WORK_TABLES = ("forwards", "webhook_deliveries")
+
+
+def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float, limit: int,
+                   actions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions)."""
+    assert table in WORK_TABLES
+    only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
+    rows = conn.execute(
+        f"SELECT * FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
+        f" AND locked_by IS NULL{only} ORDER BY next_attempt_at LIMIT ?", (now, *actions, limit)).fetchall()
+    if not rows:
+        return []
+    names = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    ids = [r[0] for r in rows]
+    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+                 (worker, now, *ids))
+    return [dict(zip(names, r)) for r in rows]
+
+
+def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str, attempts: int,
+                next_attempt_at: float | None, status: int | None, error: str, now: float) -> None:
+    assert table in WORK_TABLES
+    conn.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                 " locked_by = NULL, locked_at = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                 (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
+
+
+def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT id, created_at, direction, domain, sender, recipients, message_id, headers, options,"
+                       " envelope, size, body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    if row is None:
+        return None
+    keys = ("id", "created_at", "direction", "domain", "sender", "recipients", "message_id", "headers", "options",
+            "envelope", "size", "body")
+    data = dict(zip(keys, row))
+    for key in ("recipients", "headers", "options", "envelope"):
+        data[key] = json.loads(data[key])
+    data["body"] = bytes(data["body"])
+    return data
