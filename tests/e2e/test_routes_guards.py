@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from mtad.store import Store, connect
+from mtad.store.engine import Store, connect
 from tests.e2e.apihelpers import basic_auth
 from tests.e2e.routes_support import (
     accepted, assert_clean_exit, forward_events, forward_rows, route,
@@ -150,6 +150,7 @@ def test_rebuilding_a_large_route_table_does_not_stall_the_daemon(tmp_path, cert
                 data=urllib.parse.urlencode({"priority": "0", "expression": "match_recipient('new-route@inbound.test')",
                                              "action": "stop()"}).encode())
             poster = threading.Thread(target=lambda: created.append(urllib.request.urlopen(request, timeout=60).status))
+            rebuild_started = time.monotonic()
             poster.start()
             latencies = []
             while poster.is_alive():  # RCPTs answered while the table is rebuilt
@@ -158,8 +159,11 @@ def test_rebuilding_a_large_route_table_does_not_stall_the_daemon(tmp_path, cert
                 latencies.append(time.monotonic() - started)
                 time.sleep(0.02)
             poster.join()
+            rebuild = time.monotonic() - rebuild_started
             assert created == [200]
-            assert max(latencies) < 0.3, f"slowest RCPT during the rebuild: {max(latencies):.3f}s"
+            # a rebuild on the event loop would hold one RCPT for (nearly) the whole rebuild; relative, so a
+            # loaded machine slows both sides alike
+            assert max(latencies) < rebuild / 2, f"slowest RCPT {max(latencies):.3f}s of a {rebuild:.3f}s rebuild"
             assert len(latencies) >= 5, latencies  # the rebuild took a while, and the daemon answered meanwhile
             assert s.rcpt("new-route@inbound.test")[0] == 250  # the new table is live
     finally:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mtad.quotes import html_to_text, strip_html, strip_text
+from mtad.inbound.form.quotes import html_to_text, strip_html, strip_text
 
 
 @pytest.mark.parametrize("body", [
@@ -129,7 +129,7 @@ def test_hostile_html_costs_linear_time(unit):
     start = time.perf_counter()
     strip_html(hostile)
     html_to_text(hostile)
-    assert time.perf_counter() - start < 3  # html.parser needs over a minute for "<a " * 33,000
+    assert time.perf_counter() - start < 20  # html.parser needs over a minute (~1 s here, idle) for "<a " * 33,000
 
 
 def test_hostile_text_costs_linear_time():
