@@ -117,6 +117,7 @@ class SendingDomainConfig:
     users: dict[str, UserConfig] = field(default_factory=dict)
     dkim: tuple[DkimKeyConfig, ...] = ()
     dkim_sign: bool = True
+    dsn: Literal["smtp", "always", "never"] = "smtp"  # bounce messages to the sender: for SMTP submissions only
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class DeliveryConfig:
     shaping_file: str | None = None
     max_inflight: int = 1000  # deliveries claimed from the store at once
     poll_interval: Duration = Duration(1)
-    dsn: bool = True  # bounce messages to SMTP senders on permanent failure
+    dsn: bool = True  # bounce messages on permanent failure, as each sending domain's ``dsn`` policy says
     message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
     dkim_workers: int = 1  # DKIM signing processes, started on first use; 0: sign in the main process
 

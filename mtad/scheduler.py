@@ -29,7 +29,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 from mtad import classify, dkim as dkim_mod, dsn, providers, spool
 from mtad.config import DeliveryConfig
@@ -62,7 +62,8 @@ class Site:
 class Scheduler:
     def __init__(self, *, store: Store, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
-                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time):
+                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
+                 dsn_policies: Mapping[str, dsn.Policy] | None = None):
         self.store = store
         self.connector = connector
         self.resolver = resolver
@@ -71,6 +72,7 @@ class Scheduler:
         self.hostname = hostname
         self.dkim_keys = dkim_keys
         self.smarthost_password = smarthost_password
+        self.dsn_policies = dict(dsn_policies or {})  # sending domain -> its DSN policy; others: "smtp"
         self.clock = clock
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
         self.limiter = ConcurrencyLimiter()
@@ -191,7 +193,7 @@ class Scheduler:
             await self._finish(job, outcomes)
             return None
         # The suppressed recipients are settled and the rest stays claimed for sending, in one transaction, so
-        # that a crash cannot lose the rest; like any permanent failure, the suppressed ones get a DSN.
+        # that a crash cannot lose the rest. Suppressed recipients never get a DSN (``dsn.build``).
         record = spool.AttemptRecord(outcomes, job.attempts + 1, None)
         await self.store.write(lambda c: spool.settle_some(c, job, self.worker, rest, record, now, self._bounce()))
         return replace(job, recipients=rest)
@@ -378,10 +380,13 @@ class Scheduler:
         self.wake()
 
     def _bounce(self):
-        """The DSN builder ``spool.finish_attempt`` calls for permanent failures, or None when DSNs are off."""
+        """The DSN builder ``spool.finish_attempt`` calls for permanent failures (each sending domain's policy),
+        or None when DSNs are off."""
         if not self.config.dsn:
             return None
-        return lambda job, failed, original_headers: dsn.build(job, failed, self.hostname, original_headers)
+        policies = self.dsn_policies
+        return lambda job, failed, original_headers: dsn.build(
+            job, failed, self.hostname, original_headers, policy=policies.get(job.sending_domain, "smtp"))
 
     async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
         try:
