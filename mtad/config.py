@@ -18,7 +18,7 @@ import yaml
 
 from mtad.configload import Secret, build, dump
 from mtad.errors import ConfigError
-from mtad.rates import Duration, Size
+from mtad.rates import Duration, Rate, Size
 
 Role = Literal["mx", "submission"]
 TlsMode = Literal["starttls", "implicit", "none"]
@@ -146,7 +146,11 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class SmarthostConfig:
-    """Send everything through another relay instead of looking up MX records."""
+    """Send everything through another relay instead of looking up MX records.
+
+    The relay is one destination the operator chose, shaped on its own rather than by the provider shaping
+    (every recipient domain shares these limits): connections as Postfix's relayhost concurrency, no message
+    rate unless set."""
 
     host: str
     port: int = 587
@@ -154,6 +158,12 @@ class SmarthostConfig:
     verify: bool = True
     username: str | None = None
     password: Secret | None = None
+    max_connections: int = 20  # Postfix default_destination_concurrency_limit
+    max_message_rate: Rate | None = None  # e.g. 500/s; none: unlimited
+
+    def __post_build__(self, path: str) -> None:
+        if self.max_connections < 1:
+            raise ConfigError(f"{path}.max_connections", "must be at least 1")
 
 
 @dataclass(frozen=True)
