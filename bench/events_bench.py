@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtad.events import record as events
 from mtad.store import queue as spool
-from mtad.events import webhooks  # noqa: E402
+from mtad.events.record import webhooks  # noqa: E402
 from mtad.config.schema import WebhookConfig, WebhooksConfig  # noqa: E402
 from mtad.base.rates import Duration  # noqa: E402
 from mtad.store.engine import Staged, Store  # noqa: E402

@@ -265,7 +265,8 @@ class App:
         password = d.smarthost.password.reveal() if d.smarthost and d.smarthost.password else None
         return Scheduler(store=self.store, connector=connector, resolver=resolver, shaping=load_shaping(cfg),
                          config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **load_dkim_keys(cfg)},
-                         smarthost_password=password)
+                         smarthost_password=password,
+                         dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()})
 
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from mtad.config.load import Secret, build, dump
 from mtad.base.errors import ConfigError
-from mtad.base.rates import Duration, Size
+from mtad.base.rates import Duration, Rate, Size
 
 Role = Literal["mx", "submission"]
 TlsMode = Literal["starttls", "implicit", "none"]
@@ -117,6 +117,7 @@ class SendingDomainConfig:
     users: dict[str, UserConfig] = field(default_factory=dict)
     dkim: tuple[DkimKeyConfig, ...] = ()
     dkim_sign: bool = True
+    dsn: Literal["smtp", "always", "never"] = "smtp"  # bounce messages to the sender: for SMTP submissions only
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class SmarthostConfig:
-    """Send everything through another relay instead of looking up MX records."""
+    """Send everything through another relay instead of looking up MX records.
+
+    The relay is one destination the operator chose, shaped on its own rather than by the provider shaping
+    (every recipient domain shares these limits): connections as Postfix's relayhost concurrency, no message
+    rate unless set."""
 
     host: str
     port: int = 587
@@ -153,6 +158,12 @@ class SmarthostConfig:
     verify: bool = True
     username: str | None = None
     password: Secret | None = None
+    max_connections: int = 20  # Postfix default_destination_concurrency_limit
+    max_message_rate: Rate | None = None  # e.g. 500/s; none: unlimited
+
+    def __post_build__(self, path: str) -> None:
+        if self.max_connections < 1:
+            raise ConfigError(f"{path}.max_connections", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,7 @@ class DeliveryConfig:
     shaping_file: str | None = None
     max_inflight: int = 1000  # deliveries claimed from the store at once
     poll_interval: Duration = Duration(1)
-    dsn: bool = True  # bounce messages to SMTP senders on permanent failure
+    dsn: bool = True  # bounce messages on permanent failure, as each sending domain's ``dsn`` policy says
     message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
     dkim_workers: int = 1  # DKIM signing processes, started on first use; 0: sign in the main process
 

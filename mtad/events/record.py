@@ -229,11 +229,12 @@ _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (
      " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = count + excluded.count"),
 )
 
-# What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP).
+# What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP);
+# None for an event that is not counted (``record(system=True)``).
 StatItem = tuple[str, tuple[str, ...], str, int, str, str]
 
 
-def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem]]) -> None:
+def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | None]]) -> None:
     """Insert (event row, counter item) pairs as ``record`` makes them, and add them to the counters: the
     events of a batch with the same counter item are counted once with their number, so a group commit of
     deliveries costs one UPSERT row per distinct counter, not several per event, and a few multi-row
@@ -243,7 +244,7 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem]]) 
     hourly: Counter = Counter()
     daily: Counter = Counter()
     dims: Counter = Counter()
-    for (domain, tags, leaf, hour, provider, ip), n in Counter([stat for _, stat in items]).items():
+    for (domain, tags, leaf, hour, provider, ip), n in Counter([stat for _, stat in items if stat]).items():
         day = hour // 24
         for tag in dict.fromkeys(("", *tags)):
             for key in _hourly_keys(leaf):
@@ -256,9 +257,12 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem]]) 
         execute_rows(conn, head, width, [(*key, n) for key, n in sorted(counts.items())], tail)
 
 
-def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None:
+def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any], *, system: bool = False) -> None:
     """Write one event, count it (hourly per tag, daily per tag, daily per provider and sending IP) and queue
     its webhook POSTs, in the caller's transaction.
+
+    ``system``: an event of a message mtad made itself (a DSN): written for tracing, but neither counted in the
+    domain's stats nor posted to its webhooks, since it is not the user's mail.
 
     Inside ``Store.write`` the event row, its counter item and its webhook rows are staged (``conn.staged``)
     and written with the rest of the group commit's (``write_events``, ``write_webhook_rows``) just before its
@@ -269,6 +273,7 @@ def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None
     item = ((event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
              headers.get("message-id", ""), event.get("storage", {}).get("key", ""), event.get("severity", ""),
              _encode(event)),
+            None if system else
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
              event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or ""))
     staged = getattr(conn, "staged", None)
@@ -276,7 +281,7 @@ def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any]) -> None
         write_events(conn, [item])
     else:
         staged.pending(_STAGED, write_events).append(item)
-    hook = webhook_id(event)
+    hook = None if system else webhook_id(event)
     if hook is not None:
         targets = webhook_targets(conn, domain, hook)
         if targets:

@@ -7,7 +7,8 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
    suppressed recipients, the operator's pauses, and the bodies of small messages.
 2. Each job is checked before any connection: age and Deliver-Within (fail, reason ``old``), test mode
    (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
-3. The destination's MX hosts are resolved (or the smarthost used) and its ``ProviderPolicy`` found;
+3. The destination's MX hosts are resolved and its ``ProviderPolicy`` found (or the smarthost used, with a
+   policy of its own: ``smarthost_policy``);
    the job (its preloaded body DKIM-signed by a worker process, ``dkim_pool``) joins the ready queue of
    its site (provider + hosts).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
@@ -29,7 +30,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 from mtad.outbound import classify
 from mtad.mail import dkim as dkim_mod
@@ -66,7 +67,8 @@ class Site:
 class Scheduler:
     def __init__(self, *, store: Store, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
-                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time):
+                 smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
+                 dsn_policies: Mapping[str, dsn.Policy] | None = None):
         self.store = store
         self.connector = connector
         self.resolver = resolver
@@ -75,6 +77,8 @@ class Scheduler:
         self.hostname = hostname
         self.dkim_keys = dkim_keys
         self.smarthost_password = smarthost_password
+        self.dsn_policies = dict(dsn_policies or {})  # sending domain -> its DSN policy; others: "smtp"
+        self._smarthost_policy = smarthost_policy(config, shaping)
         self.clock = clock
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
         self.limiter = ConcurrencyLimiter()
@@ -153,7 +157,7 @@ class Scheduler:
             except (PermFailure, TempFailure) as exc:
                 await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
                 return
-            policy = providers.for_destination(job.domain, list(mx_hosts), self.shaping)
+            policy = self._smarthost_policy or providers.for_destination(job.domain, list(mx_hosts), self.shaping)
             if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
                 await self.store.write(lambda c: spool.hold(c, job.id))
                 self.inflight -= 1
@@ -195,7 +199,7 @@ class Scheduler:
             await self._finish(job, outcomes)
             return None
         # The suppressed recipients are settled and the rest stays claimed for sending, in one transaction, so
-        # that a crash cannot lose the rest; like any permanent failure, the suppressed ones get a DSN.
+        # that a crash cannot lose the rest. Suppressed recipients never get a DSN (``dsn.build``).
         record = spool.AttemptRecord(outcomes, job.attempts + 1, None)
         await self.store.write(lambda c: spool.settle_some(c, job, self.worker, rest, record, now, self._bounce()))
         return replace(job, recipients=rest)
@@ -382,16 +386,31 @@ class Scheduler:
         self.wake()
 
     def _bounce(self):
-        """The DSN builder ``spool.finish_attempt`` calls for permanent failures, or None when DSNs are off."""
+        """The DSN builder ``spool.finish_attempt`` calls for permanent failures (each sending domain's policy),
+        or None when DSNs are off."""
         if not self.config.dsn:
             return None
-        return lambda job, failed, original_headers: dsn.build(job, failed, self.hostname, original_headers)
+        policies = self.dsn_policies
+        return lambda job, failed, original_headers: dsn.build(
+            job, failed, self.hostname, original_headers, policy=policies.get(job.sending_domain, "smtp"))
 
     async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
         try:
             await self.store.write(lambda c: spool.release(c, job.id, at, reply))
         finally:
             self.inflight -= 1
+
+
+def smarthost_policy(config: DeliveryConfig, shaping: ShapingConfig) -> ProviderPolicy | None:
+    """The one policy of every delivery through the configured smarthost (None without one), named ``smarthost``:
+    its ``max_connections`` and ``max_message_rate`` (none: unlimited) from ``delivery.smarthost``, the rest
+    (deliveries per connection, idle_timeout) from the shaping file's default. Provider shaping does not apply:
+    the relay is one destination, whatever the recipients' domains."""
+    sh = config.smarthost
+    if sh is None:
+        return None
+    return replace(shaping.default, name="smarthost", max_connections=sh.max_connections,
+                   max_message_rate=sh.max_message_rate)
 
 
 def _pauses(conn) -> dict[str, set[str]]:

@@ -82,8 +82,11 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
          for f in forwards if f.action != "address"])
+    from mtad.outbound.dsn import TRANSPORT as DSN
+    system = env.transport == DSN  # a bounce mtad made is not the user's accepted mail
     for event in events.accepted_events(msg, queue_id, now):  # inbound: each recipient's own receiving domain
-        events.record(conn, event["recipient-domain"] if msg.direction == "inbound" else msg.domain, event)
+        events.record(conn, event["recipient-domain"] if msg.direction == "inbound" else msg.domain, event,
+                      system=system)
 
 
 def release_stale_locks(conn: sqlite3.Connection) -> int:
@@ -242,10 +245,13 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
     """Apply an attempt: events, bounce list, the row's next state. Returns permanently failed recipients.
 
     ``dsn(job, failed: dict[rcpt, Outcome], original_headers: bytes) -> NewMessage | None`` builds the bounce
-    to the sender.
+    to the sender. A DSN's own outcomes are recorded as system events (not the user's stats nor webhooks), and
+    its failure never puts its recipient (the user's own address) on the domain's bounce list.
     """
     from mtad.outbound.classify import is_mailbox_bounce
+    from mtad.outbound.dsn import is_dsn
     from mtad.base.types import Outcome
+    system = is_dsn(job)
     deferred: list[str] = []
     failed: dict[str, Outcome] = {}
     for rcpt, outcome in record.outcomes.items():
@@ -255,17 +261,19 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
         status = events.outcome_status(outcome, record.attempt_no, record.session_seconds,
                                        (record.retry_at - now) if outcome.kind == "deferred" and record.retry_at else None)
         if outcome.kind == "delivered":
-            events.record(conn, job.sending_domain, _job_event("delivered", job, rcpt, now, {"delivery-status": status}))
+            events.record(conn, job.sending_domain, _job_event("delivered", job, rcpt, now, {"delivery-status": status}),
+                          system=system)
         elif outcome.kind == "deferred":
             deferred.append(rcpt)
             events.record(conn, job.sending_domain, _job_event(
-                "failed", job, rcpt, now, {"severity": "temporary", "reason": "generic", "delivery-status": status}))
+                "failed", job, rcpt, now, {"severity": "temporary", "reason": "generic", "delivery-status": status}),
+                system=system)
         else:
             failed[rcpt] = outcome
             events.record(conn, job.sending_domain, _job_event(
                 "failed", job, rcpt, now, {"severity": "permanent", "reason": outcome.reason or "bounce",
-                                           "delivery-status": status}))
-            if is_mailbox_bounce(outcome) and not conn.execute(  # allowlisted: never put on the bounce list
+                                           "delivery-status": status}), system=system)
+            if not system and is_mailbox_bounce(outcome) and not conn.execute(  # allowlisted: never put on the bounce list
                     "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
                     (job.sending_domain, rcpt.lower(), events.domain_of(rcpt))).fetchone():
                 add_suppression(conn, job.sending_domain, "bounces", rcpt, now,
@@ -280,7 +288,7 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
         conn.execute("UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, locked_by = NULL,"
                      " locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
                      (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
-    if failed and dsn is not None:
+    if failed and dsn is not None and not system:
         bounce = dsn(job, failed, _header_block(conn, job.queue_id))
         if bounce is not None:
             enqueue(conn, new_queue_id(), bounce, now)
