@@ -8,7 +8,7 @@ DKIM, events). The answer ``{"id": "<message-id>", "message": "Queued. Thank you
 after the durable commit; a batch (``recipient-variables``) is committed all or nothing.
 
 Errors: 400 naming the field (missing, malformed, header injection, too many recipients, over the
-size limit), 404 for a domain mtad does not send for, 413 for a body over ``api.max_body_size``, 503
+size limit, headers over the SMTP limits, user variables over 4 KB, a stored template), 404 for a domain mtad does not send for, 413 for a body over ``api.max_body_size``, 503
 when the store cannot commit.
 """
 
@@ -143,8 +143,10 @@ async def send(request: web.Request) -> web.Response:
         big = (sum(len(u.data) for u in uploads) > _THREAD_BYTES
                or any(n == "recipient-variables" and len(v) > 2000 for n, v in fields)
                or sum(1 for n, _ in fields if n == "to") > _THREAD_COPIES)
+        limits = ctx.ingress.limits
         composed = await _compose(compose_mod.compose, fields, uploads, domain=domain, now=now,
-                                  max_size=int(ctx.ingress.limits.max_message_size), big=big)
+                                  max_size=int(limits.max_message_size), max_header_count=limits.max_header_count,
+                                  max_header_size=int(limits.max_header_size), big=big)
         return await _commit(ctx, request, composed, domain, now)
     except FormError as exc:
         return error(exc.status, exc.message)

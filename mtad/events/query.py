@@ -18,6 +18,11 @@ meanwhile never shift a page; an ascending query without an end keeps returning 
 whose timestamp is earlier than a cursor already passed (written late by a slow transaction) is not
 seen by that traversal; poll a little behind "now" if that matters.
 
+**Size**: a page holds at most ``limit`` events and about ``MAX_PAGE_BYTES`` of event JSON: a page that would
+be larger ends early, and its ``next`` link goes on from its last event (so a client following links sees every
+event once, in smaller pages). Each event is at most ``events.MAX_EVENT_BYTES`` plus its user variables
+(events written before that bound are shortened as they are read, ``events.bounded_text``).
+
 Pure except ``fetch``/``count``, which take a read connection.
 """
 
@@ -33,8 +38,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+from mtad.events import record as events
+
 MAX_LIMIT = 300
 LOGS_MAX_LIMIT = 1000
+MAX_PAGE_BYTES = 4_000_000  # event JSON in one page at most (beyond one event): answers of a known size
+# a stored event longer than this is shortened as it is read: MAX_EVENT_BYTES plus 4 KB of variables, escaped
+MAX_READ_EVENT_BYTES = events.MAX_EVENT_BYTES + 6 * 4096
 
 
 class QueryError(ValueError):
@@ -479,9 +489,16 @@ def fetch(conn: sqlite3.Connection, query: EventQuery, page: Page) -> Result:
     prefix, source, hours = _source(conn, query)
     if hours:
         where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
-    rows = conn.execute(f"{prefix}SELECT seq, timestamp, domain, data FROM {source} WHERE {where}"
-                        f" ORDER BY timestamp {order}, seq {order} LIMIT ?", (*hours, *params, query.limit)).fetchall()
-    rows = [tuple(r) for r in rows]
+    cursor = conn.execute(f"{prefix}SELECT seq, timestamp, domain, {events.EVENT_DATA} FROM {source} WHERE {where}"
+                          f" ORDER BY timestamp {order}, seq {order} LIMIT ?", (*hours, *params, query.limit))
+    rows, size = [], 0
+    for seq, timestamp, domain, data in cursor:  # rows one by one, the page ending when it is large
+        data = events.bounded_text(data, MAX_READ_EVENT_BYTES)
+        size += len(data)
+        if rows and size > MAX_PAGE_BYTES:
+            break
+        rows.append((seq, timestamp, domain, data))
+    cursor.close()
     if page.side == "before":
         rows.reverse()
     if rows:

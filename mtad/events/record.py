@@ -9,6 +9,13 @@ increments and webhook rows are staged and written with those of the whole group
 COMMIT (``write_events``: a few multi-row statements, one UPSERT row per distinct counter), which is what
 keeps events cheap beside deliveries. Building is pure; recording takes the writer's connection.
 
+Size: every event of a message carries its user variables (up to 4 KB, ``options.MAX_VARIABLES_SIZE``), and a
+message to 1,000 recipients has thousands of events; so variables over ``INLINE_VARIABLES`` bytes are stored
+once in ``event_variables`` (keyed by their hash) and the event row names them (``events.variables``). Readers
+select ``EVENT_DATA`` instead of the ``data`` column: the same JSON, variables put back. An event is also
+bounded as a whole: over ``MAX_EVENT_BYTES`` its long strings are shortened (``bounded``), so one answer of the
+events API holds a known number of bytes per event.
+
 Webhook URLs live in the ``webhooks`` table; ``record`` reads them through an in-memory cache that
 whoever changes the table clears with ``invalidate_webhooks()`` (the table is small and read on
 every event). ``on_webhook_work`` and ``observers`` are process-local hooks set by app.py: called on
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import random
 import secrets
@@ -208,7 +216,14 @@ def add_webhook_work(conn: sqlite3.Connection, domain: str, event_id: str, targe
     return len(rows)
 
 
-_EVENT_ROWS = "INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
+_EVENT_ROWS = ("INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data,"
+               " variables)")
+INLINE_VARIABLES = 256  # bytes of user-variables JSON kept inline in an event; larger ones are stored once
+MAX_EVENT_BYTES = 32_768  # an event's JSON (without stored-once variables) at most; longer strings are shortened
+# The event JSON as the API and webhooks show it: ``data`` with its stored-once variables put back (first).
+EVENT_DATA = ("CASE WHEN events.variables IS NULL THEN events.data ELSE '{\"user-variables\":' ||"
+              " coalesce((SELECT v.data FROM event_variables v WHERE v.key = events.variables), '{}') || ',' ||"
+              " substr(events.data, 2) END")
 _json_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # events are trees we built
 
 
@@ -219,7 +234,71 @@ def _encode(event: dict[str, Any]) -> str:
         return orjson.dumps(event).decode()
     except (orjson.JSONEncodeError, TypeError):
         return _json_encode(event)
-_STAGED, _STAGED_WEBHOOKS = "events", "events.webhooks"  # what each write stages (see store.Staged)
+_STAGED, _STAGED_WEBHOOKS, _STAGED_VARIABLES = "events", "events.webhooks", "events.variables"  # see store.Staged
+
+
+def _shorten(value: Any, cut: int, items: int) -> Any:
+    """``value`` with strings over ``cut`` characters cut (ending in "…") and lists and objects over ``items``
+    entries cut to their first ``items``."""
+    if isinstance(value, str):
+        return value if len(value) <= cut else value[:cut] + "…"
+    if isinstance(value, dict):
+        return {k: _shorten(v, cut, items) for k, v in list(value.items())[:items]}
+    if isinstance(value, list):
+        return [_shorten(v, cut, items) for v in value[:items]]
+    return value
+
+
+_KEPT = ("id", "event", "timestamp", "log-level", "recipient", "recipient-domain", "severity", "reason", "method",
+         "storage")
+
+
+def _fits(text: str, limit: int) -> bool:
+    """At most ``limit`` bytes of UTF-8 (events are ASCII but for header values and variables)."""
+    return len(text) <= limit and (text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limit)
+
+
+def bounded(event: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> str:
+    """The JSON of ``event``, at most ``limit`` bytes: as it is if it fits; else with long strings, lists and
+    objects shortened (a 1,000-recipient To header, a huge subject); at worst its identifying fields only."""
+    text = _encode(event)
+    if _fits(text, limit):
+        return text
+    for cut, items in ((1024, 100), (128, 20)):
+        text = _encode(_shorten(event, cut, items))
+        if _fits(text, limit):
+            return text
+    headers = (event.get("message") or {}).get("headers") or {}
+    kept = {k: event[k] for k in _KEPT if k in event}
+    kept["message"] = {"headers": {"message-id": str(headers.get("message-id", ""))[:1024]}}
+    return _encode(_shorten(kept, 1024, 20))
+
+
+def bounded_text(text: str, limit: int = MAX_EVENT_BYTES) -> str:
+    """``bounded`` for stored event JSON (events written before events were bounded)."""
+    return text if _fits(text, limit) else bounded(json.loads(text), limit)
+
+
+def write_variables(conn: sqlite3.Connection, rows: list[tuple[str, str, float]]) -> None:
+    """Store (key, JSON, event time) variables once each; a key stored already gets the newer time."""
+    newest: dict[str, tuple[str, str, float]] = {}
+    for row in rows:
+        if row[0] not in newest or newest[row[0]][2] < row[2]:
+            newest[row[0]] = row
+    execute_rows(conn, "INSERT INTO event_variables (key, data, last_at)", 3, list(newest.values()),
+                 " ON CONFLICT (key) DO UPDATE SET last_at = max(last_at, excluded.last_at)")
+
+
+def _stored_form(event: dict[str, Any]) -> tuple[str, tuple[str, str, float] | None]:
+    """(event JSON to store, (key, variables JSON, time) to store once or None)."""
+    variables = event.get("user-variables")
+    if variables:
+        text = _encode(variables)
+        if len(text) > INLINE_VARIABLES:
+            key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+            rest = {k: v for k, v in event.items() if k != "user-variables"}
+            return bounded(rest), (key, text, event["timestamp"])
+    return bounded(event), None
 _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (store.execute_rows)
     ("INSERT INTO stats (domain, tag, event, hour, count)", 5,
      " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + excluded.count"),
@@ -240,7 +319,7 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
     deliveries costs one UPSERT row per distinct counter, not several per event, and a few multi-row
     statements in all (``store.execute_rows``). Counters are updated in key order (neighbouring keys share
     B-tree pages)."""
-    execute_rows(conn, _EVENT_ROWS, 9, [row for row, _ in items])
+    execute_rows(conn, _EVENT_ROWS, 10, [row for row, _ in items])
     hourly: Counter = Counter()
     daily: Counter = Counter()
     dims: Counter = Counter()
@@ -270,17 +349,22 @@ def record(conn: sqlite3.Connection, domain: str, event: dict[str, Any], *, syst
     connection they are written at once."""
     headers = event.get("message", {}).get("headers", {})
     tags = event.get("tags")
+    data, variables = _stored_form(event)
     item = ((event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
              headers.get("message-id", ""), event.get("storage", {}).get("key", ""), event.get("severity", ""),
-             _encode(event)),
+             data, variables[0] if variables else None),
             None if system else
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
              event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or ""))
     staged = getattr(conn, "staged", None)
     if staged is None:
         write_events(conn, [item])
+        if variables:
+            write_variables(conn, [variables])
     else:
         staged.pending(_STAGED, write_events).append(item)
+        if variables:
+            staged.pending(_STAGED_VARIABLES, write_variables).append(variables)
     hook = None if system else webhook_id(event)
     if hook is not None:
         targets = webhook_targets(conn, domain, hook)

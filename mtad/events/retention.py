@@ -20,11 +20,16 @@ log = logging.getLogger("mtad.retention")
 
 
 def prune_batch(conn, cutoff: float, limit: int) -> int:
-    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows."""
-    deleted = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?"
-                           " ORDER BY timestamp LIMIT ?)", (cutoff, limit)).rowcount
+    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows and
+    stored-once user variables no newer event names."""
+    old_events = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?"
+                              " ORDER BY timestamp LIMIT ?)", (cutoff, limit)).rowcount
+    deleted = old_events
     deleted += conn.execute("DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
                             " WHERE state IN ('done', 'failed') AND updated_at < ? LIMIT ?)", (cutoff, limit)).rowcount
+    if old_events < limit:  # no event older than the cutoff is left, so none names variables last used before it
+        deleted += conn.execute("DELETE FROM event_variables WHERE key IN (SELECT key FROM event_variables"
+                                " WHERE last_at < ? LIMIT ?)", (cutoff, limit)).rowcount
     return deleted
 
 

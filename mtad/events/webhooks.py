@@ -293,7 +293,7 @@ class Dispatcher:
 
 
 def _load_event(conn, event_id: str, legacy: bool):
-    row = conn.execute("SELECT data, queue_id FROM events WHERE id = ?", (event_id,)).fetchone()
+    row = conn.execute(f"SELECT {events.EVENT_DATA}, queue_id FROM events WHERE id = ?", (event_id,)).fetchone()
     if row is None:
         return None
     data = row[0]

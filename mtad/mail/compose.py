@@ -17,7 +17,11 @@ removed) become the same ``SendOptions``.
 Safety: Python's e-mail generator does not guard against header injection, so this module writes
 headers itself and refuses any value bound for a header that holds CR, LF or NUL (also after
 recipient-variable substitution) with a ``ComposeError`` naming the field. At most 1,000 recipients;
-the finished message must fit ``max_size`` (25 MB by default). Pure functions: no I/O.
+the finished message must fit ``max_size`` (25 MB by default) and its header block the SMTP limits
+(``max_header_count`` fields, ``max_header_size`` bytes), so the API cannot make what SMTP refuses. User
+variables are bounded by ``options.MAX_VARIABLES_SIZE``. Stored templates do not exist in mtad: a request
+naming one (``template``, ``t:*``, ``h:X-Mailgun-Template-*``) is refused rather than sent without its
+content. Pure functions: no I/O.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version"}
 _ADDRESS_HEADERS = {"from", "to", "cc", "reply-to", "sender", "bcc"}
 # o: fields options.py does not know, handled here (or accepted and ignored, see api docs).
 _SCHEDULING = {"o:deliverytime-optimize-period", "o:time-zone-localize"}
+# Mailgun's stored-template fields (and their header twins): refused until mtad has stored templates.
+_TEMPLATE_HEADER = "x-mailgun-template"
+_NO_TEMPLATES = ("stored templates are not supported by mtad; send the message's content in 'text', 'html' or"
+                 " 'amp-html' (or a whole message to messages.mime)")
 
 
 class ComposeError(ValueError):
@@ -112,6 +120,8 @@ _REPEATABLE = {"to", "cc", "bcc"}
 def _group(fields: Iterable[tuple[str, str]]) -> _Form:
     form = _Form()
     for name, value in fields:
+        if name == "template" or name.startswith("t:"):
+            raise ComposeError(name, _NO_TEMPLATES)
         if name.startswith("h:"):
             form.headers.append((name[2:], value))
         elif name.startswith("v:"):
@@ -360,6 +370,7 @@ def _split_mailgun_headers(form_headers: list[tuple[str, str]]
     for name, value in form_headers:
         lower = name.lower()
         if lower.startswith("x-mailgun-"):
+            _refuse_template_header(f"h:{name}", name)
             key = options_mod.HEADER_OPTIONS.get(lower)
             if key is None:
                 unknown.append((name, value))
@@ -368,6 +379,19 @@ def _split_mailgun_headers(form_headers: list[tuple[str, str]]
         else:
             kept.append((name, value))
     return kept, items, unknown
+
+
+def _refuse_template_header(field_name: str, header_name: str) -> None:
+    if header_name.lower().startswith(_TEMPLATE_HEADER):
+        raise ComposeError(field_name, _NO_TEMPLATES)
+
+
+def _check_header_limits(count: int, size: int, max_count: int, max_size: int) -> None:
+    """The SMTP limits on a header block (``limits.max_header_count``, ``limits.max_header_size``)."""
+    if count > max_count:
+        raise ComposeError("h:", f"the message would have {count} header fields, over the limit of {max_count}")
+    if size > max_size:
+        raise ComposeError("h:", f"the header block would be {size} bytes, over the limit of {max_size}")
 
 
 # --- the header block as ingress sees it ---------------------------------------------------------------
@@ -452,12 +476,17 @@ class _Request:
     message_id: str
     now: float
     max_size: int
+    max_header_count: int
+    max_header_size: int
 
 
 def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, domain: str, now: float,
-            max_size: int) -> Composed:
+            max_size: int, max_header_count: int = 1000, max_header_size: int = 1_000_000) -> Composed:
     """The copies a ``/messages`` request asks for. Raises ComposeError naming the faulty field."""
     form = _group(fields)
+    # the h: fields alone over the limits: refused before any copy is built (each copy is checked in _build)
+    _check_header_limits(len(form.headers), sum(len(n) + len(v) + 4 for n, v in form.headers), max_header_count,
+                         max_header_size)
     senders, to, cc, bcc = _recipients(form)
     bodies = _bodies(form)
     subject = form.single.get("subject", "")
@@ -472,7 +501,7 @@ def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, dom
     message_id = next((_user_message_id(v) for n, v in user_headers if n.lower() == "message-id"),
                       None) or new_message_id(domain, now)
     req = _Request(senders, to, cc, bcc, subject, bodies, batch, user_headers, items, unknown, form.user_variables,
-                   files, message_id, now, max_size)
+                   files, message_id, now, max_size, max_header_count, max_header_size)
     if batch is None:
         copies = (_build(req, to, None),)
     else:
@@ -503,8 +532,6 @@ def _recipients(form: _Form) -> tuple[list[tuple[str, str]], ...]:
 def _bodies(form: _Form) -> tuple[str | None, str | None, str | None]:
     text, html, amp = form.single.get("text"), form.single.get("html"), form.single.get("amp-html")
     if text is None and html is None and amp is None:
-        if "template" in form.single:
-            raise ComposeError("template", "is not supported by mtad; send 'text', 'html' or 'amp-html'")
         raise ComposeError("text", "Need at least one of 'text', 'html' or 'amp-html' parameters specified")
     return text, html, amp
 
@@ -577,14 +604,17 @@ def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, 
     head = _head(req, to_pairs, variables)
     text, html, amp = (None if b is None else _substitute(b, variables) for b in req.bodies)
     body = _body(text, html, amp, *req.files)
-    content = "".join(head).encode("utf-8") + body  # ASCII but for UTF-8 addresses (RFC 6532)
+    head_bytes = "".join(head).encode("utf-8")  # ASCII but for UTF-8 addresses (RFC 6532)
+    entity_end = body.index(b"\r\n\r\n") + 2
+    entity_head = body[:entity_end].decode("ascii")  # Content-Type and its CTE: the end of the header block
+    fields = _fields(head + [line + "\r\n" for line in entity_head.split("\r\n")[:-1]])
+    _check_header_limits(len(fields), len(head_bytes) + entity_end, req.max_header_count, req.max_header_size)
+    content = head_bytes + body
     if len(content) > req.max_size:
         raise ComposeError("message", f"is {len(content)} bytes, over the limit of {req.max_size}")
     user_vars = [(n, _substitute(v, variables)) for n, v in req.user_variables]
     opts = _parse_options(req.option_items, user_vars, req.unknown)
     recipients = tuple(dict.fromkeys([a for _, a in to_pairs] + [a for _, a in req.cc] + [a for _, a in req.bcc]))
-    entity_head = body[:body.index(b"\r\n\r\n") + 2].decode("ascii")  # Content-Type and its CTE
-    fields = _fields(head + [line + "\r\n" for line in entity_head.split("\r\n")[:-1]])
     return Copy(recipients, content, opts, fields, _summary(fields))
 
 
@@ -625,6 +655,7 @@ def from_mime(raw: bytes, fields: Iterable[tuple[str, str]], *, domain: str, now
     mailgun = [f for f in fields_ if f.name.lower().startswith("x-mailgun-")]
     header_items, unknown = [], []
     for f in mailgun:
+        _refuse_template_header("message", f.name)
         key = options_mod.HEADER_OPTIONS.get(f.name.lower())
         if key is None:
             unknown.append((f.name, headers_mod.decode(f.value)))

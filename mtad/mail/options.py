@@ -18,6 +18,9 @@ from mtad.base.types import SendOptions
 
 MAX_TAGS = 3
 MAX_CAMPAIGNS = 3
+# Mailgun: "the total size of custom variables is limited to 4KB". Counted here as the UTF-8 bytes of every v:
+# field's name and value and every X-Mailgun-Variables value, before parsing (a bound on what events store).
+MAX_VARIABLES_SIZE = 4096
 
 HEADER_OPTIONS = {
     "x-mailgun-tag": "tag",
@@ -96,6 +99,14 @@ def parse(items: Iterable[tuple[str, str, str]], user_variables: Iterable[tuple[
     campaigns: list[str] = []
     variables: dict = {}
     values: dict = {}
+    size = 0
+
+    def count(source: str, text: str) -> int:
+        total = size + len(text.encode("utf-8", "surrogatepass"))
+        if total > MAX_VARIABLES_SIZE:
+            raise OptionError(source, f"custom variables (v: fields and X-Mailgun-Variables) total {total} bytes or"
+                                      f" more, over the limit of {MAX_VARIABLES_SIZE} bytes (4 KB, as Mailgun)")
+        return total
     for source, key, value in items:
         value = value.strip()
         if key == "tag":
@@ -109,6 +120,7 @@ def parse(items: Iterable[tuple[str, str, str]], user_variables: Iterable[tuple[
             if len(campaigns) > MAX_CAMPAIGNS:
                 raise OptionError(source, f"at most {MAX_CAMPAIGNS} campaigns per message")
         elif key == "variables":
+            size = count(source, value)
             variables.update(_variables(source, value))
         elif key == "deliverytime":
             values["deliver_by"] = _time(source, value)
@@ -127,6 +139,7 @@ def parse(items: Iterable[tuple[str, str, str]], user_variables: Iterable[tuple[
         else:
             raise OptionError(source, "unknown option")
     for name, value in user_variables:
+        size = count(name, name + value)
         name = name[2:] if name.startswith("v:") else name
         try:
             variables[name] = json.loads(value) if value[:1] in "{[" else value

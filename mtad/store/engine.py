@@ -18,6 +18,7 @@ deliveries          one row per (message, destination domain): outbound work
 forwards            one row per (message, recipient, route action destination): inbound work
 webhook_deliveries  one row per (event, webhook URL)
 events              Mailgun-shaped event log
+event_variables     user variables too big to repeat in each event: stored once, named by events.variables
 stats               hourly counters maintained as events are written
 stats_daily         the same counters per day (what queries over days and months read)
 stats_dims          daily counters by provider (recipient domain) and sending IP, without tags
@@ -51,7 +52,7 @@ from mtad.base.errors import StoreError
 log = logging.getLogger("mtad.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: events.variables and event_variables (a version 1 file is migrated on open)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -133,7 +134,8 @@ CREATE TABLE IF NOT EXISTS events (
     message_id TEXT NOT NULL DEFAULT '',
     queue_id TEXT NOT NULL DEFAULT '',
     severity TEXT NOT NULL DEFAULT '',
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    variables TEXT  -- the key of its user-variables in event_variables; NULL: they are inline in data
 );
 CREATE INDEX IF NOT EXISTS events_domain_time ON events(domain, timestamp);
 CREATE INDEX IF NOT EXISTS events_time ON events(timestamp);
@@ -207,6 +209,12 @@ CREATE TABLE IF NOT EXISTS stats_dims (
     count INTEGER NOT NULL,
     PRIMARY KEY (domain, dim, value, event, day)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_variables (
+    key TEXT PRIMARY KEY,  -- a hash of data: the same variables are stored once, whatever names them
+    data TEXT NOT NULL,  -- the JSON object
+    last_at REAL NOT NULL  -- the newest event naming it: retention deletes it with that event
+);
+CREATE INDEX IF NOT EXISTS event_variables_last ON event_variables(last_at);
 CREATE TABLE IF NOT EXISTS webhooks (
     domain TEXT NOT NULL,
     hook TEXT NOT NULL,
@@ -217,6 +225,14 @@ CREATE TABLE IF NOT EXISTS webhooks (
     PRIMARY KEY (domain, hook, url)
 ) WITHOUT ROWID;
 """
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema up to this one (after ``SCHEMA``, which adds missing tables and indexes
+    but no columns to tables that exist). Each step checks what is there, so it is safe to run on any version."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "variables" not in columns:  # version 1: every event held its user variables inline
+        conn.execute("ALTER TABLE events ADD COLUMN variables TEXT")
 
 
 class Staged:
@@ -362,6 +378,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this mtad knows {SCHEMA_VERSION}")
         conn.executescript(SCHEMA)
+        migrate(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)

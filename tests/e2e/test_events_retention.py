@@ -21,8 +21,9 @@ def world(tmp_path_factory, certs):
 
 
 async def test_old_events_are_pruned_and_counters_stay(world):
-    world.send(["old@dest.test"], "Old news")
+    world.send(["old@dest.test"], "Old news", variables={"blob": "x" * 600})  # stored once (events.variables)
     await wait_for(lambda: events(world, "example.com", event="delivered"), 10, "the first delivery")
+    assert world.mtad.query("SELECT count(*) FROM event_variables") == [(1,)]
     sent_at = time.time()
     await wait_for(lambda: _none(world), 10, "the old events to be pruned")
     assert time.time() - sent_at >= 2  # not before their time
@@ -32,6 +33,7 @@ async def test_old_events_are_pruned_and_counters_stay(world):
     totals = await api(world, "GET", "/v3/example.com/stats/total", params={"event": "delivered", "duration": "1d"})
     assert sum(s["delivered"]["total"] for s in totals["stats"]) == 2  # counters are not pruned
     assert world.mtad.query("SELECT count(*) FROM events WHERE recipient = 'old@dest.test'") == [(0,)]
+    assert world.mtad.query("SELECT count(*) FROM event_variables") == [(0,)]  # gone with the events naming them
 
 
 async def _none(world: World) -> bool:

@@ -49,3 +49,21 @@ def test_more_than_three_tags_refused():
 def test_api_fields_share_the_parser():
     opts = options.parse([("o:tag", "tag", "x"), ("o:testmode", "testmode", "yes")], [("v:id", "42")])
     assert opts.tags == ("x",) and opts.test_mode and opts.variables == {"id": "42"}
+
+
+def test_variables_total_at_most_4kb_counted_in_utf8_bytes_across_sources():
+    limit = options.MAX_VARIABLES_SIZE
+    assert limit == 4096
+    ok = options.parse([], [("v:a", "x" * (limit - 3))])  # "v:a" + value: exactly 4,096 bytes
+    assert ok.variables == {"a": "x" * (limit - 3)}
+    with pytest.raises(OptionError) as err:
+        options.parse([], [("v:a", "x" * (limit - 2))])
+    assert err.value.option == "v:a"
+    with pytest.raises(OptionError) as err:  # é is two bytes
+        options.parse([], [("v:a", "é" * (limit // 2))])
+    with pytest.raises(OptionError) as err:
+        options.parse([("X-Mailgun-Variables", "variables", '{"a": "%s"}' % ("x" * 3000))], [("v:b", "y" * 1100)])
+    assert err.value.option == "v:b"
+    with pytest.raises(OptionError) as err:
+        options.from_headers([("X-Mailgun-Variables", '{"a": "%s"}' % ("x" * 2100))] * 2)
+    assert err.value.option == "X-Mailgun-Variables" and "4096 bytes" in err.value.problem
