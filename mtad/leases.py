@@ -20,7 +20,7 @@ because its result could not be recorded. It gives up (raises) only when the sto
 start releases the row, at-least-once) or when ``fn`` itself fails (a bug: not retried).
 
 ``give_back(...)`` is the error path of a claim that could not be handled: released at once (through ``settle``),
-due again at once after a store failure, after ``RETRY_AFTER_ERROR`` after any other error.
+due again ``RETRY_AFTER_STORE_ERROR`` after a store failure, ``RETRY_AFTER_ERROR`` after any other error.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ log = logging.getLogger("mtad.leases")
 T = TypeVar("T")
 
 MAX_BACKOFF = 5.0  # seconds between tries of a write the store refused, at most
-RETRY_AFTER_ERROR = 60.0  # seconds before a row whose handling failed (not the store) is tried again
+RETRY_AFTER_STORE_ERROR = MAX_BACKOFF  # seconds before a row whose handling the store refused is tried again
+RETRY_AFTER_ERROR = 60.0  # seconds before a row whose handling failed otherwise is tried again
 
 
 async def settle(store: Store, fn: Callable[[sqlite3.Connection], T], what: str, *, first_delay: float = 0.25) -> T:
@@ -109,9 +110,9 @@ class Leases:
                 log.exception("%s: lease renewal failed", self.worker)
 
     async def give_back(self, row_id: int, error: BaseException | None, what: str) -> None:
-        """Release a row whose handling failed, at once; due again at once after a store failure (the release is
-        written once the store takes writes again), after ``RETRY_AFTER_ERROR`` otherwise."""
-        at = self.clock() + (0.0 if isinstance(error, StoreError) else RETRY_AFTER_ERROR)
+        """Release a row whose handling failed, at once (written as soon as the store takes writes again); due
+        again soon after a store failure, after ``RETRY_AFTER_ERROR`` otherwise."""
+        at = self.clock() + (RETRY_AFTER_STORE_ERROR if isinstance(error, StoreError) else RETRY_AFTER_ERROR)
         try:
             await settle(self.store, lambda c: spool.release_claim(c, self.table, row_id, self.worker, at), what)
         finally:

@@ -39,7 +39,7 @@ from mtad.config import DeliveryConfig
 from mtad.delivery import Connector, Destination, Session
 from mtad.dkim_pool import DkimSigner
 from mtad.errors import PermFailure, StoreError, TempFailure
-from mtad.leases import Leases, settle
+from mtad.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle
 from mtad.providers import ProviderPolicy, ShapingConfig
 from mtad.resolver import Resolver
 from mtad.store import Store
@@ -185,11 +185,12 @@ class Scheduler:
             site.jobs.append((job, body))
             self._start_connections(site)
         except Exception as exc:  # noqa: BLE001 - give the job back rather than lose track of it
-            if isinstance(exc, StoreError):  # given back once the store takes writes again, due at once
+            if isinstance(exc, StoreError):  # given back once the store takes writes again, due again soon
                 log.error("%s: dispatch failed: %s", job.queue_id, exc)
             else:
                 log.exception("%s: dispatch failed", job.queue_id)
-            await self._release(job, self.clock() + (0 if isinstance(exc, StoreError) else 60))
+            await self._release(job, self.clock() + (RETRY_AFTER_STORE_ERROR if isinstance(exc, StoreError)
+                                                     else RETRY_AFTER_ERROR))
 
     async def _settled_without_sending(self, job: spool.DeliveryJob,
                                        blocked: dict[str, str]) -> spool.DeliveryJob | None:
@@ -318,7 +319,7 @@ class Scheduler:
                 outcomes = await session.send(job.sender, list(job.recipients), body)
             except Exception:  # noqa: BLE001 - give the job back rather than keep it locked; the session is suspect
                 log.exception("%s: sending failed", job.queue_id)
-                self._record(self._release(job, self.clock() + 60))
+                self._record(self._release(job, self.clock() + RETRY_AFTER_ERROR))
                 return
             for outcome in outcomes.values():
                 if outcome.kind != "delivered":
