@@ -170,7 +170,8 @@ class Scheduler:
             policy = providers.for_destination(job.domain, list(mx_hosts), self.shaping)
             if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
                 try:
-                    await settle(self.store, lambda c: spool.hold(c, job.id), f"{job.queue_id}: hold of delivery {job.id}")
+                    await settle(self.store, lambda c: spool.hold(c, job.id),
+                                 f"{job.queue_id}: hold of delivery {job.id}")
                 finally:
                     self.leases.done(job.id)
                     self.inflight -= 1
