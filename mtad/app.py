@@ -111,7 +111,8 @@ class App:
         self.cfg = cfg
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
-        self.store = Store(cfg.store_path, max_group=cfg.store.max_group)
+        self.store = Store(cfg.store_path, max_group=cfg.store.max_group,
+                           lease=cfg.store.claim_lease.seconds)
         self.sessions = Sessions()
         self.servers: list[asyncio.base_events.Server] = []
         self.ingress: Ingress | None = None

@@ -125,6 +125,11 @@ class StoreConfig:
     path: str = "mtad.sqlite3"  # relative to state_dir
     max_group: int = 256  # writes committed in one transaction at most
     event_retention: Duration = Duration(30 * 86400)
+    claim_lease: Duration = Duration(300)  # a claim on a work row holds this long unless its holder renews it
+
+    def __post_build__(self, path: str) -> None:
+        if self.claim_lease.seconds < 3:
+            raise ConfigError(f"{path}.claim_lease", "must be at least 3s (it is renewed every third of it)")
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,15 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Container, Iterable
 from urllib.parse import urlencode
 
 from mtad.events import record as events
 from mtad.mail import signing
+from mtad.store import queue as spool
 from mtad.config.schema import WEBHOOK_IDS, WebhooksConfig
 from mtad.net.httpclient import HttpClient, HttpResult
+from mtad.store.leases import settle
 from mtad.store.engine import Store
 from mtad.store.workloop import WorkLoop
 
@@ -201,17 +203,20 @@ def stored_header_list(conn, queue_id: str) -> list[list[str]] | None:
 # --- claiming and finishing rows ------------------------------------------------------------------------------
 
 def claim_due(conn, worker: str, now: float, limit: int, busy: dict[str, int], max_per_url: int,
-              scan: int = 5000) -> list[dict[str, Any]]:
-    """Lock up to ``limit`` due rows, oldest due first, so that no URL has more than ``max_per_url`` in
-    flight (``busy``: URL -> POSTs in flight now). URLs at their cap are left out of the scan itself, so a
-    dead receiver's backlog never hides other receivers' rows."""
+              scan: int = 5000, *, lease_until: float | None = None, skip: Container[int] = ()) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` due rows until ``lease_until``, oldest due first, so that no URL has more than
+    ``max_per_url`` in flight (``busy``: URL -> POSTs in flight now). URLs at their cap are left out of the scan
+    itself, so a dead receiver's backlog never hides other receivers' rows. Free rows and rows whose lease ran out
+    are taken, except ``skip`` (the rows ``worker`` holds), as ``spool.claim_due_work`` does."""
     full = [url for url, n in busy.items() if n >= max_per_url]
     exclude = f" AND url NOT IN ({','.join('?' * len(full))})" if full else ""
     taken: list[int] = []
     room: dict[str, int] = {}
     for row_id, url in conn.execute(
             "SELECT id, url FROM webhook_deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-            f" AND locked_by IS NULL{exclude} ORDER BY next_attempt_at LIMIT ?", (now, *full, scan)):
+            f" AND {spool.CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?", (now, now, *full, scan)):
+        if row_id in skip:
+            continue
         left = room.get(url)
         if left is None:
             left = max_per_url - busy.get(url, 0)
@@ -224,8 +229,8 @@ def claim_due(conn, worker: str, now: float, limit: int, busy: dict[str, int], m
     if not taken:
         return []
     marks = ",".join("?" * len(taken))
-    conn.execute(f"UPDATE webhook_deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})",
-                 (worker, now, *taken))
+    conn.execute(f"UPDATE webhook_deliveries SET locked_by = ?, locked_at = ?, lease_until = ? WHERE id IN ({marks})",
+                 (worker, now, now + spool.DEFAULT_LEASE if lease_until is None else lease_until, *taken))
     cur = conn.execute(f"SELECT * FROM webhook_deliveries WHERE id IN ({marks}) ORDER BY next_attempt_at", taken)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
@@ -234,7 +239,7 @@ def claim_due(conn, worker: str, now: float, limit: int, busy: dict[str, int], m
 def finish(conn, row_id: int, *, state: str, attempts: int, next_attempt_at: float | None, status: int | None,
            error: str, now: float) -> None:
     conn.execute("UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
-                 " locked_by = NULL, locked_at = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                 f" {spool.UNLOCK}, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                  (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
 
 
@@ -266,9 +271,10 @@ class Dispatcher:
     async def handle(self, row: dict[str, Any]) -> None:
         found = await self.store.read(lambda c: _load_event(c, row["event_id"], row["format"] == "legacy"))
         if found is None:  # pruned by retention meanwhile
-            await self.store.write(lambda c: finish(c, row["id"], state="failed", attempts=row["attempts"],
-                                                    next_attempt_at=None, status=None, error="event expired",
-                                                    now=self.clock()))
+            now = self.clock()
+            await settle(self.store, lambda c: finish(c, row["id"], state="failed", attempts=row["attempts"],
+                                                      next_attempt_at=None, status=None, error="event expired",
+                                                      now=now), f"webhook {row['id']}: outcome")
             self.counters["failed"] += 1
             return
         data, event, header_list = found
@@ -284,8 +290,9 @@ class Dispatcher:
         now = self.clock()
         state, retry_at = decide(events.webhook_id(event), result, attempt, self.schedule, now)
         error = result.error or ("" if state == "done" else f"HTTP {result.status}: {result.body[:200]}")
-        await self.store.write(lambda c: finish(c, row["id"], state=state, attempts=attempt, next_attempt_at=retry_at,
-                                                status=result.status, error=error, now=now))
+        await settle(self.store, lambda c: finish(c, row["id"], state=state, attempts=attempt,
+                                                  next_attempt_at=retry_at, status=result.status, error=error,
+                                                  now=now), f"webhook {row['id']} event {event['id']}: outcome")
         self.counters[{"done": "done", "deferred": "retried"}.get(state, "failed")] += 1
         log.info("webhook %s event=%s id=%s url=%s status=%s -> %s%s", row["domain"], event["event"], event["id"],
                  row["url"], result.status if result.status is not None else "none", state,
@@ -321,8 +328,9 @@ class WebhookLoop(WorkLoop):
         return wake
 
     async def claim(self, now: float, room: int) -> list[dict[str, Any]]:
-        busy = dict(self.per_url)
-        return await self.store.write(lambda c: claim_due(c, self.worker, now, room, busy, self.max_per_url))
+        busy, until, held = dict(self.per_url), self.leases.until(now), self.leases.held
+        return await self.store.write(lambda c: claim_due(c, self.worker, now, room, busy, self.max_per_url,
+                                                          lease_until=until, skip=held))
 
     def started(self, row: dict[str, Any]) -> None:
         self.per_url[row["url"]] += 1

@@ -25,6 +25,7 @@ from mtad.base.coalesce import Coalescer
 from mtad.config.schema import RoutingConfig
 from mtad.inbound.form.worker import FormJob, FormWorkers, WorkerUnavailable
 from mtad.net.httpclient import HttpClient, HttpResult
+from mtad.store.leases import settle
 from mtad.inbound.form.build import Form, FormParts, encode_form, form_parts, is_raw_format, sign
 from mtad.store.engine import Store
 
@@ -141,7 +142,10 @@ class Forwarder:
         return out
 
     async def _write_settlements(self, settlements: list[Settlement]) -> list[None]:
-        await self.store.write(lambda c: _settle_all(c, settlements))
+        """One write for a burst of outcomes; kept and tried again while the store fails (``leases.settle``): the
+        POST was made, and a forward is not made again just because its outcome could not be recorded."""
+        await settle(self.store, lambda c: _settle_all(c, settlements),
+                     f"outcomes of {len(settlements)} forwards ({', '.join(str(s.row_id) for s in settlements[:5])})")
         return [None] * len(settlements)
 
     async def _record(self, row: dict[str, Any], message: dict[str, Any], result: HttpResult, seconds: float) -> None:

@@ -28,6 +28,7 @@ from mtad.mail import signing
 from mtad.store import queue as spool
 from mtad.config.schema import RoutingConfig
 from mtad.net.httpclient import HttpClient, HttpResult
+from mtad.store.leases import settle
 from mtad.store.engine import Store
 
 log = logging.getLogger("mtad.storedmsg")
@@ -214,9 +215,9 @@ class StoreAction:
 
     async def _finish(self, row: dict[str, Any], state: str, retry_at: float | None, status: int | None, error: str,
                       now: float, attempts: int | None = None) -> None:
-        await self.store.write(lambda c: spool.finish_work(
+        await settle(self.store, lambda c: spool.finish_work(
             c, "forwards", row["id"], state=state, attempts=attempts if attempts is not None else row["attempts"],
-            next_attempt_at=retry_at, status=status, error=error, now=now))
+            next_attempt_at=retry_at, status=status, error=error, now=now), f"store action {row['id']}: outcome")
 
     async def expire_loop(self, interval: float = 600.0) -> None:
         """Forget stored messages past their time, every ``interval`` seconds."""

@@ -33,7 +33,8 @@ def show(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
 
 
 def flush(conn: sqlite3.Connection, domain: str | None = None, queue_id: str | None = None) -> int:
-    """Make deferred (and held) work due now."""
+    """Make queued and deferred work due now, and unlock what a claim whose lease ran out still locks (its holder
+    died or lost the store): the running daemon takes it at its next poll."""
     now = time.time()
     where, args = "state IN ('deferred', 'queued')", []
     if domain:
@@ -42,10 +43,14 @@ def flush(conn: sqlite3.Connection, domain: str | None = None, queue_id: str | N
     if queue_id:
         where += " AND message = ?"
         args.append(queue_id)
+    spool.release_expired(conn, now, "deliveries", where, tuple(args))
     n = conn.execute(f"UPDATE deliveries SET next_attempt_at = ? WHERE {where}", (now, *args)).rowcount
     if not domain:
-        n += conn.execute("UPDATE forwards SET next_attempt_at = ? WHERE state IN ('deferred', 'queued')"
-                          + (" AND message = ?" if queue_id else ""), (now, *([queue_id] if queue_id else []))).rowcount
+        where, args = "state IN ('deferred', 'queued')", ([queue_id] if queue_id else [])
+        if queue_id:
+            where += " AND message = ?"
+        spool.release_expired(conn, now, "forwards", where, tuple(args))
+        n += conn.execute(f"UPDATE forwards SET next_attempt_at = ? WHERE {where}", (now, *args)).rowcount
     return n
 
 
@@ -56,14 +61,15 @@ def delete(conn: sqlite3.Connection, queue_id: str) -> bool:
 def bounce(conn: sqlite3.Connection, queue_id: str) -> int:
     """Fail every pending recipient of a message permanently now (events recorded; no DSN)."""
     now = time.time()
-    jobs = [j for j in spool.claim_due_deliveries(conn, "operator", float("inf"), 10_000) if j.queue_id == queue_id]
+    jobs = [j for j in spool.claim_due_deliveries(conn, "operator", now, 10_000, due=float("inf"))
+            if j.queue_id == queue_id]
     n = 0
     for job in jobs:
         outcome = Outcome("failed", 550, "5.0.0", "Bounced by the operator", reason="bounce")
         spool.finish_attempt(conn, job, spool.AttemptRecord({r: outcome for r in job.recipients}, job.attempts + 1,
                                                             None), now)
         n += len(job.recipients)
-    conn.execute("UPDATE deliveries SET locked_by = NULL, locked_at = NULL WHERE locked_by = 'operator'")
+    conn.execute(f"UPDATE deliveries SET {spool.UNLOCK} WHERE locked_by = 'operator'")
     return n
 
 

@@ -19,7 +19,10 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
 6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
    does not wait for that commit before its next message (at-least-once: a crash in between resends).
-A job is locked by one worker only; a crash leaves locks that the next start releases.
+   An outcome the store refuses (disk full) is kept in memory and written once it takes writes again
+   (``leases.settle``): the message is not sent again because its result was not recorded.
+A job is claimed by one worker only, on a lease it renews while it holds the job (``mtad.leases``); a job that
+cannot be handled is given back at once; a crash leaves locks that the next start releases.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from mtad.store import queue as spool
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
 from mtad.outbound.dkim_pool import DkimSigner
-from mtad.base.errors import PermFailure, TempFailure
+from mtad.base.errors import PermFailure, StoreError, TempFailure
+from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
 from mtad.net.resolver import Resolver
 from mtad.store.engine import Store
@@ -81,6 +85,7 @@ class Scheduler:
         self._smarthost_policy = smarthost_policy(config, shaping)
         self.clock = clock
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
+        self.leases = Leases(store, "deliveries", self.worker, clock)
         self.limiter = ConcurrencyLimiter()
         self.rates = RateLimiter()
         self.suspensions = Suspensions()
@@ -100,28 +105,41 @@ class Scheduler:
         self._wake.set()
 
     async def run(self) -> None:
+        renewing = asyncio.create_task(self.leases.run(), name="scheduler-leases")
+        try:
+            await self._run()
+        finally:
+            renewing.cancel()
+
+    async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()  # before claiming: a wake-up during the claim means another round
             try:
                 room = self.config.max_inflight - self.inflight
                 if room > 0:
-                    claimed = await self.store.write(lambda c: self._claim(c, room))
+                    now = self.clock()
+                    until, held = self.leases.until(now), self.leases.held
+                    claimed = await self.store.write(lambda c: self._claim(c, room, now, until, held))
+                    self.leases.claimed(job.id for job, _ in claimed)
                     for job, blocked in claimed:
                         self.inflight += 1
                         self._spawn(self._dispatch(job, blocked))
-            except Exception:  # noqa: BLE001 - the loop must survive; the store may be briefly unavailable
+            except StoreError as exc:  # the loop must survive; the store may be briefly unavailable
+                log.error("scheduler: cannot claim deliveries: %s", exc)
+            except Exception:  # noqa: BLE001
                 log.exception("scheduler loop error")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.seconds)
             except asyncio.TimeoutError:
                 pass
 
-    def _claim(self, conn, room: int) -> list[tuple[spool.DeliveryJob, dict[str, str]]]:
+    def _claim(self, conn, room: int, now: float, until: float,
+               held: set[int]) -> list[tuple[spool.DeliveryJob, dict[str, str]]]:
         """Due jobs, each with its suppressed recipients, and the operator's pauses, in one store transaction
-        for the whole batch (runs on the store's writer thread)."""
+        for the whole batch (runs on the store's writer thread; ``held`` is only tested for membership)."""
         self.paused = _pauses(conn)
-        jobs = spool.claim_due_deliveries(conn, self.worker, self.clock(), room, self.paused["domain"],
-                                          preload_body=PRELOAD_BODY)
+        jobs = spool.claim_due_deliveries(conn, self.worker, now, room, self.paused["domain"],
+                                          preload_body=PRELOAD_BODY, lease_until=until, skip=held)
         return [(job, spool.suppressed(conn, job.sending_domain, job.recipients, job.options.get("tags") or ()))
                 for job in jobs]
 
@@ -159,8 +177,12 @@ class Scheduler:
                 return
             policy = self._smarthost_policy or providers.for_destination(job.domain, list(mx_hosts), self.shaping)
             if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
-                await self.store.write(lambda c: spool.hold(c, job.id))
-                self.inflight -= 1
+                try:
+                    await settle(self.store, lambda c: spool.hold(c, job.id),
+                                 f"{job.queue_id}: hold of delivery {job.id}")
+                finally:
+                    self.leases.done(job.id)
+                    self.inflight -= 1
                 return
             destination = self._apply_policy(destination, policy, job)
             # Preloaded bodies are signed now, in parallel with the sessions sending earlier jobs.
@@ -171,9 +193,13 @@ class Scheduler:
                 site = self.sites[key] = Site(key, policy, destination)
             site.jobs.append((job, body))
             self._start_connections(site)
-        except Exception:  # noqa: BLE001 - give the job back rather than lose track of it
-            log.exception("%s: dispatch failed", job.queue_id)
-            await self._release(job, self.clock() + 60)
+        except Exception as exc:  # noqa: BLE001 - give the job back rather than lose track of it
+            if isinstance(exc, StoreError):  # given back once the store takes writes again, due again soon
+                log.error("%s: dispatch failed: %s", job.queue_id, exc)
+            else:
+                log.exception("%s: dispatch failed", job.queue_id)
+            await self._release(job, self.clock() + (RETRY_AFTER_STORE_ERROR if isinstance(exc, StoreError)
+                                                     else RETRY_AFTER_ERROR))
 
     async def _settled_without_sending(self, job: spool.DeliveryJob,
                                        blocked: dict[str, str]) -> spool.DeliveryJob | None:
@@ -291,13 +317,19 @@ class Scheduler:
                 return
             job, body = site.jobs.popleft()  # preloaded bodies were signed at dispatch; large ones are read here
             started = time.monotonic()
-            if body is None:
-                body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
-                if body is None:  # deleted by an operator meanwhile
-                    self.inflight -= 1
-                    continue
-                body = await self._sign(job, body)
-            outcomes = await session.send(job.sender, list(job.recipients), body)
+            try:
+                if body is None:
+                    body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
+                    if body is None:  # deleted by an operator meanwhile
+                        self.leases.done(job.id)
+                        self.inflight -= 1
+                        continue
+                    body = await self._sign(job, body)
+                outcomes = await session.send(job.sender, list(job.recipients), body)
+            except Exception:  # noqa: BLE001 - give the job back rather than keep it locked; the session is suspect
+                log.exception("%s: sending failed", job.queue_id)
+                self._record(self._release(job, self.clock() + RETRY_AFTER_ERROR))
+                return
             for outcome in outcomes.values():
                 if outcome.kind != "delivered":
                     await self._check_automation(policy, outcome)
@@ -371,11 +403,14 @@ class Scheduler:
                 retry_at = None
         record = spool.AttemptRecord(outcomes, attempt_no, retry_at, seconds)
         bounce = self._bounce()
-        try:
-            await self.store.write(lambda c: spool.finish_attempt(c, job, record, now, bounce))
-        except Exception:  # noqa: BLE001 - the row stays locked until restart; never lose the outcome silently
-            log.exception("%s: could not record the outcome of delivery %d", job.queue_id, job.id)
+        try:  # kept in memory and tried again while the store refuses it: never sent again for want of a record
+            await settle(self.store, lambda c: spool.finish_attempt(c, job, record, now, bounce),
+                         f"{job.queue_id}: outcome of delivery {job.id}")
+        except Exception as exc:  # noqa: BLE001 - the store closed (the next start releases the row) or a bug
+            log.error("%s: could not record the outcome of delivery %d: %s", job.queue_id, job.id, exc,
+                      exc_info=not isinstance(exc, StoreError))
         finally:
+            self.leases.done(job.id)
             self.inflight -= 1
         for rcpt, o in outcomes.items():
             kind = "deferred" if o.kind == "deferred" and retry_at else ("failed" if o.kind != "delivered" else o.kind)
@@ -396,8 +431,13 @@ class Scheduler:
 
     async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
         try:
-            await self.store.write(lambda c: spool.release(c, job.id, at, reply))
+            await settle(self.store, lambda c: spool.release(c, job.id, at, reply),
+                         f"{job.queue_id}: release of delivery {job.id}")
+        except Exception as exc:  # noqa: BLE001 - the store closed: the next start releases the row
+            log.error("%s: could not release delivery %d: %s", job.queue_id, job.id, exc,
+                      exc_info=not isinstance(exc, StoreError))
         finally:
+            self.leases.done(job.id)
             self.inflight -= 1
 
 

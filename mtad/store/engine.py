@@ -27,8 +27,10 @@ webhooks            event webhook URLs per (domain, webhook id): the config file
 routes, kv          routes created by API; small settings (queue pauses, ...)
 domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
 messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
-Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at``; stale locks are released
-at start (``release_stale_locks``).
+Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
+(``mtad.leases``) that its holder renews and that others may take over once ``lease_until`` has passed; a
+process's own locks are released at its start (``release_stale_locks``). Columns added since a database was
+made are added when it is opened (``_add_columns``).
 
 Deviation from the suggested aiosqlite: aiosqlite hops to its thread once per statement; a group
 commit needs many statements of many callers executed in one transaction in one hop, so the store
@@ -80,6 +82,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL,
     locked_by TEXT,
     locked_at REAL,
+    lease_until REAL,
     provider TEXT,
     last_code INTEGER,
     last_reply TEXT,
@@ -101,6 +104,7 @@ CREATE TABLE IF NOT EXISTS forwards (
     next_attempt_at REAL NOT NULL,
     locked_by TEXT,
     locked_at REAL,
+    lease_until REAL,
     last_status INTEGER,
     last_error TEXT,
     created_at REAL NOT NULL,
@@ -118,6 +122,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     next_attempt_at REAL NOT NULL,
     locked_by TEXT,
     locked_at REAL,
+    lease_until REAL,
     last_status INTEGER,
     last_error TEXT,
     created_at REAL NOT NULL,
@@ -352,12 +357,30 @@ def _settle_all(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
         loop.call_soon_threadsafe(apply, group)
 
 
-class Store:
-    """SQLite store. ``open()`` before use, ``close()`` at the end."""
+# Columns added after release, per table: added by ``Store.open`` to a database made without them.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    table: (("lease_until", "REAL"),) for table in ("deliveries", "forwards", "webhook_deliveries")}
 
-    def __init__(self, path: Path, *, max_group: int = 256):
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                log.info("store: added column %s.%s", table, name)
+
+
+class Store:
+    """SQLite store. ``open()`` before use, ``close()`` at the end.
+
+    ``lease`` is how long a claim on a work row holds without renewal (``store.claim_lease``, see ``mtad.leases``).
+    """
+
+    def __init__(self, path: Path, *, max_group: int = 256, lease: float = 300.0):
         self.path = Path(path)
         self.max_group = max_group
+        self.lease = lease
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtad-read")
@@ -379,6 +402,7 @@ class Store:
             raise StoreError(f"{self.path} has schema version {version}; this mtad knows {SCHEMA_VERSION}")
         conn.executescript(SCHEMA)
         migrate(conn)
+        _add_columns(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)
@@ -392,6 +416,10 @@ class Store:
         self._readers.shutdown(wait=True)
         for conn in self._read_conns:
             conn.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
 
     # --- writing ---------------------------------------------------------------------------------
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:

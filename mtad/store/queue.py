@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 from mtad.events import record as events
 from mtad.base.types import NewMessage
@@ -89,13 +89,51 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
                       system=system)
 
 
+# --- claims are leases (see mtad.leases) ------------------------------------------------------------------
+
+LEASED_TABLES = ("deliveries", "forwards", "webhook_deliveries")
+DEFAULT_LEASE = 300.0  # seconds; the daemon passes ``store.claim_lease``
+# A row may be claimed when nobody holds it or when its holder's lease ran out (the holder died or lost the store).
+CLAIMABLE = "(locked_by IS NULL OR lease_until < ?)"
+UNLOCK = "locked_by = NULL, locked_at = NULL, lease_until = NULL"
+
+
 def release_stale_locks(conn: sqlite3.Connection) -> int:
     """At start-up nothing is in flight: every lock left by a dead process is released."""
     released = 0
-    for table in ("deliveries", "forwards", "webhook_deliveries"):
-        released += conn.execute(
-            f"UPDATE {table} SET locked_by = NULL, locked_at = NULL WHERE locked_by IS NOT NULL").rowcount
+    for table in LEASED_TABLES:
+        released += conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL").rowcount
     return released
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def renew_leases(conn: sqlite3.Connection, table: str, worker: str, ids: Iterable[int], until: float) -> int:
+    """Extend ``worker``'s lease on the rows ``ids`` it still holds to ``until``; the number of rows renewed."""
+    assert table in LEASED_TABLES
+    renewed = 0
+    for chunk in _chunks(list(ids)):
+        renewed += conn.execute(f"UPDATE {table} SET lease_until = ? WHERE locked_by = ? AND id IN"
+                                f" ({','.join('?' * len(chunk))})", (until, worker, *chunk)).rowcount
+    return renewed
+
+
+def release_claim(conn: sqlite3.Connection, table: str, row_id: int, worker: str, next_attempt_at: float) -> bool:
+    """Give back a row ``worker`` claimed but could not handle, without counting an attempt; False if it no
+    longer held it (its lease ran out and another claimer took it)."""
+    assert table in LEASED_TABLES
+    return conn.execute(f"UPDATE {table} SET {UNLOCK}, next_attempt_at = ? WHERE id = ? AND locked_by = ?",
+                        (next_attempt_at, row_id, worker)).rowcount > 0
+
+
+def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str = "1", args: tuple = ()) -> int:
+    """Unlock the rows of ``table`` (matching ``where``) whose lease ran out (``mtad queue flush``)."""
+    assert table in LEASED_TABLES
+    return conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL AND lease_until < ? AND ({where})",
+                        (now, *args)).rowcount
 
 
 def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, Any]]:
@@ -136,8 +174,12 @@ class DeliveryJob:
 
 
 def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
-                         paused_domains: Iterable[str] = (), preload_body: int = 0) -> list[DeliveryJob]:
-    """Lock up to ``limit`` due deliveries for ``worker``; oldest due first.
+                         paused_domains: Iterable[str] = (), preload_body: int = 0, *,
+                         lease_until: float | None = None, skip: Container[int] = (),
+                         due: float | None = None) -> list[DeliveryJob]:
+    """Lock up to ``limit`` deliveries due at ``due`` (default ``now``) for ``worker`` until ``lease_until``
+    (default ``now + DEFAULT_LEASE``); oldest due first. Rows nobody holds are taken, and rows whose lease ran out
+    before ``now``, except ``skip``: the rows ``worker`` still holds itself.
 
     Bodies of messages up to ``preload_body`` bytes come with the jobs (one read for the batch instead of one per
     message); larger ones are read when sent (``load_body``), so a batch never holds more than limit x preload_body.
@@ -146,11 +188,13 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
     exclude = f" AND domain NOT IN ({','.join('?' * len(paused))})" if paused else ""
     ids = [r[0] for r in conn.execute(
         "SELECT id FROM deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND locked_by IS NULL{exclude} ORDER BY next_attempt_at LIMIT ?", (now, *paused, limit))]
+        f" AND {CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?",
+        (now if due is None else due, now, *paused, limit)) if r[0] not in skip]
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ? WHERE id IN ({marks})", (worker, now, *ids))
+    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ?, lease_until = ? WHERE id IN ({marks})",
+                 (worker, now, now + DEFAULT_LEASE if lease_until is None else lease_until, *ids))
     rows = conn.execute(
         "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
         " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END FROM deliveries d JOIN messages m"
@@ -166,13 +210,12 @@ def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
 
 
 def hold(conn: sqlite3.Connection, delivery_id: int) -> None:
-    conn.execute("UPDATE deliveries SET state = 'held', locked_by = NULL, locked_at = NULL WHERE id = ?",
-                 (delivery_id,))
+    conn.execute(f"UPDATE deliveries SET state = 'held', {UNLOCK} WHERE id = ?", (delivery_id,))
 
 
 def release(conn: sqlite3.Connection, delivery_id: int, next_attempt_at: float, reply: str = "") -> None:
     """Give a claimed delivery back without counting an attempt (suspended provider, shutdown)."""
-    conn.execute("UPDATE deliveries SET locked_by = NULL, locked_at = NULL, next_attempt_at = ?,"
+    conn.execute(f"UPDATE deliveries SET {UNLOCK}, next_attempt_at = ?,"
                  " last_reply = COALESCE(NULLIF(?, ''), last_reply) WHERE id = ?",
                  (next_attempt_at, reply, delivery_id))
 
@@ -281,12 +324,12 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRe
     last = next(iter(record.outcomes.values()), None)
     if deferred:
         conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
-                     " locked_by = NULL, locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                     f" {UNLOCK}, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
                      (json.dumps(deferred), record.attempt_no, record.retry_at, last.code if last else None,
                       last.message if last else None, now, job.id))
     else:
-        conn.execute("UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, locked_by = NULL,"
-                     " locked_at = NULL, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+        conn.execute(f"UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, {UNLOCK},"
+                     " last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
                      (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
     if failed and dsn is not None and not system:
         bounce = dsn(job, failed, _header_block(conn, job.queue_id))
@@ -319,19 +362,23 @@ WORK_TABLES = ("forwards", "webhook_deliveries")
 
 
 def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float, limit: int,
-                   actions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions)."""
+                   actions: tuple[str, ...] = (), *, lease_until: float | None = None,
+                   skip: Container[int] = ()) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions) until ``lease_until``, as
+    ``claim_due_deliveries`` does."""
     assert table in WORK_TABLES
     only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
-    rows = conn.execute(
+    rows = [r for r in conn.execute(
         f"SELECT * FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND locked_by IS NULL{only} ORDER BY next_attempt_at LIMIT ?", (now, *actions, limit)).fetchall()
+        f" AND {CLAIMABLE}{only} ORDER BY next_attempt_at LIMIT ?", (now, now, *actions, limit)).fetchall()
+        if r[0] not in skip]
     if not rows:
         return []
     names = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
     ids = [r[0] for r in rows]
-    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ? WHERE id IN ({','.join('?' * len(ids))})",
-                 (worker, now, *ids))
+    until = now + DEFAULT_LEASE if lease_until is None else lease_until
+    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ?, lease_until = ?"
+                 f" WHERE id IN ({','.join('?' * len(ids))})", (worker, now, until, *ids))
     return [dict(zip(names, r)) for r in rows]
 
 
@@ -339,7 +386,7 @@ def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str
                 next_attempt_at: float | None, status: int | None, error: str, now: float) -> None:
     assert table in WORK_TABLES
     conn.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
-                 " locked_by = NULL, locked_at = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                 f" {UNLOCK}, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                  (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
 
 

@@ -1,8 +1,11 @@
 """A durable work loop over one of the store's HTTP work tables (route forwards, webhooks).
 
-Claims due rows (locked to this process), runs ``handle(row)`` for each with at most
-``max_concurrent`` in flight (a slow receiver holds one slot, never the loop), and wakes early when
-new work is committed. The handler records the outcome itself, in the store, with its events.
+Claims due rows (leased to this process, ``mtad.leases``: renewed while held), runs ``handle(row)`` for each
+with at most ``max_concurrent`` in flight (a slow receiver holds one slot, never the loop), and wakes early when
+new work is committed. The handler records the outcome itself, in the store, with its events, through
+``leases.settle`` (kept and tried again while the store fails). A handler that fails (the store refused a write
+before the work was done, or a bug) has its row given back at once (``Leases.give_back``), so a running daemon
+never keeps a row locked that it is not working on.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 from mtad.store import queue as spool
+from mtad.base.errors import StoreError
+from mtad.store.leases import Leases
 from mtad.store.engine import Store
 
 log = logging.getLogger("mtad.work")
@@ -32,6 +37,7 @@ class WorkLoop:
         self.actions = actions
         self.clock = clock
         self.worker = f"{name}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.leases = Leases(store, table, self.worker, clock)
         self.inflight = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -41,14 +47,25 @@ class WorkLoop:
         self._wake.set()
 
     async def run(self) -> None:
+        renewing = asyncio.create_task(self.leases.run(), name=f"{self.name}-leases")
+        try:
+            await self._run()
+        finally:
+            renewing.cancel()
+
+    async def _run(self) -> None:
         while not self._stopping:
             room = self.max_concurrent - self.inflight
             if room > 0:
                 try:
                     rows = await self.claim(self.clock(), room)
-                except Exception:  # noqa: BLE001 - keep looping; the store may recover
+                except StoreError as exc:  # keep looping; the store may recover
+                    log.error("%s: cannot claim work: %s", self.name, exc)
+                    rows = []
+                except Exception:  # noqa: BLE001 - keep looping
                     log.exception("%s: cannot claim work", self.name)
                     rows = []
+                self.leases.claimed(row["id"] for row in rows)
                 if self._stopping:  # stop() came during the claim: the rows stay locked until the next start
                     break
                 for row in rows:
@@ -64,9 +81,11 @@ class WorkLoop:
                 pass
 
     async def claim(self, now: float, room: int) -> list[dict[str, Any]]:
-        """Lock up to ``room`` due rows for this worker (subclasses may claim differently)."""
+        """Lock up to ``room`` due rows for this worker (subclasses may claim differently), skipping the rows it
+        holds (``self.leases.held``)."""
+        until, held = self.leases.until(now), self.leases.held
         return await self.store.write(lambda c: spool.claim_due_work(c, self.table, self.worker, now, room,
-                                                                     self.actions))
+                                                                     self.actions, lease_until=until, skip=held))
 
     def started(self, row: dict[str, Any]) -> None:
         """Called when a claimed row starts (subclasses keep their own accounting)."""
@@ -76,9 +95,19 @@ class WorkLoop:
 
     async def _run_one(self, row: dict[str, Any]) -> None:
         try:
-            await self.handle(row)
-        except Exception:  # noqa: BLE001 - the row stays locked until restart rather than being lost
-            log.exception("%s: work item %s failed", self.name, row.get("id"))
+            try:
+                await self.handle(row)
+            except Exception as exc:  # noqa: BLE001 - the row is given back, not kept locked
+                if isinstance(exc, StoreError):
+                    log.error("%s: work item %s failed: %s; given back", self.name, row["id"], exc)
+                else:
+                    log.exception("%s: work item %s failed; given back", self.name, row["id"])
+                await self.leases.give_back(row["id"], exc, f"{self.name}: release of work item {row['id']}")
+            else:
+                self.leases.done(row["id"])
+        except Exception as exc:  # noqa: BLE001 - the store closed: the next start releases the row
+            log.error("%s: work item %s could not be given back: %s", self.name, row["id"], exc,
+                      exc_info=not isinstance(exc, StoreError))
         finally:
             self.inflight -= 1
             self.finished(row)

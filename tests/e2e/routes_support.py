@@ -4,8 +4,8 @@
   ephemeral port, keeping every POST with its multipart form exactly as it arrived (field order,
   repeated names, file names, part content types, bytes). How it answers depends on the path's
   first segment: ``fail-once`` (500 the first time a path is posted, then 200), ``fail`` (500),
-  ``refuse`` (406), anything else 200; a body that is not multipart/form-data gets 415. It can be
-  stopped and started again on the same port.
+  ``refuse`` (406), ``held`` (200 once ``App.gate`` is set; the POST is recorded at once), anything else
+  200; a body that is not multipart/form-data gets 415. It can be stopped and started again on the same port.
 - ``routing_config``: a test config (see tests/support/daemon.py) with routes, the signing key,
   a short route retry schedule and loopback allowed for forward URLs.
 - ``inbound``: one message to mtad's MX listener with smtplib, like a remote MTA.
@@ -87,6 +87,7 @@ class App:
         self._thread = threading.Thread(target=self.loop.run_forever, name="route-app", daemon=True)
         self._thread.start()
         self._runner: web.AppRunner | None = None
+        self.gate = threading.Event()  # answers to ``held/...`` POSTs wait for it
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -114,6 +115,8 @@ class App:
                 status = 415  # recorded with no fields: the test fails on what is missing
             self.posts.append(Post(path, parse_qs(urlsplit(request.raw_path).query), dict(request.headers), fields,
                                    files, status, time.time()))
+        while first == "held" and not self.gate.is_set():
+            await asyncio.sleep(0.02)
         return web.Response(status=status, text="ok" if status == 200 else "not now")
 
     def start(self) -> "App":

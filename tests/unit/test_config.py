@@ -30,6 +30,7 @@ def test_defaults_are_the_embedded_listeners():
     ({"delivery": {"retry": {"schedule": []}}}, "delivery.retry.schedule"),
     ({"routing": {"allowed_networks": ["not-a-net"]}}, "routing.allowed_networks[0]"),
     ({"tls": {"cert": "only-cert.pem"}}, "tls"),
+    ({"store": {"claim_lease": "1s"}}, "store.claim_lease"),
 ])
 def test_errors_name_the_key_path(data, path):
     with pytest.raises(ConfigError) as err:

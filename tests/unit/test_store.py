@@ -144,3 +144,165 @@ def test_execute_rows_inserts_every_row_in_order(n):
     execute_rows(conn, "INSERT INTO c (k, n)", 2, [("x", 2), ("y", 1)], " ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
     execute_rows(conn, "INSERT INTO c (k, n)", 2, [("x", 3)], " ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
     assert conn.execute("SELECT k, n FROM c ORDER BY k").fetchall() == [("x", 5), ("y", 1)]
+
+
+# --- claims are leases (mtad.leases) -------------------------------------------------------------------------
+
+def _lock(conn, table="deliveries"):
+    return [tuple(r) for r in conn.execute(f"SELECT locked_by, lease_until, next_attempt_at FROM {table} ORDER BY id")]
+
+
+async def test_a_claim_is_a_lease_that_others_take_over_once_it_ran_out(store):
+    qid = spool.new_queue_id()
+    await store.write(lambda c: spool.enqueue(c, qid, message(("a@x.com",)), 1.0))
+    [job] = await store.write(lambda c: spool.claim_due_deliveries(c, "w1", 2.0, 10, lease_until=12.0))
+    assert (await store.read(_lock))[0][:2] == ("w1", 12.0)
+    assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 11.0, 10, lease_until=21.0)) == []
+    # renewed before it ran out: still w1's
+    assert await store.write(lambda c: spool.renew_leases(c, "deliveries", "w1", [job.id], 20.0)) == 1
+    assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 13.0, 10, lease_until=23.0)) == []
+    # the holder's own rows are never taken twice by it, even when their lease looks expired
+    assert await store.write(lambda c: spool.claim_due_deliveries(c, "w1", 25.0, 10, lease_until=35.0,
+                                                                  skip={job.id})) == []
+    # its holder stopped renewing (died): another claimer takes the row over
+    [again] = await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 25.0, 10, lease_until=35.0))
+    assert again.id == job.id and (await store.read(_lock))[0][:2] == ("w2", 35.0)
+    # the former holder can no longer renew nor release it
+    assert await store.write(lambda c: spool.renew_leases(c, "deliveries", "w1", [job.id], 99.0)) == 0
+    assert await store.write(lambda c: spool.release_claim(c, "deliveries", job.id, "w1", 0.0)) is False
+    assert await store.write(lambda c: spool.release_claim(c, "deliveries", job.id, "w2", 26.0)) is True
+    assert (await store.read(_lock))[0] == (None, None, 26.0)
+
+
+async def test_queue_flush_unlocks_expired_leases_only(store):
+    import time
+    from mtad.outbound import queueadmin
+    ids = [spool.new_queue_id() for _ in range(2)]
+    for qid in ids:
+        await store.write(lambda c, q=qid: spool.enqueue(c, q, message(("a@x.com",)), 1.0))
+    now = time.time()
+    await store.write(lambda c: spool.claim_due_deliveries(c, "dead", now, 1, lease_until=now - 1))
+    await store.write(lambda c: spool.claim_due_deliveries(c, "alive", now, 1, lease_until=now + 300))
+    assert await store.write(lambda c: queueadmin.flush(c)) == 2
+    assert sorted(r[0] or "" for r in await store.read(_lock)) == ["", "alive"]
+
+
+async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp_path):
+    """A state database made before leases (no lease_until) opens; the column is added and claims work."""
+    from mtad.store import engine as store_mod
+    old_schema = store_mod.SCHEMA.replace("    lease_until REAL,\n", "")
+    assert "lease_until" not in old_schema
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO messages (id, created_at, direction, domain, sender, recipients, headers, options,"
+                 " envelope, size, body) VALUES ('Q1', 1, 'outbound', 'example.com', 's@example.com', '[\"a@x.com\"]',"
+                 " '{}', '{}', '{}', 2, X'6869')")
+    conn.execute("INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, locked_by, locked_at,"
+                 " created_at, updated_at) VALUES ('Q1', 'x.com', '[\"a@x.com\"]', 'queued', 1, 'old-pid', 1, 1, 1)")
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    s.open()
+    try:
+        for table in ("deliveries", "forwards", "webhook_deliveries"):
+            columns = await s.read(lambda c, t=table: [r[1] for r in c.execute(f"PRAGMA table_info({t})")])
+            assert "lease_until" in columns, table
+        assert await s.write(spool.release_stale_locks) == 1
+        [job] = await s.write(lambda c: spool.claim_due_deliveries(c, "w1", 2.0, 10, lease_until=9.0))
+        assert job.queue_id == "Q1" and (await s.read(_lock)) == [("w1", 9.0, 1.0)]
+    finally:
+        s.close()
+    s = Store(path)  # and opens again, the column now present
+    s.open()
+    s.close()
+
+
+async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_store_recovers(store):
+    """A real SQLite 'database or disk is full' (max_page_count at the current size): the outcome is kept and
+    written, once, as soon as the store takes writes again."""
+    from mtad.store import leases
+    await store.write(lambda c: c.execute("CREATE TABLE IF NOT EXISTS outcome (x BLOB)"))
+    pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+    with pytest.raises(StoreError):  # the disk is full
+        await store.write(lambda c: c.execute("INSERT INTO outcome VALUES (zeroblob(200000))"))
+    calls = []
+
+    def outcome(conn):
+        calls.append(1)
+        conn.execute("INSERT INTO outcome VALUES (zeroblob(200000))")
+        return "written"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    settling = asyncio.create_task(leases.settle(store, outcome, "test outcome", first_delay=0.05))
+    await asyncio.sleep(0.6)
+    assert not settling.done() and len(calls) >= 3  # tried again and again meanwhile
+    await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))  # space is back
+    assert await asyncio.wait_for(settling, 5) == "written"
+    assert loop.time() - started < 0.6 + 1.5  # within the backoff of its last try
+    assert await store.read(lambda c: c.execute("SELECT count(*) FROM outcome").fetchone()[0]) == 1
+
+
+async def test_settle_gives_up_when_the_store_closes(tmp_path):
+    from mtad.store import leases
+    s = Store(tmp_path / "db.sqlite3")
+    s.open()
+    s.close()
+    with pytest.raises(StoreError):
+        await leases.settle(s, lambda c: None, "after close")
+
+
+async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_renews_what_it_holds(store):
+    """A handler that fails (the store refused a write before the work was done, or any other error) leaves no
+    row locked by the running process: it is given back at once, due again soon after a store failure, later
+    after another error; rows being handled have their lease renewed."""
+    import time
+    from mtad.base.errors import StoreError as SE
+    from mtad.store.workloop import WorkLoop
+    qid = spool.new_queue_id()
+    now = time.time()
+    forwards = [spool.ForwardRow(f"r{i}@in.test", "route", "http", f"http://127.0.0.1/{i}") for i in range(3)]
+    await store.write(lambda c: spool.enqueue(c, qid, message(("r@in.test",)), now, forwards=forwards))
+    store.lease = 0.3  # renewed every 0.1 s
+    gate = asyncio.Event()
+
+    async def handle(row):
+        if row["destination"].endswith("/0"):
+            raise SE("database or disk is full")
+        if row["destination"].endswith("/1"):
+            raise RuntimeError("a bug")
+        await gate.wait()  # the third is being handled: its lease must be renewed
+        await store.write(lambda c: spool.finish_work(c, "forwards", row["id"], state="done", attempts=1,
+                                                      next_attempt_at=None, status=200, error="", now=time.time()))
+    loop = WorkLoop(name="t", store=store, table="forwards", handle=handle, max_concurrent=10, poll_interval=5.0,
+                    actions=("http",))
+    task = asyncio.create_task(loop.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            rows = await store.read(lambda c: _lock(c, "forwards"))
+            if rows[0][0] is None and rows[1][0] is None:
+                break
+        rows = await store.read(lambda c: _lock(c, "forwards"))
+        assert rows[0][0] is None and now < rows[0][2] <= time.time() + 5  # store failure: given back, due soon
+        assert rows[1][0] is None and rows[1][2] >= now + 50  # another error: given back, due later
+        first_lease = rows[2][1]
+        assert rows[2][0] == loop.worker
+        await asyncio.sleep(0.5)
+        rows = await store.read(lambda c: _lock(c, "forwards"))
+        assert rows[2][0] == loop.worker and rows[2][1] > first_lease + 0.2  # renewed while held
+        ids = await store.read(lambda c: [r[0] for r in c.execute("SELECT id FROM forwards ORDER BY id")])
+        assert loop.leases.held == {ids[2]}
+        gate.set()
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if not loop.leases.held:
+                break
+        assert not loop.leases.held
+    finally:
+        await loop.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
