@@ -5,7 +5,9 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
 - authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
-- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1.
+- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1;
+- the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
+  (``inflight``; SMTP DATA reserves as bytes arrive, API sends at commit): past it, 452 4.3.1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mtad.config import LimitsConfig
 from mtad.dataread import DataRefused, clean
 from mtad.directory import Directory
 from mtad.errors import OptionError, StoreError
+from mtad.inflight import ByteBudget
 from mtad.passwords import VerifiedCache, verify_password
 from mtad.smtpserver import SessionInfo, Transaction
 from mtad.store import Store
@@ -78,13 +81,14 @@ class Ingress:
         self.router: InboundRouter = router or AcceptAll()
         self.clock = clock
         self.verified = VerifiedCache()
-        self.inflight_bytes = 0
+        self.inflight = ByteBudget(int(limits.max_inflight_bytes))
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
         self.directory = directory
+        self.inflight.limit = int(limits.max_inflight_bytes)
 
     # --- AUTH / MAIL / RCPT ----------------------------------------------------------------------
     async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None:
@@ -158,7 +162,7 @@ class Ingress:
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
-        return await self.commit(envelope, content, fields, summary, opts, queue_id, now)
+        return await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -189,21 +193,30 @@ class Ingress:
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
                      summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
-                     domain: str | None = None) -> str:
+                     domain: str | None = None, held: bool = False) -> str:
         """Store the message and its work rows durably; the SMTP reply to give.
 
         ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
-        otherwise it comes from the envelope sender and the authenticated user.
+        otherwise it comes from the envelope sender and the authenticated user. ``held``: the caller
+        has already reserved the content's bytes in ``inflight`` (SMTP DATA).
         """
-        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now)
+        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now,
+                                      held=held)
 
-    async def commit_many(self, items: "list[Submission]", now: float) -> str:
-        """Commit several messages in one transaction, all or none (an API batch send); one reply."""
+    async def commit_many(self, items: "list[Submission]", now: float, held: bool = False) -> str:
+        """Commit several messages in one transaction, all or none (an API batch send); one reply.
+
+        Unless ``held``, the contents' bytes are reserved in ``inflight`` for the commit (452 if no room).
+        """
+        with self.inflight.hold() as hold:
+            if not held and not hold.take(sum(len(item.content) for item in items)):
+                log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
+                            self.inflight.limit)
+                return "452 4.3.1 Insufficient system resources, try again later"
+            return await self._commit_many(items, now)
+
+    async def _commit_many(self, items: "list[Submission]", now: float) -> str:
         planned = [(item.queue_id, self._plan(item)) for item in items]
-        size = sum(len(item.content) for item in items)
-        if self.inflight_bytes + size > int(self.limits.max_inflight_bytes):
-            return "452 4.3.1 Insufficient system resources, try again later"
-        self.inflight_bytes += size
 
         def write(conn) -> None:
             for queue_id, (msg, forwards, deliver_to) in planned:
@@ -214,8 +227,6 @@ class Ingress:
             self.counters.store_failures += 1
             log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
             return "452 4.3.1 Insufficient system storage, try again later"
-        finally:
-            self.inflight_bytes -= size
         self.counters.accepted += len(items)
         if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
             self.on_commit()  # wake the scheduler and forwarders only when there is work for them

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope as _AioEnvelope, Session as _AioSession
 
 from mtad.config import LimitsConfig, ListenerConfig
 from mtad.dataread import read_data
+from mtad.inflight import ByteBudget
 
 log = logging.getLogger("mtad.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every line at INFO
@@ -91,7 +92,13 @@ class SessionInfo(_AioSession):
 
 
 class Policy(Protocol):
-    """What the protocol engine asks the ingress policy. Each returns None to accept or a reply."""
+    """What the protocol engine asks the ingress policy. Each returns None to accept or a reply.
+
+    ``inflight`` bounds the message bytes all sessions hold: DATA reserves its bytes there as they arrive
+    and releases them once ``accept`` has answered (or the session ended).
+    """
+
+    inflight: ByteBudget
 
     async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None: ...
     def check_mail(self, session: SessionInfo, sender: str) -> str | None: ...
@@ -601,15 +608,21 @@ class MtadSMTP(SMTP):
             reader = self._reader
             saved_limit = reader._limit  # type: ignore[attr-defined]
             reader._limit = 1 << 20  # type: ignore[attr-defined]  # no flow-control churn while reading
-            try:
-                result = await read_data(reader, self.data_size_limit)
-            finally:
-                reader._limit = saved_limit  # type: ignore[attr-defined]
-            self._reset_timeout()
-            if result.content is None:
-                reply = f"552 5.3.4 Message size exceeds fixed limit of {self.data_size_limit} bytes"
-            else:
-                reply = await self.policy.accept(self.session, self.tx, result.content)
+            with self.policy.inflight.hold() as hold:  # released on every path, a lost connection too
+                try:
+                    result = await read_data(reader, self.data_size_limit, hold)
+                finally:
+                    reader._limit = saved_limit  # type: ignore[attr-defined]
+                self._reset_timeout()
+                if result.over_budget:
+                    log.warning("%s: message refused: messages in flight hold more than max_inflight_bytes (%d)",
+                                self.client_ip, self.policy.inflight.limit)
+                    reply = "452 4.3.1 Insufficient system resources, try again later"
+                elif result.content is None:
+                    reply = f"552 5.3.4 Message size exceeds fixed limit of {self.data_size_limit} bytes"
+                else:
+                    reply = await self.policy.accept(self.session, self.tx, result.content)
+                del result
             self._set_rset_state()
             await self.push(reply)
         finally:

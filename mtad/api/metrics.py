@@ -126,6 +126,12 @@ class _Collector:
             for name, value in (("accepted", c.accepted), ("refused", c.refused), ("store_failure", c.store_failures)):
                 fam.add_metric([name], value)
             yield fam
+            budget = ingress.inflight
+            yield GaugeMetricFamily("mtad_inflight_bytes", "Message bytes held in memory now (SMTP DATA being"
+                                    " received, API sends being committed); limit: limits.max_inflight_bytes",
+                                    value=budget.used)
+            yield CounterMetricFamily("mtad_inflight_refusals", "Messages answered 452 4.3.1 because"
+                                      " limits.max_inflight_bytes was reached", value=budget.refused)
         forwarder = getattr(app, "forwarder", None)
         if forwarder is not None:
             fam = CounterMetricFamily("mtad_forwards", "Route forward POSTs by outcome", labels=["outcome"])
