@@ -1,6 +1,7 @@
 """Ingress policy: who may relay, what is accepted, and the commit that earns a 250.
 
 The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of DATA. Rules:
+- AUTH failures are limited across connections per client address and per login (authguard);
 - submission listeners require AUTH before MAIL; an authenticated user may use only its domains;
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from mtad import events, headers, options as options_mod, spool
+from mtad.authguard import AuthGuard
 from mtad.config import LimitsConfig
 from mtad.dataread import DataRefused, clean
 from mtad.directory import Directory
 from mtad.errors import OptionError, StoreError
 from mtad.inflight import ByteBudget
 from mtad.passwords import VerifiedCache, verify_password
-from mtad.smtpserver import SessionInfo, Transaction
+from mtad.smtpserver import AuthRefused, SessionInfo, Transaction
 from mtad.store import Store
 from mtad.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -82,6 +84,7 @@ class Ingress:
         self.clock = clock
         self.verified = VerifiedCache()
         self.inflight = ByteBudget(int(limits.max_inflight_bytes))
+        self.auth_guard = AuthGuard(limits)
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
 
@@ -89,9 +92,24 @@ class Ingress:
         self.limits = limits
         self.directory = directory
         self.inflight.limit = int(limits.max_inflight_bytes)
+        self.auth_guard.configure(limits)
 
     # --- AUTH / MAIL / RCPT ----------------------------------------------------------------------
     async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None:
+        """The user's login, or None for wrong credentials; raises AuthRefused while AUTH is locked out
+        for the client's address or the login (``auth_guard``), without checking the password."""
+        locked = self.auth_guard.admit(session.client_ip, login, time.monotonic())
+        if locked is not None:
+            log.info("auth refused: %s locked out (login %r from %s)", locked, login[:100], session.client_ip)
+            raise AuthRefused("454 4.7.0 Too many failed authentications, try again later")
+        user = None
+        try:
+            user = await self._check_credentials(session, login, password)
+        finally:  # a session gone mid-check must not leave its attempt pending
+            self.auth_guard.done(session.client_ip, login, user is not None, time.monotonic())
+        return user
+
+    async def _check_credentials(self, session: SessionInfo, login: str, password: str) -> str | None:
         user = self.directory.user(login)
         if user is None:
             log.info("auth failed: unknown user %r from %s", login[:100], session.client_ip)

@@ -40,6 +40,14 @@ class AddressError(ValueError):
     pass
 
 
+class AuthRefused(Exception):
+    """Raised by ``Policy.authenticate`` when AUTH is refused whatever the credentials; ``reply`` says why."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
+
+
 def parse_path(path: str, *, utf8: bool) -> str:
     """The address inside an SMTP path (``<user@domain>`` or bare); '' for ``<>``. Raises AddressError."""
     addr = path[1:-1] if path.startswith("<") else path
@@ -100,7 +108,7 @@ class Policy(Protocol):
 
     inflight: ByteBudget
 
-    async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None: ...
+    async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None: ...  # AuthRefused
     def check_mail(self, session: SessionInfo, sender: str) -> str | None: ...
     def check_rcpt(self, session: SessionInfo, tx: Transaction, recipient: str) -> str | None: ...
     async def accept(self, session: SessionInfo, tx: Transaction, content: bytes) -> str: ...
@@ -461,7 +469,11 @@ class MtadSMTP(SMTP):
         if credentials is None:
             return
         login, password = credentials
-        user = await self.policy.authenticate(self.session, login, password)
+        try:
+            user = await self.policy.authenticate(self.session, login, password)
+            failure = "535 5.7.8 Authentication credentials invalid"
+        except AuthRefused as exc:  # locked out across connections: counts against this one's brake too
+            user, failure = None, exc.reply
         if user is None:
             self.auth_failures += 1
             await asyncio.sleep(self.limits.auth_failure_delay.seconds)
@@ -469,7 +481,7 @@ class MtadSMTP(SMTP):
                 await self.push("421 4.7.0 Too many failed authentications, closing connection")
                 self.transport.close()
                 return
-            await self.push("535 5.7.8 Authentication credentials invalid")
+            await self.push(failure)
             return
         self.session.auth_user = user
         self.session.authenticated = True
