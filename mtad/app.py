@@ -2,7 +2,9 @@
 
 SIGTERM/SIGINT: stop listening, let sessions in DATA finish, answer the rest 421 4.3.2, close the
 store, exit 0. SIGHUP: re-read the config file and apply users, domains and limits without dropping
-connections (listeners and the store path need a restart). systemd is told READY/STATUS/STOPPING.
+connections, and reload from disk the TLS certificate and key (for new sessions), DKIM keys and API keys;
+a file that does not load keeps what was in use (listeners and the store path need a restart). systemd
+is told READY/STATUS/STOPPING.
 """
 
 from __future__ import annotations
@@ -38,10 +40,17 @@ from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
 from mtad.store.engine import Store
 from mtad.inbound.store_action import StoreAction
-from mtad.smtp.tls import make_self_signed, server_context
+from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
 
 SHIPPED_SHAPING = Path(__file__).parent / "config" / "providers.yaml"
+
+
+def tls_files(cfg: Config) -> tuple[Path, Path]:
+    """The listeners' certificate and key: the configured files, else the self-signed pair in the state folder."""
+    if cfg.tls.cert and cfg.tls.key:
+        return cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)
+    return cfg.state_path / "tls" / "cert.pem", cfg.state_path / "tls" / "key.pem"
 
 
 def load_dkim_keys(cfg: Config) -> dict[str, list[dkim.DkimKey]]:
@@ -122,22 +131,23 @@ class App:
         self._started = False
         self._reload_pending = False
         self.tls_context: ssl.SSLContext | None = None
+        self.server_tls: ServerTls | None = None
+        self.config_dkim_keys: dict[str, list[dkim.DkimKey]] = {}  # from the config's key files, as last loaded
         self.accounts = accounts_mod.Accounts()
 
     # --- start -----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
         cfg = self.cfg
-        if cfg.tls.cert and cfg.tls.key:
-            cert, key = cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)
-        else:
-            cert, key = cfg.state_path / "tls" / "cert.pem", cfg.state_path / "tls" / "key.pem"
+        cert, key = tls_files(cfg)
+        if not (cfg.tls.cert and cfg.tls.key):
             if not cert.exists() or not key.exists():
                 make_self_signed(cert, key, cfg.hostname)
                 log.info("made a self-signed certificate for %s in %s", cfg.hostname, cert.parent)
         try:
-            return server_context(cert, key)
+            self.server_tls = ServerTls(cert, key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError("tls", f"cannot load certificate {cert} / key {key}: {exc}") from None
+        return self.server_tls.context
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -156,6 +166,7 @@ class App:
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
         wakers = []
+        self.config_dkim_keys = load_dkim_keys(cfg) if cfg.delivery.enabled else {}
         if cfg.delivery.enabled:
             self.scheduler = self._build_scheduler()
             wakers.append(self.scheduler.wake)
@@ -198,7 +209,7 @@ class App:
         if self.ingress is not None:
             self.ingress.reload(limits=self.ingress.limits, directory=self.directory(self.cfg))
         if self.scheduler is not None:
-            self.scheduler.dkim_keys = {**accounts.dkim_keys(), **load_dkim_keys(self.cfg)}
+            self.scheduler.dkim_keys = {**accounts.dkim_keys(), **self.config_dkim_keys}
 
     async def _load_api_routes(self) -> None:
         """Routes created through the API; one that no longer compiles (config changed) is skipped."""
@@ -265,7 +276,7 @@ class App:
                               BrokenTls(d.tls_failure_memory.seconds))
         password = d.smarthost.password.reveal() if d.smarthost and d.smarthost.password else None
         return Scheduler(store=self.store, connector=connector, resolver=resolver, shaping=load_shaping(cfg),
-                         config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **load_dkim_keys(cfg)},
+                         config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **self.config_dkim_keys},
                          smarthost_password=password,
                          dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()})
 
@@ -308,12 +319,50 @@ class App:
         if cfg.listeners != self.cfg.listeners or cfg.store_path != self.cfg.store_path:
             log.warning("reload: listener and store changes need a restart; applying the rest")
         self.cfg = cfg
+        self._reload_tls(cfg)
+        self._reload_dkim_keys(cfg)
+        self._reload_api_keys(cfg)
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
             self._background.append(asyncio.get_running_loop().create_task(self._reload_routes(cfg)))
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")
         self._background.append(asyncio.get_running_loop().create_task(self._sync_webhooks(cfg)))
+
+    def _reload_tls(self, cfg: Config) -> None:
+        """The certificate and key from disk (renewed by certbot) for new TLS sessions; a file that does
+        not load keeps the certificate being served (one error line)."""
+        if self.server_tls is None:
+            return
+        cert, key = tls_files(cfg)
+        try:
+            self.server_tls.reload(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("reload: TLS certificate not changed, still serving the previous one: cannot load %s / %s: %s",
+                      cert, key, exc)
+            return
+        log.info("reload: TLS certificate loaded from %s", cert)
+
+    def _reload_dkim_keys(self, cfg: Config) -> None:
+        """DKIM keys from the config's key files; if one does not load, all keep signing with the previous keys."""
+        if self.scheduler is None:
+            return
+        try:
+            keys = load_dkim_keys(cfg)
+        except ConfigError as exc:
+            log.error("reload: DKIM keys not changed, still signing with the previous ones: %s", exc)
+            return
+        self.config_dkim_keys = keys
+        self.scheduler.dkim_keys = {**self.accounts.dkim_keys(), **keys}
+
+    def _reload_api_keys(self, cfg: Config) -> None:
+        """The API keys of the config (or the state folder's) for the next requests."""
+        if getattr(self, "api_context", None) is None:
+            return
+        try:
+            self.api_context.keys = api_keys(cfg)[0]
+        except OSError as exc:
+            log.error("reload: API keys not changed: %s", exc)
 
     async def _reload_routes(self, cfg: Config) -> None:
         try:

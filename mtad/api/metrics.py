@@ -126,6 +126,24 @@ class _Collector:
             for name, value in (("accepted", c.accepted), ("refused", c.refused), ("store_failure", c.store_failures)):
                 fam.add_metric([name], value)
             yield fam
+            budget = ingress.inflight
+            yield GaugeMetricFamily("mtad_inflight_bytes", "Message bytes held in memory now (SMTP DATA being"
+                                    " received, API sends being committed); limit: limits.max_inflight_bytes",
+                                    value=budget.used)
+            yield CounterMetricFamily("mtad_inflight_refusals", "Messages answered 452 4.3.1 because"
+                                      " limits.max_inflight_bytes was reached", value=budget.refused)
+            guard = ingress.auth_guard
+            yield CounterMetricFamily("mtad_smtp_auth_failures", "SMTP AUTH attempts with wrong credentials",
+                                      value=guard.failures)
+            fam = CounterMetricFamily("mtad_smtp_auth_lockouts", "SMTP AUTH lockouts begun (limits."
+                                      "max_auth_failures_per_client / _per_account), by scope", labels=["scope"])
+            refused = CounterMetricFamily("mtad_smtp_auth_refused", "SMTP AUTH attempts answered 454 4.7.0 while"
+                                          " locked out, by scope", labels=["scope"])
+            for scope in ("client", "account"):
+                fam.add_metric([scope], guard.lockouts[scope])
+                refused.add_metric([scope], guard.refused[scope])
+            yield fam
+            yield refused
         forwarder = getattr(app, "forwarder", None)
         if forwarder is not None:
             fam = CounterMetricFamily("mtad_forwards", "Route forward POSTs by outcome", labels=["outcome"])

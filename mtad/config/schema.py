@@ -83,6 +83,12 @@ class LimitsConfig:
     max_connections_per_ip: int = 50  # smtpd_client_connection_count_limit
     max_auth_failures: int = 3  # then 421 and close
     auth_failure_delay: Duration = Duration(1)  # before answering a failed AUTH (tarpit)
+    # across connections (Postfix anvil's smtpd_client_auth_rate_limit): failures within auth_failure_window,
+    # then AUTH from that client address (IPv6: its /64) or for that login is refused 454 for auth_lockout
+    max_auth_failures_per_client: int = 10  # 0: no limit
+    max_auth_failures_per_account: int = 20  # 0: no limit
+    auth_failure_window: Duration = Duration(600)
+    auth_lockout: Duration = Duration(600)
     max_errors: int = 20  # smtpd_hard_error_limit: bad commands before 421
     max_inflight_bytes: Size = Size(512_000_000)  # message bytes held in memory, all sessions
     bare_newline: Literal["normalize", "reject"] = "normalize"  # Postfix smtpd_forbid_bare_newline
@@ -92,6 +98,9 @@ class LimitsConfig:
                      "max_header_count", "max_mime_depth", "max_command_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}", "must be at least 1")
+        for name in ("max_auth_failures_per_client", "max_auth_failures_per_account"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}", "must be 0 (no limit) or more")
 
 
 @dataclass(frozen=True)

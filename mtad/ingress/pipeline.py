@@ -1,11 +1,14 @@
 """Ingress policy: who may relay, what is accepted, and the commit that earns a 250.
 
 The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of DATA. Rules:
+- AUTH failures are limited across connections per client address and per login (authguard);
 - submission listeners require AUTH before MAIL; an authenticated user may use only its domains;
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
 - authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
-- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1.
+- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1;
+- the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
+  (``inflight``; SMTP DATA reserves as bytes arrive, API sends at commit): past it, 452 4.3.1.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from mtad.events import record as events
 from mtad.mail import headers
 from mtad.mail import options as options_mod
 from mtad.store import queue as spool
+from mtad.ingress.authguard import AuthGuard
 from mtad.config.schema import LimitsConfig
 from mtad.smtp.dataread import DataRefused, clean
 from mtad.ingress.directory import Directory
 from mtad.base.errors import OptionError, StoreError
+from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
-from mtad.smtp.server import SessionInfo, Transaction
+from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.store.engine import Store
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -81,16 +86,33 @@ class Ingress:
         self.router: InboundRouter = router or AcceptAll()
         self.clock = clock
         self.verified = VerifiedCache()
-        self.inflight_bytes = 0
+        self.inflight = ByteBudget(int(limits.max_inflight_bytes))
+        self.auth_guard = AuthGuard(limits)
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
         self.directory = directory
+        self.inflight.limit = int(limits.max_inflight_bytes)
+        self.auth_guard.configure(limits)
 
     # --- AUTH / MAIL / RCPT ----------------------------------------------------------------------
     async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None:
+        """The user's login, or None for wrong credentials; raises AuthRefused while AUTH is locked out
+        for the client's address or the login (``auth_guard``), without checking the password."""
+        locked = self.auth_guard.admit(session.client_ip, login, time.monotonic())
+        if locked is not None:
+            log.info("auth refused: %s locked out (login %r from %s)", locked, login[:100], session.client_ip)
+            raise AuthRefused("454 4.7.0 Too many failed authentications, try again later")
+        user = None
+        try:
+            user = await self._check_credentials(session, login, password)
+        finally:  # a session gone mid-check must not leave its attempt pending
+            self.auth_guard.done(session.client_ip, login, user is not None, time.monotonic())
+        return user
+
+    async def _check_credentials(self, session: SessionInfo, login: str, password: str) -> str | None:
         user = self.directory.user(login)
         if user is None:
             log.info("auth failed: unknown user %r from %s", login[:100], session.client_ip)
@@ -161,7 +183,7 @@ class Ingress:
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
-        return await self.commit(envelope, content, fields, summary, opts, queue_id, now)
+        return await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -192,21 +214,30 @@ class Ingress:
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
                      summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
-                     domain: str | None = None) -> str:
+                     domain: str | None = None, held: bool = False) -> str:
         """Store the message and its work rows durably; the SMTP reply to give.
 
         ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
-        otherwise it comes from the envelope sender and the authenticated user.
+        otherwise it comes from the envelope sender and the authenticated user. ``held``: the caller
+        has already reserved the content's bytes in ``inflight`` (SMTP DATA).
         """
-        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now)
+        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now,
+                                      held=held)
 
-    async def commit_many(self, items: "list[Submission]", now: float) -> str:
-        """Commit several messages in one transaction, all or none (an API batch send); one reply."""
+    async def commit_many(self, items: "list[Submission]", now: float, held: bool = False) -> str:
+        """Commit several messages in one transaction, all or none (an API batch send); one reply.
+
+        Unless ``held``, the contents' bytes are reserved in ``inflight`` for the commit (452 if no room).
+        """
+        with self.inflight.hold() as hold:
+            if not held and not hold.take(sum(len(item.content) for item in items)):
+                log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
+                            self.inflight.limit)
+                return "452 4.3.1 Insufficient system resources, try again later"
+            return await self._commit_many(items, now)
+
+    async def _commit_many(self, items: "list[Submission]", now: float) -> str:
         planned = [(item.queue_id, self._plan(item)) for item in items]
-        size = sum(len(item.content) for item in items)
-        if self.inflight_bytes + size > int(self.limits.max_inflight_bytes):
-            return "452 4.3.1 Insufficient system resources, try again later"
-        self.inflight_bytes += size
 
         def write(conn) -> None:
             for queue_id, (msg, forwards, deliver_to) in planned:
@@ -217,8 +248,6 @@ class Ingress:
             self.counters.store_failures += 1
             log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
             return "452 4.3.1 Insufficient system storage, try again later"
-        finally:
-            self.inflight_bytes -= size
         self.counters.accepted += len(items)
         if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
             self.on_commit()  # wake the scheduler and forwarders only when there is work for them

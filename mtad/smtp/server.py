@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope as _AioEnvelope, Session as _AioSession
 
 from mtad.config.schema import LimitsConfig, ListenerConfig
 from mtad.smtp.dataread import read_data
+from mtad.base.inflight import ByteBudget
 
 log = logging.getLogger("mtad.smtp")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every line at INFO
@@ -37,6 +38,14 @@ _DOMAIN = re.compile(r"^(?:[^\s\x00-\x20\x7f@.<>\[\]()\\,;:\"]+(?:\.[^\s\x00-\x2
 
 class AddressError(ValueError):
     pass
+
+
+class AuthRefused(Exception):
+    """Raised by ``Policy.authenticate`` when AUTH is refused whatever the credentials; ``reply`` says why."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
 
 
 def parse_path(path: str, *, utf8: bool) -> str:
@@ -91,9 +100,15 @@ class SessionInfo(_AioSession):
 
 
 class Policy(Protocol):
-    """What the protocol engine asks the ingress policy. Each returns None to accept or a reply."""
+    """What the protocol engine asks the ingress policy. Each returns None to accept or a reply.
 
-    async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None: ...
+    ``inflight`` bounds the message bytes all sessions hold: DATA reserves its bytes there as they arrive
+    and releases them once ``accept`` has answered (or the session ended).
+    """
+
+    inflight: ByteBudget
+
+    async def authenticate(self, session: SessionInfo, login: str, password: str) -> str | None: ...  # AuthRefused
     def check_mail(self, session: SessionInfo, sender: str) -> str | None: ...
     def check_rcpt(self, session: SessionInfo, tx: Transaction, recipient: str) -> str | None: ...
     async def accept(self, session: SessionInfo, tx: Transaction, content: bytes) -> str: ...
@@ -454,7 +469,11 @@ class MtadSMTP(SMTP):
         if credentials is None:
             return
         login, password = credentials
-        user = await self.policy.authenticate(self.session, login, password)
+        try:
+            user = await self.policy.authenticate(self.session, login, password)
+            failure = "535 5.7.8 Authentication credentials invalid"
+        except AuthRefused as exc:  # locked out across connections: counts against this one's brake too
+            user, failure = None, exc.reply
         if user is None:
             self.auth_failures += 1
             await asyncio.sleep(self.limits.auth_failure_delay.seconds)
@@ -462,7 +481,7 @@ class MtadSMTP(SMTP):
                 await self.push("421 4.7.0 Too many failed authentications, closing connection")
                 self.transport.close()
                 return
-            await self.push("535 5.7.8 Authentication credentials invalid")
+            await self.push(failure)
             return
         self.session.auth_user = user
         self.session.authenticated = True
@@ -601,15 +620,21 @@ class MtadSMTP(SMTP):
             reader = self._reader
             saved_limit = reader._limit  # type: ignore[attr-defined]
             reader._limit = 1 << 20  # type: ignore[attr-defined]  # no flow-control churn while reading
-            try:
-                result = await read_data(reader, self.data_size_limit)
-            finally:
-                reader._limit = saved_limit  # type: ignore[attr-defined]
-            self._reset_timeout()
-            if result.content is None:
-                reply = f"552 5.3.4 Message size exceeds fixed limit of {self.data_size_limit} bytes"
-            else:
-                reply = await self.policy.accept(self.session, self.tx, result.content)
+            with self.policy.inflight.hold() as hold:  # released on every path, a lost connection too
+                try:
+                    result = await read_data(reader, self.data_size_limit, hold)
+                finally:
+                    reader._limit = saved_limit  # type: ignore[attr-defined]
+                self._reset_timeout()
+                if result.over_budget:
+                    log.warning("%s: message refused: messages in flight hold more than max_inflight_bytes (%d)",
+                                self.client_ip, self.policy.inflight.limit)
+                    reply = "452 4.3.1 Insufficient system resources, try again later"
+                elif result.content is None:
+                    reply = f"552 5.3.4 Message size exceeds fixed limit of {self.data_size_limit} bytes"
+                else:
+                    reply = await self.policy.accept(self.session, self.tx, result.content)
+                del result
             self._set_rset_state()
             await self.push(reply)
         finally:

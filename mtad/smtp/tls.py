@@ -1,4 +1,8 @@
-"""TLS for listeners: server contexts, and the self-signed certificate made on first start."""
+"""TLS for listeners: server contexts, and the self-signed certificate made on first start.
+
+``ServerTls`` holds the context every listener was given and lets its certificate be replaced (SIGHUP,
+after certbot renewed it): new handshakes get the new certificate, sessions already open keep theirs.
+"""
 
 from __future__ import annotations
 
@@ -40,3 +44,28 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(cert, key)
     ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx
+
+
+class ServerTls:
+    """The listeners' server context, whose certificate and key can be replaced while they run.
+
+    ``context`` is handed to the listeners once. ``reload`` loads the files into a new context (so a
+    broken file raises and changes nothing) and makes it the one new handshakes use: the listeners'
+    context switches each handshake to it in its SNI callback, which OpenSSL calls for every ClientHello,
+    with or without a server name.
+    """
+
+    def __init__(self, cert: Path, key: Path):
+        self.context = server_context(cert, key)
+        self._current = self.context
+        self.context.sni_callback = self._select
+
+    def _select(self, conn: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not self.context:
+            conn.context = current
+        return None
+
+    def reload(self, cert: Path, key: Path) -> None:
+        """Serve ``cert``/``key`` to new handshakes; raises OSError or ssl.SSLError (and keeps the old)."""
+        self._current = server_context(cert, key)

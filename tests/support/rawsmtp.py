@@ -19,11 +19,14 @@ class Closed(Exception):
 
 class RawSMTP:
     def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = 5.0,
-                 tls_context: ssl.SSLContext | None = None, server_hostname: str = "mtad.test"):
-        """Connect; with ``tls_context``, TLS starts at once (implicit-TLS listener)."""
+                 tls_context: ssl.SSLContext | None = None, server_hostname: str = "mtad.test",
+                 source: str | None = None):
+        """Connect (from the local address ``source`` if given, e.g. ``127.0.0.2``); with ``tls_context``,
+        TLS starts at once (implicit-TLS listener)."""
         self.timeout = timeout
         self.server_hostname = server_hostname
-        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout,
+                                                            source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls_context is not None:
             self.sock = tls_context.wrap_socket(self.sock, server_hostname=server_hostname)

@@ -65,3 +65,39 @@ def test_dot_unstuffing_and_line_limit():
     assert clean(b"..a\r\nb\r\n..\r\n", bare_newline="normalize", max_line_length=998) == b".a\r\nb\r\n.\r\n"
     with pytest.raises(DataRefused, match="^552 5.3.4"):
         clean(b"x" * 1001 + b"\r\n", bare_newline="normalize", max_line_length=998)
+
+
+async def test_bytes_are_reserved_as_they_arrive_and_a_full_budget_discards_the_rest():
+    from mtad.base.inflight import ByteBudget
+    budget = ByteBudget(3 << 20)
+    other = budget.hold()
+    assert other.take(1 << 20)  # another session holds 1 MiB
+    reader = asyncio.StreamReader()
+    with budget.hold() as hold:
+        task = asyncio.create_task(read_data(reader, 50 << 20, hold))
+        chunk = b"x" * 1000 + b"\r\n"
+        fed = 0
+        while fed < (3 << 20):
+            reader.feed_data(chunk * 100)
+            fed += len(chunk) * 100
+            await asyncio.sleep(0)
+            assert budget.used <= budget.limit
+        reader.feed_data(b".\r\nQUIT\r\n")
+        result = await task
+        assert result.content is None and result.over_budget and result.size == fed
+        assert hold.held == 0 and budget.used == 1 << 20 and budget.refused == 1
+    assert bytes(reader._buffer) == b"QUIT\r\n"
+    other.release()
+    assert budget.used == 0
+
+
+async def test_reserved_bytes_cover_what_is_kept():
+    from mtad.base.inflight import ByteBudget
+    budget = ByteBudget(10 << 20)
+    reader = asyncio.StreamReader()
+    body = (b"y" * 998 + b"\r\n") * 3000
+    with budget.hold() as hold:
+        reader.feed_data(body + b".\r\n")
+        result = await read_data(reader, 50 << 20, hold)
+        assert result.content == body and hold.held == len(body) == budget.used
+    assert budget.used == 0 and budget.peak == len(body)

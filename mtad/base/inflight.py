@@ -1,0 +1,64 @@
+"""The bound on message bytes held in memory by all SMTP sessions and API sends together.
+
+``ByteBudget(limit)`` is shared; each message being received takes a ``Hold`` and grows it as its bytes
+arrive (``take``), not once the whole message is in. A ``take`` that would pass the limit fails: the
+holder drops what it kept, reads the rest without keeping it and answers ``452 4.3.1``. ``release``
+gives back everything the hold took; callers call it on every path (``with`` does), so success, refusal,
+error and a client gone mid-DATA all return their bytes.
+
+Single-threaded (the event loop's); no locks.
+"""
+
+from __future__ import annotations
+
+
+class ByteBudget:
+    """Bytes reserved against ``limit``; ``refused`` counts the holds that could not grow (one per message)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+
+    def reserve(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            self.refused += 1
+            return False
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+        return True
+
+    def release(self, n: int) -> None:
+        self.used -= n
+
+    def hold(self) -> "Hold":
+        return Hold(self)
+
+
+class Hold:
+    """One message's share of the budget."""
+
+    def __init__(self, budget: ByteBudget):
+        self.budget = budget
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` more bytes; False (nothing taken) when the budget has no room."""
+        if not self.budget.reserve(n):
+            return False
+        self.held += n
+        return True
+
+    def release(self) -> None:
+        """Give back everything taken; idempotent."""
+        if self.held:
+            self.budget.release(self.held)
+            self.held = 0
+
+    def __enter__(self) -> "Hold":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
