@@ -6,7 +6,8 @@ domain's webhook for the event, in the event's own transaction. This module POST
 - **Formats.** ``json`` (Mailgun's current webhooks): ``{"signature": {"timestamp", "token",
   "signature"}, "event-data": {...}}``; ``legacy`` (the seed manual's form-encoded webhooks):
   ``event`` (``delivered``, ``bounced``, ``dropped``, ...), ``recipient``, ``domain``,
-  ``message-headers`` (a JSON list of [name, value], in order), ``Message-Id``, ``tag``,
+  ``message-headers`` (a JSON list of [name, value], in order, with Mailgun's ``X-Mailgun-Variables``
+  header holding the user variables as JSON when there are any), ``Message-Id``, ``tag``,
   ``campaign-id``, each user variable as its own field, ``code``/``error``/``notification`` for
   bounces, ``reason`` (``hardfail`` | ``maxfails``) and ``description`` for drops, and
   ``timestamp``/``token``/``signature``. The signature is the hex HMAC-SHA256 of timestamp+token
@@ -153,6 +154,10 @@ def legacy_fields(event: dict[str, Any], domain: str, key: str,
     if header_list is None:
         header_list = [[name, headers[k]] for name, k in (("Message-Id", "message-id"), ("From", "from"),
                                                           ("To", "to"), ("Subject", "subject")) if headers.get(k)]
+    variables = event.get("user-variables") or {}
+    if variables and not any(str(n).lower() == "x-mailgun-variables" for n, _ in header_list):
+        # Mailgun's message headers carry the variables (django-anymail reads them from there only)
+        header_list = [*header_list, ["X-Mailgun-Variables", json.dumps(variables)]]
     name = legacy_event_name(event)
     fields: list[tuple[str, str]] = [("event", name), ("recipient", event.get("recipient", "")), ("domain", domain),
                                      ("message-headers", json.dumps(header_list))]
