@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from mtad import events, headers, options as options_mod, spool
+from mtad import attachments as attachments_mod, events, headers, options as options_mod, spool
 from mtad.config import LimitsConfig
 from mtad.dataread import DataRefused, clean
 from mtad.directory import Directory
@@ -239,7 +239,8 @@ class Ingress:
         else:
             domain = inbound_rcpts[0].rpartition("@")[2] if inbound_rcpts else ""
         msg = NewMessage(envelope=envelope, body=item.content, direction="outbound" if outbound else "inbound",
-                         domain=domain, headers=item.summary, options=item.opts)
+                         domain=domain, headers=item.summary, options=item.opts,
+                         attachments=tuple(attachments_mod.listing(item.content)))
         return msg, forwards, deliver_to
 
     def _sending_domain(self, envelope: Envelope) -> str:

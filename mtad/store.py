@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS messages (
     envelope TEXT NOT NULL,
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
-    stored_until REAL
+    stored_until REAL,
+    attachments TEXT NOT NULL DEFAULT '[]'  -- mtad.attachments.listing, for events' message.attachments
 );
 CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -336,6 +337,18 @@ def _settle_all(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
         loop.call_soon_threadsafe(apply, group)
 
 
+# Columns added after a table was first shipped: (table, column, definition). A store made by an older mtad
+# gets them at open (ADD COLUMN with a constant default rewrites nothing); older versions ignore them.
+ADDED_COLUMNS = (("messages", "attachments", "TEXT NOT NULL DEFAULT '[]'"),)
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 class Store:
     """SQLite store. ``open()`` before use, ``close()`` at the end."""
 
@@ -362,6 +375,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this mtad knows {SCHEMA_VERSION}")
         conn.executescript(SCHEMA)
+        add_missing_columns(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)

@@ -143,3 +143,30 @@ def test_execute_rows_inserts_every_row_in_order(n):
     execute_rows(conn, "INSERT INTO c (k, n)", 2, [("x", 2), ("y", 1)], " ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
     execute_rows(conn, "INSERT INTO c (k, n)", 2, [("x", 3)], " ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
     assert conn.execute("SELECT k, n FROM c ORDER BY k").fetchall() == [("x", 5), ("y", 1)]
+
+
+async def test_a_store_made_before_the_attachments_column_gets_it_at_open(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, created_at REAL NOT NULL, direction TEXT NOT NULL,"
+                 " domain TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL, message_id TEXT NOT NULL"
+                 " DEFAULT '', headers TEXT NOT NULL, options TEXT NOT NULL, envelope TEXT NOT NULL,"
+                 " size INTEGER NOT NULL, body BLOB NOT NULL, stored_until REAL)")
+    conn.execute("INSERT INTO messages VALUES ('old', 1, 'outbound', 'example.com', 's@example.com', '[]', '', '{}',"
+                 " '{}', '{}', 2, x'6869', NULL)")
+    conn.commit()
+    assert spool.message_row(conn, "old")["attachments"] == []  # read before any daemon added the column
+    conn.close()
+    s = Store(path)
+    s.open()
+    try:
+        listed = [{"filename": "a.pdf", "content-type": "application/pdf", "size": 3}]
+        msg = message()
+        qid = spool.new_queue_id()
+        await s.write(lambda c: spool.enqueue(c, qid, NewMessage(msg.envelope, msg.body, msg.direction, msg.domain,
+                                                                   msg.headers, msg.options, tuple(listed)), 1.0))
+        rows = await s.read(lambda c: (spool.message_row(c, "old")["attachments"],
+                                       spool.message_row(c, qid)["attachments"]))
+        assert rows == ([], listed)
+    finally:
+        s.close()
