@@ -128,6 +128,30 @@ def delete_webhook(conn, domain: str, hook: str) -> dict[str, Any]:
     return existing
 
 
+def put_url(conn, domain: str, url: str, *, add: Iterable[str], remove: Iterable[str], now: float) -> None:
+    """Mailgun's v4 webhooks (one URL, several event types): put ``url`` on the webhooks ``add`` (created as
+    ``json`` when absent) and take it off ``remove`` (a webhook left without URLs is deleted), all or nothing
+    (the caller's transaction). Config-file webhooks are read-only."""
+    hooks = list_webhooks(conn, domain)
+    for hook in dict.fromkeys(add):
+        existing = hooks.get(hook)
+        if existing is None:
+            check_change(hook, [url], "json")
+            put_webhook(conn, domain, hook, [url], "json", now, create=True)
+        elif url not in existing["urls"]:
+            check_change(hook, existing["urls"] + [url], existing["format"])
+            put_webhook(conn, domain, hook, existing["urls"] + [url], existing["format"], now, create=False)
+    for hook in dict.fromkeys(remove):
+        existing = hooks.get(hook)
+        if existing is None or url not in existing["urls"]:
+            continue
+        rest = [u for u in existing["urls"] if u != url]
+        if rest:
+            put_webhook(conn, domain, hook, rest, existing["format"], now, create=False)
+        else:
+            delete_webhook(conn, domain, hook)
+
+
 # --- payloads -----------------------------------------------------------------------------------------------
 
 def json_body(event_json: str, key: str) -> bytes:
