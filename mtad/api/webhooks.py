@@ -10,6 +10,8 @@ Mailgun's v4 form, where one URL serves several event types: ``POST /v4/domains/
 (``url``, ``event_types`` repeated or comma-separated: the URL is added to each), ``PUT`` (the URL serves
 exactly those types: added to them, removed from the others) and ``DELETE ...?url=U[&url=V]`` (removed
 from every type); a webhook left without URLs is deleted. They answer every webhook of the domain.
+mailgun-python 1.10 sends these to the v3 path (``POST`` with ``event_types`` and no ``id``, ``PUT`` and
+``DELETE ?url=`` on ``/v3/domains/{domain}/webhooks``): served there too.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ async def _change(request: web.Request, hook: str, *, create: bool) -> web.Respo
 async def create_hook(request: web.Request) -> web.Response:
     form = await request.post()
     hook = form.get("id")
+    if not hook and form.getall("event_types", []):
+        return await v4_create(request)  # the v4 form at the v3 path, as mailgun-python 1.10 sends it
     if not isinstance(hook, str) or not hook:
         return error(400, "id is required")
     return await _change(request, hook, create=True)
@@ -160,5 +164,7 @@ def setup(app: web.Application) -> None:
     app.router.add_put("/v3/domains/{domain}/webhooks/{webhook}", update_hook)
     app.router.add_delete("/v3/domains/{domain}/webhooks/{webhook}", delete_hook)
     app.router.add_post("/v4/domains/{domain}/webhooks", v4_create)
+    app.router.add_put("/v3/domains/{domain}/webhooks", v4_update)  # mailgun-python 1.10's v4 update and delete
+    app.router.add_delete("/v3/domains/{domain}/webhooks", v4_delete)  # arrive at the v3 path
     app.router.add_put("/v4/domains/{domain}/webhooks", v4_update)
     app.router.add_delete("/v4/domains/{domain}/webhooks", v4_delete)
