@@ -103,6 +103,10 @@ def _walk(body: bytes, start: int, end: int, depth: int, out: list[dict[str, Any
 
 def listing(body: bytes) -> list[dict[str, Any]]:
     """The attachments of a message (CRLF line endings, as stored), in MIME order."""
+    head_end, _ = headers_mod.split(body)
+    head = body[:head_end].lower()
+    if b"multipart/" not in head and b"attachment" not in head and b"name" not in head:
+        return []  # the common single-part message: no part to walk, no file name
     out: list[dict[str, Any]] = []
     _walk(body, 0, len(body), 0, out)
     return out
