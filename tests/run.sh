@@ -19,5 +19,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+if command -v npm >/dev/null 2>&1; then  # mailgun.js 14 for tests/e2e/test_api_mailgun_js.py, in a private folder
+  npm install --prefix tests/.node --no-audit --no-fund --loglevel=error mailgun.js@14 >/dev/null \
+    || echo "tests/run.sh: mailgun.js could not be installed; its test will skip" >&2
+fi
 .venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml: a wrong import fails the run
 exec .venv/bin/python -m pytest -n 2 -rs "$@"  # -rs: every skip and its reason in the summary

@@ -3,7 +3,11 @@
 - ``GET /v3/domains`` (skip, limit), ``POST /v3/domains`` (name, smtp_password, spam_action, wildcard,
   dkim_key_size 1024|2048, dkim_selector; mtad's ``receiving`` yes|no, default yes),
   ``GET/DELETE /v3/domains/{name}``, ``PUT /v3/domains/{name}/verify``;
-- ``GET/POST /v3/domains/{name}/credentials``, ``PUT/DELETE /v3/domains/{name}/credentials/{login}``.
+- ``GET/POST/DELETE /v3/domains/{name}/credentials`` (DELETE: every API credential of the domain),
+  ``PUT/DELETE /v3/domains/{name}/credentials/{login}``;
+- the same domain operations under ``/v4/domains`` (what mailgun.js 14 and the Python SDK's ``domainlist``
+  call; Mailgun's v4 answers have the v3 shapes plus fields mtad always answers, e.g.
+  ``use_automatic_sender_security``).
 
 A domain created here is a sending domain (and a receiving one unless ``receiving=no``) with its own
 DKIM key, generated at creation and kept in the store; it and its credentials take effect at once
@@ -127,6 +131,7 @@ def _domain_json(request: web.Request, name: str, source: str, created: float, r
         "skip_verification": False,
         "web_scheme": "https",
         "web_prefix": "email",
+        "use_automatic_sender_security": False,
         "receiving": receiving,
         "dkim_selector": selector,
         "source": source,
@@ -394,6 +399,22 @@ async def list_credentials(request: web.Request) -> web.Response:
     return web.json_response({"total_count": len(items), "items": items[skip:skip + limit]})
 
 
+async def delete_all_credentials(request: web.Request) -> web.Response:
+    """``DELETE /v3/domains/{name}/credentials``: the domain's API credentials (the config file's stay)."""
+    ctx = context(request)
+    name = request.match_info["name"].lower()
+    if _lookup(request, name) is None:
+        return error(404, "Domain not found")
+    logins = sorted(c.login for c in _accounts(ctx).credentials.values() if c.domain == name)
+
+    def write(conn) -> int:
+        return sum(1 for login in logins if accounts_mod.delete_credential(conn, login))
+    async with request.app[LOCK]:
+        count = await ctx.store.write(write)
+        await _apply(request)
+    return web.json_response({"message": "All domain credentials have been deleted", "count": count})
+
+
 async def create_credential(request: web.Request) -> web.Response:
     ctx = context(request)
     name = request.match_info["name"].lower()
@@ -462,3 +483,10 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v3/domains/{name}/credentials", create_credential)
     app.router.add_put("/v3/domains/{name}/credentials/{login}", update_credential)
     app.router.add_delete("/v3/domains/{name}/credentials/{login}", delete_credential)
+    app.router.add_delete("/v3/domains/{name}/credentials", delete_all_credentials)
+    # mailgun.js 14 and the Python SDK's domainlist call v4 for these (same shapes; v4 adds nothing mtad has)
+    app.router.add_get("/v4/domains", list_domains)
+    app.router.add_post("/v4/domains", create_domain)
+    app.router.add_get("/v4/domains/{name}", get_domain)
+    app.router.add_delete("/v4/domains/{name}", delete_domain)
+    app.router.add_put("/v4/domains/{name}/verify", verify_domain)

@@ -13,4 +13,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [messages.setup, routes.setup, stored.setup, domains.setup]
     from mtad.api import events, metrics, stats, suppressions, webhooks  # issue 5: events, webhooks, suppressions, stats
     features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
+    from mtad.api import legacy  # issue 10: the seed manual's /v2 paths
+    features += [legacy.setup]
     return features

@@ -158,6 +158,16 @@ async def tag_stats(request: web.Request) -> web.Response:
     return await _totals(request, [domain], tag=tag, extra={"tag": tag})
 
 
+async def tag_aggregates(request: web.Request) -> web.Response:
+    """``GET /v3/{domain}/tags/{tag}/stats/aggregates/{what}`` (mailgun.js's tag aggregates)."""
+    domain, tag, what = request.match_info["domain"].lower(), request.match_info["tag"], request.match_info["what"]
+    if await context(request).store.read(lambda c: stats.tag_info(c, domain, tag)) is None:
+        return error(404, "Tag not found")
+    if what == "providers":
+        return error(400, "provider counters are kept without tags: see /v3/{domain}/aggregates/providers")
+    return web.json_response({"tag": tag, what: {}})  # devices and countries come from opens and clicks
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/v3/stats/total", account_total)
     app.router.add_get("/v3/stats/total/domains", account_domains)
@@ -169,3 +179,4 @@ def setup(app: web.Application) -> None:
     app.router.add_put("/v3/{domain}/tags/{tag}", put_tag)
     app.router.add_delete("/v3/{domain}/tags/{tag}", delete_tag)
     app.router.add_get("/v3/{domain}/tags/{tag}/stats", tag_stats)
+    app.router.add_get("/v3/{domain}/tags/{tag}/stats/aggregates/{what:providers|devices|countries}", tag_aggregates)

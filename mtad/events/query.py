@@ -521,6 +521,17 @@ def count(conn: sqlite3.Connection, query: EventQuery) -> int:
     return conn.execute(f"{prefix}SELECT count(*) FROM {source} WHERE {where}", (*hours, *params)).fetchone()[0]
 
 
+def fetch_skip(conn: sqlite3.Connection, query: EventQuery, skip: int) -> list[tuple[int, float, str, str]]:
+    """Offset paging, for the seed's legacy ``GET /v2/{domain}/log`` only (``skip``/``limit``): rows in the
+    query's order after the first ``skip``. SQLite still walks the skipped index entries; callers bound it."""
+    where, params = query.where()
+    order = "ASC" if query.ascending else "DESC"
+    rows = conn.execute(f"SELECT seq, timestamp, domain, data FROM events WHERE {where}"
+                        f" ORDER BY timestamp {order}, seq {order} LIMIT ? OFFSET ?",
+                        (*params, query.limit, skip)).fetchall()
+    return [tuple(r) for r in rows]
+
+
 def items_json(rows: Iterable[tuple[int, float, str, str]]) -> str:
     """The stored event texts as a JSON array, without decoding them."""
     return "[" + ",".join(r[3] for r in rows) + "]"

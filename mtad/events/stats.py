@@ -294,6 +294,14 @@ def providers(conn: sqlite3.Connection, domain: str) -> dict[str, dict[str, int]
     return out
 
 
+def daily_counts(conn: sqlite3.Connection, domain: str, rng: Range) -> list[tuple[str, int, str, int]]:
+    """(tag, day number, leaf key, count) of one domain's daily counters over ``rng`` (day resolution); tag
+    ``''`` rows are the totals of all messages, the others per tag (the seed's ``GET /v2/{domain}/stats``)."""
+    rng = Range(rng.start, rng.end, "day")
+    every = list(EVENTS)
+    return _rows(conn, every, rng, domains=[domain]) + _rows(conn, every, rng, domains=[domain], group="tag")
+
+
 # --- tags ---------------------------------------------------------------------------------------------------------
 
 def _iso(ts: float) -> str:

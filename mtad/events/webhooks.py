@@ -6,7 +6,8 @@ domain's webhook for the event, in the event's own transaction. This module POST
 - **Formats.** ``json`` (Mailgun's current webhooks): ``{"signature": {"timestamp", "token",
   "signature"}, "event-data": {...}}``; ``legacy`` (the seed manual's form-encoded webhooks):
   ``event`` (``delivered``, ``bounced``, ``dropped``, ...), ``recipient``, ``domain``,
-  ``message-headers`` (a JSON list of [name, value], in order), ``Message-Id``, ``tag``,
+  ``message-headers`` (a JSON list of [name, value], in order, with Mailgun's ``X-Mailgun-Variables``
+  header holding the user variables as JSON when there are any), ``Message-Id``, ``tag``,
   ``campaign-id``, each user variable as its own field, ``code``/``error``/``notification`` for
   bounces, ``reason`` (``hardfail`` | ``maxfails``) and ``description`` for drops, and
   ``timestamp``/``token``/``signature``. The signature is the hex HMAC-SHA256 of timestamp+token
@@ -130,6 +131,30 @@ def delete_webhook(conn, domain: str, hook: str) -> dict[str, Any]:
     return existing
 
 
+def put_url(conn, domain: str, url: str, *, add: Iterable[str], remove: Iterable[str], now: float) -> None:
+    """Mailgun's v4 webhooks (one URL, several event types): put ``url`` on the webhooks ``add`` (created as
+    ``json`` when absent) and take it off ``remove`` (a webhook left without URLs is deleted), all or nothing
+    (the caller's transaction). Config-file webhooks are read-only."""
+    hooks = list_webhooks(conn, domain)
+    for hook in dict.fromkeys(add):
+        existing = hooks.get(hook)
+        if existing is None:
+            check_change(hook, [url], "json")
+            put_webhook(conn, domain, hook, [url], "json", now, create=True)
+        elif url not in existing["urls"]:
+            check_change(hook, existing["urls"] + [url], existing["format"])
+            put_webhook(conn, domain, hook, existing["urls"] + [url], existing["format"], now, create=False)
+    for hook in dict.fromkeys(remove):
+        existing = hooks.get(hook)
+        if existing is None or url not in existing["urls"]:
+            continue
+        rest = [u for u in existing["urls"] if u != url]
+        if rest:
+            put_webhook(conn, domain, hook, rest, existing["format"], now, create=False)
+        else:
+            delete_webhook(conn, domain, hook)
+
+
 # --- payloads -----------------------------------------------------------------------------------------------
 
 def json_body(event_json: str, key: str) -> bytes:
@@ -156,6 +181,10 @@ def legacy_fields(event: dict[str, Any], domain: str, key: str,
     if header_list is None:
         header_list = [[name, headers[k]] for name, k in (("Message-Id", "message-id"), ("From", "from"),
                                                           ("To", "to"), ("Subject", "subject")) if headers.get(k)]
+    variables = event.get("user-variables") or {}
+    if variables and not any(str(n).lower() == "x-mailgun-variables" for n, _ in header_list):
+        # Mailgun's message headers carry the variables (django-anymail reads them from there only)
+        header_list = [*header_list, ["X-Mailgun-Variables", json.dumps(variables)]]
     name = legacy_event_name(event)
     fields: list[tuple[str, str]] = [("event", name), ("recipient", event.get("recipient", "")), ("domain", domain),
                                      ("message-headers", json.dumps(header_list))]

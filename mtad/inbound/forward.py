@@ -60,10 +60,11 @@ class Settlement:
 
 def _messages_by_id(conn, ids: list[str]) -> dict[str, dict[str, Any]]:
     """The columns a forward needs of each message still stored (one query for a batch)."""
-    rows = conn.execute(f"SELECT id, domain, sender, headers, options, size, body FROM messages"
+    rows = conn.execute(f"SELECT id, domain, sender, headers, options, size, body, attachments FROM messages"
                         f" WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
     return {r[0]: {"id": r[0], "domain": r[1], "sender": r[2], "headers": json.loads(r[3]),
-                   "options": json.loads(r[4]), "size": r[5], "body": bytes(r[6])} for r in rows}
+                   "options": json.loads(r[4]), "size": r[5], "body": bytes(r[6]), "attachments": json.loads(r[7])}
+            for r in rows}
 
 
 def _settle_all(conn, settlements: list[Settlement]) -> None:
@@ -170,7 +171,8 @@ class Forwarder:
             extra["reason"] = "rejected" if result.status == 406 else ("generic" if severity == "temporary" else "old")
         event = events.base_event(
             kind, timestamp=now, recipient=row["recipient"], queue_id=message["id"],
-            message=events.message_part(message["headers"], message["size"]), options=message["options"],
+            message=events.message_part(message["headers"], message["size"], message["attachments"]),
+            options=message["options"],
             envelope={"sender": message["sender"], "targets": row["destination"], "transport": "http"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False}, extra=extra)
         await self._settlements.submit(Settlement(row["id"], state, attempt, retry_at, result.status, error, now,

@@ -190,7 +190,8 @@ class StoreAction:
     def _stored_event(self, row: dict[str, Any], message: dict[str, Any], url: str, now: float) -> dict[str, Any]:
         return events.base_event(
             "stored", timestamp=now, recipient=row["recipient"], queue_id=message["id"],
-            message=events.message_part(message["headers"], message["size"]), options=message["options"],
+            message=events.message_part(message["headers"], message["size"], message["attachments"]),
+            options=message["options"],
             envelope={"sender": message["sender"], "targets": row["recipient"], "transport": "smtp"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False},
             extra={"storage": {"key": message["id"], "url": url}, "route": {"id": row["route_id"]}})

@@ -19,17 +19,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from mtad.mail import attachments as attachments_mod
 from mtad.events import record as events
 from mtad.mail import headers
 from mtad.mail import options as options_mod
 from mtad.store import queue as spool
-from mtad.ingress.authguard import AuthGuard
 from mtad.config.schema import LimitsConfig
 from mtad.smtp.dataread import DataRefused, clean
 from mtad.ingress.directory import Directory
 from mtad.base.errors import OptionError, StoreError
 from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
+from mtad.ingress.authguard import AuthGuard
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.store.engine import Store
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
@@ -271,7 +272,8 @@ class Ingress:
         else:
             domain = inbound_rcpts[0].rpartition("@")[2] if inbound_rcpts else ""
         msg = NewMessage(envelope=envelope, body=item.content, direction="outbound" if outbound else "inbound",
-                         domain=domain, headers=item.summary, options=item.opts)
+                         domain=domain, headers=item.summary, options=item.opts,
+                         attachments=tuple(attachments_mod.listing(item.content)))
         return msg, forwards, deliver_to
 
     def _sending_domain(self, envelope: Envelope) -> str:

@@ -30,7 +30,7 @@ messages.stored_until  set while a route's store() keeps the message (GET /v3/do
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
 (``mtad.leases``) that its holder renews and that others may take over once ``lease_until`` has passed; a
 process's own locks are released at its start (``release_stale_locks``). Columns added since a database was
-made are added when it is opened (``_add_columns``).
+made are added when it is opened (``migrate``).
 
 Deviation from the suggested aiosqlite: aiosqlite hops to its thread once per statement; a group
 commit needs many statements of many callers executed in one transaction in one hop, so the store
@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS messages (
     envelope TEXT NOT NULL,
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
-    stored_until REAL
+    stored_until REAL,
+    attachments TEXT NOT NULL DEFAULT '[]'  -- mtad.attachments.listing, for events' message.attachments
 );
 CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -232,13 +233,6 @@ CREATE TABLE IF NOT EXISTS webhooks (
 """
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a file of an older schema up to this one (after ``SCHEMA``, which adds missing tables and indexes
-    but no columns to tables that exist). Each step checks what is there, so it is safe to run on any version."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    if "variables" not in columns:  # version 1: every event held its user variables inline
-        conn.execute("ALTER TABLE events ADD COLUMN variables TEXT")
-
 
 class Staged:
     """Rows that the writes of one group commit stage, applied together just before its COMMIT.
@@ -357,18 +351,24 @@ def _settle_all(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
         loop.call_soon_threadsafe(apply, group)
 
 
-# Columns added after release, per table: added by ``Store.open`` to a database made without them.
-ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    table: (("lease_until", "REAL"),) for table in ("deliveries", "forwards", "webhook_deliveries")}
+# Columns added after a table was first shipped: (table, column, definition). ``SCHEMA`` adds missing tables
+# and indexes but no columns to tables that exist, so ``Store.open`` adds these to a store made by an older
+# mtad (ADD COLUMN with a constant default rewrites nothing); older versions ignore them. Each step checks
+# what is there, so it is safe on any version.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("events", "variables", "TEXT"),  # schema 1: every event held its user variables inline
+    *((table, "lease_until", "REAL") for table in ("deliveries", "forwards", "webhook_deliveries")),
+    ("messages", "attachments", "TEXT NOT NULL DEFAULT '[]'"),
+)
 
 
-def _add_columns(conn: sqlite3.Connection) -> None:
-    for table, columns in ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-                log.info("store: added column %s.%s", table, name)
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema up to this one: add the columns it lacks (``ADDED_COLUMNS``)."""
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            log.info("store: added column %s.%s", table, column)
 
 
 class Store:
@@ -402,7 +402,6 @@ class Store:
             raise StoreError(f"{self.path} has schema version {version}; this mtad knows {SCHEMA_VERSION}")
         conn.executescript(SCHEMA)
         migrate(conn)
-        _add_columns(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)

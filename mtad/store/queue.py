@@ -52,10 +52,10 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
                 "tls": env.tls, "transport": env.transport, "listener": env.listener}
     conn.execute(
         "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
-        " options, envelope, size, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " options, envelope, size, body, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (queue_id, now, msg.direction, msg.domain, env.sender, json.dumps(list(env.recipients)),
          msg.headers.message_id, json.dumps(msg.headers.to_json()), json.dumps(msg.options.to_json()),
-         json.dumps(envelope), len(msg.body), msg.body))
+         json.dumps(envelope), len(msg.body), msg.body, json.dumps(list(msg.attachments))))
     if deliver_to is None:
         deliver_to = env.recipients if msg.direction == "outbound" else ()
     deliver_to = list(deliver_to)
@@ -171,6 +171,7 @@ class DeliveryJob:
     envelope: dict[str, Any]
     size: int
     body: bytes | None = field(default=None, repr=False, compare=False)
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # events' message.attachments
 
 
 def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
@@ -197,10 +198,12 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
                  (worker, now, now + DEFAULT_LEASE if lease_until is None else lease_until, *ids))
     rows = conn.execute(
         "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
-        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END FROM deliveries d JOIN messages m"
-        f" ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at", (preload_body, *ids)).fetchall()
+        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END, m.attachments FROM deliveries d"
+        f" JOIN messages m ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
+        (preload_body, *ids)).fetchall()
     return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
-                        json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]))
+                        json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]),
+                        json.loads(r[13]))
             for r in rows]
 
 
@@ -269,7 +272,7 @@ def _job_event(kind: str, job: DeliveryJob, rcpt: str, now: float, extra: dict[s
              "is-routed": env.get("transport") == "route", "is-delayed-bounce": False}
     envelope = {"sender": job.sender, "targets": rcpt, "transport": "smtp", "sending-ip": env.get("sending_ip", "")}
     return events.base_event(kind, timestamp=now, recipient=rcpt, queue_id=job.queue_id,
-                             message=events.message_part(job.headers, job.size), options=job.options,
+                             message=events.message_part(job.headers, job.size, job.attachments), options=job.options,
                              envelope=envelope, flags=flags, extra=extra)
 
 
@@ -391,14 +394,13 @@ def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str
 
 
 def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT id, created_at, direction, domain, sender, recipients, message_id, headers, options,"
-                       " envelope, size, body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
+    row = cursor.fetchone()
     if row is None:
         return None
-    keys = ("id", "created_at", "direction", "domain", "sender", "recipients", "message_id", "headers", "options",
-            "envelope", "size", "body")
-    data = dict(zip(keys, row))
-    for key in ("recipients", "headers", "options", "envelope"):
+    data = dict(zip((d[0] for d in cursor.description), row))
+    data.setdefault("attachments", "[]")  # a store not yet opened by a daemon that adds the column
+    for key in ("recipients", "headers", "options", "envelope", "attachments"):
         data[key] = json.loads(data[key])
     data["body"] = bytes(data["body"])
     return data

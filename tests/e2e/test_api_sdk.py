@@ -91,3 +91,46 @@ def test_sdk_manages_domains_and_credentials(client):
     deleted = client.domains.delete(domain="sdk-domain.test")
     assert deleted.status_code == 200 and deleted.json() == {"message": "Domain has been deleted"}
     assert client.domains.get(domain_name="sdk-domain.test").status_code == 404
+
+
+def test_sdk_calls_of_other_api_versions(client):
+    """What the SDK routes to v4 (domainlist, webhooks with event_types) or to paths mtad lacked before."""
+    listed = client.domainlist.get(filters={"limit": 10})  # GET /v4/domains
+    assert listed.status_code == 200, listed.text
+    assert "example.com" in [d["name"] for d in listed.json()["items"]]
+    assert client.ping() is True
+
+    hook = "http://127.0.0.1:9/sdk-hook"
+    created = client.domains_webhooks.create(domain="example.com",  # POST /v4/domains/{d}/webhooks
+                                             data={"url": hook, "event_types": ["delivered", "permanent_fail"]})
+    assert created.status_code == 200, created.text
+    assert {h for h, e in created.json()["webhooks"].items() if hook in e["urls"]} == {"delivered", "permanent_fail"}
+    updated = client.domains_webhooks.put(domain="example.com", data={"url": hook, "event_types": ["opened"]})
+    assert updated.status_code == 200, updated.text
+    assert {h for h, e in updated.json()["webhooks"].items() if hook in e["urls"]} == {"opened"}
+    deleted = client.domains_webhooks.delete(domain="example.com", filters={"url": hook})
+    assert deleted.status_code == 200, deleted.text
+    assert not any(hook in e["urls"] for e in deleted.json()["webhooks"].values())
+
+    assert client.domains.create(data={"name": "sdk-creds.test", "dkim_key_size": 1024}).status_code == 200
+    for login in ("one", "two"):
+        assert client.domains_credentials.create(domain="sdk-creds.test",
+                                                 data={"login": login, "password": "pass-word"}).status_code == 200
+    wiped = client.domains_credentials.delete(domain="sdk-creds.test")  # DELETE /v3/domains/{d}/credentials
+    assert wiped.status_code == 200 and wiped.json()["count"] == 2, wiped.text
+    assert client.domains.delete(domain="sdk-creds.test").status_code == 200
+
+
+def test_sdk_tag_aggregates(env, client):
+    resp = client.messages.create(domain="example.com", data={
+        "from": "postmaster@example.com", "to": [f"sdk-agg@{DEST}"], "subject": "aggregates", "text": "x",
+        "o:tag": "sdk-agg"})
+    assert resp.status_code == 200, resp.text
+    deadline = time.monotonic() + 10
+    while client.tags.get(domain="example.com", tag_name="sdk-agg").status_code != 200:
+        assert time.monotonic() < deadline, "the tag was never counted"
+        time.sleep(0.2)
+    devices = client.tags_stats_aggregates_devices.get(domain="example.com", tag_name="sdk-agg")
+    assert devices.status_code == 200 and devices.json() == {"tag": "sdk-agg", "devices": {}}, devices.text
+    countries = client.tags_stats_aggregates_countries.get(domain="example.com", tag_name="sdk-agg")
+    assert countries.status_code == 200 and countries.json() == {"tag": "sdk-agg", "countries": {}}, countries.text

@@ -121,6 +121,9 @@ async def test_legacy_form_format_for_older_applications(world):
     assert form["tag"] == "digest" and form["user-id"] == "7" and form["Message-Id"].startswith("<")
     headers = json.loads(form["message-headers"])
     assert ["Subject", "Legacy bounce"] in headers and any(name == "Received" for name, _ in headers)
+    # django-anymail takes a legacy event's metadata from X-Mailgun-Variables in message-headers (only)
+    variables = [json.loads(value) for name, value in headers if name == "X-Mailgun-Variables"]
+    assert variables == [{"user-id": "7"}]
     assert seed_verify(SIGNING_KEY, form["token"], form["timestamp"], form["signature"])
     assert hit.headers["X-Mtad-Event-Id"]
 

@@ -306,3 +306,30 @@ async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_rene
         await loop.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_store_made_before_the_attachments_column_gets_it_at_open(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, created_at REAL NOT NULL, direction TEXT NOT NULL,"
+                 " domain TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL, message_id TEXT NOT NULL"
+                 " DEFAULT '', headers TEXT NOT NULL, options TEXT NOT NULL, envelope TEXT NOT NULL,"
+                 " size INTEGER NOT NULL, body BLOB NOT NULL, stored_until REAL)")
+    conn.execute("INSERT INTO messages VALUES ('old', 1, 'outbound', 'example.com', 's@example.com', '[]', '', '{}',"
+                 " '{}', '{}', 2, x'6869', NULL)")
+    conn.commit()
+    assert spool.message_row(conn, "old")["attachments"] == []  # read before any daemon added the column
+    conn.close()
+    s = Store(path)
+    s.open()
+    try:
+        listed = [{"filename": "a.pdf", "content-type": "application/pdf", "size": 3}]
+        msg = message()
+        qid = spool.new_queue_id()
+        await s.write(lambda c: spool.enqueue(c, qid, NewMessage(msg.envelope, msg.body, msg.direction, msg.domain,
+                                                                   msg.headers, msg.options, tuple(listed)), 1.0))
+        rows = await s.read(lambda c: (spool.message_row(c, "old")["attachments"],
+                                       spool.message_row(c, qid)["attachments"]))
+        assert rows == ([], listed)
+    finally:
+        s.close()

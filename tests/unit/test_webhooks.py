@@ -121,7 +121,8 @@ def test_legacy_form_fields():
     d = dict(form)
     assert (d["event"], d["recipient"], d["domain"], d["code"], d["error"]) == (
         "bounced", "Bob@dest.test", "example.com", "5.1.1", "No such user")
-    assert json.loads(d["message-headers"]) == [["Subject", "Hi"], ["From", "a@example.com"]]
+    assert json.loads(d["message-headers"]) == [["Subject", "Hi"], ["From", "a@example.com"],
+                                                ["X-Mailgun-Variables", json.dumps({"order": "42", "n": 1})]]
     assert d["Message-Id"] == "<m1@x>" and d["tag"] == "t1" and d["order"] == "42" and d["n"] == "1"
     assert seed_verify(KEY, d["token"], d["timestamp"], d["signature"])
     dropped = dict(webhooks.legacy_fields(event("failed", severity="permanent", reason="suppress-bounce"), "e", KEY))
