@@ -346,7 +346,7 @@ class Config:
     def __post_build__(self, path: str) -> None:
         seen: set[str] = set()
         for i, listener in enumerate(self.listeners):
-            if listener.address in seen:
+            if listener.address in seen and listener.port != 0:  # port 0: each gets its own free port
                 raise ConfigError(f"listeners[{i}].address", f"{listener.address} is used twice")
             seen.add(listener.address)
         for domain, cfg in self.sending_domains.items():
