@@ -56,9 +56,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.file)
+    from contextlib import nullcontext
+    from mtad.configload import SecretError, unread_secrets
+    try:
+        with unread_secrets() if args.no_secrets else nullcontext():
+            cfg = config_mod.load(args.file)
+    except SecretError as exc:
+        print(f"mtad: configuration error: {exc}\n(`mtad check-config --no-secrets {args.file}` checks the rest"
+              " without reading secret files and environment variables)", file=sys.stderr)
+        return 2
     print(config_mod.effective(cfg), end="")
-    print(f"# {args.file}: OK", file=sys.stderr)
+    print(f"# {args.file}: OK{' (secrets not read)' if args.no_secrets else ''}", file=sys.stderr)
     return 0
 
 
@@ -276,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("check-config", help="validate a config file and print the effective configuration")
     p.add_argument("file")
+    p.add_argument("--no-secrets", action="store_true",
+                   help="do not read {file: ...} and {env: ...} secrets (check the rest where they are absent)")
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("passwd", help="print a password hash for the config file")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
