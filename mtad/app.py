@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from mtad.store import accounts as accounts_mod
 from mtad.config import schema as config_mod
 from mtad.mail import dkim
+from mtad.base import ports
 from mtad.outbound import providers
 from mtad.store import routes as routestore
 from mtad.base import sdnotify
@@ -102,10 +104,11 @@ def config_routes(cfg: Config) -> list[Route]:
     return routes
 
 
-def api_base_url(cfg: Config) -> str:
-    """The API's base URL as clients see it (paging links, stored-message URLs)."""
+def api_base_url(cfg: Config, address: str | None = None) -> str:
+    """The API's base URL as clients see it (paging links, stored-message URLs); ``address``: where the API
+    really listens, when the config says port 0."""
     scheme = "https" if cfg.api.tls else "http"
-    return cfg.api.public_url.rstrip("/") or f"{scheme}://{cfg.api.address}"
+    return cfg.api.public_url.rstrip("/") or f"{scheme}://{address or cfg.api.address}"
 
 
 def load_shaping(cfg: Config) -> providers.ShapingConfig:
@@ -134,6 +137,9 @@ class App:
         self.server_tls: ServerTls | None = None
         self.config_dkim_keys: dict[str, list[dkim.DkimKey]] = {}  # from the config's key files, as last loaded
         self.accounts = accounts_mod.Accounts()
+        self.api_socket: socket.socket | None = None  # pre-bound when api.address has port 0
+        self.api_address = cfg.api.address  # where the API really listens
+        self.bound: list[ports.Bound] = []  # where the SMTP listeners really listen
 
     # --- start -----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
@@ -152,6 +158,9 @@ class App:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.state_path.mkdir(parents=True, exist_ok=True)
+        if cfg.api.enabled and cfg.api.port == 0:  # the base URL below needs the real port: bind first
+            self.api_socket = ports.bind_tcp(cfg.api.host, 0)
+            self.api_address = ports.address_of(self.api_socket)
         await asyncio.to_thread(self.store.open)
         released = await self.store.write(spool.release_stale_locks)
         if released:
@@ -178,7 +187,7 @@ class App:
         wakers.append(self.forward_loop.wake)
         self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
         self.store_action = StoreAction(store=self.store, http=self.http, config=cfg.routing,
-                                        signing_key=self.signing_key, base_url=api_base_url(cfg))
+                                        signing_key=self.signing_key, base_url=api_base_url(cfg, self.api_address))
         # Polled, not woken by every commit: store() is rare, and a claim per commit would cost every message.
         self.store_loop = WorkLoop(name="store", store=self.store, table="forwards", handle=self.store_action.handle,
                                    max_concurrent=cfg.routing.max_concurrent, actions=("store",), poll_interval=0.5)
@@ -196,7 +205,10 @@ class App:
                 factory, host=listener.host, port=listener.port, backlog=1024,
                 ssl=self.tls_context if listener.tls == "implicit" else None, reuse_address=True)
             self.servers.append(server)
-            log.info("listening on %s (%s, tls=%s)", listener.address, listener.role, listener.tls)
+            address = ports.address_of(server.sockets[0])  # the real port, when the config says 0
+            self.bound.append(ports.Bound(listener.name, listener.role, address))
+            log.info("listening on %s (%s, tls=%s)", address, listener.role, listener.tls)
+        ports.write(cfg.state_path, self.bound, self.api_address if cfg.api.enabled else None)
         await self._start_webhooks()  # last: a start that fails above leaves no background write in flight
 
     def directory(self, cfg: Config) -> Directory:
@@ -251,14 +263,18 @@ class App:
         from mtad.api.features import all_features
         cfg = self.cfg
         keys, generated = api_keys(cfg)
-        base_url = api_base_url(cfg)
+        base_url = api_base_url(cfg, self.api_address)
         self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
             "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
             "signing_key": self.signing_key, "mtad_config": cfg})
         self.api_runner = web.AppRunner(create_app(self.api_context, all_features()), access_log=None)
         await self.api_runner.setup()
-        site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port, backlog=1024,
-                           ssl_context=self.tls_context if cfg.api.tls else None)
+        if self.api_socket is not None:
+            site = web.SockSite(self.api_runner, self.api_socket, backlog=1024,
+                                ssl_context=self.tls_context if cfg.api.tls else None)
+        else:
+            site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port, backlog=1024,
+                               ssl_context=self.tls_context if cfg.api.tls else None)
         await site.start()
         log.info("HTTP API on %s", base_url)
         from mtad.events import record as events
@@ -408,6 +424,7 @@ class App:
             except asyncio.TimeoutError:
                 pass
         await asyncio.to_thread(self.store.close)
+        ports.remove(self.cfg.state_path)
         log.info("stopped")
 
 

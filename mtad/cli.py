@@ -1,10 +1,16 @@
-"""``mtad`` command line: run, check-config, passwd, queue."""
+"""``mtad`` command line: run, check-config, passwd, queue.
+
+Only ``mtad run`` creates a state folder. The other commands find the state where ``mtad run`` keeps it
+(``--config FILE``'s ``state_dir``, else ``--state-dir DIR``, else ``./mtad-state``); read-only ones open the
+store read-only, and without a store every command says so and exits 1 instead of making anything.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -15,17 +21,22 @@ from mtad.config.schema import Config
 from mtad.base.errors import ConfigError
 
 
-def _load(args: argparse.Namespace) -> tuple[Config, dict | None]:
+class NoState(Exception):
+    """The command needs the store of a daemon that has run; there is none where it looked."""
+
+
+def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict | None]:
+    """The config file's configuration, else the embedded default (its state made only if ``create``)."""
     if getattr(args, "config", None):
         return config_mod.load(args.config), None
     from mtad.config.demo import embedded_default
-    return embedded_default(getattr(args, "state_dir", None) or "./mtad-state")
+    return embedded_default(getattr(args, "state_dir", None) or "./mtad-state", create=create)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base import logsetup
     from mtad.app import run
-    cfg, demo = _load(args)
+    cfg, demo = _load(args, create=True)
     logsetup.setup(cfg.log.level, cfg.log.format)
     if demo:
         print("mtad: no --config given; running the embedded default", file=sys.stderr)
@@ -45,9 +56,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.file)
+    from contextlib import nullcontext
+    from mtad.config.load import SecretError, unread_secrets
+    try:
+        with unread_secrets() if args.no_secrets else nullcontext():
+            cfg = config_mod.load(args.file)
+    except SecretError as exc:
+        print(f"mtad: configuration error: {exc}\n(`mtad check-config --no-secrets {args.file}` checks the rest"
+              " without reading secret files and environment variables)", file=sys.stderr)
+        return 2
     print(config_mod.effective(cfg), end="")
-    print(f"# {args.file}: OK", file=sys.stderr)
+    print(f"# {args.file}: OK{' (secrets not read)' if args.no_secrets else ''}", file=sys.stderr)
     return 0
 
 
@@ -76,10 +95,16 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_state(cfg: Config) -> NoState:
+    return NoState(f"no mtad state at {cfg.state_path} (no store {cfg.store_path.name} there): run this where "
+                   "`mtad run` keeps its state, or give --state-dir DIR or --config FILE")
+
+
 def _db(cfg: Config) -> sqlite3.Connection:
+    """The store, read-only (``mode=ro``): a read-only command never writes."""
     path = cfg.store_path
     if not path.exists():
-        raise ConfigError("store.path", f"no store at {path} (has mtad run yet?)")
+        raise _no_state(cfg)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     conn.row_factory = sqlite3.Row
     return conn
@@ -110,7 +135,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def _rw(cfg: Config) -> sqlite3.Connection:
     from mtad.store.engine import connect
     if not cfg.store_path.exists():
-        raise ConfigError("store.path", f"no store at {cfg.store_path} (has mtad run yet?)")
+        raise _no_state(cfg)
     return connect(cfg.store_path)
 
 
@@ -260,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("check-config", help="validate a config file and print the effective configuration")
     p.add_argument("file")
+    p.add_argument("--no-secrets", action="store_true",
+                   help="do not read {file: ...} and {env: ...} secrets (check the rest where they are absent)")
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("passwd", help="print a password hash for the config file")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
@@ -329,9 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
+        return code
     except ConfigError as exc:
         print(f"mtad: configuration error: {exc}", file=sys.stderr)
         return 2
+    except NoState as exc:
+        print(f"mtad: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `mtad queue show ID | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # as a shell reports SIGPIPE
     except KeyboardInterrupt:
         return 130

@@ -9,6 +9,8 @@ relations between its fields. Mechanism only: which keys exist and their default
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import types
@@ -26,10 +28,12 @@ class Secret:
     """A secret value: given inline, or read from ``{file: PATH}`` or ``{env: NAME}``.
 
     ``str()`` never reveals it; ``reveal()`` does. ``source`` says where it came from (for check-config).
+    ``read`` is False when the file or variable was not read (``unread_secrets``): the value is empty then.
     """
 
     value: str = dataclasses.field(repr=False)
     source: str = "inline"
+    read: bool = True
 
     def reveal(self) -> str:
         return self.value
@@ -38,22 +42,44 @@ class Secret:
         return "********"
 
 
+class SecretError(ConfigError):
+    """A secret's file or environment variable cannot be read (the rest of the file may be fine)."""
+
+
+_unread = contextvars.ContextVar("mtad_unread_secrets", default=False)
+
+
+@contextlib.contextmanager
+def unread_secrets():
+    """Within: ``{env: NAME}`` and ``{file: PATH}`` secrets are checked for form but not read
+    (``mtad check-config --no-secrets``, on a machine without the deployment's secrets)."""
+    token = _unread.set(True)
+    try:
+        yield
+    finally:
+        _unread.reset(token)
+
+
 def _load_secret(value: Any, path: str, base_dir: Path) -> Secret:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return Secret(str(value))
     if isinstance(value, dict) and len(value) == 1:
         (kind, ref), = value.items()
         if kind == "env":
+            if _unread.get():
+                return Secret("", f"env:{ref}", read=False)
             if str(ref) not in os.environ:
-                raise ConfigError(path, f"environment variable {ref} is not set")
+                raise SecretError(path, f"environment variable {ref} is not set")
             return Secret(os.environ[str(ref)], f"env:{ref}")
         if kind == "file":
             file = Path(str(ref))
             file = file if file.is_absolute() else base_dir / file
+            if _unread.get():
+                return Secret("", f"file:{file}", read=False)
             try:
                 return Secret(file.read_text().strip(), f"file:{file}")
             except OSError as exc:
-                raise ConfigError(path, f"cannot read secret file {file}: {exc.strerror}") from None
+                raise SecretError(path, f"cannot read secret file {file}: {exc.strerror}") from None
     raise ConfigError(path, "expected a string, {env: NAME} or {file: PATH}")
 
 
@@ -153,6 +179,8 @@ def _build_dataclass(cls: Any, data: Any, path: str, base_dir: Path) -> Any:
 def dump(obj: Any) -> Any:
     """Plain data for printing the effective configuration; secrets masked."""
     if isinstance(obj, Secret):
+        if not obj.read:
+            return f"(not read: {obj.source})"
         return "********" if obj.source == "inline" else f"******** ({obj.source})"
     if isinstance(obj, (Rate, Duration, Size)):
         return str(obj)

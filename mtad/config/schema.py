@@ -111,7 +111,7 @@ class UserConfig:
     send_as: tuple[str, ...] = ()  # domains this user may send as; empty = its own domain
 
     def __post_build__(self, path: str) -> None:
-        if not self.password_hash.reveal().startswith("$scrypt$"):
+        if self.password_hash.read and not self.password_hash.reveal().startswith("$scrypt$"):
             raise ConfigError(f"{path}.password_hash", "expected a hash from `mtad passwd` ($scrypt$...)")
 
 
@@ -306,7 +306,7 @@ class ApiKeyConfig:
 
     def __post_build__(self, path: str) -> None:
         value = self.key_hash.reveal()
-        if not value.startswith("sha256:") or len(value) != 71:
+        if self.key_hash.read and (not value.startswith("sha256:") or len(value) != 71):
             raise ConfigError(f"{path}.key_hash", "expected sha256:<64 hex digits> (from `mtad apikey`)")
 
 
@@ -371,7 +371,7 @@ class Config:
     def __post_build__(self, path: str) -> None:
         seen: set[str] = set()
         for i, listener in enumerate(self.listeners):
-            if listener.address in seen:
+            if listener.address in seen and listener.port != 0:  # port 0: each gets its own free port
                 raise ConfigError(f"listeners[{i}].address", f"{listener.address} is used twice")
             seen.add(listener.address)
         for domain, cfg in self.sending_domains.items():
@@ -423,5 +423,16 @@ def load(path: str | Path) -> Config:
 
 
 def effective(cfg: Config) -> str:
-    """The effective configuration as YAML, secrets masked (``mtad check-config``)."""
-    return yaml.safe_dump(dump(cfg), sort_keys=False, default_flow_style=False)
+    """The effective configuration as YAML, secrets masked (``mtad check-config``).
+
+    Defaults that depend on other values are shown as the daemon applies them: a user's empty ``send_as`` is its
+    own domain (directory.py), no ``delivery.shaping_file`` is the shipped providers.yaml (app.load_shaping).
+    """
+    shown = dataclasses.replace(
+        cfg,
+        sending_domains={domain: dataclasses.replace(d, users={
+            name: dataclasses.replace(user, send_as=user.send_as or (domain,)) for name, user in d.users.items()})
+            for domain, d in cfg.sending_domains.items()},
+        delivery=dataclasses.replace(cfg.delivery, shaping_file=cfg.delivery.shaping_file
+                                     or str(Path(__file__).with_name("providers.yaml"))))
+    return yaml.safe_dump(dump(shown), sort_keys=False, default_flow_style=False)

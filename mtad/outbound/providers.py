@@ -6,7 +6,7 @@ and timeouts. ``for_destination`` picks the policy for a destination domain; ``m
 (suspend, or throttle for a while) that a remote reply triggers. Both are pure; the scheduler owns the counters
 (``mtad.throttle``) and never reads YAML.
 
-The YAML shape (the shipped file is ``mtad/providers.yaml``, in the package) mirrors ``ShapingConfig``::
+The YAML shape (the shipped file is ``mtad/config/providers.yaml``, in the package) mirrors ``ShapingConfig``::
 
     default:            # a ProviderPolicy without name or match keys: the limits for every other destination
       max_connections: 10

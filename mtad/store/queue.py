@@ -137,13 +137,19 @@ def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str
 
 
 def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, Any]]:
-    """Pending outbound deliveries and inbound forwards, oldest first (``mtad queue list``)."""
+    """Pending outbound deliveries and inbound forwards, oldest first (``mtad queue list``).
+
+    A row claimed by a worker (being delivered or POSTed right now) shows as state ``active``, as Postfix's active
+    queue; ``locked_by`` names the worker.
+    """
     rows = conn.execute(
-        "SELECT d.message AS queue_id, m.sender, d.recipients, d.domain AS destination, d.state, d.attempts,"
-        " d.next_attempt_at, d.last_reply, 'delivery' AS kind FROM deliveries d JOIN messages m"
+        "SELECT d.message AS queue_id, m.sender, d.recipients, d.domain AS destination,"
+        " CASE WHEN d.locked_by IS NULL THEN d.state ELSE 'active' END AS state, d.attempts,"
+        " d.next_attempt_at, d.last_reply, 'delivery' AS kind, d.locked_by FROM deliveries d JOIN messages m"
         " ON m.id = d.message WHERE d.state IN ('queued', 'deferred', 'held')"
-        " UNION ALL SELECT f.message, m.sender, json_array(f.recipient), f.destination, f.state, f.attempts,"
-        " f.next_attempt_at, f.last_error, 'forward' FROM forwards f JOIN messages m ON m.id = f.message"
+        " UNION ALL SELECT f.message, m.sender, json_array(f.recipient), f.destination,"
+        " CASE WHEN f.locked_by IS NULL THEN f.state ELSE 'active' END, f.attempts,"
+        " f.next_attempt_at, f.last_error, 'forward', f.locked_by FROM forwards f JOIN messages m ON m.id = f.message"
         " WHERE f.state IN ('queued', 'deferred') ORDER BY 1 LIMIT ?", (limit,)).fetchall()
     return [dict(row) | {"recipients": json.loads(row["recipients"])} for row in rows]
 

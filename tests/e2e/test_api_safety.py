@@ -11,14 +11,14 @@ import pytest
 
 from mtad.api import hash_key
 from tests.e2e.apihelpers import basic_auth
-from tests.support.daemon import API_KEY, free_port
+from tests.support.daemon import API_KEY
 
 LIMITED_KEY = "key-limited-to-example-com-000000"
 
 
 @pytest.fixture(scope="module")
 def daemon(daemon_factory):
-    return daemon_factory(api={"address": f"127.0.0.1:{free_port()}", "tls": True, "max_body_size": "200KB",
+    return daemon_factory(api={"address": "127.0.0.1:0", "tls": True, "max_body_size": "200KB",
                                "max_auth_failures": 3,
                                "keys": [{"key_hash": hash_key(API_KEY)},
                                         {"key_hash": hash_key(LIMITED_KEY), "domains": ["example.com"]}]})

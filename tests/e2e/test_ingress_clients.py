@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import LOGIN, queue_id, stored
+from tests.support import tools
 from tests.support.daemon import PASSWORD, free_port
 
 POSTFIX = Path("/usr/sbin/postfix")
 SENDMAIL = Path("/usr/sbin/sendmail")
-SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +159,8 @@ def test_postfix_relays_through_mtad_with_starttls_and_sasl(server, postfix):
 # --- swaks ------------------------------------------------------------------------------------------------
 
 def run_swaks(*args: str) -> subprocess.CompletedProcess:
-    if not Path(SWAKS).exists():
-        pytest.skip("swaks is not installed (Debian package swaks; the test bootstrap installs it)")
-    return subprocess.run([SWAKS, "--server", "127.0.0.1", "--helo", "swaks.test", *args],
+    swaks = tools.swaks(tls=any(a in ("--tls", "--tls-on-connect") for a in args))
+    return subprocess.run([swaks, "--server", "127.0.0.1", "--helo", "swaks.test", *args],
                           capture_output=True, text=True, timeout=60)
 
 

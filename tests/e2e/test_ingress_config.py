@@ -149,3 +149,52 @@ def test_listener_address_in_use_is_reported(config_file, certs):
     assert time.monotonic() - started < 15
     assert cfg["listeners"][0]["address"] in result.stderr or "in use" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_example_config_validates_as_shipped():
+    """config/mtad.yaml reads its secrets from /etc/mtad and the environment of the machine it is deployed on;
+    ``--no-secrets`` checks everything else on a fresh checkout, and a plain check says how."""
+    example = REPO / "config" / "mtad.yaml"
+    result = mtad_cli("check-config", "--no-secrets", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "OK (secrets not read)" in result.stderr
+    effective = yaml.safe_load(result.stdout)
+    user = effective["sending_domains"]["example.com"]["users"]["postmaster"]
+    assert user["password_hash"] == "(not read: file:/etc/mtad/secrets/postmaster.hash)"
+    assert effective["signing_key"] == "(not read: env:MTAD_SIGNING_KEY)"
+    assert effective["routing"]["routes"][0]["description"] == "Support tickets to the helpdesk application"
+
+    env = {k: v for k, v in os.environ.items() if k != "MTAD_SIGNING_KEY"}
+    plain = subprocess.run([sys.executable, "-m", "mtad", "check-config", str(example)], capture_output=True,
+                           text=True, timeout=30, env=env)
+    assert plain.returncode == 2
+    assert "sending_domains.example.com.users.postmaster.password_hash" in plain.stderr
+    assert "--no-secrets" in plain.stderr and "Traceback" not in plain.stderr
+
+
+def test_no_secrets_still_checks_everything_else(config_file):
+    cfg = config_file.base
+    cfg["sending_domains"]["other.org"]["users"]["app"]["password_hash"] = {"env": "MTAD_NOT_SET_ANYWHERE"}
+    assert mtad_cli("check-config", "--no-secrets", str(config_file(cfg))).returncode == 0
+    cfg["sending_domains"]["example.com"]["users"]["postmaster"]["password_hash"] = "plaintext"  # inline: checked
+    result = mtad_cli("check-config", "--no-secrets", str(config_file(cfg)))
+    assert result.returncode == 2 and "sending_domains.example.com.users.postmaster.password_hash" in result.stderr
+    cfg["sending_domains"]["example.com"]["users"]["postmaster"]["password_hash"] = FAST_HASH
+    cfg["limits"] = {"max_sizee": 10}
+    result = mtad_cli("check-config", "--no-secrets", str(config_file(cfg)))
+    assert result.returncode == 2 and "limits.max_sizee" in result.stderr
+
+
+def test_check_config_prints_defaults_as_the_daemon_applies_them(config_file):
+    cfg = config_file.base  # other.org's user "app" has no send_as
+    result = mtad_cli("check-config", str(config_file(cfg)))
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    domains = effective["sending_domains"]
+    assert domains["other.org"]["users"]["app"]["send_as"] == ["other.org"]  # its own domain, not []
+    assert domains["example.com"]["users"]["postmaster"]["send_as"] == ["example.com", "news.example.com"]
+    shaping = Path(effective["delivery"]["shaping_file"])  # the shipped shaping, not null
+    assert shaping.name == "providers.yaml" and shaping.is_file()

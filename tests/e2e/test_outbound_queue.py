@@ -43,6 +43,20 @@ def test_paused_domain_waits_until_resumed(daemon, certs, loopback_dns, mx_farm)
     assert mx.message_ids() == [sent.message_id]
 
 
+def test_a_delivery_in_progress_is_listed_as_active(daemon, certs, loopback_dns, mx_farm):
+    mx = serve_domain(loopback_dns, mx_farm, "active.q.test")
+    mx.data_delay = 3.0  # the delivery is in DATA, claimed by the scheduler, while the operator looks
+    sent = submit(daemon, certs, ["ann@active.q.test"])
+    wait_until(lambda: mx.data_attempts, 10, "the delivery's DATA")
+    listed = [r for r in json.loads(mtad_cli(daemon, "queue", "list", "--json")) if r["queue_id"] == sent.queue_id]
+    assert [(r["state"], r["recipients"]) for r in listed] == [("active", ["ann@active.q.test"])], listed
+    assert listed[0]["locked_by"]
+    line = next(line for line in mtad_cli(daemon, "queue", "list").splitlines() if line.startswith(sent.queue_id))
+    assert line.split()[2] == "active", line
+    assert wait_final(daemon, sent)["ann@active.q.test"]["event"] == "delivered"
+    assert sent.queue_id not in mtad_cli(daemon, "queue", "list")
+
+
 def test_flush_makes_deferred_mail_due_now(daemon, certs, loopback_dns, mx_farm):
     mx = serve_domain(loopback_dns, mx_farm, "flush.q.test")
     mx.data_replies.append("451 4.3.0 Busy")

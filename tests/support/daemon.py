@@ -1,4 +1,9 @@
-"""Start mtad as a user would: ``python -m mtad run --config FILE`` on ephemeral loopback ports."""
+"""Start mtad as a user would: ``python -m mtad run --config FILE`` on ephemeral loopback ports.
+
+The daemon's listeners and API are configured with port 0: mtad binds free ports itself and reports them in
+``STATE/ports`` (mtad/ports.py), so no other process can take a port between its choice and its use. After the
+first start the real ports are pinned into the config, so a restart listens where the test expects it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mtad.base import ports
 from mtad.api import hash_key
 from mtad.base.passwords import hash_password
 
@@ -22,6 +28,7 @@ _FAST_HASH = hash_password(PASSWORD, n=2**10)  # low cost: tests need speed, not
 
 
 def free_port() -> int:
+    """A port free now, for a server the test binds itself at once (mtad's own ports: give port 0)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,9 +53,9 @@ def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
         "hostname": "mtad.test",
         "state_dir": str(tmp / "state"),
         "listeners": [
-            {"address": f"127.0.0.1:{free_port()}", "role": "mx", "tls": "starttls", "name": "mx"},
-            {"address": f"127.0.0.1:{free_port()}", "role": "submission", "tls": "starttls", "name": "submission"},
-            {"address": f"127.0.0.1:{free_port()}", "role": "submission", "tls": "implicit", "name": "submissions"},
+            {"address": "127.0.0.1:0", "role": "mx", "tls": "starttls", "name": "mx"},
+            {"address": "127.0.0.1:0", "role": "submission", "tls": "starttls", "name": "submission"},
+            {"address": "127.0.0.1:0", "role": "submission", "tls": "implicit", "name": "submissions"},
         ],
         "tls": {"cert": str(certs.cert), "key": str(certs.key)},
         "sending_domains": {
@@ -57,7 +64,7 @@ def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
             "other.org": {"users": {"app": {"password_hash": _FAST_HASH}}},
         },
         "receiving_domains": ["inbound.test"],
-        "api": {"address": f"127.0.0.1:{free_port()}", "keys": [{"key_hash": hash_key(API_KEY)}]},
+        "api": {"address": "127.0.0.1:0", "keys": [{"key_hash": hash_key(API_KEY)}]},
         # never the system resolver in tests: a dead loopback port unless a test serves DNS itself
         "delivery": {"dns_nameservers": ["127.0.0.1"], "dns_port": free_port(), "dns_timeout": "1s",
                      "poll_interval": "0.2s"},
@@ -115,9 +122,31 @@ class Mtad:
         self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(self.config_path)],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
+        self._pin_ports(self._wait_ports())
         for listener in self.cfg["listeners"]:
             wait_port(int(listener["address"].rsplit(":", 1)[1]), proc=self.proc)
         return self
+
+    def _wait_ports(self, timeout: float = 15.0) -> dict[str, Any]:
+        """The ports file this process wrote once its listeners and API accept connections."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mtad exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            found = ports.read(self.config_path.parent / self.cfg.get("state_dir", "mtad-state"))
+            if found is not None and found.get("pid") == self.proc.pid:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"mtad wrote no ports file in {timeout}s:\n{self.log()[-3000:]}")
+
+    def _pin_ports(self, found: dict[str, Any]) -> None:
+        """Write the real ports into the config (and its file), so properties and restarts use them."""
+        for listener, bound in zip(self.cfg["listeners"], found["listeners"]):
+            listener["address"] = bound["address"]
+        if found.get("api") and "api" in self.cfg:
+            self.cfg["api"]["address"] = found["api"]
+        self.write_config()
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
