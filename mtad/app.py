@@ -235,7 +235,8 @@ class App:
         self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
             "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
             "signing_key": self.signing_key, "mtad_config": cfg})
-        self.api_runner = web.AppRunner(create_app(self.api_context, all_features()), access_log=None)
+        from mtad.api.server import ApiRunner  # unparsable requests answered in the API's JSON shape
+        self.api_runner = ApiRunner(create_app(self.api_context, all_features()), access_log=None)
         await self.api_runner.setup()
         site = web.TCPSite(self.api_runner, cfg.api.host, cfg.api.port, backlog=1024,
                            ssl_context=self.tls_context if cfg.api.tls else None)
