@@ -488,7 +488,7 @@ class Page:
             if side not in ("after", "before"):
                 raise ValueError(side)
             return Page(anchor, side, bool(data.get("i"))), data.get("q")
-        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, AttributeError, RecursionError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError):
             raise QueryError("invalid page token") from None
 
 

@@ -31,7 +31,7 @@ async def _page(request: web.Request, domain: str, spec: dict, page: Page) -> we
         query = eventquery.events_query(domain, spec)
     except QueryError as exc:
         return error(400, str(exc))
-    except (ValueError, TypeError, KeyError, AttributeError):  # a token edited by hand
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):  # a token edited by hand
         return error(400, "invalid page token")
     result = await ctx.store.read(lambda c: eventquery.fetch(c, query, page))
     body = '{"items":' + eventquery.items_json(result.rows) + ',"paging":' + \

@@ -128,6 +128,16 @@ async def test_deeply_nested_input_is_refused_with_400(daemon, certs, method, pa
     assert "Traceback" not in new_log(daemon, before)
 
 
+@pytest.mark.parametrize("raw", [b'{"a": [1e999, 1e999], "s": "after"}', b'[1, 2]', b'"x"',
+                                 b'{"a": null, "q": {"filters": {}, "limit": 1e999, "ascending": true}}',
+                                 b'{"a": null, "q": {"filters": [], "limit": 1, "ascending": true}}',
+                                 b'{"a": null, "q": {"filters": {"event": "(" }, "limit": 1, "ascending": true}}'])
+async def test_hand_edited_page_tokens_get_400(daemon, certs, raw):
+    token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    status, body = await request(daemon, certs, "GET", f"/v3/example.com/events/{token}")
+    assert status == 400 and isinstance(body["message"], str), (status, body)
+
+
 async def test_a_url_or_header_over_8kb_gets_a_json_answer_and_one_log_line(daemon, certs):
     before = len(daemon.log())
     target = "/v3/domains?pad=" + "A" * 9000
