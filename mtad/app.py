@@ -267,7 +267,8 @@ class App:
         self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
             "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
             "signing_key": self.signing_key, "mtad_config": cfg})
-        self.api_runner = web.AppRunner(create_app(self.api_context, all_features()), access_log=None)
+        from mtad.api.server import ApiRunner  # unparsable requests answered in the API's JSON shape
+        self.api_runner = ApiRunner(create_app(self.api_context, all_features()), access_log=None)
         await self.api_runner.setup()
         if self.api_socket is not None:
             site = web.SockSite(self.api_runner, self.api_socket, backlog=1024,

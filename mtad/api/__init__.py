@@ -57,6 +57,15 @@ class ApiContext:
             raise AttributeError(name) from None
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` for a log line: CR, LF and other non-printable characters escaped (a request path cannot forge
+    a log line), cut at ``limit`` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
@@ -114,10 +123,14 @@ def _middlewares(ctx: ApiContext) -> list:
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
                 message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-                return error(exc.status, message)
+                resp = error(exc.status, message)
+                for name in ("Allow", "WWW-Authenticate", "Retry-After"):  # 405 keeps its Allow
+                    if name in exc.headers:
+                        resp.headers[name] = exc.headers[name]
+                return resp
             raise
         except Exception:  # noqa: BLE001 - never a stack trace to the client
-            log.exception("API error on %s %s", request.method, request.path)
+            log.exception("API error on %s %s", request.method, printable(request.path))
             return error(500, "Internal error")
 
     @web.middleware

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from mtad.events import query as eventquery
 from mtad.api import context, error
+from mtad.api.formdata import read_json
 from mtad.events.query import Page, QueryError
 
 
@@ -30,7 +31,7 @@ async def _page(request: web.Request, domain: str, spec: dict, page: Page) -> we
         query = eventquery.events_query(domain, spec)
     except QueryError as exc:
         return error(400, str(exc))
-    except (ValueError, TypeError, KeyError, AttributeError):  # a token edited by hand
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):  # a token edited by hand
         return error(400, "invalid page token")
     result = await ctx.store.read(lambda c: eventquery.fetch(c, query, page))
     body = '{"items":' + eventquery.items_json(result.rows) + ',"paging":' + \
@@ -60,14 +61,11 @@ async def get_events_page(request: web.Request) -> web.Response:
 
 async def analytics_logs(request: web.Request) -> web.Response:
     ctx = context(request)
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return error(400, "expected a JSON body")
+    body = await read_json(request)
     key = request.get("api_key")
     try:
         query, echo = eventquery.logs_query(body, key.domains if key is not None else frozenset(), time.time())
-        token = (body.get("pagination") or {}).get("token")
+        token = (body.get("pagination") or {}).get("token")  # a str: checked by logs_query
         page, _ = Page.decode(token) if token else (Page(), None)
     except QueryError as exc:
         return error(400, str(exc))

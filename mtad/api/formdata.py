@@ -8,18 +8,22 @@ empty line; ``Content-Disposition: form-data`` names it (``name``, and ``filenam
 ``filename*`` for a file); text fields are decoded with the part's charset (UTF-8 by default),
 strictly. Anything malformed raises ``FormError`` (a 400), never something else.
 
-``read_post`` is aiohttp's ``request.post()`` for the other, rarer form requests, with the same rule:
-a malformed body is a 400, never a 500.
+``read_post`` reads the other, rarer form requests with the same parsers and the same rule (a malformed
+body, invalid UTF-8 or a stray ``%FF`` included, is a 400, never a 500 nor a U+FFFD stored); ``read_json``
+reads a JSON body, refusing one nested deeper than ``MAX_JSON_DEPTH`` (a 400, not a RecursionError).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 log = logging.getLogger("mtad.api")
 
@@ -146,12 +150,58 @@ def _unquote(text: str) -> str:
     return urllib.parse.unquote(text.replace("+", " "), errors="strict")
 
 
-async def read_post(request: web.Request):
-    """``request.post()``, with a malformed body (no boundary, a part without a name, ...) a 400, not a 500."""
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+MAX_JSON_DEPTH = 32  # an API body is a list of objects of lists at most; deeper is an attack, not a request
+
+
+async def read_post(request: web.Request) -> MultiDict[str | FilePart]:
+    """The form fields of a request, as ``request.post()`` gives them (``get``/``getall``), text fields as str and
+    files as ``FilePart``. A body of another content type is refused, an empty one is an empty form; aiohttp's
+    413 for a body over ``api.max_body_size`` passes through. Raises ``web.HTTPBadRequest`` (a JSON 400)."""
+    body = await request.read()
+    ctype = request.content_type
     try:
-        return await request.post()
-    except web.HTTPException:
-        raise  # 413 for a body over api.max_body_size
-    except Exception as exc:  # noqa: BLE001 - aiohttp raises assorted errors on broken multipart bodies
-        log.info("unreadable form body from %s: %r", request.remote, exc)
-        raise web.HTTPBadRequest(text=f"could not read the form body: {exc.__class__.__name__}") from None
+        if ctype == "multipart/form-data":
+            fields = multipart(body, request.headers.get("Content-Type", ""))
+        elif ctype in ("application/x-www-form-urlencoded", "") or not body.strip():
+            fields = urlencoded(body)  # aiohttp's rule: no Content-Type is a urlencoded form
+        else:
+            raise FormError(f"expected multipart/form-data or application/x-www-form-urlencoded, got {ctype[:100]}")
+    except FormError as exc:
+        log.info("unreadable form body from %s: %s", request.remote, exc)
+        raise web.HTTPBadRequest(text=f"could not read the form body: {exc}") from None
+    return MultiDict(fields)
+
+
+async def read_json(request: web.Request) -> Any:
+    """A JSON body (UTF-8), nested at most ``MAX_JSON_DEPTH`` deep; raises ``web.HTTPBadRequest``."""
+    body = await request.read()
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        value = None
+        deep = True
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise web.HTTPBadRequest(text="expected a JSON body") from None
+    else:
+        deep = _depth_over(value, MAX_JSON_DEPTH)
+    if deep:
+        raise web.HTTPBadRequest(text=f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

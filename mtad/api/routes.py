@@ -25,6 +25,7 @@ from mtad.store import routes as routestore
 from mtad.api import ApiContext, context, error
 from mtad.api.formdata import read_post
 from mtad.base.errors import ConfigError, RouteSyntaxError
+from mtad.net.httpclient import url_refusal
 from mtad.inbound.router import Route, compile_route
 
 _STARTED = time.time()  # shown as created_at of config-file routes
@@ -59,10 +60,19 @@ def _int(value: str | None, name: str, default: int, low: int = 0, high: int | N
 
 
 def _check(ctx: ApiContext, route: Route) -> str | None:
+    """Why the route cannot be made, or None: it must compile, and its URLs (forward destinations, store's
+    notify) must pass the connect-time SSRF policy where their host names an address by itself."""
     try:
-        compile_route(route, allow_backtracking=ctx.routing.allow_backtracking)
+        compiled = compile_route(route, allow_backtracking=ctx.routing.allow_backtracking)
     except RouteSyntaxError as exc:
         return f"Invalid route: {exc}"
+    allowed = ctx.mtad_config.routing.allowed_networks
+    for n, action in enumerate(compiled.actions, 1):
+        urls = [d for d in action.destinations if "://" in d] + ([action.notify] if action.notify else [])
+        for url in urls:
+            problem = url_refusal(url, allowed)
+            if problem:
+                return f"Invalid route: action {n}: {problem}"
     return None
 
 

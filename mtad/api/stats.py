@@ -16,7 +16,11 @@ from aiohttp import web
 
 from mtad.events import stats
 from mtad.api import context, error
+from mtad.api.formdata import read_post
 from mtad.events.query import QueryError, parse_time, rfc2822
+
+
+MAX_DOMAINS_LIMIT = 1000  # domains in one answer of /v3/stats/total/domains
 
 
 def _allowed(request: web.Request) -> list[str] | None:
@@ -63,6 +67,10 @@ async def account_domains(request: web.Request) -> web.Response:
         return error(400, str(exc))
     except ValueError:
         return error(400, "limit and skip: expected numbers")
+    if not 1 <= limit <= MAX_DOMAINS_LIMIT:
+        return error(400, f"limit: must be between 1 and {MAX_DOMAINS_LIMIT}")
+    if skip < 0:
+        return error(400, "skip: must be at least 0")
     items = await context(request).store.read(lambda c: stats.domain_totals(
         c, events, at, resolution, domains=_allowed(request), skip=skip, limit=limit))
     start = stats.bucket_start(at, resolution)
@@ -137,7 +145,7 @@ async def get_tag(request: web.Request) -> web.Response:
 
 async def put_tag(request: web.Request) -> web.Response:
     domain, tag = request.match_info["domain"].lower(), request.match_info["tag"]
-    form = await request.post()
+    form = await read_post(request)
     description = form.get("description")
     if not isinstance(description, str):
         return error(400, "description is required")

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from mtad.store import queue as spool
 from mtad.api import context, error
+from mtad.api.formdata import FilePart, read_json, read_post
 from mtad.events.query import QueryError, parse_time, rfc2822
 
 KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
@@ -182,10 +183,7 @@ async def add(request: web.Request) -> web.Response:
     now = time.time()
     try:
         if request.content_type == "application/json":
-            try:
-                body = await request.json()
-            except ValueError:
-                return error(400, "invalid JSON")
+            body = await read_json(request)
             if isinstance(body, dict):
                 body = [body]
             if not isinstance(body, list) or not all(isinstance(i, dict) for i in body):
@@ -195,7 +193,7 @@ async def add(request: web.Request) -> web.Response:
             entries = [entry(kind, item, now) for item in body]
             n = await context(request).store.write(lambda c: add_entries(c, domain, kind, entries))
             return web.json_response({"message": f"{n} addresses have been added to the {kind} table"})
-        form = await request.post()
+        form = await read_post(request)
         item = {k: v for k, v in form.items() if isinstance(v, str)}
         one = entry(kind, item, now)
     except Invalid as exc:
@@ -210,15 +208,12 @@ async def add(request: web.Request) -> web.Response:
 
 async def import_csv(request: web.Request) -> web.Response:
     domain, kind = _kind(request)
-    try:
-        form = await request.post()
-    except ValueError:
-        return error(400, "expected multipart/form-data with a file")
+    form = await read_post(request)
     upload = form.get("file")
-    if upload is None or isinstance(upload, str):
+    if not isinstance(upload, FilePart):
         return error(400, "file is required")
     try:
-        text = upload.file.read().decode("utf-8-sig")
+        text = upload.data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return error(400, "file: expected UTF-8 CSV")
     now = time.time()

@@ -33,7 +33,7 @@ def _view(entry: dict) -> dict:
 
 
 async def _form(request: web.Request) -> tuple[list[str], str]:
-    form = await request.post()
+    form = await read_post(request)
     urls = [u.strip() for u in form.getall("url", []) if isinstance(u, str) and u.strip()]
     fmt = form.get("format") or "json"
     return urls, fmt if isinstance(fmt, str) else "json"
@@ -57,7 +57,7 @@ async def _change(request: web.Request, hook: str, *, create: bool) -> web.Respo
     domain = request.match_info["domain"].lower()
     urls, fmt = await _form(request)
     try:
-        webhooks.check_change(hook, urls, fmt)
+        webhooks.check_change(hook, urls, fmt, context(request).mtad_config.routing.allowed_networks)
         now = time.time()
         await context(request).store.write(lambda c: webhooks.put_webhook(c, domain, hook, urls, fmt, now,
                                                                            create=create))
@@ -70,7 +70,7 @@ async def _change(request: web.Request, hook: str, *, create: bool) -> web.Respo
 
 
 async def create_hook(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_post(request)
     hook = form.get("id")
     if not hook and form.getall("event_types", []):
         return await v4_create(request)  # the v4 form at the v3 path, as mailgun-python 1.10 sends it

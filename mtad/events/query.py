@@ -53,22 +53,32 @@ class QueryError(ValueError):
 
 # --- times -----------------------------------------------------------------------------------------------------
 
+MIN_TIME = 0.0  # 1970-01-01T00:00:00Z
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last second a date can be written in
+
+
 def parse_time(value: str, name: str) -> float:
-    """RFC 2822 date or epoch seconds."""
+    """RFC 2822 date or epoch seconds, from 1970 to the end of 9999 (NaN, infinities and later years are
+    refused: no date could be written for them)."""
     text = str(value).strip()
     try:
-        return float(text)
+        ts = float(text)
     except ValueError:
-        pass
-    try:
-        dt = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        dt = None
-    if dt is None:
-        raise QueryError(f"{name}: expected an RFC 2822 date or epoch seconds, got '{text[:60]}'")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        try:
+            dt = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            dt = None
+        if dt is None:
+            raise QueryError(f"{name}: expected an RFC 2822 date or epoch seconds, got '{text[:60]}'") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        try:
+            ts = dt.timestamp()
+        except (OverflowError, ValueError):
+            ts = float("nan")
+    if not MIN_TIME <= ts <= MAX_TIME:  # also false for NaN
+        raise QueryError(f"{name}: expected a time from 1970 to 9999, got '{text[:60]}'")
+    return ts
 
 
 def rfc2822(ts: float) -> str:
@@ -78,9 +88,9 @@ def rfc2822(ts: float) -> str:
 
 def parse_duration(text: str, name: str = "duration") -> float:
     """``1d``, ``2h``, ``30m`` (minutes), ``1w``; seconds."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text))
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", str(text), re.ASCII)
     if not m:
-        raise QueryError(f"{name}: expected a duration like '1d' or '2h', got '{text}'")
+        raise QueryError(f"{name}: expected a duration like '1d' or '2h', got '{str(text)[:60]}'")
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
@@ -115,12 +125,23 @@ def tokenize(text: str) -> list[tuple[str, str]]:
 Node = tuple  # ("value", str) | ("not", Node) | ("and", [Node]) | ("or", [Node])
 
 
+MAX_NESTING = 32  # parentheses and NOTs inside each other: more is refused (400), never a RecursionError
+
+
 def parse_expression(text: str) -> Node:
-    """Mailgun's filter expression grammar: or := and (OR and)*; and := not (AND? not)*; not := NOT not | atom."""
+    """Mailgun's filter expression grammar: or := and (OR and)*; and := not (AND? not)*; not := NOT not | atom.
+    Parentheses and NOTs nest at most ``MAX_NESTING`` deep."""
     tokens = tokenize(text)
     if not tokens:
         raise QueryError("empty filter expression")
     pos = 0
+    depth = 0
+
+    def nest() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_NESTING:
+            raise QueryError(f"filter expression nested more than {MAX_NESTING} deep")
 
     def peek() -> str | None:
         return tokens[pos][0] if pos < len(tokens) else None
@@ -146,19 +167,26 @@ def parse_expression(text: str) -> Node:
         return items[0] if len(items) == 1 else ("and", items)
 
     def parse_not() -> Node:
+        nonlocal depth
         if peek() == "NOT":
             take()
-            return ("not", parse_not())
+            nest()
+            node = ("not", parse_not())
+            depth -= 1
+            return node
         return parse_atom()
 
     def parse_atom() -> Node:
+        nonlocal depth
         kind = peek()
         if kind == "(":
             take()
+            nest()
             node = parse_or()
             if peek() != ")":
                 raise QueryError("missing ')' in filter expression")
             take()
+            depth -= 1
             return node
         if kind == "value":
             return ("value", take()[1])
@@ -344,13 +372,36 @@ LOGS_ATTRIBUTES = ("domain", "recipient", "recipient-domain", "event", "severity
                    "message-id", "tags", "tag", "method", "log-level")
 
 
+_TEXT, _TIME, _LIST, _OBJECT, _BOOL, _INT = (str,), (str, int, float), (list,), (dict,), (bool,), (int,)
+_LOGS_BODY = {"start": _TIME, "end": _TIME, "duration": _TEXT, "events": _LIST, "metric_events": _LIST,
+              "filter": _OBJECT, "include_totals": _BOOL, "include_subaccounts": _BOOL, "pagination": _OBJECT}
+_LOGS_PAGINATION = {"sort": _TEXT, "limit": _INT, "token": _TEXT}
+_TYPE_NAMES = {_TEXT: "a string", _TIME: "a date string or epoch seconds", _LIST: "a list", _OBJECT: "an object",
+               _BOOL: "true or false", _INT: "an integer"}
+
+
+def _check_types(obj: Mapping[str, Any], expected: Mapping[str, tuple[type, ...]], where: str) -> None:
+    for key, types in expected.items():
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise QueryError(f"{where}{key}: expected {_TYPE_NAMES[types]}")
+
+
 def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: float) -> tuple[EventQuery, dict]:
-    """The logs API body -> (query, echo of start/end). ``allowed_domains`` empty: every domain."""
+    """The logs API body -> (query, echo of start/end). ``allowed_domains`` empty: every domain. Every field is
+    type-checked (a QueryError names the one at fault)."""
     if not isinstance(body, Mapping):
         raise QueryError("expected a JSON object")
+    _check_types(body, _LOGS_BODY, "")
+    _check_types(body.get("pagination") or {}, _LOGS_PAGINATION, "pagination.")
+    for name in ("events", "metric_events"):
+        if not all(isinstance(v, str) for v in body.get(name) or []):
+            raise QueryError(f"{name}: expected a list of names")
     end = parse_time(body["end"], "end") if body.get("end") else now
     if body.get("duration"):
-        start = end - parse_duration(body["duration"])
+        start = max(MIN_TIME, end - parse_duration(body["duration"]))
     else:
         start = parse_time(body["start"], "start") if body.get("start") else end - 86400
     if start > end:
@@ -378,11 +429,15 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
     flt = body.get("filter") or {}
     if not isinstance(flt, Mapping) or set(flt) - {"AND"}:
         raise QueryError("filter: expected {\"AND\": [conditions]}")
+    if not isinstance(flt.get("AND") or [], list):
+        raise QueryError("filter.AND: expected a list of conditions")
     for i, cond in enumerate(flt.get("AND") or []):
         where = f"filter.AND[{i}]"
         if not isinstance(cond, Mapping):
             raise QueryError(f"{where}: expected an object")
         attribute, comparator = cond.get("attribute"), cond.get("comparator", "=")
+        if not isinstance(cond.get("values"), list):
+            raise QueryError(f"{where}.values: expected a list of {{\"value\": ...}}")
         if attribute not in LOGS_ATTRIBUTES:
             raise QueryError(f"{where}.attribute: unknown attribute '{attribute}'")
         if comparator not in ("=", "!=", "contains", "not contains"):
@@ -443,7 +498,7 @@ class Page:
             if side not in ("after", "before"):
                 raise ValueError(side)
             return Page(anchor, side, bool(data.get("i"))), data.get("q")
-        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError):
             raise QueryError("invalid page token") from None
 
 

@@ -15,16 +15,22 @@ connection and parsed parameters; the API module turns them into responses.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
-from mtad.events.query import QueryError, parse_time, rfc2822
+from mtad.events.query import MAX_TIME, MIN_TIME, QueryError, parse_time, rfc2822
 
 EVENTS = ("accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained", "stored")
 RESOLUTIONS = ("hour", "day", "month")
 GROUPS = ("total", "time", "day", "month", "domain", "ip", "provider", "tag", "country")
+# Buckets one answer may hold: a year of hours, 27 years of days. Every bucket is answered (zeros included), so an
+# unbounded range (start=0, resolution=hour: 490,000 buckets) would build hundreds of megabytes.
+MAX_BUCKETS = 10_000
+_BUCKET_SECONDS = {"hour": 3600, "day": 86400, "month": 28 * 86400}  # a month: at least 28 days
+_DURATION = re.compile(r"\s*(\d{1,9})([hdm])\s*", re.ASCII)
 _PERMANENT = ("suppress-bounce", "suppress-unsubscribe", "suppress-complaint", "bounce", "delayed-bounce",
               "webhook", "optimized")
 
@@ -58,42 +64,56 @@ def bucket_start(ts: float, resolution: str) -> float:
 
 
 def next_bucket(ts: float, resolution: str) -> float:
+    """The start of the bucket after ``ts``'s; past the end of 9999, ``MAX_TIME + 1`` (no date beyond exists)."""
     dt = _utc(ts)
-    if resolution == "hour":
-        return (dt + timedelta(hours=1)).timestamp()
-    if resolution == "day":
-        return (dt + timedelta(days=1)).timestamp()
-    year, month = (dt.year + 1, 1) if dt.month == 12 else (dt.year, dt.month + 1)
-    return dt.replace(year=year, month=month).timestamp()
+    try:
+        if resolution == "hour":
+            return (dt + timedelta(hours=1)).timestamp()
+        if resolution == "day":
+            return (dt + timedelta(days=1)).timestamp()
+        year, month = (dt.year + 1, 1) if dt.month == 12 else (dt.year, dt.month + 1)
+        return dt.replace(year=year, month=month).timestamp()
+    except (OverflowError, ValueError):
+        return MAX_TIME + 1
 
 
 def _months_back(ts: float, months: int) -> float:
     dt = _utc(ts)
     total = dt.year * 12 + dt.month - 1 - months
     year, month = divmod(total, 12)
+    if year < 1970:
+        return MIN_TIME
     day = min(dt.day, 28)
     return dt.replace(year=year, month=month + 1, day=day).timestamp()
 
 
 def parse_range(params: Mapping[str, str], now: float, default_resolution: str = "day") -> Range:
     """``start``/``end`` (RFC 2822 or epoch; default the last 7 days), ``duration`` (``3d``, ``12h``, ``2m``
-    = months; counted back from ``end``, overrides ``start``), ``resolution`` (hour, day, month)."""
+    = months; counted back from ``end``, overrides ``start``), ``resolution`` (hour, day, month). A range of
+    more than ``MAX_BUCKETS`` buckets is refused (QueryError): narrow it or choose a coarser resolution."""
     resolution = params.get("resolution") or default_resolution
     if resolution not in RESOLUTIONS:
         raise QueryError(f"resolution: expected hour, day or month, got '{resolution}'")
     end = parse_time(params["end"], "end") if params.get("end") else now
     if params.get("duration"):
-        text = params["duration"].strip()
-        unit, number = text[-1:], text[:-1]
-        if not number.isdigit() or unit not in "hdm":
-            raise QueryError(f"duration: expected a number and h, d or m (months), got '{text}'")
-        n = int(number)
-        start = _months_back(end, n) if unit == "m" else end - n * (3600 if unit == "h" else 86400)
+        m = _DURATION.fullmatch(params["duration"])
+        if not m:
+            raise QueryError(f"duration: expected a number and h, d or m (months), got '{params['duration'][:60]}'")
+        n, unit = int(m.group(1)), m.group(2)
+        start = _months_back(end, n) if unit == "m" else max(MIN_TIME, end - n * (3600 if unit == "h" else 86400))
     else:
-        start = parse_time(params["start"], "start") if params.get("start") else end - 7 * 86400
+        start = parse_time(params["start"], "start") if params.get("start") else max(MIN_TIME, end - 7 * 86400)
     if start > end:
         raise QueryError("start must be before end")
+    check_buckets(start, end, resolution)
     return Range(bucket_start(start, resolution), end, resolution)
+
+
+def check_buckets(start: float, end: float, resolution: str) -> None:
+    """QueryError if ``start``..``end`` spans more than ``MAX_BUCKETS`` buckets of ``resolution``."""
+    if (end - start) / _BUCKET_SECONDS[resolution] >= MAX_BUCKETS:
+        raise QueryError(f"the range spans more than {MAX_BUCKETS} {resolution} buckets: shorten it or use a "
+                         "coarser resolution")
 
 
 def check_events(names: Iterable[str]) -> list[str]:
@@ -253,6 +273,7 @@ def grouped(conn: sqlite3.Connection, events: list[str], rng: Range, *, group: s
         resolution = rng.resolution if group == "time" else group
         if dim is not None and resolution == "hour":
             raise QueryError("provider and ip counters are daily: use resolution day or month")
+        check_buckets(rng.start, rng.end, resolution)
         rng = Range(bucket_start(rng.start, resolution), rng.end, resolution)
         return _time_series(_rows(conn, events, rng, domains=domains, tag=tag, dim=dim), events, rng)
     column = {"domain": "domain", "tag": "tag", "provider": "value", "ip": "value"}.get(group)

@@ -89,8 +89,9 @@ class WebhookError(ValueError):
         self.status = status
 
 
-def check_change(hook: str, urls: list[str], fmt: str) -> None:
-    from mtad.net.httpclient import check_url
+def check_change(hook: str, urls: list[str], fmt: str, allowed_networks: tuple[str, ...] = ()) -> None:
+    """WebhookError (400) unless the change may be made; URLs as ``httpclient.url_refusal`` takes them."""
+    from mtad.net.httpclient import url_refusal
     if hook not in WEBHOOK_IDS:
         raise WebhookError(400, f"Unknown webhook id '{hook}' (known: {', '.join(WEBHOOK_IDS)})")
     if not urls:
@@ -98,7 +99,7 @@ def check_change(hook: str, urls: list[str], fmt: str) -> None:
     if len(urls) > MAX_URLS:
         raise WebhookError(400, f"A webhook takes at most {MAX_URLS} URLs")
     for url in urls:
-        problem = check_url(url)
+        problem = url_refusal(url, allowed_networks)
         if problem:
             raise WebhookError(400, f"Invalid url '{url}': {problem}")
     if fmt not in FORMATS:

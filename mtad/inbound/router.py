@@ -10,7 +10,7 @@ are escapes and every other backslash is kept as written, so regex escapes and c
 (``\\1``, ``\\g<name>``) survive without doubling. ``r'...'`` raw strings are accepted as in
 Mailgun's API responses. A syntax error raises :class:`RouteSyntaxError` with the 1-based column.
 Regexes use Python's syntax and are checked with Python's ``re``; regexes and destinations over
-4,000 characters are refused.
+4,000 characters, and regexes nesting groups more than 100 deep, are refused.
 
 Matching contract (``RouteTable.evaluate``): routes run in (priority, creation order); the actions
 of every matching route are returned until a matching route has ``stop()``; ``catch_all()`` matches
@@ -51,6 +51,7 @@ log = logging.getLogger("mtad.router")
 
 MAX_PATTERN = 4000
 MAX_DESTINATION = 4000
+MAX_GROUP_NESTING = 100  # groups inside groups; Python's regex parser recurses per level (RecursionError at ~500)
 
 HeaderPairs = Iterable[tuple[str, str]]
 Headers = Union[HeaderPairs, Callable[[], HeaderPairs]]
@@ -305,6 +306,10 @@ def _compile_regex(token: _Token, text: str, allow_backtracking: bool) -> _Match
     pattern = token.value
     if len(pattern) > MAX_PATTERN:
         raise RouteSyntaxError(f"regex longer than {MAX_PATTERN} characters", token.col, text)
+    deepest = _group_nesting(pattern)
+    if deepest is not None:
+        col = token.cols[deepest] if deepest < len(token.cols) else token.col
+        raise RouteSyntaxError(f"regex groups nested more than {MAX_GROUP_NESTING} deep", col, text)
     try:
         py = re.compile(pattern, re.IGNORECASE)
     except re.error as e:
@@ -318,6 +323,32 @@ def _compile_regex(token: _Token, text: str, allow_backtracking: bool) -> _Match
         raise RouteSyntaxError(f"regex needs backtracking ({reason}); refused unless backtracking regexes "
                                "are allowed", token.col, text)
     return _Matcher(pattern, regex.compile(pattern, regex.IGNORECASE), True, py)
+
+
+def _group_nesting(pattern: str) -> int | None:
+    """The index of the first ``(`` nested deeper than ``MAX_GROUP_NESTING``, or None. Escapes and character
+    classes are skipped; a ``]`` that Python would take literally ends the class here, which can only
+    count more groups, never fewer."""
+    depth = 0
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+            if depth > MAX_GROUP_NESTING:
+                return i
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        i += 1
+    return None
 
 
 # A leading ".*" (bare or alone in a group) with no alternation after it: for prefiltering,

@@ -667,6 +667,10 @@ def from_mime(raw: bytes, fields: Iterable[tuple[str, str]], *, domain: str, now
     from_value = headers_mod.first(fields_, "From") or ""
     from_pairs = email.utils.getaddresses([headers_mod.decode(from_value)]) if from_value else []
     from_addr = from_pairs[0][1] if from_pairs and "@" in from_pairs[0][1] else ""
+    if not from_addr:  # RFC 5322 requires one; without it the message could be neither signed nor bounced right
+        raise ComposeError("message", "has no From header with an address")
+    if sum(1 for f in fields_ if f.name.lower() == "from") > 1:
+        raise ComposeError("message", "has more than one From header")
     mid_value = headers_mod.first(fields_, "Message-ID")
     added = b""
     if mid_value and mid_value.strip().strip("<>"):

@@ -4,11 +4,17 @@ URLs come from routes and webhooks, so they are untrusted: only http and https; 
 addresses are resolved by the connector and each one is checked at connect time (so a DNS answer
 cannot rebind to an internal address): loopback, private, link-local, multicast and reserved
 addresses are refused unless they are in ``allowed_networks``. Every request has a total timeout.
+
+``url_refusal`` applies the same policy when a route or webhook is made, to the hosts that name an
+address by themselves: IP literals in every spelling the system resolver takes for a number
+(``2130706434``, ``127.2``, ``0x7f.1``, a trailing dot) and ``localhost``; other names are checked at
+connect time only (their addresses may change).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,31 @@ def _public(addr: ipaddress._BaseAddress) -> bool:
                 or addr.is_reserved or addr.is_unspecified)
 
 
+_NUMERIC_HOST = re.compile(r"[0-9A-Fa-fXx.]+")
+
+
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` names by itself, as the system resolver reads it, or None for a name: an IP
+    literal, or an IPv4 address in one of inet_aton's forms (``2130706434``, ``127.2``, ``0x7f.0.0.1``,
+    ``0177.0.0.1``); trailing dots are ignored (``169.254.169.254.``)."""
+    h = host.strip().strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        pass
+    if not _NUMERIC_HOST.fullmatch(h):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(h))
+    except OSError:
+        return None
+
+
+def address_permitted(addr: ipaddress._BaseAddress, allowed: list[ipaddress._BaseNetwork]) -> bool:
+    """The SSRF policy: public addresses, and others only inside an allowed network."""
+    return _public(addr) or any(addr.version == net.version and addr in net for net in allowed)
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves names and drops addresses mtad may not reach."""
 
@@ -42,8 +73,10 @@ class GuardedResolver(AbstractResolver):
         """Whether mtad may connect to this IP address (ValueError if it is not one)."""
         verdict = self._verdicts.get(host)
         if verdict is None:
-            addr = ipaddress.ip_address(host)
-            verdict = _public(addr) or any(addr in net for net in self.allowed)
+            addr = ip_literal(host)
+            if addr is None:
+                raise ValueError(f"not an IP address: {host!r}")
+            verdict = address_permitted(addr, self.allowed)
             if len(self._verdicts) >= 10_000:
                 self._verdicts.clear()
             self._verdicts[host] = verdict
@@ -73,6 +106,22 @@ def check_url(url: str) -> str | None:
         return "URL has no host"
     if parts.username or parts.password:
         return None  # basic auth in the URL is allowed (Mailgun's docs show it)
+    return None
+
+
+def url_refusal(url: str, allowed_networks: tuple[str, ...]) -> str | None:
+    """None if a route or webhook may be made with ``url``, else why not: ``check_url``'s rules, and a host
+    that names an address by itself (``ip_literal``, or ``localhost``) must pass the connect-time policy."""
+    problem = check_url(url)
+    if problem:
+        return problem
+    host = urlsplit(url).hostname or ""
+    name = host.rstrip(".").lower()
+    addr = ipaddress.ip_address("127.0.0.1") if name == "localhost" or name.endswith(".localhost") \
+        else ip_literal(host)
+    if addr is not None and not address_permitted(addr, [ipaddress.ip_network(n, strict=False)
+                                                        for n in allowed_networks]):
+        return f"{host}: address {addr} not allowed (see routing.allowed_networks)"
     return None
 
 

@@ -145,3 +145,33 @@ def test_logs_query_filters(conn):
     assert [r[2] for r in eventquery.fetch(conn, restricted, Page()).rows] == ["other.org"]
     with pytest.raises(QueryError):
         eventquery.logs_query({"filter": {"AND": [{"attribute": "nope", "values": ["x"]}]}}, frozenset(), 0)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "nan", "inf", "-inf", "1e400", "253402300800", "-1",
+                                 "Fri, 01 Jan 10000 00:00:00 +0000", "Sat, 01 Jan 1000 00:00:00 +0000"])
+def test_times_that_cannot_be_written_are_query_errors(bad):
+    with pytest.raises(QueryError):
+        eventquery.parse_time(bad, "begin")
+    assert eventquery.rfc2822(eventquery.parse_time("253402300799", "end")) == "Fri, 31 Dec 9999 23:59:59 UTC"
+
+
+@pytest.mark.parametrize("deep", ["(" * 33 + "a" + ")" * 33, "NOT " * 33 + "a", "(" * 5000 + "a" + ")" * 5000,
+                                  "NOT " * 5000 + "a"])
+def test_expressions_nested_too_deep_are_query_errors_not_recursion(deep):
+    with pytest.raises(QueryError, match="nested"):
+        parse_expression(deep)
+    assert parse_expression("(" * 32 + "a" + ")" * 32) == ("value", "a")
+
+
+@pytest.mark.parametrize("body", [{"pagination": "x"}, {"metric_events": [[]]}, {"events": [{}]}, {"end": "NaN"},
+                                  {"filter": {"AND": 5}}, {"filter": {"AND": [{"attribute": "tags", "values": "x"}]}},
+                                  {"pagination": {"limit": True}}, {"include_totals": 1}, {"duration": "9" * 50 + "d"}])
+def test_logs_bodies_of_the_wrong_types_are_query_errors(body):
+    with pytest.raises(QueryError):
+        eventquery.logs_query(body, frozenset(), 1_700_000_000)
+
+
+def test_a_page_token_nested_too_deep_is_invalid():
+    import base64
+    with pytest.raises(QueryError, match="page token"):
+        Page.decode(base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode())

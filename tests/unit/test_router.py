@@ -339,3 +339,12 @@ def test_allowed_backtracking_regex_is_bounded_by_the_budget(caplog):
     assert time.perf_counter() - start < 1.0
     assert "time budget" in caplog.text
     assert matched(table, "aaa") == ["slow"]  # and it still matches what it should
+
+
+@pytest.mark.parametrize("pattern", ["(" * 1900 + "a" + ")" * 1900, "(?:" * 101 + "a" + ")" * 101,
+                                     "[(]" + "(" * 101 + ")" * 101])
+def test_regexes_nesting_groups_too_deep_are_syntax_errors_not_recursion(pattern):
+    with pytest.raises(RouteSyntaxError, match="nested more than 100 deep"):
+        parse_expression(f'match_recipient("{pattern}")')
+    parse_expression('match_recipient("' + "(" * 100 + "a" + ")" * 100 + '")')
+    parse_expression(r'match_recipient("[(]\(\(' + "(a)" * 200 + '")')  # escaped and classed parens don't nest

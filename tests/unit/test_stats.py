@@ -85,3 +85,18 @@ def test_grouping(conn):
         stats.grouped(conn, ["delivered"], rng, group="provider", filters={"tag": ["a"]}, domains=None)
     assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10)] == ["a", "b"]
     assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10, pivot="a")] == ["b"]
+
+
+@pytest.mark.parametrize("params", [{"start": "0", "end": "253402300799", "resolution": "day"},
+                                    {"start": "0", "resolution": "hour"},
+                                    {"end": "1700000000", "duration": "10001d"}])
+def test_a_range_of_more_than_max_buckets_is_refused(params):
+    with pytest.raises(QueryError, match="buckets"):
+        stats.parse_range(params, 1_700_000_000)
+
+
+def test_the_last_buckets_before_year_10000_end_the_series():
+    rng = stats.parse_range({"start": "253402214400", "end": "253402300799", "resolution": "hour"}, 0)
+    assert stats.next_bucket(253402297200, "hour") == 253402300800  # the hour after 9999's last: a bound, no error
+    assert stats.next_bucket(253402214400, "month") == 253402300800
+    assert rng.resolution == "hour"

@@ -1,0 +1,60 @@
+"""The API's HTTP server: aiohttp's, with requests it cannot parse answered in the API's error shape.
+
+aiohttp answers a request it cannot parse (a request line over 8,190 bytes, a header too long, a
+malformed request line) before any handler or middleware runs: in plain text that echoes the start of
+the request, with an ERROR traceback in the log. Here such a request gets ``{"message": ...}`` with
+414 (the request line is too long), 431 (a header is too long) or 400, its connection is closed, and
+the log has one line naming the client and the parse error, escaped. Everything else is aiohttp's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from mtad.api import printable
+
+log = logging.getLogger("mtad.api")
+
+
+def parse_error_answer(exc: HttpProcessingError) -> tuple[int, str]:
+    """(status, message) for a request aiohttp could not parse. LineTooLong carries the start of the line at
+    fault: the request line starts with the target (``/`` or a scheme), a header line does not."""
+    if isinstance(exc, LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        head = line[:8] if isinstance(line, (bytes, bytearray)) else str(line)[:8].encode("latin-1", "replace")
+        if head.startswith(b"/") or b":/" in head or head.startswith(b"*"):
+            return 414, "Request-URI Too Long: the request line is longer than the server accepts"
+        return 431, "Request Header Fields Too Large: a header line is longer than the server accepts"
+    return 400, f"Bad Request: the HTTP request could not be parsed ({exc.__class__.__name__})"
+
+
+class _Handler(RequestHandler):
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        status, text = parse_error_answer(exc)
+        log.info("refused an unparsable HTTP request from %s: %s %s", request.remote, exc.__class__.__name__,
+                 printable(str(exc.message), 120))
+        resp = web.json_response({"message": text}, status=status)
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer unparsable requests in the API's shape."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server, its connections made by _Handler
+        return server

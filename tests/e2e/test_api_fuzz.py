@@ -1,0 +1,73 @@
+"""Schemathesis (a property-based API fuzzer) over docs/openapi.yaml, against a running daemon.
+
+Two runs: every documented operation gets generated requests, valid and invalid (Schemathesis' coverage
+cases: boundaries, wrong types, missing fields, undeclared methods; then Hypothesis-generated ones), and a
+stateful run chains operations through the links Schemathesis infers (a route created, then read, changed
+and deleted; a suppression added, then listed and removed; ...). Every answer must be no 5xx, carry a
+status the document declares for the operation, with the declared content type, headers and schema; a 405
+must name the allowed methods.
+
+Bounded and reproducible: a few examples per operation, a short stateful run, ``derandomize`` (the same
+requests every run), one private daemon that the run may fill and empty at will.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+    unsupported_method)
+
+from mtad.api import hash_key
+from tests.e2e.apihelpers import AUTH
+from tests.support.daemon import API_KEY, free_port
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance, unsupported_method]
+EXAMPLES = 10  # generated requests per operation, on top of the coverage cases
+STATEFUL_RUNS, STATEFUL_STEPS = 15, 6
+
+schema = schemathesis.openapi.from_path(SPEC_PATH)
+
+
+def _settings(**kwargs) -> settings:
+    return settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
+                    **kwargs)
+
+
+@pytest.fixture(scope="module")
+def daemon(daemon_factory):
+    # the generated requests include bad credentials: no lockout of the fuzzer's address (429)
+    return daemon_factory(api={"address": f"127.0.0.1:{free_port()}", "keys": [{"key_hash": hash_key(API_KEY)}],
+                               "max_auth_failures": 1_000_000})
+
+
+@pytest.fixture(scope="module")
+def http():
+    with requests.Session() as session:  # kept-alive connections: the run is bounded by requests, not connects
+        yield session
+
+
+@schema.parametrize()
+@_settings(max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate, Phase.shrink])
+def test_every_operation_answers_within_its_documented_contract(case, daemon, http):
+    case.call_and_validate(base_url=daemon.api_url, headers=AUTH, session=http, checks=CHECKS, timeout=30)
+
+
+def test_chained_operations_stay_within_the_documented_contract(daemon, http):
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": daemon.api_url, "headers": AUTH, "session": http, "timeout": 30}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
+
+    Workflow.run(settings=_settings(max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS,
+                                    phases=[Phase.generate]))
