@@ -117,9 +117,10 @@ async def _v4_change(request: web.Request, *, replace: bool) -> web.Response:
         types = _event_types(form)
         remove = [t for t in WEBHOOK_IDS if t not in types] if replace else []
         now = time.time()
+        networks = context(request).mtad_config.routing.allowed_networks
 
         def write(conn) -> dict:
-            webhooks.put_url(conn, domain, url, add=types, remove=remove, now=now)
+            webhooks.put_url(conn, domain, url, add=types, remove=remove, now=now, allowed_networks=networks)
             return webhooks.list_webhooks(conn, domain)
         hooks = await context(request).store.write(write)
     except WebhookError as exc:

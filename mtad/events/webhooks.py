@@ -132,7 +132,8 @@ def delete_webhook(conn, domain: str, hook: str) -> dict[str, Any]:
     return existing
 
 
-def put_url(conn, domain: str, url: str, *, add: Iterable[str], remove: Iterable[str], now: float) -> None:
+def put_url(conn, domain: str, url: str, *, add: Iterable[str], remove: Iterable[str], now: float,
+            allowed_networks: tuple[str, ...] = ()) -> None:
     """Mailgun's v4 webhooks (one URL, several event types): put ``url`` on the webhooks ``add`` (created as
     ``json`` when absent) and take it off ``remove`` (a webhook left without URLs is deleted), all or nothing
     (the caller's transaction). Config-file webhooks are read-only."""
@@ -140,10 +141,10 @@ def put_url(conn, domain: str, url: str, *, add: Iterable[str], remove: Iterable
     for hook in dict.fromkeys(add):
         existing = hooks.get(hook)
         if existing is None:
-            check_change(hook, [url], "json")
+            check_change(hook, [url], "json", allowed_networks)
             put_webhook(conn, domain, hook, [url], "json", now, create=True)
         elif url not in existing["urls"]:
-            check_change(hook, existing["urls"] + [url], existing["format"])
+            check_change(hook, existing["urls"] + [url], existing["format"], allowed_networks)
             put_webhook(conn, domain, hook, existing["urls"] + [url], existing["format"], now, create=False)
     for hook in dict.fromkeys(remove):
         existing = hooks.get(hook)
