@@ -10,6 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support.postgres import PostgresServer
+
 
 def _listening_addresses(port: int) -> set[str]:
     """The local addresses with a TCP socket in LISTEN state on ``port`` (Linux /proc/net/tcp{,6})."""
@@ -76,3 +78,16 @@ def test_server_does_not_run_as_root(postgres):
     uid = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                    if line.startswith("Uid:")).split()[1])
     assert uid != 0
+
+
+def test_a_taken_port_is_retried_on_another(postgres):
+    """The port is chosen before the server binds it: when another process took it meanwhile, start again."""
+    second = PostgresServer(postgres.bin_dir)
+    try:
+        second.start(ports=iter([postgres.port]))  # taken by the session's server
+        assert second.port != postgres.port
+        assert "could not bind" in second.log_path.read_text()
+        assert second.psql("SELECT 1") == "1"
+    finally:
+        second.stop()
+    assert not second.folder.exists()

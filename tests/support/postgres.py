@@ -29,6 +29,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -98,8 +99,9 @@ class PostgresServer:
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout,
                               env=dict(os.environ, LC_ALL="C", PGTZ="UTC"))
 
-    def start(self, attempts: int = 5) -> "PostgresServer":
-        """initdb, then ``pg_ctl start -w`` on a free port, retried on another port when it was taken."""
+    def start(self, attempts: int = 5, ports: Iterator[int] | None = None) -> "PostgresServer":
+        """initdb, then ``pg_ctl start -w`` on a free port, retried on another port when it was taken
+        (between our check and the server's bind). ``ports``: the candidates to try first (tests)."""
         if os.geteuid() == 0:
             self._user = _ensure_test_user()
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
@@ -122,7 +124,8 @@ class PostgresServer:
                        "log_min_messages = warning\n")
         last = ""
         for _ in range(attempts):
-            self.port = _free_port()
+            self.port = next(ports, None) if ports is not None else None
+            self.port = self.port or _free_port()
             result = self._run(self.bin_dir / "pg_ctl", "start", "-w", "-t", "60", "-D", self.data,
                                "-l", self.log_path, "-o", f"-p {self.port}", check=False)
             if result.returncode == 0:
