@@ -37,6 +37,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base import logsetup
     from mtad.app import run
     cfg, demo = _load(args, create=True)
+    if cfg.store.backend != "sqlite":  # configurable and checkable (check-config) before the backend is built
+        raise ConfigError("store.backend", f"{cfg.store.backend} is not available in this build yet (only "
+                          "`mtad check-config` connects to it); use backend: sqlite")
     logsetup.setup(cfg.log.level, cfg.log.format)
     if demo:
         print("mtad: no --config given; running the embedded default", file=sys.stderr)
@@ -66,8 +69,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               " without reading secret files and environment variables)", file=sys.stderr)
         return 2
     print(config_mod.effective(cfg), end="")
+    if cfg.store.backend == "postgresql":
+        _check_postgresql(cfg)
     print(f"# {args.file}: OK{' (secrets not read)' if args.no_secrets else ''}", file=sys.stderr)
     return 0
+
+
+def _check_postgresql(cfg: Config) -> None:
+    """Connect to the configured PostgreSQL and report its version and mtad's schema version on it.
+    A failure is a ``ConfigError`` naming ``store.dsn`` (exit 2)."""
+    from mtad.store.postgres.probe import probe, where
+    assert cfg.store.dsn is not None
+    if not cfg.store.dsn.read:
+        print(f"# store.dsn: not read ({cfg.store.dsn.source}), so the connection was not checked", file=sys.stderr)
+        return
+    sys.stdout.flush()  # the effective configuration before any error about it
+    info = probe(cfg.store, cfg.node_id)
+    schema = "no schema yet" if info.schema_version is None else f"schema version {info.schema_version}"
+    print(f"# store.dsn: PostgreSQL {info.server_version} at {info.where}, {schema}", file=sys.stderr)
+    for warning in info.warnings():
+        print(f"# store.dsn: warning: {warning}", file=sys.stderr)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from tests.support.daemon import Mtad, base_config
+from tests.support.postgres import pg_database, postgres  # noqa: F401 (fixtures)
 
 
 @dataclass

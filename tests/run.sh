@@ -7,6 +7,8 @@
 #   postfix, sendmail        a real smarthost client                     (postfix)
 #   Cyrus SASL PLAIN/LOGIN   Postfix's AUTH as a client                  (libsasl2-modules)
 #   opendkim-testmsg         an independent DKIM verifier                (opendkim-tools)
+#   initdb, pg_ctl, psql     a private PostgreSQL server for the session (postgresql; tests/support/postgres.py),
+#                            run as the unprivileged system user mtadtest when the tests run as root
 # Exim and Sendmail, which conflict with postfix, are unpacked privately by tests/support/install_test_mtas.sh.
 # Python packages: the project with its [test] extra, in .venv.
 set -euo pipefail
@@ -21,11 +23,14 @@ need libnet-ssleay-perl "perl -MNet::SSLeay -e1"
 need postfix "test -x /usr/sbin/postfix && test -x /usr/sbin/sendmail"
 need libsasl2-modules "test -e $SASL_DIR/libplain.so -o -e $SASL_DIR/libplain.so.2"
 need opendkim-tools "command -v opendkim-testmsg || test -x /usr/sbin/opendkim-testmsg"
+need postgresql "ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl || (command -v initdb && command -v pg_ctl)"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
+  id -u mtadtest >/dev/null 2>&1 \
+    || useradd --system --no-create-home --shell /usr/sbin/nologin mtadtest  # PostgreSQL refuses to run as root
   bash tests/support/install_test_mtas.sh \
     || echo "tests/run.sh: Exim/Sendmail could not be unpacked; their smarthost tests will skip" >&2
 elif [ -n "$missing" ]; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,11 @@ class SendingDomainConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: str = "mtad.sqlite3"  # relative to state_dir
+    backend: Literal["sqlite", "postgresql"] = "sqlite"  # postgresql: several nodes on one database (docs/scaling.md)
+    path: str = "mtad.sqlite3"  # relative to state_dir (sqlite)
+    dsn: Secret | None = None  # postgresql://USER:PASSWORD@HOST:PORT/DATABASE (postgresql only)
+    pool_size: int = 10  # connections to PostgreSQL per node
+    statement_timeout: Duration = Duration(30)  # PostgreSQL cancels a statement running longer
     max_group: int = 256  # writes committed in one transaction at most
     event_retention: Duration = Duration(30 * 86400)
     claim_lease: Duration = Duration(300)  # a claim on a work row holds this long unless its holder renews it
@@ -139,6 +144,27 @@ class StoreConfig:
     def __post_build__(self, path: str) -> None:
         if self.claim_lease.seconds < 3:
             raise ConfigError(f"{path}.claim_lease", "must be at least 3s (it is renewed every third of it)")
+        if self.backend == "postgresql":
+            if self.dsn is None:
+                raise ConfigError(f"{path}.dsn", "required with backend: postgresql "
+                                                 "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE)")
+            if self.dsn.read and not _is_postgres_uri(self.dsn.reveal()):
+                raise ConfigError(f"{path}.dsn", "expected a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URI"
+                                                 f"{'' if self.dsn.source == 'inline' else f' (from {self.dsn.source})'}")
+        elif self.dsn is not None:
+            raise ConfigError(f"{path}.dsn", "only for backend: postgresql (the sqlite store is the file at path)")
+        if not 1 <= self.pool_size <= 1000:
+            raise ConfigError(f"{path}.pool_size", f"must be 1 to 1000, got {self.pool_size}")
+        if self.statement_timeout.seconds <= 0:
+            raise ConfigError(f"{path}.statement_timeout", "must be more than 0s")
+
+
+def _is_postgres_uri(dsn: str) -> bool:
+    """A libpq connection URI (the form the driver takes), not the ``key=value`` form."""
+    return dsn.startswith(("postgresql://", "postgres://"))
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -353,6 +379,7 @@ def _default_listeners() -> tuple[ListenerConfig, ...]:
 @dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
+    node_id: str = field(default_factory=socket.gethostname)  # this node among several on one database
     state_dir: str = "./mtad-state"
     listeners: tuple[ListenerConfig, ...] = field(default_factory=_default_listeners)
     tls: TlsConfig = TlsConfig()
@@ -369,6 +396,8 @@ class Config:
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 
     def __post_build__(self, path: str) -> None:
+        if not _NODE_ID.fullmatch(self.node_id):
+            raise ConfigError("node_id", f"expected 1 to 64 letters, digits, '.', '_' or '-', got {self.node_id!r}")
         seen: set[str] = set()
         for i, listener in enumerate(self.listeners):
             if listener.address in seen and listener.port != 0:  # port 0: each gets its own free port

@@ -1,0 +1,129 @@
+"""Connect once to the configured PostgreSQL and say what is there: ``mtad check-config``'s store check.
+
+``connect_options(store, node_id)`` are the driver's connection settings every mtad connection uses (the backend's
+pool takes the same). ``probe(store, node_id)`` opens one connection and returns a ``ServerInfo`` (server version,
+schema version or none yet, durability settings), or raises ``ConfigError("store.dsn", one line)`` for a wrong DSN,
+a refused login, a missing database or an unreachable server. Messages never contain the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from mtad.base.errors import ConfigError
+from mtad.config.schema import StoreConfig
+
+# The backend's migrations keep one row per applied schema version here (``mtad store migrate``, planned).
+SCHEMA_TABLE = "mtad_schema"
+CONNECT_TIMEOUT = 10.0  # seconds for one connection attempt, login included
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``probe`` found. ``where`` is ``HOST:PORT/DATABASE`` (no user, no password)."""
+
+    where: str
+    server_version: str  # as the server says it: ``15.18 (Debian 15.18-0+deb12u1)``
+    schema_version: int | None  # None: no mtad schema in this database yet
+    fsync: str
+    synchronous_commit: str
+
+    def warnings(self) -> tuple[str, ...]:
+        """Server settings under which an acknowledged message could be lost in a crash."""
+        found = []
+        if self.fsync != "on":
+            found.append(f"fsync is {self.fsync} on the server: a crash can lose committed mail")
+        if self.synchronous_commit == "off":
+            found.append("synchronous_commit is off on the server: a crash can lose mail already answered 250")
+        return tuple(found)
+
+
+def where(dsn: str) -> str:
+    """``HOST:PORT/DATABASE`` of a ``postgresql://`` URI, for messages (never the user or password)."""
+    try:
+        parts = urlsplit(dsn)
+        hosts = parts.netloc.rpartition("@")[2] or "localhost"
+        database = unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or "(default database)"
+    except ValueError:
+        return "(the server in store.dsn)"
+    if ":" not in hosts.rpartition("]")[2]:
+        hosts += ":5432"
+    return f"{hosts}/{database}"
+
+
+def connect_options(store: StoreConfig, node_id: str) -> dict:
+    """Keyword arguments for ``asyncpg.connect`` / ``create_pool``: the DSN, the statement timeout, a name."""
+    assert store.dsn is not None
+    return {
+        "dsn": store.dsn.reveal(),
+        "timeout": CONNECT_TIMEOUT,
+        "server_settings": {
+            "statement_timeout": str(max(1, round(store.statement_timeout.seconds * 1000))),  # milliseconds
+            "application_name": f"mtad {node_id}"[:63],  # pg_stat_activity shows which node holds a connection
+        },
+    }
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        return urlsplit(dsn).password
+    except ValueError:
+        return None
+
+
+def _explain(exc: BaseException, place: str) -> str:
+    """One line for an exception from connecting or probing."""
+    import asyncpg
+    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        return f"PostgreSQL at {place} refused the login: {exc}"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"PostgreSQL at {place} answered: {exc}"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer from PostgreSQL at {place} within {CONNECT_TIMEOUT:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to PostgreSQL at {place}: connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot connect to PostgreSQL at {place}: cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, OSError):
+        return f"cannot connect to PostgreSQL at {place}: {exc.strerror or exc}"
+    if isinstance(exc, ValueError):
+        return f"not a usable DSN: {exc}"
+    return f"cannot use PostgreSQL at {place}: {type(exc).__name__}: {exc}"
+
+
+async def _probe(store: StoreConfig, node_id: str) -> ServerInfo:
+    import asyncpg
+    options = connect_options(store, node_id)
+    conn = await asyncio.wait_for(asyncpg.connect(**options), CONNECT_TIMEOUT + 1)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        fsync = await conn.fetchval("SHOW fsync")
+        sync = await conn.fetchval("SHOW synchronous_commit")
+        schema = None
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
+            schema = await conn.fetchval(f"SELECT max(version) FROM {SCHEMA_TABLE}")
+        return ServerInfo(where(options["dsn"]), version, schema, fsync, sync)
+    finally:
+        await conn.close(timeout=5)
+
+
+def probe(store: StoreConfig, node_id: str) -> ServerInfo:
+    """Connect once and report (a blocking call: for the command line). ``ConfigError("store.dsn", ...)`` else."""
+    if store.dsn is None or not store.dsn.read:
+        raise ValueError("probe needs a DSN that was read")
+    try:
+        import asyncpg  # noqa: F401 - a dependency of mtad; imported only when this backend is configured
+    except ImportError:
+        raise ConfigError("store.backend", "postgresql needs the Python package asyncpg (pip install asyncpg)") from None
+    dsn = store.dsn.reveal()
+    try:
+        return asyncio.run(_probe(store, node_id))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the setting, never a traceback
+        message = _explain(exc, where(dsn))
+        password = _password(dsn)
+        if password:
+            message = message.replace(password, "********")
+        raise ConfigError("store.dsn", " ".join(message.split())) from None

@@ -1,0 +1,93 @@
+"""The test session's private PostgreSQL server (tests/support/postgres.py) is real and set up as in production:
+the driver mtad uses connects to it, it commits durably, and it listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.postgres import PostgresServer
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket in LISTEN state on ``port`` (Linux /proc/net/tcp{,6})."""
+    found = set()
+    for name, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        path = Path(name)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if width == 8:  # IPv4, little-endian
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:  # IPv6: four little-endian 32-bit words
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
+async def test_driver_connects_creates_a_table_and_reads_it_back(pg_database):
+    conn = await asyncpg.connect(pg_database(), timeout=10)
+    try:
+        await conn.execute("CREATE TABLE smoke (id bigint PRIMARY KEY, body text NOT NULL)")
+        await conn.executemany("INSERT INTO smoke VALUES ($1, $2)", [(i, f"row {i}") for i in range(100)])
+        assert await conn.fetchval("SELECT count(*) FROM smoke") == 100
+        assert await conn.fetchval("SELECT body FROM smoke WHERE id = 42") == "row 42"
+    finally:
+        await conn.close()
+
+
+async def test_server_commits_durably(postgres):
+    conn = await asyncpg.connect(postgres.dsn(), timeout=10)
+    try:
+        settings = {name: await conn.fetchval(f"SHOW {name}")
+                    for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")}
+    finally:
+        await conn.close()
+    assert settings["fsync"] == "on"
+    assert settings["synchronous_commit"] == "on"
+    assert settings["full_page_writes"] == "on"
+
+
+async def test_server_listens_on_loopback_only(postgres):
+    conn = await asyncpg.connect(postgres.dsn(), timeout=10)
+    try:
+        assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
+        assert await conn.fetchval("SHOW port") == str(postgres.port)
+        socket_dir = await conn.fetchval("SHOW unix_socket_directories")
+    finally:
+        await conn.close()
+    assert Path(socket_dir) == postgres.folder  # the socket is in the private folder, not /var/run/postgresql
+    assert _listening_addresses(postgres.port) == {"127.0.0.1"}
+
+
+async def test_wrong_password_is_refused(postgres):
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(postgres.dsn(password="wrong"), timeout=10)
+
+
+def test_server_does_not_run_as_root(postgres):
+    pid = int((postgres.data / "postmaster.pid").read_text().split()[0])
+    uid = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("Uid:")).split()[1])
+    assert uid != 0
+
+
+def test_a_taken_port_is_retried_on_another(postgres):
+    """The port is chosen before the server binds it: when another process took it meanwhile, start again."""
+    second = PostgresServer(postgres.bin_dir)
+    try:
+        second.start(ports=iter([postgres.port]))  # taken by the session's server
+        assert second.port != postgres.port
+        assert "could not bind" in second.log_path.read_text()
+        assert second.psql("SELECT 1") == "1"
+    finally:
+        second.stop()
+    assert not second.folder.exists()
