@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mtad.store.migrations.sqlite import SCHEMA_VERSION
 from tests.e2e.events_support import World, api, events, running_world, wait_for
 
 V1_STATE = Path(__file__).parent / "data" / "state_v1.sql"
@@ -67,7 +68,7 @@ def store_bytes(world: World) -> int:
 # --- the state file of the previous schema --------------------------------------------------------------------------
 
 async def test_a_state_file_of_the_previous_schema_is_migrated_and_its_events_kept(world):
-    assert world.mtad.query("PRAGMA user_version") == [(2,)]
+    assert world.mtad.query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert "variables" in {row[1] for row in world.mtad.query("PRAGMA table_info(events)")}
     old = await events(world, "example.com", recipient="old@dest.test")
     assert [e["id"] for e in old] == ["oldEventId0000000000000"]
@@ -149,5 +150,6 @@ async def test_one_event_is_bounded_in_bytes(world):
 
 
 def world_auth() -> dict[str, str]:
-    from tests.e2e.events_support import AUTH
+    from mtad.store.migrations.sqlite import SCHEMA_VERSION
+from tests.e2e.events_support import AUTH
     return AUTH
