@@ -281,12 +281,13 @@ async def bench_drain(folder: Path, n: int, rounds: int) -> None:
 
 def fill_events(path: Path, n: int, seed: int = 1) -> dict:
     """``n`` events of example.com over 30 days, written with events.record in big transactions."""
-    from mtad.store.engine import SCHEMA, connect
+    from mtad.store.engine import connect
+    from mtad.store.migrations.sqlite import migrate
     rng = random.Random(seed)
     conn = connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(SCHEMA)
+    migrate(conn, "bench")
     events.invalidate_webhooks()
     now = time.time()
     start = now - 30 * 86400
@@ -419,12 +420,13 @@ def _rfc(ts: float) -> str:
 # --- 3. stats ------------------------------------------------------------------------------------------------
 
 def fill_stats(path: Path) -> int:
-    from mtad.store.engine import SCHEMA, connect
+    from mtad.store.engine import connect
+    from mtad.store.migrations.sqlite import migrate
     rng = random.Random(3)
     conn = connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(SCHEMA)
+    migrate(conn, "bench")
     hour_now = int(time.time() // 3600)
     keys = ["accepted:incoming", "accepted:outgoing", "delivered:smtp", "delivered:http", "failed:temporary",
             "failed:permanent:bounce", "failed:permanent:suppress-bounce", "opened", "clicked", "stored"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mtad.config import schema as config_mod
 from mtad.config.schema import Config
-from mtad.base.errors import ConfigError
+from mtad.base.errors import ConfigError, StoreError
 
 
 class NoState(Exception):
@@ -155,9 +155,16 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 def _rw(cfg: Config) -> sqlite3.Connection:
     from mtad.store.engine import connect
+    from mtad.store.migrations.sqlite import migrate
     if not cfg.store_path.exists():
         raise _no_state(cfg)
-    return connect(cfg.store_path)
+    conn = connect(cfg.store_path)
+    try:
+        migrate(conn, str(cfg.store_path))  # a store an older mtad left: brought to this schema first
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _write(args: argparse.Namespace, fn):
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mtad: configuration error: {exc}", file=sys.stderr)
         return 2
-    except NoState as exc:
+    except (NoState, StoreError) as exc:
         print(f"mtad: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `mtad queue show ID | head`: the reader has what it wanted

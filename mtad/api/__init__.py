@@ -5,6 +5,9 @@ domains); errors are ``{"message": "..."}`` with Mailgun's status codes; no stac
 client (unexpected errors are logged and answered 500 ``{"message": "Internal error"}``). Failed
 authentication is rate-limited per client address. Each feature lives in its own module under
 ``mtad.api`` with a ``setup(app)`` that adds its routes; ``ApiContext`` carries the collaborators.
+
+Layer: may import ``mtad.ingress`` and everything below it (sends go through ingress's one commit path); only
+``mtad.app`` and ``mtad.cli`` import it. Contract: every answer, errors included, is in Mailgun's JSON shape.
 """
 
 from __future__ import annotations

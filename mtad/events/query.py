@@ -338,7 +338,7 @@ def events_query(domain: str, spec: Mapping[str, Any]) -> EventQuery:
                       min(max(int(spec["limit"]), 1), MAX_LIMIT), spec, _best(hints))
 
 
-# Equality filters an hour-bucketed index serves (see store.SCHEMA): the most selective first.
+# Equality filters an hour-bucketed index serves (see mtad.store.migrations.sqlite): the most selective first.
 HINTED = ("message-id", "recipient")
 _HINT_INDEX = {"message-id": "events_message_hour", "recipient": "events_recipient_hour"}
 MAX_HINT_HOURS = 24 * 400

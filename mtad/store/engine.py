@@ -12,25 +12,11 @@ Contract:
   never block the writer).
 - Nothing here blocks the event loop.
 
-The tables (one schema for every stage; see docs/architecture.md):
-messages            one row per accepted message; the body is stored once
-deliveries          one row per (message, destination domain): outbound work
-forwards            one row per (message, recipient, route action destination): inbound work
-webhook_deliveries  one row per (event, webhook URL)
-events              Mailgun-shaped event log
-event_variables     user variables too big to repeat in each event: stored once, named by events.variables
-stats               hourly counters maintained as events are written
-stats_daily         the same counters per day (what queries over days and months read)
-stats_dims          daily counters by provider (recipient domain) and sending IP, without tags
-suppressions        bounces / unsubscribes / complaints / whitelists per domain
-webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
-routes, kv          routes created by API; small settings (queue pauses, ...)
-domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
-messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
-Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
-(``mtad.leases``) that its holder renews and that others may take over once ``lease_until`` has passed; a
-process's own locks are released at its start (``release_stale_locks``). Columns added since a database was
-made are added when it is opened (``migrate``).
+The schema (its tables are listed in ``mtad.store.migrations.sqlite``) is built and brought forward by numbered
+steps (``mtad.store.migrations``): ``open`` runs the steps a file lacks in one transaction and refuses a file newer
+than this mtad. Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is
+a lease (``mtad.store.leases``) that its holder renews and that others may take over once ``lease_until`` has
+passed; a process's own locks are released at its start (``release_stale_locks``).
 
 Deviation from the suggested aiosqlite: aiosqlite hops to its thread once per statement; a group
 commit needs many statements of many callers executed in one transaction in one hop, so the store
@@ -50,188 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from mtad.base.errors import StoreError
+from mtad.store.migrations import sqlite as migrations
 
 log = logging.getLogger("mtad.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: events.variables and event_variables (a version 1 file is migrated on open)
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    direction TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    message_id TEXT NOT NULL DEFAULT '',
-    headers TEXT NOT NULL,
-    options TEXT NOT NULL,
-    envelope TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    stored_until REAL,
-    attachments TEXT NOT NULL DEFAULT '[]'  -- mtad.attachments.listing, for events' message.attachments
-);
-CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    domain TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    locked_by TEXT,
-    locked_at REAL,
-    lease_until REAL,
-    provider TEXT,
-    last_code INTEGER,
-    last_reply TEXT,
-    sender TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message);
-CREATE TABLE IF NOT EXISTS forwards (
-    id INTEGER PRIMARY KEY,
-    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    recipient TEXT NOT NULL,
-    route_id TEXT,
-    action TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    locked_by TEXT,
-    locked_at REAL,
-    lease_until REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS forwards_due ON forwards(state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    url TEXT NOT NULL,
-    format TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    locked_by TEXT,
-    locked_at REAL,
-    lease_until REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    timestamp REAL NOT NULL,
-    domain TEXT NOT NULL,
-    event TEXT NOT NULL,
-    recipient TEXT NOT NULL DEFAULT '',
-    message_id TEXT NOT NULL DEFAULT '',
-    queue_id TEXT NOT NULL DEFAULT '',
-    severity TEXT NOT NULL DEFAULT '',
-    data TEXT NOT NULL,
-    variables TEXT  -- the key of its user-variables in event_variables; NULL: they are inline in data
-);
-CREATE INDEX IF NOT EXISTS events_domain_time ON events(domain, timestamp);
-CREATE INDEX IF NOT EXISTS events_time ON events(timestamp);
-CREATE TABLE IF NOT EXISTS stats (
-    domain TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    event TEXT NOT NULL,
-    hour INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (domain, tag, event, hour)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS suppressions (
-    domain TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    address TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (domain, kind, address)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS routes (
-    id TEXT PRIMARY KEY,
-    priority INTEGER NOT NULL,
-    description TEXT NOT NULL,
-    expression TEXT NOT NULL,
-    actions TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS domains (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    receiving INTEGER NOT NULL DEFAULT 1,
-    spam_action TEXT NOT NULL DEFAULT 'disabled',
-    wildcard INTEGER NOT NULL DEFAULT 0,
-    dkim_selector TEXT NOT NULL,
-    dkim_key TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS credentials (
-    login TEXT PRIMARY KEY,
-    domain TEXT NOT NULL,  -- an API domain or a config one (credentials may be added to both)
-    password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS credentials_domain ON credentials(domain);
-CREATE INDEX IF NOT EXISTS events_domain_event ON events(domain, event, timestamp);
--- recipient and message-id lookups: keyed by hour first, so that inserts land in the small, hot part of the index
--- of the current hour instead of dirtying a random page per event (eventquery probes hour by hour)
-CREATE INDEX IF NOT EXISTS events_recipient_hour
-    ON events(domain, CAST(timestamp / 3600 AS INTEGER), recipient COLLATE NOCASE);
-CREATE INDEX IF NOT EXISTS events_message_hour ON events(domain, CAST(timestamp / 3600 AS INTEGER), message_id);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries(event_id);
-CREATE INDEX IF NOT EXISTS stats_tag_event_hour ON stats(tag, event, hour);  -- account-wide stats
-CREATE TABLE IF NOT EXISTS stats_daily (
-    domain TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    event TEXT NOT NULL,
-    day INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (domain, tag, event, day)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS stats_daily_tag_event_day ON stats_daily(tag, event, day);
-CREATE TABLE IF NOT EXISTS stats_dims (
-    domain TEXT NOT NULL,
-    dim TEXT NOT NULL,
-    value TEXT NOT NULL,
-    event TEXT NOT NULL,
-    day INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (domain, dim, value, event, day)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_variables (
-    key TEXT PRIMARY KEY,  -- a hash of data: the same variables are stored once, whatever names them
-    data TEXT NOT NULL,  -- the JSON object
-    last_at REAL NOT NULL  -- the newest event naming it: retention deletes it with that event
-);
-CREATE INDEX IF NOT EXISTS event_variables_last ON event_variables(last_at);
-CREATE TABLE IF NOT EXISTS webhooks (
-    domain TEXT NOT NULL,
-    hook TEXT NOT NULL,
-    url TEXT NOT NULL,
-    format TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (domain, hook, url)
-) WITHOUT ROWID;
-"""
-
+SCHEMA_VERSION = migrations.SCHEMA_VERSION  # the version ``open`` brings every file to
 
 
 class Staged:
@@ -351,26 +161,6 @@ def _settle_all(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
         loop.call_soon_threadsafe(apply, group)
 
 
-# Columns added after a table was first shipped: (table, column, definition). ``SCHEMA`` adds missing tables
-# and indexes but no columns to tables that exist, so ``Store.open`` adds these to a store made by an older
-# mtad (ADD COLUMN with a constant default rewrites nothing); older versions ignore them. Each step checks
-# what is there, so it is safe on any version.
-ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("events", "variables", "TEXT"),  # schema 1: every event held its user variables inline
-    *((table, "lease_until", "REAL") for table in ("deliveries", "forwards", "webhook_deliveries")),
-    ("messages", "attachments", "TEXT NOT NULL DEFAULT '[]'"),
-)
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a file of an older schema up to this one: add the columns it lacks (``ADDED_COLUMNS``)."""
-    for table, column, definition in ADDED_COLUMNS:
-        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            log.info("store: added column %s.%s", table, column)
-
-
 class Store:
     """SQLite store. ``open()`` before use, ``close()`` at the end.
 
@@ -397,12 +187,11 @@ class Store:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreError(f"cannot put {self.path} in WAL mode (got {mode})")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema version {version}; this mtad knows {SCHEMA_VERSION}")
-        conn.executescript(SCHEMA)
-        migrate(conn)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            migrations.migrate(conn, str(self.path))
+        except BaseException:
+            conn.close()
+            raise
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)
         self._writer.start()

@@ -5,7 +5,8 @@
 - one page of the events API holds a bounded number of bytes (it ends early, its ``next`` link goes on), and
   one event a bounded number too (longer strings are shortened);
 - a state file of the previous schema (events with inline variables) opens, is migrated, and serves its old
-  events beside new ones: the module's daemon starts on such a file (``tests/e2e/data/state_v1.sql``).
+  events beside new ones: the module's daemon starts on the state file of release bebe064
+  (``tests/e2e/data/state_bebe064.sql``, also read by test_store_migration.py).
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mtad.store.migrations.sqlite import SCHEMA_VERSION
 from tests.e2e.events_support import World, api, events, running_world, wait_for
+from tests.e2e.old_state import restore_bebe064
 
-V1_STATE = Path(__file__).parent / "data" / "state_v1.sql"
 FROM = "Sender <postmaster@example.com>"
 BLOB = "0123456789abcdef" * 250  # 4,000 bytes: 4,011 with the names, under Mailgun's 4 KB
 
 
 def from_v1_state(cfg: dict, world: World) -> None:
-    """The daemon starts on a state file as the previous schema wrote it, its old event dated now (kept)."""
-    state = Path(cfg["state_dir"])
-    state.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(state / "mtad.sqlite3")
-    conn.executescript(V1_STATE.read_text())
+    """The daemon starts on a state file as the previous schema wrote it, its old events dated now (kept)."""
+    db = Path(cfg["state_dir"]) / "mtad.sqlite3"
+    restore_bebe064(db, world.receiver.url(""))
+    conn = sqlite3.connect(db)
     conn.execute("UPDATE events SET timestamp = ?", (time.time() - 60,))
     conn.commit()
     conn.close()
@@ -67,12 +68,13 @@ def store_bytes(world: World) -> int:
 # --- the state file of the previous schema --------------------------------------------------------------------------
 
 async def test_a_state_file_of_the_previous_schema_is_migrated_and_its_events_kept(world):
-    assert world.mtad.query("PRAGMA user_version") == [(2,)]
+    assert world.mtad.query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert "variables" in {row[1] for row in world.mtad.query("PRAGMA table_info(events)")}
     old = await events(world, "example.com", recipient="old@dest.test")
-    assert [e["id"] for e in old] == ["oldEventId0000000000000"]
-    assert old[0]["user-variables"] == {"order": "old-42", "blob": "x" * 2000}
-    assert old[0]["message"]["headers"]["subject"] == "Before the upgrade" and old[0]["tags"] == ["legacy"]
+    assert sorted(e["event"] for e in old) == ["accepted", "delivered"]  # its events in bebe064's store
+    for event in old:  # whose variables bebe064 kept inline in each event
+        assert event["user-variables"] == {"order": "old-42", "blob": "x" * 2000}
+        assert event["message"]["headers"]["subject"] == "Before the upgrade" and event["tags"] == ["legacy"]
 
 
 # --- variables stored once ------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 
 from mtad.events import query as eventquery
 from mtad.events.query import Page, QueryError, events_query, events_spec, parse_expression
-from mtad.store.engine import connect, SCHEMA
+from mtad.store.engine import connect
+from mtad.store.migrations.sqlite import migrate
 
 
 def test_expression_grammar():
@@ -48,7 +49,7 @@ def test_direction_follows_begin_and_end():
 @pytest.fixture
 def conn(tmp_path):
     c = connect(tmp_path / "db.sqlite3")
-    c.executescript(SCHEMA)
+    migrate(c, "test")
     rows = []
     for i in range(40):
         kind = ("accepted", "delivered", "failed", "delivered")[i % 4]

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from mtad.store import queue as spool
-from mtad.store.engine import SCHEMA
+from mtad.store.migrations.sqlite import migrate
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome
 
 BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n"
@@ -16,7 +16,7 @@ BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r
 @pytest.fixture
 def conn():
     c = sqlite3.connect(":memory:", isolation_level=None)
-    c.executescript(SCHEMA)
+    migrate(c, "test")
     yield c
     c.close()
 

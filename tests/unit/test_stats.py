@@ -5,7 +5,8 @@ import pytest
 from mtad.events import record as events
 from mtad.events import stats
 from mtad.events.query import QueryError, parse_time
-from mtad.store.engine import SCHEMA, connect
+from mtad.store.engine import connect
+from mtad.store.migrations.sqlite import migrate
 
 DAY = 86400
 T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")
@@ -14,7 +15,7 @@ T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")
 @pytest.fixture
 def conn(tmp_path):
     c = connect(tmp_path / "db.sqlite3")
-    c.executescript(SCHEMA)
+    migrate(c, "test")
     yield c
     c.close()
 

@@ -99,9 +99,10 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
     assert dict(((r[0], r[1], r[2]), r[4]) for r in got[1]["stats_daily"]) == {
         ("example.com", "", "accepted:outgoing"): 150, ("example.com", "t1", "accepted:outgoing"): 150}
 
-    from mtad.store.engine import SCHEMA, connect  # the same events on a plain connection: counted at once
+    from mtad.store.engine import connect  # the same events on a plain connection: counted at once
+    from mtad.store.migrations import sqlite as migrations
     plain = connect(tmp_path / "plain.sqlite3")
-    plain.executescript(SCHEMA)
+    migrations.migrate(plain, "plain")
     for q in ids:
         spool.enqueue(plain, q, msg, 7200.0)
     assert _counters(plain) == got[1]
@@ -189,8 +190,8 @@ async def test_queue_flush_unlocks_expired_leases_only(store):
 
 async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp_path):
     """A state database made before leases (no lease_until) opens; the column is added and claims work."""
-    from mtad.store import engine as store_mod
-    old_schema = store_mod.SCHEMA.replace("    lease_until REAL,\n", "")
+    from mtad.store.migrations import sqlite as migrations
+    old_schema = migrations.V1_SCHEMA
     assert "lease_until" not in old_schema
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)

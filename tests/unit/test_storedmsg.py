@@ -8,14 +8,14 @@ import pytest
 
 from mtad.store import queue as spool
 from mtad.inbound import store_action as storedmsg
-from mtad.store import engine as store_mod
+from mtad.store.migrations.sqlite import migrate
 from mtad.base.types import Envelope, HeaderSummary, NewMessage
 
 
 @pytest.fixture
 def conn(tmp_path):
     c = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
-    c.executescript(store_mod.SCHEMA)
+    migrate(c, "test")
     yield c
     c.close()
 

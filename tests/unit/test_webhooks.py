@@ -11,7 +11,8 @@ from mtad.events import retention
 from mtad.events import webhooks
 from mtad.config.schema import WebhookConfig, WebhooksConfig
 from mtad.net.httpclient import HttpResult
-from mtad.store.engine import SCHEMA, connect
+from mtad.store.engine import connect
+from mtad.store.migrations.sqlite import migrate
 
 KEY = "key-signing"
 
@@ -19,7 +20,7 @@ KEY = "key-signing"
 @pytest.fixture
 def conn(tmp_path):
     c = connect(tmp_path / "db.sqlite3")
-    c.executescript(SCHEMA)
+    migrate(c, "test")
     events.invalidate_webhooks()
     yield c
     events.invalidate_webhooks()

@@ -1,0 +1,308 @@
+"""The SQLite store's schema, as numbered steps (see ``mtad.store.migrations`` for the contract).
+
+The tables (one schema for every stage; see docs/architecture.md):
+messages            one row per accepted message; the body is stored once
+deliveries          one row per (message, destination domain): outbound work
+forwards            one row per (message, recipient, route action destination): inbound work
+webhook_deliveries  one row per (event, webhook URL)
+events              Mailgun-shaped event log
+event_variables     user variables too big to repeat in each event: stored once, named by events.variables
+stats               hourly counters maintained as events are written
+stats_daily         the same counters per day (what queries over days and months read)
+stats_dims          daily counters by provider (recipient domain) and sending IP, without tags
+suppressions        bounces / unsubscribes / complaints / whitelists per domain
+webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
+routes, kv          routes created by API; small settings (queue pauses, ...)
+domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
+messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
+Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
+(``mtad.store.leases``).
+
+The version is SQLite's ``PRAGMA user_version``; ``migrate`` runs the steps a file lacks in one transaction
+(``BEGIN IMMEDIATE``: a second process opening the same file waits, then finds it migrated).
+
+History of the numbers: release bebe064 stamped 1. From f496db1 to d09700a mtad stamped 2 on files that, besides
+step 2's variables, also got the columns of steps 3 and 4 added at every open (the ``ADDED_COLUMNS`` of that time);
+steps 2 to 4 therefore add only what is missing, so a file stamped 2 by any of those builds ends the same.
+A fresh file runs every step: the columns added by later steps come last in their tables (as in a migrated file),
+which no code depends on (rows are read by column name).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from mtad.base.errors import StoreError
+from mtad.store.migrations import Migration, check, latest, pending
+
+log = logging.getLogger("mtad.store")
+
+WORK_TABLES = ("deliveries", "forwards", "webhook_deliveries")
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Execute the statements of ``script`` one by one in the open transaction (``executescript`` would COMMIT
+    it first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {statement.strip()[:80]!r}")
+
+
+def add_column(conn: sqlite3.Connection, table: str, column: str, definition: str) -> bool:
+    """``ALTER TABLE table ADD COLUMN column definition`` unless the column is there; True if added. (With a
+    constant default SQLite rewrites no row.)"""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if column in present:
+        return False
+    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return True
+
+
+# --- 1: the schema of release bebe064, verbatim ------------------------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    direction TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    message_id TEXT NOT NULL DEFAULT '',
+    headers TEXT NOT NULL,
+    options TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    stored_until REAL
+);
+CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    domain TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    locked_by TEXT,
+    locked_at REAL,
+    provider TEXT,
+    last_code INTEGER,
+    last_reply TEXT,
+    sender TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message);
+CREATE TABLE IF NOT EXISTS forwards (
+    id INTEGER PRIMARY KEY,
+    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    recipient TEXT NOT NULL,
+    route_id TEXT,
+    action TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    locked_by TEXT,
+    locked_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS forwards_due ON forwards(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    url TEXT NOT NULL,
+    format TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    locked_by TEXT,
+    locked_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    timestamp REAL NOT NULL,
+    domain TEXT NOT NULL,
+    event TEXT NOT NULL,
+    recipient TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    queue_id TEXT NOT NULL DEFAULT '',
+    severity TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_domain_time ON events(domain, timestamp);
+CREATE INDEX IF NOT EXISTS events_time ON events(timestamp);
+CREATE TABLE IF NOT EXISTS stats (
+    domain TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    event TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (domain, tag, event, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS suppressions (
+    domain TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    address TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (domain, kind, address)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS routes (
+    id TEXT PRIMARY KEY,
+    priority INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    expression TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    receiving INTEGER NOT NULL DEFAULT 1,
+    spam_action TEXT NOT NULL DEFAULT 'disabled',
+    wildcard INTEGER NOT NULL DEFAULT 0,
+    dkim_selector TEXT NOT NULL,
+    dkim_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    login TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,  -- an API domain or a config one (credentials may be added to both)
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credentials_domain ON credentials(domain);
+CREATE INDEX IF NOT EXISTS events_domain_event ON events(domain, event, timestamp);
+-- recipient and message-id lookups: keyed by hour first, so that inserts land in the small, hot part of the index
+-- of the current hour instead of dirtying a random page per event (eventquery probes hour by hour)
+CREATE INDEX IF NOT EXISTS events_recipient_hour
+    ON events(domain, CAST(timestamp / 3600 AS INTEGER), recipient COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS events_message_hour ON events(domain, CAST(timestamp / 3600 AS INTEGER), message_id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries(event_id);
+CREATE INDEX IF NOT EXISTS stats_tag_event_hour ON stats(tag, event, hour);  -- account-wide stats
+CREATE TABLE IF NOT EXISTS stats_daily (
+    domain TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    event TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (domain, tag, event, day)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stats_daily_tag_event_day ON stats_daily(tag, event, day);
+CREATE TABLE IF NOT EXISTS stats_dims (
+    domain TEXT NOT NULL,
+    dim TEXT NOT NULL,
+    value TEXT NOT NULL,
+    event TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (domain, dim, value, event, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhooks (
+    domain TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    url TEXT NOT NULL,
+    format TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, hook, url)
+) WITHOUT ROWID;
+"""
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    run_script(conn, V1_SCHEMA)
+
+
+# --- 2: a message's user variables stored once -------------------------------------------------------------------
+
+def _v2(conn: sqlite3.Connection) -> None:
+    add_column(conn, "events", "variables",
+               "TEXT")  # the key of its user-variables in event_variables; NULL: they are inline in data
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS event_variables (
+    key TEXT PRIMARY KEY,  -- a hash of data: the same variables are stored once, whatever names them
+    data TEXT NOT NULL,  -- the JSON object
+    last_at REAL NOT NULL  -- the newest event naming it: retention deletes it with that event
+);
+CREATE INDEX IF NOT EXISTS event_variables_last ON event_variables(last_at);
+""")
+
+
+# --- 3: claims are leases ----------------------------------------------------------------------------------------
+
+def _v3(conn: sqlite3.Connection) -> None:
+    for table in WORK_TABLES:
+        add_column(conn, table, "lease_until", "REAL")
+        # a lock taken before leases is held by nobody who renews it: its lease has run out
+        conn.execute(f"UPDATE {table} SET lease_until = locked_at WHERE locked_by IS NOT NULL AND lease_until IS NULL")
+
+
+# --- 4: the attachments of a message, for events -----------------------------------------------------------------
+
+def _v4(conn: sqlite3.Connection) -> None:
+    add_column(conn, "messages", "attachments",
+               "TEXT NOT NULL DEFAULT '[]'")  # mtad.mail.attachments.listing, for events' message.attachments
+
+
+STEPS: tuple[Migration, ...] = (
+    Migration(1, "the schema of release bebe064", _v1),
+    Migration(2, "events.variables and event_variables: user variables stored once", _v2),
+    Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
+    Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
+)
+check(STEPS)
+SCHEMA_VERSION = latest(STEPS)
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> tuple[int, int]:
+    """Bring the file of ``conn`` (autocommit, no transaction open) to ``SCHEMA_VERSION``: the steps it lacks and
+    the new ``user_version`` in one transaction. Returns (version before, version after); ``StoreError`` if the
+    file is newer than this mtad (nothing written) or a step fails (rolled back, nothing written)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = version(conn)
+        steps = pending(STEPS, before, where)
+        for step in steps:
+            try:
+                step.apply(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{where}: schema version {step.version} ({step.description}) failed: {exc};"
+                                 f" the file is left at version {before}") from exc
+        if steps:
+            conn.execute(f"PRAGMA user_version={steps[-1].version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if steps and before:
+        for step in steps:
+            log.info("store: %s migrated to schema version %d: %s", where, step.version, step.description)
+    return before, SCHEMA_VERSION
