@@ -3,7 +3,7 @@
 
     python bench/inbound_bench.py [--msgs 3000] [--sessions 20] [--size 1024] [--rounds 3]
                                   [--format parsed|mime] [--max-concurrent 50] [--out results.jsonl] [--keep]
-                                  [--profile FILE [--gil]] [--mtad-src DIR]
+                                  [--profile FILE [--gil]] [--mtad-src DIR] [--no-fasthttp]
 
 One mtad (``python -m mtad run``, the work tree) with one MX listener on 127.0.0.1 (``tls: none``,
 ``example.net`` a receiving domain, log level warning, no outbound delivery, no HTTP API) and two routes:
@@ -49,6 +49,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from run_ingress import tree_cpu_rss  # noqa: E402
+
+# ``python -m mtad`` with every HttpClient made with fast_post=False (--no-fasthttp): the aiohttp path alone.
+NO_FASTHTTP = """
+import functools, sys
+from mtad.net import httpclient
+httpclient.HttpClient.__init__ = functools.partialmethod(httpclient.HttpClient.__init__, fast_post=False)
+from mtad.cli import main
+sys.argv[0] = "mtad"
+raise SystemExit(main())
+"""
 
 TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "stats", "stats_dims", "messages")
 
@@ -216,7 +226,8 @@ async def main_async(args: argparse.Namespace) -> int:
     port = free_port()
     config = write_config(work, port, app.port, args.format, args.max_concurrent)
     log = open(work / "mtad.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(config)], cwd=args.mtad_src,
+    launch = ["-c", NO_FASTHTTP] if args.no_fasthttp else ["-m", "mtad"]
+    proc = subprocess.Popen([sys.executable, *launch, "run", "--config", str(config)], cwd=args.mtad_src,
                             stdout=log, stderr=subprocess.STDOUT)
     records: list[dict] = []
     out = open(args.out, "a") if args.out else None
@@ -277,6 +288,8 @@ def main() -> int:
     ap.add_argument("--max-concurrent", type=int, default=50, help="routing.max_concurrent (POSTs in flight)")
     ap.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
     ap.add_argument("--mtad-src", default=str(REPO), help="measure the mtad package in this folder (default: the work tree)")
+    ap.add_argument("--no-fasthttp", action="store_true",
+                    help="mtad posts forwards with aiohttp only (HttpClient(fast_post=False)), not mtad.net.fasthttp")
     ap.add_argument("--work", help="folder for mtad's state (default: a temporary folder, deleted)")
     ap.add_argument("--out", help="append each run's record (JSON line) here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")

@@ -257,6 +257,15 @@ class App:
         self.pruner = retention.Pruner(self.store, cfg.store.event_retention.seconds)
         self._background.append(asyncio.create_task(self.pruner.run(), name="retention"))
 
+    def _metrics_sources(self):
+        """What ``GET /metrics`` reads, as it is now (webhooks and the pruner start after the API)."""
+        from mtad.api.metrics import MetricsSources
+        return MetricsSources(store=self.store, sessions=self.sessions, ingress=self.ingress,
+                              forwarder=getattr(self, "forwarder", None),
+                              webhook_dispatcher=getattr(self, "webhook_dispatcher", None),
+                              webhook_loop=getattr(self, "webhook_loop", None), pruner=getattr(self, "pruner", None),
+                              event_counters=getattr(self, "event_counters", None))
+
     async def _start_api(self) -> None:
         from aiohttp import web
         from mtad.api import ApiContext, create_app
@@ -264,9 +273,12 @@ class App:
         cfg = self.cfg
         keys, generated = api_keys(cfg)
         base_url = api_base_url(cfg, self.api_address)
-        self.api_context = ApiContext(config=cfg.api, keys=keys, store=self.store, base_url=base_url, extras={
-            "app": self, "ingress": self.ingress, "routing": self.routing, "scheduler": self.scheduler,
-            "signing_key": self.signing_key, "mtad_config": cfg})
+        self.api_keys = keys
+        self.api_context = ApiContext(
+            config=cfg.api, store=self.store, base_url=base_url, keys=lambda: self.api_keys,
+            running_config=lambda: self.cfg, allowed_networks=cfg.routing.allowed_networks, ingress=self.ingress,
+            routing=self.routing, accounts=lambda: self.accounts, apply_accounts=self.apply_accounts,
+            metrics=self._metrics_sources)
         from mtad.api.server import ApiRunner  # unparsable requests answered in the API's JSON shape
         self.api_runner = ApiRunner(create_app(self.api_context, all_features()), access_log=None)
         await self.api_runner.setup()
@@ -377,7 +389,7 @@ class App:
         if getattr(self, "api_context", None) is None:
             return
         try:
-            self.api_context.keys = api_keys(cfg)[0]
+            self.api_keys = api_keys(cfg)[0]
         except OSError as exc:
             log.error("reload: API keys not changed: %s", exc)
 

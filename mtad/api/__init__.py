@@ -4,7 +4,10 @@ Conventions (Mailgun's): HTTP basic auth with user ``api`` and an API key (keys 
 domains); errors are ``{"message": "..."}`` with Mailgun's status codes; no stack trace ever reaches a
 client (unexpected errors are logged and answered 500 ``{"message": "Internal error"}``). Failed
 authentication is rate-limited per client address. Each feature lives in its own module under
-``mtad.api`` with a ``setup(app)`` that adds its routes; ``ApiContext`` carries the collaborators.
+``mtad.api`` with a ``setup(app)`` that adds its routes. ``ApiContext`` carries the collaborators handlers
+use, each named and typed (``context(request).store``, ``.ingress``, ...), built by mtad/app.py: no handler
+reaches the ``App`` or looks a collaborator up by name.
+
 
 Layer: may import ``mtad.ingress`` and everything below it (sends go through ingress's one commit path); only
 ``mtad.app`` and ``mtad.cli`` import it. Contract: every answer, errors included, is in Mailgun's JSON shape.
@@ -18,12 +21,20 @@ import hmac
 import logging
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from mtad.config.schema import ApiConfig
+
+if TYPE_CHECKING:
+    from mtad.api.metrics import MetricsSources
+    from mtad.config.schema import Config
+    from mtad.inbound.routing import Routing
+    from mtad.ingress.pipeline import Ingress
+    from mtad.store.accounts import Accounts
+    from mtad.store.engine import Store
 
 log = logging.getLogger("mtad.api")
 
@@ -43,21 +54,23 @@ class ApiKey:
         return not self.domains or domain is None or domain.lower() in self.domains
 
 
-@dataclass
+@dataclass(frozen=True)
 class ApiContext:
-    """What handlers need; built by app.py. ``extras`` holds feature collaborators by name."""
+    """What the handlers need, built by app.py. What changes while mtad runs (a reload, a domain made
+    through the API) is a function returning it now, never a copy taken at start."""
 
-    config: ApiConfig
-    keys: list[ApiKey]
-    store: Any
-    base_url: str
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["extras"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    config: ApiConfig  # the api: section as started (listener, body size, auth failure limit)
+    store: "Store"  # every read and write of durable state
+    base_url: str  # the API's URL as clients see it: paging links, stored-message URLs
+    keys: Callable[[], Sequence[ApiKey]]  # the API keys now (a reload replaces them)
+    running_config: Callable[[], "Config"]  # the configuration now (a reload replaces it): config-file domains,
+    # users, DKIM key files, delivery settings
+    allowed_networks: tuple[str, ...]  # routing.allowed_networks as the HTTP client applies it (fixed at start)
+    ingress: "Ingress"  # the send paths' way in: hostname, limits, directory, commit_many
+    routing: "Routing"  # the route table: config routes, API routes replaced after a change
+    accounts: Callable[[], "Accounts"]  # domains and SMTP credentials made through the API, now
+    apply_accounts: Callable[["Accounts"], None]  # after a change: new directory and DKIM keys, no restart
+    metrics: Callable[[], "MetricsSources"]  # what /metrics reads, as it is now
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -95,7 +108,7 @@ class AuthLimiter:
         self._failures[client].append(now)
 
 
-def _authenticate(request: web.Request, keys: list[ApiKey]) -> ApiKey | None:
+def _authenticate(request: web.Request, keys: Sequence[ApiKey]) -> ApiKey | None:
     header = request.headers.get("Authorization", "")
     scheme, _, blob = header.partition(" ")
     if scheme.lower() != "basic":
@@ -144,7 +157,7 @@ def _middlewares(ctx: ApiContext) -> list:
         now = time.monotonic()
         if limiter.blocked(client, now):
             return error(429, "Too many failed authentication attempts, try again later")
-        key = _authenticate(request, ctx.keys)
+        key = _authenticate(request, ctx.keys())
         if key is None:
             limiter.fail(client, now)
             resp = error(401, "Forbidden")

@@ -91,7 +91,7 @@ def _config_domains(ctx: ApiContext) -> dict[str, bool]:
 
 
 def _cfg(ctx: ApiContext):
-    return ctx.app.cfg  # the running configuration (it changes on reload)
+    return ctx.running_config()  # it changes on reload
 
 
 def _config_keys(ctx: ApiContext, name: str) -> list[dkim.DkimKey]:
@@ -110,7 +110,7 @@ def _config_keys(ctx: ApiContext, name: str) -> list[dkim.DkimKey]:
 
 
 def _accounts(ctx: ApiContext) -> accounts_mod.Accounts:
-    return ctx.app.accounts
+    return ctx.accounts()
 
 
 def _domain_json(request: web.Request, name: str, source: str, created: float, receiving: bool,
@@ -250,7 +250,7 @@ async def _with_records(request: web.Request, name: str, body: dict[str, Any]) -
 
 async def _apply(request: web.Request) -> None:
     ctx = context(request)
-    ctx.app.apply_accounts(await ctx.store.read(accounts_mod.load))
+    ctx.apply_accounts(await ctx.store.read(accounts_mod.load))
 
 
 def _read_only(what: str) -> web.Response:

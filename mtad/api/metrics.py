@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,6 +24,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from mtad.outbound import providers
 from mtad.api import context
+
+if TYPE_CHECKING:
+    from mtad.events.retention import Pruner
+    from mtad.events.webhooks import Dispatcher, WebhookLoop
+    from mtad.inbound.forward import Forwarder
+    from mtad.ingress.pipeline import Ingress
+    from mtad.smtp.server import Sessions
+    from mtad.store.engine import Store
 
 
 class EventCounters:
@@ -71,14 +80,28 @@ def _snapshot(conn) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class MetricsSources:
+    """The running parts /metrics reads (built by app.py at each scrape); None where that part does not run."""
+
+    store: "Store"
+    sessions: "Sessions | None" = None
+    ingress: "Ingress | None" = None
+    forwarder: "Forwarder | None" = None
+    webhook_dispatcher: "Dispatcher | None" = None
+    webhook_loop: "WebhookLoop | None" = None
+    pruner: "Pruner | None" = None
+    event_counters: EventCounters | None = None
+
+
 class _Collector:
-    def __init__(self, app: Any, snapshot: dict[str, Any]):
-        self.app = app
+    def __init__(self, sources: MetricsSources, snapshot: dict[str, Any]):
+        self.sources = sources
         self.snapshot = snapshot
 
     def collect(self):
-        app, snap = self.app, self.snapshot
-        counters: EventCounters | None = getattr(app, "event_counters", None)
+        src, snap = self.sources, self.snapshot
+        counters = src.event_counters
         depth = GaugeMetricFamily("mtad_queue_depth", "Pending outbound deliveries (one per message and destination"
                                   " domain) by state and provider", labels=["state", "provider"])
         by: Counter[tuple[str, str]] = Counter()
@@ -114,11 +137,11 @@ class _Collector:
             for (outcome, provider), n in sorted(deliveries.items()):
                 fam.add_metric([outcome, provider], n)
             yield fam
-        sessions = getattr(app, "sessions", None)
+        sessions = src.sessions
         if sessions is not None:
             yield CounterMetricFamily("mtad_smtp_sessions", "SMTP connections accepted", value=sessions.total_connections)
             yield GaugeMetricFamily("mtad_smtp_sessions_active", "SMTP connections open now", value=len(sessions.active))
-        ingress = getattr(app, "ingress", None)
+        ingress = src.ingress
         if ingress is not None:
             fam = CounterMetricFamily("mtad_smtp_messages", "Messages at the end of DATA by result (accepted = 250,"
                                       " refused = 5xx, store_failure = 452)", labels=["result"])
@@ -144,26 +167,26 @@ class _Collector:
                 refused.add_metric([scope], guard.refused[scope])
             yield fam
             yield refused
-        forwarder = getattr(app, "forwarder", None)
+        forwarder = src.forwarder
         if forwarder is not None:
             fam = CounterMetricFamily("mtad_forwards", "Route forward POSTs by outcome", labels=["outcome"])
             for name in ("delivered", "retried", "failed"):
                 fam.add_metric([name], forwarder.counters.get(name, 0))
             yield fam
-        dispatcher = getattr(app, "webhook_dispatcher", None)
+        dispatcher = src.webhook_dispatcher
         if dispatcher is not None:
             fam = CounterMetricFamily("mtad_webhook_posts", "Webhook POSTs by outcome", labels=["outcome"])
             for name in ("done", "retried", "failed"):
                 fam.add_metric([name], dispatcher.counters.get(name, 0))
             yield fam
-        loop = getattr(app, "webhook_loop", None)
+        loop = src.webhook_loop
         if loop is not None:
             yield GaugeMetricFamily("mtad_webhook_inflight", "Webhook POSTs in flight", value=loop.inflight)
-        pruner = getattr(app, "pruner", None)
+        pruner = src.pruner
         if pruner is not None:
             yield CounterMetricFamily("mtad_events_pruned", "Events and webhook rows deleted by retention",
                                       value=pruner.pruned)
-        store = app.store
+        store = src.store
         yield CounterMetricFamily("mtad_store_commits", "Store transactions committed", value=store.commits)
         yield CounterMetricFamily("mtad_store_writes", "Writes committed (several per group commit)",
                                   value=store.committed_writes)
@@ -173,10 +196,9 @@ class _Collector:
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = context(request)
-    app = ctx.app
     snapshot = await ctx.store.read(_snapshot)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(app, snapshot))
+    registry.register(_Collector(ctx.metrics(), snapshot))
     resp = web.Response(body=generate_latest(registry))
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
     return resp

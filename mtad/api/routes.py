@@ -66,7 +66,7 @@ def _check(ctx: ApiContext, route: Route) -> str | None:
         compiled = compile_route(route, allow_backtracking=ctx.routing.allow_backtracking)
     except RouteSyntaxError as exc:
         return f"Invalid route: {exc}"
-    allowed = ctx.mtad_config.routing.allowed_networks
+    allowed = ctx.allowed_networks
     for n, action in enumerate(compiled.actions, 1):
         urls = [d for d in action.destinations if "://" in d] + ([action.notify] if action.notify else [])
         for url in urls:

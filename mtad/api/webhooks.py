@@ -57,7 +57,7 @@ async def _change(request: web.Request, hook: str, *, create: bool) -> web.Respo
     domain = request.match_info["domain"].lower()
     urls, fmt = await _form(request)
     try:
-        webhooks.check_change(hook, urls, fmt, context(request).mtad_config.routing.allowed_networks)
+        webhooks.check_change(hook, urls, fmt, context(request).allowed_networks)
         now = time.time()
         await context(request).store.write(lambda c: webhooks.put_webhook(c, domain, hook, urls, fmt, now,
                                                                            create=create))
@@ -117,7 +117,7 @@ async def _v4_change(request: web.Request, *, replace: bool) -> web.Response:
         types = _event_types(form)
         remove = [t for t in WEBHOOK_IDS if t not in types] if replace else []
         now = time.time()
-        networks = context(request).mtad_config.routing.allowed_networks
+        networks = context(request).allowed_networks
 
         def write(conn) -> dict:
             webhooks.put_url(conn, domain, url, add=types, remove=remove, now=now, allowed_networks=networks)

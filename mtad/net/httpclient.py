@@ -135,7 +135,9 @@ class HttpResult:
 class HttpClient:
     """One aiohttp session for all forwards and webhooks."""
 
-    def __init__(self, allowed_networks: tuple[str, ...], timeout: float, user_agent: str = "mtad"):
+    def __init__(self, allowed_networks: tuple[str, ...], timeout: float, user_agent: str = "mtad",
+                 fast_post: bool = True):
+        self.fast_post = fast_post  # False: aiohttp for every request (bench/forward_client_bench.py compares)
         self.resolver = GuardedResolver(allowed_networks)
         self.timeout = timeout
         self.user_agent = user_agent
@@ -163,7 +165,7 @@ class HttpClient:
         except ValueError:
             pass  # a name: checked by the resolver at connect time
         else:
-            if parts.scheme == "http" and isinstance(data, bytes) and json is None and "@" not in parts.netloc:
+            if self.fast_post and parts.scheme == "http" and isinstance(data, bytes) and json is None and "@" not in parts.netloc:
                 return await self._post_fast(parts, host, data, headers or {})
         try:
             async with self.session().post(url, data=data, json=json, headers=headers,

@@ -1,10 +1,10 @@
-"""The SMTP protocol engine: an aiosmtpd ``SMTP`` subclass with mtad's command loop and limits.
+"""The SMTP protocol engine: mtad's command loop, commands and limits on aiosmtpd's STARTTLS.
 
-Kept from aiosmtpd: the STARTTLS plumbing (which discards plaintext pipelined before the
-handshake), timeouts, ``push`` and ``challenge_auth``. Replaced: the per-connection set-up (aiosmtpd
-introspects every method on each connection), the command loop (limits, error budget, 451 instead of
-aiosmtpd's ``500 Error: (OSError) ...`` on internal errors), EHLO, MAIL/RCPT parsing, AUTH (checked off
-the event loop) and DATA (read in bulk, see dataread). Policy — who may relay, what is stored — is
+``MtadSMTP`` builds on ``seam.AiosmtpdSeam``, the one class that knows aiosmtpd's internals (what is kept
+from aiosmtpd — the STARTTLS plumbing — and what is replaced, and why, is listed there). This module
+implements the command loop (limits, error budget, 451 instead of aiosmtpd's ``500 Error: (OSError) ...``
+on internal errors), EHLO, MAIL/RCPT parsing, AUTH (checked off the event loop) and DATA (read in bulk,
+see dataread), and uses no aiosmtpd internals itself. Policy — who may relay, what is stored — is
 the ``policy`` object's job (ingress.py); this module only speaks the protocol.
 """
 
@@ -20,20 +20,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope as _AioEnvelope, Session as _AioSession, TLSSetupException
-
 from mtad.config.schema import LimitsConfig, ListenerConfig
 from mtad.smtp.dataread import read_data
+from mtad.smtp.seam import AiosmtpdSeam, Envelope as _AioEnvelope, Session as _AioSession, TLSSetupException
 from mtad.base.inflight import ByteBudget
 
 log = logging.getLogger("mtad.smtp")
-logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every line at INFO
 
 _MAIL = re.compile(r"^FROM:\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$", re.I | re.S)
 _RCPT = re.compile(r"^TO:\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$", re.I | re.S)
 _LOCAL = re.compile(r"^[^\s\x00-\x1f\x7f<>()\[\]\\,;:@\"]+$|^\"(?:[^\"\\\r\n]|\\.)*\"$")
 _DOMAIN = re.compile(r"^(?:[^\s\x00-\x20\x7f@.<>\[\]()\\,;:\"]+(?:\.[^\s\x00-\x20\x7f@.<>\[\]()\\,;:\"]+)*"
                      r"|\[[0-9A-Fa-f:.IPv]+\])$")
+_NOT_IMPLEMENTED = frozenset({"HELP", "EXPN", "VRFY"})  # known verbs mtad does not offer: 502, not 500
 
 
 class AddressError(ValueError):
@@ -156,42 +155,23 @@ class Sessions:
             s.abort()
 
 
-class MtadSMTP(SMTP):
-    """One SMTP connection."""
+class MtadSMTP(AiosmtpdSeam):
+    """One SMTP connection: mtad's command loop and commands on aiosmtpd's STARTTLS (see seam.py)."""
 
     _COMMANDS: dict[str, Any] = {}
     ident = "ESMTP mtad"
 
     def __init__(self, policy: Policy, listener: ListenerConfig, limits: LimitsConfig, hostname: str,
                  tls_context: ssl.SSLContext | None, sessions: Sessions, loop: asyncio.AbstractEventLoop):
-        # SMTP.__init__ introspects handler and self on every connection; set its attributes directly.
-        asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=loop, limit=limits.max_command_length + 2),
-            client_connected_cb=self._cb_client_connected, loop=loop)
-        self.loop = loop
+        self._init_aiosmtpd_state(loop, line_limit=limits.max_command_length + 2,
+                                  timeout=limits.command_timeout.seconds,
+                                  tls_context=tls_context if listener.tls == "starttls" else None)
         self.policy = policy
         self.listener = listener
         self.limits = limits
         self.hostname = hostname
-        self.__ident__ = self.ident
         self.implicit_tls = listener.tls == "implicit"
-        self.tls_context = tls_context if listener.tls == "starttls" else None
-        self.require_starttls = False
-        self.event_handler = None
         self.data_size_limit = int(limits.max_message_size)
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False
-        self._timeout_duration = limits.command_timeout.seconds
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._handle_hooks = {}
-        self._proxy_timeout = None
         self.sessions = sessions
         self.client_ip = ""
         self.tx = Transaction()
@@ -200,8 +180,6 @@ class MtadSMTP(SMTP):
         self.auth_failures = 0
         self.errors = 0
         self._lifetime_handle: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._armed_at = 0.0
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -209,14 +187,16 @@ class MtadSMTP(SMTP):
 
     @classmethod
     def commands(cls) -> dict[str, Any]:
+        """The ``smtp_*`` methods mtad defines, by verb; aiosmtpd's own (HELP, VRFY, EXPN) are not in it."""
         if not cls._COMMANDS:
-            cls._COMMANDS = {n[5:]: getattr(cls, n) for n in dir(cls) if n.startswith("smtp_")}
+            cls._COMMANDS = {n[5:]: getattr(cls, n) for n in dir(cls)
+                             if n.startswith("smtp_") and getattr(cls, n) is not getattr(AiosmtpdSeam, n, None)}
         return cls._COMMANDS
 
-    # --- aiosmtpd hooks --------------------------------------------------------------------------
+    # --- aiosmtpd hooks (seam.py) ----------------------------------------------------------------
     def _create_session(self) -> SessionInfo:
         s = SessionInfo(self.loop)
-        s.tls = self.implicit_tls or self._tls_protocol is not None
+        s.tls = self.tls_active
         s.client_ip = self.client_ip
         s.listener = self.listener
         return s
@@ -231,14 +211,6 @@ class MtadSMTP(SMTP):
             self.client_ip = peer[0] if peer else ""
         super().connection_made(transport)
 
-    def eof_received(self) -> bool | None:
-        # aiosmtpd cancels the session here, dropping commands the client pipelined before closing its
-        # side (``...<CRLF>.<CRLF>QUIT`` then FIN loses the 250 of a committed message). Let the command
-        # loop read to the end instead; it closes the connection at IncompleteReadError. A TLS
-        # transport cannot stay half-open: returning False closes it.
-        self._reader.feed_eof()
-        return not self.tls_active
-
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.remove(self)
         if self._lifetime_handle:
@@ -248,35 +220,6 @@ class MtadSMTP(SMTP):
     def _timeout_cb(self) -> None:
         log.info("%s timeout", self.client_ip)
         self._say_goodbye("421 4.4.2 Timeout exceeded, closing connection")
-
-    # Timers: one lazily re-armed handle per session instead of cancelling and re-creating a TimerHandle
-    # on every command (aiosmtpd's way); the handle fires, sees a later deadline, and re-arms itself.
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        deadline = self.loop.time() + (duration or self._timeout_duration)
-        self._deadline = deadline
-        if self._timeout_handle is None or self._armed_at > deadline:
-            if self._timeout_handle is not None:
-                self._timeout_handle.cancel()
-            self._armed_at = deadline
-            self._timeout_handle = self.loop.call_at(deadline, self._check_timeout)
-
-    def _check_timeout(self) -> None:
-        now = self.loop.time()
-        if now < self._deadline:
-            self._armed_at = self._deadline
-            self._timeout_handle = self.loop.call_at(self._deadline, self._check_timeout)
-            return
-        self._timeout_cb()
-
-    async def push(self, status: str | bytes) -> None:
-        """Write a reply; wait for the socket only when its buffer is full (no drain per reply)."""
-        data = (status.encode("utf-8") if isinstance(status, str) else status) + b"\r\n"
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(data)
-        if transport.get_write_buffer_size() > 65536:
-            await self._writer.drain()
 
     @property
     def tls_active(self) -> bool:
@@ -348,11 +291,11 @@ class MtadSMTP(SMTP):
                     await self._error("500 5.5.2 Syntax error: command is not valid UTF-8")
                     continue
                 method = commands.get(command)
-                if method is None or command in ("HELP", "EXPN", "VRFY"):
-                    if method is not None:
+                if method is None:
+                    if command in _NOT_IMPLEMENTED:
                         await self.push("502 5.5.1 Command not implemented")
                         continue
-                    await self._error(f"500 5.5.2 Syntax error: command not recognised")
+                    await self._error("500 5.5.2 Syntax error: command not recognised")
                     continue
                 self._reset_timeout()
                 await method(self, arg)
@@ -439,7 +382,7 @@ class MtadSMTP(SMTP):
         elif self.tls_context is None:
             await self._error("454 4.7.0 TLS not available")
         else:
-            await SMTP.smtp_STARTTLS(self, arg)
+            await super().smtp_STARTTLS(arg)  # aiosmtpd's handshake (seam.py)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         if not self.session.host_name or not self.session.extended_smtp:

@@ -188,3 +188,36 @@ def test_batch_gives_one_copy_per_address_and_refuses_a_bcc_header():
     with pytest.raises(ComposeError) as exc:
         build(BASE + [("h:Bcc", "hidden@x.test")])
     assert exc.value.field == "h:Bcc"
+
+
+@pytest.mark.parametrize("field", ["subject", "h:X-A"])
+@pytest.mark.parametrize("bad", ["\n", "\r\n", "\r"])
+def test_a_trailing_line_break_is_refused_too(field, bad):
+    """email.policy on Python 3.11.7 lets this one through, and it would end the header block early."""
+    fields = dict(BASE)
+    fields[field] = "Hi" + bad
+    with pytest.raises(ComposeError) as exc:
+        build(list(fields.items()))
+    assert exc.value.field == field
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"])
+def test_unicode_line_separators_in_a_subject_are_encoded_not_written_raw(separator):
+    from mtad.mail import headers
+    c = build([("from", "me@example.com"), ("to", "a@x.test"), ("subject", f"one{separator}two: x"), ("text", "t")])
+    content = c.copies[0].content
+    assert content.isascii()  # RFC 2047 encoded words; the separator becomes a fold, never a raw line break
+    fields, _ = headers.parse_block(content, 100, 100_000)
+    assert [f.name for f in fields] == ["From", "To", "Subject", "Message-ID", "Date", "MIME-Version", "Content-Type",
+                                        "Content-Transfer-Encoding"]
+    assert c.copies[0].summary.subject == "one two: x"
+
+
+def test_attachment_names_are_quoted_or_rfc2231_encoded():
+    c = build(BASE, [Upload("attachment", 'a "q" \\ b.txt', "text/plain", b"x"),
+                     Upload("attachment", "rapport é.pdf", "application/pdf", b"y")])
+    content = c.copies[0].content
+    assert b'filename="a \\"q\\" \\\\ b.txt"' in content
+    assert b"filename*=utf-8''rapport%20%C3%A9.pdf" in content
+    names = [p.get_filename() for p in parsed(c.copies[0]).iter_attachments()]
+    assert names == ['a "q" \\ b.txt', "rapport é.pdf"]
