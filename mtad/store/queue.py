@@ -622,8 +622,9 @@ class QueueStore(Protocol):
     Contract:
     - **Commit.** ``enqueue(items, now)`` stores each message once with its delivery rows (one per destination
       domain of ``deliver_to``, and one per (domain, sender) of its ``address`` forwards), its forward rows and its
-      events, all of ``items`` in one transaction: when it returns every one is durable (the 250 may be given);
-      if it raises (``StoreError``) none of them is stored. Not idempotent: a queue id is stored once.
+      events, all of ``items`` in one transaction, group-committed with other writers: when it returns every one
+      is durable (the 250 may be given); if it raises (``StoreError`` when the store cannot commit) none of them
+      is stored. Not idempotent: a queue id is stored once (a second time is refused).
     - **Claims are leases.** ``claim_due(worker, now, limit, ...)`` takes up to ``limit`` deliveries that are due
       (``next_attempt_at <= now``, queued or deferred), oldest due first, outside paused domains, and locks each
       to ``worker`` until ``lease_until``: rows nobody holds, and rows whose holder's lease ran out before ``now``
