@@ -27,7 +27,6 @@ from mtad.base import ports
 from mtad.outbound import providers
 from mtad.store import routes as routestore
 from mtad.base import sdnotify
-from mtad.store import queue as spool
 from mtad.config.schema import Config
 from mtad.outbound.delivery import BrokenTls, Connector, TlsContexts
 from mtad.ingress.directory import Directory
@@ -40,7 +39,8 @@ from mtad.net.resolver import Resolver
 from mtad.inbound.router import Route
 from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
-from mtad.store.engine import Store
+from mtad.store.events import EventBus
+from mtad.store.sqlite import SqliteStore
 from mtad.inbound.store_action import StoreAction
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
@@ -123,8 +123,10 @@ class App:
         self.cfg = cfg
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
-        self.store = Store(cfg.store_path, max_group=cfg.store.max_group,
-                           lease=cfg.store.claim_lease.seconds)
+        self.event_bus = EventBus()  # the store tells it of recorded events (metrics) and webhook work (dispatcher)
+        self._unsubscribe: list = []
+        self.store = SqliteStore(cfg.store_path, max_group=cfg.store.max_group,
+                                 lease=cfg.store.claim_lease.seconds, bus=self.event_bus)
         self.sessions = Sessions()
         self.servers: list[asyncio.base_events.Server] = []
         self.ingress: Ingress | None = None
@@ -162,7 +164,7 @@ class App:
             self.api_socket = ports.bind_tcp(cfg.api.host, 0)
             self.api_address = ports.address_of(self.api_socket)
         await asyncio.to_thread(self.store.open)
-        released = await self.store.write(spool.release_stale_locks)
+        released = await self.store.release_stale_locks()
         if released:
             log.info("released %d stale work locks", released)
         needs_tls = any(listener.tls != "none" for listener in cfg.listeners) or (cfg.api.enabled and cfg.api.tls)
@@ -241,8 +243,8 @@ class App:
         self.routing.replace_api(good)
 
     async def _start_webhooks(self) -> None:
-        """Event webhooks (own HTTP client and work loop, woken by events.record) and event retention."""
-        from mtad.events import record as events
+        """Event webhooks (own HTTP client and work loop, woken through the store's event bus) and event
+        retention."""
         from mtad.events import retention
         from mtad.events import webhooks
         cfg = self.cfg
@@ -252,7 +254,8 @@ class App:
                                                       signing_key=self.signing_key)
         self.webhook_loop = webhooks.WebhookLoop(store=self.store, dispatcher=self.webhook_dispatcher,
                                                  config=cfg.webhooks)
-        events.on_webhook_work = self.webhook_loop.wake_threadsafe(asyncio.get_running_loop())
+        self._unsubscribe.append(self.event_bus.on_webhook_work(
+            self.webhook_loop.wake_threadsafe(asyncio.get_running_loop())))
         self._background.append(asyncio.create_task(self.webhook_loop.run(), name="webhooks"))
         self.pruner = retention.Pruner(self.store, cfg.store.event_retention.seconds)
         self._background.append(asyncio.create_task(self.pruner.run(), name="retention"))
@@ -290,10 +293,9 @@ class App:
                                ssl_context=self.tls_context if cfg.api.tls else None)
         await site.start()
         log.info("HTTP API on %s", base_url)
-        from mtad.events import record as events
         from mtad.api.metrics import EventCounters
         self.event_counters = EventCounters(self.scheduler.shaping if self.scheduler is not None else None)
-        events.observers.append(self.event_counters.observe)
+        self._unsubscribe.append(self.event_bus.on_event(self.event_counters.observe))
         if generated:
             log.info("API key (kept in %s): %s", cfg.state_path / "api-key", generated)
 
@@ -421,10 +423,9 @@ class App:
         if getattr(self, "webhook_loop", None) is not None:
             await self.webhook_loop.stop()
             await self.webhook_http.close()
-        from mtad.events import record as events
-        events.on_webhook_work = lambda: None
-        if getattr(self, "event_counters", None) is not None and self.event_counters.observe in events.observers:
-            events.observers.remove(self.event_counters.observe)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
         if getattr(self, "api_runner", None) is not None:
             await self.api_runner.cleanup()
         for task in self._background:

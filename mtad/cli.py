@@ -137,18 +137,35 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def cmd_queue_list(args: argparse.Namespace) -> int:
-    from mtad.store import queue as spool
+def _with_store(args: argparse.Namespace, action, *, write: bool = False):
+    """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write``, else read-only
+    (a read-only command never writes)."""
+    import asyncio
+    from mtad.store.sqlite import SqliteStore
     cfg, _ = _load(args)
-    with _db(cfg) as conn:
-        rows = spool.list_queue(conn, args.limit)
+    if not cfg.store_path.exists():
+        raise _no_state(cfg)
+    store = SqliteStore(cfg.store_path, read_only=not write)
+
+    async def run():
+        if write:
+            store.open()
+        try:
+            return await action(store)
+        finally:
+            store.close()
+    return asyncio.run(run())
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    rows = _with_store(args, lambda store: store.list_queue(args.limit))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
     print(f"{'QUEUE ID':<20} {'KIND':<8} {'STATE':<9} {'ATT':>3} {'NEXT ATTEMPT':<19} {'DESTINATION':<24} SENDER -> RECIPIENTS")
     for r in rows:
-        print(f"{r['queue_id']:<20} {r['kind']:<8} {r['state']:<9} {r['attempts']:>3} {_when(r['next_attempt_at']):<19} "
-              f"{r['destination'][:24]:<24} <{r['sender']}> -> {', '.join(r['recipients'])}")
+        print(f"{r.queue_id:<20} {r.kind:<8} {r.state:<9} {r.attempts:>3} {_when(r.next_attempt_at):<19} "
+              f"{r.destination[:24]:<24} <{r.sender}> -> {', '.join(r.recipients)}")
     print(f"-- {len(rows)} pending")
     return 0
 
@@ -181,9 +198,7 @@ def _write(args: argparse.Namespace, fn):
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
     from mtad.outbound import queueadmin
-    cfg, _ = _load(args)
-    with _db(cfg) as conn:
-        info = queueadmin.show(conn, args.queue_id)
+    info = _with_store(args, lambda store: queueadmin.show(store, args.queue_id))
     if info is None:
         print(f"mtad: no message {args.queue_id}", file=sys.stderr)
         return 1
@@ -194,27 +209,30 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_action(args: argparse.Namespace) -> int:
     from mtad.outbound import queueadmin
     action = args.queue_command
+
+    def write(act):
+        return _with_store(args, act, write=True)
     if action == "flush":
-        n = _write(args, lambda c: queueadmin.flush(c, domain=args.domain))
+        n = write(lambda store: queueadmin.flush(store, domain=args.domain))
         print(f"{n} deliveries due now")
     elif action == "retry":
-        n = _write(args, lambda c: queueadmin.flush(c, queue_id=args.queue_id))
+        n = write(lambda store: queueadmin.flush(store, queue_id=args.queue_id))
         print(f"{args.queue_id}: {n} deliveries due now")
     elif action == "delete":
-        if not _write(args, lambda c: queueadmin.delete(c, args.queue_id)):
+        if not write(lambda store: queueadmin.delete(store, args.queue_id)):
             print(f"mtad: no message {args.queue_id}", file=sys.stderr)
             return 1
         print(f"{args.queue_id}: deleted")
     elif action == "bounce":
-        n = _write(args, lambda c: queueadmin.bounce(c, args.queue_id))
+        n = write(lambda store: queueadmin.bounce(store, args.queue_id))
         print(f"{args.queue_id}: {n} recipients failed")
     elif action in ("pause", "resume"):
         kind, value = next((k, getattr(args, k)) for k in queueadmin.PAUSE_KINDS if getattr(args, k))
         if action == "pause":
-            _write(args, lambda c: queueadmin.pause(c, kind, value))
+            write(lambda store: queueadmin.pause(store, kind, value))
             print(f"paused {kind} {value}")
         else:
-            n = _write(args, lambda c: queueadmin.resume(c, kind, value))
+            n = write(lambda store: queueadmin.resume(store, kind, value))
             print(f"resumed {kind} {value} ({n} held deliveries back in the queue)")
     return 0
 

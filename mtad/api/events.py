@@ -33,7 +33,7 @@ async def _page(request: web.Request, domain: str, spec: dict, page: Page) -> we
         return error(400, str(exc))
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):  # a token edited by hand
         return error(400, "invalid page token")
-    result = await ctx.store.read(lambda c: eventquery.fetch(c, query, page))
+    result = await eventquery.fetch(ctx.store, query, page)
     body = '{"items":' + eventquery.items_json(result.rows) + ',"paging":' + \
         json.dumps(_paging(ctx.base_url, domain, spec, result)) + "}"
     return web.Response(text=body, content_type="application/json")
@@ -69,12 +69,10 @@ async def analytics_logs(request: web.Request) -> web.Response:
         page, _ = Page.decode(token) if token else (Page(), None)
     except QueryError as exc:
         return error(400, str(exc))
-
-    def run(conn):
-        result = eventquery.fetch(conn, query, page)
-        total = eventquery.count(conn, query) if body.get("include_totals") else None
-        return result, total
-    result, total = await ctx.store.read(run)
+    if body.get("include_totals"):
+        result, total = await eventquery.fetch_with_count(ctx.store, query, page)
+    else:
+        result, total = await eventquery.fetch(ctx.store, query, page), None
     pagination = {"previous": result.previous.encode(), "next": result.next.encode(),
                   "first": result.first.encode(), "last": result.last.encode()}
     if total is not None:

@@ -25,7 +25,7 @@ async def get_log(request: web.Request) -> web.Response:
         limit = legacy.bounded_int(q.get("limit"), "limit", 100, 1, legacy.LOG_MAX_LIMIT)
     except QueryError as exc:
         return error(400, str(exc))
-    page = await context(request).store.read(lambda c: legacy.log_page(c, domain, skip, limit))
+    page = await legacy.log_page(context(request).store, domain, skip, limit)
     return web.json_response(page)
 
 
@@ -40,7 +40,7 @@ async def get_stats(request: web.Request) -> web.Response:
         limit = legacy.bounded_int(q.get("limit"), "limit", 100, 1, legacy.STATS_MAX_LIMIT)
     except QueryError as exc:
         return error(400, str(exc))
-    page = await context(request).store.read(lambda c: legacy.stats_page(c, domain, names, start, now, skip, limit))
+    page = await legacy.stats_page(context(request).store, domain, names, start, now, skip, limit)
     return web.json_response(page)
 
 

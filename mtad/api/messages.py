@@ -26,7 +26,7 @@ from mtad.mail import compose as compose_mod
 from mtad.mail import headers as headers_mod
 from mtad.store import queue as spool
 from mtad.api import ApiContext, context, error, formdata
-from mtad.ingress.pipeline import Submission
+from mtad.ingress.pipeline import NotCommitted, Submission
 from mtad.base.types import Envelope
 
 log = logging.getLogger("mtad.api.messages")
@@ -122,9 +122,9 @@ def submissions(ctx: ApiContext, request: web.Request, composed: compose_mod.Com
 async def _commit(ctx: ApiContext, request: web.Request, composed: compose_mod.Composed, domain: str,
                   now: float) -> web.Response:
     items = submissions(ctx, request, composed, domain, now)
-    reply = await ctx.ingress.commit_many(items, now)
-    if not reply.startswith("250"):
-        return error(503, "Not queued: " + reply.split(" ", 2)[-1])
+    result = await ctx.ingress.commit_many(items, now)
+    if isinstance(result, NotCommitted):
+        return error(503, "Not queued: " + result.reason)
     if composed.ignored:
         log.info("%s: ignored options without effect in mtad: %s", items[0].queue_id, ", ".join(composed.ignored))
     return web.json_response({"id": f"<{composed.message_id}>", "message": QUEUED})

@@ -5,8 +5,8 @@ the name of the shaping policy of the destination: a configured provider such as
 destination domain itself; matched by domain suffix since MX hosts are not resolved for a scrape),
 route forwards and webhook backlog by state, SMTP sessions and messages by result (ingress
 counters), route forward POSTs by outcome, webhook POSTs by outcome, store commits and the latency of
-the last group commit. Counted as events are recorded (``EventCounters``, an ``events.observers``
-hook on the writer thread): events by kind, and deliveries by outcome and provider (the policy of the
+the last group commit. Counted as events are recorded (``EventCounters``, a listener of the store's
+``EventBus`` on the writer thread): events by kind, and deliveries by outcome and provider (the policy of the
 recipient domain and the MX host that answered). Counts restart at zero with the process, as
 Prometheus counters do.
 """
@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from mtad.outbound import providers
 from mtad.api import context
+from mtad.store.queue import QueueCounts
 
 if TYPE_CHECKING:
     from mtad.events.retention import Pruner
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class EventCounters:
-    """Counts recorded events (called by ``events.record`` inside the write transaction)."""
+    """Counts recorded events (an ``EventBus`` listener: called inside the write transaction)."""
 
     def __init__(self, shaping: providers.ShapingConfig | None):
         self.shaping = shaping
@@ -68,18 +69,6 @@ class EventCounters:
             self.deliveries[(outcome, self.provider(event.get("recipient-domain", ""), status.get("mx-host") or ""))] += 1
 
 
-def _snapshot(conn) -> dict[str, Any]:
-    return {
-        "queue": conn.execute(
-            "SELECT CASE WHEN locked_by IS NULL THEN state ELSE 'active' END, domain, count(*) FROM deliveries"
-            " WHERE state IN ('queued', 'deferred', 'held') GROUP BY 1, 2").fetchall(),
-        "forwards": conn.execute("SELECT state, count(*) FROM forwards WHERE state IN ('queued', 'deferred')"
-                                 " GROUP BY state").fetchall(),
-        "webhooks": conn.execute("SELECT state, count(*) FROM webhook_deliveries WHERE state IN ('queued', 'deferred')"
-                                 " GROUP BY state").fetchall(),
-    }
-
-
 @dataclass(frozen=True)
 class MetricsSources:
     """The running parts /metrics reads (built by app.py at each scrape); None where that part does not run."""
@@ -95,7 +84,7 @@ class MetricsSources:
 
 
 class _Collector:
-    def __init__(self, sources: MetricsSources, snapshot: dict[str, Any]):
+    def __init__(self, sources: MetricsSources, snapshot: QueueCounts):
         self.sources = sources
         self.snapshot = snapshot
 
@@ -105,7 +94,7 @@ class _Collector:
         depth = GaugeMetricFamily("mtad_queue_depth", "Pending outbound deliveries (one per message and destination"
                                   " domain) by state and provider", labels=["state", "provider"])
         by: Counter[tuple[str, str]] = Counter()
-        for state, domain, n in snap["queue"]:
+        for state, domain, n in snap.deliveries:
             by[(state, counters.provider(domain) if counters else "default")] += n
         for state in ("queued", "deferred", "held", "active"):
             if not any(k[0] == state for k in by):
@@ -116,7 +105,7 @@ class _Collector:
         fwd = GaugeMetricFamily("mtad_forward_queue_depth", "Pending route forwards to URLs by state", labels=["state"])
         hooks = GaugeMetricFamily("mtad_webhook_backlog", "Webhook POSTs waiting (queued or to be retried)",
                                   labels=["state"])
-        for family, rows in ((fwd, snap["forwards"]), (hooks, snap["webhooks"])):
+        for family, rows in ((fwd, snap.forwards), (hooks, snap.webhooks)):
             counts = dict(rows)
             for state in ("queued", "deferred"):
                 family.add_metric([state], counts.get(state, 0))
@@ -196,7 +185,7 @@ class _Collector:
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = context(request)
-    snapshot = await ctx.store.read(_snapshot)
+    snapshot = await ctx.store.queue_counts()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(ctx.metrics(), snapshot))
     resp = web.Response(body=generate_latest(registry))

@@ -40,7 +40,7 @@ async def _totals(request: web.Request, domains: list[str] | None, tag: str = ""
         rng = stats.parse_range(request.query, time.time())
     except QueryError as exc:
         return error(400, str(exc))
-    items = await context(request).store.read(lambda c: stats.totals(c, events, rng, domains=domains, tag=tag))
+    items = await stats.totals(context(request).store, events, rng, domains=domains, tag=tag)
     return web.json_response(_envelope(rng, items, **(extra or {})))
 
 
@@ -71,8 +71,8 @@ async def account_domains(request: web.Request) -> web.Response:
         return error(400, f"limit: must be between 1 and {MAX_DOMAINS_LIMIT}")
     if skip < 0:
         return error(400, "skip: must be at least 0")
-    items = await context(request).store.read(lambda c: stats.domain_totals(
-        c, events, at, resolution, domains=_allowed(request), skip=skip, limit=limit))
+    items = await stats.domain_totals(context(request).store, events, at, resolution, domains=_allowed(request),
+                                      skip=skip, limit=limit)
     start = stats.bucket_start(at, resolution)
     return web.json_response(_envelope(stats.Range(start, stats.next_bucket(start, resolution) - 1, resolution), items))
 
@@ -92,8 +92,8 @@ async def account_filter(request: web.Request) -> web.Response:
         events = stats.check_events(q.getall("event", []))
         rng = stats.parse_range(q, time.time())
         group = q.get("group", "total")
-        items = await context(request).store.read(lambda c: stats.grouped(
-            c, events, rng, group=group, filters=filters, domains=_allowed(request)))
+        items = await stats.grouped(context(request).store, events, rng, group=group, filters=filters,
+                                    domains=_allowed(request))
     except QueryError as exc:
         return error(400, str(exc))
     return web.json_response(_envelope(rng, items))
@@ -102,7 +102,7 @@ async def account_filter(request: web.Request) -> web.Response:
 async def aggregates(request: web.Request) -> web.Response:
     domain, what = request.match_info["domain"].lower(), request.match_info["what"]
     if what == "providers":
-        counts = await context(request).store.read(lambda c: stats.providers(c, domain))
+        counts = await stats.providers(context(request).store, domain)
         return web.json_response({"providers": counts})
     return web.json_response({what: {}})  # devices and countries come from opens and clicks: none tracked
 
@@ -119,8 +119,8 @@ async def list_tags(request: web.Request) -> web.Response:
     which, pivot, prefix = q.get("page", "first"), q.get("tag"), q.get("prefix", "")
     before = which in ("previous", "prev", "last")
     use_pivot = pivot if which in ("next", "previous", "prev") else None
-    items = await context(request).store.read(lambda c: stats.list_tags(
-        c, domain, limit=limit, pivot=use_pivot, before=before, prefix=prefix))
+    items = await stats.list_tags(context(request).store, domain, limit=limit, pivot=use_pivot, before=before,
+                                  prefix=prefix)
     base = f"{context(request).base_url}/v3/{domain}/tags"
 
     def link(**params: Any) -> str:
@@ -137,7 +137,7 @@ async def list_tags(request: web.Request) -> web.Response:
 
 async def get_tag(request: web.Request) -> web.Response:
     domain, tag = request.match_info["domain"].lower(), request.match_info["tag"]
-    info = await context(request).store.read(lambda c: stats.tag_info(c, domain, tag))
+    info = await stats.tag_info(context(request).store, domain, tag)
     if info is None:
         return error(404, "Tag not found")
     return web.json_response(info)
@@ -149,14 +149,14 @@ async def put_tag(request: web.Request) -> web.Response:
     description = form.get("description")
     if not isinstance(description, str):
         return error(400, "description is required")
-    if not await context(request).store.write(lambda c: stats.set_tag_description(c, domain, tag, description)):
+    if not await context(request).store.set_tag_description(domain, tag, description):
         return error(404, "Tag not found")
     return web.json_response({"message": "Tag updated"})
 
 
 async def delete_tag(request: web.Request) -> web.Response:
     domain, tag = request.match_info["domain"].lower(), request.match_info["tag"]
-    if not await context(request).store.write(lambda c: stats.delete_tag(c, domain, tag)):
+    if not await context(request).store.delete_tag(domain, tag):
         return error(404, "Tag not found")
     return web.json_response({"message": "Tag deleted"})
 
@@ -169,7 +169,7 @@ async def tag_stats(request: web.Request) -> web.Response:
 async def tag_aggregates(request: web.Request) -> web.Response:
     """``GET /v3/{domain}/tags/{tag}/stats/aggregates/{what}`` (mailgun.js's tag aggregates)."""
     domain, tag, what = request.match_info["domain"].lower(), request.match_info["tag"], request.match_info["what"]
-    if await context(request).store.read(lambda c: stats.tag_info(c, domain, tag)) is None:
+    if await context(request).store.tag_info(domain, tag) is None:
         return error(404, "Tag not found")
     if what == "providers":
         return error(400, "provider counters are kept without tags: see /v3/{domain}/aggregates/providers")

@@ -22,7 +22,7 @@ from mtad.store import queue as spool
 from mtad.inbound import store_action as storedmsg
 from mtad.api import context, error
 from mtad.api.formdata import read_post
-from mtad.ingress.pipeline import Submission
+from mtad.ingress.pipeline import NotCommitted, Submission
 from mtad.base.types import Envelope, SendOptions
 
 NOT_FOUND = "Message not found"
@@ -87,10 +87,10 @@ async def resend(request: web.Request) -> web.Response:
     envelope = Envelope(sender=f"postmaster@{domain}", recipients=recipients, client_ip=request.remote or "",
                         auth_user="api", tls=request.secure, transport="http", listener="api")
     summary = headers_mod.summary(fields)
-    reply = await ctx.ingress.commit_many([Submission(envelope, trace + body, fields, summary,
-                                                      SendOptions(), queue_id, domain)], now)
-    if not reply.startswith("250"):
-        return error(503, "Not queued: " + reply.split(" ", 2)[-1])
+    result = await ctx.ingress.commit_many([Submission(envelope, trace + body, fields, summary,
+                                                       SendOptions(), queue_id, domain)], now)
+    if isinstance(result, NotCommitted):
+        return error(503, "Not queued: " + result.reason)
     return web.json_response({"id": f"<{summary.message_id}>", "message": "Queued. Thank you."})
 
 

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 Direction = Literal["outbound", "inbound"]
+
+
+DSN_TRANSPORT = "dsn"  # ``envelope.transport`` of the delivery status notifications mtad makes (outbound.dsn)
+
+
+def domain_of(address: str) -> str:
+    """The domain of an address, lower-cased (``""`` for none)."""
+    return address.rpartition("@")[2].lower()
+
 OutcomeKind = Literal["delivered", "deferred", "failed"]
 
 

@@ -12,7 +12,7 @@
   failures: suppressions, expiry), ``opened``, ``clicked``, ``unsubscribed``, ``complained``, and mtad's
   ``accepted`` (in and out), ``failed`` (every failure) and ``stored``.
 
-Pure shaping functions plus two read queries (``log_page``, ``stats_page``).
+Pure shaping functions plus two reads of the store (``log_page``, ``stats_page``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
-import sqlite3
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
@@ -28,6 +27,8 @@ from mtad.events import query as eventquery
 from mtad.events import stats
 from mtad.events.query import EventQuery, QueryError
 from mtad.events.webhooks import legacy_event_name
+from mtad.store.counters import CounterRow
+from mtad.store.events import EventStore
 
 LOG_MAX_LIMIT = eventquery.MAX_LIMIT
 LOG_MAX_SKIP = 100_000  # offset paging walks the skipped entries: keep it bounded
@@ -83,11 +84,9 @@ def log_item(event: dict[str, Any], timestamp: float) -> dict[str, Any]:
             "type": event.get("log-level", "info"), "message_id": headers.get("message-id", "")}
 
 
-def log_page(conn: sqlite3.Connection, domain: str, skip: int, limit: int) -> dict[str, Any]:
-    query = EventQuery((domain,), limit=limit)
-    total = eventquery.count(conn, query)
-    rows = eventquery.fetch_skip(conn, query, skip) if skip < total else []
-    return {"total_count": total, "items": [log_item(json.loads(r[3]), r[1]) for r in rows]}
+async def log_page(store: EventStore, domain: str, skip: int, limit: int) -> dict[str, Any]:
+    total, rows = await store.event_log(EventQuery((domain,), limit=limit), skip)
+    return {"total_count": total, "items": [log_item(json.loads(r.data), r.timestamp) for r in rows]}
 
 
 # --- stats ------------------------------------------------------------------------------------------------------
@@ -110,11 +109,11 @@ def parse_start_date(value: str | None, now: float) -> float:
         raise QueryError(f"start-date: expected YYYY-MM-DD, got '{value[:40]}'") from None
 
 
-def stats_items(rows: Iterable[tuple[str, int, str, int]], names: list[str], domain: str) -> list[dict[str, Any]]:
+def stats_items(rows: Iterable[CounterRow], names: list[str], domain: str) -> list[dict[str, Any]]:
     """Daily counter rows (``stats.daily_counts``) -> the seed's items, newest day first."""
     totals: dict[tuple[int, str], int] = {}
     tags: dict[tuple[int, str], dict[str, int]] = {}
-    for tag, day, key, count in rows:
+    for tag, day, key, count in ((r.group, r.n, r.key, r.count) for r in rows):
         for name in names:
             if STATS_EVENTS[name](key):
                 if tag:
@@ -133,7 +132,8 @@ def stats_items(rows: Iterable[tuple[str, int, str, int]], names: list[str], dom
     return items
 
 
-def stats_page(conn: sqlite3.Connection, domain: str, names: list[str], start: float, now: float, skip: int,
-               limit: int) -> dict[str, Any]:
-    items = stats_items(stats.daily_counts(conn, domain, stats.Range(start, max(start, now), "day")), names, domain)
+async def stats_page(store: EventStore, domain: str, names: list[str], start: float, now: float, skip: int,
+                     limit: int) -> dict[str, Any]:
+    items = stats_items(await stats.daily_counts(store, domain, stats.Range(start, max(start, now), "day")), names,
+                        domain)
     return {"total_count": len(items), "items": items[skip:skip + limit]}

@@ -2,7 +2,8 @@
 
 Two front ends share this module: ``GET /v3/{domain}/events`` (query parameters, paging URLs) and
 ``POST /v1/analytics/logs`` (a JSON body with an ``AND`` of attribute/comparator/values, opaque
-pagination tokens). Both become an ``EventQuery``: SQL conditions plus a time range and a direction.
+pagination tokens). Both become the store's ``EventQuery``: typed filters (``store.eventquery.Match``,
+``Not``, ``AllOf``, ``AnyOf``, ``Metric``) plus a time range and a direction; the store runs it.
 
 **Filter expressions** (events API): a value is a word or a quoted string; ``NOT``, ``AND``, ``OR``
 and parentheses combine them (``event=failed OR delivered``, ``recipient=NOT a@b.test``,
@@ -20,10 +21,10 @@ seen by that traversal; poll a little behind "now" if that matters.
 
 **Size**: a page holds at most ``limit`` events and about ``MAX_PAGE_BYTES`` of event JSON: a page that would
 be larger ends early, and its ``next`` link goes on from its last event (so a client following links sees every
-event once, in smaller pages). Each event is at most ``events.MAX_EVENT_BYTES`` plus its user variables
-(events written before that bound are shortened as they are read, ``events.bounded_text``).
+event once, in smaller pages). Each event is at most ``store.eventform.MAX_EVENT_BYTES`` plus its user variables
+(events written before that bound are shortened as they are read).
 
-Pure except ``fetch``/``count``, which take a read connection.
+Pure except ``fetch``/``count``, which ask the store (``EventStore.query_events``).
 """
 
 from __future__ import annotations
@@ -32,19 +33,17 @@ import base64
 import email.utils
 import json
 import re
-import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from mtad.events import record as events
+from mtad.store.eventquery import (METRIC_EVENTS, MAX_PAGE_BYTES, MAX_READ_EVENT_BYTES, AllOf, AnyOf,  # noqa: F401
+                                   Cursor, EventQuery, EventRow, Filter, Match, Metric, Not)
+from mtad.store.events import EventStore
 
 MAX_LIMIT = 300
 LOGS_MAX_LIMIT = 1000
-MAX_PAGE_BYTES = 4_000_000  # event JSON in one page at most (beyond one event): answers of a known size
-# a stored event longer than this is shortened as it is read: MAX_EVENT_BYTES plus 4 KB of variables, escaped
-MAX_READ_EVENT_BYTES = events.MAX_EVENT_BYTES + 6 * 4096
 
 
 class QueryError(ValueError):
@@ -198,51 +197,26 @@ def parse_expression(text: str) -> Node:
     return node
 
 
-def _like(value: str) -> str:
-    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+FIELDS = ("event", "severity", "recipient", "message-id", "domain", "tags", "tag", "from", "subject",
+          "recipient-domain", "reason", "method", "log-level")
 
 
-def field_condition(name: str, value: str, comparator: str = "=") -> tuple[str, list[Any]]:
-    """SQL for one field compared with one value; comparators ``=`` and ``contains``."""
-    v = value.strip()
-    if comparator == "contains":
-        column = {"recipient": "recipient", "event": "event", "severity": "severity", "message-id": "message_id",
-                  "domain": "domain"}.get(name)
-        if column:
-            return f"{column} LIKE ? ESCAPE '\\'", [_like(v)]
-        if name in ("tags", "tag"):
-            return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value LIKE ? ESCAPE '\\')", [_like(v)]
-    if name == "event":
-        return "event = ?", [v.lower()]
-    if name == "severity":
-        return "severity = ?", [v.lower()]
-    if name == "recipient":
-        return "recipient = ? COLLATE NOCASE", [v]
-    if name == "message-id":
-        return "message_id = ?", [v.strip("<>")]
-    if name == "domain":
-        return "domain = ?", [v.lower()]
-    if name in ("tags", "tag"):
-        return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value = ? COLLATE NOCASE)", [v]
-    if name in ("from", "subject"):
-        return f"json_extract(data, '$.message.headers.{name}') LIKE ? ESCAPE '\\'", [_like(v)]
-    if name == "recipient-domain":
-        return "recipient LIKE ? ESCAPE '\\'", ["%@" + v.replace("%", "\\%").replace("_", "\\_")]
-    if name in ("reason", "method", "log-level"):
-        return f"json_extract(data, '$.\"{name}\"') = ?", [v]
-    raise QueryError(f"unknown filter field '{name}'")
+def field_condition(name: str, value: str, comparator: str = "=") -> Filter:
+    """One field compared with one value; comparators ``=`` and ``contains``."""
+    if name not in FIELDS:
+        raise QueryError(f"unknown filter field '{name}'")
+    return Match(name, value, comparator == "contains")
 
 
-def compile_node(name: str, node: Node) -> tuple[str, list[Any]]:
+def compile_node(name: str, node: Node) -> Filter:
+    """An expression over one field (``parse_expression``) as the store's filter."""
     kind = node[0]
     if kind == "value":
         return field_condition(name, node[1])
     if kind == "not":
-        sql, params = compile_node(name, node[1])
-        return f"NOT ({sql})", params
-    parts = [compile_node(name, n) for n in node[1]]
-    joiner = " AND " if kind == "and" else " OR "
-    return "(" + joiner.join(f"({s})" for s, _ in parts) + ")", [p for _, ps in parts for p in ps]
+        return Not(compile_node(name, node[1]))
+    parts = tuple(compile_node(name, n) for n in node[1])
+    return AllOf(parts) if kind == "and" else AnyOf(parts)
 
 
 EVENTS_FIELDS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
@@ -250,38 +224,6 @@ _ALIASES = {"tag": "tags"}
 
 
 # --- the query ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EventQuery:
-    domains: tuple[str, ...] | None  # None: every domain
-    conditions: tuple[str, ...] = ()
-    params: tuple[Any, ...] = ()
-    lo: float | None = None  # inclusive bounds on timestamp
-    hi: float | None = None
-    ascending: bool = False
-    limit: int = MAX_LIMIT
-    spec: Mapping[str, Any] = field(default_factory=dict)  # what rebuilds this query from a token
-    hint: str | None = None  # "recipient" | "message-id": one equality among the conditions, served by an index
-
-    def where(self) -> tuple[str, list[Any]]:
-        sql: list[str] = []
-        params: list[Any] = []
-        if self.domains is not None:
-            if len(self.domains) == 1:
-                sql.append("domain = ?")
-            else:  # "+": walk events_time in order rather than sort every match of several domains
-                sql.append(f"+domain IN ({','.join('?' * len(self.domains))})")
-            params += self.domains
-        if self.lo is not None:
-            sql.append("timestamp >= ?")
-            params.append(self.lo)
-        if self.hi is not None:
-            sql.append("timestamp <= ?")
-            params.append(self.hi)
-        sql += self.conditions
-        params += self.params
-        return " AND ".join(sql) or "1", params
-
 
 def _yes(value: str, name: str) -> bool:
     v = str(value).strip().lower()
@@ -323,25 +265,22 @@ def events_spec(params: Mapping[str, str], now: float) -> dict[str, Any]:
 
 
 def events_query(domain: str, spec: Mapping[str, Any]) -> EventQuery:
-    conditions, values = [], []
+    filters = []
     hints = set()
     for name, expr in spec["filters"].items():
         node = parse_expression(str(expr))
         if node[0] == "value" and name in HINTED:
             hints.add(name)
-        sql, params = compile_node(name, node)
-        conditions.append(sql)
-        values += params
+        filters.append(compile_node(name, node))
     lo, hi = spec.get("lo"), spec.get("hi")
-    return EventQuery((domain.lower(),), tuple(conditions), tuple(values), None if lo is None else float(lo),
+    return EventQuery((domain.lower(),), tuple(filters), None if lo is None else float(lo),
                       None if hi is None else float(hi), bool(spec["ascending"]),
                       min(max(int(spec["limit"]), 1), MAX_LIMIT), spec, _best(hints))
 
 
-# Equality filters an hour-bucketed index serves (see mtad.store.migrations.sqlite): the most selective first.
+# Equality filters an hour-bucketed index serves (see store.eventquery): the most selective first.
+
 HINTED = ("message-id", "recipient")
-_HINT_INDEX = {"message-id": "events_message_hour", "recipient": "events_recipient_hour"}
-MAX_HINT_HOURS = 24 * 400
 
 
 def _best(hints: set[str]) -> str | None:
@@ -352,22 +291,6 @@ def _best(hints: set[str]) -> str | None:
 
 LOGS_EVENTS = ("accepted", "delivered", "failed", "opened", "unique_opened", "clicked", "unique_clicked",
                "unsubscribed", "complained", "rejected", "stored")
-_METRIC_EVENTS = {
-    "accepted": ("event = 'accepted'", []),
-    "accepted_incoming": ("event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 0", []),
-    "accepted_outgoing": ("event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 1", []),
-    "delivered": ("event = 'delivered'", []),
-    "delivered_smtp": ("event = 'delivered' AND coalesce(json_extract(data, '$.envelope.transport'), 'smtp') != 'http'", []),
-    "delivered_http": ("event = 'delivered' AND json_extract(data, '$.envelope.transport') = 'http'", []),
-    "stored": ("event = 'stored'", []),
-    "opened": ("event = 'opened'", []),
-    "clicked": ("event = 'clicked'", []),
-    "unsubscribed": ("event = 'unsubscribed'", []),
-    "complained": ("event = 'complained'", []),
-    "failed": ("event = 'failed'", []),
-    "permanent_failed": ("event = 'failed' AND severity = 'permanent'", []),
-    "temporary_failed": ("event = 'failed' AND severity = 'temporary'", []),
-}
 LOGS_ATTRIBUTES = ("domain", "recipient", "recipient-domain", "event", "severity", "reason", "subject", "from",
                    "message-id", "tags", "tag", "method", "log-level")
 
@@ -406,25 +329,23 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
         start = parse_time(body["start"], "start") if body.get("start") else end - 86400
     if start > end:
         raise QueryError("start must be before end")
-    conditions: list[str] = []
-    params: list[Any] = []
+    filters: list[Filter] = []
     hints: set[str] = set()
     kinds = body.get("events") or []
     metric = body.get("metric_events") or []
     if not isinstance(kinds, list) or not isinstance(metric, list):
         raise QueryError("events and metric_events must be lists")
-    ors: list[str] = []
+    ors: list[Filter] = []
     for kind in kinds:
         if kind not in LOGS_EVENTS:
             raise QueryError(f"events: unknown event '{kind}'")
-        ors.append("event = ?")
-        params.append(kind.replace("unique_", ""))
+        ors.append(Match("event", kind.replace("unique_", "")))
     for name in metric:
-        if name not in _METRIC_EVENTS:
+        if name not in METRIC_EVENTS:
             raise QueryError(f"metric_events: unknown metric event '{name}'")
-        ors.append(_METRIC_EVENTS[name][0])
+        ors.append(Metric(name))
     if ors:
-        conditions.append("(" + " OR ".join(ors) + ")")
+        filters.append(AnyOf(tuple(ors)))
     domains: set[str] | None = None
     flt = body.get("filter") or {}
     if not isinstance(flt, Mapping) or set(flt) - {"AND"}:
@@ -452,10 +373,8 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
         if attribute in HINTED and comparator == "=" and len(values) == 1:
             hints.add(attribute)
         base = "contains" if "contains" in comparator else "="
-        parts = [field_condition(attribute, v, base) for v in values]
-        sql = " OR ".join(f"({s})" for s, _ in parts)
-        conditions.append(f"NOT ({sql})" if comparator in ("!=", "not contains") else f"({sql})")
-        params += [p for _, ps in parts for p in ps]
+        either = AnyOf(tuple(field_condition(attribute, v, base) for v in values))
+        filters.append(Not(either) if comparator in ("!=", "not contains") else either)
     if allowed_domains:
         domains = set(allowed_domains) if domains is None else domains & allowed_domains
     page = body.get("pagination") or {}
@@ -465,7 +384,7 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
     limit = page.get("limit", 100)
     if not isinstance(limit, int) or not 1 <= limit <= LOGS_MAX_LIMIT:
         raise QueryError(f"pagination.limit: must be between 1 and {LOGS_MAX_LIMIT}")
-    query = EventQuery(None if domains is None else tuple(sorted(domains)), tuple(conditions), tuple(params),
+    query = EventQuery(None if domains is None else tuple(sorted(domains)), tuple(filters),
                        start, end, sort == "timestamp:asc", limit, hint=_best(hints))
     return query, {"start": rfc2822(start), "end": rfc2822(end)}
 
@@ -473,10 +392,8 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
 # --- cursors and pages -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Page:
-    anchor: tuple[float, int] | None = None
-    side: str = "after"  # after | before (the anchor, in the query's order)
-    inclusive: bool = False  # the anchor itself belongs to the page (the far side of an empty page)
+class Page(Cursor):
+    """A cursor (``store.eventquery.Cursor``) that travels in a page token."""
 
     def encode(self, spec: Mapping[str, Any] | None = None) -> str:
         data: dict[str, Any] = {"a": list(self.anchor) if self.anchor else None, "s": self.side}
@@ -502,63 +419,20 @@ class Page:
             raise QueryError("invalid page token") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
-    rows: list[tuple[int, float, str, str]]  # (seq, timestamp, domain, data JSON), in the query's order
+    rows: tuple[EventRow, ...]  # in the query's order
     first: Page
     last: Page
     next: Page
     previous: Page
 
 
-def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list[Any]]:
-    """(WITH prefix, FROM clause, extra WHERE) for ``query``: an equality on recipient or message-id of one
-    domain probes the hour-bucketed index hour by hour over the query's range; anything else reads events."""
-    if query.hint is None or query.domains is None or len(query.domains) != 1:
-        return "", "events", []
-    lo, hi = query.lo, query.hi
-    if lo is None or hi is None:
-        # two statements: SQLite answers a lone min() or max() with one index seek, both together with a scan
-        first = conn.execute("SELECT min(timestamp) FROM events WHERE domain = ?", (query.domains[0],)).fetchone()[0]
-        last = conn.execute("SELECT max(timestamp) FROM events WHERE domain = ?", (query.domains[0],)).fetchone()[0]
-        if first is None:
-            return "", "events", []
-        lo = first if lo is None else lo
-        hi = last if hi is None else hi
-    lo_h, hi_h = int(lo // 3600), int(hi // 3600)
-    if hi_h < lo_h or hi_h - lo_h > MAX_HINT_HOURS:
-        return "", "events", []
-    return ("WITH RECURSIVE hours(h) AS (SELECT ? UNION ALL SELECT h + 1 FROM hours WHERE h < ?) ",
-            f"events INDEXED BY {_HINT_INDEX[query.hint]}", [lo_h, hi_h])
-
-
-def fetch(conn: sqlite3.Connection, query: EventQuery, page: Page) -> Result:
-    """One page of ``query`` at ``page``; rows in the query's order whichever side was asked."""
-    where, params = query.where()
-    forward = query.ascending == (page.side == "after")  # walk the table upwards?
-    if page.anchor is not None:
-        op = (">" if forward else "<") + ("=" if page.inclusive else "")
-        where += f" AND (timestamp, seq) {op} (?, ?)"
-        params += list(page.anchor)
-    order = "ASC" if forward else "DESC"
-    prefix, source, hours = _source(conn, query)
-    if hours:
-        where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
-    cursor = conn.execute(f"{prefix}SELECT seq, timestamp, domain, {events.EVENT_DATA} FROM {source} WHERE {where}"
-                          f" ORDER BY timestamp {order}, seq {order} LIMIT ?", (*hours, *params, query.limit))
-    rows, size = [], 0
-    for seq, timestamp, domain, data in cursor:  # rows one by one, the page ending when it is large
-        data = events.bounded_text(data, MAX_READ_EVENT_BYTES)
-        size += len(data)
-        if rows and size > MAX_PAGE_BYTES:
-            break
-        rows.append((seq, timestamp, domain, data))
-    cursor.close()
-    if page.side == "before":
-        rows.reverse()
+def result(page: Page, rows: tuple[EventRow, ...]) -> Result:
+    """The page of ``rows`` found at ``page``, with the links around it."""
     if rows:
-        nxt = Page((rows[-1][1], rows[-1][0]), "after")
-        prev = Page((rows[0][1], rows[0][0]), "before")
+        nxt = Page((rows[-1].timestamp, rows[-1].seq), "after")
+        prev = Page((rows[0].timestamp, rows[0].seq), "before")
     elif page.side == "after":  # an empty page: its next is itself, so it can be polled; its previous
         nxt = page                 # is what lies on the other side of the same point
         prev = Page(page.anchor, "before", not page.inclusive)
@@ -568,35 +442,27 @@ def fetch(conn: sqlite3.Connection, query: EventQuery, page: Page) -> Result:
     return Result(rows, Page(None, "after"), Page(None, "before"), nxt, prev)
 
 
-def count(conn: sqlite3.Connection, query: EventQuery) -> int:
-    where, params = query.where()
-    prefix, source, hours = _source(conn, query)
-    if hours:
-        where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
-    return conn.execute(f"{prefix}SELECT count(*) FROM {source} WHERE {where}", (*hours, *params)).fetchone()[0]
+async def fetch(store: EventStore, query: EventQuery, page: Page) -> Result:
+    """One page of ``query`` at ``page``; rows in the query's order whichever side was asked."""
+    return result(page, (await store.query_events(query, page)).rows)
 
 
-def fetch_skip(conn: sqlite3.Connection, query: EventQuery, skip: int) -> list[tuple[int, float, str, str]]:
-    """Offset paging, for the seed's legacy ``GET /v2/{domain}/log`` only (``skip``/``limit``): rows in the
-    query's order after the first ``skip``. SQLite still walks the skipped index entries; callers bound it."""
-    where, params = query.where()
-    order = "ASC" if query.ascending else "DESC"
-    rows = conn.execute(f"SELECT seq, timestamp, domain, data FROM events WHERE {where}"
-                        f" ORDER BY timestamp {order}, seq {order} LIMIT ? OFFSET ?",
-                        (*params, query.limit, skip)).fetchall()
-    return [tuple(r) for r in rows]
+async def fetch_with_count(store: EventStore, query: EventQuery, page: Page) -> tuple[Result, int]:
+    """``fetch`` and the number of events matching ``query``, from one snapshot."""
+    found, total = await store.query_events_with_count(query, page)
+    return result(page, found.rows), total
 
 
-def items_json(rows: Iterable[tuple[int, float, str, str]]) -> str:
+def items_json(rows: Iterable[EventRow]) -> str:
     """The stored event texts as a JSON array, without decoding them."""
-    return "[" + ",".join(r[3] for r in rows) + "]"
+    return "[" + ",".join(r.data for r in rows) + "]"
 
 
-def logs_item(row: tuple[int, float, str, str]) -> dict[str, Any]:
-    event = json.loads(row[3])
-    event["@timestamp"] = datetime.fromtimestamp(row[1], timezone.utc).isoformat(timespec="milliseconds") \
+def logs_item(row: EventRow) -> dict[str, Any]:
+    event = json.loads(row.data)
+    event["@timestamp"] = datetime.fromtimestamp(row.timestamp, timezone.utc).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
-    event["domain"] = {"name": row[2]}
+    event["domain"] = {"name": row.domain}
     return event
 
 

@@ -14,27 +14,15 @@ import logging
 import time
 from typing import Callable
 
-from mtad.store.engine import Store
+from mtad.store.events import EventStore
 
 log = logging.getLogger("mtad.retention")
 
 
-def prune_batch(conn, cutoff: float, limit: int) -> int:
-    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows and
-    stored-once user variables no newer event names."""
-    old_events = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?"
-                              " ORDER BY timestamp LIMIT ?)", (cutoff, limit)).rowcount
-    deleted = old_events
-    deleted += conn.execute("DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
-                            " WHERE state IN ('done', 'failed') AND updated_at < ? LIMIT ?)", (cutoff, limit)).rowcount
-    if old_events < limit:  # no event older than the cutoff is left, so none names variables last used before it
-        deleted += conn.execute("DELETE FROM event_variables WHERE key IN (SELECT key FROM event_variables"
-                                " WHERE last_at < ? LIMIT ?)", (cutoff, limit)).rowcount
-    return deleted
-
-
 class Pruner:
-    def __init__(self, store: Store, retention: float, *, batch: int = 500, pause: float = 0.01,
+    """Deletes what is older than ``retention`` seconds (``EventStore.prune_events``), ``batch`` rows per write."""
+
+    def __init__(self, store: EventStore, retention: float, *, batch: int = 500, pause: float = 0.01,
                  clock: Callable[[], float] = time.time):
         self.store = store
         self.retention = retention
@@ -48,7 +36,7 @@ class Pruner:
         cutoff = self.clock() - self.retention
         total = 0
         while True:
-            n = await self.store.write(lambda c: prune_batch(c, cutoff, self.batch))
+            n = await self.store.prune_events(cutoff, self.batch)
             total += n
             if n < self.batch:
                 break

@@ -1,27 +1,25 @@
 """Stats from counters (seed 001): totals, by domain / tag / provider / IP, in Mailgun's shapes.
 
-``events.record`` bumps counters as events are written (summed over each group commit, see ``events.write_events``): hourly ``stats(domain, tag, event, hour)`` and
-daily ``stats_daily(domain, tag, event, day)`` with the tag ``''`` for all messages, and daily
-``stats_dims(domain, dim, value, event, day)`` for the provider (the recipient's domain) and the sending
-IP. Queries read the leaf keys of Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
-``failed:temporary``, ``failed:permanent:bounce``...; see ``events.stat_key``) and sum the totals (the hourly
-table also holds the totals themselves, for readers of the table). A query reads at most one
-row per key and hour (hour resolution) or day (day and month resolutions, groups), through an index that
-yields them in GROUP BY order: milliseconds for months, never a scan of events.
+The store counts events as they are written (``mtad.store.counters``: hourly and daily per tag, daily per provider
+and sending IP) and reads the summed leaf keys of Mailgun's breakdowns (``accepted:incoming``, ``delivered:smtp``,
+``failed:temporary``, ``failed:permanent:bounce``...) for a ``CounterQuery``; this module checks the parameters,
+asks the store (one read per answer) and sums the totals into Mailgun's shapes: milliseconds for months, never a
+scan of events.
 
-Times are UTC; buckets are aligned to the hour, day or calendar month. Pure functions of a read
-connection and parsed parameters; the API module turns them into responses.
+Times are UTC; buckets are aligned to the hour, day or calendar month. Pure functions of parsed parameters and
+the store's rows; the API module turns them into responses.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
 from mtad.events.query import MAX_TIME, MIN_TIME, QueryError, parse_time, rfc2822
+from mtad.store.counters import CounterQuery, CounterRow, TagInfo
+from mtad.store.events import EventStore
 
 EVENTS = ("accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained", "stored")
 RESOLUTIONS = ("hour", "day", "month")
@@ -126,28 +124,6 @@ def check_events(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-_LEAVES = {"accepted": ("accepted:incoming", "accepted:outgoing"), "delivered": ("delivered:smtp", "delivered:http"),
-           "failed": ("failed:temporary",)}
-_REASONS = ("bounce", "old", "generic", "rejected", "suppress-bounce", "suppress-unsubscribe", "suppress-complaint",
-            "delayed-bounce", "webhook", "optimized")
-
-
-def _event_terms(conn: sqlite3.Connection, events: list[str]) -> tuple[str, list[str]]:
-    """``event IN (...)``: the counter keys of the events and their breakdowns, so that the index serves the
-    hour range too. Reasons of permanent failures beyond the known ones are looked up in the counters."""
-    keys = [k for e in events for k in _LEAVES.get(e, (e,))]
-    if "failed" in events:
-        keys += [f"failed:permanent:{r}" for r in _REASONS]
-        key = "failed:permanent:"  # every reason counted so far: one index seek per distinct key (a skip scan)
-        while True:
-            key = conn.execute("SELECT min(event) FROM stats WHERE tag = '' AND event > ?", (key,)).fetchone()[0]
-            if key is None or not key.startswith("failed:permanent:"):
-                break
-            if key not in keys:
-                keys.append(key)
-    return f"event IN ({','.join('?' * len(keys))})", keys
-
-
 def shape(counts: Mapping[str, int], events: list[str]) -> dict[str, Any]:
     """Leaf counters (``events.stat_key``) -> Mailgun's nested stats object for one bucket, totals summed."""
     c = lambda key: int(counts.get(key, 0))  # noqa: E731
@@ -173,52 +149,26 @@ def shape(counts: Mapping[str, int], events: list[str]) -> dict[str, Any]:
 
 # --- queries ------------------------------------------------------------------------------------------------------
 
-def _rows(conn: sqlite3.Connection, events: list[str], rng: Range, *, domains: Iterable[str] | None,
-          tag: str = "", dim: tuple[str, str | None] | None = None, group: str | None = None,
-          by_time: bool = True) -> list[tuple[Any, int, str, int]]:
-    """(group value, hour or day number (0 without ``by_time``), key, count) rows, summed. Hour resolution
-    reads the hourly counters, day and month the daily ones (24 times fewer rows); provider and IP counters
-    are daily only. The GROUP BY follows the order of the index that serves the query, so SQLite streams the
-    sums instead of sorting every row."""
-    hourly = dim is None and rng.resolution == "hour"
-    table = "stats" if hourly else ("stats_daily" if dim is None else "stats_dims")
-    unit = "hour" if hourly else "day"
-    term, params = _event_terms(conn, events)
-    lo, hi = rng.hours() if hourly else rng.days()
-    where = [term, f"{unit} >= ?", f"{unit} <= ?"]
-    params += [lo, hi]
-    domains = list(domains) if domains is not None else None
-    if domains is not None:
-        if not domains:
-            return []
-        where.append(f"domain IN ({','.join('?' * len(domains))})")
-        params += domains
-    if dim is None:
-        if group != "tag":
-            where.append("tag = ?")
-            params.append(tag)
-        else:
-            where.append("tag != ''")
-    else:
-        where.append("dim = ?")
-        params.append(dim[0])
-        if dim[1] is not None:
-            where.append("value = ?")
-            params.append(dim[1])
-    column = {"domain": "domain", "tag": "tag", "value": "value"}.get(group or "")
-    if by_time:
-        select, group_by = f"{column or chr(39) * 2}, {unit}, event", (f"{column}, event, {unit}" if column else f"event, {unit}")
-    else:
-        select, group_by = f"{column or chr(39) * 2}, 0, event", (f"{column}, event" if column else "event")
-    return conn.execute(f"SELECT {select}, sum(count) FROM {table} WHERE {' AND '.join(where)} GROUP BY {group_by}",
-                        params).fetchall()
+def _query(events: list[str], rng: Range, *, domains: Iterable[str] | None, tag: str = "",
+           dim: tuple[str, str | None] | None = None, group: str | None = None, by_time: bool = True) -> CounterQuery:
+    """The store's query for (group value, hour or day number (0 without ``by_time``), key, count) rows, summed.
+    Hour resolution reads the hourly counters, day and month the daily ones (24 times fewer rows); provider and IP
+    counters are daily only."""
+    return CounterQuery(tuple(events), rng.start, rng.end, rng.resolution,
+                        None if domains is None else tuple(domains), tag, dim, group, by_time)
 
 
-def _time_series(rows: list[tuple[Any, int, str, int]], events: list[str], rng: Range) -> list[dict[str, Any]]:
+async def _rows(store: EventStore, query: CounterQuery) -> tuple[CounterRow, ...]:
+    (rows,) = await store.counter_rows(query)
+    return rows
+
+
+def _time_series(rows: Iterable[CounterRow], events: list[str], rng: Range) -> list[dict[str, Any]]:
     per_bucket: dict[float, dict[str, int]] = {}
     starts: dict[int, float] = {}  # hour or day number -> its bucket (months need the calendar, once per day)
     unit = 3600 if rng.resolution == "hour" else 86400
-    for _, n, key, count in rows:
+    for row in rows:
+        n, key, count = row.n, row.key, row.count
         b = starts.get(n)
         if b is None:
             b = starts[n] = float(n * unit) if rng.resolution != "month" else bucket_start(n * unit, "month")
@@ -234,13 +184,13 @@ def _time_series(rows: list[tuple[Any, int, str, int]], events: list[str], rng: 
     return out
 
 
-def totals(conn: sqlite3.Connection, events: list[str], rng: Range, *, domains: Iterable[str] | None,
-           tag: str = "") -> list[dict[str, Any]]:
+async def totals(store: EventStore, events: list[str], rng: Range, *, domains: Iterable[str] | None,
+                 tag: str = "") -> list[dict[str, Any]]:
     """One entry per bucket of the range (zeros included), like ``GET /v3/stats/total``."""
-    return _time_series(_rows(conn, events, rng, domains=domains, tag=tag), events, rng)
+    return _time_series(await _rows(store, _query(events, rng, domains=domains, tag=tag)), events, rng)
 
 
-def grouped(conn: sqlite3.Connection, events: list[str], rng: Range, *, group: str,
+async def grouped(store: EventStore, events: list[str], rng: Range, *, group: str,
             filters: Mapping[str, list[str]], domains: Iterable[str] | None) -> list[dict[str, Any]]:
     """``GET /v3/stats/filter``: totals filtered by domain/tag/provider/ip and grouped by ``group``."""
     if group not in GROUPS:
@@ -275,38 +225,36 @@ def grouped(conn: sqlite3.Connection, events: list[str], rng: Range, *, group: s
             raise QueryError("provider and ip counters are daily: use resolution day or month")
         check_buckets(rng.start, rng.end, resolution)
         rng = Range(bucket_start(rng.start, resolution), rng.end, resolution)
-        return _time_series(_rows(conn, events, rng, domains=domains, tag=tag, dim=dim), events, rng)
+        return _time_series(await _rows(store, _query(events, rng, domains=domains, tag=tag, dim=dim)), events, rng)
     column = {"domain": "domain", "tag": "tag", "provider": "value", "ip": "value"}.get(group)
-    rows = _rows(conn, events, rng, domains=domains, tag=tag, dim=dim, group=column, by_time=False)
+    rows = await _rows(store, _query(events, rng, domains=domains, tag=tag, dim=dim, group=column, by_time=False))
     per_group: dict[str, dict[str, int]] = {}
-    for value, _, key, count in rows:
-        counts = per_group.setdefault(value if column else "", {})
-        counts[key] = counts.get(key, 0) + count
+    for row in rows:
+        counts = per_group.setdefault(row.group if column else "", {})
+        counts[row.key] = counts.get(row.key, 0) + row.count
     if group == "total":
         return [{"time": rfc2822(rng.start), **shape(per_group.get("", {}), events)}]
     return [{group: value, **shape(counts, events)} for value, counts in sorted(per_group.items())]
 
 
-def domain_totals(conn: sqlite3.Connection, events: list[str], at: float, resolution: str, *,
+async def domain_totals(store: EventStore, events: list[str], at: float, resolution: str, *,
                   domains: Iterable[str] | None, skip: int, limit: int) -> list[dict[str, Any]]:
     """``GET /v3/stats/total/domains``: per domain, the one bucket containing ``at``."""
     start = bucket_start(at, resolution)
     rng = Range(start, next_bucket(start, resolution) - 1, resolution)
-    rows = _rows(conn, events, rng, domains=domains, group="domain", by_time=False)
+    rows = await _rows(store, _query(events, rng, domains=domains, group="domain", by_time=False))
     per_domain: dict[str, dict[str, int]] = {}
-    for domain, _, key, count in rows:
-        counts = per_domain.setdefault(domain, {})
-        counts[key] = counts.get(key, 0) + count
+    for row in rows:
+        counts = per_domain.setdefault(row.group, {})
+        counts[row.key] = counts.get(row.key, 0) + row.count
     chosen = sorted(per_domain)[skip:skip + limit]
     return [{"time": rfc2822(start), "domain": d, **shape(per_domain[d], events)} for d in chosen]
 
 
-def providers(conn: sqlite3.Connection, domain: str) -> dict[str, dict[str, int]]:
+async def providers(store: EventStore, domain: str) -> dict[str, dict[str, int]]:
     """``GET /v3/{domain}/aggregates/providers``: all-time counts per recipient provider (domain)."""
     out: dict[str, dict[str, int]] = {}
-    for value, key, count in conn.execute(
-            "SELECT value, event, sum(count) FROM stats_dims WHERE domain = ? AND dim = 'provider'"
-            " GROUP BY value, event", (domain,)):
+    for value, key, count in await store.provider_counts(domain):
         entry = out.setdefault(value, {"accepted": 0, "delivered": 0, "opened": 0, "clicked": 0, "unique_opened": 0,
                                        "unique_clicked": 0, "unsubscribed": 0, "complained": 0, "bounced": 0})
         name = "bounced" if key.startswith("failed:permanent:") else key.split(":")[0]
@@ -315,12 +263,14 @@ def providers(conn: sqlite3.Connection, domain: str) -> dict[str, dict[str, int]
     return out
 
 
-def daily_counts(conn: sqlite3.Connection, domain: str, rng: Range) -> list[tuple[str, int, str, int]]:
-    """(tag, day number, leaf key, count) of one domain's daily counters over ``rng`` (day resolution); tag
+async def daily_counts(store: EventStore, domain: str, rng: Range) -> list[CounterRow]:
+    """(tag, day number, leaf key, count) rows of one domain's daily counters over ``rng`` (day resolution); tag
     ``''`` rows are the totals of all messages, the others per tag (the seed's ``GET /v2/{domain}/stats``)."""
     rng = Range(rng.start, rng.end, "day")
     every = list(EVENTS)
-    return _rows(conn, every, rng, domains=[domain]) + _rows(conn, every, rng, domains=[domain], group="tag")
+    totals_, per_tag = await store.counter_rows(_query(every, rng, domains=[domain]),
+                                                _query(every, rng, domains=[domain], group="tag"))
+    return [*totals_, *per_tag]
 
 
 # --- tags ---------------------------------------------------------------------------------------------------------
@@ -329,48 +279,19 @@ def _iso(ts: float) -> str:
     return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def list_tags(conn: sqlite3.Connection, domain: str, *, limit: int, pivot: str | None = None,
-              before: bool = False, prefix: str = "") -> list[dict[str, Any]]:
+def tag_json(info: TagInfo) -> dict[str, Any]:
+    """Mailgun's shape of a tag; first and last seen to the day (from the daily counters)."""
+    return {"tag": info.tag, "description": info.description, "first-seen": _iso(info.first_day * 86400),
+            "last-seen": _iso(info.last_day * 86400)}
+
+
+async def list_tags(store: EventStore, domain: str, *, limit: int, pivot: str | None = None,
+                    before: bool = False, prefix: str = "") -> list[dict[str, Any]]:
     """Tags seen on a domain, by name, ``limit`` after (or before) ``pivot``."""
-    where, params = ["domain = ?", "tag != ''"], [domain]
-    if pivot is not None:
-        where.append("tag < ?" if before else "tag > ?")
-        params.append(pivot)
-    if prefix:
-        where.append("substr(tag, 1, ?) = ?")
-        params += [len(prefix), prefix]
-    order = "DESC" if before else "ASC"
-    rows = conn.execute(f"SELECT tag, min(day), max(day) FROM stats_daily WHERE {' AND '.join(where)} GROUP BY tag"
-                        f" ORDER BY tag {order} LIMIT ?", (*params, limit)).fetchall()
-    if before:
-        rows.reverse()
-    return [tag_info(conn, domain, r[0], r[1], r[2]) for r in rows]
+    return [tag_json(t) for t in await store.list_tags(domain, limit=limit, pivot=pivot, before=before,
+                                                         prefix=prefix)]
 
 
-def tag_info(conn: sqlite3.Connection, domain: str, tag: str, first: int | None = None,
-             last: int | None = None) -> dict[str, Any] | None:
-    if first is None:
-        row = conn.execute("SELECT min(day), max(day) FROM stats_daily WHERE domain = ? AND tag = ?",
-                           (domain, tag)).fetchone()
-        if row is None or row[0] is None:
-            return None
-        first, last = row
-    desc = conn.execute("SELECT value FROM kv WHERE key = ?", (f"tag:{domain}:{tag}",)).fetchone()
-    return {"tag": tag, "description": desc[0] if desc else "", "first-seen": _iso(first * 86400),
-            "last-seen": _iso((last or first) * 86400)}  # to the day: from the daily counters
-
-
-def set_tag_description(conn: sqlite3.Connection, domain: str, tag: str, description: str) -> bool:
-    if conn.execute("SELECT 1 FROM stats WHERE domain = ? AND tag = ? LIMIT 1", (domain, tag)).fetchone() is None:
-        return False
-    conn.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                 (f"tag:{domain}:{tag}", description))
-    return True
-
-
-def delete_tag(conn: sqlite3.Connection, domain: str, tag: str) -> bool:
-    n = conn.execute("DELETE FROM stats WHERE domain = ? AND tag = ?", (domain, tag)).rowcount
-    n += conn.execute("DELETE FROM stats_daily WHERE domain = ? AND tag = ?", (domain, tag)).rowcount
-    conn.execute("DELETE FROM kv WHERE key = ?", (f"tag:{domain}:{tag}",))
-    return n > 0
-
+async def tag_info(store: EventStore, domain: str, tag: str) -> dict[str, Any] | None:
+    info = await store.tag_info(domain, tag)
+    return None if info is None else tag_json(info)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from mtad.mail import attachments as attachments_mod
-from mtad.events import record as events
+from mtad.events import shape
 from mtad.mail import headers
 from mtad.mail import options as options_mod
 from mtad.store import queue as spool
+from mtad.store.events import NewEvent
+from mtad.store.protocol import StoreProtocol
 from mtad.config.schema import LimitsConfig
 from mtad.smtp.dataread import DataRefused, clean
 from mtad.ingress.directory import Directory
@@ -32,7 +34,6 @@ from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
-from mtad.store.engine import Store
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 log = logging.getLogger("mtad.ingress")
@@ -68,6 +69,40 @@ class Submission:
     domain: str | None = None
 
 
+@dataclass(frozen=True)
+class Committed:
+    """Messages durably committed (``Ingress.commit_many``): their queue ids, in the order given."""
+
+    queue_ids: tuple[str, ...]
+
+    @property
+    def queue_id(self) -> str:
+        return self.queue_ids[0]
+
+    @property
+    def reply(self) -> str:
+        """The SMTP reply that accepts them."""
+        return f"250 2.0.0 Ok: queued as {self.queue_ids[0]}"
+
+
+@dataclass(frozen=True)
+class NotCommitted:
+    """Nothing was committed; ``reason`` says why, for the client (SMTP reply text, API error)."""
+
+    code: int
+    enhanced: str
+    reason: str
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.enhanced} {self.reason}"
+
+
+NO_ROOM = NotCommitted(452, "4.3.1", "Insufficient system resources, try again later")
+NO_STORAGE = NotCommitted(452, "4.3.1", "Insufficient system storage, try again later")
+CommitResult = Committed | NotCommitted
+
+
 @dataclass
 class Counters:
     accepted: int = 0
@@ -78,7 +113,7 @@ class Counters:
 class Ingress:
     """The ``Policy`` of smtpserver.MtadSMTP, and the one path from bytes to a committed message."""
 
-    def __init__(self, *, hostname: str, limits: LimitsConfig, directory: Directory, store: Store,
+    def __init__(self, *, hostname: str, limits: LimitsConfig, directory: Directory, store: StoreProtocol,
                  router: InboundRouter | None = None, clock: Callable[[], float] = time.time):
         self.hostname = hostname
         self.limits = limits
@@ -184,7 +219,7 @@ class Ingress:
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
-        return await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)
+        return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -197,26 +232,22 @@ class Ingress:
         summary = headers.summary(fields) if fields else HeaderSummary()
         domain = self._sending_domain(envelope)
         code, _, text = reply.partition(" ")
-        rejected = [events.base_event(
+        rejected = [NewEvent(domain, shape.base_event(
             "rejected", timestamp=self.clock(), recipient=rcpt, queue_id="",
-            message=events.message_part(summary.to_json(), 0), options={},
+            message=shape.message_part(summary.to_json(), 0), options={},
             envelope={"sender": envelope.sender, "targets": rcpt, "transport": "smtp", "sending-ip": session.client_ip},
             flags={"is-authenticated": True, "is-test-mode": False},
-            extra={"reject": {"reason": text, "description": reply}, "method": "smtp"}) for rcpt in tx.recipients]
-
-        def write(conn) -> None:
-            for event in rejected:
-                events.record(conn, domain, event)
+            extra={"reject": {"reason": text, "description": reply}, "method": "smtp"})) for rcpt in tx.recipients]
         try:
-            await self.store.write(write)
+            await self.store.record_events(rejected)
         except Exception:  # noqa: BLE001 - the refusal stands; the event is best effort
             log.exception("could not record rejected events")
         return reply
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
                      summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
-                     domain: str | None = None, held: bool = False) -> str:
-        """Store the message and its work rows durably; the SMTP reply to give.
+                     domain: str | None = None, held: bool = False) -> CommitResult:
+        """Store the message and its work rows durably; what was done (``.reply``: the SMTP reply to give).
 
         ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
         otherwise it comes from the envelope sender and the authenticated user. ``held``: the caller
@@ -225,8 +256,9 @@ class Ingress:
         return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now,
                                       held=held)
 
-    async def commit_many(self, items: "list[Submission]", now: float, held: bool = False) -> str:
-        """Commit several messages in one transaction, all or none (an API batch send); one reply.
+    async def commit_many(self, items: "list[Submission]", now: float, held: bool = False) -> CommitResult:
+        """Commit several messages in one transaction, all or none (an API batch send): ``Committed`` with their
+        queue ids, or ``NotCommitted`` with the reason.
 
         Unless ``held``, the contents' bytes are reserved in ``inflight`` for the commit (452 if no room).
         """
@@ -234,21 +266,19 @@ class Ingress:
             if not held and not hold.take(sum(len(item.content) for item in items)):
                 log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
                             self.inflight.limit)
-                return "452 4.3.1 Insufficient system resources, try again later"
+                return NO_ROOM
             return await self._commit_many(items, now)
 
-    async def _commit_many(self, items: "list[Submission]", now: float) -> str:
+    async def _commit_many(self, items: "list[Submission]", now: float) -> CommitResult:
         planned = [(item.queue_id, self._plan(item)) for item in items]
-
-        def write(conn) -> None:
-            for queue_id, (msg, forwards, deliver_to) in planned:
-                spool.enqueue(conn, queue_id, msg, now, forwards, deliver_to)
         try:
-            await self.store.write(write)
+            await self.store.enqueue([spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now), tuple(forwards),
+                                                    tuple(deliver_to))
+                                      for queue_id, (msg, forwards, deliver_to) in planned], now)
         except StoreError as exc:
             self.counters.store_failures += 1
             log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
-            return "452 4.3.1 Insufficient system storage, try again later"
+            return NO_STORAGE
         self.counters.accepted += len(items)
         if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
             self.on_commit()  # wake the scheduler and forwarders only when there is work for them
@@ -258,7 +288,7 @@ class Ingress:
                      queue_id, envelope.sender, len(envelope.recipients), len(msg.body), envelope.client_ip,
                      envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
                      "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
-        return f"250 2.0.0 Ok: queued as {items[0].queue_id}"
+        return Committed(tuple(item.queue_id for item in items))
 
     def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
         """The message to store, its route forwards and the recipients the outbound stage delivers."""

@@ -15,10 +15,10 @@ import secrets
 from typing import Literal
 
 from mtad.store.queue import DeliveryJob
-from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome
+from mtad.base.types import DSN_TRANSPORT, Envelope, HeaderSummary, NewMessage, Outcome
 
 Policy = Literal["smtp", "always", "never"]
-TRANSPORT = "dsn"  # ``envelope.transport`` of the DSNs mtad makes
+TRANSPORT = DSN_TRANSPORT  # ``envelope.transport`` of the DSNs mtad makes
 _MAX_ORIGINAL_HEADERS = 64 * 1024
 _SOURCES: dict[str, tuple[str, ...]] = {"smtp": ("smtp",), "always": ("smtp", "http"), "never": ()}
 

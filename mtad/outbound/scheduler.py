@@ -39,15 +39,15 @@ from mtad.outbound import classify
 from mtad.mail import dkim as dkim_mod
 from mtad.outbound import dsn
 from mtad.outbound import providers
-from mtad.store import queue as spool
+from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
+from mtad.store.queue import DeliveryJob, Pauses, QueueStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
 from mtad.outbound.dkim_pool import DkimSigner
 from mtad.base.errors import PermFailure, StoreError, TempFailure
-from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle
+from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
 from mtad.net.resolver import Resolver
-from mtad.store.engine import Store
 from mtad.outbound.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
 from mtad.base.types import Outcome
 
@@ -69,7 +69,7 @@ class Site:
 
 
 class Scheduler:
-    def __init__(self, *, store: Store, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
+    def __init__(self, *, store: QueueStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
                  dsn_policies: Mapping[str, dsn.Policy] | None = None):
@@ -92,7 +92,7 @@ class Scheduler:
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
         self.inflight = 0
-        self.paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
+        self.paused = Pauses()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._recording: set[asyncio.Task] = set()  # outcomes being committed; awaited, never cancelled, at stop
@@ -119,9 +119,11 @@ class Scheduler:
                 if room > 0:
                     now = self.clock()
                     until, held = self.leases.until(now), self.leases.held
-                    claimed = await self.store.write(lambda c: self._claim(c, room, now, until, held))
-                    self.leases.claimed(job.id for job, _ in claimed)
-                    for job, blocked in claimed:
+                    claim = await self.store.claim_due(self.worker, now, room, preload_body=PRELOAD_BODY,
+                                                       lease_until=until, skip=held)
+                    self.paused = claim.pauses
+                    self.leases.claimed(job.id for job in claim.jobs)
+                    for job, blocked in zip(claim.jobs, claim.suppressed):
                         self.inflight += 1
                         self._spawn(self._dispatch(job, blocked))
             except StoreError as exc:  # the loop must survive; the store may be briefly unavailable
@@ -132,16 +134,6 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.seconds)
             except asyncio.TimeoutError:
                 pass
-
-    def _claim(self, conn, room: int, now: float, until: float,
-               held: set[int]) -> list[tuple[spool.DeliveryJob, dict[str, str]]]:
-        """Due jobs, each with its suppressed recipients, and the operator's pauses, in one store transaction
-        for the whole batch (runs on the store's writer thread; ``held`` is only tested for membership)."""
-        self.paused = _pauses(conn)
-        jobs = spool.claim_due_deliveries(conn, self.worker, now, room, self.paused["domain"],
-                                          preload_body=PRELOAD_BODY, lease_until=until, skip=held)
-        return [(job, spool.suppressed(conn, job.sending_domain, job.recipients, job.options.get("tags") or ()))
-                for job in jobs]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -165,7 +157,7 @@ class Scheduler:
         task.add_done_callback(self._recording.discard)
 
     # --- per job ---------------------------------------------------------------------------------
-    async def _dispatch(self, job: spool.DeliveryJob, blocked: dict[str, str]) -> None:
+    async def _dispatch(self, job: DeliveryJob, blocked: Mapping[str, str]) -> None:
         try:
             job = await self._settled_without_sending(job, blocked)
             if job is None:
@@ -176,10 +168,10 @@ class Scheduler:
                 await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
                 return
             policy = self._smarthost_policy or providers.for_destination(job.domain, list(mx_hosts), self.shaping)
-            if policy.name in self.paused["provider"] or set(job.options.get("tags") or ()) & self.paused["tag"]:
+            if policy.name in self.paused.provider or set(job.options.get("tags") or ()) & self.paused.tag:
                 try:
-                    await settle(self.store, lambda c: spool.hold(c, job.id),
-                                 f"{job.queue_id}: hold of delivery {job.id}")
+                    await settle_call(self.store, lambda: self.store.hold(job.id),
+                                      f"{job.queue_id}: hold of delivery {job.id}")
                 finally:
                     self.leases.done(job.id)
                     self.inflight -= 1
@@ -201,8 +193,8 @@ class Scheduler:
             await self._release(job, self.clock() + (RETRY_AFTER_STORE_ERROR if isinstance(exc, StoreError)
                                                      else RETRY_AFTER_ERROR))
 
-    async def _settled_without_sending(self, job: spool.DeliveryJob,
-                                       blocked: dict[str, str]) -> spool.DeliveryJob | None:
+    async def _settled_without_sending(self, job: DeliveryJob,
+                                       blocked: Mapping[str, str]) -> DeliveryJob | None:
         """Jobs that end before any connection: too old, test mode, suppressed (``blocked``: recipient -> reason).
         The job still to send, if any."""
         now = self.clock()
@@ -226,8 +218,9 @@ class Scheduler:
             return None
         # The suppressed recipients are settled and the rest stays claimed for sending, in one transaction, so
         # that a crash cannot lose the rest. Suppressed recipients never get a DSN (``dsn.build``).
-        record = spool.AttemptRecord(outcomes, job.attempts + 1, None)
-        await self.store.write(lambda c: spool.settle_some(c, job, self.worker, rest, record, now, self._bounce()))
+        done = replace(job, recipients=tuple(outcomes))
+        attempt = finished(done, AttemptRecord(outcomes, job.attempts + 1, None), now)
+        await self.store.settle_some(job, self.worker, rest, attempt, now, dsn_for(self._bounce(), done, attempt, now))
         return replace(job, recipients=rest)
 
     async def _destination(self, domain: str) -> tuple[Destination, tuple[str, ...]]:
@@ -241,7 +234,7 @@ class Scheduler:
         hosts = tuple(h.host for h in mx.hosts)
         return Destination(domain, hosts, cfg.port), hosts
 
-    def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: spool.DeliveryJob) -> Destination:
+    def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: DeliveryJob) -> Destination:
         if dest.name == "smarthost":
             return dest
         tls = policy.tls
@@ -319,7 +312,7 @@ class Scheduler:
             started = time.monotonic()
             try:
                 if body is None:
-                    body = await self.store.read(lambda c: spool.load_body(c, job.queue_id))
+                    body = await self.store.load_body(job.queue_id)
                     if body is None:  # deleted by an operator meanwhile
                         self.leases.done(job.id)
                         self.inflight -= 1
@@ -377,7 +370,7 @@ class Scheduler:
         log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
                     outcome.message[:200])
 
-    async def _sign(self, job: spool.DeliveryJob, body: bytes) -> bytes:
+    async def _sign(self, job: DeliveryJob, body: bytes) -> bytes:
         keys = self.dkim_keys.get(job.sending_domain)
         if not keys or job.options.get("dkim") is False:
             return body
@@ -388,7 +381,7 @@ class Scheduler:
             return body
 
     # --- recording -------------------------------------------------------------------------------
-    async def _finish(self, job: spool.DeliveryJob, outcomes: dict[str, Outcome], seconds: float = 0.0) -> None:
+    async def _finish(self, job: DeliveryJob, outcomes: dict[str, Outcome], seconds: float = 0.0) -> None:
         now = self.clock()
         attempt_no = job.attempts + 1
         deferred = any(o.kind == "deferred" for o in outcomes.values())
@@ -401,11 +394,11 @@ class Scheduler:
                 deadline = min(deadline, job.created_at + within)
             if retry_at > deadline:
                 retry_at = None
-        record = spool.AttemptRecord(outcomes, attempt_no, retry_at, seconds)
-        bounce = self._bounce()
+        attempt = finished(job, AttemptRecord(outcomes, attempt_no, retry_at, seconds), now)
+        bounce = dsn_for(self._bounce(), job, attempt, now)
         try:  # kept in memory and tried again while the store refuses it: never sent again for want of a record
-            await settle(self.store, lambda c: spool.finish_attempt(c, job, record, now, bounce),
-                         f"{job.queue_id}: outcome of delivery {job.id}")
+            await settle_call(self.store, lambda: self.store.finish_attempt(job, attempt, now, bounce),
+                              f"{job.queue_id}: outcome of delivery {job.id}")
         except Exception as exc:  # noqa: BLE001 - the store closed (the next start releases the row) or a bug
             log.error("%s: could not record the outcome of delivery %d: %s", job.queue_id, job.id, exc,
                       exc_info=not isinstance(exc, StoreError))
@@ -421,18 +414,18 @@ class Scheduler:
         self.wake()
 
     def _bounce(self):
-        """The DSN builder ``spool.finish_attempt`` calls for permanent failures (each sending domain's policy),
-        or None when DSNs are off."""
+        """The DSN builder of permanent failures (each sending domain's policy; ``attempts.dsn_for``), or None when
+        DSNs are off."""
         if not self.config.dsn:
             return None
         policies = self.dsn_policies
         return lambda job, failed, original_headers: dsn.build(
             job, failed, self.hostname, original_headers, policy=policies.get(job.sending_domain, "smtp"))
 
-    async def _release(self, job: spool.DeliveryJob, at: float, reply: str = "") -> None:
+    async def _release(self, job: DeliveryJob, at: float, reply: str = "") -> None:
         try:
-            await settle(self.store, lambda c: spool.release(c, job.id, at, reply),
-                         f"{job.queue_id}: release of delivery {job.id}")
+            await settle_call(self.store, lambda: self.store.release(job.id, at, reply),
+                              f"{job.queue_id}: release of delivery {job.id}")
         except Exception as exc:  # noqa: BLE001 - the store closed: the next start releases the row
             log.error("%s: could not release delivery %d: %s", job.queue_id, job.id, exc,
                       exc_info=not isinstance(exc, StoreError))
@@ -451,12 +444,3 @@ def smarthost_policy(config: DeliveryConfig, shaping: ShapingConfig) -> Provider
         return None
     return replace(shaping.default, name="smarthost", max_connections=sh.max_connections,
                    max_message_rate=sh.max_message_rate)
-
-
-def _pauses(conn) -> dict[str, set[str]]:
-    """The pauses ``mtad queue pause`` keeps in the store: kind (domain | provider | tag) -> values."""
-    paused: dict[str, set[str]] = {"domain": set(), "provider": set(), "tag": set()}
-    for (key,) in conn.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'"):
-        _, kind, value = key.split(":", 2)
-        paused.setdefault(kind, set()).add(value)
-    return paused

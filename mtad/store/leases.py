@@ -29,7 +29,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Iterable, TypeVar
 
 from mtad.store import queue as spool
 from mtad.base.errors import StoreError
@@ -45,10 +45,16 @@ RETRY_AFTER_ERROR = 60.0  # seconds before a row whose handling failed otherwise
 
 async def settle(store: Store, fn: Callable[[sqlite3.Connection], T], what: str, *, first_delay: float = 0.25) -> T:
     """``await store.write(fn)``, tried again while the store fails, until written (see the module doc)."""
+    return await settle_call(store, lambda: store.write(fn), what, first_delay=first_delay)
+
+
+async def settle_call(store: Store, call: Callable[[], Awaitable[T]], what: str, *, first_delay: float = 0.25) -> T:
+    """``await call()`` (a typed write of ``store``: ``lambda: store.finish_attempt(...)``), tried again while the
+    store fails, until written (see the module doc)."""
     delay, failures = first_delay, 0
     while True:
         try:
-            result = await store.write(fn)
+            result = await call()
         except StoreError as exc:
             if not store.is_open:
                 raise

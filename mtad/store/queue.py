@@ -1,7 +1,14 @@
-"""Queue operations on the store's tables: enqueue, claim, mark, list. Functions of a connection.
+"""The queue: messages, their outbound deliveries, claims on deliveries, outcomes, and the operator's actions.
 
-These run inside ``Store.write`` (one transaction, group-committed) or ``Store.read``. The scheduler
-and the CLI call them; nothing here knows SMTP or HTTP.
+Two levels:
+- functions of a connection (``enqueue``, ``claim``, ``finish_attempt``, ...): the SQL, run inside
+  ``Store.write`` (one transaction, group-committed) or ``Store.read``; internal to ``mtad.store``;
+- ``QueueMethods``: the typed async methods ``SqliteStore`` composes (``await store.enqueue(...)``,
+  ``await store.claim_due(...)``), each one writer or reader hop running those functions. ``QueueStore`` is
+  their contract (claim semantics, what commits together, idempotency).
+
+Nothing here knows SMTP or HTTP, nor builds an event: callers hand over the events a write commits
+(``store.events.NewEvent``), built by ``mtad.events.shape``.
 """
 
 from __future__ import annotations
@@ -10,11 +17,11 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Container, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequence
 
-from mtad.events import record as events
-from mtad.base.types import NewMessage
+from mtad.base.types import NewMessage, Outcome, domain_of
+from mtad.store.events import NewEvent, record_all
 
 
 def new_queue_id() -> str:
@@ -33,20 +40,31 @@ class ForwardRow:
     sender: str | None = None  # address forwards: the rewritten envelope sender (SRS)
 
 
+@dataclass(frozen=True)
+class Enqueue:
+    """One message to commit: stored once under ``queue_id`` with its work rows and its ``accepted`` events
+    (built by the caller: ``events.shape.accepted``).
+
+    ``deliver_to`` are the recipients the outbound stage delivers (None: all of an outbound message's, none of an
+    inbound one's); ``forwards`` are the inbound route actions (``address`` ones become deliveries)."""
+
+    queue_id: str
+    message: NewMessage
+    events: tuple[NewEvent, ...] = ()
+    forwards: tuple[ForwardRow, ...] = ()
+    deliver_to: tuple[str, ...] | None = None
+
+
 def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for rcpt in recipients:
-        grouped.setdefault(events.domain_of(rcpt), []).append(rcpt)
+        grouped.setdefault(domain_of(rcpt), []).append(rcpt)
     return grouped
 
 
-def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float,
-            forwards: Iterable[ForwardRow] = (), deliver_to: Iterable[str] | None = None) -> None:
-    """Store the message once, its work rows, and an ``accepted`` event per recipient.
-
-    ``deliver_to`` are the recipients the outbound stage delivers (default: all of an outbound
-    message's); ``forwards`` are the inbound route actions.
-    """
+def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
+    """Store the message once, its work rows (deliveries per destination domain, forwards) and its events."""
+    queue_id, msg, forwards, deliver_to = item.queue_id, item.message, item.forwards, item.deliver_to
     env = msg.envelope
     envelope = {"client_ip": env.client_ip, "client_helo": env.client_helo, "auth_user": env.auth_user,
                 "tls": env.tls, "transport": env.transport, "listener": env.listener}
@@ -71,7 +89,7 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
     for f in forwards:
         if f.action == "address":
             sender = env.sender if f.sender is None else f.sender  # "" is the null sender of a returned bounce
-            by_sender.setdefault((events.domain_of(f.destination), sender), []).append(f.destination)
+            by_sender.setdefault((domain_of(f.destination), sender), []).append(f.destination)
     conn.executemany(
         "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender, created_at,"
         " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
@@ -82,11 +100,7 @@ def enqueue(conn: sqlite3.Connection, queue_id: str, msg: NewMessage, now: float
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
          for f in forwards if f.action != "address"])
-    from mtad.outbound.dsn import TRANSPORT as DSN
-    system = env.transport == DSN  # a bounce mtad made is not the user's accepted mail
-    for event in events.accepted_events(msg, queue_id, now):  # inbound: each recipient's own receiving domain
-        events.record(conn, event["recipient-domain"] if msg.direction == "inbound" else msg.domain, event,
-                      system=system)
+    record_all(conn, item.events)
 
 
 # --- claims are leases (see mtad.leases) ------------------------------------------------------------------
@@ -136,12 +150,31 @@ def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str
                         (now, *args)).rowcount
 
 
-def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, Any]]:
-    """Pending outbound deliveries and inbound forwards, oldest first (``mtad queue list``).
+@dataclass(frozen=True)
+class QueueEntry:
+    """A pending outbound delivery or inbound forward (``mtad queue list``); ``state`` ``active`` while a worker
+    holds it (``locked_by``), as Postfix's active queue."""
 
-    A row claimed by a worker (being delivered or POSTed right now) shows as state ``active``, as Postfix's active
-    queue; ``locked_by`` names the worker.
-    """
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float | None
+    last_reply: str | None
+    kind: str  # delivery | forward
+    locked_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"queue_id": self.queue_id, "sender": self.sender, "recipients": list(self.recipients),
+                "destination": self.destination, "state": self.state, "attempts": self.attempts,
+                "next_attempt_at": self.next_attempt_at, "last_reply": self.last_reply, "kind": self.kind,
+                "locked_by": self.locked_by}
+
+
+def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> tuple[QueueEntry, ...]:
+    """Pending outbound deliveries and inbound forwards, oldest first."""
     rows = conn.execute(
         "SELECT d.message AS queue_id, m.sender, d.recipients, d.domain AS destination,"
         " CASE WHEN d.locked_by IS NULL THEN d.state ELSE 'active' END AS state, d.attempts,"
@@ -151,11 +184,32 @@ def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> list[dict[str, An
         " CASE WHEN f.locked_by IS NULL THEN f.state ELSE 'active' END, f.attempts,"
         " f.next_attempt_at, f.last_error, 'forward', f.locked_by FROM forwards f JOIN messages m ON m.id = f.message"
         " WHERE f.state IN ('queued', 'deferred') ORDER BY 1 LIMIT ?", (limit,)).fetchall()
-    return [dict(row) | {"recipients": json.loads(row["recipients"])} for row in rows]
+    return tuple(QueueEntry(r[0], r[1], tuple(json.loads(r[2])), *r[3:]) for r in rows)
 
 
 def count_messages(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """Pending work by state, for metrics: deliveries by (state, destination domain) (``active`` while claimed),
+    forwards and webhook POSTs by state."""
+
+    deliveries: tuple[tuple[str, str, int], ...]
+    forwards: tuple[tuple[str, int], ...]
+    webhooks: tuple[tuple[str, int], ...]
+
+
+def queue_counts(conn: sqlite3.Connection) -> QueueCounts:
+    return QueueCounts(
+        tuple(tuple(r) for r in conn.execute(
+            "SELECT CASE WHEN locked_by IS NULL THEN state ELSE 'active' END, domain, count(*) FROM deliveries"
+            " WHERE state IN ('queued', 'deferred', 'held') GROUP BY 1, 2")),
+        tuple(tuple(r) for r in conn.execute("SELECT state, count(*) FROM forwards WHERE state IN ('queued',"
+                                             " 'deferred') GROUP BY state")),
+        tuple(tuple(r) for r in conn.execute("SELECT state, count(*) FROM webhook_deliveries WHERE state IN"
+                                             " ('queued', 'deferred') GROUP BY state")))
 
 
 # --- outbound deliveries -----------------------------------------------------------------------------
@@ -213,6 +267,47 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
             for r in rows]
 
 
+PAUSE_KINDS = ("domain", "provider", "tag")
+
+
+@dataclass(frozen=True)
+class Pauses:
+    """What the operator paused (``mtad queue pause``): deliveries to these domains are not claimed; those of
+    these providers or tags are held when claimed."""
+
+    domain: frozenset[str] = frozenset()
+    provider: frozenset[str] = frozenset()
+    tag: frozenset[str] = frozenset()
+
+
+def pauses(conn: sqlite3.Connection) -> Pauses:
+    found: dict[str, set[str]] = {kind: set() for kind in PAUSE_KINDS}
+    for (key,) in conn.execute("SELECT key FROM kv WHERE key LIKE 'pause:%'"):
+        _, kind, value = key.split(":", 2)
+        found.setdefault(kind, set()).add(value)
+    return Pauses(*(frozenset(found[kind]) for kind in PAUSE_KINDS))
+
+
+@dataclass(frozen=True)
+class DueClaim:
+    """What ``claim_due`` took: the jobs, each one's suppressed recipients (recipient -> reason), and the pauses
+    in force, read in the same transaction."""
+
+    jobs: tuple[DeliveryJob, ...]
+    suppressed: tuple[Mapping[str, str], ...]
+    pauses: Pauses
+
+
+def claim(conn: sqlite3.Connection, worker: str, now: float, limit: int, *, preload_body: int = 0,
+          lease_until: float | None = None, skip: Container[int] = ()) -> DueClaim:
+    """The pauses, then ``claim_due_deliveries`` outside paused domains, then each job's suppressed recipients."""
+    paused = pauses(conn)
+    jobs = claim_due_deliveries(conn, worker, now, limit, paused.domain, preload_body, lease_until=lease_until,
+                                skip=skip)
+    return DueClaim(tuple(jobs), tuple(suppressed(conn, job.sending_domain, job.recipients,
+                                                  job.options.get("tags") or ()) for job in jobs), paused)
+
+
 def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
     row = conn.execute("SELECT body FROM messages WHERE id = ?", (queue_id,)).fetchone()
     return bytes(row[0]) if row else None
@@ -237,7 +332,7 @@ def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
     complaints over unsubscribes, and an unsubscribe applies only to its tags (``*``: every message).
     """
     addresses = {rcpt: rcpt.lower() for rcpt in recipients}
-    keys = sorted(set(addresses.values()) | {events.domain_of(a) for a in addresses.values()})
+    keys = sorted(set(addresses.values()) | {domain_of(a) for a in addresses.values()})
     entries: dict[tuple[str, str], str] = {}
     for start in range(0, len(keys), 500):  # one query per 500 addresses, whatever the recipient count
         chunk = keys[start:start + 500]
@@ -249,7 +344,7 @@ def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
     tags = set(tags)
     result: dict[str, str] = {}
     for rcpt, address in addresses.items():
-        if ("whitelists", address) in entries or ("whitelists", events.domain_of(address)) in entries:
+        if ("whitelists", address) in entries or ("whitelists", domain_of(address)) in entries:
             continue
         for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
                              ("unsubscribes", "suppress-unsubscribe")):
@@ -272,88 +367,65 @@ def add_suppression(conn: sqlite3.Connection, domain: str, kind: str, address: s
                  " created_at = excluded.created_at", (domain, kind, address.lower(), now, json.dumps(data)))
 
 
-def _job_event(kind: str, job: DeliveryJob, rcpt: str, now: float, extra: dict[str, Any]) -> dict[str, Any]:
-    env = job.envelope
-    flags = {"is-authenticated": env.get("auth_user") is not None, "is-test-mode": bool(job.options.get("test_mode")),
-             "is-routed": env.get("transport") == "route", "is-delayed-bounce": False}
-    envelope = {"sender": job.sender, "targets": rcpt, "transport": "smtp", "sending-ip": env.get("sending_ip", "")}
-    return events.base_event(kind, timestamp=now, recipient=rcpt, queue_id=job.queue_id,
-                             message=events.message_part(job.headers, job.size, job.attachments), options=job.options,
-                             envelope=envelope, flags=flags, extra=extra)
-
-
 @dataclass(frozen=True)
-class AttemptRecord:
-    """What one attempt decided, per recipient, for ``finish_attempt``."""
+class FinishedAttempt:
+    """What one attempt of a delivery decided, ready to write (``outbound.attempts.finished`` builds it).
 
-    outcomes: dict[str, Any]  # recipient -> types.Outcome
+    ``deferred`` recipients stay on the row, due again at ``retry_at``; without any the row is done. ``failed`` are
+    the recipients failed for good, with their final outcomes (for the DSN). ``events`` are the attempt's
+    ``delivered``/``failed`` events; ``bounce_list`` the (recipient, data) to put on the sending domain's bounce
+    list unless the address or its domain is allowlisted. ``system``: the attempt of a DSN mtad made (its
+    failures get no DSN)."""
+
     attempt_no: int
-    retry_at: float | None  # when deferred recipients are tried again; None: they have run out of time
-    session_seconds: float = 0.0
+    retry_at: float | None
+    deferred: tuple[str, ...]
+    failed: Mapping[str, Outcome]
+    events: tuple[NewEvent, ...]
+    bounce_list: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    last_code: int | None = None
+    last_reply: str | None = None
+    system: bool = False
 
 
-def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, record: AttemptRecord, now: float,
-                   dsn: Any = None) -> list[str]:
-    """Apply an attempt: events, bounce list, the row's next state. Returns permanently failed recipients.
+# The DSN of a finished attempt: given the failed message's header block, the bounce to commit with it, or None.
+DsnBuilder = Callable[[bytes], "Enqueue | None"]
 
-    ``dsn(job, failed: dict[rcpt, Outcome], original_headers: bytes) -> NewMessage | None`` builds the bounce
-    to the sender. A DSN's own outcomes are recorded as system events (not the user's stats nor webhooks), and
-    its failure never puts its recipient (the user's own address) on the domain's bounce list.
-    """
-    from mtad.outbound.classify import is_mailbox_bounce
-    from mtad.outbound.dsn import is_dsn
-    from mtad.base.types import Outcome
-    system = is_dsn(job)
-    deferred: list[str] = []
-    failed: dict[str, Outcome] = {}
-    for rcpt, outcome in record.outcomes.items():
-        if outcome.kind == "deferred" and record.retry_at is None:
-            outcome = Outcome("failed", outcome.code, outcome.enhanced, outcome.message, outcome.mx_host, outcome.tls,
-                              outcome.certificate_verified, reason="old")
-        status = events.outcome_status(outcome, record.attempt_no, record.session_seconds,
-                                       (record.retry_at - now) if outcome.kind == "deferred" and record.retry_at else None)
-        if outcome.kind == "delivered":
-            events.record(conn, job.sending_domain, _job_event("delivered", job, rcpt, now, {"delivery-status": status}),
-                          system=system)
-        elif outcome.kind == "deferred":
-            deferred.append(rcpt)
-            events.record(conn, job.sending_domain, _job_event(
-                "failed", job, rcpt, now, {"severity": "temporary", "reason": "generic", "delivery-status": status}),
-                system=system)
-        else:
-            failed[rcpt] = outcome
-            events.record(conn, job.sending_domain, _job_event(
-                "failed", job, rcpt, now, {"severity": "permanent", "reason": outcome.reason or "bounce",
-                                           "delivery-status": status}), system=system)
-            if not system and is_mailbox_bounce(outcome) and not conn.execute(  # allowlisted: never put on the bounce list
-                    "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
-                    (job.sending_domain, rcpt.lower(), events.domain_of(rcpt))).fetchone():
-                add_suppression(conn, job.sending_domain, "bounces", rcpt, now,
-                                {"code": str(outcome.code), "error": outcome.message})
-    last = next(iter(record.outcomes.values()), None)
-    if deferred:
+
+def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, attempt: FinishedAttempt, now: float,
+                   dsn: DsnBuilder | None = None) -> list[str]:
+    """Apply an attempt: its events, the bounce list, the row's next state, and the DSN (``dsn``, called with the
+    message's header block when recipients failed, unless the attempt is a DSN's own). Returns the permanently
+    failed recipients."""
+    record_all(conn, attempt.events)
+    for rcpt, data in attempt.bounce_list:
+        if not conn.execute(  # allowlisted: never put on the bounce list
+                "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
+                (job.sending_domain, rcpt.lower(), domain_of(rcpt))).fetchone():
+            add_suppression(conn, job.sending_domain, "bounces", rcpt, now, dict(data))
+    if attempt.deferred:
         conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
                      f" {UNLOCK}, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                     (json.dumps(deferred), record.attempt_no, record.retry_at, last.code if last else None,
-                      last.message if last else None, now, job.id))
+                     (json.dumps(list(attempt.deferred)), attempt.attempt_no, attempt.retry_at, attempt.last_code,
+                      attempt.last_reply, now, job.id))
     else:
         conn.execute(f"UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, {UNLOCK},"
                      " last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                     (record.attempt_no, last.code if last else None, last.message if last else None, now, job.id))
-    if failed and dsn is not None and not system:
-        bounce = dsn(job, failed, _header_block(conn, job.queue_id))
+                     (attempt.attempt_no, attempt.last_code, attempt.last_reply, now, job.id))
+    if attempt.failed and dsn is not None and not attempt.system:
+        bounce = dsn(_header_block(conn, job.queue_id))
         if bounce is not None:
-            enqueue(conn, new_queue_id(), bounce, now)
-    return list(failed)
+            enqueue(conn, bounce, now)
+    return list(attempt.failed)
 
 
 def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],
-                record: AttemptRecord, now: float, dsn: Any = None) -> None:
+                attempt: FinishedAttempt, now: float, dsn: DsnBuilder | None = None) -> None:
     """Record final outcomes for some recipients before any connection (suppressed); ``rest`` stays claimed by
     ``worker`` in its state. One transaction: the row never shows as done while ``rest`` still waits.
     """
     (state,) = conn.execute("SELECT state FROM deliveries WHERE id = ?", (job.id,)).fetchone()
-    finish_attempt(conn, replace(job, recipients=tuple(record.outcomes)), record, now, dsn)
+    finish_attempt(conn, job, attempt, now, dsn)
     conn.execute("UPDATE deliveries SET recipients = ?, state = ?, attempts = ?, locked_by = ?, locked_at = ?"
                  " WHERE id = ?", (json.dumps(list(rest)), state, job.attempts, worker, now, job.id))
 
@@ -400,6 +472,8 @@ def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str
 
 
 def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
+    """The ``messages`` row as a dict (JSON columns decoded): for the store() action's readers until they move to
+    ``load_message``."""
     cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
     row = cursor.fetchone()
     if row is None:
@@ -410,3 +484,293 @@ def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | Non
         data[key] = json.loads(data[key])
     data["body"] = bytes(data["body"])
     return data
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A stored message (the ``messages`` row), its JSON columns decoded."""
+
+    id: str
+    created_at: float
+    direction: str
+    domain: str
+    sender: str
+    recipients: tuple[str, ...]
+    message_id: str
+    headers: Mapping[str, Any]
+    options: Mapping[str, Any]
+    envelope: Mapping[str, Any]
+    size: int
+    body: bytes = field(repr=False)
+    stored_until: float | None = None
+    attachments: tuple[Mapping[str, Any], ...] = ()
+
+
+def load_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
+    data = message_row(conn, queue_id)
+    if data is None:
+        return None
+    return QueuedMessage(data["id"], data["created_at"], data["direction"], data["domain"], data["sender"],
+                         tuple(data["recipients"]), data["message_id"], data["headers"], data["options"],
+                         data["envelope"], data["size"], data["body"], data.get("stored_until"),
+                         tuple(data["attachments"]))
+
+
+# --- the operator's actions (``mtad queue ...``) ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeliveryState:
+    id: int
+    domain: str
+    recipients: tuple[str, ...]
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_reply: str | None
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    id: int
+    recipient: str
+    action: str
+    destination: str
+    state: str
+    attempts: int
+    last_status: int | None
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """A message with its deliveries and forwards (``mtad queue show``)."""
+
+    message: QueuedMessage
+    deliveries: tuple[DeliveryState, ...]
+    forwards: tuple[ForwardState, ...]
+
+
+def message_detail(conn: sqlite3.Connection, queue_id: str) -> MessageDetail | None:
+    msg = load_message(conn, queue_id)
+    if msg is None:
+        return None
+    deliveries = tuple(DeliveryState(r[0], r[1], tuple(json.loads(r[2])), *r[3:]) for r in conn.execute(
+        "SELECT id, domain, recipients, state, attempts, next_attempt_at, last_reply FROM deliveries"
+        " WHERE message = ?", (queue_id,)))
+    forwards = tuple(ForwardState(*r) for r in conn.execute(
+        "SELECT id, recipient, action, destination, state, attempts, last_status FROM forwards WHERE message = ?",
+        (queue_id,)))
+    return MessageDetail(msg, deliveries, forwards)
+
+
+def flush(conn: sqlite3.Connection, now: float, domain: str | None = None, queue_id: str | None = None) -> int:
+    """Make queued and deferred work due now, and unlock what a claim whose lease ran out still locks (its holder
+    died or lost the store): the running daemon takes it at its next poll. Forwards too, unless ``domain``."""
+    where, args = "state IN ('deferred', 'queued')", []
+    if domain:
+        where += " AND domain = ?"
+        args.append(domain.lower())
+    if queue_id:
+        where += " AND message = ?"
+        args.append(queue_id)
+    release_expired(conn, now, "deliveries", where, tuple(args))
+    n = conn.execute(f"UPDATE deliveries SET next_attempt_at = ? WHERE {where}", (now, *args)).rowcount
+    if not domain:
+        where, args = "state IN ('deferred', 'queued')", ([queue_id] if queue_id else [])
+        if queue_id:
+            where += " AND message = ?"
+        release_expired(conn, now, "forwards", where, tuple(args))
+        n += conn.execute(f"UPDATE forwards SET next_attempt_at = ? WHERE {where}", (now, *args)).rowcount
+    return n
+
+
+def delete_message(conn: sqlite3.Connection, queue_id: str) -> bool:
+    return conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,)).rowcount > 0
+
+
+OPERATOR = "operator"  # ``locked_by`` of the rows an operator's action holds for the length of its transaction
+
+
+def bounce_message(conn: sqlite3.Connection, queue_id: str, now: float,
+                   finished: Callable[[DeliveryJob], FinishedAttempt]) -> int:
+    """Finish every pending delivery of a message with ``finished(job)`` (no DSN) now; the recipients counted."""
+    jobs = [j for j in claim_due_deliveries(conn, OPERATOR, now, 10_000, due=float("inf")) if j.queue_id == queue_id]
+    n = 0
+    for job in jobs:
+        finish_attempt(conn, job, finished(job), now)
+        n += len(job.recipients)
+    conn.execute(f"UPDATE deliveries SET {UNLOCK} WHERE locked_by = ?", (OPERATOR,))
+    return n
+
+
+def pause(conn: sqlite3.Connection, kind: str, value: str, now: float) -> None:
+    conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (f"pause:{kind}:{value.lower()}",
+                                                                          json.dumps({"since": now})))
+
+
+def resume(conn: sqlite3.Connection, kind: str, value: str, now: float) -> int:
+    conn.execute("DELETE FROM kv WHERE key = ?", (f"pause:{kind}:{value.lower()}",))
+    # held rows go back to the queue; any still covered by another pause are held again when claimed
+    return conn.execute("UPDATE deliveries SET state = 'deferred', next_attempt_at = ? WHERE state = 'held'",
+                        (now,)).rowcount
+
+
+# --- the typed methods ---------------------------------------------------------------------------------------
+
+class QueueStore(Protocol):
+    """Messages, their deliveries, claims on deliveries and their outcomes.
+
+    Contract:
+    - **Commit.** ``enqueue(items, now)`` stores each message once with its delivery rows (one per destination
+      domain of ``deliver_to``, and one per (domain, sender) of its ``address`` forwards), its forward rows and its
+      events, all of ``items`` in one transaction, group-committed with other writers: when it returns every one
+      is durable (the 250 may be given); if it raises (``StoreError`` when the store cannot commit) none of them
+      is stored. Not idempotent: a queue id is stored once (a second time is refused).
+    - **Claims are leases.** ``claim_due(worker, now, limit, ...)`` takes up to ``limit`` deliveries that are due
+      (``next_attempt_at <= now``, queued or deferred), oldest due first, outside paused domains, and locks each
+      to ``worker`` until ``lease_until``: rows nobody holds, and rows whose holder's lease ran out before ``now``
+      (the holder died or lost the store: taken over), except ``skip`` (the rows ``worker`` still holds itself).
+      A holder renews its leases while it works (``mtad.store.leases``); a row is claimed by one worker at a
+      time. The claim, the pauses and each job's suppressed recipients are read in one transaction.
+    - **Ending a claim.** ``finish_attempt`` writes, in one transaction, the attempt's events, the bounce-list
+      entries, the row's next state (deferred with the remaining recipients and ``retry_at``, else done; the lock
+      released) and the DSN message with its own rows and events. ``settle_some`` does the same for some
+      recipients and keeps the rest claimed. ``release`` gives a row back unlocked without counting an attempt,
+      ``hold`` puts it aside (paused) unlocked. Each is idempotent in effect when repeated with the same
+      arguments after a failure that left nothing written (``leases.settle`` repeats them until written), but
+      ``finish_attempt`` repeated after it was written records its events twice: call it once per attempt.
+    - ``release_stale_locks()`` at start-up: nothing is in flight, every lock left by a dead process goes.
+    - Reads (``load_body``, ``message``, ``list_queue``, counts) see one consistent snapshot each.
+    - The operator's actions (``flush``, ``delete_message``, ``bounce_message``, ``pause``, ``resume``) are one
+      transaction each; a running daemon sees them at its next claim.
+    """
+
+    async def enqueue(self, items: Sequence[Enqueue], now: float) -> None:
+        """Commit ``items`` (messages, work rows, events) in one transaction, all or none."""
+
+    async def release_stale_locks(self) -> int:
+        """Unlock every claimed row (of every work table); the number released."""
+
+    async def claim_due(self, worker: str, now: float, limit: int, *, preload_body: int = 0,
+                        lease_until: float | None = None, skip: Container[int] = ()) -> DueClaim:
+        """Lease up to ``limit`` due deliveries to ``worker`` (see the contract); bodies up to ``preload_body``
+        bytes come with the jobs, larger ones are read when sent (``load_body``)."""
+
+    async def load_body(self, queue_id: str) -> bytes | None:
+        """A message's bytes, None once it is gone (deleted by an operator)."""
+
+    async def hold(self, delivery_id: int) -> None:
+        """Put a claimed delivery aside (state ``held``, unlocked) until ``resume``."""
+
+    async def release(self, delivery_id: int, next_attempt_at: float, reply: str = "") -> None:
+        """Give a claimed delivery back, due at ``next_attempt_at``, without counting an attempt."""
+
+    async def finish_attempt(self, job: DeliveryJob, attempt: FinishedAttempt, now: float,
+                             dsn: DsnBuilder | None = None) -> None:
+        """Write an attempt's outcome with its events, bounce list and DSN (see the contract)."""
+
+    async def settle_some(self, job: DeliveryJob, worker: str, rest: tuple[str, ...], attempt: FinishedAttempt,
+                          now: float, dsn: DsnBuilder | None = None) -> None:
+        """``finish_attempt`` for some recipients; ``rest`` stays claimed by ``worker``, in one transaction."""
+
+    async def message(self, queue_id: str) -> QueuedMessage | None:
+        """A stored message, or None."""
+
+    async def list_queue(self, limit: int = 1000) -> tuple[QueueEntry, ...]:
+        """Pending deliveries and forwards, oldest first."""
+
+    async def count_messages(self) -> int:
+        """How many messages are stored."""
+
+    async def queue_counts(self) -> QueueCounts:
+        """Pending work by state (metrics)."""
+
+    async def message_detail(self, queue_id: str) -> MessageDetail | None:
+        """A message with its deliveries and forwards, or None."""
+
+    async def flush(self, now: float, *, domain: str | None = None, queue_id: str | None = None) -> int:
+        """Make pending work due now (of one domain's deliveries, or one message); the rows made due."""
+
+    async def delete_message(self, queue_id: str) -> bool:
+        """Delete a message and its work rows; False if there was none."""
+
+    async def bounce_message(self, queue_id: str, now: float,
+                             finished: Callable[[DeliveryJob], FinishedAttempt]) -> int:
+        """Finish every pending delivery of a message with ``finished(job)`` (no DSN); the recipients failed."""
+
+    async def pause(self, kind: str, value: str, now: float) -> None:
+        """Pause deliveries of a domain, provider or tag (``PAUSE_KINDS``)."""
+
+    async def resume(self, kind: str, value: str, now: float) -> int:
+        """Lift a pause; held deliveries are due again now. The rows put back."""
+
+    async def pauses(self) -> Pauses:
+        """The pauses in force."""
+
+
+class QueueMethods:
+    """``QueueStore`` over the SQLite engine (``self.write``/``self.read``): one writer or reader hop each."""
+
+    async def enqueue(self, items: Sequence[Enqueue], now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            for item in items:
+                enqueue(conn, item, now)
+        await self.write(write)  # type: ignore[attr-defined]
+
+    async def release_stale_locks(self) -> int:
+        return await self.write(release_stale_locks)  # type: ignore[attr-defined]
+
+    async def claim_due(self, worker: str, now: float, limit: int, *, preload_body: int = 0,
+                        lease_until: float | None = None, skip: Container[int] = ()) -> DueClaim:
+        return await self.write(lambda c: claim(  # type: ignore[attr-defined]
+            c, worker, now, limit, preload_body=preload_body, lease_until=lease_until, skip=skip))
+
+    async def load_body(self, queue_id: str) -> bytes | None:
+        return await self.read(lambda c: load_body(c, queue_id))  # type: ignore[attr-defined]
+
+    async def hold(self, delivery_id: int) -> None:
+        await self.write(lambda c: hold(c, delivery_id))  # type: ignore[attr-defined]
+
+    async def release(self, delivery_id: int, next_attempt_at: float, reply: str = "") -> None:
+        await self.write(lambda c: release(c, delivery_id, next_attempt_at, reply))  # type: ignore[attr-defined]
+
+    async def finish_attempt(self, job: DeliveryJob, attempt: FinishedAttempt, now: float,
+                             dsn: DsnBuilder | None = None) -> None:
+        await self.write(lambda c: finish_attempt(c, job, attempt, now, dsn))  # type: ignore[attr-defined]
+
+    async def settle_some(self, job: DeliveryJob, worker: str, rest: tuple[str, ...], attempt: FinishedAttempt,
+                          now: float, dsn: DsnBuilder | None = None) -> None:
+        await self.write(lambda c: settle_some(c, job, worker, rest, attempt, now, dsn))  # type: ignore[attr-defined]
+
+    async def message(self, queue_id: str) -> QueuedMessage | None:
+        return await self.read(lambda c: load_message(c, queue_id))  # type: ignore[attr-defined]
+
+    async def list_queue(self, limit: int = 1000) -> tuple[QueueEntry, ...]:
+        return await self.read(lambda c: list_queue(c, limit))  # type: ignore[attr-defined]
+
+    async def count_messages(self) -> int:
+        return await self.read(count_messages)  # type: ignore[attr-defined]
+
+    async def queue_counts(self) -> QueueCounts:
+        return await self.read(queue_counts)  # type: ignore[attr-defined]
+
+    async def message_detail(self, queue_id: str) -> MessageDetail | None:
+        return await self.read(lambda c: message_detail(c, queue_id))  # type: ignore[attr-defined]
+
+    async def flush(self, now: float, *, domain: str | None = None, queue_id: str | None = None) -> int:
+        return await self.write(lambda c: flush(c, now, domain, queue_id))  # type: ignore[attr-defined]
+
+    async def delete_message(self, queue_id: str) -> bool:
+        return await self.write(lambda c: delete_message(c, queue_id))  # type: ignore[attr-defined]
+
+    async def bounce_message(self, queue_id: str, now: float,
+                             finished: Callable[[DeliveryJob], FinishedAttempt]) -> int:
+        return await self.write(lambda c: bounce_message(c, queue_id, now, finished))  # type: ignore[attr-defined]
+
+    async def pause(self, kind: str, value: str, now: float) -> None:
+        await self.write(lambda c: pause(c, kind, value, now))  # type: ignore[attr-defined]
+
+    async def resume(self, kind: str, value: str, now: float) -> int:
+        return await self.write(lambda c: resume(c, kind, value, now))  # type: ignore[attr-defined]
+
+    async def pauses(self) -> Pauses:
+        return await self.read(pauses)  # type: ignore[attr-defined]

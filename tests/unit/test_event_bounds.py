@@ -1,14 +1,15 @@
-"""events.bounded: an event's stored JSON has a known size whatever the message held."""
+"""store.events.bounded: an event's stored JSON has a known size whatever the message held."""
 
 import json
 
-from mtad.events import record as events
+from mtad.events import shape
+from mtad.store import events
 
 
 def _event(**extra):
-    event = events.base_event("accepted", timestamp=1.0, recipient="a@b.test", queue_id="Q1",
-                              message=events.message_part({"message-id": "m@b.test", "subject": "s"}, 10),
-                              options={"variables": {"k": "v"}}, envelope={}, flags={})
+    event = shape.base_event("accepted", timestamp=1.0, recipient="a@b.test", queue_id="Q1",
+                             message=shape.message_part({"message-id": "m@b.test", "subject": "s"}, 10),
+                             options={"variables": {"k": "v"}}, envelope={}, flags={})
     event.update(extra)
     return event
 

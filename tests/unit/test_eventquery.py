@@ -8,6 +8,7 @@ from mtad.events import query as eventquery
 from mtad.events.query import Page, QueryError, events_query, events_spec, parse_expression
 from mtad.store.engine import connect
 from mtad.store.migrations.sqlite import migrate
+from mtad.store.sqlite import SqliteStore
 
 
 def test_expression_grammar():
@@ -66,41 +67,49 @@ def conn(tmp_path):
     c.close()
 
 
-def ids(conn, params, page=Page()):
+@pytest.fixture
+def store(conn, tmp_path):
+    s = SqliteStore(tmp_path / "db.sqlite3", read_only=True)
+    yield s
+    s.close()
+
+
+async def ids(store, params, page=Page()):
     spec = events_spec(params, 0)
-    return [json.loads(r[3])["id"] for r in eventquery.fetch(conn, events_query("example.com", spec), page).rows]
+    return [json.loads(r.data)["id"] for r in (await eventquery.fetch(store, events_query("example.com", spec), page)).rows]
 
 
-def test_filters(conn):
-    assert len(ids(conn, {"event": "failed"})) == 10
-    assert len(ids(conn, {"event": "failed OR delivered"})) == 30
-    assert len(ids(conn, {"event": "NOT accepted"})) == 30
-    assert ids(conn, {"recipient": "r1@X.test", "ascending": "yes"}) == ["e1", "e6", "e11", "e16", "e21", "e26",
+async def test_filters(store):
+    assert len(await ids(store, {"event": "failed"})) == 10
+    assert len(await ids(store, {"event": "failed OR delivered"})) == 30
+    assert len(await ids(store, {"event": "NOT accepted"})) == 30
+    assert await ids(store, {"recipient": "r1@X.test", "ascending": "yes"}) == ["e1", "e6", "e11", "e16", "e21", "e26",
                                                                         "e31", "e36"]
-    assert len(ids(conn, {"tags": "EVEN"})) == 20
-    assert len(ids(conn, {"tags": "NOT even"})) == 20
-    assert len(ids(conn, {"message-id": "<m0@x>"})) == 14
-    assert ids(conn, {"subject": "number 17"}) == ["e17"]
-    assert len(ids(conn, {"from": "alice@example"})) == 40
-    assert len(ids(conn, {"severity": "permanent"})) == 10
-    assert len(ids(conn, {"event": "failed", "tags": "even"})) == 10
-    assert ids(conn, {"recipient": "r1@x.test", "event": "NOT accepted"}) == ["e31", "e26", "e21", "e11", "e6", "e1"]
-    assert ids(conn, {"recipient": "r1@x.test", "begin": "1005", "end": "1012"}) == ["e11", "e16", "e21"]
-    assert ids(conn, {"message-id": "m0@x", "tags": "odd", "limit": "2"}) == ["e39", "e33"]
-    assert eventquery.fetch(conn, events_query("nobody.test", events_spec({"recipient": "a@b"}, 0)), Page()).rows == []
-    assert ids(conn, {"begin": "1003", "end": "1004"}) == ["e6", "e7", "e8", "e9"]
-    assert ids(conn, {"begin": "1004", "end": "1003"}) == ["e9", "e8", "e7", "e6"]
+    assert len(await ids(store, {"tags": "EVEN"})) == 20
+    assert len(await ids(store, {"tags": "NOT even"})) == 20
+    assert len(await ids(store, {"message-id": "<m0@x>"})) == 14
+    assert await ids(store, {"subject": "number 17"}) == ["e17"]
+    assert len(await ids(store, {"from": "alice@example"})) == 40
+    assert len(await ids(store, {"severity": "permanent"})) == 10
+    assert len(await ids(store, {"event": "failed", "tags": "even"})) == 10
+    assert await ids(store, {"recipient": "r1@x.test", "event": "NOT accepted"}) == ["e31", "e26", "e21", "e11", "e6", "e1"]
+    assert await ids(store, {"recipient": "r1@x.test", "begin": "1005", "end": "1012"}) == ["e11", "e16", "e21"]
+    assert await ids(store, {"message-id": "m0@x", "tags": "odd", "limit": "2"}) == ["e39", "e33"]
+    assert (await eventquery.fetch(store, events_query("nobody.test", events_spec({"recipient": "a@b"}, 0)),
+                                   Page())).rows == ()
+    assert await ids(store, {"begin": "1003", "end": "1004"}) == ["e6", "e7", "e8", "e9"]
+    assert await ids(store, {"begin": "1004", "end": "1003"}) == ["e9", "e8", "e7", "e6"]
 
 
-def test_paging_both_ways_with_new_events_arriving(conn):
+async def test_paging_both_ways_with_new_events_arriving(conn, store):
     spec = events_spec({"ascending": "yes", "limit": "7"}, 0)
     query = events_query("example.com", spec)
     seen, page = [], Page()
     while True:
-        result = eventquery.fetch(conn, query, page)
+        result = await eventquery.fetch(store, query, page)
         if not result.rows:
             break
-        seen += [r[0] for r in result.rows]
+        seen += [r.seq for r in result.rows]
         page = result.next
         if len(seen) == 14:  # new events arrive mid-traversal, some with an equal timestamp
             conn.execute("INSERT INTO events (id, timestamp, domain, event, data) VALUES"
@@ -108,20 +117,20 @@ def test_paging_both_ways_with_new_events_arriving(conn):
     assert len(seen) == 42 and len(set(seen)) == 42 and seen == sorted(seen)
     # an empty page's next is itself: polling finds the next new event
     conn.execute("INSERT INTO events (id, timestamp, domain, event, data) VALUES ('late3', 1031, 'example.com', 'accepted', '{}')")
-    again = eventquery.fetch(conn, query, page)
-    assert [r[0] for r in again.rows] == [max(seen) + 1]
+    again = await eventquery.fetch(store, query, page)
+    assert [r.seq for r in again.rows] == [max(seen) + 1]
     # and back again with previous
     back, page = [], again.previous
     while True:
-        result = eventquery.fetch(conn, query, page)
+        result = await eventquery.fetch(store, query, page)
         if not result.rows:
             break
-        assert [r[0] for r in result.rows] == sorted(r[0] for r in result.rows)  # pages keep the query's order
-        back = [r[0] for r in result.rows] + back
+        assert [r.seq for r in result.rows] == sorted(r.seq for r in result.rows)  # pages keep the query's order
+        back = [r.seq for r in result.rows] + back
         page = result.previous
     assert back == seen
-    last = eventquery.fetch(conn, query, Page(None, "before"))
-    assert [r[0] for r in last.rows] == (seen + [max(seen) + 1])[-7:]
+    last = await eventquery.fetch(store, query, Page(None, "before"))
+    assert [r.seq for r in last.rows] == (seen + [max(seen) + 1])[-7:]
 
 
 def test_tokens_round_trip_and_refuse_garbage():
@@ -132,18 +141,18 @@ def test_tokens_round_trip_and_refuse_garbage():
         Page.decode("not-a-token!")
 
 
-def test_logs_query_filters(conn):
+async def test_logs_query_filters(store):
     body = {"start": "1000", "end": "1030", "events": ["failed", "delivered"],
             "filter": {"AND": [{"attribute": "domain", "comparator": "=", "values": [{"label": "x", "value": "example.com"}]},
                                {"attribute": "recipient", "comparator": "!=", "values": [{"value": "r0@x.test"}]}]},
             "pagination": {"sort": "timestamp:asc", "limit": 50}}
     query, echo = eventquery.logs_query(body, frozenset(), 2000)
-    rows = eventquery.fetch(conn, query, Page()).rows
+    rows = (await eventquery.fetch(store, query, Page())).rows
     assert echo["start"] == eventquery.rfc2822(1000)
-    assert len(rows) == eventquery.count(conn, query) == 24
-    assert all(json.loads(r[3])["recipient"] != "R0@x.test" for r in rows)
+    assert len(rows) == await store.count_events(query) == 24
+    assert all(json.loads(r.data)["recipient"] != "R0@x.test" for r in rows)
     restricted, _ = eventquery.logs_query({"start": "1000", "end": "1030"}, frozenset({"other.org"}), 2000)
-    assert [r[2] for r in eventquery.fetch(conn, restricted, Page()).rows] == ["other.org"]
+    assert [r.domain for r in (await eventquery.fetch(store, restricted, Page())).rows] == ["other.org"]
     with pytest.raises(QueryError):
         eventquery.logs_query({"filter": {"AND": [{"attribute": "nope", "values": ["x"]}]}}, frozenset(), 0)
 

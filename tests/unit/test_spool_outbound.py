@@ -6,6 +6,8 @@ import sqlite3
 
 import pytest
 
+from mtad.events import shape
+from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store import queue as spool
 from mtad.store.migrations.sqlite import migrate
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome
@@ -29,7 +31,7 @@ def enqueue(conn, rcpts, body=BODY):
     qid = spool.new_queue_id()
     msg = NewMessage(Envelope("s@example.com", tuple(rcpts)), body, "outbound", "example.com",
                      HeaderSummary("m1@example.com", "s@example.com", rcpts[0], "t"))
-    spool.enqueue(conn, qid, msg, 1.0)
+    spool.enqueue(conn, spool.Enqueue(qid, msg, shape.accepted(msg, qid, 1.0)), 1.0)
     return qid
 
 
@@ -61,10 +63,10 @@ def test_settle_some_keeps_the_rest_claimed_in_its_state(conn):
     qid = enqueue(conn, ["gone@x.test", "here@x.test"])
     [job] = spool.claim_due_deliveries(conn, "w1", 2.0, 10)
     outcome = Outcome("failed", 605, "5.0.0", "suppressed", reason="suppress-bounce")
-    record = spool.AttemptRecord({"gone@x.test": outcome}, 1, None)
+    attempt = finished(job, AttemptRecord({"gone@x.test": outcome}, 1, None), 2.0)
     built = []
-    spool.settle_some(conn, job, "w1", ("here@x.test",), record, 2.0,
-                      lambda j, failed, headers: built.append((list(failed), headers)))
+    spool.settle_some(conn, job, "w1", ("here@x.test",), attempt, 2.0,
+                      dsn_for(lambda j, failed, headers: built.append((list(failed), headers)), job, attempt, 2.0))
     row = conn.execute("SELECT recipients, state, attempts, locked_by FROM deliveries WHERE message = ?",
                        (qid,)).fetchone()
     assert (json.loads(row[0]), row[1], row[2], row[3]) == (["here@x.test"], "queued", 0, "w1")

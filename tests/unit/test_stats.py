@@ -1,12 +1,14 @@
-"""Stats from counters: buckets, shapes, grouping; counters written by events.record."""
+"""Stats from counters: buckets, shapes, grouping; counters written by the store as it records events."""
 
 import pytest
 
-from mtad.events import record as events
+from mtad.events import shape
 from mtad.events import stats
 from mtad.events.query import QueryError, parse_time
+from mtad.store import events
 from mtad.store.engine import connect
 from mtad.store.migrations.sqlite import migrate
+from mtad.store.sqlite import SqliteStore
 
 DAY = 86400
 T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")
@@ -20,8 +22,15 @@ def conn(tmp_path):
     c.close()
 
 
+@pytest.fixture
+def store(conn, tmp_path):
+    s = SqliteStore(tmp_path / "db.sqlite3", read_only=True)
+    yield s
+    s.close()
+
+
 def ev(kind, ts, rcpt="a@gmail.com", tags=(), **extra):
-    return events.base_event(kind, timestamp=ts, recipient=rcpt, queue_id="q", message={"headers": {}},
+    return shape.base_event(kind, timestamp=ts, recipient=rcpt, queue_id="q", message={"headers": {}},
                              options={"tags": list(tags)}, envelope={}, flags={}, extra=extra)
 
 
@@ -39,7 +48,7 @@ def test_buckets_align_to_utc_calendar():
         stats.check_events(["bounced"])
 
 
-def test_totals_per_resolution_and_tag(conn):
+async def test_totals_per_resolution_and_tag(conn, store):
     for day in range(3):
         for _ in range(day + 1):
             events.record(conn, "example.com", ev("accepted", T0 + day * DAY + 100, tags=["news"], direction="outgoing"))
@@ -50,42 +59,44 @@ def test_totals_per_resolution_and_tag(conn):
     events.record(conn, "other.org", ev("failed", T0 + 7200, severity="permanent", reason="brand-new-reason"))
     events.record(conn, "other.org", ev("delivered", T0 + 100, rcpt="b@yahoo.com"))
     rng = stats.Range(T0, T0 + 3 * DAY - 1, "day")
-    days = stats.totals(conn, ["accepted", "delivered", "failed"], rng, domains=["example.com"])
+    days = await stats.totals(store, ["accepted", "delivered", "failed"], rng, domains=["example.com"])
     assert [d["delivered"]["total"] for d in days] == [1, 2, 3]
     assert [d["accepted"]["outgoing"] for d in days] == [1, 2, 3]
     assert days[0]["time"] == "Mon, 01 Jan 2024 00:00:00 UTC"
     failed = days[0]["failed"]
     assert failed["temporary"]["total"] == 1
     assert failed["permanent"]["total"] == 2 and failed["permanent"]["suppress-bounce"] == 1 and failed["permanent"]["old"] == 1
-    other = stats.totals(conn, ["failed"], rng, domains=["other.org"])
+    other = await stats.totals(store, ["failed"], rng, domains=["other.org"])
     assert other[0]["failed"]["permanent"]["brand-new-reason"] == 1 and other[0]["failed"]["permanent"]["total"] == 1
-    hours = stats.totals(conn, ["delivered"], stats.Range(T0, T0 + DAY - 1, "hour"), domains=["example.com"])
+    hours = await stats.totals(store, ["delivered"], stats.Range(T0, T0 + DAY - 1, "hour"), domains=["example.com"])
     assert len(hours) == 24 and hours[0]["delivered"]["total"] == 1
-    month = stats.totals(conn, ["delivered"], stats.Range(T0, T0 + 3 * DAY, "month"), domains=None)
+    month = await stats.totals(store, ["delivered"], stats.Range(T0, T0 + 3 * DAY, "month"), domains=None)
     assert month == [{"time": "Mon, 01 Jan 2024 00:00:00 UTC", "delivered": {"smtp": 7, "http": 0, "optimized": 0,
                                                                               "total": 7}}]
-    tagged = stats.totals(conn, ["delivered"], rng, domains=["example.com"], tag="news")
+    tagged = await stats.totals(store, ["delivered"], rng, domains=["example.com"], tag="news")
     assert sum(d["delivered"]["total"] for d in tagged) == 6
 
 
-def test_grouping(conn):
+async def test_grouping(conn, store):
     events.record(conn, "example.com", ev("delivered", T0 + 10, tags=["a"]))
     events.record(conn, "example.com", ev("delivered", T0 + 10, rcpt="c@yahoo.com", tags=["b"]))
     events.record(conn, "other.org", ev("delivered", T0 + 10))
     rng = stats.Range(T0, T0 + DAY, "day")
-    by_domain = stats.grouped(conn, ["delivered"], rng, group="domain", filters={}, domains=None)
+    by_domain = await stats.grouped(store, ["delivered"], rng, group="domain", filters={}, domains=None)
     assert [(g["domain"], g["delivered"]["total"]) for g in by_domain] == [("example.com", 2), ("other.org", 1)]
-    by_tag = stats.grouped(conn, ["delivered"], rng, group="tag", filters={"domain": ["example.com"]}, domains=None)
+    by_tag = await stats.grouped(store, ["delivered"], rng, group="tag", filters={"domain": ["example.com"]}, domains=None)
     assert [(g["tag"], g["delivered"]["total"]) for g in by_tag] == [("a", 1), ("b", 1)]
-    by_provider = stats.grouped(conn, ["delivered"], rng, group="provider", filters={}, domains=["example.com"])
+    by_provider = await stats.grouped(store, ["delivered"], rng, group="provider", filters={}, domains=["example.com"])
     assert [(g["provider"], g["delivered"]["total"]) for g in by_provider] == [("gmail.com", 1), ("yahoo.com", 1)]
-    total = stats.grouped(conn, ["delivered"], rng, group="total", filters={"tag": ["a"]}, domains=None)
+    total = await stats.grouped(store, ["delivered"], rng, group="total", filters={"tag": ["a"]}, domains=None)
     assert total[0]["delivered"]["total"] == 1
-    assert stats.providers(conn, "example.com")["yahoo.com"]["delivered"] == 1
+    assert (await stats.providers(store, "example.com"))["yahoo.com"]["delivered"] == 1
     with pytest.raises(QueryError):
-        stats.grouped(conn, ["delivered"], rng, group="provider", filters={"tag": ["a"]}, domains=None)
-    assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10)] == ["a", "b"]
-    assert [t["tag"] for t in stats.list_tags(conn, "example.com", limit=10, pivot="a")] == ["b"]
+        await stats.grouped(store, ["delivered"], rng, group="provider", filters={"tag": ["a"]}, domains=None)
+    assert [t["tag"] for t in await stats.list_tags(store, "example.com", limit=10)] == ["a", "b"]
+    assert [t["tag"] for t in await stats.list_tags(store, "example.com", limit=10, pivot="a")] == ["b"]
+    assert await stats.tag_info(store, "example.com", "a") == {
+        "tag": "a", "description": "", "first-seen": "2024-01-01T00:00:00Z", "last-seen": "2024-01-01T00:00:00Z"}
 
 
 @pytest.mark.parametrize("params", [{"start": "0", "end": "253402300799", "resolution": "day"},

@@ -3,9 +3,10 @@ import sqlite3
 
 import pytest
 
+from mtad.events import shape
 from mtad.store import queue as spool
 from mtad.base.errors import StoreError
-from mtad.store.engine import Store
+from mtad.store.sqlite import SqliteStore as Store
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 
@@ -13,6 +14,11 @@ def message(rcpts=("a@x.com", "b@x.com", "c@y.org")):
     return NewMessage(Envelope("s@example.com", tuple(rcpts), auth_user="u@example.com"), b"Subject: t\r\n\r\nhi\r\n",
                       "outbound", "example.com", HeaderSummary("id@example.com", "s@example.com", "a@x.com", "t"),
                       SendOptions(tags=("t1",)))
+
+
+def item(queue_id, msg, now, **kw):
+    """What ingress commits for ``msg``: it with its accepted events."""
+    return spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now), **kw)
 
 
 @pytest.fixture
@@ -26,7 +32,7 @@ async def store(tmp_path):
 async def test_concurrent_writes_share_commits(store):
     msg = message()
     ids = [spool.new_queue_id() for _ in range(200)]
-    await asyncio.gather(*(store.write(lambda c, q=q: spool.enqueue(c, q, msg, 1.0)) for q in ids))
+    await asyncio.gather(*(store.write(lambda c, q=q: spool.enqueue(c, item(q, msg, 1.0), 1.0)) for q in ids))
     assert store.committed_writes == 200
     assert store.commits < 200  # group commit: fewer fsyncs than messages
     counts = await store.read(lambda c: c.execute(
@@ -40,9 +46,10 @@ async def test_a_failing_write_rolls_back_alone(store):
     qid = spool.new_queue_id()
 
     def half_then_fail(conn):
-        spool.enqueue(conn, spool.new_queue_id(), msg, 1.0)
+        spool.enqueue(conn, item(spool.new_queue_id(), msg, 1.0), 1.0)
         raise sqlite3.IntegrityError("boom")
-    results = await asyncio.gather(store.write(half_then_fail), store.write(lambda c: spool.enqueue(c, qid, msg, 1.0)),
+    results = await asyncio.gather(store.write(half_then_fail),
+                                   store.write(lambda c: spool.enqueue(c, item(qid, msg, 1.0), 1.0)),
                                    return_exceptions=True)
     assert isinstance(results[0], sqlite3.IntegrityError) and results[1] is None
     rows = await store.read(lambda c: c.execute("SELECT id FROM messages").fetchall())
@@ -67,11 +74,11 @@ async def test_commit_failure_is_a_store_error(tmp_path):
 
 async def test_claim_and_finish_a_delivery(store):
     qid = spool.new_queue_id()
-    await store.write(lambda c: spool.enqueue(c, qid, message(("a@x.com",)), 1.0))
-    jobs = await store.write(lambda c: spool.claim_due_deliveries(c, "w1", 2.0, 10))
-    assert [j.recipients for j in jobs] == [("a@x.com",)]
-    assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 2.0, 10)) == []  # locked
-    released = await store.write(spool.release_stale_locks)
+    await store.enqueue([item(qid, message(("a@x.com",)), 1.0)], 1.0)
+    claim = await store.claim_due("w1", 2.0, 10)
+    assert [j.recipients for j in claim.jobs] == [("a@x.com",)] and claim.suppressed == ({},)
+    assert (await store.claim_due("w2", 2.0, 10)).jobs == ()  # locked
+    released = await store.release_stale_locks()
     assert released == 1
 
 
@@ -87,10 +94,11 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
     ids = [spool.new_queue_id() for _ in range(50)]
 
     def enqueue_then_fail(conn):
-        spool.enqueue(conn, spool.new_queue_id(), msg, 7200.0)
+        spool.enqueue(conn, item(spool.new_queue_id(), msg, 7200.0), 7200.0)
         raise ValueError("boom")
     results = await asyncio.gather(store.write(enqueue_then_fail),
-                                   *(store.write(lambda c, q=q: spool.enqueue(c, q, msg, 7200.0)) for q in ids),
+                                   *(store.write(lambda c, q=q: spool.enqueue(c, item(q, msg, 7200.0), 7200.0))
+                                     for q in ids),
                                    return_exceptions=True)
     assert isinstance(results[0], ValueError) and results[1:] == [None] * 50
     assert store.commits < 51
@@ -104,13 +112,13 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
     plain = connect(tmp_path / "plain.sqlite3")
     migrations.migrate(plain, "plain")
     for q in ids:
-        spool.enqueue(plain, q, msg, 7200.0)
+        spool.enqueue(plain, item(q, msg, 7200.0), 7200.0)
     assert _counters(plain) == got[1]
     plain.close()
 
 
 async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store):
-    from mtad.events import record as events
+    from mtad.store import events
     from mtad.events import webhooks
     from mtad.config.schema import WebhookConfig, WebhooksConfig
     await store.write(lambda c: webhooks.sync_config(c, WebhooksConfig(domains={"example.com": {
@@ -119,7 +127,7 @@ async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store)
 
     def write(conn, fail=False):
         conn.staged.pending("probe", lambda c, items: seen.append(list(items))).append("x" if not fail else "y")
-        events.record(conn, "example.com", events.base_event(
+        events.record(conn, "example.com", shape.base_event(
             "delivered", timestamp=3600.0, recipient="r@x.com", queue_id="q", message={"headers": {}}, options={},
             envelope={}, flags={}))
         if fail:
@@ -155,7 +163,7 @@ def _lock(conn, table="deliveries"):
 
 async def test_a_claim_is_a_lease_that_others_take_over_once_it_ran_out(store):
     qid = spool.new_queue_id()
-    await store.write(lambda c: spool.enqueue(c, qid, message(("a@x.com",)), 1.0))
+    await store.write(lambda c: spool.enqueue(c, item(qid, message(("a@x.com",)), 1.0), 1.0))
     [job] = await store.write(lambda c: spool.claim_due_deliveries(c, "w1", 2.0, 10, lease_until=12.0))
     assert (await store.read(_lock))[0][:2] == ("w1", 12.0)
     assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 11.0, 10, lease_until=21.0)) == []
@@ -180,11 +188,11 @@ async def test_queue_flush_unlocks_expired_leases_only(store):
     from mtad.outbound import queueadmin
     ids = [spool.new_queue_id() for _ in range(2)]
     for qid in ids:
-        await store.write(lambda c, q=qid: spool.enqueue(c, q, message(("a@x.com",)), 1.0))
+        await store.write(lambda c, q=qid: spool.enqueue(c, item(q, message(("a@x.com",)), 1.0), 1.0))
     now = time.time()
     await store.write(lambda c: spool.claim_due_deliveries(c, "dead", now, 1, lease_until=now - 1))
     await store.write(lambda c: spool.claim_due_deliveries(c, "alive", now, 1, lease_until=now + 300))
-    assert await store.write(lambda c: queueadmin.flush(c)) == 2
+    assert await queueadmin.flush(store) == 2
     assert sorted(r[0] or "" for r in await store.read(_lock)) == ["", "alive"]
 
 
@@ -211,7 +219,7 @@ async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp
         for table in ("deliveries", "forwards", "webhook_deliveries"):
             columns = await s.read(lambda c, t=table: [r[1] for r in c.execute(f"PRAGMA table_info({t})")])
             assert "lease_until" in columns, table
-        assert await s.write(spool.release_stale_locks) == 1
+        assert await s.release_stale_locks() == 1
         [job] = await s.write(lambda c: spool.claim_due_deliveries(c, "w1", 2.0, 10, lease_until=9.0))
         assert job.queue_id == "Q1" and (await s.read(_lock)) == [("w1", 9.0, 1.0)]
     finally:
@@ -266,7 +274,7 @@ async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_rene
     qid = spool.new_queue_id()
     now = time.time()
     forwards = [spool.ForwardRow(f"r{i}@in.test", "route", "http", f"http://127.0.0.1/{i}") for i in range(3)]
-    await store.write(lambda c: spool.enqueue(c, qid, message(("r@in.test",)), now, forwards=forwards))
+    await store.enqueue([item(qid, message(("r@in.test",)), now, forwards=tuple(forwards))], now)
     store.lease = 0.3  # renewed every 0.1 s
     gate = asyncio.Event()
 
@@ -319,7 +327,7 @@ async def test_a_store_made_before_the_attachments_column_gets_it_at_open(tmp_pa
     conn.execute("INSERT INTO messages VALUES ('old', 1, 'outbound', 'example.com', 's@example.com', '[]', '', '{}',"
                  " '{}', '{}', 2, x'6869', NULL)")
     conn.commit()
-    assert spool.message_row(conn, "old")["attachments"] == []  # read before any daemon added the column
+    assert spool.load_message(conn, "old").attachments == ()  # read before any daemon added the column
     conn.close()
     s = Store(path)
     s.open()
@@ -327,10 +335,9 @@ async def test_a_store_made_before_the_attachments_column_gets_it_at_open(tmp_pa
         listed = [{"filename": "a.pdf", "content-type": "application/pdf", "size": 3}]
         msg = message()
         qid = spool.new_queue_id()
-        await s.write(lambda c: spool.enqueue(c, qid, NewMessage(msg.envelope, msg.body, msg.direction, msg.domain,
-                                                                   msg.headers, msg.options, tuple(listed)), 1.0))
-        rows = await s.read(lambda c: (spool.message_row(c, "old")["attachments"],
-                                       spool.message_row(c, qid)["attachments"]))
-        assert rows == ([], listed)
+        await s.enqueue([item(qid, NewMessage(msg.envelope, msg.body, msg.direction, msg.domain, msg.headers,
+                                              msg.options, tuple(listed)), 1.0)], 1.0)
+        assert (await s.message("old")).attachments == ()
+        assert (await s.message(qid)).attachments == tuple(listed)
     finally:
         s.close()

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from mtad.events import shape
 from mtad.store import queue as spool
 from mtad.inbound import store_action as storedmsg
 from mtad.store.migrations.sqlite import migrate
@@ -23,7 +24,7 @@ def conn(tmp_path):
 def inbound(conn, qid: str, now: float, forwards=()) -> None:
     msg = NewMessage(Envelope("a@sender.test", ("box@inbound.test",)), b"Subject: s\r\n\r\nbody\r\n", "inbound",
                      "inbound.test", HeaderSummary("m@x", "a@sender.test", "box@inbound.test", "s"))
-    spool.enqueue(conn, qid, msg, now, forwards)
+    spool.enqueue(conn, spool.Enqueue(qid, msg, shape.accepted(msg, qid, now), tuple(forwards)), now)
 
 
 def test_a_message_is_served_only_while_stored_and_only_for_its_domain(conn):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mtad.events import record as events
-from mtad.events import retention
+from mtad.events import shape
 from mtad.events import webhooks
+from mtad.store import events
 from mtad.config.schema import WebhookConfig, WebhooksConfig
 from mtad.net.httpclient import HttpResult
 from mtad.store.engine import connect
@@ -28,8 +28,8 @@ def conn(tmp_path):
 
 
 def event(kind="delivered", **extra):
-    e = events.base_event(kind, timestamp=1000.0, recipient="Bob@dest.test", queue_id="Q1",
-                          message=events.message_part({"message-id": "m1@x", "from": "a@example.com", "to": "bob@dest.test",
+    e = shape.base_event(kind, timestamp=1000.0, recipient="Bob@dest.test", queue_id="Q1",
+                          message=shape.message_part({"message-id": "m1@x", "from": "a@example.com", "to": "bob@dest.test",
                                                        "subject": "Hi"}, 10),
                           options={"tags": ["t1"], "variables": {"order": "42", "n": 1}},
                           envelope={"sender": "a@example.com", "targets": "bob@dest.test"}, flags={}, extra=extra)
@@ -40,20 +40,22 @@ def test_record_queues_one_post_per_url_of_the_matching_webhook(conn):
     cfg = WebhooksConfig(domains={"example.com": {
         "delivered": WebhookConfig(("http://h/a", "http://h/b")),
         "permanent_fail": WebhookConfig(("http://h/fail",), "legacy")}})
-    woken = []
-    events.on_webhook_work = lambda: woken.append(1)
-    try:
-        webhooks.sync_config(conn, cfg, 1.0)
-        events.record(conn, "example.com", event("delivered"))
-        events.record(conn, "example.com", event("failed", severity="temporary"))  # no temporary_fail webhook
-        events.record(conn, "example.com", event("failed", severity="permanent", reason="bounce"))
-        events.record(conn, "other.org", event("delivered"))
-    finally:
-        events.on_webhook_work = lambda: None
+    woken, seen = [], []
+    conn.bus = events.EventBus()  # what the store's writer connection carries
+    conn.bus.on_webhook_work(lambda: woken.append(1))
+    conn.bus.on_event(lambda domain, e: seen.append((domain, e["event"])))
+    webhooks.sync_config(conn, cfg, 1.0)
+    events.record(conn, "example.com", event("delivered"))
+    events.record(conn, "example.com", event("failed", severity="temporary"))  # no temporary_fail webhook
+    events.record(conn, "example.com", event("failed", severity="permanent", reason="bounce"))
+    events.record(conn, "other.org", event("delivered"))
+    conn.bus = None
     rows = conn.execute("SELECT domain, url, format, state FROM webhook_deliveries ORDER BY id").fetchall()
     assert rows == [("example.com", "http://h/a", "json", "queued"), ("example.com", "http://h/b", "json", "queued"),
                     ("example.com", "http://h/fail", "legacy", "queued")]
     assert len(woken) == 2
+    assert seen == [("example.com", "delivered"), ("example.com", "failed"), ("example.com", "failed"),
+                    ("other.org", "delivered")]
     # an API change is seen by the next event once the cache is invalidated
     webhooks.put_webhook(conn, "example.com", "temporary_fail", ["http://h/t"], "json", 2.0, create=True)
     events.record(conn, "example.com", event("failed", severity="temporary"))
@@ -150,9 +152,9 @@ def test_retention_prunes_in_batches(conn):
         e = event()
         e["timestamp"] = float(i)
         events.record(conn, "example.com", e)
-    assert retention.prune_batch(conn, 20.0, 8) == 8
-    assert retention.prune_batch(conn, 20.0, 8) == 8
-    assert retention.prune_batch(conn, 20.0, 8) == 4
+    assert events.prune_batch(conn, 20.0, 8) == 8
+    assert events.prune_batch(conn, 20.0, 8) == 8
+    assert events.prune_batch(conn, 20.0, 8) == 4
     assert conn.execute("SELECT min(timestamp), count(*) FROM events").fetchone() == (20.0, 5)
     # counters stay: stats over old periods still answer
     assert conn.execute("SELECT sum(count) FROM stats WHERE event = 'delivered:smtp' AND tag = ''").fetchone()[0] == 25

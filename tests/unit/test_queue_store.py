@@ -1,0 +1,134 @@
+"""The typed queue and event methods of the store (``QueueStore``, ``EventStore`` on ``SqliteStore``): what commits
+together, claims with their pauses and suppressions, outcomes with their events, bounce list and DSN, and the
+event bus the store tells."""
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions
+from mtad.events import shape
+from mtad.outbound import dsn, queueadmin
+from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
+from mtad.store import queue as spool
+from mtad.store.events import EventBus
+from mtad.store.sqlite import SqliteStore
+
+BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n"
+
+
+def message(rcpts, transport="smtp"):
+    return NewMessage(Envelope("s@example.com", tuple(rcpts), auth_user="u@example.com", transport=transport), BODY,
+                      "outbound", "example.com", HeaderSummary("m1@example.com", "s@example.com", rcpts[0], "t"),
+                      SendOptions(tags=("t1",)))
+
+
+def item(rcpts, now=1.0, queue_id=None, **kw):
+    queue_id = queue_id or spool.new_queue_id()
+    msg = message(rcpts, **kw)
+    return spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now))
+
+
+@pytest.fixture
+async def store(tmp_path):
+    bus = EventBus()
+    s = SqliteStore(tmp_path / "db.sqlite3", bus=bus)
+    s.open()
+    yield s
+    s.close()
+
+
+async def count(store, sql):
+    return await store.read(lambda c: c.execute(sql).fetchone()[0])
+
+
+async def test_enqueue_commits_a_batch_all_or_none(store):
+    first = item(["a@x.test"])
+    await store.enqueue([first], 1.0)
+    with pytest.raises(sqlite3.IntegrityError):  # the second message reuses a queue id: the whole batch is refused
+        await store.enqueue([item(["b@x.test"]), item(["c@x.test"], queue_id=first.queue_id)], 1.0)
+    assert await store.count_messages() == 1
+    assert await count(store, "SELECT count(*) FROM events WHERE event = 'accepted'") == 1
+    [entry] = await store.list_queue()
+    assert (entry.queue_id, entry.recipients, entry.destination, entry.state, entry.kind) == (
+        first.queue_id, ("a@x.test",), "x.test", "queued", "delivery")
+
+
+async def test_claim_due_brings_pauses_and_suppressions_from_one_transaction(store):
+    await store.enqueue([item(["a@x.test", "gone@x.test"]), item(["b@paused.test"])], 1.0)
+    await store.write(lambda c: spool.add_suppression(c, "example.com", "bounces", "gone@x.test", 1.0, {}))
+    await queueadmin.pause(store, "domain", "paused.test")
+    await queueadmin.pause(store, "tag", "Promo")
+    claim = await store.claim_due("w1", 2.0, 10)
+    assert [job.domain for job in claim.jobs] == ["x.test"]  # a paused domain is not claimed
+    assert claim.suppressed == ({"gone@x.test": "suppress-bounce"},)
+    assert claim.pauses == spool.Pauses(frozenset({"paused.test"}), frozenset(), frozenset({"promo"}))
+    assert (await store.claim_due("w2", 2.0, 10)).jobs == ()  # leased to w1
+    assert await queueadmin.resume(store, "domain", "paused.test") == 0
+    assert [job.domain for job in (await store.claim_due("w2", 2.0, 10)).jobs] == ["paused.test"]
+
+
+async def test_finish_attempt_writes_outcomes_events_bounce_list_and_dsn_together(store):
+    await store.enqueue([item(["ok@x.test", "nobody@x.test", "later@x.test"])], 1.0)
+    [job] = (await store.claim_due("w1", 2.0, 10)).jobs
+    outcomes = {"ok@x.test": Outcome("delivered", 250, "2.0.0", "Ok"),
+                "nobody@x.test": Outcome("failed", 550, "5.1.1", "No such user"),
+                "later@x.test": Outcome("deferred", 451, "4.3.0", "Try later")}
+    attempt = finished(job, AttemptRecord(outcomes, 1, 600.0), 3.0)
+    build = lambda j, failed, headers: dsn.build(j, failed, "mx.example.com", headers)  # noqa: E731
+    await store.finish_attempt(job, attempt, 3.0, dsn_for(build, job, attempt, 3.0))
+    row = await store.read(lambda c: c.execute("SELECT recipients, state, attempts, next_attempt_at, locked_by"
+                                               " FROM deliveries WHERE id = ?", (job.id,)).fetchone())
+    assert (json.loads(row[0]), row[1], row[2], row[3], row[4]) == (["later@x.test"], "deferred", 1, 600.0, None)
+    kinds = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
+        "SELECT event, severity, recipient FROM events WHERE event != 'accepted'")))
+    assert kinds == [("delivered", "", "ok@x.test"), ("failed", "permanent", "nobody@x.test"),
+                     ("failed", "temporary", "later@x.test")]
+    assert await count(store, "SELECT count(*) FROM suppressions WHERE kind = 'bounces'"
+                              " AND address = 'nobody@x.test'") == 1
+    # the DSN is a message of its own, to the sender, committed with the outcome; its accepted event is a system one
+    assert await store.count_messages() == 2
+    [entry] = [e for e in await store.list_queue() if e.queue_id != job.queue_id]
+    assert (entry.sender, entry.recipients) == ("", ("s@example.com",))
+    detail = await store.message_detail(entry.queue_id)
+    assert detail.message.envelope["transport"] == "dsn" and b"No such user" in detail.message.body
+    assert await count(store, "SELECT sum(count) FROM stats WHERE tag = '' AND event = 'accepted'") == 3
+
+
+async def test_the_operator_bounce_fails_every_pending_recipient_without_a_dsn(store):
+    queued = item(["a@x.test", "b@y.test"])
+    await store.enqueue([queued], 1.0)
+    assert await queueadmin.bounce(store, queued.queue_id) == 2
+    assert await store.list_queue() == ()
+    assert await count(store, "SELECT count(*) FROM events WHERE event = 'failed'") == 2
+    assert await store.count_messages() == 1
+    info = await queueadmin.show(store, queued.queue_id)
+    assert [(d["recipients"], d["state"]) for d in info["deliveries"]] == [("[]", "done"), ("[]", "done")]
+    assert info["headers_text"].startswith("From: s@example.com") and "body" not in info
+
+
+async def test_the_store_tells_its_event_bus_and_stops_when_unsubscribed(store):
+    seen = []
+    stop = store.bus.on_event(lambda domain, event: seen.append((domain, event["event"], event["recipient"])))
+    await store.enqueue([item(["a@x.test"])], 1.0)
+    await store.record_events([shape.accepted(message(["r@y.test"]), "Q", 2.0)[0]])
+    assert seen == [("example.com", "accepted", "a@x.test"), ("example.com", "accepted", "r@y.test")]
+    stop()
+    await store.enqueue([item(["b@x.test"])], 1.0)
+    assert len(seen) == 2
+
+
+async def test_a_read_only_store_reads_and_refuses_to_open(tmp_path, store):
+    await store.enqueue([item(["a@x.test"])], 1.0)
+    ro = SqliteStore(store.path, read_only=True)
+    try:
+        assert len(await ro.list_queue()) == 1
+        with pytest.raises(Exception, match="read-only"):
+            ro.open()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await ro.read(lambda c: c.execute("DELETE FROM messages"))
+    finally:
+        ro.close()
+    assert await asyncio.wait_for(store.count_messages(), 5) == 1
