@@ -259,7 +259,7 @@ class Connector:
                     last = exc
                     log.info("%s: %s [%s]:%d failed: %s", dest.name, host, address, dest.port, exc)
         if not resolved_any:
-            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})")
+            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})", "5.4.4")
         raise last
 
     async def _open_one(self, dest: Destination, host: str, address: str) -> Session:
