@@ -13,6 +13,7 @@ import time
 import pytest
 
 from mtad.workers.pool import JobKind, RunHere, WorkerPool
+from tests.support.wait import wait_for
 
 HERE = os.getpid()
 
@@ -55,13 +56,6 @@ def fast_restart(monkeypatch):
     monkeypatch.setattr("mtad.workers.pool.RESTART_DELAY", 0.05)
 
 
-async def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_no_processes_means_in_process_and_offload_means_a_thread():
     pool = WorkerPool(Doubling(), 0)
     try:
@@ -98,7 +92,7 @@ async def test_a_killed_child_loses_nothing_and_is_replaced(fast_restart):
         out = await pending
         assert [r[0] for r in out] == [n * 2 for n in range(200)]
         assert any(r[2] == HERE for r in out)  # the unanswered ones were done in process
-        await wait_for(lambda: pool.pids and pool.pids[0] != pid)
+        await wait_for(lambda: pool.pids and pool.pids[0] != pid, 10, "a new child")
         assert (await pool.run(5))[2] == pool.pids[0]  # the new child works
     finally:
         await pool.close()
@@ -137,7 +131,7 @@ async def test_a_child_that_does_not_answer_in_time_is_replaced(fast_restart):
         await pool.run(1)
         (pid,) = pool.pids
         assert await pool.run_many(["sleep", 3]) == [("sleep", 0, HERE, 0), (6, 0, HERE, 0)]
-        await wait_for(lambda: pool.pids and pool.pids[0] != pid)
+        await wait_for(lambda: pool.pids and pool.pids[0] != pid, 10, "a new child")
     finally:
         await pool.close()
 
