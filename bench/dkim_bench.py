@@ -8,7 +8,7 @@ For a typical ~2 KB message and each key type (RSA-2048, Ed25519) it measures, i
 and prints each figure with the ratios mtad/openssl and mtad/dkimpy. Every mtad signature kind is first checked
 with dkimpy's verifier, so the figures are for signatures that verify.
 
---pool 0,1,2 also signs RSA-2048 through mtad.dkim_pool.DkimSigner with that many worker processes (0: in-process
+--pool 0,1,2 also signs RSA-2048 through mtad.outbound.signer.DkimSigner with that many worker processes (0: in-process
 on the event loop), 5,000 messages requested at once as the scheduler does after a claim, and prints messages/s
 and the CPU the event loop's process spent per message (what the pool saves it).
 
@@ -71,7 +71,7 @@ def pool_rates(msg: bytes, key, workers: list[int], n: int = 5000) -> dict[str, 
     """Through DkimSigner: msgs/s and the calling process's CPU µs per message, per worker count."""
     import asyncio
 
-    from mtad.outbound.dkim_pool import DkimSigner
+    from mtad.outbound.signer import DkimSigner
 
     async def run(w: int) -> dict[str, float]:
         signer = DkimSigner(w)
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--pool", help="worker counts for mtad.dkim_pool, e.g. 0,1,2")
+    ap.add_argument("--pool", help="worker counts for mtad.outbound.signer, e.g. 0,1,2")
     args = ap.parse_args()
 
     msg = make_message(args.size)
@@ -149,7 +149,7 @@ def main() -> None:
               f"{r['mtad'] / r['openssl']:>14.2f}{r['mtad'] / r['dkimpy']:>13.1f}")
 
     for name, r in pools.items():
-        print(f"rsa2048 via dkim_pool {name}: {r['msgs_per_s']:.0f} msgs/s, event loop's process "
+        print(f"rsa2048 via signer {name}: {r['msgs_per_s']:.0f} msgs/s, event loop's process "
               f"{r['caller_cpu_us_per_msg']:.0f} µs CPU per message")
 
 

@@ -109,9 +109,8 @@ def submissions(ctx: ApiContext, request: web.Request, composed: compose_mod.Com
     items = []
     for copy in composed.copies:
         queue_id = spool.new_queue_id()
-        rcpt = copy.recipients[0] if len(copy.recipients) == 1 else None
         trace = headers_mod.received(hostname, "api", client_ip, "HTTPS" if request.secure else "HTTP", queue_id,
-                                     rcpt, now)
+                                     copy.recipients, now)
         envelope = Envelope(sender=composed.sender, recipients=copy.recipients, client_ip=client_ip,
                             client_helo="", auth_user="api", tls=request.secure, transport="http", listener="api")
         items.append(Submission(envelope, trace + copy.content, list(copy.fields), copy.summary, copy.options,

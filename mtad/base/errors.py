@@ -60,4 +60,9 @@ class TempFailure(DeliveryError):
 
 
 class PermFailure(DeliveryError):
-    """Do not retry."""
+    """Do not retry. ``enhanced`` is the RFC 3463 status its bounce carries: 5.1.2 when the destination domain
+    itself is bad (does not exist, accepts no mail, is not a domain name), 5.4.4 when no route to it was found."""
+
+    def __init__(self, message: str, enhanced: str = "5.4.4"):
+        super().__init__(message)
+        self.enhanced = enhanced

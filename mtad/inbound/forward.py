@@ -6,7 +6,7 @@ completes the forward; 406 Not Acceptable means the application refuses it, so i
 anything else (status, timeout, refused connection) is retried on ``routing.retry_schedule``, then
 fails. Every attempt leaves an event on the receiving domain: ``delivered`` or ``failed``.
 
-Forms are built by ``routeform`` (MIME parse and encoding, in a worker process: ``formworker``) and
+Forms are built by ``form.build`` (MIME parse and encoding, in a worker process: ``form.jobs``) and
 signed here just before sending.
 """
 
@@ -23,7 +23,7 @@ from mtad.events import record as events
 from mtad.store import queue as spool
 from mtad.base.coalesce import Coalescer
 from mtad.config.schema import RoutingConfig
-from mtad.inbound.form.worker import FormJob, FormWorkers, WorkerUnavailable
+from mtad.inbound.form.jobs import FormJob, form_pool
 from mtad.net.httpclient import HttpClient, HttpResult
 from mtad.store.leases import settle
 from mtad.inbound.form.build import Form, FormParts, encode_form, form_parts, is_raw_format, sign
@@ -33,7 +33,6 @@ __all__ = ["Form", "Forwarder", "build_form", "encode_form"]
 
 log = logging.getLogger("mtad.forward")
 
-INLINE_PARSE = 16_384  # bytes: built in process, messages up to this size on the event loop, larger in a thread
 LARGE = 1_000_000  # bytes: messages from this size are built in a thread, not queued behind a worker's batch
 MAX_BATCH = 200  # forwards per coalesced read, form batch or outcome write
 
@@ -94,7 +93,7 @@ class Forwarder:
         self.max_depth = max_depth
         self.counters = {"delivered": 0, "retried": 0, "failed": 0}
         processes = getattr(config, "form_workers", 1)
-        self.workers = FormWorkers(processes) if processes > 0 else None
+        self.workers = form_pool(processes)
         self._messages: Coalescer[str, dict[str, Any] | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
         self._forms: Coalescer[FormJob, FormParts] = Coalescer(self._build_forms, max_batch=MAX_BATCH)
         self._settlements: Coalescer[Settlement, None] = Coalescer(self._write_settlements, max_batch=MAX_BATCH)
@@ -108,7 +107,7 @@ class Forwarder:
         job = FormJob(message["body"], row["recipient"], message["sender"], is_raw_format(row["destination"]),
                       self.max_depth)
         if len(job.body) >= LARGE:
-            parts = await asyncio.to_thread(form_parts, *_job_args(job))
+            parts = await asyncio.to_thread(form_parts, *job.args())
         else:
             parts = await self._forms.submit(job)
         form = sign(parts, self.signing_key)
@@ -117,8 +116,7 @@ class Forwarder:
         await self._record(row, message, result, time.monotonic() - started)
 
     async def close(self) -> None:
-        if self.workers is not None:
-            await self.workers.close()
+        await self.workers.close()
 
     # --- the batched steps --------------------------------------------------------------------------
 
@@ -128,19 +126,7 @@ class Forwarder:
         return [found.get(i) for i in ids]
 
     async def _build_forms(self, jobs: list[FormJob]) -> list[FormParts]:
-        built: list[FormParts | None] = [None] * len(jobs)
-        if self.workers is not None:
-            try:
-                built = await self.workers.build(jobs)
-            except WorkerUnavailable as exc:
-                log.warning("%s; building %d forms in process", exc, len(jobs))
-        out: list[FormParts] = []
-        for job, parts in zip(jobs, built):
-            if parts is None:  # in process: small ones inline (a thread hand-off costs as much), large in a thread
-                parts = form_parts(*_job_args(job)) if len(job.body) <= INLINE_PARSE \
-                    else await asyncio.to_thread(form_parts, *_job_args(job))
-            out.append(parts)
-        return out
+        return await self.workers.run_many(jobs)  # in process when no worker can (mtad.workers.pool)
 
     async def _write_settlements(self, settlements: list[Settlement]) -> list[None]:
         """One write for a burst of outcomes; kept and tried again while the store fails (``leases.settle``): the
@@ -181,7 +167,3 @@ class Forwarder:
         log.info("%s: forward to=<%s> url=%s status=%s%s", message["id"], row["recipient"], row["destination"],
                  result.status if result.status is not None else "none",
                  (f" error={error!r}" if error and not ok else "") + (f" retry_in={int(retry_at - now)}s" if retry_at else ""))
-
-
-def _job_args(job: FormJob) -> tuple:
-    return job.body, job.recipient, job.sender, job.raw, job.max_depth

@@ -315,11 +315,9 @@ class Ingress:
 
     def _add_trace(self, session: SessionInfo, tx: Transaction, content: bytes,
                    fields: list[headers.HeaderField], queue_id: str, now: float, outbound: bool) -> bytes:
-        protocol = ("ESMTP" if session.extended_smtp else "SMTP") + ("S" if session.tls else "") + \
-            ("A" if session.auth_user else "")
-        rcpt = tx.recipients[0] if len(tx.recipients) == 1 else None
+        protocol = headers.smtp_protocol(session.extended_smtp, session.tls, bool(session.auth_user))
         added = headers.received(self.hostname, session.host_name or "", session.client_ip, protocol,
-                                 queue_id, rcpt, now)
+                                 queue_id, tx.recipients, now)
         if outbound:
             import email.utils
             if headers.first(fields, "Message-ID") is None:

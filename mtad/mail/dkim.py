@@ -12,7 +12,7 @@ Contract:
 - Keys: RSA (``rsa-sha256``, PKCS#1 v1.5, at least 1024 bits as RFC 8301 requires) and Ed25519
   (``ed25519-sha256``, RFC 8463: Ed25519 over the SHA-256 of the header hash input). Both may sign one message.
 - Signing is CPU work (~0.25 ms per RSA-2048 signature, ~0.04 ms Ed25519): the scheduler hands it to worker
-  processes (``dkim_pool``), which call ``signatures`` and send back only the header fields.
+  processes (``mtad.outbound.signer``), which call ``signatures`` and send back only the header fields.
 - A message without a From header is refused (``ValueError``): §5.4 requires From to be signed.
 """
 

@@ -12,6 +12,7 @@ import functools
 import email.utils
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from mtad.base.types import HeaderSummary
 
@@ -125,9 +126,22 @@ def make_message_id(hostname: str, queue_id: str) -> str:
     return f"<{queue_id}@{hostname}>"
 
 
+def smtp_protocol(extended: bool, tls: bool, authenticated: bool) -> str:
+    """The ``with`` word of an SMTP session's trace field (RFC 3848): SMTP, ESMTP, ESMTPS, ESMTPSA, ..."""
+    return ("ESMTP" if extended else "SMTP") + ("S" if tls else "") + ("A" if authenticated else "")
+
+
 def received(by_host: str, client_helo: str, client_ip: str, protocol: str, queue_id: str,
-             recipient: str | None, when: float) -> bytes:
-    """A Received: trace field (RFC 5321 4.4), folded."""
+             recipients: Sequence[str], when: float) -> bytes:
+    """The Received: trace field (RFC 5321 4.4), folded, that mtad prepends to every message it accepts: from
+    SMTP (``client_helo`` as the client said it, ``protocol`` from ``smtp_protocol``) and from the HTTP API
+    (``client_helo`` ``"api"``, ``protocol`` ``HTTP``/``HTTPS``). The one place this header is made.
+
+    The HELO name is hostile input: bytes outside printable ASCII become ``?``, and it is cut to 255
+    characters. ``for <recipient>`` is written only for a message with exactly one recipient: naming one
+    of several would show every copy who else got it. The date is in UTC, to the second.
+    """
+    recipient = recipients[0] if len(recipients) == 1 else None
     for_part = f"\r\n\tfor <{recipient}>" if recipient else ""
     date = _formatdate(int(when))
     helo = re.sub(r"[^\x21-\x7e]", "?", client_helo)[:255] or "unknown"

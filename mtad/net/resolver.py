@@ -86,7 +86,7 @@ class Resolver:
         try:
             answer = await self._resolve(name, "MX")
         except dns.resolver.NXDOMAIN:
-            raise PermFailure(f"{domain}: domain does not exist (NXDOMAIN)") from None
+            raise PermFailure(f"{domain}: domain does not exist (NXDOMAIN)", "5.1.2") from None
         except dns.resolver.NoAnswer:
             return MxResult((MxHost(0, name.to_text(omit_final_dot=True).lower()),), implicit=True)
         except dns.exception.DNSException as exc:
@@ -95,7 +95,7 @@ class Resolver:
         hosts = [MxHost(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer
                  if r.exchange != dns.name.root]
         if not hosts:
-            raise PermFailure(f"{domain}: domain does not accept mail (null MX, RFC 7505)")
+            raise PermFailure(f"{domain}: domain does not accept mail (null MX, RFC 7505)", "5.1.2")
         self._remember_mx(domain, answer.expiration, hosts)
         return _in_order(hosts)
 
@@ -148,7 +148,7 @@ def _name(domain: str) -> dns.name.Name:
     try:
         return dns.name.from_text(domain)
     except dns.exception.DNSException as exc:
-        raise PermFailure(f"{domain!r}: not a valid domain name ({exc})") from exc
+        raise PermFailure(f"{domain!r}: not a valid domain name ({exc})", "5.1.2") from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,15 +3,22 @@
 2xx -> delivered; 4xx -> deferred; 5xx -> failed; DNS permanent errors -> failed; everything else
 (timeouts, refused connections, TLS failures, a lost reply after the final dot, unknown errors) ->
 deferred: when in doubt, retry.
+
+Exceptions are told apart by their types and attributes, never by their text: an SMTP reply by
+aiosmtplib's ``code``/``message``, a permanent failure by its ``enhanced`` status, a timeout (4.4.2, else
+4.4.1) by type anywhere in its chain of causes: ``TimeoutError`` (asyncio's and aiosmtplib's timeouts are
+ones), ``ETIMEDOUT`` from the kernel, dnspython's ``Timeout``. The text only becomes the outcome's message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import ssl
 
 import aiosmtplib
+import dns.exception
 
 from mtad.base.errors import PermFailure, TempFailure
 from mtad.base.types import Outcome
@@ -38,8 +45,7 @@ def from_reply(code: int, message: str, *, mx_host: str = "", tls: bool = False,
 
 def from_exception(exc: BaseException, *, mx_host: str = "", tls: bool = False, verified: bool = False) -> Outcome:
     if isinstance(exc, PermFailure):
-        return Outcome("failed", 550, "5.1.2" if "domain" in str(exc).lower() else "5.4.4", str(exc),
-                       mx_host, reason="bounce")
+        return Outcome("failed", 550, exc.enhanced, str(exc), mx_host, reason="bounce")
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 200:
         return from_reply(exc.code, exc.message, mx_host=mx_host, tls=tls, verified=verified)
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
@@ -52,7 +58,20 @@ def from_exception(exc: BaseException, *, mx_host: str = "", tls: bool = False, 
         text = str(exc) or exc.__class__.__name__
     else:
         text = f"{exc.__class__.__name__}: {exc}"
-    return Outcome("deferred", 421, "4.4.2" if "timed out" in text else "4.4.1", text, mx_host, tls, verified)
+    return Outcome("deferred", 421, "4.4.2" if timed_out(exc) else "4.4.1", text, mx_host, tls, verified)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from (``__cause__``), is a timeout."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (TimeoutError, asyncio.TimeoutError, dns.exception.Timeout)) or \
+                (isinstance(cause, OSError) and cause.errno == errno.ETIMEDOUT):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def is_mailbox_bounce(outcome: Outcome) -> bool:

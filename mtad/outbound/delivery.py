@@ -6,9 +6,9 @@ one transaction and returns an ``Outcome`` per recipient: one RCPT may fail whil
 a reply lost after the final dot is a deferral (at-least-once, as Postfix does). Under the
 opportunistic policy a failed TLS handshake is retried in plaintext on the same host, and the host is
 remembered as TLS-broken for a while (Postfix, KumoMTA) so later connections go plaintext at once.
-Errors are classified by ``classify`` only. When the server advertises PIPELINING the session's transactions
-go through ``smtp_pipeline`` (MAIL, RCPT and DATA in one write); otherwise through aiosmtplib, one command at
-a time.
+Errors are classified by ``classify`` only. aiosmtplib opens the session; its transactions then go through
+``pipelining`` on one path: MAIL, RCPT and DATA in one write when the server advertises PIPELINING, one
+command at a time otherwise.
 """
 
 from __future__ import annotations
@@ -84,7 +84,13 @@ class TlsContexts:
 
 
 class Session:
-    """An open, greeted (and possibly encrypted and authenticated) SMTP connection."""
+    """An open, greeted (and possibly encrypted and authenticated) SMTP connection.
+
+    aiosmtplib opens it (connect, EHLO, STARTTLS, AUTH); then ``pipelining.Pipeline`` takes its transport
+    over and every transaction goes through ``send``: one path, whose only branch is how the commands go out
+    (RFC 2920: MAIL, every RCPT and DATA in one write when the server offers PIPELINING, one command per
+    reply otherwise), with the same per-recipient outcomes either way.
+    """
 
     def __init__(self, client: aiosmtplib.SMTP, host: str, tls: bool, verified: bool, dest: Destination):
         self.client = client
@@ -94,13 +100,12 @@ class Session:
         self.dest = dest
         self.deliveries = 0
         self._usable = True
-        transport = client.transport
-        self.pipe = smtp_pipeline.Pipeline(transport) if (  # type: ignore[arg-type]
-            transport is not None and client.supports_extension("pipelining")) else None
+        self.pipelined = client.supports_extension("pipelining")
+        self.pipe = smtp_pipeline.Pipeline(client.transport)  # type: ignore[arg-type]
 
     @property
     def usable(self) -> bool:
-        return self._usable and (self.pipe is None or self.pipe.usable)
+        return self._usable and self.pipe.usable
 
     @usable.setter
     def usable(self, value: bool) -> None:
@@ -122,70 +127,45 @@ class Session:
         if (not sender.isascii() or not all(r.isascii() for r in recipients)) and \
                 client.supports_extension("smtputf8"):
             options.append("SMTPUTF8")
-        if self.pipe is not None:
-            return await self._send_pipelined(sender, recipients, body, options)
-        outcomes: dict[str, Outcome] = {}
-        try:
-            await client.mail(sender, options=options, timeout=self.dest.command_timeout)
-        except aiosmtplib.SMTPResponseException as exc:
-            await self._reset()
-            return {r: self._reply(exc.code, exc.message) for r in recipients}
-        except Exception as exc:  # noqa: BLE001 - classified once, below
-            self.usable = False
-            return {r: self._outcome(exc) for r in recipients}
-        accepted = []
-        for rcpt in recipients:
-            try:
-                await client.rcpt(rcpt, timeout=self.dest.command_timeout)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                outcomes[rcpt] = self._reply(exc.code, exc.message)
-            except Exception as exc:  # noqa: BLE001
-                self.usable = False
-                for r in recipients:
-                    outcomes.setdefault(r, self._outcome(exc))
-                return outcomes
-        if not accepted:
-            await self._reset()
-            return outcomes
-        try:
-            response = await client.data(body, timeout=self.dest.data_timeout)
-            result = self._reply(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            result = self._reply(exc.code, exc.message)
-            if exc.code == 421 or isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-                self.usable = False
-        except Exception as exc:  # noqa: BLE001 - a lost reply after the dot is a deferral
-            self.usable = False
-            result = self._outcome(exc)
-        for rcpt in accepted:
-            outcomes[rcpt] = result
-        return outcomes
-
-    async def _send_pipelined(self, sender: str, recipients: list[str], body: bytes,
-                              options: list[str]) -> dict[str, Outcome]:
-        """The same transaction as ``send``, with MAIL, every RCPT and DATA in one write (RFC 2920)."""
-        pipe = self.pipe
-        assert pipe is not None
-        timeout = self.dest.command_timeout
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         try:
-            commands = [smtp_pipeline.command_line(b"MAIL FROM:", sender, options, encoding)]
-            commands += [smtp_pipeline.command_line(b"RCPT TO:", r, [], encoding) for r in recipients]
+            mail_line = smtp_pipeline.command_line(b"MAIL FROM:", sender, options, encoding)
+            rcpt_lines = [smtp_pipeline.command_line(b"RCPT TO:", r, [], encoding) for r in recipients]
         except (ValueError, UnicodeError) as exc:  # nothing sent: the session stays usable
             return {r: self._outcome(exc) for r in recipients}
-        commands.append(b"DATA\r\n")
-        replies: list[tuple[int, str]] = []
+        timeout = self.dest.command_timeout
+        pipe = self.pipe
+        mail: tuple[int, str] | None = None
+        rcpts: list[tuple[int, str]] = []
+        data: tuple[int, str] | None = None
         try:
-            pipe.write(b"".join(commands))
-            for _ in range(len(recipients) + 2):
-                replies.append(await pipe.read(timeout))
+            if self.pipelined:  # RFC 2920: one write, then the replies in order
+                pipe.write(mail_line + b"".join(rcpt_lines) + b"DATA\r\n")
+                mail = await pipe.read(timeout)
+                for _ in recipients:
+                    rcpts.append(await pipe.read(timeout))
+                data = await pipe.read(timeout)
+            else:  # one command, one reply; nothing more after a refused MAIL, no DATA without a recipient
+                pipe.write(mail_line)
+                mail = await pipe.read(timeout)
+                if mail[0] == 250:
+                    for line in rcpt_lines:
+                        pipe.write(line)
+                        rcpts.append(await pipe.read(timeout))
+                        if rcpts[-1][0] == 421:  # closing: the rest get the same answer
+                            rcpts += [rcpts[-1]] * (len(rcpt_lines) - len(rcpts))
+                            break
+                    if any(_accepted(reply) for reply in rcpts):
+                        pipe.write(b"DATA\r\n")
+                        data = await pipe.read(timeout)
         except Exception as exc:  # noqa: BLE001 - classified once
             self.usable = False
-            if replies and replies[0][0] != 250:  # e.g. 421 to MAIL, then the server hung up
-                return {r: self._reply(*replies[0]) for r in recipients}
-            return {r: self._outcome(exc) for r in recipients}
-        mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
+            if mail is not None and mail[0] != 250:  # e.g. 421 to MAIL, then the server hung up
+                return {r: self._reply(*mail) for r in recipients}
+            lost = self._outcome(exc)  # a recipient refused before the loss keeps its refusal
+            return {r: self._reply(*reply) if not _accepted(reply) else lost for r, reply in zip(recipients, rcpts)} \
+                | {r: lost for r in recipients[len(rcpts):]}
+        assert mail is not None
         if mail[0] != 250:
             outcomes = {r: self._reply(*mail) for r in recipients}
             accepted = []
@@ -193,20 +173,21 @@ class Session:
             outcomes = {}
             accepted = []
             for rcpt, reply in zip(recipients, rcpts):
-                if reply[0] in (250, 251):
+                if _accepted(reply):
                     accepted.append(rcpt)
                 else:
                     outcomes[rcpt] = self._reply(*reply)
-        if not accepted or data[0] != 354:
-            if data[0] == 354:  # a server that said 354 without recipients gets an empty message (RFC 2920 3.1)
-                await self._pipelined_command(smtp_pipeline.text(b""), self.dest.data_timeout)
-            result = self._reply(*data)
-            for rcpt in accepted:
-                outcomes[rcpt] = result
-            if mail[0] == 421 or data[0] == 421:
-                self.usable = False
-            elif self.usable:
-                await self._pipelined_command([b"RSET\r\n"], timeout)
+        if 421 in (mail[0], *(reply[0] for reply in rcpts), data[0] if data else 0):
+            self.usable = False  # the server is closing the connection
+        if not accepted or data is None or data[0] != 354:
+            if data is not None and data[0] == 354:  # 354 without recipients gets an empty message (RFC 2920 3.1)
+                await self._command(smtp_pipeline.text(b""), self.dest.data_timeout)
+            if data is not None:
+                result = self._reply(*data)
+                for rcpt in accepted:
+                    outcomes[rcpt] = result
+            if self.usable:
+                await self._command([b"RSET\r\n"], timeout)
             return outcomes
         try:
             pipe.write(*smtp_pipeline.text(body))
@@ -220,34 +201,23 @@ class Session:
             outcomes[rcpt] = result
         return outcomes
 
-    async def _pipelined_command(self, chunks: list[bytes], timeout: float) -> tuple[int, str] | None:
+    async def _command(self, chunks: list[bytes], timeout: float) -> tuple[int, str] | None:
         try:
-            self.pipe.write(*chunks)  # type: ignore[union-attr]
-            return await self.pipe.read(timeout)  # type: ignore[union-attr]
+            self.pipe.write(*chunks)
+            return await self.pipe.read(timeout)
         except Exception:  # noqa: BLE001
             self.usable = False
             return None
 
-    async def _reset(self) -> None:
-        try:
-            await self.client.rset(timeout=self.dest.command_timeout)
-        except Exception:  # noqa: BLE001
-            self.usable = False
-
     async def close(self) -> None:
-        if self.pipe is not None:
-            if self.pipe.usable:
-                await self._pipelined_command([b"QUIT\r\n"], 5)
-            self.pipe.close()
-            self.client.close()
-            return
-        try:
-            if self.client.is_connected:
-                await self.client.quit(timeout=5)
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
-        finally:
-            self.client.close()
+        if self.pipe.usable:
+            await self._command([b"QUIT\r\n"], 5)
+        self.pipe.close()
+        self.client.close()
+
+
+def _accepted(reply: tuple[int, str]) -> bool:
+    return reply[0] in (250, 251)
 
 
 class Connector:
@@ -289,7 +259,7 @@ class Connector:
                     last = exc
                     log.info("%s: %s [%s]:%d failed: %s", dest.name, host, address, dest.port, exc)
         if not resolved_any:
-            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})")
+            raise PermFailure(f"{dest.name}: no address for its mail hosts ({', '.join(dest.hosts)})", "5.4.4")
         raise last
 
     async def _open_one(self, dest: Destination, host: str, address: str) -> Session:

@@ -1,9 +1,10 @@
 """SMTP commands pipelined (RFC 2920) on a connection aiosmtplib opened, greeted, encrypted and authenticated.
 
 aiosmtplib waits for each reply before the next command (four round trips per message: MAIL, RCPT, DATA, the
-text). When the server advertises PIPELINING, ``Pipeline`` takes the transport over (``set_protocol``) and
-``delivery.Session`` writes MAIL, every RCPT and DATA at once, then the text after 354: two round trips and two
-writes per message.
+text). Once aiosmtplib has opened a session, ``Pipeline`` takes the transport over (``set_protocol``) and carries
+every transaction of ``delivery.Session``: when the server advertises PIPELINING, MAIL, every RCPT and DATA go
+in one write, then the text after 354 (two round trips and two writes per message); otherwise one command per
+reply, on the same channel.
 
 Contract:
 - ``Pipeline(transport)`` becomes the transport's protocol: from then on aiosmtplib's client must not send on it.

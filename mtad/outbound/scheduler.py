@@ -9,7 +9,7 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
    (a ``delivered`` event with code 650, nothing sent), suppressions (fail, ``suppress-*``), pauses.
 3. The destination's MX hosts are resolved and its ``ProviderPolicy`` found (or the smarthost used, with a
    policy of its own: ``smarthost_policy``);
-   the job (its preloaded body DKIM-signed by a worker process, ``dkim_pool``) joins the ready queue of
+   the job (its preloaded body DKIM-signed by a worker process, ``signer``) joins the ready queue of
    its site (provider + hosts).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
    provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
@@ -43,7 +43,7 @@ from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store.queue import DeliveryJob, Pauses, QueueStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
-from mtad.outbound.dkim_pool import DkimSigner
+from mtad.outbound.signer import DkimSigner
 from mtad.base.errors import PermFailure, StoreError, TempFailure
 from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig

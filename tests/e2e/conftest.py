@@ -59,8 +59,11 @@ def ingress_config(mtad_config: dict) -> dict:
 
 
 # --- outbound delivery suite (tests/e2e/test_outbound_*.py): loopback MX servers, DNS and a delivering mtad ---
-from tests.e2e.outbound_support import (  # noqa: E402,F401
-    loopback_dns, mx_farm, outbound_mtad, sender_mailbox)
+from tests.e2e.outbound_support import loopback_dns, outbound_mtad, sender_mailbox  # noqa: E402,F401
+from tests.support.sink import mx_farm  # noqa: E402,F401
+
+# --- the API suite's receiver of route POSTs and store notifications ---
+from tests.support.receiver import receiver  # noqa: E402,F401
 
 # --- inbound routes suite (tests/e2e/test_routes_*.py): the loopback application receiving route POSTs ---
 from tests.e2e.routes_support import app  # noqa: E402,F401

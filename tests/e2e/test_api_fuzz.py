@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method)
 
 from mtad.api import hash_key
-from tests.e2e.apihelpers import AUTH
+from tests.support.api import AUTH
 from tests.support.daemon import API_KEY, free_port
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apihelpers import MxSink, delivering
+from tests.e2e.apihelpers import delivering
 from tests.support.daemon import API_KEY
 from tests.support.dns_server import DnsServer
 
@@ -27,12 +27,11 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def env(daemon_factory):
+def env(daemon_factory, mx_farm):
     dns = DnsServer(ttl=300).start()
-    sink = MxSink().start()
+    sink = mx_farm.add("mx.sink.test")
     daemon = daemon_factory(**delivering(dns, sink, [DEST]))
     yield daemon, sink
-    sink.stop()
     dns.stop()
 
 

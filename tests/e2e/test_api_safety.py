@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from mtad.api import hash_key
-from tests.e2e.apihelpers import basic_auth
+from tests.support.api import basic_auth
 from tests.support.daemon import API_KEY
 
 LIMITED_KEY = "key-limited-to-example-com-000000"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.apihelpers import MxSink, delivering
+from tests.e2e.apihelpers import delivering
 from tests.support.daemon import API_KEY
 from tests.support.dns_server import DnsServer
 
@@ -17,12 +17,11 @@ DEST = "sdk.test"
 
 
 @pytest.fixture(scope="module")
-def env(daemon_factory):
+def env(daemon_factory, mx_farm):
     dns = DnsServer(ttl=300).start()
-    sink = MxSink().start()
+    sink = mx_farm.add("mx.sink.test")
     daemon = daemon_factory(**delivering(dns, sink, [DEST]))
     yield daemon, sink
-    sink.stop()
     dns.stop()
 
 
@@ -56,8 +55,8 @@ def test_sdk_sends_a_message_and_lists_its_events(env, client):
     accepted = next(e for e in items if e["event"] == "accepted")
     assert accepted["recipient"] == f"sdk-user@{DEST}"
     assert sorted(accepted["tags"]) == ["python", "sdk"] and accepted["user-variables"] == {"order": "42"}
-    assert b"attached by the SDK" in sink.to(f"sdk-user@{DEST}")[0].content or \
-        b"YXR0YWNoZWQgYnkgdGhlIFNESwo=" in sink.to(f"sdk-user@{DEST}")[0].content
+    assert b"attached by the SDK" in sink.to(f"sdk-user@{DEST}")[0].data or \
+        b"YXR0YWNoZWQgYnkgdGhlIFNESwo=" in sink.to(f"sdk-user@{DEST}")[0].data
 
 
 def test_sdk_manages_routes(client):

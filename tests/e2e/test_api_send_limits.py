@@ -16,7 +16,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.e2e.apihelpers import api
+from tests.support.api import api
 from tests.e2e.helpers import message_count, send as smtp_send, submission
 
 FROM = "Sender <postmaster@example.com>"
@@ -38,7 +38,7 @@ async def post(daemon, fields, *, expect, path="/v3/example.com/messages"):
 async def refused(daemon, fields, *, path="/v3/example.com/messages") -> str:
     """The 400 message of a refused send; nothing was queued."""
     before = message_count(daemon)
-    _, body = await post(daemon, fields, expect=400, path=path)
+    body = await post(daemon, fields, expect=400, path=path)
     assert isinstance(body, dict) and set(body) == {"message"}, body
     assert message_count(daemon) == before, "nothing is queued for a refused send"
     return body["message"]
@@ -48,7 +48,7 @@ async def refused(daemon, fields, *, path="/v3/example.com/messages") -> str:
 
 async def test_variables_up_to_4kb_are_accepted(daemon):
     fields = BASE + [("v:order", "o-1"), ("v:blob", "x" * 4000)]  # 4,086 bytes of names and values
-    _, body = await post(daemon, fields, expect=200)
+    body = await post(daemon, fields, expect=200)
     rows = daemon.query("SELECT options FROM messages WHERE message_id = ?", (body["id"].strip("<>"),))
     assert json.loads(rows[0][0])["variables"] == {"order": "o-1", "blob": "x" * 4000}
 
@@ -71,7 +71,7 @@ async def test_variables_over_4kb_are_refused_in_a_mime_send(daemon):
     form.add_field("v:blob", "x" * 5000)
     form.add_field("message", mime, filename="message.mime", content_type="message/rfc822")
     before = message_count(daemon)
-    _, body = await api(daemon, "POST", "/v3/example.com/messages.mime", data=form, expect=400)
+    body = await api(daemon, "POST", "/v3/example.com/messages.mime", data=form, expect=400)
     assert "4096 bytes" in body["message"] and message_count(daemon) == before
 
 
@@ -91,7 +91,7 @@ async def test_variables_over_4kb_are_refused_over_smtp_too(daemon, certs):
 
 async def test_headers_within_the_smtp_limits_are_accepted(daemon):
     fields = BASE + [(f"h:X-Custom-{i}", f"value {i}") for i in range(980)]
-    _, body = await post(daemon, fields, expect=200)
+    body = await post(daemon, fields, expect=200)
     content = bytes(daemon.query("SELECT body FROM messages WHERE message_id = ?", (body["id"].strip("<>"),))[0][0])
     assert content.count(b"\r\nX-Custom-") == 980
 
@@ -149,5 +149,5 @@ async def test_a_mime_send_naming_a_template_is_refused(daemon):
         mime = b"From: postmaster@example.com\r\nTo: anna@dest.test\r\n" + header + b"Subject: m\r\n\r\nbody\r\n"
         form.add_field("message", mime, filename="message.mime", content_type="message/rfc822")
         before = message_count(daemon)
-        _, body = await api(daemon, "POST", "/v3/example.com/messages.mime", data=form, expect=400)
+        body = await api(daemon, "POST", "/v3/example.com/messages.mime", data=form, expect=400)
         assert "templates are not supported" in body["message"] and message_count(daemon) == before

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from tests.e2e.apihelpers import MxSink, PostReceiver, api, delivering
+from tests.e2e.apihelpers import delivering
 from tests.support.dns_server import DnsServer
+from tests.support.api import api
 
 SIGNING_KEY = "key-stored-test-0123456789"
 DEST = "resend.test"
@@ -37,21 +38,14 @@ def verify(signing_key: str, token: str, timestamp: str, signature: str) -> bool
 
 
 @pytest.fixture(scope="module")
-def env(daemon_factory):
+def env(daemon_factory, mx_farm):
     dns = DnsServer(ttl=300).start()
-    sink = MxSink().start()
+    sink = mx_farm.add("mx.sink.test")
     top = delivering(dns, sink, [DEST])
     daemon = daemon_factory(signing_key=SIGNING_KEY, **top)
     yield daemon, sink
-    sink.stop()
     dns.stop()
 
-
-@pytest.fixture
-async def receiver():
-    r = await PostReceiver().start()
-    yield r
-    await r.stop()
 
 
 def deliver_inbound(daemon, rcpt: str, content: bytes) -> None:
@@ -61,29 +55,29 @@ def deliver_inbound(daemon, rcpt: str, content: bytes) -> None:
 
 async def test_store_notify_then_fetch_both_formats_resend_and_delete(env, receiver):
     daemon, sink = env
-    _, created = await api(daemon, "POST", "/v3/routes", data=[
-        ("expression", "match_recipient('box@inbound.test')"), ("action", f'store(notify="{receiver.url}/notify")')])
+    created = await api(daemon, "POST", "/v3/routes", data=[
+        ("expression", "match_recipient('box@inbound.test')"), ("action", f'store(notify="{receiver.url("notify")}")')])
     deliver_inbound(daemon, "box@inbound.test", MESSAGE)
     note = (await receiver.wait(1))[0]
-    assert verify(SIGNING_KEY, note["token"], note["timestamp"], note["signature"])
-    url = note["message-url"]
+    assert verify(SIGNING_KEY, note.get("token"), note.get("timestamp"), note.get("signature"))
+    url = note.get("message-url")
     key = url.rsplit("/", 1)[1]
     assert url == f"{daemon.api_url}/v3/domains/inbound.test/messages/{key}"
-    assert note["subject"] == "keep me" and note["recipient"] == "box@inbound.test" and note["_path"] == "/notify"
-    assert receiver.files[0] == {}  # attachment bodies are fetched later, not posted
+    assert note.get("subject") == "keep me" and note.all("recipient")[-1] == "box@inbound.test" and note.path == "/notify"
+    assert note.files == {}  # attachment bodies are fetched later, not posted
 
     path = url[len(daemon.api_url):]
-    _, parsed = await api(daemon, "GET", path)
+    parsed = await api(daemon, "GET", path)
     assert parsed["subject"] == "keep me" and parsed["sender"] == "alice@sender.test"
     assert parsed["recipients"] == "box@inbound.test"
     assert parsed["body-plain"].strip() == "Please keep this."
     assert parsed["message-url"] == url
     [att] = parsed["attachments"]
     assert att["name"] == "data.bin" and att["size"] == len(ATTACHMENT) and att["url"] == f"{url}/attachments/1"
-    _, data = await api(daemon, "GET", att["url"][len(daemon.api_url):])
+    data = await api(daemon, "GET", att["url"][len(daemon.api_url):])
     assert data == ATTACHMENT
 
-    _, raw = await api(daemon, "GET", path, headers={"Accept": "message/rfc2822"})
+    raw = await api(daemon, "GET", path, headers={"Accept": "message/rfc2822"})
     stored = bytes(daemon.query("SELECT body FROM messages WHERE id = ?", (key,))[0][0])
     assert raw["body-mime"].encode() == stored and stored.endswith(MESSAGE)
     assert raw["subject"] == "keep me" and raw["recipients"] == "box@inbound.test"
@@ -93,14 +87,14 @@ async def test_store_notify_then_fetch_both_formats_resend_and_delete(env, recei
     assert len(events) == 1 and events[0]["storage"] == {"key": key, "url": url}
     assert events[0]["recipient"] == "box@inbound.test"
 
-    _, resent = await api(daemon, "POST", path, data={"to": f"again@{DEST}"})
+    resent = await api(daemon, "POST", path, data={"to": f"again@{DEST}"})
     assert resent == {"id": "<keep-1@sender.test>", "message": "Queued. Thank you."}
     got = (await sink.wait_for(f"again@{DEST}"))[0]
-    assert got.content.endswith(MESSAGE) and got.sender == "postmaster@inbound.test"
+    assert got.data.endswith(MESSAGE) and got.mail_from == "postmaster@inbound.test"
 
-    _, err = await api(daemon, "GET", f"/v3/domains/other.test/messages/{key}", expect=404)
+    err = await api(daemon, "GET", f"/v3/domains/other.test/messages/{key}", expect=404)
     assert err == {"message": "Message not found"}
-    _, deleted = await api(daemon, "DELETE", path)
+    deleted = await api(daemon, "DELETE", path)
     assert deleted == {"message": "Message has been deleted"}
     await api(daemon, "GET", path, expect=404)
     await api(daemon, "POST", path, data={"to": f"again@{DEST}"}, expect=404)
@@ -109,7 +103,7 @@ async def test_store_notify_then_fetch_both_formats_resend_and_delete(env, recei
 
 async def test_store_without_notify_keeps_the_message(env):
     daemon, _ = env
-    _, created = await api(daemon, "POST", "/v3/routes", data=[
+    created = await api(daemon, "POST", "/v3/routes", data=[
         ("expression", "match_recipient('quiet@inbound.test')"), ("action", "store()")])
     deliver_inbound(daemon, "quiet@inbound.test", MESSAGE.replace(b"keep-1@", b"keep-2@"))
     for _ in range(100):
@@ -119,9 +113,9 @@ async def test_store_without_notify_keeps_the_message(env):
         time.sleep(0.05)
     key = rows[0][0]
     url = json.loads(rows[0][1])["storage"]["url"]
-    _, parsed = await api(daemon, "GET", url[len(daemon.api_url):])
+    parsed = await api(daemon, "GET", url[len(daemon.api_url):])
     assert parsed["subject"] == "keep me"
-    _, err = await api(daemon, "POST", url[len(daemon.api_url):], data={}, expect=400)
+    err = await api(daemon, "POST", url[len(daemon.api_url):], data={}, expect=400)
     assert "'to'" in err["message"]
     assert key
     await api(daemon, "DELETE", f"/v3/routes/{created['route']['id']}")

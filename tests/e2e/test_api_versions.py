@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 import aiohttp
 import pytest
 
-from tests.e2e.events_support import World, api, events, running_world, wait_for
+from tests.e2e.events_support import World, events, running_world
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 DOMAIN = "example.com"
 
@@ -41,7 +43,7 @@ async def test_seed_v2_curl_paths_send_mail_and_manage_routes(world):
     form.add_field("message", b"From: postmaster@example.com\r\nTo: ok-v2mime@dest.test\r\nSubject: Hello v2 mime\r\n"
                               b"\r\nRaw MIME through /v2.\r\n", filename="message.mime", content_type="message/rfc822")
     assert (await api(world, "POST", f"/v2/{DOMAIN}/messages.mime", data=form))["message"] == "Queued. Thank you."
-    await wait_for(lambda: world.sink.got("ok-v2@dest.test") and world.sink.got("ok-v2mime@dest.test"),
+    await wait_for(lambda: len(world.sink.to("ok-v2@dest.test")) and len(world.sink.to("ok-v2mime@dest.test")),
                    what="both /v2 sends delivered")
 
     created = await api(world, "POST", "/v2/routes", data=[

@@ -16,8 +16,9 @@ import uuid
 import pytest
 
 from tests.e2e.helpers import send, submission
-from tests.e2e.outbound_support import (SENDER, Submitter, api, events, make_message, serve_domain, submit,
-                                        wait_final, wait_until)
+from tests.e2e.outbound_support import SENDER, Submitter, events, make_message, serve_domain, submit, wait_final
+from tests.support.api import api_sync
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 
@@ -39,9 +40,8 @@ def received_dsns(mailbox, text: str) -> list:
 
 def api_send(daemon: Mtad, to: str, sender: str = SENDER, domain: str = "example.com") -> str:
     """Send through the HTTP API; the queue id, from the message's ``accepted`` event."""
-    status, reply = api(daemon, "POST", f"/v3/{domain}/messages",
-                        {"from": sender, "to": to, "subject": "API send", "text": "Hello from the API."})
-    assert status == 200, reply
+    api_sync(daemon, "POST", f"/v3/{domain}/messages",
+             data={"from": sender, "to": to, "subject": "API send", "text": "Hello from the API."})
     [accepted] = wait_until(lambda: events(daemon, recipient=to, kind="accepted"), 10, "the accepted event")
     return accepted["storage"]["key"]
 
@@ -83,8 +83,7 @@ def test_suppressed_recipients_get_no_dsn(daemon, loopback_dns, mx_farm, certs, 
     mx = serve_domain(loopback_dns, mx_farm, "supp.dsnp.test")
     mx.reject = {"gone@supp.dsnp.test"}
     for address in ("old@supp.dsnp.test", "old2@supp.dsnp.test"):
-        status, reply = api(daemon, "POST", "/v3/example.com/bounces", {"address": address})
-        assert status == 200, reply
+        api_sync(daemon, "POST", "/v3/example.com/bounces", data={"address": address})
 
     # A message whose only recipient is suppressed: dropped (605), and no DSN.
     alone = submit(daemon, certs, ["old2@supp.dsnp.test"])
@@ -122,8 +121,7 @@ def test_a_dsn_that_fails_does_not_suppress_the_users_address(daemon, loopback_d
         assert (event["reason"], event["delivery-status"]["code"]) == ("bounce", 550)
     finally:
         sender_mailbox.reject.discard(ghost)
-    status, reply = api(daemon, "GET", f"/v3/example.com/bounces/{ghost}")
-    assert status == 404, reply  # the user's own address is not on its bounce list
+    api_sync(daemon, "GET", f"/v3/example.com/bounces/{ghost}", expect=404)  # the user's own address is not on its bounce list
     assert not daemon.query("SELECT 1 FROM suppressions WHERE address = ?", (ghost,))
     assert dsns_reporting(daemon, dsn_queue_id) == []  # and the failed DSN was not bounced in turn
 
@@ -133,9 +131,7 @@ def test_stats_and_webhooks_do_not_count_the_dsn(outbound_mtad, loopback_dns, mx
     daemon.cfg["routing"] = {"allowed_networks": ["127.0.0.0/8"]}  # webhook URLs on loopback may be made
     daemon.start()
     for hook in ("accepted", "delivered"):  # port 9 refuses: what is queued is the point
-        status, reply = api(daemon, "POST", "/v3/domains/example.com/webhooks",
-                            {"id": hook, "url": f"http://127.0.0.1:9/{hook}"})
-        assert status == 200, reply
+        api_sync(daemon, "POST", "/v3/domains/example.com/webhooks", data={"id": hook, "url": f"http://127.0.0.1:9/{hook}"})
     mx = serve_domain(loopback_dns, mx_farm, "stats.dsnp.test")
     mx.reject = {"nobody@stats.dsnp.test"}
     sent = submit(daemon, certs, ["nobody@stats.dsnp.test"])
@@ -151,9 +147,8 @@ def test_stats_and_webhooks_do_not_count_the_dsn(outbound_mtad, loopback_dns, mx
     assert user_accepted["id"] in hooked  # the user's own message is posted to the webhook
     assert not {accepted["id"], delivered["id"]} & hooked  # its DSN is not
 
-    status, answer = api(daemon, "GET", "/v3/example.com/stats/total?event=accepted&event=delivered&event=failed"
-                                        "&duration=1d&resolution=day")
-    assert status == 200, answer
+    answer = api_sync(daemon, "GET", "/v3/example.com/stats/total?event=accepted&event=delivered&event=failed"
+                                     "&duration=1d&resolution=day")
     totals = {"accepted": 0, "delivered": 0, "permanent": 0}
     for bucket in answer["stats"]:
         totals["accepted"] += bucket["accepted"]["total"]

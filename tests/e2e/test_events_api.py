@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from tests.e2e.events_support import World, api, events, wait_for
+from tests.e2e.events_support import World, events
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ async def test_events_of_real_mail_have_mailguns_shape(world):
     assert inbound["delivered"]["flags"]["is-routed"] is True
     assert inbound["delivered"]["envelope"]["transport"] == "http"
     assert inbound["delivered"]["recipient"] == "someone@inbound.test"
-    assert len(world.receiver.on("route")) == 1
+    assert len(world.receiver.to("route")) == 1
 
 
 @pytest.mark.parametrize("params, expected", [

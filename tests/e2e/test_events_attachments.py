@@ -12,7 +12,9 @@ from email.message import EmailMessage
 import aiohttp
 import pytest
 
-from tests.e2e.events_support import World, api, events, running_world, wait_for
+from tests.e2e.events_support import World, events, running_world
+from tests.support.api import api
+from tests.support.wait import wait_for
 from tests.support.daemon import PASSWORD
 
 PDF = b"%PDF-1.4\n" + os.urandom(3001)
@@ -84,4 +86,4 @@ async def test_routed_inbound_mail_lists_its_attachment(world):
     for event in got:
         assert event["message"]["attachments"] == [
             {"filename": "report Q3.pdf", "content-type": "application/pdf", "size": len(PDF)}], event["event"]
-    assert world.receiver.on("route"), "the route's URL got the message"
+    assert world.receiver.to("route"), "the route's URL got the message"

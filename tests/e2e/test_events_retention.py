@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from tests.e2e.events_support import World, running_world, api, events, wait_for
+from tests.e2e.events_support import World, running_world, events
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 
 def short_retention(cfg: dict, world: World) -> None:

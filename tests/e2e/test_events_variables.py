@@ -20,8 +20,10 @@ import aiohttp
 import pytest
 
 from mtad.store.migrations.sqlite import SCHEMA_VERSION
-from tests.e2e.events_support import World, api, events, running_world, wait_for
+from tests.e2e.events_support import World, events, running_world
 from tests.e2e.old_state import restore_bebe064
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 FROM = "Sender <postmaster@example.com>"
 BLOB = "0123456789abcdef" * 250  # 4,000 bytes: 4,011 with the names, under Mailgun's 4 KB
@@ -107,9 +109,9 @@ async def test_webhooks_and_batch_copies_show_the_variables_too(world):
     assert sorted((e["recipient"], e["user-variables"]["who"]) for e in got) == \
         sorted([(r, r[:2]) for r in rcpts] * 2)
     assert all(e["user-variables"]["blob"] == BLOB for e in got)
-    hooks = await wait_for(lambda: [h for h in world.receiver.on("delivered")
+    hooks = await wait_for(lambda: [h for h in world.receiver.to("delivered")
                                     if h.json()["event-data"]["message"]["headers"]["message-id"] == message_id]
-                           if len(world.receiver.on("delivered")) >= 2 else None, what="delivered webhooks")
+                           if len(world.receiver.to("delivered")) >= 2 else None, what="delivered webhooks")
     for hook in hooks:
         data = hook.json()["event-data"]
         assert data["user-variables"] == {"who": data["recipient"][:2], "blob": BLOB}
@@ -126,7 +128,7 @@ async def test_an_events_page_is_bounded_in_bytes_and_its_next_link_goes_on(worl
     url = f"/v3/example.com/events?limit=300&ascending=yes&message-id={message_id}"
     while True:
         async with aiohttp.ClientSession(headers=world_auth()) as session:
-            async with session.get(url if url.startswith("http") else world.api + url) as resp:
+            async with session.get(url if url.startswith("http") else world.api_url + url) as resp:
                 assert resp.status == 200
                 body = await resp.read()
         page = json.loads(body)
@@ -151,5 +153,5 @@ async def test_one_event_is_bounded_in_bytes(world):
 
 
 def world_auth() -> dict[str, str]:
-    from tests.e2e.events_support import AUTH
+    from tests.support.api import AUTH
     return AUTH

@@ -18,7 +18,8 @@ import uuid
 import pytest
 
 from tests.e2e.helpers import LOGIN, stored
-from tests.e2e.outbound_support import Sent, serve_domain, wait_final, wait_until
+from tests.e2e.outbound_support import Sent, serve_domain, wait_final
+from tests.support.wait import wait_until
 from tests.support import mta_clients
 from tests.support.daemon import PASSWORD, Mtad
 

@@ -6,7 +6,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.events_support import World, running_world, api, wait_for
+from tests.e2e.events_support import World, running_world
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def world(tmp_path_factory, certs):
 
 async def scrape(world: World) -> dict[tuple[str, tuple], float]:
     async with aiohttp.ClientSession() as session:  # no API key: /metrics is public
-        async with session.get(world.api + "/metrics") as resp:
+        async with session.get(world.api_url + "/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = await resp.text()

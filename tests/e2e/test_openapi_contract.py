@@ -14,7 +14,9 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from tests.e2e.events_support import AUTH, World, running_world, api, events, wait_for
+from tests.e2e.events_support import World, running_world, events
+from tests.support.api import AUTH, api
+from tests.support.wait import wait_for
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 METHOD_ORDER = ("get", "post", "put", "patch", "delete")
@@ -69,7 +71,7 @@ async def test_every_documented_operation_is_served_and_matches_its_schema(spec,
     checked = 0
     async with aiohttp.ClientSession(headers=AUTH) as session:
         for path, item in spec["paths"].items():
-            url = world.api + re.sub(r"\{([^}]+)\}", lambda m: values.get(m.group(1), "x"), path)
+            url = world.api_url + re.sub(r"\{([^}]+)\}", lambda m: values.get(m.group(1), "x"), path)
             for method in sorted((m for m in item if m in METHOD_ORDER), key=METHOD_ORDER.index):
                 operation = item[method]
                 kwargs: dict[str, Any] = {}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.outbound_support import (RETRY_SCHEDULE, SENDER, api, deliveries, events, outcomes, serve_domain,
-                                        submit, wait_final, wait_until)
+from tests.e2e.outbound_support import (RETRY_SCHEDULE, SENDER, deliveries, events, outcomes, serve_domain, submit,
+    wait_final)
+from tests.support.api import api_sync
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 
@@ -68,8 +70,8 @@ def test_hard_bounce_lists_address_and_later_mail_is_suppressed_unless_allowlist
     [(data,)] = daemon.query("SELECT data FROM suppressions WHERE domain = 'example.com' AND kind = 'bounces'"
                              " AND address = ?", (gone,))
     assert '"code": "550"' in data and "User unknown" in data
-    status, entry = api(daemon, "GET", f"/v3/example.com/bounces/{gone}")  # as the operator sees it
-    assert status == 200 and entry["address"] == gone and entry["code"] == "550", entry
+    entry = api_sync(daemon, "GET", f"/v3/example.com/bounces/{gone}")  # as the operator sees it
+    assert entry["address"] == gone and entry["code"] == "550", entry
     assert mx.rcpt_attempts == [gone]
 
     # The next message to the address is not sent at all.
@@ -81,8 +83,7 @@ def test_hard_bounce_lists_address_and_later_mail_is_suppressed_unless_allowlist
 
     # Allowlisted through the API, the address is tried again; the mailbox exists again meanwhile, so this
     # time it is delivered (though still on the bounce list).
-    status, reply = api(daemon, "POST", "/v3/example.com/whitelists", {"address": gone})
-    assert status == 200, reply
+    api_sync(daemon, "POST", "/v3/example.com/whitelists", data={"address": gone})
     mx.reject = set()
     third = submit(daemon, certs, [gone])
     assert wait_final(daemon, third)[gone]["event"] == "delivered"
@@ -92,8 +93,7 @@ def test_hard_bounce_lists_address_and_later_mail_is_suppressed_unless_allowlist
 
 def test_suppressed_recipient_is_dropped_from_a_message_the_others_still_get(daemon, certs, dns, mx_farm):
     mx = serve_domain(dns, mx_farm, "partial.dlv.test")
-    status, reply = api(daemon, "POST", "/v3/example.com/bounces", {"address": "old@partial.dlv.test"})
-    assert status == 200, reply  # on the bounce list already
+    api_sync(daemon, "POST", "/v3/example.com/bounces", data={"address": "old@partial.dlv.test"})  # on the list already
     sent = submit(daemon, certs, ["old@partial.dlv.test", "new@partial.dlv.test"])
 
     final = wait_final(daemon, sent)

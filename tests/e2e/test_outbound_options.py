@@ -21,8 +21,9 @@ import dns.resolver
 import pytest
 import trustme
 
-from tests.e2e.outbound_support import (deliveries, events, outcomes, serve_domain, server_tls, submit, wait_final,
-                                        wait_until)
+from tests.e2e.outbound_support import deliveries, events, outcomes, serve_domain, submit, wait_final
+from tests.support.sink import server_tls
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tests.e2e.outbound_support import (Submitter, deliveries, events, mtad_cli, outcomes, serve_domain, submit,
-                                        wait_final, wait_until)
+    wait_final)
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 

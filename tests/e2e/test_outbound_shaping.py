@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.outbound_support import (DEFAULT_SHAPING, Gauge, Submitter, deliveries, mtad_cli, outcomes,
-                                        wait_final, wait_until)
+from tests.e2e.outbound_support import DEFAULT_SHAPING, Submitter, deliveries, mtad_cli, outcomes, wait_final
+from tests.support.sink import Gauge
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 SHAPING = {

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from tests.e2e.outbound_support import (Authenticator, Submitter, mtad_cli, server_tls, submit, wait_final,
-                                        wait_until)
+from tests.e2e.outbound_support import Submitter, mtad_cli, submit, wait_final
+from tests.support.sink import Authenticator, server_tls
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
 RELAY = "relay.smarthost.test"

@@ -15,9 +15,9 @@ import yaml
 from mtad.mail import dkim as mtad_dkim
 from tests.e2e.apihelpers import txt_lookup
 from tests.e2e.outbound_support import DEFAULT_SHAPING, serve_domain, write_ca
-from tests.e2e.routes_support import (
-    accepted, assert_clean_exit, forward_events, inbound, route,
-    routing_config, simple, wait_until)
+from tests.e2e.routes_support import (accepted, assert_clean_exit, forward_events, inbound, route, routing_config,
+    simple)
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad, base_config
 
 ORIGIN = "orig-sender.test"

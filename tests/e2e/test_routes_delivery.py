@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from tests.e2e.routes_support import (
-    SIGNING_KEY, App, accepted, assert_clean_exit, forward_events, forward_rows,
-    route, routing_config, simple, verify, wait_until)
+from tests.e2e.routes_support import (SIGNING_KEY, accepted, assert_clean_exit, forward_events, forward_rows, route,
+    routing_config, simple, verify)
+from tests.support.receiver import Receiver
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad, base_config
 
 
@@ -94,7 +95,7 @@ def test_an_application_that_keeps_failing_gets_the_schedule_then_a_permanent_fa
 
 
 def test_pending_forwards_survive_sigterm_and_sigkill(tmp_path, certs):
-    app = App()  # not started yet: the application is down
+    app = Receiver(multipart_only=True)  # not started yet: the application is down
     cfg = routing_config(base_config(tmp_path, certs), [
         route("match_recipient('later-.*@inbound.test')", f"forward('{app.url('later')}')", "stop()")],
         retry_schedule=["1s"] * 10)

@@ -16,10 +16,10 @@ import urllib.request
 import pytest
 
 from mtad.store.engine import Store, connect
-from tests.e2e.apihelpers import basic_auth
-from tests.e2e.routes_support import (
-    accepted, assert_clean_exit, forward_events, forward_rows, route,
-    routing_config, simple, wait_until)
+from tests.support.api import basic_auth
+from tests.e2e.routes_support import (accepted, assert_clean_exit, forward_events, forward_rows, route,
+    routing_config, simple)
+from tests.support.wait import wait_until
 from tests.support.daemon import API_KEY, Mtad, base_config
 
 # The most hostile address that reaches routing: the MX listener refuses local parts over 64 characters and

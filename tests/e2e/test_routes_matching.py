@@ -10,13 +10,14 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.e2e.routes_support import (
-    App, accepted, assert_clean_exit, forward_events, inbound, route,
-    routing_config, simple, wait_until)
+from tests.e2e.routes_support import (accepted, assert_clean_exit, forward_events, inbound, route, routing_config,
+    simple)
+from tests.support.receiver import Receiver
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad, base_config
 
 
-def routes(app: App) -> list[dict]:
+def routes(app: Receiver) -> list[dict]:
     base = f"http://127.0.0.1:{app.port}"
     return [  # deliberately not in priority order: priority decides, not the order of the file
         route("catch_all()", f"forward('{app.url('catch-all')}')", priority=30, id="catch-all"),
@@ -71,7 +72,7 @@ def settled(daemon: Mtad, queue_id: str, count: int) -> list[dict]:
     return found
 
 
-def paths_for(app: App, recipient: str) -> list[str]:
+def paths_for(app: Receiver, recipient: str) -> list[str]:
     return sorted(p.path for p in app.for_recipient(recipient))
 
 

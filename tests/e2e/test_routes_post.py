@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tests.e2e.routes_support import (
-    SIGNING_KEY, accepted, assert_clean_exit, forward_events, route,
-    routing_config, verify, wait_until)
+from tests.e2e.routes_support import (SIGNING_KEY, accepted, assert_clean_exit, forward_events, route, routing_config,
+    verify)
+from tests.support.wait import wait_until
 from tests.support.daemon import Mtad, base_config
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")

@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.events_support import World, api, events, wait_for
+from tests.e2e.events_support import World, events
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 EVENTS = [("event", "accepted"), ("event", "delivered"), ("event", "failed")]
 

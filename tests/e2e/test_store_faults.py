@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from tests.e2e.outbound_support import deliveries, outcomes, serve_domain, submit, wait_final, wait_until
+from tests.e2e.outbound_support import deliveries, outcomes, serve_domain, submit, wait_final
+from tests.support.wait import wait_until
 from tests.e2e.routes_support import accepted, forward_events, forward_rows, route, routing_config, simple
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.e2e.events_support import World, running_world, api, events, wait_for
+from tests.e2e.events_support import World, running_world, events
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +124,11 @@ async def test_suppressions_apply_to_the_very_next_send(world):
     world.send(["blocked@dest.test"], "Suppressed")
     failed = await outcome(world, "blocked@dest.test", "Suppressed")
     assert (failed["event"], failed["severity"], failed["reason"]) == ("failed", "permanent", "suppress-bounce")
-    assert failed["delivery-status"]["code"] == 605 and world.sink.got("blocked@dest.test") == 0
+    assert failed["delivery-status"]["code"] == 605 and len(world.sink.to("blocked@dest.test")) == 0
     await api(world, "DELETE", f"{base}/bounces/blocked@dest.test")
     world.send(["blocked@dest.test"], "Let through")
     assert (await outcome(world, "blocked@dest.test", "Let through"))["event"] == "delivered"
-    assert world.sink.got("blocked@dest.test") == 1
+    assert len(world.sink.to("blocked@dest.test")) == 1
     # an unsubscribe from one tag blocks that tag only; a complaint blocks everything
     await api(world, "POST", f"{base}/unsubscribes", data={"address": "reader@dest.test", "tag": "promo"})
     await api(world, "POST", f"{base}/complaints", data={"address": "angry@dest.test"})

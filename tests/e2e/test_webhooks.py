@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from tests.e2e.events_support import SIGNING_KEY, World, running_world, api, events, seed_verify, wait_for
+from tests.e2e.events_support import SIGNING_KEY, World, running_world, events, seed_verify
+from tests.support.api import api
+from tests.support.wait import wait_for
 
 
 HANG_TIMEOUT = 5.0
@@ -63,7 +65,7 @@ async def test_webhooks_crud_over_the_api(world):
 
 async def test_config_webhook_posts_signed_json_with_the_event_id(world):
     world.send(["signed@dest.test"], "Signed")
-    hits = await wait_for(lambda: [h for h in world.receiver.on("cfg-delivered")
+    hits = await wait_for(lambda: [h for h in world.receiver.to("cfg-delivered")
                                    if h.json()["event-data"]["recipient"] == "signed@dest.test"], what="the webhook")
     assert len(hits) == 1
     hit = hits[0]
@@ -84,7 +86,7 @@ async def test_a_failed_post_is_retried_and_then_delivered_once(world):
               data=[("id", "permanent_fail"), ("url", world.receiver.url("fail-once"))])
     world.receiver.modes["fail-once"] = "fail-once"
     world.send(["bad-retry@dest.test"], "Will bounce")
-    hits = await wait_for(lambda: len(world.receiver.on("fail-once")) >= 2 and world.receiver.on("fail-once"),
+    hits = await wait_for(lambda: len(world.receiver.to("fail-once")) >= 2 and world.receiver.to("fail-once"),
                           what="the retry")
     assert [h.status for h in hits] == [500, 200]
     assert hits[0].json()["event-data"]["id"] == hits[1].json()["event-data"]["id"]
@@ -92,7 +94,7 @@ async def test_a_failed_post_is_retried_and_then_delivered_once(world):
     assert hits[1].at - hits[0].at >= 0.9  # the (test) schedule: 1 s
     await wait_for(lambda: rows(world, "fail-once") == [("done", 2, 200)], what="the row to be done")
     await asyncio.sleep(1.5)
-    assert len(world.receiver.on("fail-once")) == 2  # delivered once, never again
+    assert len(world.receiver.to("fail-once")) == 2  # delivered once, never again
 
 
 async def test_406_stops_retries_and_delivered_webhooks_are_not_retried(world):
@@ -101,11 +103,11 @@ async def test_406_stops_retries_and_delivered_webhooks_are_not_retried(world):
     await api(world, "POST", base, data=[("id", "delivered"), ("url", world.receiver.url("fail"))])
     world.receiver.modes.update({"refuse": "refuse", "fail": "fail"})
     world.send(["ok@dest.test"], "Refused hooks", sender="app@other.org", login="app@other.org")
-    await wait_for(lambda: world.receiver.on("refuse") and world.receiver.on("fail"), what="both webhooks")
+    await wait_for(lambda: world.receiver.to("refuse") and world.receiver.to("fail"), what="both webhooks")
     await wait_for(lambda: rows(world, "refuse") == [("failed", 1, 406)] and rows(world, "fail") == [("failed", 1, 500)],
                    what="both rows to fail")
     await asyncio.sleep(2.5)  # longer than the whole retry schedule
-    assert len(world.receiver.on("refuse")) == 1 and len(world.receiver.on("fail")) == 1
+    assert len(world.receiver.to("refuse")) == 1 and len(world.receiver.to("fail")) == 1
 
 
 async def test_legacy_form_format_for_older_applications(world):
@@ -113,9 +115,9 @@ async def test_legacy_form_format_for_older_applications(world):
               data=[("id", "permanent_fail"), ("url", world.receiver.url("legacy")), ("format", "legacy")])
     world.send(["bad-legacy@dest.test"], "Legacy bounce", sender="app@other.org", login="app@other.org",
                tags=("digest",), variables={"user-id": "7"})
-    hit = (await wait_for(lambda: world.receiver.on("legacy"), what="the legacy webhook"))[0]
+    hit = (await wait_for(lambda: world.receiver.to("legacy"), what="the legacy webhook"))[0]
     assert hit.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
-    form = dict(hit.form())
+    form = dict(hit.fields)
     assert form["event"] == "bounced" and form["recipient"] == "bad-legacy@dest.test" and form["domain"] == "other.org"
     assert form["code"] == "5.1.1" and "User unknown" in form["error"]
     assert form["tag"] == "digest" and form["user-id"] == "7" and form["Message-Id"].startswith("<")
@@ -136,15 +138,15 @@ async def test_a_hanging_receiver_delays_neither_mail_nor_other_receivers(world)
     for rcpt in rcpts:
         world.send([rcpt], "Keeps flowing")
     # mail is delivered and the healthy receivers get every event while the hanging one holds its slots
-    await wait_for(lambda: all(world.sink.got(r) for r in rcpts), 10, "the mail to be delivered")
-    await wait_for(lambda: len(world.receiver.on("accepted-ok")) >= 6, 10, "the healthy receiver")
-    await wait_for(lambda: {h.json()["event-data"]["recipient"] for h in world.receiver.on("cfg-delivered")} >= set(rcpts),
+    await wait_for(lambda: all(len(world.sink.to(r)) for r in rcpts), 10, "the mail to be delivered")
+    await wait_for(lambda: len(world.receiver.to("accepted-ok")) >= 6, 10, "the healthy receiver")
+    await wait_for(lambda: {h.json()["event-data"]["recipient"] for h in world.receiver.to("cfg-delivered")} >= set(rcpts),
                    10, "the delivered webhooks")
     # all of that happened while the first hanging POSTs still held their slots (before their timeout)
-    first_hang = min(h.at for h in world.receiver.on("hang"))
-    healthy = world.receiver.on("accepted-ok") + world.receiver.on("cfg-delivered")
+    first_hang = min(h.at for h in world.receiver.to("hang"))
+    healthy = world.receiver.to("accepted-ok") + world.receiver.to("cfg-delivered")
     assert max(h.at for h in healthy) < first_hang + HANG_TIMEOUT
-    in_flight = [h for h in world.receiver.on("hang") if h.at < first_hang + HANG_TIMEOUT - 0.5]
+    in_flight = [h for h in world.receiver.to("hang") if h.at < first_hang + HANG_TIMEOUT - 0.5]
     assert 1 <= len(in_flight) <= 2  # webhooks.max_per_url: the dead receiver holds two slots at most
     events_api = await events(world, "example.com", event="delivered", ascending="yes")
     assert {e["recipient"] for e in events_api} >= set(rcpts)
@@ -156,7 +158,7 @@ async def test_redeliver_replays_events_to_the_current_webhooks(world):
     world.send(["replay1@dest.test", "replay2@dest.test"], "Replayed")
 
     def posted() -> set[str]:
-        return {h.json()["event-data"]["id"] for h in world.receiver.on("cfg-delivered")
+        return {h.json()["event-data"]["id"] for h in world.receiver.to("cfg-delivered")
                 if h.json()["event-data"]["recipient"].startswith("replay")}
     first = await wait_for(lambda: len(posted()) == 2 and posted(), 10, "the first POSTs")
     until = time.time() + 0.5
@@ -168,6 +170,6 @@ async def test_redeliver_replays_events_to_the_current_webhooks(world):
     assert first <= window and int(out.stdout.split()[0]) == len(window)
 
     def replayed():
-        seen = [h.json()["event-data"]["id"] for h in world.receiver.on("cfg-delivered")]
+        seen = [h.json()["event-data"]["id"] for h in world.receiver.to("cfg-delivered")]
         return all(seen.count(i) == 2 for i in window)
     await wait_for(replayed, 10, "the replayed events")

@@ -1,4 +1,4 @@
-"""mtad.dkim_pool: signatures from worker processes equal in-process ones, verify, and survive a worker's death."""
+"""mtad.outbound.signer: signatures from worker processes equal in-process ones, verify, and survive a worker's death."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import nacl  # noqa: F401  # dkimpy verifies Ed25519 with PyNaCl (a test depende
 import pytest
 
 from mtad.mail import dkim
-from mtad.outbound.dkim_pool import DkimSigner
+from mtad.outbound.signer import DkimSigner
 
 RSA = dkim.load_key("example.com", "rsa1", dkim.generate_key("rsa", bits=2048))
 ED = dkim.load_key("example.com", "ed1", dkim.generate_key("ed25519"))
@@ -57,7 +57,7 @@ async def test_refusals_are_value_errors_and_the_worker_stays():
 
 
 async def test_a_killed_worker_loses_nothing_and_is_replaced(monkeypatch):
-    monkeypatch.setattr("mtad.outbound.dkim_pool.RESTART_DELAY", 0.05)
+    monkeypatch.setattr("mtad.workers.pool.RESTART_DELAY", 0.05)
     signer = DkimSigner(1)
     try:
         assert verifies(await signer.sign(message(0), [RSA]))
@@ -80,7 +80,7 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(monkeypatch):
 async def test_close_ends_the_workers():
     signer = DkimSigner(2)
     await signer.sign(message(0), [ED])
-    procs = [w.proc for w in signer._workers]
+    procs = [c.proc for c in signer.pool._children]
     await signer.close()
     assert all(p.returncode == 0 for p in procs)
     assert verifies(await signer.sign(message(1), [ED]))  # after close: in-process
@@ -89,10 +89,10 @@ async def test_close_ends_the_workers():
 def test_workers_exit_when_the_parent_dies(tmp_path):
     """SIGKILL-safety: a worker whose parent died (its stdin reaches EOF) exits by itself."""
     import subprocess
-    import sys
     import time
-    from mtad.outbound import dkim_pool
-    worker = subprocess.Popen([sys.executable, "-c", dkim_pool._WORKER_CODE], stdin=subprocess.PIPE,
+    from mtad.outbound import signer
+    from mtad.workers.pool import child_argv
+    worker = subprocess.Popen(child_argv(signer._Signing.target), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE)
     worker.stdin.close()  # what the kernel does when the parent dies
     deadline = time.monotonic() + 10

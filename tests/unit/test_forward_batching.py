@@ -9,7 +9,7 @@ from mtad.inbound.form import quotes
 from mtad.inbound.form import build as routeform
 from mtad.base.coalesce import Coalescer
 from mtad.net.fasthttp import FastPoster
-from mtad.inbound.form.worker import FormJob, FormWorkers
+from mtad.inbound.form.jobs import FormJob, form_pool
 
 MESSAGE = (b"From: A <a@example.com>\r\nTo: b@example.net\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
            b"--x\r\nContent-Type: text/plain\r\n\r\nHello\r\n\r\nOn Mon, Bob wrote:\r\n> old\r\n--x\r\n"
@@ -53,10 +53,12 @@ def test_signed_parts_are_the_form_encode_form_makes():
 
 def test_worker_process_builds_what_the_process_would():
     async def main():
-        workers = FormWorkers(1)
+        workers = form_pool(1)
         try:
             jobs = [FormJob(MESSAGE, "b@example.net", "a@example.com", raw) for raw in (False, True)]
-            return await workers.build(jobs)
+            built = await workers.run_many(jobs)
+            assert len(workers.pids) == 1  # built by the worker, not in process
+            return built
         finally:
             await workers.close()
     built = asyncio.run(main())

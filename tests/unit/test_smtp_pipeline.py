@@ -1,4 +1,4 @@
-"""mtad.smtp_pipeline through delivery.Session: MAIL, RCPT and DATA in one write when PIPELINING is offered, and
+"""mtad.outbound.pipelining through delivery.Session: MAIL, RCPT and DATA in one write when PIPELINING is offered, and
 the same per-recipient outcomes as the one-command-at-a-time path (a scripted server on 127.0.0.1)."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ class Scripted:
     """An SMTP server answering by rule; records every chunk read, and the DATA texts."""
 
     def __init__(self, pipelining: bool = True, rcpt=None, data="354 go on", final="250 2.0.0 queued",
-                 drop_after_dot=False):
+                 drop_after_dot=False, hang_up_after=None):
         self.pipelining, self.rcpt, self.data, self.final = pipelining, rcpt or {}, data, final
         self.drop_after_dot = drop_after_dot
+        self.hang_up_after = hang_up_after  # a RCPT address: its reply is sent, then the connection closed
         self.chunks: list[bytes] = []
         self.texts: list[bytes] = []
 
@@ -55,6 +56,10 @@ class Scripted:
                 elif verb == b"RCPT":
                     address = line.decode().split("<", 1)[1].rstrip(">")
                     out.append(self.rcpt.get(address, "250 2.1.5 ok").encode() + b"\r\n")
+                    if address == self.hang_up_after:
+                        writer.write(b"".join(out))
+                        writer.close()
+                        return
                 elif verb == b"DATA":
                     out.append(self.data.encode() + b"\r\n")
                     in_data = self.data.startswith("354")
@@ -89,7 +94,7 @@ async def test_outcomes_per_recipient_are_the_same_either_way(pipelining):
     server = Scripted(pipelining, rcpt={"gone@example.net": "550 5.1.1 no such user"})
     session, listener = await session_with(server)
     try:
-        assert (session.pipe is not None) == pipelining
+        assert session.pipelined == pipelining
         outcomes = await session.send("a@example.com", ["b@example.net", "gone@example.net"], BODY)
         assert outcomes["b@example.net"].kind == "delivered" and outcomes["b@example.net"].code == 250
         assert (outcomes["gone@example.net"].kind, outcomes["gone@example.net"].enhanced) == ("failed", "5.1.1")
@@ -105,8 +110,9 @@ async def test_outcomes_per_recipient_are_the_same_either_way(pipelining):
         assert first.endswith(b"DATA\r\n")
 
 
-async def test_every_recipient_refused_sends_no_text_and_resets():
-    server = Scripted(rcpt={"b@example.net": "450 4.2.0 try later"}, data="554 5.5.1 no valid recipients")
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_every_recipient_refused_sends_no_text_and_resets(pipelining):
+    server = Scripted(pipelining, rcpt={"b@example.net": "450 4.2.0 try later"}, data="554 5.5.1 no valid recipients")
     session, listener = await session_with(server)
     try:
         outcomes = await session.send("a@example.com", ["b@example.net"], BODY)
@@ -118,8 +124,9 @@ async def test_every_recipient_refused_sends_no_text_and_resets():
         listener.close()
 
 
-async def test_data_refused_is_the_outcome_of_the_accepted_recipients():
-    server = Scripted(data="451 4.3.0 busy")
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_data_refused_is_the_outcome_of_the_accepted_recipients(pipelining):
+    server = Scripted(pipelining, data="451 4.3.0 busy")
     session, listener = await session_with(server)
     try:
         outcomes = await session.send("a@example.com", ["b@example.net"], BODY)
@@ -129,8 +136,9 @@ async def test_data_refused_is_the_outcome_of_the_accepted_recipients():
         listener.close()
 
 
-async def test_a_reply_lost_after_the_dot_is_a_deferral_and_ends_the_session():
-    server = Scripted(drop_after_dot=True)
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_reply_lost_after_the_dot_is_a_deferral_and_ends_the_session(pipelining):
+    server = Scripted(pipelining, drop_after_dot=True)
     session, listener = await session_with(server)
     try:
         outcomes = await session.send("a@example.com", ["b@example.net"], BODY)
@@ -149,3 +157,31 @@ def test_unsafe_addresses_and_text_framing():
         b"MAIL FROM:<> BODY=8BITMIME\r\n"
     assert b"".join(smtp_pipeline.text(b"a\nb")) == b"a\r\nb\r\n.\r\n"
     assert b"".join(smtp_pipeline.text(b".x\r\n")) == b"..x\r\n.\r\n"
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_connection_lost_mid_transaction_keeps_the_refusals_already_given(pipelining):
+    server = Scripted(pipelining, rcpt={"gone@example.net": "550 5.1.1 no such user"}, hang_up_after="gone@example.net")
+    session, listener = await session_with(server)
+    try:
+        outcomes = await session.send("a@example.com", ["b@example.net", "gone@example.net", "c@example.net"], BODY)
+        assert (outcomes["gone@example.net"].kind, outcomes["gone@example.net"].code) == ("failed", 550)
+        assert outcomes["b@example.net"].kind == outcomes["c@example.net"].kind == "deferred"
+        assert not session.usable and server.texts == []
+    finally:
+        await session.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_421_to_a_recipient_defers_the_rest_and_ends_the_session(pipelining):
+    server = Scripted(pipelining, rcpt={"b@example.net": "421 4.3.2 closing"}, hang_up_after="b@example.net")
+    session, listener = await session_with(server)
+    try:
+        outcomes = await session.send("a@example.com", ["b@example.net", "c@example.net"], BODY)
+        assert {r: (o.kind, o.code) for r, o in outcomes.items()} == \
+            {"b@example.net": ("deferred", 421), "c@example.net": ("deferred", 421)}
+        assert not session.usable and server.texts == []
+    finally:
+        await session.close()
+        listener.close()

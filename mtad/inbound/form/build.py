@@ -5,7 +5,7 @@ text fields before the signature (``head``) and the file parts with the closing 
 ``sign`` adds ``timestamp``, ``token`` and ``signature`` between them at sending time. The result is
 byte for byte what ``encode_form`` gives for the same fields: text fields in posting order, the three
 signing fields, then the files. This module imports only the parser, so a worker process
-(``formworker``) can load it cheaply.
+(``jobs``) can load it cheaply.
 """
 
 from __future__ import annotations
