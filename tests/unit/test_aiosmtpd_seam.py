@@ -125,7 +125,7 @@ def test_seam_sets_what_smtp_init_sets():
         loop.close()
 
 
-def test_stdlib_stream_internals_used_by_the_data_reader_exist():
+async def test_stdlib_stream_internals_used_by_the_data_reader_exist():
     reader = asyncio.StreamReader(limit=10)
     for name in ("_limit", "_buffer", "_eof"):
         assert name in vars(reader), name
