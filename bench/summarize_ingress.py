@@ -221,7 +221,7 @@ def before_after(groups, cells, new, base):
         else:
             verdict = "within the spread"
         print(f"| {size_name(size)} | {sess} | {runs_txt(a)} | {runs_txt(b)} | {fmt_ratio(r)} | "
-              f"{', '.join(f'{p:.2f}' for p in pairs)} | ±{sp:.0%} | {verdict} | "
+              f"{', '.join(f'{p:.2f}' for p in pairs)} | {f'±{sp:.0%}' if len(pairs) > 1 else '—'} | {verdict} | "
               f"{fmt_ratio(cpu_a / cpu_b if cpu_b else None)} |")
     print(f"\nspread = the larger run-to-run spread (max-min)/median of {new} and {base} in the cell; "
           f"a cell is slower by more than the spread when {new}/{base} < 1 - spread. CPU µs/msg moves less "
