@@ -139,11 +139,8 @@ def import_hash_password():
     """mtad's password hasher, by the layout of the mtad first on sys.path (--mtad-src): mtad.base.passwords
     since the packages, mtad.passwords before (bebe064). Its scrypt format is the same in both, so the one
     hash serves the base tree's config too."""
-    try:
-        from mtad.base.passwords import hash_password
-    except ImportError:
-        from mtad.passwords import hash_password
-    return hash_password
+    from mtad_layout import mtad_module
+    return mtad_module("mtad.base.passwords").hash_password
 
 
 class Mtad:

@@ -63,9 +63,12 @@ from run_ingress import tree_cpu_rss  # noqa: E402
 # The module is imported by the layout found (mtad.net.httpclient; mtad.httpclient before the packages); a
 # revision whose HttpClient has no fast_post runs unchanged, with a warning in its log.
 NO_FASTHTTP = """
-import functools, inspect, sys
+import functools, importlib, inspect, os, sys
+import mtad
 try:
-    from mtad.net import httpclient
+    httpclient = importlib.import_module("mtad.net.httpclient")
+    if not httpclient.__file__.startswith(os.path.dirname(mtad.__file__) + os.sep):  # an editable install's
+        raise ImportError  # finder served the work tree's module: this tree is the flat layout
 except ImportError:
     from mtad import httpclient
 if "fast_post" in inspect.signature(httpclient.HttpClient.__init__).parameters:
