@@ -91,7 +91,10 @@ SINK=""; PF=""
 cleanup() {
   [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1
   [ -n "$SINK" ] && kill "$SINK" 2>/dev/null
-  [ $KEEP = 0 ] && rm -rf "$WORK/postfix" "$WORK"/*mtad-* "$WORK/base-src"
+  if [ $KEEP = 0 ]; then
+    rm -rf "$WORK/postfix" "$WORK"/*mtad-* "$WORK/base-src"
+    [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
