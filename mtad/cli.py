@@ -36,6 +36,8 @@ def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict 
 def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base import logsetup
     from mtad.app import run
+    from mtad.base.memory import pin_mmap_threshold
+    pin_mmap_threshold()  # large messages' memory goes back to the system (mtad.base.memory)
     cfg, demo = _load(args, create=True)
     if cfg.store.backend != "sqlite":  # configurable and checkable (check-config) before the backend is built
         raise ConfigError("store.backend", f"{cfg.store.backend} is not available in this build yet (only "
