@@ -7,7 +7,7 @@ next | previous, ``address`` = the pivot), ``POST`` (one entry as a form, or a J
 ``DELETE`` with ``tag`` removes only that tag); whitelists hold addresses or whole domains.
 
 All lists live in the ``suppressions`` table; the outbound scheduler reads it before each attempt
-(``spool.suppressed``), so a change applies to the very next delivery.
+(``store.suppressions.suppressed``), so a change applies to the very next delivery.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from mtad.store import queue as spool
+from mtad.store import suppressions
 from mtad.api import context, error
 from mtad.api.formdata import FilePart, read_json, read_post
 from mtad.events.query import QueryError, parse_time, rfc2822
@@ -96,7 +96,7 @@ def add_entries(conn, domain: str, kind: str, entries: Iterable[tuple[str, float
             if row is not None:
                 tags = list(dict.fromkeys(json.loads(row[0]).get("tags", ["*"]) + data["tags"]))
                 data = {"tags": ["*"] if "*" in tags else tags}
-        spool.add_suppression(conn, domain, kind, address, created, data)
+        suppressions.add_suppression(conn, domain, kind, address, created, data)
         n += 1
     return n
 
