@@ -40,7 +40,7 @@ from mtad.net.resolver import Resolver
 from mtad.inbound.router import Route
 from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
-from mtad.store.engine import Store
+from mtad.store.sqlite import SqliteStore
 from mtad.inbound.store_action import StoreAction
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
@@ -123,8 +123,8 @@ class App:
         self.cfg = cfg
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
-        self.store = Store(cfg.store_path, max_group=cfg.store.max_group,
-                           lease=cfg.store.claim_lease.seconds)
+        self.store = SqliteStore(cfg.store_path, max_group=cfg.store.max_group,
+                                 lease=cfg.store.claim_lease.seconds)
         self.sessions = Sessions()
         self.servers: list[asyncio.base_events.Server] = []
         self.ingress: Ingress | None = None

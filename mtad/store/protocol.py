@@ -1,0 +1,26 @@
+"""The store's whole interface as ``typing.Protocol``s: what a second backend implements, and what the code outside
+``mtad.store`` depends on. Each part is declared next to its SQLite implementation (``store.<kind>``) with its
+contract; ``StoreProtocol`` is all of them together. Code that needs one part types its collaborator as that part
+(e.g. the suppression API takes a ``SuppressionStore``)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mtad.store.suppressions import SuppressionStore
+
+
+class Lifecycle(Protocol):
+    """``open()`` before any other method (creates or migrates the schema), ``close()`` once at the end (waits for
+    the writes in flight); ``is_open`` between the two."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+
+class StoreProtocol(Lifecycle, SuppressionStore, Protocol):
+    """Every typed method of the store."""
