@@ -25,7 +25,6 @@ from mtad.config import schema as config_mod
 from mtad.mail import dkim
 from mtad.base import ports
 from mtad.outbound import providers
-from mtad.store import routes as routestore
 from mtad.base import sdnotify
 from mtad.store import queue as spool
 from mtad.config.schema import Config
@@ -34,7 +33,7 @@ from mtad.ingress.directory import Directory
 from mtad.base.errors import ConfigError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
-from mtad.inbound.routing import Routing
+from mtad.inbound.routing import Routing, check_config_routes, route_of
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
 from mtad.inbound.router import Route
@@ -171,7 +170,7 @@ class App:
         self.routing = Routing(config_routes(cfg), srs_key=self.signing_key.encode(), use_srs=cfg.routing.srs,
                                allow_backtracking=cfg.routing.allow_backtracking_regex)
         await self._load_api_routes()
-        self.accounts = await self.store.read(accounts_mod.load)
+        self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
         wakers = []
@@ -225,7 +224,7 @@ class App:
 
     async def _load_api_routes(self) -> None:
         """Routes created through the API; one that no longer compiles (config changed) is skipped."""
-        stored = [s.route for s in await self.store.read(routestore.load)]
+        stored = [route_of(record) for record in await self.store.load_routes()]
         try:
             self.routing.replace_api(stored)
             return
@@ -330,6 +329,7 @@ class App:
             return
         try:
             cfg = config_mod.load(self.config_path)
+            check_config_routes(cfg.routing)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return

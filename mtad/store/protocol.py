@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mtad.store.accounts import AccountStore
+from mtad.store.routes import RouteStore
 from mtad.store.suppressions import SuppressionStore
 
 
@@ -22,5 +24,5 @@ class Lifecycle(Protocol):
     def is_open(self) -> bool: ...
 
 
-class StoreProtocol(Lifecycle, SuppressionStore, Protocol):
+class StoreProtocol(Lifecycle, SuppressionStore, AccountStore, RouteStore, Protocol):
     """Every typed method of the store."""

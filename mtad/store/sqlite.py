@@ -4,8 +4,10 @@ typed methods mixed in. ``SqliteStore`` implements ``store.protocol.StoreProtoco
 from __future__ import annotations
 
 from mtad.store.engine import Store
+from mtad.store.accounts import AccountMethods
+from mtad.store.routes import RouteMethods
 from mtad.store.suppressions import SuppressionMethods
 
 
-class SqliteStore(Store, SuppressionMethods):
+class SqliteStore(Store, SuppressionMethods, AccountMethods, RouteMethods):
     """The store mtad runs on: ``open()`` before use, ``close()`` at the end."""
