@@ -9,6 +9,7 @@ from typing import Protocol
 
 from mtad.store.accounts import AccountStore
 from mtad.store.routes import RouteStore
+from mtad.store.settings import SettingsStore
 from mtad.store.suppressions import SuppressionStore
 
 
@@ -24,5 +25,6 @@ class Lifecycle(Protocol):
     def is_open(self) -> bool: ...
 
 
-class StoreProtocol(Lifecycle, SuppressionStore, AccountStore, RouteStore, Protocol):
+class StoreProtocol(Lifecycle, SuppressionStore, AccountStore, RouteStore, SettingsStore,
+                    Protocol):
     """Every typed method of the store."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 from mtad.store.engine import Store
 from mtad.store.accounts import AccountMethods
 from mtad.store.routes import RouteMethods
+from mtad.store.settings import SettingsMethods
 from mtad.store.suppressions import SuppressionMethods
 
 
-class SqliteStore(Store, SuppressionMethods, AccountMethods, RouteMethods):
+class SqliteStore(Store, SuppressionMethods, AccountMethods, RouteMethods, SettingsMethods):
     """The store mtad runs on: ``open()`` before use, ``close()`` at the end."""
