@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtad.events import record as events
 from mtad.store import queue as spool
-from mtad.events.record import webhooks  # noqa: E402
+from mtad.events import webhooks  # noqa: E402
 from mtad.config.schema import WebhookConfig, WebhooksConfig  # noqa: E402
 from mtad.base.rates import Duration  # noqa: E402
-from mtad.store.engine import Staged, Store  # noqa: E402
+from mtad.store.engine import Staged  # noqa: E402
+from mtad.store.sqlite import SqliteStore as Store  # noqa: E402
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
 
 KEY = "key-bench"
@@ -76,8 +77,8 @@ async def drain_once(folder: Path, n: int, with_events: bool) -> tuple[float, fl
     if not with_events:
         events.record = lambda conn, domain, event: None  # type: ignore[assignment]
     try:
-        await store.write(lambda c: webhooks.sync_config(c, WebhooksConfig(domains={"example.com": {
-            "opened": WebhookConfig(("http://127.0.0.1:9/opened",))}}), time.time()))  # a lookup, no match
+        await store.sync_webhooks(WebhooksConfig(domains={"example.com": {
+            "opened": WebhookConfig(("http://127.0.0.1:9/opened",))}}), time.time())  # a lookup, no match
         msgs = [message(i) for i in range(n)]
         started = time.perf_counter()
         sem = asyncio.Semaphore(200)
@@ -516,7 +517,7 @@ async def bench_webhooks(folder: Path, n: int) -> None:
         url = f"http://127.0.0.1:{port}/hook"
         cfg = WebhooksConfig(domains={"example.com": {"delivered": WebhookConfig((url,))}}, retry_schedule=(Duration(60),),
                              max_concurrent=100, max_per_url=100, timeout=Duration(10))
-        await store.write(lambda c: webhooks.sync_config(c, cfg, time.time()))
+        await store.sync_webhooks(cfg, time.time())
 
         def make(conn) -> None:
             for i in range(n):

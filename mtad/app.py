@@ -245,7 +245,7 @@ class App:
         from mtad.events import retention
         from mtad.events import webhooks
         cfg = self.cfg
-        await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+        await self.store.sync_webhooks(cfg.webhooks, time.time())
         self.webhook_http = HttpClient(cfg.routing.allowed_networks, cfg.webhooks.timeout.seconds)
         self.webhook_dispatcher = webhooks.Dispatcher(store=self.store, http=self.webhook_http, config=cfg.webhooks,
                                                       signing_key=self.signing_key)
@@ -388,9 +388,8 @@ class App:
             log.error("reload: routes not changed: %s", exc)
 
     async def _sync_webhooks(self, cfg: Config) -> None:
-        from mtad.events import webhooks
         try:
-            await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+            await self.store.sync_webhooks(cfg.webhooks, time.time())
         except Exception:  # noqa: BLE001 - keep the previous webhooks
             log.exception("reload: webhooks not changed")
 

@@ -261,8 +261,9 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
+    from functools import partial
     from mtad.events import query as eventquery
-    from mtad.events import webhooks
+    from mtad.store import webhooks
 
     def when(text: str, name: str) -> float:
         try:
@@ -275,8 +276,8 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     except eventquery.QueryError as exc:
         print(f"mtad: {exc}", file=sys.stderr)
         return 2
-    n = _write(args, lambda c: webhooks.redeliver(c, since=since, until=until, kinds=args.event or (),
-                                                  domain=args.domain, url=args.url))
+    n = _write(args, partial(webhooks.redeliver, since=since, until=until, kinds=args.event or (), domain=args.domain,
+                             url=args.url))
     print(f"{n} webhook POSTs queued (events since {eventquery.rfc2822(since)}); the running daemon sends them")
     return 0
 

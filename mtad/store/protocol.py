@@ -10,7 +10,10 @@ from typing import Protocol
 from mtad.store.accounts import AccountStore
 from mtad.store.routes import RouteStore
 from mtad.store.settings import SettingsStore
+from mtad.store.stored import StoredMessageStore
 from mtad.store.suppressions import SuppressionStore
+from mtad.store.webhooks import WebhookConfigStore
+from mtad.store.work import WorkStore
 
 
 class Lifecycle(Protocol):
@@ -25,6 +28,6 @@ class Lifecycle(Protocol):
     def is_open(self) -> bool: ...
 
 
-class StoreProtocol(Lifecycle, SuppressionStore, AccountStore, RouteStore, SettingsStore,
-                    Protocol):
+class StoreProtocol(Lifecycle, SuppressionStore, AccountStore, RouteStore, SettingsStore, WebhookConfigStore,
+                    WorkStore, StoredMessageStore, Protocol):
     """Every typed method of the store."""

@@ -107,29 +107,6 @@ def release_stale_locks(conn: sqlite3.Connection) -> int:
     return released
 
 
-def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
-
-
-def renew_leases(conn: sqlite3.Connection, table: str, worker: str, ids: Iterable[int], until: float) -> int:
-    """Extend ``worker``'s lease on the rows ``ids`` it still holds to ``until``; the number of rows renewed."""
-    assert table in LEASED_TABLES
-    renewed = 0
-    for chunk in _chunks(list(ids)):
-        renewed += conn.execute(f"UPDATE {table} SET lease_until = ? WHERE locked_by = ? AND id IN"
-                                f" ({','.join('?' * len(chunk))})", (until, worker, *chunk)).rowcount
-    return renewed
-
-
-def release_claim(conn: sqlite3.Connection, table: str, row_id: int, worker: str, next_attempt_at: float) -> bool:
-    """Give back a row ``worker`` claimed but could not handle, without counting an attempt; False if it no
-    longer held it (its lease ran out and another claimer took it)."""
-    assert table in LEASED_TABLES
-    return conn.execute(f"UPDATE {table} SET {UNLOCK}, next_attempt_at = ? WHERE id = ? AND locked_by = ?",
-                        (next_attempt_at, row_id, worker)).rowcount > 0
-
-
 def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str = "1", args: tuple = ()) -> int:
     """Unlock the rows of ``table`` (matching ``where``) whose lease ran out (``mtad queue flush``)."""
     assert table in LEASED_TABLES
@@ -321,40 +298,6 @@ def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
     row = conn.execute("SELECT CASE WHEN instr(body, X'0D0A0D0A') > 0 THEN substr(body, 1, instr(body, X'0D0A0D0A')"
                        " + 1) ELSE body END FROM messages WHERE id = ?", (queue_id,)).fetchone()
     return bytes(row[0]) if row else b""
-
-
-# --- HTTP work: route forwards and webhooks (same row shape) ------------------------------------------
-
-WORK_TABLES = ("forwards", "webhook_deliveries")
-
-
-def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float, limit: int,
-                   actions: tuple[str, ...] = (), *, lease_until: float | None = None,
-                   skip: Container[int] = ()) -> list[dict[str, Any]]:
-    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions) until ``lease_until``, as
-    ``claim_due_deliveries`` does."""
-    assert table in WORK_TABLES
-    only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
-    rows = [r for r in conn.execute(
-        f"SELECT * FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND {CLAIMABLE}{only} ORDER BY next_attempt_at LIMIT ?", (now, now, *actions, limit)).fetchall()
-        if r[0] not in skip]
-    if not rows:
-        return []
-    names = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    ids = [r[0] for r in rows]
-    until = now + DEFAULT_LEASE if lease_until is None else lease_until
-    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ?, lease_until = ?"
-                 f" WHERE id IN ({','.join('?' * len(ids))})", (worker, now, until, *ids))
-    return [dict(zip(names, r)) for r in rows]
-
-
-def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str, attempts: int,
-                next_attempt_at: float | None, status: int | None, error: str, now: float) -> None:
-    assert table in WORK_TABLES
-    conn.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
-                 f" {UNLOCK}, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                 (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
 
 
 def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
