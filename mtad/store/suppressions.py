@@ -90,6 +90,12 @@ def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
     return result
 
 
+def allowlisted(conn: sqlite3.Connection, domain: str, address: str) -> bool:
+    """True if ``address`` or its domain is on ``domain``'s allowlist (``whitelists``): never put on a list."""
+    return conn.execute("SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
+                        (domain, address.lower(), _domain_of(address))).fetchone() is not None
+
+
 def add_suppression(conn: sqlite3.Connection, domain: str, kind: str, address: str, now: float,
                     data: dict[str, Any]) -> None:
     conn.execute("INSERT INTO suppressions (domain, kind, address, created_at, data) VALUES (?, ?, ?, ?, ?)"
