@@ -25,10 +25,18 @@ class NoState(Exception):
     """The command needs the store of a daemon that has run; there is none where it looked."""
 
 
+def _load_file(path: str) -> Config:
+    """A config file, its routes compiled (``ConfigError`` names the route at fault)."""
+    from mtad.inbound.routing import check_config_routes
+    cfg = config_mod.load(path)
+    check_config_routes(cfg.routing)
+    return cfg
+
+
 def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict | None]:
     """The config file's configuration, else the embedded default (its state made only if ``create``)."""
     if getattr(args, "config", None):
-        return config_mod.load(args.config), None
+        return _load_file(args.config), None
     from mtad.config.demo import embedded_default
     return embedded_default(getattr(args, "state_dir", None) or "./mtad-state", create=create)
 
@@ -63,7 +71,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from mtad.config.load import SecretError, unread_secrets
     try:
         with unread_secrets() if args.no_secrets else nullcontext():
-            cfg = config_mod.load(args.file)
+            cfg = _load_file(args.file)
     except SecretError as exc:
         print(f"mtad: configuration error: {exc}\n(`mtad check-config --no-secrets {args.file}` checks the rest"
               " without reading secret files and environment variables)", file=sys.stderr)
@@ -265,9 +273,10 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     cfg, _ = _load(args)
     routes = config_routes(cfg)
     if cfg.store_path.exists():  # routes created through the API are evaluated too
+        from mtad.inbound.routing import route_of
         from mtad.store import routes as routestore
         with _db(cfg) as conn:
-            routes += [stored.route for stored in routestore.load(conn)]
+            routes += [route_of(record) for record in routestore.load(conn)]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
     headers = []
     for h in args.header or []:
@@ -298,8 +307,9 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
+    from functools import partial
     from mtad.events import query as eventquery
-    from mtad.events import webhooks
+    from mtad.store import webhooks
 
     def when(text: str, name: str) -> float:
         try:
@@ -312,8 +322,8 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     except eventquery.QueryError as exc:
         print(f"mtad: {exc}", file=sys.stderr)
         return 2
-    n = _write(args, lambda c: webhooks.redeliver(c, since=since, until=until, kinds=args.event or (),
-                                                  domain=args.domain, url=args.url))
+    n = _write(args, partial(webhooks.redeliver, since=since, until=until, kinds=args.event or (), domain=args.domain,
+                             url=args.url))
     print(f"{n} webhook POSTs queued (events since {eventquery.rfc2822(since)}); the running daemon sends them")
     return 0
 
