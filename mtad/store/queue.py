@@ -426,6 +426,7 @@ class DeliveryState:
     attempts: int
     next_attempt_at: float
     last_reply: str | None
+    locked_by: str | None = None  # the claimer holding the row (its lease), None when free
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ class ForwardState:
     state: str
     attempts: int
     last_status: int | None
+    locked_by: str | None = None  # the claimer holding the row (its lease), None when free
 
 
 @dataclass(frozen=True)
@@ -453,11 +455,11 @@ def message_detail(conn: sqlite3.Connection, queue_id: str) -> MessageDetail | N
     if msg is None:
         return None
     deliveries = tuple(DeliveryState(r[0], r[1], tuple(json.loads(r[2])), *r[3:]) for r in conn.execute(
-        "SELECT id, domain, recipients, state, attempts, next_attempt_at, last_reply FROM deliveries"
+        "SELECT id, domain, recipients, state, attempts, next_attempt_at, last_reply, locked_by FROM deliveries"
         " WHERE message = ?", (queue_id,)))
     forwards = tuple(ForwardState(*r) for r in conn.execute(
-        "SELECT id, recipient, action, destination, state, attempts, last_status FROM forwards WHERE message = ?",
-        (queue_id,)))
+        "SELECT id, recipient, action, destination, state, attempts, last_status, locked_by FROM forwards"
+        " WHERE message = ?", (queue_id,)))
     return MessageDetail(msg, deliveries, forwards)
 
 
@@ -584,7 +586,7 @@ class QueueStore(Protocol):
         """Pending work by state (metrics)."""
 
     async def message_detail(self, queue_id: str) -> MessageDetail | None:
-        """A message with its deliveries and forwards, or None."""
+        """A message with its deliveries and forwards (each with the claimer holding it), or None."""
 
     async def flush(self, now: float, *, domain: str | None = None, queue_id: str | None = None) -> int:
         """Make pending work due now (of one domain's deliveries, or one message); the rows made due."""
