@@ -11,7 +11,6 @@ import argparse
 import getpass
 import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -129,16 +128,6 @@ def _no_state(cfg: Config) -> NoState:
                    "`mtad run` keeps its state, or give --state-dir DIR or --config FILE")
 
 
-def _db(cfg: Config) -> sqlite3.Connection:
-    """The store, read-only (``mode=ro``): a read-only command never writes."""
-    path = cfg.store_path
-    if not path.exists():
-        raise _no_state(cfg)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -146,8 +135,8 @@ def _when(ts: float | None) -> str:
 
 
 def _with_store(args: argparse.Namespace, action, *, write: bool = False):
-    """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write``, else read-only
-    (a read-only command never writes)."""
+    """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write`` (a store an
+    older mtad left is migrated to this schema first), else read-only (a read-only command never writes)."""
     import asyncio
     from mtad.store.sqlite import SqliteStore
     cfg, _ = _load(args)
@@ -176,32 +165,6 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
               f"{r.destination[:24]:<24} <{r.sender}> -> {', '.join(r.recipients)}")
     print(f"-- {len(rows)} pending")
     return 0
-
-
-def _rw(cfg: Config) -> sqlite3.Connection:
-    from mtad.store.engine import connect
-    from mtad.store.migrations.sqlite import migrate
-    if not cfg.store_path.exists():
-        raise _no_state(cfg)
-    conn = connect(cfg.store_path)
-    try:
-        migrate(conn, str(cfg.store_path))  # a store an older mtad left: brought to this schema first
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _write(args: argparse.Namespace, fn):
-    cfg, _ = _load(args)
-    conn = _rw(cfg)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        result = fn(conn)
-        conn.execute("COMMIT")
-        return result
-    finally:
-        conn.close()
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
@@ -274,9 +237,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     routes = config_routes(cfg)
     if cfg.store_path.exists():  # routes created through the API are evaluated too
         from mtad.inbound.routing import route_of
-        from mtad.store import routes as routestore
-        with _db(cfg) as conn:
-            routes += [route_of(record) for record in routestore.load(conn)]
+        routes += [route_of(record) for record in _with_store(args, lambda store: store.load_routes())]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
     headers = []
     for h in args.header or []:
@@ -307,9 +268,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
-    from functools import partial
     from mtad.events import query as eventquery
-    from mtad.store import webhooks
 
     def when(text: str, name: str) -> float:
         try:
@@ -322,8 +281,8 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     except eventquery.QueryError as exc:
         print(f"mtad: {exc}", file=sys.stderr)
         return 2
-    n = _write(args, partial(webhooks.redeliver, since=since, until=until, kinds=args.event or (), domain=args.domain,
-                             url=args.url))
+    n = _with_store(args, lambda store: store.redeliver_webhooks(since=since, until=until, kinds=args.event or (),
+                                                                domain=args.domain, url=args.url), write=True)
     print(f"{n} webhook POSTs queued (events since {eventquery.rfc2822(since)}); the running daemon sends them")
     return 0
 
