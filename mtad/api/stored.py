@@ -19,7 +19,7 @@ from aiohttp import web
 from mtad.mail import compose as compose_mod
 from mtad.mail import headers as headers_mod
 from mtad.store import queue as spool
-from mtad.store.work import WorkMessage
+from mtad.store.queue import QueuedMessage
 from mtad.inbound import store_action as storedmsg
 from mtad.api import context, error
 from mtad.api.formdata import read_post
@@ -29,7 +29,7 @@ from mtad.base.types import Envelope, SendOptions
 NOT_FOUND = "Message not found"
 
 
-async def _load(request: web.Request) -> tuple[WorkMessage | None, str, str]:
+async def _load(request: web.Request) -> tuple[QueuedMessage | None, str, str]:
     ctx = context(request)
     domain = request.match_info["domain"].lower()
     key = request.match_info["key"]

@@ -26,7 +26,9 @@ from mtad.net import retry
 from mtad.net.httpclient import HttpClient, HttpResult
 from mtad.store.leases import settle_call
 from mtad.inbound.form.build import Form, FormParts, encode_form, form_parts, is_raw_format, sign
-from mtad.store.work import WorkItem, WorkMessage, WorkOutcome, WorkStore
+from mtad.store.events import NewEvent
+from mtad.store.queue import QueuedMessage
+from mtad.store.work import WorkItem, WorkOutcome, WorkStore
 
 __all__ = ["Form", "Forwarder", "build_form", "encode_form"]
 
@@ -37,7 +39,7 @@ LARGE = 1_000_000  # bytes: messages from this size are built in a thread, not q
 MAX_BATCH = 200  # forwards per coalesced read, form batch or outcome write
 
 
-def build_form(message: WorkMessage, recipient: str, url: str, key: str, max_depth: int = 20) -> Form:
+def build_form(message: QueuedMessage, recipient: str, url: str, key: str, max_depth: int = 20) -> Form:
     """The multipart body of a route POST (parsed or raw MIME), signed. Always multipart, as Mailgun posts."""
     return sign(form_parts(message.body, recipient, message.sender, is_raw_format(url), max_depth), key)
 
@@ -47,7 +49,7 @@ class Settlement:
     """One forward's outcome, written with its event (if any) in the batch's transaction."""
 
     outcome: WorkOutcome
-    event: tuple[str, dict[str, Any]] | None = None  # (receiving domain, event)
+    event: NewEvent | None = None  # in the receiving domain
 
 
 class Forwarder:
@@ -70,7 +72,7 @@ class Forwarder:
         self.counters = {"delivered": 0, "retried": 0, "failed": 0}
         processes = getattr(config, "form_workers", 1)
         self.workers = FormWorkers(processes) if processes > 0 else None
-        self._messages: Coalescer[str, WorkMessage | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
+        self._messages: Coalescer[str, QueuedMessage | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
         self._forms: Coalescer[FormJob, FormParts] = Coalescer(self._build_forms, max_batch=MAX_BATCH)
         self._settlements: Coalescer[Settlement, None] = Coalescer(self._write_settlements, max_batch=MAX_BATCH)
 
@@ -96,7 +98,7 @@ class Forwarder:
 
     # --- the batched steps --------------------------------------------------------------------------
 
-    async def _read_messages(self, ids: list[str]) -> list[WorkMessage | None]:
+    async def _read_messages(self, ids: list[str]) -> list[QueuedMessage | None]:
         found = await self.store.work_messages(ids)
         return [found.get(i) for i in ids]
 
@@ -124,7 +126,7 @@ class Forwarder:
                           f"outcomes of {len(settlements)} forwards ({', '.join(str(o.id) for o in outcomes[:5])})")
         return [None] * len(settlements)
 
-    async def _record(self, row: WorkItem, message: WorkMessage, result: HttpResult, seconds: float) -> None:
+    async def _record(self, row: WorkItem, message: QueuedMessage, result: HttpResult, seconds: float) -> None:
         now = self.clock()
         attempt = row.attempts + 1
         state, retry_at = retry.decide(result.status, attempt, [d.seconds for d in self.config.retry_schedule], now)
@@ -146,7 +148,7 @@ class Forwarder:
             envelope={"sender": message.sender, "targets": row.destination, "transport": "http"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False}, extra=extra)
         await self._settlements.submit(Settlement(WorkOutcome(row.id, state, attempt, retry_at, result.status, error,
-                                                              now), (message.domain, event)))
+                                                              now), NewEvent(message.domain, event)))
         self.counters["delivered" if ok else ("retried" if retry_at else "failed")] += 1
         log.info("%s: forward to=<%s> url=%s status=%s%s", message.id, row.recipient, row.destination,
                  result.status if result.status is not None else "none",

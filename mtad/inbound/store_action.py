@@ -30,7 +30,9 @@ from mtad.net import retry
 from mtad.net.httpclient import HttpClient, HttpResult
 from mtad.store.leases import settle_call
 from mtad.store.stored import StoredMessageStore
-from mtad.store.work import WorkItem, WorkMessage, WorkOutcome, WorkStore
+from mtad.store.events import NewEvent
+from mtad.store.queue import QueuedMessage
+from mtad.store.work import WorkItem, WorkOutcome, WorkStore
 
 log = logging.getLogger("mtad.storedmsg")
 
@@ -41,11 +43,11 @@ def message_url(base_url: str, domain: str, key: str) -> str:
 
 # --- the JSON shapes -------------------------------------------------------------------------------
 
-def _recipients(message: WorkMessage) -> str:
+def _recipients(message: QueuedMessage) -> str:
     return ", ".join(message.recipients)
 
 
-def parsed(message: WorkMessage, url: str) -> dict[str, Any]:
+def parsed(message: QueuedMessage, url: str) -> dict[str, Any]:
     """Mailgun's stored-message JSON: the parsed route fields, attachments as URLs."""
     from mtad.inbound.form import parse as inbound_parse
     post = inbound_parse.parsed_fields(message.body, _recipients(message), message.sender)
@@ -74,7 +76,7 @@ def _attachment_url(url: str, field: str) -> str:
     return f"{url}/attachments/{number}" if number.isdigit() else field
 
 
-def raw(message: WorkMessage, url: str) -> dict[str, Any]:
+def raw(message: QueuedMessage, url: str) -> dict[str, Any]:
     """The ``Accept: message/rfc2822`` shape: the whole message in ``body-mime``."""
     summary = message.headers
     return {"recipients": _recipients(message), "sender": message.sender, "from": summary.get("from", ""),
@@ -82,7 +84,7 @@ def raw(message: WorkMessage, url: str) -> dict[str, Any]:
             "body-mime": message.body.decode("utf-8", "replace"), "message-url": url}
 
 
-def attachment(message: WorkMessage, number: int):
+def attachment(message: QueuedMessage, number: int):
     """The ``number``-th (1-based) attachment of a stored message, or None."""
     from mtad.inbound.form import parse as inbound_parse
     post = inbound_parse.parsed_fields(message.body, _recipients(message), message.sender)
@@ -91,7 +93,7 @@ def attachment(message: WorkMessage, number: int):
     return post.attachments[number - 1]
 
 
-def notify_form(message: WorkMessage, recipient: str, url: str, domain: str, key: str) -> aiohttp.FormData:
+def notify_form(message: QueuedMessage, recipient: str, url: str, domain: str, key: str) -> aiohttp.FormData:
     fields = parsed(message, url)
     form = aiohttp.FormData(quote_fields=False, charset="utf-8")
     for name, value in fields.items():
@@ -137,8 +139,7 @@ class StoreAction:
         if row.attempts == 0:
             until = now + self.config.store_retention.seconds
             done = None if notify else WorkOutcome(row.id, "done", 1, None, None, "", now)
-            await self.store.keep_message(message.id, until, message.domain, self._stored_event(row, message, url, now),
-                                          done)
+            await self.store.keep_message(message.id, until, self._stored_event(row, message, url, now), done)
             self.counters["stored"] += 1
             log.info("%s: stored for <%s> until %s%s", message.id, row.recipient,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until)), f" notify={notify}" if notify else "")
@@ -148,16 +149,16 @@ class StoreAction:
         result = await self.http.post(notify, data=form)
         await self._record(row, message, result)
 
-    def _stored_event(self, row: WorkItem, message: WorkMessage, url: str, now: float) -> dict[str, Any]:
-        return shape.base_event(
+    def _stored_event(self, row: WorkItem, message: QueuedMessage, url: str, now: float) -> NewEvent:
+        return NewEvent(message.domain, shape.base_event(
             "stored", timestamp=now, recipient=row.recipient, queue_id=message.id,
             message=shape.message_part(message.headers, message.size, message.attachments),
             options=message.options,
             envelope={"sender": message.sender, "targets": row.recipient, "transport": "smtp"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False},
-            extra={"storage": {"key": message.id, "url": url}, "route": {"id": row.route_id}})
+            extra={"storage": {"key": message.id, "url": url}, "route": {"id": row.route_id}}))
 
-    async def _record(self, row: WorkItem, message: WorkMessage, result: HttpResult) -> None:
+    async def _record(self, row: WorkItem, message: QueuedMessage, result: HttpResult) -> None:
         now = self.clock()
         attempt = row.attempts + 1
         state, retry_at = retry.decide(result.status, attempt, [d.seconds for d in self.config.retry_schedule], now)

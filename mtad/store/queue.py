@@ -370,24 +370,10 @@ def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
     return bytes(row[0]) if row else b""
 
 
-def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
-    """The ``messages`` row as a dict (JSON columns decoded): for the store() action's readers until they move to
-    ``load_message``."""
-    cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    data = dict(zip((d[0] for d in cursor.description), row))
-    data.setdefault("attachments", "[]")  # a store not yet opened by a daemon that adds the column
-    for key in ("recipients", "headers", "options", "envelope", "attachments"):
-        data[key] = json.loads(data[key])
-    data["body"] = bytes(data["body"])
-    return data
-
-
 @dataclass(frozen=True)
 class QueuedMessage:
-    """A stored message (the ``messages`` row), its JSON columns decoded."""
+    """A stored message (the ``messages`` row), its JSON columns decoded: what the operator's commands show and
+    what HTTP work (forwards, ``store()``, the stored-messages API) reads."""
 
     id: str
     created_at: float
@@ -405,14 +391,25 @@ class QueuedMessage:
     attachments: tuple[Mapping[str, Any], ...] = ()
 
 
+MESSAGE_COLUMNS = ("id, created_at, direction, domain, sender, recipients, message_id, headers, options, envelope,"
+                   " size, body, stored_until, attachments")
+
+
+def queued_message(r: Sequence[Any]) -> QueuedMessage:
+    """A row of ``SELECT {MESSAGE_COLUMNS} FROM messages`` (``attachments`` None: a store not yet opened by a
+    daemon that adds the column)."""
+    return QueuedMessage(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], json.loads(r[7]),
+                         json.loads(r[8]), json.loads(r[9]), r[10], bytes(r[11]), r[12],
+                         tuple(json.loads(r[13] or "[]")))
+
+
 def load_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
-    data = message_row(conn, queue_id)
-    if data is None:
+    cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
+    row = cursor.fetchone()
+    if row is None:
         return None
-    return QueuedMessage(data["id"], data["created_at"], data["direction"], data["domain"], data["sender"],
-                         tuple(data["recipients"]), data["message_id"], data["headers"], data["options"],
-                         data["envelope"], data["size"], data["body"], data.get("stored_until"),
-                         tuple(data["attachments"]))
+    data = dict(zip((d[0] for d in cursor.description), row))
+    return queued_message([data.get(name) for name in MESSAGE_COLUMNS.split(", ")])
 
 
 # --- the operator's actions (``mtad queue ...``) ------------------------------------------------------------

@@ -8,10 +8,11 @@ SQLite implementation.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Protocol
+from typing import Protocol
 
-from mtad.store import events as _events
-from mtad.store.work import WorkMessage, WorkOutcome, finish_work, messages_by_id
+from mtad.store.events import NewEvent, record
+from mtad.store.queue import QueuedMessage
+from mtad.store.work import WorkOutcome, finish_work, messages_by_id
 
 
 def mark_stored(conn: sqlite3.Connection, queue_id: str, until: float) -> None:
@@ -20,15 +21,14 @@ def mark_stored(conn: sqlite3.Connection, queue_id: str, until: float) -> None:
                  (until, queue_id))
 
 
-def keep(conn: sqlite3.Connection, queue_id: str, until: float, domain: str, event: dict[str, Any],
-         done: WorkOutcome | None) -> None:
+def keep(conn: sqlite3.Connection, queue_id: str, until: float, event: NewEvent, done: WorkOutcome | None) -> None:
     mark_stored(conn, queue_id, until)
-    _events.record(conn, domain, event)
+    record(conn, event.domain, event.data, system=event.system)
     if done is not None:
         finish_work(conn, "forwards", [done])
 
 
-def stored_message(conn: sqlite3.Connection, key: str, domain: str, now: float) -> WorkMessage | None:
+def stored_message(conn: sqlite3.Connection, key: str, domain: str, now: float) -> QueuedMessage | None:
     """The message under storage key ``key`` of ``domain``, if still kept."""
     row = conn.execute("SELECT domain, stored_until FROM messages WHERE id = ?", (key,)).fetchone()
     if row is None or row[1] is None or row[1] < now or row[0].lower() != domain.lower():
@@ -61,13 +61,12 @@ def expire(conn: sqlite3.Connection, now: float, limit: int = 1000) -> int:
 class StoredMessageStore(Protocol):
     """Messages kept by a route's ``store()`` action."""
 
-    async def keep_message(self, queue_id: str, until: float, domain: str, event: dict[str, Any],
-                           done: WorkOutcome | None = None) -> None:
+    async def keep_message(self, queue_id: str, until: float, event: NewEvent, done: WorkOutcome | None = None) -> None:
         """In one transaction: keep the message until ``until`` at least (never shortened), record its ``stored``
-        event on ``domain``, and write ``done`` (the store() row's outcome, when there is nothing to notify)."""
+        event, and write ``done`` (the store() row's outcome, when there is nothing to notify)."""
         ...
 
-    async def stored_message(self, key: str, domain: str, now: float) -> WorkMessage | None:
+    async def stored_message(self, key: str, domain: str, now: float) -> QueuedMessage | None:
         """The message under storage key ``key`` if it belongs to ``domain`` (any case) and is kept at ``now``."""
         ...
 
@@ -84,11 +83,10 @@ class StoredMessageStore(Protocol):
 class StoredMessageMethods:
     """``StoredMessageStore`` over the SQLite engine (a mixin of ``SqliteStore``)."""
 
-    async def keep_message(self, queue_id: str, until: float, domain: str, event: dict[str, Any],
-                           done: WorkOutcome | None = None) -> None:
-        await self.write(lambda c: keep(c, queue_id, until, domain, event, done))
+    async def keep_message(self, queue_id: str, until: float, event: NewEvent, done: WorkOutcome | None = None) -> None:
+        await self.write(lambda c: keep(c, queue_id, until, event, done))
 
-    async def stored_message(self, key: str, domain: str, now: float) -> WorkMessage | None:
+    async def stored_message(self, key: str, domain: str, now: float) -> QueuedMessage | None:
         return await self.read(lambda c: stored_message(c, key, domain, now))
 
     async def forget_message(self, queue_id: str) -> None:

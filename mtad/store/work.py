@@ -9,13 +9,13 @@ out are taken, oldest due first, except those the worker holds (``skip``). The h
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Container, Iterable, Mapping, Protocol, Sequence
 
-from mtad.store import events as _events
-from mtad.store.queue import CLAIMABLE, DEFAULT_LEASE, LEASED_TABLES, UNLOCK
+from mtad.store.events import EVENT_DATA, NewEvent, record_all
+from mtad.store.queue import (CLAIMABLE, DEFAULT_LEASE, LEASED_TABLES, MESSAGE_COLUMNS, UNLOCK, QueuedMessage,
+                              queued_message)
 
 WORK_TABLES = ("forwards", "webhook_deliveries")
 
@@ -52,21 +52,6 @@ class WorkOutcome:
     status: int | None  # the HTTP status, None without an answer
     error: str
     now: float
-
-
-@dataclass(frozen=True)
-class WorkMessage:
-    """What HTTP work needs of a stored message (forms, events, stored-message answers)."""
-
-    id: str
-    domain: str
-    sender: str
-    recipients: tuple[str, ...]
-    headers: Mapping[str, str]
-    options: Mapping[str, Any]
-    size: int
-    body: bytes = field(repr=False)
-    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,15 +126,14 @@ def claim_webhook_work(conn: sqlite3.Connection, worker: str, now: float, limit:
 
 
 def finish_work(conn: sqlite3.Connection, table: str, outcomes: Iterable[WorkOutcome],
-                events: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
-    """Write the outcomes (releasing their claims) and record the events (domain, event) they made."""
+                events: Iterable[NewEvent] = ()) -> None:
+    """Write the outcomes (releasing their claims) and record the events they made."""
     assert table in WORK_TABLES
     conn.executemany(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
                      f" {UNLOCK}, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                      [(o.state, o.attempts, o.next_attempt_at, o.status, o.error[:1000], o.now, o.id)
                       for o in outcomes])
-    for domain, event in events:
-        _events.record(conn, domain, event)
+    record_all(conn, events)
 
 
 def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
@@ -175,26 +159,18 @@ def release_claim(conn: sqlite3.Connection, table: str, row_id: int, worker: str
                         (next_attempt_at, row_id, worker)).rowcount > 0
 
 
-_MESSAGE_COLUMNS = "id, domain, sender, recipients, headers, options, size, body, attachments"
-
-
-def _message(r: Sequence[Any]) -> WorkMessage:
-    return WorkMessage(r[0], r[1], r[2], tuple(json.loads(r[3])), json.loads(r[4]), json.loads(r[5]), r[6],
-                       bytes(r[7]), tuple(json.loads(r[8] or "[]")))
-
-
-def messages_by_id(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, WorkMessage]:
+def messages_by_id(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, QueuedMessage]:
     """The messages still stored among ``ids`` (one query for a batch)."""
-    rows = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({','.join('?' * len(ids))})",
+    rows = conn.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({','.join('?' * len(ids))})",
                         list(ids)).fetchall()
-    return {r[0]: _message(r) for r in rows}
+    return {r[0]: queued_message(r) for r in rows}
 
 
 HEADER_SCAN = 262_144  # bytes of a message a legacy webhook reads its header fields from
 
 
 def webhook_event(conn: sqlite3.Connection, event_id: str, with_headers: bool) -> StoredEvent | None:
-    row = conn.execute(f"SELECT {_events.EVENT_DATA}, queue_id FROM events WHERE id = ?", (event_id,)).fetchone()
+    row = conn.execute(f"SELECT {EVENT_DATA}, queue_id FROM events WHERE id = ?", (event_id,)).fetchone()
     if row is None:
         return None
     block = None
@@ -226,9 +202,8 @@ class WorkStore(Protocol):
         (URL -> POSTs in flight); a URL at its cap never hides other URLs' rows."""
         ...
 
-    async def finish_work(self, table: str, outcomes: Sequence[WorkOutcome],
-                          events: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
-        """Write outcomes (each releases its row's claim) and record ``events`` (domain, Mailgun event), all in
+    async def finish_work(self, table: str, outcomes: Sequence[WorkOutcome], events: Sequence[NewEvent] = ()) -> None:
+        """Write outcomes (each releases its row's claim) and record ``events`` (built by ``events.shape``), all in
         one transaction. Writing the same outcome again is harmless."""
         ...
 
@@ -242,7 +217,7 @@ class WorkStore(Protocol):
         longer held it."""
         ...
 
-    async def work_messages(self, ids: Sequence[str]) -> dict[str, WorkMessage]:
+    async def work_messages(self, ids: Sequence[str]) -> dict[str, QueuedMessage]:
         """The messages still stored among ``ids``."""
         ...
 
@@ -267,8 +242,7 @@ class WorkMethods:
         return await self.write(lambda c: claim_webhook_work(c, worker, now, limit, busy, max_per_url,
                                                              lease_until=lease_until, skip=skip))
 
-    async def finish_work(self, table: str, outcomes: Sequence[WorkOutcome],
-                          events: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+    async def finish_work(self, table: str, outcomes: Sequence[WorkOutcome], events: Sequence[NewEvent] = ()) -> None:
         outcomes, events = tuple(outcomes), tuple(events)
         await self.write(lambda c: finish_work(c, table, outcomes, events))
 
@@ -279,7 +253,7 @@ class WorkMethods:
     async def release_claim(self, table: str, row_id: int, worker: str, next_attempt_at: float) -> bool:
         return await self.write(lambda c: release_claim(c, table, row_id, worker, next_attempt_at))
 
-    async def work_messages(self, ids: Sequence[str]) -> dict[str, WorkMessage]:
+    async def work_messages(self, ids: Sequence[str]) -> dict[str, QueuedMessage]:
         ids = tuple(dict.fromkeys(ids))
         return await self.read(lambda c: messages_by_id(c, ids))
 

@@ -12,6 +12,7 @@ from mtad.config.schema import WebhookConfig, WebhooksConfig
 from mtad.net import retry
 from mtad.store import queue as spool
 from mtad.store.accounts import Credential, DomainRecord
+from mtad.store.events import NewEvent
 from mtad.store.protocol import StoreProtocol
 from mtad.store.routes import RouteRecord
 from mtad.store.sqlite import SqliteStore
@@ -141,12 +142,12 @@ async def test_work_is_claimed_as_items_and_finished_with_its_events(store):
     assert (message.sender, message.recipients, message.body) == ("a@sender.test", ("box@in.test",), msg.body)
     event = {"id": "ev1", "event": "delivered", "timestamp": now, "recipient": "box@in.test"}
     await store.finish_work("forwards", [WorkOutcome(item.id, "done", 1, None, 200, "", now)],
-                            [("in.test", event)])
+                            [NewEvent("in.test", event)])
     assert await store.release_claim("forwards", item.id, "w1", now) is False  # no longer held
     assert (await store.webhook_event("ev1")).data.startswith("{")
     # the store() row: kept with its stored event, and done, together
     [kept] = await store.claim_work("forwards", "w1", now, 10, ("store",), lease_until=now + 60)
-    await store.keep_message(qid, now + 100, "in.test", {"id": "ev2", "event": "stored", "timestamp": now},
+    await store.keep_message(qid, now + 100, NewEvent("in.test", {"id": "ev2", "event": "stored", "timestamp": now}),
                              WorkOutcome(kept.id, "done", 1, None, None, "", now))
     assert (await store.stored_message(qid, "IN.test", now)).id == qid
     assert await store.expire_stored(now + 200) == 1
