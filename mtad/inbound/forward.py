@@ -118,8 +118,9 @@ class Forwarder:
         return out
 
     async def _write_settlements(self, settlements: list[Settlement]) -> list[None]:
-        """One write for a burst of outcomes; kept and tried again while the store fails (``leases.settle``): the
-        POST was made, and a forward is not made again just because its outcome could not be recorded."""
+        """One write for a burst of outcomes; kept and tried again while the store fails
+        (``leases.settle_call``): the POST was made, and a forward is not made again just because its outcome could
+        not be recorded."""
         outcomes = [s.outcome for s in settlements]
         recorded = [s.event for s in settlements if s.event is not None]
         await settle_call(self.store, lambda: self.store.finish_work("forwards", outcomes, recorded),

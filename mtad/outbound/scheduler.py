@@ -20,7 +20,7 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
    does not wait for that commit before its next message (at-least-once: a crash in between resends).
    An outcome the store refuses (disk full) is kept in memory and written once it takes writes again
-   (``leases.settle``): the message is not sent again because its result was not recorded.
+   (``leases.settle_call``): the message is not sent again because its result was not recorded.
 A job is claimed by one worker only, on a lease it renews while it holds the job (``mtad.leases``); a job that
 cannot be handled is given back at once; a crash leaves locks that the next start releases.
 """

@@ -14,27 +14,25 @@ Contract of ``Leases`` (one per claimer):
 - ``until(now)``: the lease expiry of a claim made at ``now``.
 
 ``settle_call(store, call, what)`` makes the write that ends a claim (``call()``: a typed store method writing an
-outcome with its events, or a release; ``settle(store, fn, what)``: a function of a connection, inside the store
-package): while the store fails
-(``StoreError``: disk full, I/O error) the write is kept in memory and tried again with backoff (0.25 s doubling to
-``MAX_BACKOFF``), so it lands seconds after the store recovers, and a delivered message is not delivered again just
-because its result could not be recorded. It gives up (raises) only when the store is closed (shutdown: the next
-start releases the row, at-least-once) or when the write itself fails otherwise (a bug: not retried).
+outcome with its events, or a release): while the store fails (``StoreError``: disk full, I/O error) the write is
+kept in memory and tried again with backoff (0.25 s doubling to ``MAX_BACKOFF``), so it lands seconds after the
+store recovers, and a delivered message is not delivered again just because its result could not be recorded. It
+gives up (raises) only when the store is closed (shutdown: the next start releases the row, at-least-once) or when
+the write itself fails otherwise (a bug: not retried).
 
-``give_back(...)`` is the error path of a claim that could not be handled: released at once (through ``settle``),
-due again ``RETRY_AFTER_STORE_ERROR`` after a store failure, ``RETRY_AFTER_ERROR`` after any other error.
+``give_back(...)`` is the error path of a claim that could not be handled: released at once (through
+``settle_call``), due again ``RETRY_AFTER_STORE_ERROR`` after a store failure, ``RETRY_AFTER_ERROR`` after any
+other error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 from mtad.base.errors import StoreError
-from mtad.store.engine import Store
 from mtad.store.queue import LEASED_TABLES
 from mtad.store.work import WorkStore
 
@@ -46,12 +44,12 @@ RETRY_AFTER_STORE_ERROR = MAX_BACKOFF  # seconds before a row whose handling the
 RETRY_AFTER_ERROR = 60.0  # seconds before a row whose handling failed otherwise is tried again
 
 
-async def settle(store: Store, fn: Callable[[sqlite3.Connection], T], what: str, *, first_delay: float = 0.25) -> T:
-    """``await store.write(fn)``, tried again while the store fails, until written (see the module doc)."""
-    return await settle_call(store, lambda: store.write(fn), what, first_delay=first_delay)
+class _Opened(Protocol):
+    @property
+    def is_open(self) -> bool: ...
 
 
-async def settle_call(store: Store, call: Callable[[], Awaitable[T]], what: str, *, first_delay: float = 0.25) -> T:
+async def settle_call(store: _Opened, call: Callable[[], Awaitable[T]], what: str, *, first_delay: float = 0.25) -> T:
     """``await call()`` (a typed write of ``store``: ``lambda: store.finish_attempt(...)``), tried again while the
     store fails, until written (see the module doc)."""
     delay, failures = first_delay, 0

@@ -534,7 +534,7 @@ class QueueStore(Protocol):
       released) and the DSN message with its own rows and events. ``settle_some`` does the same for some
       recipients and keeps the rest claimed. ``release`` gives a row back unlocked without counting an attempt,
       ``hold`` puts it aside (paused) unlocked. Each is idempotent in effect when repeated with the same
-      arguments after a failure that left nothing written (``leases.settle`` repeats them until written), but
+      arguments after a failure that left nothing written (``leases.settle_call`` repeats them until written), but
       ``finish_attempt`` repeated after it was written records its events twice: call it once per attempt.
     - ``release_stale_locks()`` at start-up: nothing is in flight, every lock left by a dead process goes.
     - Reads (``load_body``, ``message``, ``list_queue``, counts) see one consistent snapshot each.

@@ -3,7 +3,7 @@
 Claims due rows (``WorkItem``s, leased to this process, ``store.leases``: renewed while held), runs ``handle(item)`` for each
 with at most ``max_concurrent`` in flight (a slow receiver holds one slot, never the loop), and wakes early when
 new work is committed. The handler records the outcome itself, in the store, with its events, through
-``leases.settle`` (kept and tried again while the store fails). A handler that fails (the store refused a write
+``leases.settle_call`` (kept and tried again while the store fails). A handler that fails (the store refused a write
 before the work was done, or a bug) has its row given back at once (``Leases.give_back``), so a running daemon
 never keeps a row locked that it is not working on.
 """

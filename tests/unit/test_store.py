@@ -245,7 +245,8 @@ async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_sto
         return "written"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    settling = asyncio.create_task(leases.settle(store, outcome, "test outcome", first_delay=0.05))
+    settling = asyncio.create_task(leases.settle_call(store, lambda: store.write(outcome), "test outcome",
+                                                        first_delay=0.05))
     await asyncio.sleep(0.6)
     assert not settling.done() and len(calls) >= 3  # tried again and again meanwhile
     await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))  # space is back
@@ -260,7 +261,7 @@ async def test_settle_gives_up_when_the_store_closes(tmp_path):
     s.open()
     s.close()
     with pytest.raises(StoreError):
-        await leases.settle(s, lambda c: None, "after close")
+        await leases.settle_call(s, lambda: s.write(lambda c: None), "after close")
 
 
 async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_renews_what_it_holds(store):
