@@ -33,7 +33,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 from mtad.outbound import classify
 from mtad.mail import dkim as dkim_mod
@@ -41,6 +41,7 @@ from mtad.outbound import dsn
 from mtad.outbound import providers
 from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store.queue import DeliveryJob, Pauses, QueueStore
+from mtad.store.work import WorkStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
 from mtad.outbound.dkim_pool import DkimSigner
@@ -68,8 +69,12 @@ class Site:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
 
 
+class SchedulerStore(QueueStore, WorkStore, Protocol):
+    """What the scheduler needs of the store: the queue, and the leases of its claims (renewed, released)."""
+
+
 class Scheduler:
-    def __init__(self, *, store: QueueStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
+    def __init__(self, *, store: SchedulerStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
                  dsn_policies: Mapping[str, dsn.Policy] | None = None):
