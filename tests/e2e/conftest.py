@@ -67,3 +67,16 @@ from tests.support.receiver import receiver  # noqa: E402,F401
 
 # --- inbound routes suite (tests/e2e/test_routes_*.py): the loopback application receiving route POSTs ---
 from tests.e2e.routes_support import app  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def delivering_env(daemon_factory, mx_farm, request):
+    """(daemon, sink): a module's mtad delivering the module's ``DEST`` domain to a sink MX, through a DNS
+    server on loopback."""
+    from tests.e2e.apihelpers import delivering
+    from tests.support.dns_server import DnsServer
+    dns = DnsServer(ttl=300).start()
+    sink = mx_farm.add("mx.sink.test")
+    daemon = daemon_factory(**delivering(dns, sink, [request.module.DEST]))
+    yield daemon, sink
+    dns.stop()

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apihelpers import delivering
 from tests.support.daemon import API_KEY
-from tests.support.dns_server import DnsServer
 
 DEST = "js.test"
 SCRIPT = Path(__file__).parent / "js" / "mailgun_js_calls.mjs"
@@ -26,17 +24,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def env(daemon_factory, mx_farm):
-    dns = DnsServer(ttl=300).start()
-    sink = mx_farm.add("mx.sink.test")
-    daemon = daemon_factory(**delivering(dns, sink, [DEST]))
-    yield daemon, sink
-    dns.stop()
 
-
-def test_mailgun_js_14_calls_answer(env):
-    daemon, sink = env
+def test_mailgun_js_14_calls_answer(delivering_env):
+    daemon, sink = delivering_env
     run = subprocess.run(["node", str(SCRIPT), daemon.api_url, API_KEY, "example.com", f"js-user@{DEST}"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

@@ -7,33 +7,23 @@ import time
 
 import pytest
 
-from tests.e2e.apihelpers import delivering
 from tests.support.daemon import API_KEY
-from tests.support.dns_server import DnsServer
 
 import mailgun.client as mailgun_client  # Mailgun's SDK, from the [test] extra
 
 DEST = "sdk.test"
 
 
-@pytest.fixture(scope="module")
-def env(daemon_factory, mx_farm):
-    dns = DnsServer(ttl=300).start()
-    sink = mx_farm.add("mx.sink.test")
-    daemon = daemon_factory(**delivering(dns, sink, [DEST]))
-    yield daemon, sink
-    dns.stop()
-
 
 @pytest.fixture
-def client(env):
-    daemon, _ = env
+def client(delivering_env):
+    daemon, _ = delivering_env
     with mailgun_client.Client(auth=("api", API_KEY), api_url=daemon.api_url) as c:
         yield c
 
 
-def test_sdk_sends_a_message_and_lists_its_events(env, client):
-    _, sink = env
+def test_sdk_sends_a_message_and_lists_its_events(delivering_env, client):
+    _, sink = delivering_env
     resp = client.messages.create(domain="example.com", data={
         "from": "Excited User <postmaster@example.com>", "to": [f"sdk-user@{DEST}"], "subject": "Hello from the SDK",
         "text": "Testing some Mailgun awesomeness!", "o:tag": ["sdk", "python"], "v:order": "42"},
@@ -120,7 +110,7 @@ def test_sdk_calls_of_other_api_versions(client):
     assert client.domains.delete(domain="sdk-creds.test").status_code == 200
 
 
-def test_sdk_tag_aggregates(env, client):
+def test_sdk_tag_aggregates(delivering_env, client):
     resp = client.messages.create(domain="example.com", data={
         "from": "postmaster@example.com", "to": [f"sdk-agg@{DEST}"], "subject": "aggregates", "text": "x",
         "o:tag": "sdk-agg"})

@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.apihelpers import delivering
 from tests.e2e.helpers import send, submission
-from tests.support.dns_server import DnsServer
 from tests.support.api import api
 
 DEST = "trace.test"
@@ -27,17 +25,9 @@ def trace(helo: bytes, protocol: bytes, queue_id: bytes, rcpt: bytes | None) -> 
                       + protocol + b" id " + queue_id + for_part + b";\r\n\t" + DATE + b"\r\n")
 
 
-@pytest.fixture(scope="module")
-def env(daemon_factory, mx_farm):
-    dns = DnsServer(ttl=300).start()
-    sink = mx_farm.add("mx.sink.test")
-    daemon = daemon_factory(**delivering(dns, sink, [DEST]))
-    yield daemon, sink
-    dns.stop()
 
-
-async def test_an_authenticated_submission_gets_an_esmtpsa_trace_naming_its_one_recipient(env, certs):
-    daemon, sink = env
+async def test_an_authenticated_submission_gets_an_esmtpsa_trace_naming_its_one_recipient(delivering_env, certs):
+    daemon, sink = delivering_env
     with submission(daemon, certs.client_context()) as s:
         code, text = send(s, "postmaster@example.com", [f"one@{DEST}"], MESSAGE)
     assert code == 250, text
@@ -47,8 +37,8 @@ async def test_an_authenticated_submission_gets_an_esmtpsa_trace_naming_its_one_
     assert got.data.endswith(MESSAGE)
 
 
-async def test_the_send_api_gets_an_http_trace_with_for_only_for_one_recipient(env):
-    daemon, sink = env
+async def test_the_send_api_gets_an_http_trace_with_for_only_for_one_recipient(delivering_env):
+    daemon, sink = delivering_env
     for to, rcpt in (([f"api1@{DEST}"], f"api1@{DEST}".encode()), ([f"api2@{DEST}", f"api3@{DEST}"], None)):
         sent = await api(daemon, "POST", "/v3/example.com/messages", data=[
             ("from", "postmaster@example.com"), ("subject", "trace"), ("text", "Hello."), *(("to", t) for t in to)])
@@ -57,8 +47,8 @@ async def test_the_send_api_gets_an_http_trace_with_for_only_for_one_recipient(e
         assert f"Message-ID: {sent['id']}".encode() in got.data
 
 
-async def test_the_mx_and_the_stored_resend_each_add_their_own_trace(env):
-    daemon, sink = env
+async def test_the_mx_and_the_stored_resend_each_add_their_own_trace(delivering_env):
+    daemon, sink = delivering_env
     created = await api(daemon, "POST", "/v3/routes", data=[
         ("expression", "match_recipient('keep@inbound.test')"), ("action", "store()")])
     with smtplib.SMTP("127.0.0.1", daemon.mx, local_hostname="client.test", timeout=10) as s:
