@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))  # tests.support.dns_server
+from ab import compare, runs_text  # noqa: E402
 from run_ingress import TCK, proc_table, tree_cpu_rss  # noqa: E402
 
 DOMAIN = "bench.test"
@@ -305,11 +306,6 @@ def cmd_run(a: argparse.Namespace) -> None:
         dns.stop()
 
 
-def spread(rates: list[float]) -> float:
-    """Run-to-run spread of one server: (max - min) / median of its rounds' msgs/s, 0 for one round."""
-    return (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
-
-
 def before_after(runs: dict[str, list[dict]]) -> None:
     """Each mtad variant against its base-mtad twin (--base-src/--base-rev), measured in the same rounds."""
     pairs = [(label, f"base-{label}") for label in runs if not label.startswith("base-") and f"base-{label}" in runs]
@@ -323,24 +319,17 @@ def before_after(runs: dict[str, list[dict]]) -> None:
     for new, base in pairs:
         ra = [r["msgs_per_s"] for r in runs[new]]
         rb = [r["msgs_per_s"] for r in runs[base]]
-        ratio = statistics.median(ra) / statistics.median(rb)
-        per_round = [x / y for x, y in zip(ra, rb) if y]  # the same round: minutes apart at most
-        sp = max(spread(ra), spread(rb))
+        c = compare(ra, rb)
         cpu = (statistics.median(r["server_cpu_us_per_msg"] for r in runs[new])
                / max(1, statistics.median(r["server_cpu_us_per_msg"] for r in runs[base])))
-        if len(per_round) < 2:
+        if c.status == "single":
             verdict, single = "no spread (1 round)", True
-        elif ratio < 1 - sp:
-            verdict = f"SLOWER by more than the spread ({1 - ratio:.0%} > {sp:.0%})"
-            slower.append(new)
-        elif ratio > 1 + sp:
-            verdict = "faster beyond the spread"
         else:
-            verdict = "within the spread"
-        txt = lambda rs: f"{statistics.median(rs):,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"  # noqa: E731
-        print(f"| {new.removeprefix('mtad-')} | {txt(ra)} | {txt(rb)} | {ratio:.2f}x | "
-              f"{', '.join(f'{p:.2f}' for p in per_round)} | {f'±{sp:.0%}' if len(per_round) > 1 else '—'} | "
-              f"{verdict} | {cpu:.2f}x |")
+            verdict = c.verdict
+        if c.status == "slower":
+            slower.append(new)
+        print(f"| {new.removeprefix('mtad-')} | {runs_text(ra)} | {runs_text(rb)} | {c.ratio:.2f}x | "
+              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |")
     print("\nspread = the larger run-to-run spread (max-min)/median of the two; slower by more than the spread when "
           "mtad/base-mtad < 1 - spread.")
     if slower:

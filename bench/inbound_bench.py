@@ -57,6 +57,7 @@ from aiohttp import web
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from ab import compare, runs_text  # noqa: E402
 from run_ingress import tree_cpu_rss  # noqa: E402
 
 # ``python -m mtad`` with every HttpClient made with fast_post=False (--no-fasthttp): the aiohttp path alone.
@@ -356,11 +357,6 @@ def summarize(records: list[dict], rounds: int, label: str) -> None:
           f"(target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
 
 
-def spread(rates: list[float]) -> float:
-    """Run-to-run spread: (max - min) / median, 0 for a single run."""
-    return (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
-
-
 def before_after(records: list[dict], new: str, base: str) -> None:
     """mtad against base-mtad per mode: ratio of the medians, per round, the spread, and a verdict."""
     print(f"\n### Before/after: {new} against {base} (same run, same rounds)\n")
@@ -372,23 +368,17 @@ def before_after(records: list[dict], new: str, base: str) -> None:
         a = [r for r in records if r["tree"] == new and r["mode"] == mode]
         b = [r for r in records if r["tree"] == base and r["mode"] == mode]
         ra, rb = [r["msgs_per_s"] for r in a], [r["msgs_per_s"] for r in b]
-        ratio = statistics.median(ra) / statistics.median(rb)
-        pairs = [x / y for x, y in zip(ra, rb)]  # the same round: minutes apart at most
-        sp = max(spread(ra), spread(rb))
+        c = compare(ra, rb)
         cpu = (statistics.median(r["mtad_cpu_us_per_msg"] for r in a)
                / statistics.median(r["mtad_cpu_us_per_msg"] for r in b))
-        if len(pairs) < 2:
+        if c.status == "single":
             verdict, single = "no spread (1 round)", True
-        elif ratio < 1 - sp:
-            verdict = f"SLOWER by more than the spread ({1 - ratio:.0%} > {sp:.0%})"
-            slower.append(mode)
-        elif ratio > 1 + sp:
-            verdict = "faster beyond the spread"
         else:
-            verdict = "within the spread"
-        txt = lambda rs: f"{statistics.median(rs):,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"  # noqa: E731
-        print(f"| {mode} | {txt(ra)} | {txt(rb)} | {ratio:.2f}x | {', '.join(f'{p:.2f}' for p in pairs)} | "
-              f"{f'±{sp:.0%}' if len(pairs) > 1 else '—'} | {verdict} | {cpu:.2f}x |")
+            verdict = c.verdict
+        if c.status == "slower":
+            slower.append(mode)
+        print(f"| {mode} | {runs_text(ra)} | {runs_text(rb)} | {c.ratio:.2f}x | "
+              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |")
     print(f"\nspread = the larger run-to-run spread (max-min)/median of {new} and {base}; slower by more than the "
           f"spread when {new}/{base} < 1 - spread.")
     if slower:

@@ -25,6 +25,11 @@ import argparse
 import json
 import statistics
 from collections import OrderedDict
+from pathlib import Path
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab import compare  # noqa: E402
 
 TARGETS = {1024: (("postfix", 1.3), ("haraka", 1.0)), 102400: (("postfix", 1.0),)}
 MEM_TARGET = 0.25
@@ -178,12 +183,6 @@ def main():
         before_after(groups, cells, names["mtad"], names["base"])
 
 
-def spread(rs):
-    """Run-to-run spread of one server in one cell: (max - min) / median of its msgs/s, 0 for one run."""
-    mps = [r["msgs_per_s"] for r in rs]
-    return (max(mps) - min(mps)) / statistics.median(mps) if len(mps) > 1 and statistics.median(mps) else 0.0
-
-
 def runs_txt(rs):
     mps = [r["msgs_per_s"] for r in rs]
     return f"{statistics.median(mps):,.0f} ({min(mps):,.0f}-{max(mps):,.0f})"
@@ -200,26 +199,22 @@ def before_after(groups, cells, new, base):
         a, b = groups.get((new, size, sess)), groups.get((base, size, sess))
         if not a or not b:
             continue
-        ma, mb = med(a, "msgs_per_s"), med(b, "msgs_per_s")
-        r = ma / mb if mb else None
-        # run i of each was driven in the same repeat, minutes apart at most: their ratio is the steadiest
-        pairs = [x["msgs_per_s"] / y["msgs_per_s"] for x, y in zip(a, b) if y["msgs_per_s"]]
-        sp = max(spread(a), spread(b))
+        c = compare([x["msgs_per_s"] for x in a], [y["msgs_per_s"] for y in b]) if med(b, "msgs_per_s") else None
+        r = c.ratio if c else None
+        pairs = c.per_round if c else []  # run i of each was driven in the same repeat, minutes apart at most
         cpu_a = statistics.median(1e6 * x["server_cpu_s"] / x["msgs"] for x in a)
         cpu_b = statistics.median(1e6 * y["server_cpu_s"] / y["msgs"] for y in b)
         cell = f"{size_name(size)}/{sess}"
-        if r is None:
+        if c is None:
             verdict = "n/a"
-        elif min(len(a), len(b)) < 2:
+        elif c.status == "single":
             verdict = "no spread (1 repeat)"
             unread.append(cell)
-        elif r < 1 - sp:
-            verdict = f"SLOWER by more than the spread ({1 - r:.0%} > {sp:.0%})"
-            slower.append(cell)
-        elif r > 1 + sp:
-            verdict = "faster beyond the spread"
         else:
-            verdict = "within the spread"
+            verdict = c.verdict
+            if c.status == "slower":
+                slower.append(cell)
+        sp = c.spread if c else 0.0
         print(f"| {size_name(size)} | {sess} | {runs_txt(a)} | {runs_txt(b)} | {fmt_ratio(r)} | "
               f"{', '.join(f'{p:.2f}' for p in pairs)} | {f'±{sp:.0%}' if len(pairs) > 1 else '—'} | {verdict} | "
               f"{fmt_ratio(cpu_a / cpu_b if cpu_b else None)} |")
