@@ -10,3 +10,23 @@ Contract: a caller's write returns only after it is durably committed, a failing
 is a lease (see ``engine`` and ``leases``). Target (docs/architecture.md): typed async methods per kind of state
 behind a ``typing.Protocol``, so a second backend implements the same interface and passes tests/contract.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def new_store(store: Any, path: Path, node_id: str, *, bus: Any = None, read_only: bool = False) -> Any:
+    """The store the configuration names (``store: StoreConfig``), not yet opened: ``SqliteStore`` over the file
+    ``path`` (``backend: sqlite``; ``read_only``: a command that only reads), or ``PostgresStore`` over
+    ``store.dsn`` (``backend: postgresql``; its connections named after ``node_id``). The backend's modules are
+    imported only when chosen (psycopg is not loaded by a SQLite node)."""
+    if store.backend == "postgresql":
+        from mtad.store.postgres.probe import connect, where
+        from mtad.store.postgres.store import PostgresStore
+        return PostgresStore(lambda: connect(store, node_id), where(store.dsn.reveal()), max_group=store.max_group,
+                             lease=store.claim_lease.seconds, pool_size=store.pool_size, bus=bus, node_id=node_id)
+    from mtad.store.sqlite import SqliteStore
+    return SqliteStore(path, max_group=store.max_group, lease=store.claim_lease.seconds, bus=bus,
+                       read_only=read_only)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from mtad.inbound.router import Route
+from mtad.store.dialect import dialect_of
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def _row(row: tuple) -> StoredRoute:
 
 def load(conn: sqlite3.Connection) -> list[StoredRoute]:
     rows = conn.execute("SELECT id, priority, description, expression, actions, created_at FROM routes"
-                        " ORDER BY created_at, rowid").fetchall()
+                        f" ORDER BY created_at, {dialect_of(conn).creation_order}").fetchall()
     return [_row(tuple(r)) for r in rows]
 
 

@@ -1,0 +1,275 @@
+"""The PostgreSQL engine: the SQLite engine's model (one writer thread, group commit, reader threads) over psycopg 3.
+
+Contract (the same as ``store.engine.Store``, whose group-commit loop this class reuses):
+- ``await store.write(fn)`` runs ``fn(conn)`` inside a transaction on the node's one writer connection and
+  returns only after PostgreSQL committed it (``synchronous_commit`` is the server's, ``on`` by default: the WAL
+  is flushed). Writes queued while one commit is in progress are committed together in the next transaction,
+  each inside its own SAVEPOINT so one failing write rolls back alone; ``conn.staged`` rows are applied once per
+  batch just before COMMIT. A failed commit or a lost connection raises ``StoreError`` in every waiting caller.
+  A connection lost *during* COMMIT leaves the outcome unknown to mtad: the callers get ``StoreError`` (SMTP
+  451), so a client may send again a message that was in fact stored (a duplicate, never a loss).
+- Reads run on ``pool_size - 1`` reader threads, each with its own connection, one ``REPEATABLE READ READ ONLY``
+  transaction per call (a consistent snapshot, as SQLite's WAL readers).
+- A lost connection is opened again at the next write or read (each attempt bounded by ``CONNECT_TIMEOUT``);
+  meanwhile callers get ``StoreError``. Nothing here blocks the event loop.
+
+The SQL functions are the store's own (``store.queue``, ``store.events``, ...), written for SQLite's ``sqlite3``
+connection: ``PgConnection`` gives them what they use of it — ``execute``/``executemany`` with ``?``
+placeholders (translated once per SQL text), cursors to iterate or ``fetchone``/``fetchall`` (rows are tuples, as
+the writer's are on SQLite), ``rowcount``, ``description`` — plus ``dialect`` (``store.dialect.POSTGRESQL``) for
+the few fragments that differ. Each connection sets ``statement_timeout`` and ``application_name = mtad
+NODE_ID`` (``probe.connect_options``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import psycopg
+from psycopg.adapt import Loader
+
+from mtad.base.errors import StoreError
+from mtad.store.dialect import POSTGRESQL
+from mtad.store.engine import Staged, Store, _Job, _settle, _settle_all
+
+log = logging.getLogger("mtad.store")
+T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=2048)
+def pg_sql(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (outside quoted strings and names) and every
+    literal ``%`` doubled: the only rewrite of the store's SQL (see ``store.dialect`` for the rest)."""
+    out: list[str] = []
+    quote = ""
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")
+        elif quote:
+            out.append(ch)
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class _NumberLoader(Loader):
+    """``numeric`` results (``sum`` of a BIGINT column) as ``int`` when whole, else ``float``: what sqlite3 gives."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """A failure of the store rather than of the statement's data (which the caller gets as it is): the connection,
+    the server's resources, a cancelled statement (``statement_timeout``), a read-only or shutting-down server."""
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InternalError, psycopg.InterfaceError))
+
+
+def _as_store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, StoreError):
+        return exc
+    if _is_store_failure(exc):
+        return StoreError(f"PostgreSQL: {' '.join(str(exc).split())}")
+    if not isinstance(exc, Exception):
+        return StoreError(repr(exc))
+    return exc
+
+
+class PgConnection:
+    """One PostgreSQL connection as the store's SQL functions use a ``sqlite3`` connection (see the module doc).
+
+    ``staged`` is the running group commit's ``Staged`` (None outside ``write``), ``bus`` the store's
+    ``EventBus`` on the writer's connection."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, connect: Callable[[], psycopg.Connection]):
+        self._connect = connect
+        self.raw: psycopg.Connection | None = None
+        self.staged: Staged | None = None
+        self.bus: Any = None
+
+    # --- the connection itself ------------------------------------------------------------------------------
+    def ensure(self) -> psycopg.Connection:
+        """The open connection, connecting (again) if there is none or it broke."""
+        if self.raw is None or self.raw.closed or self.raw.broken:
+            self.discard()
+            raw = self._connect()
+            raw.adapters.register_loader("numeric", _NumberLoader)
+            self.raw = raw
+        return self.raw
+
+    @property
+    def broken(self) -> bool:
+        return self.raw is None or self.raw.closed or self.raw.broken
+
+    def discard(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.close()
+            except Exception:  # noqa: BLE001 - it is gone either way
+                pass
+            self.raw = None
+
+    close = discard
+
+    def command(self, sql: str) -> None:
+        """A statement without parameters nor result (BEGIN, SAVEPOINT, COMMIT, DDL)."""
+        assert self.raw is not None
+        self.raw.execute(sql)  # type: ignore[arg-type] - our own constant text
+
+    # --- what the SQL functions call ------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] | Iterable[Any] = ()) -> psycopg.Cursor:
+        assert self.raw is not None
+        cur = self.raw.cursor()
+        cur.execute(pg_sql(sql), tuple(params))  # type: ignore[arg-type] - the store's own SQL text
+        return cur
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor:
+        assert self.raw is not None
+        rows = [tuple(r) for r in rows]
+        cur = self.raw.cursor()
+        if rows:
+            cur.executemany(pg_sql(sql), rows)  # type: ignore[arg-type] - pipelined by psycopg: one round trip
+        return cur
+
+
+class PgEngine(Store):
+    """The group-commit engine over PostgreSQL (see the module doc). ``open()`` connects, migrates the schema
+    (``store.migrations.postgresql``, under an advisory lock) and starts the writer; ``close()`` ends it."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], where: str, *, max_group: int = 256,
+                 lease: float = 300.0, pool_size: int = 10):
+        super().__init__(where, max_group=max_group, lease=lease, readers=max(1, pool_size - 1))  # type: ignore[arg-type]
+        self.where = where  # HOST:PORT/DATABASE, for messages
+        self._connect = connect
+
+    def _connection(self) -> PgConnection:
+        return PgConnection(self._connect)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        from mtad.store.migrations import postgresql as migrations
+        conn = self._connection()
+        try:
+            conn.ensure()
+            migrations.migrate(conn, self.where, getattr(self, "node_id", ""))
+        except psycopg.Error as exc:
+            conn.discard()
+            raise StoreError(f"PostgreSQL at {self.where}: {' '.join(str(exc).split())}") from None
+        except BaseException:
+            conn.discard()
+            raise
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
+                                         daemon=True)
+        self._writer.start()
+
+    # --- writing: ``Store``'s loop; one batch as PostgreSQL runs it ---------------------------------------------
+    def _try_batch(self, conn: PgConnection, batch: list[_Job]) -> list[_Job]:  # type: ignore[override]
+        done: list[tuple[_Job, Any]] = []
+        staged = conn.staged = Staged()
+
+        def lost(exc: BaseException, rest: list[_Job]) -> list[_Job]:
+            error = StoreError(f"PostgreSQL connection lost: {' '.join(str(exc).split())}")
+            log.error("store: %s; %d writes not committed", error, len(done) + len(rest))
+            conn.discard()
+            _settle_all([(job, None, error) for job in [j for j, _ in done] + rest])
+            return []
+        try:
+            conn.ensure()
+            conn.command("BEGIN")
+        except psycopg.Error as exc:
+            conn.discard()
+            for job in batch:
+                _settle(job, error=StoreError(f"cannot begin transaction on PostgreSQL at {self.where}: "
+                                              f"{' '.join(str(exc).split())}"))
+            return []
+        for n, job in enumerate(batch):
+            try:
+                conn.command("SAVEPOINT w")
+                result = job.fn(conn)
+                conn.command("RELEASE w")
+                staged.keep()
+                done.append((job, result))
+            except BaseException as exc:  # noqa: BLE001 - any failure belongs to that caller alone
+                staged.drop()
+                if conn.broken:
+                    return lost(exc, batch[n:])
+                _settle(job, error=_as_store_error(exc))
+                try:
+                    conn.command("ROLLBACK TO w")
+                    conn.command("RELEASE w")
+                except psycopg.Error as again:
+                    return lost(again, batch[n + 1:])
+        try:
+            staged.apply(conn)  # what the writes staged, e.g. the counters of their events: same transaction
+            conn.command("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - a failed commit fails every write of the batch
+            log.error("store commit failed: %s", exc)
+            if conn.broken:
+                conn.discard()
+            else:
+                try:
+                    conn.command("ROLLBACK")
+                except psycopg.Error:
+                    conn.discard()
+            for job, _ in done:
+                _settle(job, error=StoreError(f"commit failed: {' '.join(str(exc).split())}"))
+            return []
+        self.commits += 1
+        self.committed_writes += len(done)
+        _settle_all([(job, result, None) for job, result in done])
+        return []
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def _reader(self) -> PgConnection:  # type: ignore[override]
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connection()
+            self._read_conns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` on a reader thread, in one read-only snapshot."""
+        def run() -> T:
+            conn = self._reader()
+            try:
+                conn.ensure()
+                conn.command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                result = fn(conn)
+                conn.command("COMMIT")
+                return result
+            except BaseException as exc:
+                if conn.broken:
+                    conn.discard()
+                else:
+                    try:
+                        conn.command("ROLLBACK")
+                    except psycopg.Error:
+                        conn.discard()
+                error = _as_store_error(exc)
+                if error is exc:
+                    raise
+                raise error from None
+        if self._writer is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, run)
+

@@ -1,0 +1,29 @@
+"""The PostgreSQL backend: the engine (``store.postgres.engine.PgEngine``: writer thread, group commit, readers)
+composed with the same typed methods as the SQLite backend (``store.sqlite.SqliteStore``). One set of methods and
+one set of SQL serve both; ``store.dialect`` holds the few fragments that differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mtad.store.events import EventBus, EventMethods
+from mtad.store.postgres.engine import PgEngine
+from mtad.store.queue import QueueMethods
+
+
+class PostgresStore(PgEngine, QueueMethods, EventMethods):
+    """``StoreProtocol`` over one PostgreSQL database.
+
+    ``connect``: makes one new connection (``probe.connect``, with the node's settings); ``where`` names the
+    database in messages (``HOST:PORT/DATABASE``, never the password). ``bus``: as ``SqliteStore``'s."""
+
+    def __init__(self, connect: Callable[[], Any], where: str, *, max_group: int = 256, lease: float = 300.0,
+                 pool_size: int = 10, bus: EventBus | None = None, node_id: str = ""):
+        super().__init__(connect, where, max_group=max_group, lease=lease, pool_size=pool_size)
+        self.bus = bus
+        self.node_id = node_id
+
+    def _write_loop(self, conn: Any) -> None:
+        conn.bus = self.bus  # what store.events.record tells
+        super()._write_loop(conn)
