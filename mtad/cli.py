@@ -37,9 +37,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base import logsetup
     from mtad.app import run
     cfg, demo = _load(args, create=True)
-    if cfg.store.backend != "sqlite":  # configurable and checkable (check-config) before the backend is built
-        raise ConfigError("store.backend", f"{cfg.store.backend} is not available in this build yet (only "
-                          "`mtad check-config` connects to it); use backend: sqlite")
     logsetup.setup(cfg.log.level, cfg.log.format)
     if demo:
         print("mtad: no --config given; running the embedded default", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture
-def mtad_config(tmp_path: Path, certs: Certs) -> dict:
+def store_backend() -> str:
+    """The store backend of the daemons a test starts: ``MTAD_TEST_STORE`` (default sqlite). A module runs on both
+    with ``from tests.support.stores import both_backends as store_backend``."""
+    return os.environ.get("MTAD_TEST_STORE", "sqlite")
+
+
+@pytest.fixture
+def mtad_config(tmp_path: Path, certs: Certs, store_backend: str, request) -> dict:
     """The config dict a test may change before starting mtad with the ``mtad`` fixture."""
-    return base_config(tmp_path, certs)
+    cfg = base_config(tmp_path, certs)
+    if store_backend == "postgresql":  # a fresh database of the session's server (tests.support.postgres)
+        cfg["store"] = {"backend": "postgresql", "dsn": request.getfixturevalue("pg_database")()}
+    return cfg
 
 
 @pytest.fixture

@@ -23,10 +23,12 @@ def new_store(store: Any, path: Path, node_id: str, *, bus: Any = None, read_onl
     ``store.dsn`` (``backend: postgresql``; its connections named after ``node_id``). The backend's modules are
     imported only when chosen (psycopg is not loaded by a SQLite node)."""
     if store.backend == "postgresql":
-        from mtad.store.postgres.probe import connect, where
+        from mtad.store.postgres.probe import connect, explain, where
         from mtad.store.postgres.store import PostgresStore
-        return PostgresStore(lambda: connect(store, node_id), where(store.dsn.reveal()), max_group=store.max_group,
-                             lease=store.claim_lease.seconds, pool_size=store.pool_size, bus=bus, node_id=node_id)
+        dsn = store.dsn.reveal()
+        return PostgresStore(lambda: connect(store, node_id), where(dsn), max_group=store.max_group,
+                             lease=store.claim_lease.seconds, pool_size=store.pool_size, bus=bus, node_id=node_id,
+                             explain=lambda exc: explain(exc, dsn))
     from mtad.store.sqlite import SqliteStore
     return SqliteStore(path, max_group=store.max_group, lease=store.claim_lease.seconds, bus=bus,
                        read_only=read_only)

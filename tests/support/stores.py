@@ -80,6 +80,12 @@ class Opener:
 
 
 @pytest.fixture(params=BACKENDS)
+def both_backends(request) -> str:
+    """A module that imports this as ``store_backend`` starts its daemons on each backend (tests/conftest.py)."""
+    return request.param
+
+
+@pytest.fixture(params=BACKENDS)
 def backend_store(request, tmp_path):
     opener = Opener(request.param, tmp_path, request)
     yield opener

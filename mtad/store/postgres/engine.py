@@ -10,6 +10,9 @@ Contract (the same as ``store.engine.Store``, whose group-commit loop this class
   451), so a client may send again a message that was in fact stored (a duplicate, never a loss).
 - Reads run on ``pool_size - 1`` reader threads, each with its own connection, one ``REPEATABLE READ READ ONLY``
   transaction per call (a consistent snapshot, as SQLite's WAL readers).
+- At ``open`` a server that cannot be reached or refuses the login, or takes no writes, is a
+  ``ConfigError`` naming ``store.dsn`` (one line, never the password); a schema newer than this mtad a
+  ``StoreError`` naming both versions.
 - A lost connection is opened again at the next write or read (each attempt bounded by ``CONNECT_TIMEOUT``);
   meanwhile callers get ``StoreError``. Nothing here blocks the event loop.
 
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import psycopg
 from psycopg.adapt import Loader
 
-from mtad.base.errors import StoreError
+from mtad.base.errors import ConfigError, StoreError
 from mtad.store.dialect import POSTGRESQL
 from mtad.store.engine import Staged, Store, _Job, _settle, _settle_all
 
@@ -156,10 +159,12 @@ class PgEngine(Store):
     dialect = POSTGRESQL
 
     def __init__(self, connect: Callable[[], psycopg.Connection], where: str, *, max_group: int = 256,
-                 lease: float = 300.0, pool_size: int = 10):
+                 lease: float = 300.0, pool_size: int = 10,
+                 explain: Callable[[BaseException], str] | None = None):
         super().__init__(where, max_group=max_group, lease=lease, readers=max(1, pool_size - 1))  # type: ignore[arg-type]
         self.where = where  # HOST:PORT/DATABASE, for messages
         self._connect = connect
+        self._explain = explain or (lambda exc: f"cannot use PostgreSQL at {where}: {' '.join(str(exc).split())}")
 
     def _connection(self) -> PgConnection:
         return PgConnection(self._connect)
@@ -170,6 +175,12 @@ class PgEngine(Store):
         conn = self._connection()
         try:
             conn.ensure()
+        except psycopg.Error as exc:  # the server is not there, or refuses us: the setting is wrong
+            raise ConfigError("store.dsn", self._explain(exc)) from None
+        try:
+            if conn.execute("SHOW transaction_read_only").fetchone()[0] == "on":
+                raise ConfigError("store.dsn", f"PostgreSQL at {self.where} takes no writes (a standby, or"
+                                               " default_transaction_read_only is on): point store.dsn at the primary")
             migrations.migrate(conn, self.where, getattr(self, "node_id", ""))
         except psycopg.Error as exc:
             conn.discard()

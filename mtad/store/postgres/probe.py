@@ -126,12 +126,16 @@ def probe(store: StoreConfig, node_id: str) -> ServerInfo:
     except ImportError:
         raise ConfigError("store.backend", "postgresql needs the Python package psycopg 3"
                                            " (pip install 'psycopg[binary]')") from None
-    dsn = store.dsn.reveal()
     try:
         return _probe(store, node_id)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the setting, never a traceback
-        message = _explain(exc, where(dsn))
-        password = _password(dsn)
-        if password:
-            message = message.replace(password, "********")
-        raise ConfigError("store.dsn", " ".join(message.split())) from None
+        raise ConfigError("store.dsn", explain(exc, store.dsn.reveal())) from None
+
+
+def explain(exc: BaseException, dsn: str) -> str:
+    """One line for a failure to connect to or probe the server of ``dsn``, without its password."""
+    message = _explain(exc, where(dsn))
+    password = _password(dsn)
+    if password:
+        message = message.replace(password, "********")
+    return " ".join(message.split())

@@ -16,11 +16,13 @@ class PostgresStore(PgEngine, QueueMethods, EventMethods):
     """``StoreProtocol`` over one PostgreSQL database.
 
     ``connect``: makes one new connection (``probe.connect``, with the node's settings); ``where`` names the
-    database in messages (``HOST:PORT/DATABASE``, never the password). ``bus``: as ``SqliteStore``'s."""
+    database in messages (``HOST:PORT/DATABASE``, never the password); ``explain``: one line for a failure to
+connect at ``open`` (``probe.explain``). ``bus``: as ``SqliteStore``'s."""
 
     def __init__(self, connect: Callable[[], Any], where: str, *, max_group: int = 256, lease: float = 300.0,
-                 pool_size: int = 10, bus: EventBus | None = None, node_id: str = ""):
-        super().__init__(connect, where, max_group=max_group, lease=lease, pool_size=pool_size)
+                 pool_size: int = 10, bus: EventBus | None = None, node_id: str = "",
+                 explain: Callable[[BaseException], str] | None = None):
+        super().__init__(connect, where, max_group=max_group, lease=lease, pool_size=pool_size, explain=explain)
         self.bus = bus
         self.node_id = node_id
 
