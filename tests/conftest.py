@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support.daemon import Mtad, base_config
+from tests.support.daemon import Mtad, base_config, daemon_store
 from tests.support.postgres import pg_database, postgres  # noqa: F401 (fixtures)
 
 
@@ -37,20 +37,28 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return Certs(ca, cert, key)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def store_backend() -> str:
-    """The store backend of the daemons a test starts: ``MTAD_TEST_STORE`` (default sqlite). A module runs on both
-    with ``from tests.support.stores import both_backends as store_backend``."""
+    """The store backend of the daemons a module starts: ``MTAD_TEST_STORE`` (default sqlite). A module runs on
+    both with ``from tests.support.stores import both_backends as store_backend``."""
     return os.environ.get("MTAD_TEST_STORE", "sqlite")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _daemon_store(store_backend: str, request):
+    """Daemons started by the module's tests get a store of ``store_backend`` (``tests.support.daemon``)."""
+    if store_backend != "postgresql":
+        yield
+        return
+    server = request.getfixturevalue("postgres")
+    with daemon_store(lambda: {"backend": "postgresql", "dsn": server.create_database()[1]}):
+        yield
+
+
 @pytest.fixture
-def mtad_config(tmp_path: Path, certs: Certs, store_backend: str, request) -> dict:
+def mtad_config(tmp_path: Path, certs: Certs) -> dict:
     """The config dict a test may change before starting mtad with the ``mtad`` fixture."""
-    cfg = base_config(tmp_path, certs)
-    if store_backend == "postgresql":  # a fresh database of the session's server (tests.support.postgres)
-        cfg["store"] = {"backend": "postgresql", "dsn": request.getfixturevalue("pg_database")()}
-    return cfg
+    return base_config(tmp_path, certs)
 
 
 @pytest.fixture

@@ -104,8 +104,8 @@ def test_suppressed_recipient_is_dropped_from_a_message_the_others_still_get(dae
     [row] = deliveries(daemon, sent.queue_id)
     assert (row["state"], row["attempts"], row["recipients"]) == ("done", 1, [])
     # The suppressed recipient is reported by its failed event, not by a DSN (none is enqueued with the outcome).
-    assert not daemon.query("SELECT 1 FROM messages WHERE sender = '' AND instr(body, ?) > 0",
-                            (f"X-Mtad-Queue-ID: {sent.queue_id}".encode(),))
+    assert not [body for (body,) in daemon.query("SELECT body FROM messages WHERE sender = ''")
+                if f"X-Mtad-Queue-ID: {sent.queue_id}".encode() in bytes(body)]
 
 
 def test_permanent_failure_sends_a_dsn_to_the_smtp_sender(daemon, certs, dns, mx_farm, sender_mailbox):

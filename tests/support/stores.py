@@ -79,7 +79,7 @@ class Opener:
             conn.close()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
 def both_backends(request) -> str:
     """A module that imports this as ``store_backend`` starts its daemons on each backend (tests/conftest.py)."""
     return request.param
