@@ -41,7 +41,9 @@ def main() -> None:
     import email.message
     import email.policy
 
-    from mtad.mail import compose
+    sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+    from mtad_layout import mtad_module
+    compose = mtad_module("mtad.mail.compose")  # mtad/compose.py in a tree before the packages (bebe064)
 
     now = time.time()
     text = ("Hello %recipient.name%, " + "lorem ipsum dolor sit amet " * 20)[:512]

@@ -4,13 +4,14 @@
   python drain.py run --sink-port 2530 --sink-pid PID --work DIR --out results.jsonl \\
                       [--postfix-dir PF --postfix-port 2525] [--mtad off,rsa] [--msgs 5000] [--size 1024] \\
                       [--rounds 3] [--mtad-src DIR] [--base-src DIR] [--profile DIR]
-  python drain.py summarize results.jsonl
+  python drain.py summarize results.jsonl     (with base-mtad-... rows: + a before/after table, mtad/base-mtad)
 
 Every server measures the same thing, per round: N messages of SIZE bytes, one recipient each, are put in
 its queue while delivery is held back, then released; the clock runs until the queue is empty (every
 message handed over SMTP to smtp-sink, which answers 250 and keeps nothing). The servers take turns
-round by round (Postfix, mtad variant 1, mtad variant 2, Postfix, ...), so that a machine whose speed
-drifts (other work on it) affects them alike.
+round by round (Postfix, mtad variant 1, mtad variant 2, Postfix, ...), the order rotated by one every
+round so that none always goes first, so that a machine whose speed drifts (other work on it) affects
+them alike.
 
 postfix  As ../shared/bench/postfix/drain.py measured the reference 3,619 msgs/s: smtp-source (20 sessions)
          fills the private instance's hold queue (bench/postfix/setup_postfix.sh, relayhost = the sink);
@@ -134,6 +135,14 @@ class Postfix:
 
 # --- mtad --------------------------------------------------------------------------------------------------
 
+def import_hash_password():
+    """mtad's password hasher, by the layout of the mtad first on sys.path (--mtad-src): mtad.base.passwords
+    since the packages, mtad.passwords before (bebe064). Its scrypt format is the same in both, so the one
+    hash serves the base tree's config too."""
+    from mtad_layout import mtad_module
+    return mtad_module("mtad.base.passwords").hash_password
+
+
 class Mtad:
     def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int, src: str,
                  prefix: str = ""):
@@ -162,7 +171,7 @@ class Mtad:
 
     def _config(self, a: argparse.Namespace, dns_port: int) -> Path:
         import yaml
-        from mtad.base.passwords import hash_password
+        hash_password = import_hash_password()
         keys = []
         if self.variant in ("rsa", "both"):
             keys.append({"selector": "rsa", "key_file": self._keygen("rsa", "rsa")})
@@ -284,7 +293,8 @@ def cmd_run(a: argparse.Namespace) -> None:
             if a.base_src and "/w" not in variant:  # the base may predate delivery.dkim_workers
                 servers.append(Mtad(a, variant, dns.port, 2587 + len(variants) + n, a.base_src, prefix="base-"))
         for rnd in range(1, a.rounds + 1):
-            for server in servers:
+            k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
+            for server in servers[k:] + servers[:k]:
                 rec = {"round": rnd, **server.round(a, profile=bool(a.profile) and rnd == a.rounds)}
                 with open(a.out, "a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -293,6 +303,52 @@ def cmd_run(a: argparse.Namespace) -> None:
         for server in servers:
             server.stop()
         dns.stop()
+
+
+def spread(rates: list[float]) -> float:
+    """Run-to-run spread of one server: (max - min) / median of its rounds' msgs/s, 0 for one round."""
+    return (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
+
+
+def before_after(runs: dict[str, list[dict]]) -> None:
+    """Each mtad variant against its base-mtad twin (--base-src/--base-rev), measured in the same rounds."""
+    pairs = [(label, f"base-{label}") for label in runs if not label.startswith("base-") and f"base-{label}" in runs]
+    if not pairs:
+        return
+    print("\n### Before/after: mtad against base-mtad (same run, same rounds)\n")
+    print("| variant | mtad msgs/s (min-max) | base-mtad msgs/s (min-max) | mtad/base-mtad | per-round ratios | spread |"
+          " verdict | server CPU µs/msg mtad/base-mtad |")
+    print("|---|---:|---:|---:|---|---:|---|---:|")
+    slower, single = [], False
+    for new, base in pairs:
+        ra = [r["msgs_per_s"] for r in runs[new]]
+        rb = [r["msgs_per_s"] for r in runs[base]]
+        ratio = statistics.median(ra) / statistics.median(rb)
+        per_round = [x / y for x, y in zip(ra, rb) if y]  # the same round: minutes apart at most
+        sp = max(spread(ra), spread(rb))
+        cpu = (statistics.median(r["server_cpu_us_per_msg"] for r in runs[new])
+               / max(1, statistics.median(r["server_cpu_us_per_msg"] for r in runs[base])))
+        if len(per_round) < 2:
+            verdict, single = "no spread (1 round)", True
+        elif ratio < 1 - sp:
+            verdict = f"SLOWER by more than the spread ({1 - ratio:.0%} > {sp:.0%})"
+            slower.append(new)
+        elif ratio > 1 + sp:
+            verdict = "faster beyond the spread"
+        else:
+            verdict = "within the spread"
+        txt = lambda rs: f"{statistics.median(rs):,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"  # noqa: E731
+        print(f"| {new.removeprefix('mtad-')} | {txt(ra)} | {txt(rb)} | {ratio:.2f}x | "
+              f"{', '.join(f'{p:.2f}' for p in per_round)} | {f'±{sp:.0%}' if len(per_round) > 1 else '—'} | "
+              f"{verdict} | {cpu:.2f}x |")
+    print("\nspread = the larger run-to-run spread (max-min)/median of the two; slower by more than the spread when "
+          "mtad/base-mtad < 1 - spread.")
+    if slower:
+        print(f"BEFORE/AFTER: slower than the base by more than the spread: {', '.join(slower)}")
+    elif single:
+        print("BEFORE/AFTER: one round only: no spread to judge by (--rounds 3)")
+    else:
+        print("BEFORE/AFTER: no variant slower than the base by more than the spread")
 
 
 def cmd_summarize(a: argparse.Namespace) -> None:
@@ -313,6 +369,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
               f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
               f" {statistics.median(r.get('main_cpu_pct', 0) for r in recs):.0f} |"
               f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} |")
+    before_after(runs)
 
 
 def main() -> None:
@@ -330,7 +387,8 @@ def main() -> None:
     r.add_argument("--size", type=int, default=1024)
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--mtad-src", default=str(REPO))
-    r.add_argument("--base-src", help="also measure the mtad in this folder (labels base-mtad-...), after each variant")
+    r.add_argument("--base-src", help="also measure the mtad in this folder (labels base-mtad-...), after each variant"
+                                      " (its flat layout before the packages, e.g. bebe064, works too)")
     r.add_argument("--profile")
     s = sub.add_parser("summarize")
     s.add_argument("results")

@@ -4,14 +4,16 @@
 # markdown table of msgs/s, server and sink CPU, and the ratios mtad/Postfix (issue 3, "Benchmark").
 #
 #   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
-#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR] [--keep]
+#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep]
 #   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once); a
 #                   suffix /wN sets delivery.dkim_workers (rsa/w0: sign in mtad's process, rsa/w2: two workers)
 #   --profile       also sample each mtad with py-spy during its last round (raw stacks OUT/mtad-dkim-V.txt and
 #                   a bench/pyspy_top.py ranking OUT/mtad-dkim-V.top.txt); installs py-spy with pip when missing
 #   --mtad-src DIR  measure the mtad package found in DIR (a folder holding mtad/) instead of this work tree
 #   --base-src DIR  also measure the mtad in DIR in the same rounds (labels base-mtad-...; variants without /wN),
-#                   e.g. a `git archive HEAD | tar -x -C /tmp/base` export, for a before/after in one run
+#                   e.g. a `git archive HEAD | tar -x -C /tmp/base` export, for a before/after in one run; the
+#                   summary adds a before/after table: mtad/base-mtad per variant with the rounds' spread
+#   --base-rev REV  the same with mtad as committed at REV (`git archive REV mtad` into the scratch folder)
 #
 # How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
 # recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
@@ -33,7 +35,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
 MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
-BASE_SRC=""
+BASE_SRC=""; BASE_REV=""
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -45,14 +47,19 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS=$2; shift ;;
     --profile) PROFILE=1 ;;
     --mtad-src) MTAD_SRC=$(cd "$2" && pwd); shift ;;
-    --base-src) BASE_SRC=$(cd "$2" && pwd); shift ;;
+    --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
+    --base-rev) BASE_REV=$2; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
+if [ -n "$BASE_REV" ] && [ -n "$BASE_SRC" ]; then echo "drain.sh: --base-rev or --base-src, not both" >&2; exit 2; fi
+if [ -n "$BASE_REV" ] && ! git -C "$REPO" rev-parse -q --verify "$BASE_REV^{commit}" >/dev/null; then
+  echo "drain.sh: --base-rev $BASE_REV is not a commit of $REPO" >&2; exit 2
+fi
 
 # ---------------------------------------------------------------- phase 1: installs (outside the namespace)
 if [ -z "${BENCH_NETNS:-}" ]; then
@@ -84,7 +91,10 @@ SINK=""; PF=""
 cleanup() {
   [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1
   [ -n "$SINK" ] && kill "$SINK" 2>/dev/null
-  [ $KEEP = 0 ] && rm -rf "$WORK/postfix" "$WORK"/*mtad-*
+  if [ $KEEP = 0 ]; then
+    rm -rf "$WORK/postfix" "$WORK"/*mtad-* "$WORK/base-src"
+    [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -92,6 +102,11 @@ wait_port() {
   for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 not up" >&2; return 1
 }
+if [ -n "$BASE_REV" ]; then
+  mkdir -p "$WORK/base-src"
+  git -C "$REPO" archive "$BASE_REV" mtad | tar -x -C "$WORK/base-src" || { echo "cannot export mtad at $BASE_REV" >&2; exit 1; }
+  BASE_SRC=$WORK/base-src
+fi
 MTAD_DESC="$MTAD_SRC"
 [ "$MTAD_SRC" = "$REPO" ] && MTAD_DESC="work tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(
   git -C "$REPO" status --porcelain -- mtad 2>/dev/null | grep -q . && echo ' + uncommitted changes in mtad/')"
@@ -99,7 +114,7 @@ MTAD_DESC="$MTAD_SRC"
   echo "date: $(date -u +%FT%TZ)   host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "mtad: $MTAD_DESC   python: $("$PY" -c 'import sys; print(sys.version.split()[0])')   postfix: $(postconf -h mail_version 2>/dev/null)"
   echo "run: $MSGS msgs x $SIZE B, $ROUNDS rounds, mtad dkim variants: $DKIM   scratch: $WORK"
-  [ -n "$BASE_SRC" ] && echo "base: $BASE_SRC (labels base-mtad-...)"
+  [ -n "$BASE_SRC" ] && echo "base: ${BASE_REV:+revision $(git -C "$REPO" rev-parse --short "$BASE_REV") in }$BASE_SRC (labels base-mtad-...)"
 } | tee "$OUT/env.txt"
 
 smtp-sink -u nobody 127.0.0.1:2530 1000 >/dev/null 2>&1 &

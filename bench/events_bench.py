@@ -40,12 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtad.events import record as events
+from mtad.events import shape  # noqa: E402
+from mtad.store import events  # noqa: E402
 from mtad.store import queue as spool
-from mtad.events.record import webhooks  # noqa: E402
+from mtad.events import webhooks  # noqa: E402
 from mtad.config.schema import WebhookConfig, WebhooksConfig  # noqa: E402
 from mtad.base.rates import Duration  # noqa: E402
-from mtad.store.engine import Staged, Store  # noqa: E402
+from mtad.store.engine import Staged  # noqa: E402
+from mtad.store.sqlite import SqliteStore as Store  # noqa: E402
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
 
 KEY = "key-bench"
@@ -76,8 +78,8 @@ async def drain_once(folder: Path, n: int, with_events: bool) -> tuple[float, fl
     if not with_events:
         events.record = lambda conn, domain, event: None  # type: ignore[assignment]
     try:
-        await store.write(lambda c: webhooks.sync_config(c, WebhooksConfig(domains={"example.com": {
-            "opened": WebhookConfig(("http://127.0.0.1:9/opened",))}}), time.time()))  # a lookup, no match
+        await store.sync_webhooks(WebhooksConfig(domains={"example.com": {
+            "opened": WebhookConfig(("http://127.0.0.1:9/opened",))}}), time.time())  # a lookup, no match
         msgs = [message(i) for i in range(n)]
         started = time.perf_counter()
         sem = asyncio.Semaphore(200)
@@ -304,8 +306,8 @@ def fill_events(path: Path, n: int, seed: int = 1) -> dict:
         extra = {"severity": severity, "reason": "bounce" if severity == "permanent" else "generic",
                  "delivery-status": {"code": 550 if severity == "permanent" else 451, "message": "nope"}} \
             if severity else ({"delivery-status": {"code": 250, "message": "OK"}} if kind == "delivered" else {})
-        e = events.base_event(kind, timestamp=start + (30 * 86400) * i / n, recipient=rcpt, queue_id=f"Q{i // 2}",
-                              message=events.message_part({"message-id": mid, "from": "Shop <news@example.com>",
+        e = shape.base_event(kind, timestamp=start + (30 * 86400) * i / n, recipient=rcpt, queue_id=f"Q{i // 2}",
+                              message=shape.message_part({"message-id": mid, "from": "Shop <news@example.com>",
                                                            "to": rcpt, "subject": f"Your order {i // 2}"}, 2048),
                               options={"tags": [rng.choice(tags)], "variables": {"order": str(i)}},
                               envelope={"sender": "news@example.com", "targets": rcpt, "transport": "smtp",
@@ -518,12 +520,12 @@ async def bench_webhooks(folder: Path, n: int) -> None:
         url = f"http://127.0.0.1:{port}/hook"
         cfg = WebhooksConfig(domains={"example.com": {"delivered": WebhookConfig((url,))}}, retry_schedule=(Duration(60),),
                              max_concurrent=100, max_per_url=100, timeout=Duration(10))
-        await store.write(lambda c: webhooks.sync_config(c, cfg, time.time()))
+        await store.sync_webhooks(cfg, time.time())
 
         def make(conn) -> None:
             for i in range(n):
-                e = events.base_event("delivered", timestamp=time.time(), recipient=f"u{i}@dest.test", queue_id="Q",
-                                      message=events.message_part({"message-id": f"{i}@x", "subject": "s"}, 1000),
+                e = shape.base_event("delivered", timestamp=time.time(), recipient=f"u{i}@dest.test", queue_id="Q",
+                                      message=shape.message_part({"message-id": f"{i}@x", "subject": "s"}, 1000),
                                       options={"tags": ["a"]}, envelope={"sender": "a@example.com"}, flags={},
                                       extra={"delivery-status": {"code": 250}})
                 events.record(conn, "example.com", e)

@@ -4,6 +4,7 @@
     python bench/inbound_bench.py [--msgs 3000] [--sessions 20] [--size 1024] [--rounds 3]
                                   [--format parsed|mime] [--max-concurrent 50] [--out results.jsonl] [--keep]
                                   [--profile FILE [--gil]] [--mtad-src DIR] [--no-fasthttp]
+                                  [--base-src DIR | --base-rev REV]
 
 One mtad (``python -m mtad run``, the work tree) with one MX listener on 127.0.0.1 (``tls: none``,
 ``example.net`` a receiving domain, log level warning, no outbound delivery, no HTTP API) and two routes:
@@ -21,7 +22,15 @@ concurrency, alternating which goes first so that drift in the machine's speed a
 * end2end    the same to fwd@; the clock runs from smtp-source's start until the application has received
              the N-th POST (``--format mime``: URL ending in ``mime``, the raw format; default parsed).
 
-Between runs the store is emptied (every message and its rows deleted, as bench/mtad_store.py does).
+Before/after in one run: ``--base-src DIR`` (a folder holding an ``mtad/`` package) or ``--base-rev REV``
+(``git archive REV mtad``) starts a second mtad, labelled base-mtad, with the same configuration (its own
+port and state), and every round measures both trees, both modes, in an order reversed every other round
+(mtad accept, mtad end2end, base accept, base end2end; then the reverse), so drift hits both alike.
+The summary then adds each tree's rows and a table of **mtad/base-mtad** per mode with the run-to-run
+spread of the rounds and whether mtad is slower than the base by more than that spread.
+
+Between runs the store is emptied (every message and its rows deleted, as bench/mtad_store.py does: plain
+SQL on the file, so any revision's layout, flat modules or packages, is measured alike).
 After each end2end run the bench checks that exactly N forwards are ``done`` and the application got
 exactly N POSTs. Printed: msgs/s of each mode per round, the medians, mtad's CPU (% of one core and µs per
 message), and **end2end / accept** (issue 4's target: at least 0.5). All traffic stays on 127.0.0.1.
@@ -51,16 +60,28 @@ sys.path.insert(0, str(HERE))
 from run_ingress import tree_cpu_rss  # noqa: E402
 
 # ``python -m mtad`` with every HttpClient made with fast_post=False (--no-fasthttp): the aiohttp path alone.
+# The module is imported by the layout found (mtad.net.httpclient; mtad.httpclient before the packages); a
+# revision whose HttpClient has no fast_post runs unchanged, with a warning in its log.
 NO_FASTHTTP = """
-import functools, sys
-from mtad.net import httpclient
-httpclient.HttpClient.__init__ = functools.partialmethod(httpclient.HttpClient.__init__, fast_post=False)
+import functools, importlib, inspect, os, sys
+import mtad
+try:
+    httpclient = importlib.import_module("mtad.net.httpclient")
+    if not httpclient.__file__.startswith(os.path.dirname(mtad.__file__) + os.sep):  # an editable install's
+        raise ImportError  # finder served the work tree's module: this tree is the flat layout
+except ImportError:
+    from mtad import httpclient
+if "fast_post" in inspect.signature(httpclient.HttpClient.__init__).parameters:
+    httpclient.HttpClient.__init__ = functools.partialmethod(httpclient.HttpClient.__init__, fast_post=False)
+else:
+    print("inbound_bench: this mtad's HttpClient has no fast_post: --no-fasthttp has no effect", file=sys.stderr)
 from mtad.cli import main
 sys.argv[0] = "mtad"
 raise SystemExit(main())
 """
 
-TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "stats", "stats_dims", "messages")
+TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "event_variables", "stats", "stats_daily",
+          "stats_dims", "messages")
 
 
 def free_port() -> int:
@@ -100,7 +121,8 @@ class Application:
         return runner
 
 
-def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurrent: int) -> Path:
+def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurrent: int, src: str) -> Path:
+    """The bench config, checked by the mtad in ``src`` (``python -m mtad check-config`` run there)."""
     import yaml
     url = f"http://127.0.0.1:{app_port}/" + ("post_mime" if fmt == "mime" else "post")
     cfg = {
@@ -127,9 +149,9 @@ def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurre
     path = work / "mtad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     check = subprocess.run([sys.executable, "-m", "mtad", "check-config", str(path)], capture_output=True,
-                           text=True, cwd=REPO)
+                           text=True, cwd=src)
     if check.returncode != 0:
-        sys.exit(f"mtad refuses the bench config: {check.stderr.strip()}")
+        sys.exit(f"mtad in {src} refuses the bench config: {check.stderr.strip()}")
     return path
 
 
@@ -176,12 +198,12 @@ async def smtp_source(args: argparse.Namespace, port: int, rcpt: str, n: int) ->
 
 
 async def run_mode(mode: str, args: argparse.Namespace, app: Application, store: Store, mtad_pid: int,
-                   port: int, n: int) -> dict:
+                   port: int, n: int, profile: bool = True) -> dict:
     store.empty()
     await asyncio.sleep(0.5)  # let the machine settle after the deletion
     app.expect(n if mode == "end2end" else 0)
     spy = None
-    if args.profile and mode == "end2end" and n == args.msgs:
+    if profile and args.profile and mode == "end2end" and n == args.msgs:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(mtad_pid), "--rate", "100", "--threads",
                                 "--nonblocking", "--format", "raw", "-o", args.profile] + (["--gil"] if args.gil else []),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -218,64 +240,163 @@ async def run_mode(mode: str, args: argparse.Namespace, app: Application, store:
     return rec
 
 
+class Tree:
+    """One mtad under test: the package in ``src`` run with ``python -m mtad run`` from there (so that its
+    mtad/ comes first on sys.path), its own MX port and state folder in ``work``."""
+
+    def __init__(self, label: str, src: str, work: Path, app: Application, args: argparse.Namespace):
+        self.label, self.src, self.work = label, src, work
+        work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = write_config(work, self.port, app.port, args.format, args.max_concurrent, src)
+        self.log = open(work / "mtad.log", "ab")
+        launch = ["-c", NO_FASTHTTP] if args.no_fasthttp else ["-m", "mtad"]
+        self.proc = subprocess.Popen([sys.executable, *launch, "run", "--config", str(config)], cwd=src,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.store: Store | None = None
+
+    def ready(self) -> None:
+        wait_port(self.port, self.proc)
+        self.store = Store(self.work / "state" / "mtad.sqlite3")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def export_rev(rev: str, into: Path) -> str:
+    """``git archive REV mtad`` of this repository into ``into`` (a folder holding mtad/); its path."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "mtad"], capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"cannot export mtad at {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return str(into)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="mtad-inbound-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     app = Application()
     runner = await app.start()
-    port = free_port()
-    config = write_config(work, port, app.port, args.format, args.max_concurrent)
-    log = open(work / "mtad.log", "ab")
-    launch = ["-c", NO_FASTHTTP] if args.no_fasthttp else ["-m", "mtad"]
-    proc = subprocess.Popen([sys.executable, *launch, "run", "--config", str(config)], cwd=args.mtad_src,
-                            stdout=log, stderr=subprocess.STDOUT)
+    trees: list[Tree] = []
     records: list[dict] = []
     out = open(args.out, "a") if args.out else None
     try:
-        wait_port(port, proc)
-        store = Store(work / "state" / "mtad.sqlite3")
-        print(f"# mtad pid {proc.pid}, MX 127.0.0.1:{port}, application 127.0.0.1:{app.port}, format {args.format}, "
-              f"{args.sessions} sessions, {args.size}-byte messages, {args.msgs} per run, {os.cpu_count()} CPUs",
-              flush=True)
-        for mode in ("accept", "end2end"):  # warm-up, unmeasured
-            await run_mode(mode, args, app, store, proc.pid, port, min(500, args.msgs))
+        trees.append(Tree("mtad", args.mtad_src, work, app, args))
+        if args.base_rev:
+            args.base_src = export_rev(args.base_rev, work / "base-src")
+        if args.base_src:
+            args.base_src = str(Path(args.base_src).resolve())
+            if not (Path(args.base_src) / "mtad" / "__init__.py").is_file():
+                sys.exit(f"--base-src {args.base_src}: no mtad/ package there")
+            trees.append(Tree("base-mtad", args.base_src, work / "base-mtad", app, args))
+        for tree in trees:
+            tree.ready()
+            print(f"# {tree.label} pid {tree.proc.pid} ({tree.src}), MX 127.0.0.1:{tree.port}, application "
+                  f"127.0.0.1:{app.port}, format {args.format}, {args.sessions} sessions, {args.size}-byte messages, "
+                  f"{args.msgs} per run, {os.cpu_count()} CPUs", flush=True)
+        for tree in trees:
+            for mode in ("accept", "end2end"):  # warm-up, unmeasured
+                await run_mode(mode, args, app, tree.store, tree.proc.pid, tree.port, min(500, args.msgs),
+                               profile=False)
         for r in range(args.rounds):
-            order = ("accept", "end2end") if r % 2 == 0 else ("end2end", "accept")
-            for mode in order:
-                rec = await run_mode(mode, args, app, store, proc.pid, port, args.msgs)
+            # every round: each tree, each mode; the order reversed every other round (A/B B/A)
+            order = [(tree, mode) for tree in trees for mode in ("accept", "end2end")]
+            for tree, mode in (order if r % 2 == 0 else order[::-1]):
+                rec = await run_mode(mode, args, app, tree.store, tree.proc.pid, tree.port, args.msgs,
+                                     profile=tree.label == "mtad")
                 rec["round"] = r + 1
+                if len(trees) > 1:
+                    rec["tree"] = tree.label
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
                 if out:
                     out.write(json.dumps(rec) + "\n")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for tree in trees:
+            tree.stop()
         await runner.cleanup()
         if out:
             out.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    problems = [r for r in records if "problem" in r]
+    for tree in trees:
+        mine = [r for r in records if r.get("tree", "mtad") == tree.label]
+        summarize(mine, args.rounds, tree.label if len(trees) > 1 else "")
+    if len(trees) > 1:
+        before_after(records, trees[0].label, trees[1].label)
+    for r in problems:
+        print(f"PROBLEM round {r['round']} {r.get('tree', 'mtad')} {r['mode']}: {r['problem']}")
+    return 1 if problems else 0
+
+
+def summarize(records: list[dict], rounds: int, label: str) -> None:
+    """One tree's table (the only one without a base) and its end to end / accept ratio."""
     accept = statistics.median(r["msgs_per_s"] for r in records if r["mode"] == "accept")
     e2e = statistics.median(r["msgs_per_s"] for r in records if r["mode"] == "end2end")
     cpu = {m: statistics.median(r["mtad_cpu_us_per_msg"] for r in records if r["mode"] == m)
            for m in ("accept", "end2end")}
     print()
-    print(f"| mode | msgs/s (median of {args.rounds}) | runs | mtad CPU µs/msg |")
+    if label:
+        print(f"{label}:\n")
+    print(f"| mode | msgs/s (median of {rounds}) | runs | mtad CPU µs/msg |")
     print("|---|---|---|---|")
     for mode, rate in (("accept (stop() only)", accept), ("end to end (SMTP in, POST out)", e2e)):
         key = "accept" if mode.startswith("accept") else "end2end"
         runs = ", ".join(str(r["msgs_per_s"]) for r in records if r["mode"] == key)
         print(f"| {mode} | {rate:.0f} | {runs} | {cpu[key]} |")
     ratio = e2e / accept
-    print(f"\nend to end / accept = {ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
-    problems = [r for r in records if "problem" in r]
-    for r in problems:
-        print(f"PROBLEM round {r['round']} {r['mode']}: {r['problem']}")
-    return 1 if problems else 0
+    print(f"\n{label + ': ' if label else ''}end to end / accept = {ratio:.2f} "
+          f"(target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
+
+
+def spread(rates: list[float]) -> float:
+    """Run-to-run spread: (max - min) / median, 0 for a single run."""
+    return (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
+
+
+def before_after(records: list[dict], new: str, base: str) -> None:
+    """mtad against base-mtad per mode: ratio of the medians, per round, the spread, and a verdict."""
+    print(f"\n### Before/after: {new} against {base} (same run, same rounds)\n")
+    print(f"| mode | {new} msgs/s (min-max) | {base} msgs/s (min-max) | {new}/{base} | per-round ratios | spread |"
+          f" verdict | CPU µs/msg {new}/{base} |")
+    print("|---|---:|---:|---:|---|---:|---|---:|")
+    slower, single = [], False
+    for mode in ("accept", "end2end"):
+        a = [r for r in records if r["tree"] == new and r["mode"] == mode]
+        b = [r for r in records if r["tree"] == base and r["mode"] == mode]
+        ra, rb = [r["msgs_per_s"] for r in a], [r["msgs_per_s"] for r in b]
+        ratio = statistics.median(ra) / statistics.median(rb)
+        pairs = [x / y for x, y in zip(ra, rb)]  # the same round: minutes apart at most
+        sp = max(spread(ra), spread(rb))
+        cpu = (statistics.median(r["mtad_cpu_us_per_msg"] for r in a)
+               / statistics.median(r["mtad_cpu_us_per_msg"] for r in b))
+        if len(pairs) < 2:
+            verdict, single = "no spread (1 round)", True
+        elif ratio < 1 - sp:
+            verdict = f"SLOWER by more than the spread ({1 - ratio:.0%} > {sp:.0%})"
+            slower.append(mode)
+        elif ratio > 1 + sp:
+            verdict = "faster beyond the spread"
+        else:
+            verdict = "within the spread"
+        txt = lambda rs: f"{statistics.median(rs):,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"  # noqa: E731
+        print(f"| {mode} | {txt(ra)} | {txt(rb)} | {ratio:.2f}x | {', '.join(f'{p:.2f}' for p in pairs)} | "
+              f"{f'±{sp:.0%}' if len(pairs) > 1 else '—'} | {verdict} | {cpu:.2f}x |")
+    print(f"\nspread = the larger run-to-run spread (max-min)/median of {new} and {base}; slower by more than the "
+          f"spread when {new}/{base} < 1 - spread.")
+    if slower:
+        print(f"BEFORE/AFTER: {new} slower than {base} by more than the spread in: {', '.join(slower)}")
+    elif single:
+        print("BEFORE/AFTER: one round only: no spread to judge by (--rounds 3)")
+    else:
+        print(f"BEFORE/AFTER: no mode slower than {base} by more than the spread")
 
 
 def main() -> int:
@@ -288,6 +409,9 @@ def main() -> int:
     ap.add_argument("--max-concurrent", type=int, default=50, help="routing.max_concurrent (POSTs in flight)")
     ap.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
     ap.add_argument("--mtad-src", default=str(REPO), help="measure the mtad package in this folder (default: the work tree)")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--base-src", help="also measure the mtad package in this folder (base-mtad), same rounds")
+    base.add_argument("--base-rev", help="also measure mtad as committed at REV (git archive REV mtad), same rounds")
     ap.add_argument("--no-fasthttp", action="store_true",
                     help="mtad posts forwards with aiohttp only (HttpClient(fast_post=False)), not mtad.net.fasthttp")
     ap.add_argument("--work", help="folder for mtad's state (default: a temporary folder, deleted)")

@@ -6,13 +6,18 @@
 #
 #   bash bench/ingress.sh [--quick] [--out DIR] [--servers sink,postfix,haraka,mtad]
 #                         [--sizes 1024,102400] [--sessions 1,20,100] [--repeats N] [--target-s S] [--keep]
-#                         [--mtad-rev REV] [--sequential]
+#                         [--mtad-rev REV] [--base-rev REV | --base-src DIR] [--sequential]
 #   default         the servers are started one after the other and stay up; within each size x sessions
 #                   cell each repeat drives every server once, in rotating order, so drifts in the
 #                   machine's speed (other work on a shared machine) hit all servers alike
 #   --sequential    start, measure completely and stop one server after the other instead
 #   --mtad-rev REV  measure mtad as committed at REV (`git archive REV mtad` into the scratch folder)
 #                   instead of this work tree's mtad/ (e.g. to compare before/after a change)
+#   --base-rev REV  also run mtad as committed at REV (`git archive REV mtad`), labelled base-mtad, on :2528,
+#                   with the same config (in the schema both trees accept), driven in the same rotating
+#                   order within each cell as the other servers: a before/after comparison in ONE run; the
+#                   summary adds base-mtad and the ratio mtad/base-mtad per cell with the run-to-run spread
+#   --base-src DIR  the same with the mtad package found in DIR (a folder holding mtad/)
 #
 # INSTALLS WHAT IS MISSING (needs root; Debian 12 / this project's machine kind):
 #   * apt-get install postfix swaks  -- smtp-source, smtp-sink, postfix (the package's own instance is
@@ -38,7 +43,7 @@ HARAKA=$HARAKA_DIR/node_modules/Haraka/bin/haraka
 
 # ---------------------------------------------------------------- arguments
 QUICK=0; OUT=""; SERVERS="sink,postfix,haraka,mtad"; SIZES="1024,102400"; SESSIONS="1,20,100"
-REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0
+REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -51,8 +56,10 @@ while [ $# -gt 0 ]; do
     --target-s) TARGET=$2; shift ;;
     --keep) KEEP=1 ;;
     --mtad-rev) MTAD_REV=$2; shift ;;
+    --base-rev) BASE_REV=$2; shift ;;
+    --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
     --sequential) SEQUENTIAL=1 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "ingress.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -64,6 +71,11 @@ else
 fi
 RUN_ARGS+=(--prewarm 3000 --quiet-wait 10 --max-msgs 12000 --run-timeout 90 --sizes "$SIZES" --sessions "$SESSIONS")
 want() { case ",$SERVERS," in *",$1,"*) return 0;; *) return 1;; esac; }
+if [ -n "$BASE_REV" ] && [ -n "$BASE_SRC" ]; then echo "ingress.sh: --base-rev or --base-src, not both" >&2; exit 2; fi
+if [ -n "$BASE_REV$BASE_SRC" ] && ! want mtad; then echo "ingress.sh: --base-rev/--base-src need mtad in --servers" >&2; exit 2; fi
+if [ -n "$BASE_REV" ] && ! git -C "$REPO" rev-parse -q --verify "$BASE_REV^{commit}" >/dev/null; then
+  echo "ingress.sh: --base-rev $BASE_REV is not a commit of $REPO" >&2; exit 2
+fi
 
 # ---------------------------------------------------------------- phase 1: installs (outside the namespace)
 if [ -z "${BENCH_NETNS:-}" ]; then
@@ -110,7 +122,7 @@ cleanup() {
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   if [ $KEEP = 0 ]; then
-    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/servers.spec"
+    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/base-mtad" "$WORK/base-src" "$WORK/servers.spec"
     [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
   fi
 }
@@ -134,12 +146,25 @@ if want mtad && [ -n "$MTAD_REV" ]; then
   git -C "$REPO" archive "$MTAD_REV" mtad | tar -x -C "$MTAD_SRC" || { echo "cannot export mtad at $MTAD_REV" >&2; exit 1; }
   MTAD_DESC="revision $(git -C "$REPO" rev-parse --short "$MTAD_REV")"
 fi
+# the base mtad of a before/after comparison (--base-rev / --base-src), measured beside it as base-mtad
+BASE_DESC=""
+if [ -n "$BASE_REV" ]; then
+  BASE_SRC=$WORK/base-src; mkdir -p "$BASE_SRC"
+  git -C "$REPO" archive "$BASE_REV" mtad | tar -x -C "$BASE_SRC" || { echo "cannot export mtad at $BASE_REV" >&2; exit 1; }
+  BASE_DESC="revision $(git -C "$REPO" rev-parse --short "$BASE_REV")"
+elif [ -n "$BASE_SRC" ]; then
+  BASE_DESC="$BASE_SRC"
+fi
+# both mtads get the same config: only the blocks both trees accept (mtad_config.py --src, once per tree)
+CONFIG_SRCS=(--src "$MTAD_SRC")
+[ -n "$BASE_SRC" ] && CONFIG_SRCS+=(--src "$BASE_SRC")
 RI=(timeout 3600 "$PY" "$HERE/run_ingress.py" --out "$RESULTS" "${RUN_ARGS[@]}")
 SPEC=$WORK/servers.spec
 
 {
   echo "date: $(date -u +%FT%TZ)   host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)   load: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "mtad: $MTAD_DESC   python: $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+  [ -n "$BASE_DESC" ] && echo "base-mtad: $BASE_DESC (before/after in one run: ratio mtad/base-mtad)"
   echo "postfix: $(postconf -h mail_version 2>/dev/null)   haraka: $(node -p "require('$HARAKA_DIR/node_modules/Haraka/package.json').version" 2>/dev/null || echo -)   node: $(node --version 2>/dev/null || echo -)"
   echo "run: ${RUN_ARGS[*]}   servers: $SERVERS   $([ $SEQUENTIAL = 1 ] && echo sequential || echo interleaved)   scratch: $WORK"
 } | tee "$OUT/env.txt"
@@ -178,49 +203,62 @@ start_haraka() {
 }
 stop_haraka() { stop_pid "$H"; }
 
-start_mtad() {
-  M=""
-  if ! (cd / && PYTHONPATH=$MTAD_SRC "$PY" -c 'import mtad.app' >"$OUT/mtad-import.log" 2>&1); then
-    echo "== mtad SKIPPED: its code does not import ($MTAD_DESC):" >&2; tail -3 "$OUT/mtad-import.log" >&2
+# start_mtad_tree LABEL SRC DESC SMTP-PORT API-PORT: one mtad from the package in SRC, in $WORK/LABEL, logs
+# in $OUT/LABEL.log; sets MPID (empty when it did not start)
+start_mtad_tree() {
+  local label=$1 src=$2 desc=$3 port=$4 api=$5
+  MPID=""
+  if ! (cd / && PYTHONPATH=$src "$PY" -c 'import mtad.app' >"$OUT/$label-import.log" 2>&1); then
+    echo "== $label SKIPPED: its code does not import ($desc):" >&2; tail -3 "$OUT/$label-import.log" >&2
     echo "   (another change in progress? measure a commit with --mtad-rev REV)" >&2
     return
   fi
-  MD=$WORK/mtad; mkdir -p "$MD"
-  local db=$MD/state/mtad.sqlite3
+  local md=$WORK/$label; mkdir -p "$md"
+  local db=$md/state/mtad.sqlite3
   # one MX listener, tls none, example.net received, a catch_all() stop() route where routes exist
-  if ! (cd "$MD" && PYTHONPATH=$MTAD_SRC "$PY" "$HERE/mtad_config.py" "$MD/mtad.yaml" "$MD/state" 2527); then
-    echo "== mtad SKIPPED: no valid bench config for this revision" >&2
+  if ! (cd "$md" && PYTHONPATH=$src "$PY" "$HERE/mtad_config.py" "$md/mtad.yaml" "$md/state" "$port" \
+        ${api:+--api-port "$api"} "${CONFIG_SRCS[@]}"); then
+    echo "== $label SKIPPED: no valid bench config for this revision" >&2
     return
   fi
-  cp "$MD/mtad.yaml" "$OUT/mtad.yaml"
-  echo "== mtad ($MTAD_DESC) :2527, $OUT/mtad.yaml: MX listener, tls none, SQLite WAL synchronous=FULL, group commit"
-  (cd "$MD" && PYTHONPATH=$MTAD_SRC exec "$PY" -m mtad run --config "$MD/mtad.yaml" >"$OUT/mtad.log" 2>&1) &
-  M=$!; PIDS+=($M)
-  if wait_port 2527; then
-    echo "mtad|2527|$M||$PY $HERE/mtad_store.py count $db|$PY $HERE/mtad_store.py empty $db" >>"$SPEC"
+  cp "$md/mtad.yaml" "$OUT/$label.yaml"
+  echo "== $label ($desc) :$port, $OUT/$label.yaml: MX listener, tls none, SQLite WAL synchronous=FULL, group commit"
+  (cd "$md" && PYTHONPATH=$src exec "$PY" -m mtad run --config "$md/mtad.yaml" >"$OUT/$label.log" 2>&1) &
+  MPID=$!; PIDS+=($MPID)
+  if wait_port "$port"; then
+    echo "$label|$port|$MPID||$PY $HERE/mtad_store.py count $db|$PY $HERE/mtad_store.py empty $db" >>"$SPEC"
   else
-    echo "mtad did not start:" >&2; tail -20 "$OUT/mtad.log" >&2
+    echo "$label did not start:" >&2; tail -20 "$OUT/$label.log" >&2
   fi
 }
-stop_mtad() {
-  [ -n "$M" ] && stop_pid "$M"
-  if [ -s "$OUT/mtad.log" ]; then echo "-- mtad.log (warnings and errors):"; tail -5 "$OUT/mtad.log"; fi
+stop_mtad_tree() {  # LABEL PID
+  [ -n "$2" ] && stop_pid "$2"
+  if [ -s "$OUT/$1.log" ]; then echo "-- $1.log (warnings and errors):"; tail -5 "$OUT/$1.log"; fi
 }
+# with a base tree both mtads set their API port (2580, 2581) so that they can run side by side
+start_mtad() { start_mtad_tree mtad "$MTAD_SRC" "$MTAD_DESC" 2527 "${BASE_SRC:+2580}"; M=$MPID; }
+stop_mtad() { stop_mtad_tree mtad "$M"; }
+start_base() { start_mtad_tree base-mtad "$BASE_SRC" "$BASE_DESC" 2528 2581; BM=$MPID; }
+stop_base() { stop_mtad_tree base-mtad "$BM"; }
+wanted() { if [ "$1" = base ]; then [ -n "$BASE_SRC" ] && want mtad; else want "$1"; fi; }
 
-ORDER=(sink postfix haraka mtad)
+ORDER=(sink postfix haraka mtad base)
 if [ $SEQUENTIAL = 1 ]; then
   for s in "${ORDER[@]}"; do
-    want "$s" || continue
+    wanted "$s" && [ "$s" != base ] || continue
     : >"$SPEC"; "start_$s"
+    # a before/after comparison stays within one run even here: base-mtad is measured together with mtad
+    [ "$s" = mtad ] && wanted base && start_base
     [ -s "$SPEC" ] && "${RI[@]}" --spec "$SPEC"
     "stop_$s"
+    [ "$s" = mtad ] && wanted base && stop_base
   done
 else
   : >"$SPEC"
-  for s in "${ORDER[@]}"; do want "$s" && "start_$s"; done
+  for s in "${ORDER[@]}"; do wanted "$s" && "start_$s"; done
   echo "== measuring $(cut -d'|' -f1 "$SPEC" | tr '\n' ' ')in turn within each cell"
   [ -s "$SPEC" ] && "${RI[@]}" --spec "$SPEC"
-  for s in "${ORDER[@]}"; do want "$s" && "stop_$s"; done
+  for s in "${ORDER[@]}"; do wanted "$s" && "stop_$s"; done
 fi
 
 echo

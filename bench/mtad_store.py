@@ -6,12 +6,16 @@
 
 ``empty`` is the counterpart of ``postsuper -d ALL hold`` for Postfix: each measured run starts from an
 empty queue, so the 100 KB runs do not grow the database by gigabytes. mtad's writer holds no lock
-between commits, so this waits at most for one commit (busy timeout).
+between commits, so this waits at most for one commit (busy timeout). Plain SQL on the database file,
+imports nothing of mtad: it serves the old flat layout (bebe064) and the packages alike.
 """
 import sqlite3
 import sys
 
-TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "stats", "stats_dims", "messages")
+# every table that grows with the messages taken in, at any revision (a missing one is skipped): plain SQL on
+# the file, so the helper works whatever the layout of the mtad measured (flat modules before the packages)
+TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "event_variables", "stats", "stats_daily",
+          "stats_dims", "messages")
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 """Markdown tables from bench/run_ingress.py JSON lines: mtad beside its baselines, as ratios.
 
   python summarize_ingress.py RESULTS.jsonl [--mtad mtad] [--postfix postfix-hold]
-                              [--haraka haraka-discard] [--sink sink]
+                              [--haraka haraka-discard] [--sink sink] [--base base-mtad]
 
 Prints four tables:
 1. throughput: median msgs/s per (size, sessions) for each server and the ratios mtad/Postfix,
@@ -14,6 +14,12 @@ Prints four tables:
 4. details per server: spread, server CPU (% of one core, and µs of CPU per message), peak RSS/PSS,
    smtp-source's own CPU per message, CPU used by anything else on the machine, failed runs
    (smtp-source error, time-out, or fewer messages stored than got 250).
+
+When the results hold a second mtad (label ``base-mtad``: bench/ingress.sh --base-rev/--base-src, the tree
+before a change measured in the same rotation), the tables gain its column and the ratio mtad/base-mtad,
+and a fifth table compares the two per cell: the ratio of the medians, the ratios of each repeat's pair of
+runs, the run-to-run spread (the larger (max-min)/median of the two), and whether mtad is slower than
+base-mtad by more than that spread.
 """
 import argparse
 import json
@@ -61,9 +67,13 @@ def main():
     ap.add_argument("--postfix", default="postfix-hold")
     ap.add_argument("--haraka", default="haraka-discard")
     ap.add_argument("--sink", default="sink")
+    ap.add_argument("--base", default="base-mtad", help="label of the base tree's mtad (before/after)")
     args = ap.parse_args()
     groups = load(args.results)
-    names = {"mtad": args.mtad, "postfix": args.postfix, "haraka": args.haraka, "sink": args.sink}
+    names = {"mtad": args.mtad, "postfix": args.postfix, "haraka": args.haraka, "sink": args.sink,
+             "base": args.base}
+    has_base = any(label == args.base for label, _, _ in groups)
+    bcol = lambda text: text if has_base else ""  # noqa: E731  (columns only shown with a base-mtad)
     cells = sorted({(size, sess) for (_, size, sess) in groups})
 
     def rate(who, size, sess):
@@ -74,11 +84,11 @@ def main():
         return a / b if a is not None and b else None
 
     print("### Throughput (msgs/s accepted, median of the repeats; new connection per message)\n")
-    print("| size | sessions | mtad | Postfix (durable, hold) | Haraka (discard) | smtp-sink | "
-          "mtad/Postfix | mtad/Haraka | mtad/smtp-sink | target |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| size | sessions | mtad | {bcol('base-mtad | ')}Postfix (durable, hold) | Haraka (discard) | smtp-sink | "
+          f"mtad/Postfix | mtad/Haraka | mtad/smtp-sink | {bcol('mtad/base-mtad | ')}target |")
+    print(f"|---|---:|---:|{bcol('---:|')}---:|---:|---:|---:|---:|---:|{bcol('---:|')}---|")
     for size, sess in cells:
-        m, p, h, s = (rate(w, size, sess) for w in ("mtad", "postfix", "haraka", "sink"))
+        m, p, h, s, b = (rate(w, size, sess) for w in ("mtad", "postfix", "haraka", "sink", "base"))
         checks = []
         for who, need in TARGETS.get(size, ()):
             got = ratio(m, {"postfix": p, "haraka": h}[who])
@@ -88,15 +98,17 @@ def main():
             else:
                 checks.append(f"{label} ≥{need:g}x: {'met' if got >= need else 'MISSED'}")
         f = lambda x: "—" if x is None else f"{x:,.0f}"  # noqa: E731
-        print(f"| {size_name(size)} | {sess} | {f(m)} | {f(p)} | {f(h)} | {f(s)} | {fmt_ratio(ratio(m, p))} | "
-              f"{fmt_ratio(ratio(m, h))} | {fmt_ratio(ratio(m, s))} | {'; '.join(checks)} |")
+        print(f"| {size_name(size)} | {sess} | {f(m)} | {bcol(f(b) + ' | ')}{f(p)} | {f(h)} | {f(s)} | "
+              f"{fmt_ratio(ratio(m, p))} | {fmt_ratio(ratio(m, h))} | {fmt_ratio(ratio(m, s))} | "
+              f"{bcol(fmt_ratio(ratio(m, b)) + ' | ')}{'; '.join(checks)} |")
 
     top = max((sess for _, sess in cells), default=None)
     if top is not None:
         print(f"\n### Peak memory at {top} sessions (process tree, max over the repeats)\n")
-        print("| size | mtad PSS MB | Postfix PSS MB | Haraka PSS MB | smtp-sink PSS MB | mtad/Postfix PSS | "
+        print(f"| size | mtad PSS MB | {bcol('base-mtad PSS MB | ')}Postfix PSS MB | Haraka PSS MB | "
+              f"smtp-sink PSS MB | mtad/Postfix PSS | {bcol('mtad/base-mtad PSS | ')}"
               "mtad RSS MB | Postfix RSS MB | target (PSS ≤ 0.25x Postfix) |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        print(f"|---|---:|{bcol('---:|')}---:|---:|---:|---:|{bcol('---:|')}---:|---:|---|")
         worst = None
         for size in sorted({size for size, sess in cells if sess == top}):
             def mem(who, field):
@@ -104,38 +116,39 @@ def main():
                 return max(r[field] for r in rs) if rs else None
             mp, pp, hp, sp = (mem(w, "server_peak_pss_mb") for w in ("mtad", "postfix", "haraka", "sink"))
             mr, pr = mem("mtad", "server_peak_rss_mb"), mem("postfix", "server_peak_rss_mb")
+            bp = mem("base", "server_peak_pss_mb")
             r = ratio(mp, pp)
             if r is not None:
                 worst = r if worst is None else max(worst, r)
             f = lambda x: "—" if x is None else f"{x:,.1f}"  # noqa: E731
             verdict = "n/a" if r is None else ("met" if r <= MEM_TARGET else "MISSED")
-            print(f"| {size_name(size)} | {f(mp)} | {f(pp)} | {f(hp)} | {f(sp)} | {fmt_ratio(r)} | {f(mr)} | {f(pr)} | "
-                  f"{verdict} |")
+            print(f"| {size_name(size)} | {f(mp)} | {bcol(f(bp) + ' | ')}{f(pp)} | {f(hp)} | {f(sp)} | {fmt_ratio(r)} | "
+                  f"{bcol(fmt_ratio(ratio(mp, bp)) + ' | ')}{f(mr)} | {f(pr)} | {verdict} |")
         if worst is not None:
             print(f"\nPeak memory ratio at {top} sessions (mtad PSS / Postfix PSS, worst size): {worst:.2f}x")
 
     print("\n### Server CPU per accepted message (µs, median; less sensitive to other work than msgs/s)\n")
-    print("| size | sessions | mtad | Postfix | Haraka | smtp-sink | mtad/Postfix | mtad/Haraka | "
-          "quietest mtad run: msgs/s (other CPU%) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| size | sessions | mtad | {bcol('base-mtad | ')}Postfix | Haraka | smtp-sink | mtad/Postfix | "
+          f"mtad/Haraka | {bcol('mtad/base-mtad | ')}quietest mtad run: msgs/s (other CPU%) |")
+    print(f"|---|---:|---:|{bcol('---:|')}---:|---:|---:|---:|---:|{bcol('---:|')}---|")
     for size, sess in cells:
         def cpu(who):
             rs = groups.get((names[who], size, sess))
             return statistics.median(1e6 * r["server_cpu_s"] / r["msgs"] for r in rs) if rs else None
-        m, p, h, k = (cpu(w) for w in ("mtad", "postfix", "haraka", "sink"))
+        m, p, h, k, b = (cpu(w) for w in ("mtad", "postfix", "haraka", "sink", "base"))
         rs = groups.get((names["mtad"], size, sess)) or []
         quiet = min(rs, key=lambda r: r.get("other_cpu_pct", 0)) if rs else None
         qtxt = f"{quiet['msgs_per_s']:,.0f} ({quiet.get('other_cpu_pct', 0):.0f}%)" if quiet else "—"
         f = lambda x: "—" if x is None else f"{x:,.0f}"  # noqa: E731
-        print(f"| {size_name(size)} | {sess} | {f(m)} | {f(p)} | {f(h)} | {f(k)} | {fmt_ratio(ratio(m, p))} | "
-              f"{fmt_ratio(ratio(m, h))} | {qtxt} |")
+        print(f"| {size_name(size)} | {sess} | {f(m)} | {bcol(f(b) + ' | ')}{f(p)} | {f(h)} | {f(k)} | "
+              f"{fmt_ratio(ratio(m, p))} | {fmt_ratio(ratio(m, h))} | {bcol(fmt_ratio(ratio(m, b)) + ' | ')}{qtxt} |")
 
     print("\n### Details per server\n")
     print("| server | size | sessions | msgs/run | msgs/s median | min-max | server CPU% | server CPU µs/msg | "
           "peak RSS MB | peak PSS MB | procs | client CPU µs/msg | other CPU% | stored ok | bad runs |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     noisy = []
-    order = [names[w] for w in ("sink", "postfix", "haraka", "mtad")]
+    order = [names[w] for w in ("sink", "postfix", "haraka", "mtad", "base")]
     keys = sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else 99, k[0], k[1], k[2]))
     for key in keys:
         label, size, sess = key
@@ -161,6 +174,65 @@ def main():
     if noisy:
         print(f"\nWARNING: other work used more than {NOISY_PCT}% of a core during: {', '.join(noisy)}. "
               "Those figures (and ratios built on them) are skewed; rerun on an idle machine.")
+    if has_base:
+        before_after(groups, cells, names["mtad"], names["base"])
+
+
+def spread(rs):
+    """Run-to-run spread of one server in one cell: (max - min) / median of its msgs/s, 0 for one run."""
+    mps = [r["msgs_per_s"] for r in rs]
+    return (max(mps) - min(mps)) / statistics.median(mps) if len(mps) > 1 and statistics.median(mps) else 0.0
+
+
+def runs_txt(rs):
+    mps = [r["msgs_per_s"] for r in rs]
+    return f"{statistics.median(mps):,.0f} ({min(mps):,.0f}-{max(mps):,.0f})"
+
+
+def before_after(groups, cells, new, base):
+    """The fifth table: mtad (this tree) against base-mtad (the tree before), cell by cell, in one run."""
+    print(f"\n### Before/after: {new} against {base} (same run, same rotation)\n")
+    print(f"| size | sessions | {new} msgs/s (min-max) | {base} msgs/s (min-max) | {new}/{base} | "
+          f"per-repeat ratios | spread | verdict | CPU µs/msg {new}/{base} |")
+    print("|---|---:|---:|---:|---:|---|---:|---|---:|")
+    slower, unread = [], []
+    for size, sess in cells:
+        a, b = groups.get((new, size, sess)), groups.get((base, size, sess))
+        if not a or not b:
+            continue
+        ma, mb = med(a, "msgs_per_s"), med(b, "msgs_per_s")
+        r = ma / mb if mb else None
+        # run i of each was driven in the same repeat, minutes apart at most: their ratio is the steadiest
+        pairs = [x["msgs_per_s"] / y["msgs_per_s"] for x, y in zip(a, b) if y["msgs_per_s"]]
+        sp = max(spread(a), spread(b))
+        cpu_a = statistics.median(1e6 * x["server_cpu_s"] / x["msgs"] for x in a)
+        cpu_b = statistics.median(1e6 * y["server_cpu_s"] / y["msgs"] for y in b)
+        cell = f"{size_name(size)}/{sess}"
+        if r is None:
+            verdict = "n/a"
+        elif min(len(a), len(b)) < 2:
+            verdict = "no spread (1 repeat)"
+            unread.append(cell)
+        elif r < 1 - sp:
+            verdict = f"SLOWER by more than the spread ({1 - r:.0%} > {sp:.0%})"
+            slower.append(cell)
+        elif r > 1 + sp:
+            verdict = "faster beyond the spread"
+        else:
+            verdict = "within the spread"
+        print(f"| {size_name(size)} | {sess} | {runs_txt(a)} | {runs_txt(b)} | {fmt_ratio(r)} | "
+              f"{', '.join(f'{p:.2f}' for p in pairs)} | {f'±{sp:.0%}' if len(pairs) > 1 else '—'} | {verdict} | "
+              f"{fmt_ratio(cpu_a / cpu_b if cpu_b else None)} |")
+    print(f"\nspread = the larger run-to-run spread (max-min)/median of {new} and {base} in the cell; "
+          f"a cell is slower by more than the spread when {new}/{base} < 1 - spread. CPU µs/msg moves less "
+          "with other work on the machine than msgs/s: a ratio above 1 there means more CPU per message.")
+    if slower:
+        print(f"\nBEFORE/AFTER: {new} slower than {base} by more than the spread in: {', '.join(slower)}")
+    elif unread:
+        print(f"\nBEFORE/AFTER: one repeat only in {', '.join(unread)}: no spread to judge by "
+              "(run without --quick, or --repeats 3)")
+    else:
+        print(f"\nBEFORE/AFTER: no cell slower than {base} by more than the spread")
 
 
 if __name__ == "__main__":

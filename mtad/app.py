@@ -25,7 +25,6 @@ from mtad.config import schema as config_mod
 from mtad.mail import dkim
 from mtad.base import ports
 from mtad.outbound import providers
-from mtad.store import routes as routestore
 from mtad.base import sdnotify
 from mtad.config.schema import Config
 from mtad.outbound.delivery import BrokenTls, Connector, TlsContexts
@@ -33,7 +32,7 @@ from mtad.ingress.directory import Directory
 from mtad.base.errors import ConfigError, StoreError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
-from mtad.inbound.routing import Routing
+from mtad.inbound.routing import Routing, check_config_routes, route_of
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
 from mtad.inbound.router import Route
@@ -172,7 +171,7 @@ class App:
         self.routing = Routing(config_routes(cfg), srs_key=self.signing_key.encode(), use_srs=cfg.routing.srs,
                                allow_backtracking=cfg.routing.allow_backtracking_regex)
         await self._load_api_routes()
-        self.accounts = await self.store.read(accounts_mod.load)
+        self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
         wakers = []
@@ -226,7 +225,7 @@ class App:
 
     async def _load_api_routes(self) -> None:
         """Routes created through the API; one that no longer compiles (config changed) is skipped."""
-        stored = [s.route for s in await self.store.read(routestore.load)]
+        stored = [route_of(record) for record in await self.store.load_routes()]
         try:
             self.routing.replace_api(stored)
             return
@@ -247,7 +246,7 @@ class App:
         from mtad.events import retention
         from mtad.events import webhooks
         cfg = self.cfg
-        await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+        await self.store.sync_webhooks(cfg.webhooks, time.time())
         self.webhook_http = HttpClient(cfg.routing.allowed_networks, cfg.webhooks.timeout.seconds)
         self.webhook_dispatcher = webhooks.Dispatcher(store=self.store, http=self.webhook_http, config=cfg.webhooks,
                                                       signing_key=self.signing_key)
@@ -343,6 +342,7 @@ class App:
             return
         try:
             cfg = config_mod.load(self.config_path)
+            check_config_routes(cfg.routing)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
@@ -401,9 +401,8 @@ class App:
             log.error("reload: routes not changed: %s", exc)
 
     async def _sync_webhooks(self, cfg: Config) -> None:
-        from mtad.events import webhooks
         try:
-            await self.store.write(lambda c: webhooks.sync_config(c, cfg.webhooks, time.time()))
+            await self.store.sync_webhooks(cfg.webhooks, time.time())
         except Exception:  # noqa: BLE001 - keep the previous webhooks
             log.exception("reload: webhooks not changed")
 

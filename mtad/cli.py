@@ -11,7 +11,6 @@ import argparse
 import getpass
 import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,18 @@ class NoState(Exception):
     """The command needs the store of a daemon that has run; there is none where it looked."""
 
 
+def _load_file(path: str) -> Config:
+    """A config file, its routes compiled (``ConfigError`` names the route at fault)."""
+    from mtad.inbound.routing import check_config_routes
+    cfg = config_mod.load(path)
+    check_config_routes(cfg.routing)
+    return cfg
+
+
 def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict | None]:
     """The config file's configuration, else the embedded default (its state made only if ``create``)."""
     if getattr(args, "config", None):
-        return config_mod.load(args.config), None
+        return _load_file(args.config), None
     from mtad.config.demo import embedded_default
     return embedded_default(getattr(args, "state_dir", None) or "./mtad-state", create=create)
 
@@ -36,6 +43,8 @@ def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict 
 def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base import logsetup
     from mtad.app import run
+    from mtad.base.memory import pin_mmap_threshold
+    pin_mmap_threshold()  # large messages' memory goes back to the system (mtad.base.memory)
     cfg, demo = _load(args, create=True)
     logsetup.setup(cfg.log.level, cfg.log.format)
     if demo:
@@ -60,7 +69,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from mtad.config.load import SecretError, unread_secrets
     try:
         with unread_secrets() if args.no_secrets else nullcontext():
-            cfg = config_mod.load(args.file)
+            cfg = _load_file(args.file)
     except SecretError as exc:
         print(f"mtad: configuration error: {exc}\n(`mtad check-config --no-secrets {args.file}` checks the rest"
               " without reading secret files and environment variables)", file=sys.stderr)
@@ -118,16 +127,6 @@ def _no_state(cfg: Config) -> NoState:
                    "`mtad run` keeps its state, or give --state-dir DIR or --config FILE")
 
 
-def _db(cfg: Config) -> sqlite3.Connection:
-    """The store, read-only (``mode=ro``): a read-only command never writes."""
-    path = cfg.store_path
-    if not path.exists():
-        raise _no_state(cfg)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -135,8 +134,8 @@ def _when(ts: float | None) -> str:
 
 
 def _with_store(args: argparse.Namespace, action, *, write: bool = False):
-    """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write``, else read-only
-    (a read-only command never writes)."""
+    """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write`` (a store an
+    older mtad left is migrated to this schema first), else read-only (a read-only command never writes)."""
     import asyncio
     from mtad.store.sqlite import SqliteStore
     cfg, _ = _load(args)
@@ -165,32 +164,6 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
               f"{r.destination[:24]:<24} <{r.sender}> -> {', '.join(r.recipients)}")
     print(f"-- {len(rows)} pending")
     return 0
-
-
-def _rw(cfg: Config) -> sqlite3.Connection:
-    from mtad.store.engine import connect
-    from mtad.store.migrations.sqlite import migrate
-    if not cfg.store_path.exists():
-        raise _no_state(cfg)
-    conn = connect(cfg.store_path)
-    try:
-        migrate(conn, str(cfg.store_path))  # a store an older mtad left: brought to this schema first
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _write(args: argparse.Namespace, fn):
-    cfg, _ = _load(args)
-    conn = _rw(cfg)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        result = fn(conn)
-        conn.execute("COMMIT")
-        return result
-    finally:
-        conn.close()
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
@@ -262,9 +235,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     cfg, _ = _load(args)
     routes = config_routes(cfg)
     if cfg.store_path.exists():  # routes created through the API are evaluated too
-        from mtad.store import routes as routestore
-        with _db(cfg) as conn:
-            routes += [stored.route for stored in routestore.load(conn)]
+        from mtad.inbound.routing import route_of
+        routes += [route_of(record) for record in _with_store(args, lambda store: store.load_routes())]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)
     headers = []
     for h in args.header or []:
@@ -296,7 +268,6 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     from mtad.events import query as eventquery
-    from mtad.events import webhooks
 
     def when(text: str, name: str) -> float:
         try:
@@ -309,8 +280,8 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     except eventquery.QueryError as exc:
         print(f"mtad: {exc}", file=sys.stderr)
         return 2
-    n = _write(args, lambda c: webhooks.redeliver(c, since=since, until=until, kinds=args.event or (),
-                                                  domain=args.domain, url=args.url))
+    n = _with_store(args, lambda store: store.redeliver_webhooks(since=since, until=until, kinds=args.event or (),
+                                                                domain=args.domain, url=args.url), write=True)
     print(f"{n} webhook POSTs queued (events since {eventquery.rfc2822(since)}); the running daemon sends them")
     return 0
 

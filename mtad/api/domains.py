@@ -250,7 +250,7 @@ async def _with_records(request: web.Request, name: str, body: dict[str, Any]) -
 
 async def _apply(request: web.Request) -> None:
     ctx = context(request)
-    ctx.apply_accounts(await ctx.store.read(accounts_mod.load))
+    ctx.apply_accounts(await ctx.store.load_accounts())
 
 
 def _read_only(what: str) -> web.Response:
@@ -306,15 +306,8 @@ async def create_domain(request: web.Request) -> web.Response:
     if f["password"]:
         credential = accounts_mod.Credential(f"postmaster@{name}", name,
                                              await asyncio.to_thread(hash_password, f["password"]), now)
-
-    def write(conn) -> bool:
-        if not accounts_mod.add_domain(conn, record):
-            return False
-        if credential is not None:
-            accounts_mod.add_credential(conn, credential)
-        return True
     async with request.app[LOCK]:
-        if not await ctx.store.write(write):
+        if not await ctx.store.add_domain(record, credential):
             return error(400, f"Domain {name} already exists")
         await _apply(request)
     body = {"domain": _domain_json(request, name, "api", now, f["receiving"], record),
@@ -351,7 +344,7 @@ async def delete_domain(request: web.Request) -> web.Response:
     if found[0] == "config":
         return _read_only(f"Domain {name}")
     async with request.app[LOCK]:
-        await ctx.store.write(lambda c: accounts_mod.delete_domain(c, name))
+        await ctx.store.delete_domain(name)
         await _apply(request)
     request.app[STATES].pop(name, None)
     return web.json_response({"message": "Domain has been deleted"})
@@ -406,11 +399,8 @@ async def delete_all_credentials(request: web.Request) -> web.Response:
     if _lookup(request, name) is None:
         return error(404, "Domain not found")
     logins = sorted(c.login for c in _accounts(ctx).credentials.values() if c.domain == name)
-
-    def write(conn) -> int:
-        return sum(1 for login in logins if accounts_mod.delete_credential(conn, login))
     async with request.app[LOCK]:
-        count = await ctx.store.write(write)
+        count = await ctx.store.delete_credentials(logins)
         await _apply(request)
     return web.json_response({"message": "All domain credentials have been deleted", "count": count})
 
@@ -430,7 +420,7 @@ async def create_credential(request: web.Request) -> web.Response:
         return error(400, f"Credentials {login} already exist")
     credential = accounts_mod.Credential(login, name, await asyncio.to_thread(hash_password, password), time.time())
     async with request.app[LOCK]:
-        if not await ctx.store.write(lambda c: accounts_mod.add_credential(c, credential)):
+        if not await ctx.store.add_credential(credential):
             return error(400, f"Credentials {login} already exist")
         await _apply(request)
     return web.json_response({"message": "Created 1 credentials pair(s)"})
@@ -455,7 +445,7 @@ async def update_credential(request: web.Request) -> web.Response:
     password = _password(await read_post(request))
     hashed = await asyncio.to_thread(hash_password, password)
     async with request.app[LOCK]:
-        await ctx.store.write(lambda c: accounts_mod.set_password(c, login, hashed))
+        await ctx.store.set_password(login, hashed)
         await _apply(request)
     return web.json_response({"message": "Password changed"})
 
@@ -465,7 +455,7 @@ async def delete_credential(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     async with request.app[LOCK]:
-        await ctx.store.write(lambda c: accounts_mod.delete_credential(c, login))
+        await ctx.store.delete_credentials([login])
         await _apply(request)
     return web.json_response({"message": "Credentials have been deleted", "spec": login})
 

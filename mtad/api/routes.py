@@ -21,12 +21,13 @@ import time
 
 from aiohttp import web
 
-from mtad.store import routes as routestore
+from mtad.store.routes import new_route_id
 from mtad.api import ApiContext, context, error
 from mtad.api.formdata import read_post
 from mtad.base.errors import ConfigError, RouteSyntaxError
 from mtad.net.httpclient import url_refusal
 from mtad.inbound.router import Route, compile_route
+from mtad.inbound.routing import record_of, route_of
 
 _STARTED = time.time()  # shown as created_at of config-file routes
 LOCK: web.AppKey[asyncio.Lock] = web.AppKey("routes_lock")
@@ -41,9 +42,9 @@ def route_json(route: Route, created_at: float) -> dict:
 
 async def _all(ctx: ApiContext) -> tuple[list[tuple[Route, float]], set[str]]:
     """Every route (config first) with its creation time, and the ids of config routes."""
-    stored = await ctx.store.read(routestore.load)
+    stored = await ctx.store.load_routes()
     config = list(ctx.routing.config_routes)
-    return [(r, _STARTED) for r in config] + [(s.route, s.created_at) for s in stored], {r.id for r in config}
+    return [(r, _STARTED) for r in config] + [(route_of(s), s.created_at) for s in stored], {r.id for r in config}
 
 
 def _int(value: str | None, name: str, default: int, low: int = 0, high: int | None = None) -> int:
@@ -78,9 +79,9 @@ def _check(ctx: ApiContext, route: Route) -> str | None:
 
 async def _apply(ctx: ApiContext) -> str | None:
     """Rebuild the live table from the store; the problem if it cannot be built."""
-    stored = await ctx.store.read(routestore.load)
+    stored = await ctx.store.load_routes()
     try:
-        await ctx.routing.replace_api_async([s.route for s in stored])  # built in a thread: seconds for 10,000
+        await ctx.routing.replace_api_async([route_of(s) for s in stored])  # built in a thread: seconds for 10,000
     except (RouteSyntaxError, ConfigError) as exc:
         return str(exc)
     return None
@@ -106,16 +107,16 @@ async def create_route(request: web.Request) -> web.Response:
         return error(400, "'action' parameter is missing")
     priority = _int(form.get("priority"), "priority", 0)
     description = form.get("description") or ""
-    route = Route(routestore.new_route_id(), priority, str(description), expression, tuple(actions))
+    route = Route(new_route_id(), priority, str(description), expression, tuple(actions))
     problem = _check(ctx, route)
     if problem:
         return error(400, problem)
     created = time.time()
     async with request.app[LOCK]:
-        await ctx.store.write(lambda c: routestore.insert(c, routestore.StoredRoute(route, created)))
+        await ctx.store.add_route(record_of(route, created))
         problem = await _apply(ctx)
         if problem:
-            await ctx.store.write(lambda c: routestore.delete(c, route.id))
+            await ctx.store.delete_route(route.id)
             await _apply(ctx)
             return error(400, f"Invalid route: {problem}")
     return web.json_response({"message": "Route has been created", "route": route_json(route, created)})
@@ -160,10 +161,10 @@ async def update_route(request: web.Request) -> web.Response:
         problem = _check(ctx, route)
         if problem:
             return error(400, problem)
-        await ctx.store.write(lambda c: routestore.update(c, route))
+        await ctx.store.update_route(record_of(route, created))
         problem = await _apply(ctx)
         if problem:
-            await ctx.store.write(lambda c: routestore.update(c, old))
+            await ctx.store.update_route(record_of(old, created))
             await _apply(ctx)
             return error(400, f"Invalid route: {problem}")
     return web.json_response({**route_json(route, created), "message": "Route has been updated"})
@@ -178,7 +179,7 @@ async def delete_route(request: web.Request) -> web.Response:
             return error(404, "Route not found")
         if found[2]:
             return _read_only(route_id)
-        await ctx.store.write(lambda c: routestore.delete(c, route_id))
+        await ctx.store.delete_route(route_id)
         await _apply(ctx)
     return web.json_response({"message": "Route has been deleted", "id": route_id})
 

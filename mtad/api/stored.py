@@ -1,6 +1,6 @@
 """Stored messages over HTTP: ``/v3/domains/{domain}/messages/{storage-key}``.
 
-A message is here while a route's ``store()`` keeps it (see mtad.storedmsg); the storage key is its
+A message is here while a route's ``store()`` keeps it (see inbound.store_action, store.stored); the storage key is its
 queue id, as in events' ``storage.key``.
 - ``GET`` answers the parsed fields as JSON (Mailgun's stored-message shape, attachments as URLs),
   or, with ``Accept: message/rfc2822``, JSON whose ``body-mime`` is the whole message;
@@ -19,6 +19,7 @@ from aiohttp import web
 from mtad.mail import compose as compose_mod
 from mtad.mail import headers as headers_mod
 from mtad.store import queue as spool
+from mtad.store.queue import QueuedMessage
 from mtad.inbound import store_action as storedmsg
 from mtad.api import context, error
 from mtad.api.formdata import read_post
@@ -28,11 +29,11 @@ from mtad.base.types import Envelope, SendOptions
 NOT_FOUND = "Message not found"
 
 
-async def _load(request: web.Request) -> tuple[dict | None, str, str]:
+async def _load(request: web.Request) -> tuple[QueuedMessage | None, str, str]:
     ctx = context(request)
     domain = request.match_info["domain"].lower()
     key = request.match_info["key"]
-    message = await ctx.store.read(lambda c: storedmsg.stored_message(c, key, domain, time.time()))
+    message = await ctx.store.stored_message(key, domain, time.time())
     return message, domain, storedmsg.message_url(ctx.base_url, domain, key)
 
 
@@ -79,7 +80,7 @@ async def resend(request: web.Request) -> web.Response:
     now = time.time()
     queue_id = spool.new_queue_id()
     limits = ctx.ingress.limits
-    body = message["body"]
+    body = message.body
     fields, _ = headers_mod.parse_block(body, limits.max_header_count, int(limits.max_header_size))
     recipients = tuple(dict.fromkeys(a for _, a in to))
     trace = headers_mod.received(ctx.ingress.hostname, "api", request.remote or "", "HTTP", queue_id, recipients, now)
@@ -98,7 +99,7 @@ async def delete_message(request: web.Request) -> web.Response:
     message, _, _ = await _load(request)
     if message is None:
         return error(404, NOT_FOUND)
-    await ctx.store.write(lambda c: storedmsg.forget(c, message["id"]))
+    await ctx.store.forget_message(message.id)
     return web.json_response({"message": "Message has been deleted"})
 
 

@@ -7,26 +7,24 @@ next | previous, ``address`` = the pivot), ``POST`` (one entry as a form, or a J
 ``DELETE`` with ``tag`` removes only that tag); whitelists hold addresses or whole domains.
 
 All lists live in the ``suppressions`` table; the outbound scheduler reads it before each attempt
-(``spool.suppressed``), so a change applies to the very next delivery.
+(``store.suppressions.suppressed``), so a change applies to the very next delivery.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from mtad.store import queue as spool
+from mtad.store.suppressions import KINDS, Suppression
 from mtad.api import context, error
 from mtad.api.formdata import FilePart, read_json, read_post
 from mtad.events.query import QueryError, parse_time, rfc2822
 
-KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 MAX_JSON_ITEMS = 1000
 MAX_PAGE = 10000
 _REMOVED_ONE = {"bounces": "Bounced address has been removed", "unsubscribes": "Unsubscribe event has been removed",
@@ -58,8 +56,8 @@ def _address(value: Any) -> str:
     return value.strip().lower()
 
 
-def entry(kind: str, item: Mapping[str, Any], now: float) -> tuple[str, float, dict[str, Any]]:
-    """One posted entry -> (address or domain, created_at, data); raises Invalid."""
+def entry(kind: str, item: Mapping[str, Any], now: float) -> Suppression:
+    """One posted entry; raises Invalid."""
     if kind == "whitelists":
         address, domain = item.get("address"), item.get("domain")
         if bool(address) == bool(domain):
@@ -70,11 +68,12 @@ def entry(kind: str, item: Mapping[str, Any], now: float) -> tuple[str, float, d
             if not isinstance(domain, str) or "@" in domain or "." not in domain.strip():
                 raise Invalid(f"'{domain}' is not a valid domain")
             value, typ = domain.strip().lower(), "domain"
-        return value, now, {"type": typ, "reason": str(item.get("reason") or "")}
+        return Suppression(kind, value, now, type=typ, reason=str(item.get("reason") or ""))
     address = _address(item.get("address"))
     created = _created(item.get("created_at"), now)
     if kind == "bounces":
-        return address, created, {"code": str(item.get("code") or "550"), "error": str(item.get("error") or "")}
+        return Suppression(kind, address, created, code=str(item.get("code") or "550"),
+                           error=str(item.get("error") or ""))
     if kind == "unsubscribes":
         tags = item.get("tags")
         if tags is None:
@@ -83,53 +82,19 @@ def entry(kind: str, item: Mapping[str, Any], now: float) -> tuple[str, float, d
             tags = [t.strip() for t in tags.split(",") if t.strip()] or ["*"]
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
             raise Invalid("tags: expected a list of tags")
-        return address, created, {"tags": tags}
-    return address, created, {}
+        return Suppression(kind, address, created, tags=tuple(tags))
+    return Suppression(kind, address, created)
 
 
-def add_entries(conn, domain: str, kind: str, entries: Iterable[tuple[str, float, dict[str, Any]]]) -> int:
-    n = 0
-    for address, created, data in entries:
-        if kind == "unsubscribes":  # tags accumulate; '*' covers everything
-            row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
-                               (domain, kind, address)).fetchone()
-            if row is not None:
-                tags = list(dict.fromkeys(json.loads(row[0]).get("tags", ["*"]) + data["tags"]))
-                data = {"tags": ["*"] if "*" in tags else tags}
-        spool.add_suppression(conn, domain, kind, address, created, data)
-        n += 1
-    return n
-
-
-def view(kind: str, address: str, created: float, data: dict[str, Any]) -> dict[str, Any]:
-    if kind == "bounces":
-        return {"address": address, "code": data.get("code", "550"), "error": data.get("error", ""),
-                "created_at": rfc2822(created)}
-    if kind == "unsubscribes":
-        return {"address": address, "tags": data.get("tags") or ["*"], "created_at": rfc2822(created)}
-    if kind == "complaints":
-        return {"address": address, "created_at": rfc2822(created)}
-    return {"value": address, "reason": data.get("reason", ""), "type": data.get("type", "address"),
-            "createdAt": rfc2822(created)}
-
-
-def page(conn, domain: str, kind: str, limit: int, which: str, pivot: str | None) -> list[tuple]:
-    where, params, order = "domain = ? AND kind = ?", [domain, kind], "ASC"
-    if which == "next" and pivot is not None:
-        where += " AND address > ?"
-        params.append(pivot)
-    elif which in ("previous", "prev") and pivot is not None:
-        where += " AND address < ?"
-        params.append(pivot)
-        order = "DESC"
-    elif which == "last":
-        order = "DESC"
-    rows = conn.execute(f"SELECT address, created_at, data FROM suppressions WHERE {where} ORDER BY address {order}"
-                        " LIMIT ?", (*params, limit)).fetchall()
-    rows = [(r[0], r[1], json.loads(r[2])) for r in rows]
-    if order == "DESC":
-        rows.reverse()
-    return rows
+def view(s: Suppression) -> dict[str, Any]:
+    """Mailgun's JSON of one entry."""
+    if s.kind == "bounces":
+        return {"address": s.address, "code": s.code, "error": s.error, "created_at": rfc2822(s.created_at)}
+    if s.kind == "unsubscribes":
+        return {"address": s.address, "tags": list(s.tags), "created_at": rfc2822(s.created_at)}
+    if s.kind == "complaints":
+        return {"address": s.address, "created_at": rfc2822(s.created_at)}
+    return {"value": s.address, "reason": s.reason, "type": s.type, "createdAt": rfc2822(s.created_at)}
 
 
 # --- handlers -----------------------------------------------------------------------------------------------------
@@ -151,31 +116,29 @@ async def list_entries(request: web.Request) -> web.Response:
     if which not in ("first", "last", "next", "previous", "prev"):
         return error(400, "page: expected first, last, next or previous")
     pivot = q.get("address")
-    rows = await context(request).store.read(lambda c: page(c, domain, kind, limit, which, pivot))
+    rows = await context(request).store.suppression_page(domain, kind, limit, which, pivot)
     base = f"{context(request).base_url}/v3/{domain}/{kind}"
 
     def link(**params: Any) -> str:
         return f"{base}?{urlencode({**params, 'limit': limit})}"
     if rows:
-        nxt, prev = link(page="next", address=rows[-1][0]), link(page="previous", address=rows[0][0])
+        nxt, prev = link(page="next", address=rows[-1].address), link(page="previous", address=rows[0].address)
     elif which in ("previous", "prev"):  # before the start: next is the first page
         nxt, prev = link(page="first"), link(page="previous", address=pivot or "")
     else:  # past the end: next stays put (poll it), previous is the last page
         nxt, prev = link(page="next", address=pivot or ""), link(page="last")
     return web.json_response({
-        "items": [view(kind, *r) for r in rows],
+        "items": [view(r) for r in rows],
         "paging": {"first": link(page="first"), "last": link(page="last"), "next": nxt, "previous": prev}})
 
 
 async def get_entry(request: web.Request) -> web.Response:
     domain, kind = _kind(request)
     address = request.match_info["address"].lower()
-    row = await context(request).store.read(lambda c: c.execute(
-        "SELECT address, created_at, data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
-        (domain, kind, address)).fetchone())
-    if row is None:
+    found = await context(request).store.get_suppression(domain, kind, address)
+    if found is None:
         return error(404, f"Address not found in {kind} table")
-    return web.json_response(view(kind, row[0], row[1], json.loads(row[2])))
+    return web.json_response(view(found))
 
 
 async def add(request: web.Request) -> web.Response:
@@ -191,19 +154,18 @@ async def add(request: web.Request) -> web.Response:
             if len(body) > MAX_JSON_ITEMS:
                 return error(400, f"at most {MAX_JSON_ITEMS} entries per request")
             entries = [entry(kind, item, now) for item in body]
-            n = await context(request).store.write(lambda c: add_entries(c, domain, kind, entries))
+            n = await context(request).store.add_suppressions(domain, entries)
             return web.json_response({"message": f"{n} addresses have been added to the {kind} table"})
         form = await read_post(request)
         item = {k: v for k, v in form.items() if isinstance(v, str)}
         one = entry(kind, item, now)
     except Invalid as exc:
         return error(400, str(exc))
-    await context(request).store.write(lambda c: add_entries(c, domain, kind, [one]))
+    await context(request).store.add_suppressions(domain, [one])
     if kind == "whitelists":
-        typ = one[2]["type"]
-        return web.json_response({"message": f"{typ.capitalize()} has been added to the whitelists table",
-                                  "type": typ, "value": one[0]})
-    return web.json_response({"message": f"Address has been added to the {kind} table", "address": one[0]})
+        return web.json_response({"message": f"{one.type.capitalize()} has been added to the whitelists table",
+                                  "type": one.type, "value": one.address})
+    return web.json_response({"message": f"Address has been added to the {kind} table", "address": one.address})
 
 
 async def import_csv(request: web.Request) -> web.Response:
@@ -230,7 +192,7 @@ async def import_csv(request: web.Request) -> web.Response:
                 return error(400, f"file line {n}: {exc}")
     except csv.Error as exc:
         return error(400, f"file: {exc}")
-    await context(request).store.write(lambda c: add_entries(c, domain, kind, entries))
+    await context(request).store.add_suppressions(domain, entries)
     return web.json_response({"message": "file uploaded successfully"})
 
 
@@ -238,20 +200,7 @@ async def delete_entry(request: web.Request) -> web.Response:
     domain, kind = _kind(request)
     address = request.match_info["address"].lower()
     tag = request.query.get("tag")
-
-    def remove(conn) -> bool:
-        row = conn.execute("SELECT data FROM suppressions WHERE domain = ? AND kind = ? AND address = ?",
-                           (domain, kind, address)).fetchone()
-        if row is None:
-            return False
-        tags = json.loads(row[0]).get("tags") or ["*"]
-        if kind == "unsubscribes" and tag and [t for t in tags if t != tag]:
-            conn.execute("UPDATE suppressions SET data = ? WHERE domain = ? AND kind = ? AND address = ?",
-                         (json.dumps({"tags": [t for t in tags if t != tag]}), domain, kind, address))
-            return True
-        conn.execute("DELETE FROM suppressions WHERE domain = ? AND kind = ? AND address = ?", (domain, kind, address))
-        return True
-    if not await context(request).store.write(remove):
+    if not await context(request).store.delete_suppression(domain, kind, address, tag):
         return error(404, f"Address not found in {kind} table")
     key = "value" if kind == "whitelists" else "address"
     return web.json_response({"message": _REMOVED_ONE[kind], key: address})
@@ -259,8 +208,7 @@ async def delete_entry(request: web.Request) -> web.Response:
 
 async def delete_all(request: web.Request) -> web.Response:
     domain, kind = _kind(request)
-    await context(request).store.write(lambda c: c.execute(
-        "DELETE FROM suppressions WHERE domain = ? AND kind = ?", (domain, kind)))
+    await context(request).store.clear_suppressions(domain, kind)
     return web.json_response({"message": _REMOVED_ALL[kind]})
 
 

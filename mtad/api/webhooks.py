@@ -20,16 +20,15 @@ import time
 
 from aiohttp import web
 
-from mtad.events import record as events
 from mtad.events import webhooks
 from mtad.api import context, error
 from mtad.api.formdata import read_post
 from mtad.config.schema import WEBHOOK_IDS
-from mtad.events.webhooks import WebhookError
+from mtad.store.webhooks import Webhook, WebhookError
 
 
-def _view(entry: dict) -> dict:
-    return {"urls": entry["urls"], "format": entry["format"], "source": entry["source"]}
+def _view(hook: Webhook) -> dict:
+    return {"urls": list(hook.urls), "format": hook.format, "source": hook.source}
 
 
 async def _form(request: web.Request) -> tuple[list[str], str]:
@@ -41,13 +40,13 @@ async def _form(request: web.Request) -> tuple[list[str], str]:
 
 async def list_hooks(request: web.Request) -> web.Response:
     domain = request.match_info["domain"].lower()
-    hooks = await context(request).store.read(lambda c: webhooks.list_webhooks(c, domain))
+    hooks = await context(request).store.list_webhooks(domain)
     return web.json_response({"webhooks": {hook: _view(e) for hook, e in hooks.items()}})
 
 
 async def get_hook(request: web.Request) -> web.Response:
     domain, hook = request.match_info["domain"].lower(), request.match_info["webhook"]
-    hooks = await context(request).store.read(lambda c: webhooks.list_webhooks(c, domain))
+    hooks = await context(request).store.list_webhooks(domain)
     if hook not in hooks:
         return error(404, "Webhook not found")
     return web.json_response({"webhook": _view(hooks[hook])})
@@ -59,11 +58,9 @@ async def _change(request: web.Request, hook: str, *, create: bool) -> web.Respo
     try:
         webhooks.check_change(hook, urls, fmt, context(request).allowed_networks)
         now = time.time()
-        await context(request).store.write(lambda c: webhooks.put_webhook(c, domain, hook, urls, fmt, now,
-                                                                           create=create))
+        await context(request).store.put_webhook(domain, hook, urls, fmt, now, create=create)
     except WebhookError as exc:
         return error(exc.status, str(exc))
-    events.invalidate_webhooks()  # again after the commit: a reader never keeps an uncommitted view
     verb = "created" if create else "updated"
     return web.json_response({"message": f"Webhook has been {verb}",
                               "webhook": {"urls": list(dict.fromkeys(urls)), "format": fmt}})
@@ -86,11 +83,10 @@ async def update_hook(request: web.Request) -> web.Response:
 async def delete_hook(request: web.Request) -> web.Response:
     domain, hook = request.match_info["domain"].lower(), request.match_info["webhook"]
     try:
-        gone = await context(request).store.write(lambda c: webhooks.delete_webhook(c, domain, hook))
+        gone = await context(request).store.delete_webhook(domain, hook)
     except WebhookError as exc:
         return error(exc.status, str(exc))
-    events.invalidate_webhooks()
-    return web.json_response({"message": "Webhook has been deleted", "webhook": {"urls": gone["urls"]}})
+    return web.json_response({"message": "Webhook has been deleted", "webhook": {"urls": list(gone.urls)}})
 
 
 # --- v4: one URL, several event types (the Python SDK's create/update with event_types, delete with url) ------
@@ -119,13 +115,12 @@ async def _v4_change(request: web.Request, *, replace: bool) -> web.Response:
         now = time.time()
         networks = context(request).allowed_networks
 
-        def write(conn) -> dict:
-            webhooks.put_url(conn, domain, url, add=types, remove=remove, now=now, allowed_networks=networks)
-            return webhooks.list_webhooks(conn, domain)
-        hooks = await context(request).store.write(write)
+        def check(hook: str, urls: list[str], fmt: str) -> None:
+            webhooks.check_change(hook, urls, fmt, networks)
+        hooks = await context(request).store.put_webhook_urls(domain, [url], add=types, remove=remove, now=now,
+                                                              check=check)
     except WebhookError as exc:
         return error(exc.status, str(exc))
-    events.invalidate_webhooks()
     verb = "updated" if replace else "created"
     return web.json_response({"message": f"Webhooks have been {verb}",
                               "webhooks": {hook: _view(e) for hook, e in hooks.items()}})
@@ -144,17 +139,10 @@ async def v4_delete(request: web.Request) -> web.Response:
     urls = [u.strip() for u in request.query.getall("url", []) if u.strip()]
     if not urls:
         return error(400, "url is required")
-    now = time.time()
-
-    def write(conn) -> dict:
-        for url in urls:
-            webhooks.put_url(conn, domain, url, add=(), remove=WEBHOOK_IDS, now=now)
-        return webhooks.list_webhooks(conn, domain)
     try:
-        hooks = await context(request).store.write(write)
+        hooks = await context(request).store.put_webhook_urls(domain, urls, remove=WEBHOOK_IDS, now=time.time())
     except WebhookError as exc:
         return error(exc.status, str(exc))
-    events.invalidate_webhooks()
     return web.json_response({"message": "Webhooks have been deleted",
                               "webhooks": {hook: _view(e) for hook, e in hooks.items()}})
 

@@ -6,10 +6,18 @@ holder drops what it kept, reads the rest without keeping it and answers ``452 4
 gives back everything the hold took; callers call it on every path (``with`` does), so success, refusal,
 error and a client gone mid-DATA all return their bytes.
 
+A message is held more than once while it is committed: the cleaned copy ingress makes and the record the
+store builds for the write exist beside the received bytes for a moment. So before the commit a holder also
+takes ``COMMIT_COPIES`` times the message's size (``take_for_commit``): the budget then bounds what the
+messages really cost in memory, not only what was read (measured: 30 concurrent 24 MB messages under the
+512 MB default peaked at ~1.26 GB of RSS when only the received bytes were counted).
+
 Single-threaded (the event loop's); no locks.
 """
 
 from __future__ import annotations
+
+COMMIT_COPIES = 2  # the cleaned copy and the store's record, beside the received bytes, while committing
 
 
 class ByteBudget:
@@ -50,6 +58,10 @@ class Hold:
             return False
         self.held += n
         return True
+
+    def take_for_commit(self, size: int) -> bool:
+        """Reserve the copies a commit of a ``size``-byte message makes (``COMMIT_COPIES``); False if no room."""
+        return self.take(COMMIT_COPIES * size)
 
     def release(self) -> None:
         """Give back everything taken; idempotent."""

@@ -269,14 +269,8 @@ class RoutingConfig:
             raise ConfigError(f"{path}.retry_schedule", "give at least one delay")
         if not 0 <= self.form_workers <= 64:
             raise ConfigError(f"{path}.form_workers", "expected 0 to 64")
-        from mtad.base.errors import RouteSyntaxError
-        from mtad.inbound.router import Route, compile_route
-        for i, r in enumerate(self.routes):  # the parser the daemon uses, so check-config and start agree
-            try:
-                compile_route(Route(r.id, r.priority, r.description, r.expression, tuple(r.actions)),
-                              allow_backtracking=self.allow_backtracking_regex)
-            except RouteSyntaxError as exc:
-                raise ConfigError(f"{path}.routes[{i}]", str(exc)) from None
+        # The routes themselves are compiled by the inbound layer (``inbound.routing.check_config_routes``, called
+        # by ``mtad check-config``, at start and at reload): the config keeps them as data.
 
 
 WEBHOOK_IDS = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained", "permanent_fail",
@@ -293,7 +287,7 @@ class WebhookConfig:
     format: Literal["json", "legacy"] = "json"
 
     def __post_build__(self, path: str) -> None:
-        from mtad.net.httpclient import check_url
+        from mtad.net.urls import check_url
         if not 1 <= len(self.urls) <= 3:
             raise ConfigError(f"{path}.urls", "give one to three URLs")
         for i, url in enumerate(self.urls):

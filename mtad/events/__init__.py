@@ -1,6 +1,7 @@
 """mtad.events: what happened to mail, recorded and reported in Mailgun's shapes.
 
-Job: building and recording events with their counters (``record``), the events API and analytics queries
+Job: building events in Mailgun's JSON shape (``shape``, pure; the store writes them with their counters and
+webhook rows, ``store.events``), the events API and analytics queries
 (``query``), stats from counters (``stats``), signed webhooks retried durably (``webhooks``), event retention
 (``retention``), the seed's legacy log and stats (``legacy``).
 May import: ``mtad.store`` and below (``config``, ``mail``, ``net``, ``base``).

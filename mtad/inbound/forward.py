@@ -4,7 +4,7 @@ A URL ending in ``mime`` gets the raw format (``body-mime``); any other URL the 
 (fields, attachments as file uploads). Both carry ``timestamp``, ``token`` and ``signature``. A 2xx
 completes the forward; 406 Not Acceptable means the application refuses it, so it is not retried;
 anything else (status, timeout, refused connection) is retried on ``routing.retry_schedule``, then
-fails. Every attempt leaves an event on the receiving domain: ``delivered`` or ``failed``.
+fails (the rule of all HTTP work, ``net.retry``). Every attempt leaves an event on the receiving domain: ``delivered`` or ``failed``.
 
 Forms are built by ``form.build`` (MIME parse and encoding, in a worker process: ``form.jobs``) and
 signed here just before sending.
@@ -13,21 +13,22 @@ signed here just before sending.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mtad.events import record as events
-from mtad.store import queue as spool
+from mtad.events import shape
 from mtad.base.coalesce import Coalescer
 from mtad.config.schema import RoutingConfig
 from mtad.inbound.form.jobs import FormJob, form_pool
+from mtad.net import retry
 from mtad.net.httpclient import HttpClient, HttpResult
-from mtad.store.leases import settle
+from mtad.store.leases import settle_call
 from mtad.inbound.form.build import Form, FormParts, encode_form, form_parts, is_raw_format, sign
-from mtad.store.engine import Store
+from mtad.store.events import NewEvent
+from mtad.store.queue import QueuedMessage
+from mtad.store.work import WorkItem, WorkOutcome, WorkStore
 
 __all__ = ["Form", "Forwarder", "build_form", "encode_form"]
 
@@ -37,41 +38,17 @@ LARGE = 1_000_000  # bytes: messages from this size are built in a thread, not q
 MAX_BATCH = 200  # forwards per coalesced read, form batch or outcome write
 
 
-def build_form(message: dict[str, Any], recipient: str, url: str, key: str, max_depth: int = 20) -> Form:
+def build_form(message: QueuedMessage, recipient: str, url: str, key: str, max_depth: int = 20) -> Form:
     """The multipart body of a route POST (parsed or raw MIME), signed. Always multipart, as Mailgun posts."""
-    return sign(form_parts(message["body"], recipient, message["sender"], is_raw_format(url), max_depth), key)
+    return sign(form_parts(message.body, recipient, message.sender, is_raw_format(url), max_depth), key)
 
 
 @dataclass(frozen=True)
 class Settlement:
     """One forward's outcome, written with its event (if any) in the batch's transaction."""
 
-    row_id: int
-    state: str
-    attempts: int
-    retry_at: float | None
-    status: int | None
-    error: str
-    now: float
-    domain: str = ""
-    event: dict[str, Any] | None = None
-
-
-def _messages_by_id(conn, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The columns a forward needs of each message still stored (one query for a batch)."""
-    rows = conn.execute(f"SELECT id, domain, sender, headers, options, size, body, attachments FROM messages"
-                        f" WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
-    return {r[0]: {"id": r[0], "domain": r[1], "sender": r[2], "headers": json.loads(r[3]),
-                   "options": json.loads(r[4]), "size": r[5], "body": bytes(r[6]), "attachments": json.loads(r[7])}
-            for r in rows}
-
-
-def _settle_all(conn, settlements: list[Settlement]) -> None:
-    for s in settlements:
-        spool.finish_work(conn, "forwards", s.row_id, state=s.state, attempts=s.attempts, next_attempt_at=s.retry_at,
-                          status=s.status, error=s.error, now=s.now)
-        if s.event is not None:
-            events.record(conn, s.domain, s.event)
+    outcome: WorkOutcome
+    event: NewEvent | None = None  # in the receiving domain
 
 
 class Forwarder:
@@ -83,7 +60,7 @@ class Forwarder:
     worker processes.
     """
 
-    def __init__(self, *, store: Store, http: HttpClient, config: RoutingConfig, signing_key: str,
+    def __init__(self, *, store: WorkStore, http: HttpClient, config: RoutingConfig, signing_key: str,
                  clock: Callable[[], float] = time.time, max_depth: int = 20):
         self.store = store
         self.http = http
@@ -94,25 +71,24 @@ class Forwarder:
         self.counters = {"delivered": 0, "retried": 0, "failed": 0}
         processes = getattr(config, "form_workers", 1)
         self.workers = form_pool(processes)
-        self._messages: Coalescer[str, dict[str, Any] | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
+        self._messages: Coalescer[str, QueuedMessage | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
         self._forms: Coalescer[FormJob, FormParts] = Coalescer(self._build_forms, max_batch=MAX_BATCH)
         self._settlements: Coalescer[Settlement, None] = Coalescer(self._write_settlements, max_batch=MAX_BATCH)
 
-    async def handle(self, row: dict[str, Any]) -> None:
-        message = await self._messages.submit(row["message"])
+    async def handle(self, row: WorkItem) -> None:
+        message = await self._messages.submit(row.message)
         if message is None:  # deleted meanwhile
-            await self._settlements.submit(Settlement(row["id"], "failed", row["attempts"], None, None,
-                                                      "message deleted", self.clock()))
+            await self._settlements.submit(Settlement(WorkOutcome(row.id, "failed", row.attempts, None, None,
+                                                                  "message deleted", self.clock())))
             return
-        job = FormJob(message["body"], row["recipient"], message["sender"], is_raw_format(row["destination"]),
-                      self.max_depth)
+        job = FormJob(message.body, row.recipient, message.sender, is_raw_format(row.destination), self.max_depth)
         if len(job.body) >= LARGE:
             parts = await asyncio.to_thread(form_parts, *job.args())
         else:
             parts = await self._forms.submit(job)
         form = sign(parts, self.signing_key)
         started = time.monotonic()
-        result = await self.http.post(row["destination"], data=form.body, headers={"Content-Type": form.content_type})
+        result = await self.http.post(row.destination, data=form.body, headers={"Content-Type": form.content_type})
         await self._record(row, message, result, time.monotonic() - started)
 
     async def close(self) -> None:
@@ -120,50 +96,47 @@ class Forwarder:
 
     # --- the batched steps --------------------------------------------------------------------------
 
-    async def _read_messages(self, ids: list[str]) -> list[dict[str, Any] | None]:
-        unique = list(dict.fromkeys(ids))
-        found = await self.store.read(lambda c: _messages_by_id(c, unique))
+    async def _read_messages(self, ids: list[str]) -> list[QueuedMessage | None]:
+        found = await self.store.work_messages(ids)
         return [found.get(i) for i in ids]
 
     async def _build_forms(self, jobs: list[FormJob]) -> list[FormParts]:
         return await self.workers.run_many(jobs)  # in process when no worker can (mtad.workers.pool)
 
     async def _write_settlements(self, settlements: list[Settlement]) -> list[None]:
-        """One write for a burst of outcomes; kept and tried again while the store fails (``leases.settle``): the
-        POST was made, and a forward is not made again just because its outcome could not be recorded."""
-        await settle(self.store, lambda c: _settle_all(c, settlements),
-                     f"outcomes of {len(settlements)} forwards ({', '.join(str(s.row_id) for s in settlements[:5])})")
+        """One write for a burst of outcomes; kept and tried again while the store fails
+        (``leases.settle_call``): the POST was made, and a forward is not made again just because its outcome could
+        not be recorded."""
+        outcomes = [s.outcome for s in settlements]
+        recorded = [s.event for s in settlements if s.event is not None]
+        await settle_call(self.store, lambda: self.store.finish_work("forwards", outcomes, recorded),
+                          f"outcomes of {len(settlements)} forwards ({', '.join(str(o.id) for o in outcomes[:5])})")
         return [None] * len(settlements)
 
-    async def _record(self, row: dict[str, Any], message: dict[str, Any], result: HttpResult, seconds: float) -> None:
+    async def _record(self, row: WorkItem, message: QueuedMessage, result: HttpResult, seconds: float) -> None:
         now = self.clock()
-        attempt = row["attempts"] + 1
-        ok = result.status is not None and 200 <= result.status < 300
-        schedule = self.config.retry_schedule
-        if ok:
-            state, retry_at, kind, severity = "done", None, "delivered", ""
-        elif result.status == 406 or attempt > len(schedule):
-            state, retry_at, kind, severity = "failed", None, "failed", "permanent"
-        else:
-            state, retry_at, kind, severity = "deferred", now + schedule[attempt - 1].seconds, "failed", "temporary"
+        attempt = row.attempts + 1
+        state, retry_at = retry.decide(result.status, attempt, [d.seconds for d in self.config.retry_schedule], now)
+        ok = state == "done"
+        kind, severity = ("delivered", "") if ok else ("failed", "temporary" if retry_at else "permanent")
         error = result.error or (result.body[:200] if not ok else "")
         status = {"code": result.status or 0, "message": error if not ok else "OK", "attempt-no": attempt,
-                  "session-seconds": round(seconds, 3), "url": row["destination"]}
+                  "session-seconds": round(seconds, 3), "url": row.destination}
         if retry_at:
             status["retry-seconds"] = int(retry_at - now)
-        extra: dict[str, Any] = {"delivery-status": status, "method": "http", "route": {"id": row["route_id"]}}
+        extra: dict[str, Any] = {"delivery-status": status, "method": "http", "route": {"id": row.route_id}}
         if kind == "failed":
             extra["severity"] = severity
             extra["reason"] = "rejected" if result.status == 406 else ("generic" if severity == "temporary" else "old")
-        event = events.base_event(
-            kind, timestamp=now, recipient=row["recipient"], queue_id=message["id"],
-            message=events.message_part(message["headers"], message["size"], message["attachments"]),
-            options=message["options"],
-            envelope={"sender": message["sender"], "targets": row["destination"], "transport": "http"},
+        event = shape.base_event(
+            kind, timestamp=now, recipient=row.recipient, queue_id=message.id,
+            message=shape.message_part(message.headers, message.size, message.attachments),
+            options=message.options,
+            envelope={"sender": message.sender, "targets": row.destination, "transport": "http"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False}, extra=extra)
-        await self._settlements.submit(Settlement(row["id"], state, attempt, retry_at, result.status, error, now,
-                                                  message["domain"], event))
+        await self._settlements.submit(Settlement(WorkOutcome(row.id, state, attempt, retry_at, result.status, error,
+                                                              now), NewEvent(message.domain, event)))
         self.counters["delivered" if ok else ("retried" if retry_at else "failed")] += 1
-        log.info("%s: forward to=<%s> url=%s status=%s%s", message["id"], row["recipient"], row["destination"],
+        log.info("%s: forward to=<%s> url=%s status=%s%s", message.id, row.recipient, row.destination,
                  result.status if result.status is not None else "none",
                  (f" error={error!r}" if error and not ok else "") + (f" retry_in={int(retry_at - now)}s" if retry_at else ""))

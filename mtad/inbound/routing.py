@@ -16,10 +16,35 @@ from typing import Iterable
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import srs
-from mtad.inbound.router import Route, RouteTable
+from mtad.base.errors import ConfigError, RouteSyntaxError
+from mtad.config.schema import RoutingConfig
+from mtad.inbound.router import Route, RouteTable, compile_route
 from mtad.store.queue import ForwardRow
+from mtad.store.routes import RouteRecord
 
 log = logging.getLogger("mtad.inbound")
+
+
+def route_of(record: RouteRecord) -> Route:
+    """The route an API route record holds (compiled when a table is built)."""
+    return Route(record.id, record.priority, record.description, record.expression, tuple(record.actions))
+
+
+def record_of(route: Route, created_at: float) -> RouteRecord:
+    """The record the store keeps of an API route."""
+    return RouteRecord(route.id, route.priority, route.description, route.expression, tuple(route.actions),
+                       created_at)
+
+
+def check_config_routes(routing: RoutingConfig, path: str = "routing") -> None:
+    """ConfigError (``routing.routes[N]: ...`` with the part and column at fault) unless every route of the config
+    file compiles with the parser the daemon uses, so ``mtad check-config``, start and reload agree."""
+    for i, r in enumerate(routing.routes):
+        try:
+            compile_route(Route(r.id, r.priority, r.description, r.expression, tuple(r.actions)),
+                          allow_backtracking=routing.allow_backtracking_regex)
+        except RouteSyntaxError as exc:
+            raise ConfigError(f"{path}.routes[{i}]", str(exc)) from None
 
 
 def is_url(destination: str) -> bool:

@@ -7,8 +7,9 @@ notify URL, or empty). ``StoreAction.handle`` (run by a WorkLoop over those rows
 2. without a notify URL the row is done; with one, POSTs the parsed message (without attachment
    bodies, which are listed with their URLs) plus ``message-url``, signed like route POSTs. 2xx is
    done, 406 fails at once, anything else is retried on ``routing.retry_schedule``.
-The storage key is the message's queue id; the message stays in ``messages`` (``stored_until``).
-``expire`` forgets stored messages past their time and deletes those kept only for storage.
+The storage key is the message's queue id; the message stays in ``messages`` (``stored_until``, kept by
+``store.stored``). ``expire_loop`` forgets stored messages past their time and deletes those kept only for storage.
+2xx/406/schedule is the rule of all HTTP work, ``net.retry``.
 ``parsed(message, ...)`` and ``raw(message, ...)`` are the two JSON shapes ``GET`` answers.
 """
 
@@ -17,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import aiohttp
 
-from mtad.events import record as events
+from mtad.events import shape
 from mtad.mail import signing
-from mtad.store import queue as spool
 from mtad.config.schema import RoutingConfig
+from mtad.net import retry
 from mtad.net.httpclient import HttpClient, HttpResult
-from mtad.store.leases import settle
-from mtad.store.engine import Store
+from mtad.store.leases import settle_call
+from mtad.store.stored import StoredMessageStore
+from mtad.store.events import NewEvent
+from mtad.store.queue import QueuedMessage
+from mtad.store.work import WorkItem, WorkOutcome, WorkStore
 
 log = logging.getLogger("mtad.storedmsg")
 
@@ -38,53 +41,16 @@ def message_url(base_url: str, domain: str, key: str) -> str:
     return f"{base_url.rstrip('/')}/v3/domains/{domain}/messages/{key}"
 
 
-# --- the store's side ------------------------------------------------------------------------------
-
-def mark_stored(conn: sqlite3.Connection, queue_id: str, until: float) -> None:
-    conn.execute("UPDATE messages SET stored_until = MAX(COALESCE(stored_until, 0), ?) WHERE id = ?",
-                 (until, queue_id))
-
-
-def stored_message(conn: sqlite3.Connection, key: str, domain: str, now: float) -> dict[str, Any] | None:
-    """The message under storage key ``key`` of ``domain``, if still kept."""
-    row = conn.execute("SELECT domain, stored_until FROM messages WHERE id = ?", (key,)).fetchone()
-    if row is None or row[1] is None or row[1] < now or row[0].lower() != domain.lower():
-        return None
-    return spool.message_row(conn, key)
-
-
-def _pending_work(conn: sqlite3.Connection, queue_id: str) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM deliveries WHERE message = ? AND state IN ('queued', 'deferred', 'held')"
-        " UNION ALL SELECT 1 FROM forwards WHERE message = ? AND state IN ('queued', 'deferred') LIMIT 1",
-        (queue_id, queue_id)).fetchone() is not None
-
-
-def forget(conn: sqlite3.Connection, queue_id: str) -> None:
-    """No longer stored; an inbound message with no work left is deleted."""
-    conn.execute("UPDATE messages SET stored_until = NULL WHERE id = ?", (queue_id,))
-    if not _pending_work(conn, queue_id):
-        conn.execute("DELETE FROM messages WHERE id = ? AND direction = 'inbound'", (queue_id,))
-
-
-def expire(conn: sqlite3.Connection, now: float, limit: int = 1000) -> int:
-    ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE stored_until IS NOT NULL AND stored_until < ?"
-                                      " LIMIT ?", (now, limit))]
-    for queue_id in ids:
-        forget(conn, queue_id)
-    return len(ids)
-
-
 # --- the JSON shapes -------------------------------------------------------------------------------
 
-def _recipients(message: dict[str, Any]) -> str:
-    return ", ".join(message["recipients"])
+def _recipients(message: QueuedMessage) -> str:
+    return ", ".join(message.recipients)
 
 
-def parsed(message: dict[str, Any], url: str) -> dict[str, Any]:
+def parsed(message: QueuedMessage, url: str) -> dict[str, Any]:
     """Mailgun's stored-message JSON: the parsed route fields, attachments as URLs."""
     from mtad.inbound.form import parse as inbound_parse
-    post = inbound_parse.parsed_fields(message["body"], _recipients(message), message["sender"])
+    post = inbound_parse.parsed_fields(message.body, _recipients(message), message.sender)
     result: dict[str, Any] = {}
     for name, value in post.fields:
         result.setdefault(name, value)
@@ -100,7 +66,7 @@ def parsed(message: dict[str, Any], url: str) -> dict[str, Any]:
     if isinstance(result.get("content-id-map"), dict):
         result["content-id-map"] = {cid: _attachment_url(url, field) for cid, field in result["content-id-map"].items()}
     result.pop("attachment-count", None)
-    result.update({"recipients": _recipients(message), "sender": message["sender"], "attachments": attachments,
+    result.update({"recipients": _recipients(message), "sender": message.sender, "attachments": attachments,
                    "message-url": url})
     return result
 
@@ -110,24 +76,24 @@ def _attachment_url(url: str, field: str) -> str:
     return f"{url}/attachments/{number}" if number.isdigit() else field
 
 
-def raw(message: dict[str, Any], url: str) -> dict[str, Any]:
+def raw(message: QueuedMessage, url: str) -> dict[str, Any]:
     """The ``Accept: message/rfc2822`` shape: the whole message in ``body-mime``."""
-    summary = message["headers"]
-    return {"recipients": _recipients(message), "sender": message["sender"], "from": summary.get("from", ""),
+    summary = message.headers
+    return {"recipients": _recipients(message), "sender": message.sender, "from": summary.get("from", ""),
             "subject": summary.get("subject", ""), "Message-Id": summary.get("message-id", ""),
-            "body-mime": message["body"].decode("utf-8", "replace"), "message-url": url}
+            "body-mime": message.body.decode("utf-8", "replace"), "message-url": url}
 
 
-def attachment(message: dict[str, Any], number: int):
+def attachment(message: QueuedMessage, number: int):
     """The ``number``-th (1-based) attachment of a stored message, or None."""
     from mtad.inbound.form import parse as inbound_parse
-    post = inbound_parse.parsed_fields(message["body"], _recipients(message), message["sender"])
+    post = inbound_parse.parsed_fields(message.body, _recipients(message), message.sender)
     if not 1 <= number <= len(post.attachments):
         return None
     return post.attachments[number - 1]
 
 
-def notify_form(message: dict[str, Any], recipient: str, url: str, domain: str, key: str) -> aiohttp.FormData:
+def notify_form(message: QueuedMessage, recipient: str, url: str, domain: str, key: str) -> aiohttp.FormData:
     fields = parsed(message, url)
     form = aiohttp.FormData(quote_fields=False, charset="utf-8")
     for name, value in fields.items():
@@ -145,10 +111,14 @@ def notify_form(message: dict[str, Any], recipient: str, url: str, domain: str, 
 
 # --- the work loop's handler -----------------------------------------------------------------------
 
+class _Store(WorkStore, StoredMessageStore, Protocol):
+    """What the store() action needs of the store."""
+
+
 class StoreAction:
     """Handles claimed ``forwards`` rows with action ``store``."""
 
-    def __init__(self, *, store: Store, http: HttpClient, config: RoutingConfig, signing_key: str,
+    def __init__(self, *, store: _Store, http: HttpClient, config: RoutingConfig, signing_key: str,
                  base_url: str, clock: Callable[[], float] = time.time):
         self.store = store
         self.http = http
@@ -158,73 +128,57 @@ class StoreAction:
         self.clock = clock
         self.counters = {"stored": 0, "notified": 0, "retried": 0, "failed": 0}
 
-    async def handle(self, row: dict[str, Any]) -> None:
-        message = await self.store.read(lambda c: spool.message_row(c, row["message"]))
+    async def handle(self, row: WorkItem) -> None:
+        message = (await self.store.work_messages([row.message])).get(row.message)
         now = self.clock()
         if message is None:
-            await self._finish(row, "failed", None, None, "message deleted", now)
+            await self._finish(WorkOutcome(row.id, "failed", row.attempts, None, None, "message deleted", now))
             return
-        url = message_url(self.base_url, message["domain"], message["id"])
-        notify = row["destination"]
-        if row["attempts"] == 0:
+        url = message_url(self.base_url, message.domain, message.id)
+        notify = row.destination
+        if row.attempts == 0:
             until = now + self.config.store_retention.seconds
-            event = self._stored_event(row, message, url, now)
-
-            def mark(conn: sqlite3.Connection) -> None:
-                mark_stored(conn, message["id"], until)
-                events.record(conn, message["domain"], event)
-                if not notify:
-                    spool.finish_work(conn, "forwards", row["id"], state="done", attempts=1, next_attempt_at=None,
-                                      status=None, error="", now=now)
-            await self.store.write(mark)
+            done = None if notify else WorkOutcome(row.id, "done", 1, None, None, "", now)
+            await self.store.keep_message(message.id, until, self._stored_event(row, message, url, now), done)
             self.counters["stored"] += 1
-            log.info("%s: stored for <%s> until %s%s", message["id"], row["recipient"],
+            log.info("%s: stored for <%s> until %s%s", message.id, row.recipient,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until)), f" notify={notify}" if notify else "")
             if not notify:
                 return
-        form = await asyncio.to_thread(notify_form, message, row["recipient"], url, message["domain"],
-                                       self.signing_key)
+        form = await asyncio.to_thread(notify_form, message, row.recipient, url, message.domain, self.signing_key)
         result = await self.http.post(notify, data=form)
         await self._record(row, message, result)
 
-    def _stored_event(self, row: dict[str, Any], message: dict[str, Any], url: str, now: float) -> dict[str, Any]:
-        return events.base_event(
-            "stored", timestamp=now, recipient=row["recipient"], queue_id=message["id"],
-            message=events.message_part(message["headers"], message["size"], message["attachments"]),
-            options=message["options"],
-            envelope={"sender": message["sender"], "targets": row["recipient"], "transport": "smtp"},
+    def _stored_event(self, row: WorkItem, message: QueuedMessage, url: str, now: float) -> NewEvent:
+        return NewEvent(message.domain, shape.base_event(
+            "stored", timestamp=now, recipient=row.recipient, queue_id=message.id,
+            message=shape.message_part(message.headers, message.size, message.attachments),
+            options=message.options,
+            envelope={"sender": message.sender, "targets": row.recipient, "transport": "smtp"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False},
-            extra={"storage": {"key": message["id"], "url": url}, "route": {"id": row["route_id"]}})
+            extra={"storage": {"key": message.id, "url": url}, "route": {"id": row.route_id}}))
 
-    async def _record(self, row: dict[str, Any], message: dict[str, Any], result: HttpResult) -> None:
+    async def _record(self, row: WorkItem, message: QueuedMessage, result: HttpResult) -> None:
         now = self.clock()
-        attempt = row["attempts"] + 1
-        ok = result.status is not None and 200 <= result.status < 300
-        schedule = self.config.retry_schedule
-        if ok:
-            state, retry_at = "done", None
-        elif result.status == 406 or attempt > len(schedule):
-            state, retry_at = "failed", None
-        else:
-            state, retry_at = "deferred", now + schedule[attempt - 1].seconds
+        attempt = row.attempts + 1
+        state, retry_at = retry.decide(result.status, attempt, [d.seconds for d in self.config.retry_schedule], now)
+        ok = state == "done"
         error = "" if ok else (result.error or result.body[:200])
-        await self._finish(row, state, retry_at, result.status, error, now, attempt)
+        await self._finish(WorkOutcome(row.id, state, attempt, retry_at, result.status, error, now))
         self.counters["notified" if ok else ("retried" if retry_at else "failed")] += 1
-        log.info("%s: store notify url=%s status=%s%s", message["id"], row["destination"],
+        log.info("%s: store notify url=%s status=%s%s", message.id, row.destination,
                  result.status if result.status is not None else "none",
                  "" if ok else f" error={error!r}" + (f" retry_in={int(retry_at - now)}s" if retry_at else ""))
 
-    async def _finish(self, row: dict[str, Any], state: str, retry_at: float | None, status: int | None, error: str,
-                      now: float, attempts: int | None = None) -> None:
-        await settle(self.store, lambda c: spool.finish_work(
-            c, "forwards", row["id"], state=state, attempts=attempts if attempts is not None else row["attempts"],
-            next_attempt_at=retry_at, status=status, error=error, now=now), f"store action {row['id']}: outcome")
+    async def _finish(self, outcome: WorkOutcome) -> None:
+        await settle_call(self.store, lambda: self.store.finish_work("forwards", [outcome]),
+                          f"store action {outcome.id}: outcome")
 
     async def expire_loop(self, interval: float = 600.0) -> None:
         """Forget stored messages past their time, every ``interval`` seconds."""
         while True:
             try:
-                while await self.store.write(lambda c: expire(c, self.clock())) >= 1000:
+                while await self.store.expire_stored(self.clock()) >= 1000:
                     await asyncio.sleep(0)
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("could not expire stored messages")

@@ -263,7 +263,8 @@ class Ingress:
         Unless ``held``, the contents' bytes are reserved in ``inflight`` for the commit (452 if no room).
         """
         with self.inflight.hold() as hold:
-            if not held and not hold.take(sum(len(item.content) for item in items)):
+            size = sum(len(item.content) for item in items)
+            if not held and not (hold.take(size) and hold.take_for_commit(size)):
                 log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
                             self.inflight.limit)
                 return NO_ROOM

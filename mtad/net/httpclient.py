@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from mtad.net.fasthttp import ConnectFailed, FastPoster
+from mtad.net.urls import check_url
 
 
 class ForbiddenAddress(OSError):
@@ -92,21 +93,6 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def check_url(url: str) -> str | None:
-    """None if ``url`` is an acceptable forward/webhook URL, else the problem."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        return f"invalid URL: {exc}"
-    if parts.scheme not in ("http", "https"):
-        return "only http and https URLs are allowed"
-    if not parts.hostname:
-        return "URL has no host"
-    if parts.username or parts.password:
-        return None  # basic auth in the URL is allowed (Mailgun's docs show it)
-    return None
 
 
 def url_refusal(url: str, allowed_networks: tuple[str, ...]) -> str | None:

@@ -31,7 +31,9 @@ def show_json(detail: MessageDetail) -> dict[str, Any]:
     info["deliveries"] = [{"id": d.id, "domain": d.domain, "recipients": json.dumps(list(d.recipients)),
                            "state": d.state, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
                            "last_reply": d.last_reply} for d in detail.deliveries]
-    info["forwards"] = [dataclasses.asdict(f) for f in detail.forwards]
+    info["forwards"] = [{"id": f.id, "recipient": f.recipient, "action": f.action, "destination": f.destination,
+                         "state": f.state, "attempts": f.attempts, "last_status": f.last_status}
+                        for f in detail.forwards]
     return info
 
 

@@ -20,7 +20,7 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
    does not wait for that commit before its next message (at-least-once: a crash in between resends).
    An outcome the store refuses (disk full) is kept in memory and written once it takes writes again
-   (``leases.settle``): the message is not sent again because its result was not recorded.
+   (``leases.settle_call``): the message is not sent again because its result was not recorded.
 A job is claimed by one worker only, on a lease it renews while it holds the job (``mtad.leases``); a job that
 cannot be handled is given back at once; a crash leaves locks that the next start releases.
 """
@@ -33,7 +33,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 from mtad.outbound import classify
 from mtad.mail import dkim as dkim_mod
@@ -41,6 +41,7 @@ from mtad.outbound import dsn
 from mtad.outbound import providers
 from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store.queue import DeliveryJob, Pauses, QueueStore
+from mtad.store.work import WorkStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
 from mtad.outbound.signer import DkimSigner
@@ -68,8 +69,12 @@ class Site:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
 
 
+class SchedulerStore(QueueStore, WorkStore, Protocol):
+    """What the scheduler needs of the store: the queue, and the leases of its claims (renewed, released)."""
+
+
 class Scheduler:
-    def __init__(self, *, store: QueueStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
+    def __init__(self, *, store: SchedulerStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
                  dsn_policies: Mapping[str, dsn.Policy] | None = None):

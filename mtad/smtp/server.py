@@ -17,7 +17,7 @@ import logging
 import re
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from mtad.config.schema import LimitsConfig, ListenerConfig
@@ -569,6 +569,8 @@ class MtadSMTP(AiosmtpdSeam):
                 finally:
                     reader._limit = saved_limit  # type: ignore[attr-defined]
                 self._reset_timeout()
+                if result.content and not result.over_budget and not hold.take_for_commit(len(result.content)):
+                    result = replace(result, content=None, over_budget=True)  # no room for the commit's copies
                 if result.over_budget:
                     log.warning("%s: message refused: messages in flight hold more than max_inflight_bytes (%d)",
                                 self.client_ip, self.policy.inflight.limit)

@@ -1,14 +1,19 @@
 """mtad.store: the durable state, and the only package that speaks SQL.
 
 Job: ``engine`` (SQLite in WAL mode, one writer thread, group commit, staged rows), ``migrations`` (numbered
-schema steps run at open), ``queue`` (messages, deliveries, forwards, suppressions), ``accounts`` (API domains and
-credentials), ``routes`` (API routes), ``leases`` (claims as renewed leases, outcome writes retried), ``workloop``
-(the claim loop of HTTP work rows).
+schema steps run at open), ``queue`` (messages, deliveries, forwards, pauses, operator actions), ``events`` (event
+rows, counters, webhook rows, the ``EventBus``) with ``eventquery`` and ``counters`` (reads), ``suppressions``,
+``accounts`` (API domains and credentials), ``routes`` (API routes as data), ``webhooks`` (webhook URLs),
+``work`` (HTTP work rows), ``stored`` (messages kept by ``store()``), ``leases`` (claims as renewed leases,
+outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``sqlite`` composes them into
+``SqliteStore``, ``protocol`` declares ``StoreProtocol``.
 May import: ``mtad.base``, ``mtad.mail``, ``mtad.net``, ``mtad.config``; no module outside it imports sqlite3
-(import-linter contract "Only the store speaks SQL"; known crossings listed in pyproject.toml are being removed).
-Contract: a caller's write returns only after it is durably committed, a failing write rolls back alone, a claim
-is a lease (see ``engine`` and ``leases``). Target (docs/architecture.md): typed async methods per kind of state
-behind a ``typing.Protocol``, so a second backend implements the same interface and passes tests/contract.
+(import-linter contract "Only the store speaks SQL") or holds SQL text (tests/unit/test_layout.py).
+Contract: every read and write of durable state is a typed async method taking and returning frozen dataclasses,
+declared per kind of state as a ``typing.Protocol`` (``StoreProtocol``: all of them), so a second backend
+implements the same interface and passes tests/contract. A caller's write returns only after it is durably
+committed, a failing write rolls back alone, a claim is a lease (see ``engine`` and ``leases``). ``write(fn)`` and
+``read(fn)`` of the engine are internal to this package.
 """
 
 from __future__ import annotations

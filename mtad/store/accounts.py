@@ -3,14 +3,16 @@
 ``Accounts`` is an immutable snapshot of the ``domains`` and ``credentials`` tables, loaded at start
 and after every API change; app.py merges it with the config file into the ``Directory`` (config
 entries win on a clash and stay read-only through the API) and into the scheduler's DKIM keys.
-Each API domain has one DKIM key, generated at creation and kept in the store as PEM. Store
-functions take a connection; nothing here does network I/O.
+Each API domain has one DKIM key, generated at creation and kept in the store as PEM. The functions
+of a connection are the SQL; ``AccountMethods`` are the typed store methods (``AccountStore`` the contract).
+Nothing here does network I/O.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 from mtad.mail import dkim
 
@@ -90,3 +92,68 @@ def set_password(conn: sqlite3.Connection, login: str, password_hash: str) -> bo
 
 def delete_credential(conn: sqlite3.Connection, login: str) -> bool:
     return conn.execute("DELETE FROM credentials WHERE login = ?", (login,)).rowcount > 0
+
+
+def delete_credentials(conn: sqlite3.Connection, logins: Sequence[str]) -> int:
+    return sum(1 for login in logins if delete_credential(conn, login))
+
+
+def add_domain_with(conn: sqlite3.Connection, d: DomainRecord, credential: Credential | None) -> bool:
+    if not add_domain(conn, d):
+        return False
+    if credential is not None:
+        add_credential(conn, credential)
+    return True
+
+
+class AccountStore(Protocol):
+    """Domains (with their DKIM key) and SMTP credentials created through the API. Each method commits before it
+    returns; callers reload the snapshot (``load_accounts``) to apply a change."""
+
+    async def load_accounts(self) -> Accounts:
+        """A consistent snapshot of every API domain and credential."""
+        ...
+
+    async def add_domain(self, record: DomainRecord, credential: Credential | None = None) -> bool:
+        """Create a domain, and its first credential when given, in one transaction; False (nothing written) if
+        a domain of that name exists."""
+        ...
+
+    async def delete_domain(self, name: str) -> bool:
+        """Delete a domain and every credential of it, together; False if there was no such domain."""
+        ...
+
+    async def add_credential(self, credential: Credential) -> bool:
+        """False (nothing written) if the login exists."""
+        ...
+
+    async def set_password(self, login: str, password_hash: str) -> bool:
+        """False if there is no such login."""
+        ...
+
+    async def delete_credentials(self, logins: Sequence[str]) -> int:
+        """Delete these logins in one transaction; the number that existed."""
+        ...
+
+
+class AccountMethods:
+    """``AccountStore`` over the SQLite engine (a mixin of ``SqliteStore``)."""
+
+    async def load_accounts(self) -> Accounts:
+        return await self.read(load)
+
+    async def add_domain(self, record: DomainRecord, credential: Credential | None = None) -> bool:
+        return await self.write(lambda c: add_domain_with(c, record, credential))
+
+    async def delete_domain(self, name: str) -> bool:
+        return await self.write(lambda c: delete_domain(c, name))
+
+    async def add_credential(self, credential: Credential) -> bool:
+        return await self.write(lambda c: add_credential(c, credential))
+
+    async def set_password(self, login: str, password_hash: str) -> bool:
+        return await self.write(lambda c: set_password(c, login, password_hash))
+
+    async def delete_credentials(self, logins: Sequence[str]) -> int:
+        logins = tuple(logins)
+        return await self.write(lambda c: delete_credentials(c, logins))

@@ -13,6 +13,7 @@ What differs, and why:
   (a one-element JSON array of a column, as text).
 - Case: ``nocase`` compares a column to a parameter without case (SQLite's ``COLLATE NOCASE``); ``like_nocase``
   is SQLite's ``LIKE`` (ASCII case-insensitive), PostgreSQL's ``ILIKE``.
+- ``greatest``: the larger of two values (SQLite's two-argument ``max``, PostgreSQL's ``GREATEST``).
 - ``header_block``: the bytes of a BLOB/BYTEA column up to the end of its header block.
 - ``creation_order``: the column that keeps insertion order (SQLite's implicit ``rowid``, PostgreSQL's explicit
   identity ``seq``), for tables ordered by creation.
@@ -78,6 +79,10 @@ class Dialect:
         if self.is_postgresql:
             return f"lower({column}) = lower(?)"
         return f"{column} = ? COLLATE NOCASE"
+
+    def greatest(self, a: str, b: str) -> str:
+        """The larger of two values (SQLite's scalar ``max``)."""
+        return f"GREATEST({a}, {b})" if self.is_postgresql else f"max({a}, {b})"
 
     def header_block(self, column: str) -> str:
         """The bytes of ``column`` up to and including the CRLF that ends its header block (all if none)."""

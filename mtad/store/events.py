@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
+from mtad.store.dialect import dialect_of
 from mtad.store.engine import execute_rows
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, _encode, bounded, bounded_text  # noqa: F401
 from mtad.store.eventquery import Cursor, EventPage, EventQuery, EventRow
@@ -190,8 +191,8 @@ def write_variables(conn: sqlite3.Connection, rows: list[tuple[str, str, float]]
         if row[0] not in newest or newest[row[0]][2] < row[2]:
             newest[row[0]] = row
     execute_rows(conn, "INSERT INTO event_variables (key, data, last_at)", 3, list(newest.values()),
-                 " ON CONFLICT (key) DO UPDATE SET last_at = CASE WHEN excluded.last_at > event_variables.last_at"
-                 " THEN excluded.last_at ELSE event_variables.last_at END")
+                 " ON CONFLICT (key) DO UPDATE SET last_at ="
+                 f" {dialect_of(conn).greatest('event_variables.last_at', 'excluded.last_at')}")
 
 
 def _stored_form(event: Mapping[str, Any]) -> tuple[str, tuple[str, str, float] | None]:

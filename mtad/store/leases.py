@@ -13,27 +13,28 @@ Contract of ``Leases`` (one per claimer):
   and its rows are claimed again once their lease ran out (by another node; at start-up by the next process).
 - ``until(now)``: the lease expiry of a claim made at ``now``.
 
-``settle(store, fn, what)`` writes what ends a claim (an outcome with its events, a release): while the store fails
-(``StoreError``: disk full, I/O error) the write is kept in memory and tried again with backoff (0.25 s doubling to
-``MAX_BACKOFF``), so it lands seconds after the store recovers, and a delivered message is not delivered again just
-because its result could not be recorded. It gives up (raises) only when the store is closed (shutdown: the next
-start releases the row, at-least-once) or when ``fn`` itself fails (a bug: not retried).
+``settle_call(store, call, what)`` makes the write that ends a claim (``call()``: a typed store method writing an
+outcome with its events, or a release): while the store fails (``StoreError``: disk full, I/O error) the write is
+kept in memory and tried again with backoff (0.25 s doubling to ``MAX_BACKOFF``), so it lands seconds after the
+store recovers, and a delivered message is not delivered again just because its result could not be recorded. It
+gives up (raises) only when the store is closed (shutdown: the next start releases the row, at-least-once) or when
+the write itself fails otherwise (a bug: not retried).
 
-``give_back(...)`` is the error path of a claim that could not be handled: released at once (through ``settle``),
-due again ``RETRY_AFTER_STORE_ERROR`` after a store failure, ``RETRY_AFTER_ERROR`` after any other error.
+``give_back(...)`` is the error path of a claim that could not be handled: released at once (through
+``settle_call``), due again ``RETRY_AFTER_STORE_ERROR`` after a store failure, ``RETRY_AFTER_ERROR`` after any
+other error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
-from mtad.store import queue as spool
 from mtad.base.errors import StoreError
-from mtad.store.engine import Store
+from mtad.store.queue import LEASED_TABLES
+from mtad.store.work import WorkStore
 
 log = logging.getLogger("mtad.leases")
 T = TypeVar("T")
@@ -43,12 +44,12 @@ RETRY_AFTER_STORE_ERROR = MAX_BACKOFF  # seconds before a row whose handling the
 RETRY_AFTER_ERROR = 60.0  # seconds before a row whose handling failed otherwise is tried again
 
 
-async def settle(store: Store, fn: Callable[[sqlite3.Connection], T], what: str, *, first_delay: float = 0.25) -> T:
-    """``await store.write(fn)``, tried again while the store fails, until written (see the module doc)."""
-    return await settle_call(store, lambda: store.write(fn), what, first_delay=first_delay)
+class _Opened(Protocol):
+    @property
+    def is_open(self) -> bool: ...
 
 
-async def settle_call(store: Store, call: Callable[[], Awaitable[T]], what: str, *, first_delay: float = 0.25) -> T:
+async def settle_call(store: _Opened, call: Callable[[], Awaitable[T]], what: str, *, first_delay: float = 0.25) -> T:
     """``await call()`` (a typed write of ``store``: ``lambda: store.finish_attempt(...)``), tried again while the
     store fails, until written (see the module doc)."""
     delay, failures = first_delay, 0
@@ -72,8 +73,8 @@ async def settle_call(store: Store, call: Callable[[], Awaitable[T]], what: str,
 class Leases:
     """The rows one claimer holds in one table, and the renewal of their leases (see the module doc)."""
 
-    def __init__(self, store: Store, table: str, worker: str, clock: Callable[[], float] = time.time):
-        assert table in spool.LEASED_TABLES
+    def __init__(self, store: WorkStore, table: str, worker: str, clock: Callable[[], float] = time.time):
+        assert table in LEASED_TABLES
         self.store = store
         self.table = table
         self.worker = worker
@@ -99,7 +100,7 @@ class Leases:
         if not ids:
             return 0
         until = self.until(self.clock())
-        renewed = await self.store.write(lambda c: spool.renew_leases(c, self.table, self.worker, ids, until))
+        renewed = await self.store.renew_leases(self.table, self.worker, ids, until)
         self.renewals += 1
         return renewed
 
@@ -120,6 +121,6 @@ class Leases:
         again soon after a store failure, after ``RETRY_AFTER_ERROR`` otherwise."""
         at = self.clock() + (RETRY_AFTER_STORE_ERROR if isinstance(error, StoreError) else RETRY_AFTER_ERROR)
         try:
-            await settle(self.store, lambda c: spool.release_claim(c, self.table, row_id, self.worker, at), what)
+            await settle_call(self.store, lambda: self.store.release_claim(self.table, row_id, self.worker, at), what)
         finally:
             self.done(row_id)

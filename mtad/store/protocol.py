@@ -1,18 +1,27 @@
-"""The store's whole interface, as a ``typing.Protocol``: what any backend implements (SQLite today,
-``store.sqlite.SqliteStore``) and what its contract tests check. Code outside the store types its collaborator
-as the part it needs (``QueueStore``, ``EventStore``, ...) or as ``StoreProtocol``.
+"""The store's whole interface as ``typing.Protocol``s: what a second backend implements (SQLite today,
+``store.sqlite.SqliteStore``), what its contract tests check, and what the code outside ``mtad.store`` depends on.
+Each part is declared next to its SQLite implementation (``store.<kind>``) with its contract; ``StoreProtocol`` is
+all of them together. Code that needs one part types its collaborator as that part (the scheduler takes a
+``QueueStore``, the suppression API a ``SuppressionStore``), or as ``StoreProtocol``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from mtad.store.accounts import AccountStore
 from mtad.store.events import EventStore
 from mtad.store.queue import QueueStore
+from mtad.store.routes import RouteStore
+from mtad.store.stored import StoredMessageStore
+from mtad.store.suppressions import SuppressionStore
+from mtad.store.webhooks import WebhookConfigStore
+from mtad.store.work import WorkStore
 
 
 class Lifecycle(Protocol):
-    """``open()`` before use (creates or migrates the store), ``close()`` at the end; ``is_open`` in between."""
+    """``open()`` before any other method (creates or migrates the schema), ``close()`` once at the end (waits for
+    the writes in flight); ``is_open`` between the two."""
 
     def open(self) -> None: ...
 
@@ -22,5 +31,6 @@ class Lifecycle(Protocol):
     def is_open(self) -> bool: ...
 
 
-class StoreProtocol(QueueStore, EventStore, Lifecycle, Protocol):
+class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
+                    WorkStore, StoredMessageStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

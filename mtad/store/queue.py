@@ -23,6 +23,7 @@ from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequen
 from mtad.base.types import NewMessage, Outcome, domain_of
 from mtad.store.dialect import dialect_of
 from mtad.store.events import NewEvent, record_all
+from mtad.store.suppressions import add_suppression, allowlisted, suppressed
 
 
 def new_queue_id() -> str:
@@ -119,29 +120,6 @@ def release_stale_locks(conn: sqlite3.Connection) -> int:
     for table in LEASED_TABLES:
         released += conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL").rowcount
     return released
-
-
-def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
-
-
-def renew_leases(conn: sqlite3.Connection, table: str, worker: str, ids: Iterable[int], until: float) -> int:
-    """Extend ``worker``'s lease on the rows ``ids`` it still holds to ``until``; the number of rows renewed."""
-    assert table in LEASED_TABLES
-    renewed = 0
-    for chunk in _chunks(list(ids)):
-        renewed += conn.execute(f"UPDATE {table} SET lease_until = ? WHERE locked_by = ? AND id IN"
-                                f" ({','.join('?' * len(chunk))})", (until, worker, *chunk)).rowcount
-    return renewed
-
-
-def release_claim(conn: sqlite3.Connection, table: str, row_id: int, worker: str, next_attempt_at: float) -> bool:
-    """Give back a row ``worker`` claimed but could not handle, without counting an attempt; False if it no
-    longer held it (its lease ran out and another claimer took it)."""
-    assert table in LEASED_TABLES
-    return conn.execute(f"UPDATE {table} SET {UNLOCK}, next_attempt_at = ? WHERE id = ? AND locked_by = ?",
-                        (next_attempt_at, row_id, worker)).rowcount > 0
 
 
 def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str = "1 = 1", args: tuple = ()) -> int:
@@ -325,49 +303,6 @@ def release(conn: sqlite3.Connection, delivery_id: int, next_attempt_at: float, 
                  (next_attempt_at, reply, delivery_id))
 
 
-def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
-               tags: Iterable[str] = ()) -> dict[str, str]:
-    """recipient -> reason (suppress-bounce | suppress-unsubscribe | suppress-complaint), allowlist honoured.
-
-    An address or its domain on the allowlist (``whitelists``) is never suppressed; otherwise bounces win over
-    complaints over unsubscribes, and an unsubscribe applies only to its tags (``*``: every message).
-    """
-    addresses = {rcpt: rcpt.lower() for rcpt in recipients}
-    keys = sorted(set(addresses.values()) | {domain_of(a) for a in addresses.values()})
-    entries: dict[tuple[str, str], str] = {}
-    for start in range(0, len(keys), 500):  # one query per 500 addresses, whatever the recipient count
-        chunk = keys[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        entries.update(((kind, address), data) for kind, address, data in conn.execute(
-            f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})", (domain, *chunk)))
-    if not entries:
-        return {}
-    tags = set(tags)
-    result: dict[str, str] = {}
-    for rcpt, address in addresses.items():
-        if ("whitelists", address) in entries or ("whitelists", domain_of(address)) in entries:
-            continue
-        for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
-                             ("unsubscribes", "suppress-unsubscribe")):
-            data = entries.get((kind, address))
-            if data is None:
-                continue
-            if kind == "unsubscribes":
-                unsub_tags = set(json.loads(data).get("tags") or ["*"])
-                if "*" not in unsub_tags and not unsub_tags & tags:
-                    continue
-            result[rcpt] = reason
-            break
-    return result
-
-
-def add_suppression(conn: sqlite3.Connection, domain: str, kind: str, address: str, now: float,
-                    data: dict[str, Any]) -> None:
-    conn.execute("INSERT INTO suppressions (domain, kind, address, created_at, data) VALUES (?, ?, ?, ?, ?)"
-                 " ON CONFLICT (domain, kind, address) DO UPDATE SET data = excluded.data,"
-                 " created_at = excluded.created_at", (domain, kind, address.lower(), now, json.dumps(data)))
-
-
 @dataclass(frozen=True)
 class FinishedAttempt:
     """What one attempt of a delivery decided, ready to write (``outbound.attempts.finished`` builds it).
@@ -400,9 +335,7 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, attempt: Finished
     failed recipients."""
     record_all(conn, attempt.events)
     for rcpt, data in attempt.bounce_list:
-        if not conn.execute(  # allowlisted: never put on the bounce list
-                "SELECT 1 FROM suppressions WHERE domain = ? AND kind = 'whitelists' AND address IN (?, ?)",
-                (job.sending_domain, rcpt.lower(), domain_of(rcpt))).fetchone():
+        if not allowlisted(conn, job.sending_domain, rcpt):  # never put on the bounce list
             add_suppression(conn, job.sending_domain, "bounces", rcpt, now, dict(data))
     if attempt.deferred:
         conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
@@ -438,59 +371,10 @@ def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
     return bytes(row[0]) if row else b""
 
 
-# --- HTTP work: route forwards and webhooks (same row shape) ------------------------------------------
-
-WORK_TABLES = ("forwards", "webhook_deliveries")
-
-
-def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float, limit: int,
-                   actions: tuple[str, ...] = (), *, lease_until: float | None = None,
-                   skip: Container[int] = ()) -> list[dict[str, Any]]:
-    """Lock up to ``limit`` due rows of ``table`` (forwards: only the given actions) until ``lease_until``, as
-    ``claim_due_deliveries`` does."""
-    assert table in WORK_TABLES
-    only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
-    rows = [r for r in conn.execute(
-        f"SELECT * FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND {CLAIMABLE}{only} ORDER BY next_attempt_at LIMIT ?{dialect_of(conn).lock_rows}",
-        (now, now, *actions, limit)).fetchall()
-        if r[0] not in skip]
-    if not rows:
-        return []
-    names = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    ids = [r[0] for r in rows]
-    until = now + DEFAULT_LEASE if lease_until is None else lease_until
-    conn.execute(f"UPDATE {table} SET locked_by = ?, locked_at = ?, lease_until = ?"
-                 f" WHERE id IN ({','.join('?' * len(ids))})", (worker, now, until, *ids))
-    return [dict(zip(names, r)) for r in rows]
-
-
-def finish_work(conn: sqlite3.Connection, table: str, row_id: int, *, state: str, attempts: int,
-                next_attempt_at: float | None, status: int | None, error: str, now: float) -> None:
-    assert table in WORK_TABLES
-    conn.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
-                 f" {UNLOCK}, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                 (state, attempts, next_attempt_at, status, error[:1000], now, row_id))
-
-
-def message_row(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
-    """The ``messages`` row as a dict (JSON columns decoded): for the store() action's readers until they move to
-    ``load_message``."""
-    cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    data = dict(zip((d[0] for d in cursor.description), row))
-    data.setdefault("attachments", "[]")  # a store not yet opened by a daemon that adds the column
-    for key in ("recipients", "headers", "options", "envelope", "attachments"):
-        data[key] = json.loads(data[key])
-    data["body"] = bytes(data["body"])
-    return data
-
-
 @dataclass(frozen=True)
 class QueuedMessage:
-    """A stored message (the ``messages`` row), its JSON columns decoded."""
+    """A stored message (the ``messages`` row), its JSON columns decoded: what the operator's commands show and
+    what HTTP work (forwards, ``store()``, the stored-messages API) reads."""
 
     id: str
     created_at: float
@@ -508,14 +392,25 @@ class QueuedMessage:
     attachments: tuple[Mapping[str, Any], ...] = ()
 
 
+MESSAGE_COLUMNS = ("id, created_at, direction, domain, sender, recipients, message_id, headers, options, envelope,"
+                   " size, body, stored_until, attachments")
+
+
+def queued_message(r: Sequence[Any]) -> QueuedMessage:
+    """A row of ``SELECT {MESSAGE_COLUMNS} FROM messages`` (``attachments`` None: a store not yet opened by a
+    daemon that adds the column)."""
+    return QueuedMessage(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], json.loads(r[7]),
+                         json.loads(r[8]), json.loads(r[9]), r[10], bytes(r[11]), r[12],
+                         tuple(json.loads(r[13] or "[]")))
+
+
 def load_message(conn: sqlite3.Connection, queue_id: str) -> QueuedMessage | None:
-    data = message_row(conn, queue_id)
-    if data is None:
+    cursor = conn.execute("SELECT * FROM messages WHERE id = ?", (queue_id,))  # columns of the store's version
+    row = cursor.fetchone()
+    if row is None:
         return None
-    return QueuedMessage(data["id"], data["created_at"], data["direction"], data["domain"], data["sender"],
-                         tuple(data["recipients"]), data["message_id"], data["headers"], data["options"],
-                         data["envelope"], data["size"], data["body"], data.get("stored_until"),
-                         tuple(data["attachments"]))
+    data = dict(zip((d[0] for d in cursor.description), row))
+    return queued_message([data.get(name) for name in MESSAGE_COLUMNS.split(", ")])
 
 
 # --- the operator's actions (``mtad queue ...``) ------------------------------------------------------------
@@ -529,6 +424,7 @@ class DeliveryState:
     attempts: int
     next_attempt_at: float
     last_reply: str | None
+    locked_by: str | None = None  # the claimer holding the row (its lease), None when free
 
 
 @dataclass(frozen=True)
@@ -540,6 +436,7 @@ class ForwardState:
     state: str
     attempts: int
     last_status: int | None
+    locked_by: str | None = None  # the claimer holding the row (its lease), None when free
 
 
 @dataclass(frozen=True)
@@ -556,11 +453,11 @@ def message_detail(conn: sqlite3.Connection, queue_id: str) -> MessageDetail | N
     if msg is None:
         return None
     deliveries = tuple(DeliveryState(r[0], r[1], tuple(json.loads(r[2])), *r[3:]) for r in conn.execute(
-        "SELECT id, domain, recipients, state, attempts, next_attempt_at, last_reply FROM deliveries"
+        "SELECT id, domain, recipients, state, attempts, next_attempt_at, last_reply, locked_by FROM deliveries"
         " WHERE message = ?", (queue_id,)))
     forwards = tuple(ForwardState(*r) for r in conn.execute(
-        "SELECT id, recipient, action, destination, state, attempts, last_status FROM forwards WHERE message = ?",
-        (queue_id,)))
+        "SELECT id, recipient, action, destination, state, attempts, last_status, locked_by FROM forwards"
+        " WHERE message = ?", (queue_id,)))
     return MessageDetail(msg, deliveries, forwards)
 
 
@@ -638,7 +535,7 @@ class QueueStore(Protocol):
       released) and the DSN message with its own rows and events. ``settle_some`` does the same for some
       recipients and keeps the rest claimed. ``release`` gives a row back unlocked without counting an attempt,
       ``hold`` puts it aside (paused) unlocked. Each is idempotent in effect when repeated with the same
-      arguments after a failure that left nothing written (``leases.settle`` repeats them until written), but
+      arguments after a failure that left nothing written (``leases.settle_call`` repeats them until written), but
       ``finish_attempt`` repeated after it was written records its events twice: call it once per attempt.
     - ``release_stale_locks()`` at start-up: nothing is in flight, every lock left by a dead process goes.
     - Reads (``load_body``, ``message``, ``list_queue``, counts) see one consistent snapshot each.
@@ -687,7 +584,7 @@ class QueueStore(Protocol):
         """Pending work by state (metrics)."""
 
     async def message_detail(self, queue_id: str) -> MessageDetail | None:
-        """A message with its deliveries and forwards, or None."""
+        """A message with its deliveries and forwards (each with the claimer holding it), or None."""
 
     async def flush(self, now: float, *, domain: str | None = None, queue_id: str | None = None) -> int:
         """Make pending work due now (of one domain's deliveries, or one message); the rows made due."""

@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 from mtad.base.errors import StoreError
 from mtad.store.engine import Store
-from mtad.store.events import EventBus, EventMethods
-from mtad.store.queue import QueueMethods
+from mtad.store.events import EventBus
+from mtad.store.methods import METHODS
 
 
-class SqliteStore(Store, QueueMethods, EventMethods):
+class SqliteStore(Store, *METHODS):  # type: ignore[misc] - the typed methods of every kind of state
     """``StoreProtocol`` over one SQLite file.
 
     ``bus``: told of recorded events and new webhook work, on the writer thread (see ``store.events``); None:

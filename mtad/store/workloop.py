@@ -1,9 +1,9 @@
 """A durable work loop over one of the store's HTTP work tables (route forwards, webhooks).
 
-Claims due rows (leased to this process, ``mtad.leases``: renewed while held), runs ``handle(row)`` for each
+Claims due rows (``WorkItem``s, leased to this process, ``store.leases``: renewed while held), runs ``handle(item)`` for each
 with at most ``max_concurrent`` in flight (a slow receiver holds one slot, never the loop), and wakes early when
 new work is committed. The handler records the outcome itself, in the store, with its events, through
-``leases.settle`` (kept and tried again while the store fails). A handler that fails (the store refused a write
+``leases.settle_call`` (kept and tried again while the store fails). A handler that fails (the store refused a write
 before the work was done, or a bug) has its row given back at once (``Leases.give_back``), so a running daemon
 never keeps a row locked that it is not working on.
 """
@@ -14,18 +14,17 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
-from mtad.store import queue as spool
 from mtad.base.errors import StoreError
 from mtad.store.leases import Leases
-from mtad.store.engine import Store
+from mtad.store.work import WorkItem, WorkStore
 
 log = logging.getLogger("mtad.work")
 
 
 class WorkLoop:
-    def __init__(self, *, name: str, store: Store, table: str, handle: Callable[[dict[str, Any]], Awaitable[None]],
+    def __init__(self, *, name: str, store: WorkStore, table: str, handle: Callable[[WorkItem], Awaitable[None]],
                  max_concurrent: int, poll_interval: float = 1.0, actions: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.time):
         self.name = name
@@ -65,7 +64,7 @@ class WorkLoop:
                 except Exception:  # noqa: BLE001 - keep looping
                     log.exception("%s: cannot claim work", self.name)
                     rows = []
-                self.leases.claimed(row["id"] for row in rows)
+                self.leases.claimed(row.id for row in rows)
                 if self._stopping:  # stop() came during the claim: the rows stay locked until the next start
                     break
                 for row in rows:
@@ -80,33 +79,32 @@ class WorkLoop:
             except asyncio.TimeoutError:
                 pass
 
-    async def claim(self, now: float, room: int) -> list[dict[str, Any]]:
+    async def claim(self, now: float, room: int) -> list[WorkItem]:
         """Lock up to ``room`` due rows for this worker (subclasses may claim differently), skipping the rows it
         holds (``self.leases.held``)."""
-        until, held = self.leases.until(now), self.leases.held
-        return await self.store.write(lambda c: spool.claim_due_work(c, self.table, self.worker, now, room,
-                                                                     self.actions, lease_until=until, skip=held))
+        return await self.store.claim_work(self.table, self.worker, now, room, self.actions,
+                                           lease_until=self.leases.until(now), skip=self.leases.held)
 
-    def started(self, row: dict[str, Any]) -> None:
+    def started(self, row: WorkItem) -> None:
         """Called when a claimed row starts (subclasses keep their own accounting)."""
 
-    def finished(self, row: dict[str, Any]) -> None:
+    def finished(self, row: WorkItem) -> None:
         """Called when a row's handling has ended, whatever the outcome."""
 
-    async def _run_one(self, row: dict[str, Any]) -> None:
+    async def _run_one(self, row: WorkItem) -> None:
         try:
             try:
                 await self.handle(row)
             except Exception as exc:  # noqa: BLE001 - the row is given back, not kept locked
                 if isinstance(exc, StoreError):
-                    log.error("%s: work item %s failed: %s; given back", self.name, row["id"], exc)
+                    log.error("%s: work item %s failed: %s; given back", self.name, row.id, exc)
                 else:
-                    log.exception("%s: work item %s failed; given back", self.name, row["id"])
-                await self.leases.give_back(row["id"], exc, f"{self.name}: release of work item {row['id']}")
+                    log.exception("%s: work item %s failed; given back", self.name, row.id)
+                await self.leases.give_back(row.id, exc, f"{self.name}: release of work item {row.id}")
             else:
-                self.leases.done(row["id"])
+                self.leases.done(row.id)
         except Exception as exc:  # noqa: BLE001 - the store closed: the next start releases the row
-            log.error("%s: work item %s could not be given back: %s", self.name, row["id"], exc,
+            log.error("%s: work item %s could not be given back: %s", self.name, row.id, exc,
                       exc_info=not isinstance(exc, StoreError))
         finally:
             self.inflight -= 1

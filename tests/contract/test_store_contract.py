@@ -1,4 +1,5 @@
-"""The store's contract, written once and run against every backend (``BACKENDS``; today SQLite).
+"""The store's contract, written once and run against every backend (``tests.support.stores.BACKENDS``: SQLite and
+PostgreSQL).
 
 What any backend must do, checked through what the store does for its callers, not through its SQL:
 - group commit: writes that arrive together are committed together (fewer commits than writes), and a caller
@@ -12,7 +13,7 @@ What any backend must do, checked through what the store does for its callers, n
   and the former holder can then neither renew nor release it; claimers racing over the same due rows never get
   the same row.
 
-Adding a backend: one entry in ``BACKENDS`` (a function that opens a fresh store at a path or URL).
+Adding a backend: one entry in ``tests.support.stores`` (how a fresh store of it is opened).
 """
 
 from __future__ import annotations
@@ -27,25 +28,19 @@ import pytest
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 # --- adapter: the store's operations as this contract uses them ---------------------------------------------------
-# Today they call the engine with the functions of mtad.store.queue (``store.write(fn)`` / ``store.read(fn)``).
-# When the store's typed methods land (``enqueue``, ``claim_due``, ``renew_leases``, ``release_claim``,
-# ``finish_work``, ``query_events``, stats reads ...), each body here becomes one call of the method; the tests
-# below do not change.
+# Each is one call (or a few) of the store's typed methods (``StoreProtocol``): what every backend implements. The
+# tests below use only these.
 
-from mtad.store import queue as spool  # noqa: E402 - the adapter's imports, kept with it
-from mtad.store.engine import Store  # noqa: E402
+from mtad.events import shape  # noqa: E402 - the adapter's imports, kept with it
+from mtad.store import queue as spool  # noqa: E402
+from mtad.store.counters import CounterQuery  # noqa: E402
+from mtad.store.eventquery import EventQuery, Match  # noqa: E402
+from tests.support.stores import BACKENDS, Opener  # noqa: E402
+from mtad.store.work import WorkOutcome  # noqa: E402
 
-
-def open_sqlite(path: Path) -> Store:
-    store = Store(path / "mtad.sqlite3")
-    store.open()
-    return store
+ALL_TIME = 4e9  # an end of every query's time range later than any test's clock
 
 
-BACKENDS: dict[str, Callable[[Path], Any]] = {
-    "sqlite": open_sqlite,
-    # "postgres": open_postgres,  # the next issue's backend: a fresh database per test
-}
 
 
 def message(rcpts: tuple[str, ...] = ("a@x.test",), tag: str = "t1") -> NewMessage:
@@ -60,58 +55,63 @@ def new_id() -> str:
 
 async def enqueue(store, queue_id: str, msg: NewMessage, now: float = 1.0) -> None:
     """Accept a message: its body once, a delivery per destination domain, an accepted event per recipient."""
-    await store.write(lambda c: spool.enqueue(c, queue_id, msg, now))
+    await store.enqueue([spool.Enqueue(queue_id, msg, tuple(shape.accepted(msg, queue_id, now)))], now)
 
 
 async def enqueue_with_forwards(store, queue_id: str, urls: list[str], now: float = 1.0) -> None:
-    rows = [spool.ForwardRow("r@in.test", "route", "http", url) for url in urls]
+    rows = tuple(spool.ForwardRow("r@in.test", "route", "http", url) for url in urls)
     msg = message(("r@in.test",))
-    await store.write(lambda c: spool.enqueue(c, queue_id, msg, now, forwards=rows))
+    await store.enqueue([spool.Enqueue(queue_id, msg, tuple(shape.accepted(msg, queue_id, now)), forwards=rows)],
+                        now)
 
 
 async def message_ids(store) -> set[str]:
-    return set(await store.read(lambda c: [r[0] for r in c.execute("SELECT id FROM messages")]))
+    """The messages with pending work (every message of these tests has some)."""
+    return {entry.queue_id for entry in await store.list_queue(limit=100_000)}
 
 
 async def accepted_events(store) -> int:
-    return await store.read(lambda c: c.execute("SELECT count(*) FROM events WHERE event = 'accepted'").fetchone()[0])
+    return await store.count_events(EventQuery(None, (Match("event", "accepted"),), limit=100_000))
 
 
 async def accepted_counter(store, tag: str = "") -> int:
     """The daily counter of accepted outgoing mail (``tag`` '' is the domain's total)."""
-    return await store.read(lambda c: c.execute(
-        "SELECT COALESCE(sum(count), 0) FROM stats_daily WHERE domain = 'example.com' AND tag = ?"
-        " AND event = 'accepted:outgoing'", (tag,)).fetchone()[0])
+    [found] = await store.counter_rows(CounterQuery(("accepted",), 0.0, ALL_TIME, "day", domains=("example.com",),
+                                                    tag=tag, by_time=False))
+    return sum(row.count for row in found if row.key == "accepted:outgoing")
 
 
 async def claim_deliveries(store, worker: str, now: float, lease_until: float, limit: int = 10,
                            skip=()) -> list[int]:
-    jobs = await store.write(lambda c: spool.claim_due_deliveries(c, worker, now, limit, lease_until=lease_until,
-                                                                  skip=skip))
-    return [job.id for job in jobs]
+    claim = await store.claim_due(worker, now, limit, lease_until=lease_until, skip=skip)
+    return [job.id for job in claim.jobs]
 
 
 async def claim_forwards(store, worker: str, now: float, lease_until: float, limit: int = 10) -> list[int]:
-    rows = await store.write(lambda c: spool.claim_due_work(c, "forwards", worker, now, limit, ("http",),
-                                                            lease_until=lease_until))
-    return [row["id"] for row in rows]
+    items = await store.claim_work("forwards", worker, now, limit, ("http",), lease_until=lease_until)
+    return [item.id for item in items]
 
 
 async def renew(store, table: str, worker: str, ids: list[int], until: float) -> int:
-    return await store.write(lambda c: spool.renew_leases(c, table, worker, ids, until))
+    return await store.renew_leases(table, worker, ids, until)
 
 
 async def release(store, table: str, row_id: int, worker: str, due: float) -> bool:
-    return await store.write(lambda c: spool.release_claim(c, table, row_id, worker, due))
+    return await store.release_claim(table, row_id, worker, due)
 
 
 async def finish_forward(store, row_id: int) -> None:
-    await store.write(lambda c: spool.finish_work(c, "forwards", row_id, state="done", attempts=1,
-                                                  next_attempt_at=None, status=200, error="", now=time.time()))
+    await store.finish_work("forwards", [WorkOutcome(row_id, "done", 1, None, 200, "", time.time())])
 
 
 async def holders(store, table: str = "deliveries") -> dict[int, str | None]:
-    return dict(await store.read(lambda c: [tuple(r) for r in c.execute(f"SELECT id, locked_by FROM {table}")]))
+    """Row id -> the claimer holding it (None: free), over the messages with pending work."""
+    found: dict[int, str | None] = {}
+    for queue_id in await message_ids(store):
+        detail = await store.message_detail(queue_id)
+        rows = detail.deliveries if table == "deliveries" else detail.forwards
+        found.update((row.id, row.locked_by) for row in rows)
+    return found
 
 
 def commits(store) -> int:
@@ -121,9 +121,13 @@ def commits(store) -> int:
 
 # --- the fixture --------------------------------------------------------------------------------------------------
 
-@pytest.fixture(params=list(BACKENDS))
-def backend(request) -> Callable[[Path], Any]:
-    return BACKENDS[request.param]
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path) -> Callable[[Path], Any]:
+    """``open(path)``: the test's store of one backend, opened (a SQLite file in ``path``, or a fresh PostgreSQL
+    database); opened again, the same file or database."""
+    opener = Opener(request.param, tmp_path, request)
+    yield lambda path: opener()
+    opener.close_all()
 
 
 @pytest.fixture

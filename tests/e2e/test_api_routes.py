@@ -126,3 +126,20 @@ async def test_api_routes_are_kept_across_a_restart(daemon, receiver):
     assert code == 250, text
     assert (await receiver.wait(1))[0].path == "/kept"
     await api(daemon, "DELETE", f"/v3/routes/{route['id']}")
+
+
+async def test_routes_test_on_the_command_line_evaluates_the_routes_the_api_created(daemon):
+    """``mtad routes test`` reads the API's routes from the running daemon's store (read-only) beside the file's."""
+    import subprocess
+    import sys
+    route = await create(daemon, priority=0, description="for the command line",
+                         expression="match_recipient('cli-check@inbound.test')",
+                         actions=["forward('http://127.0.0.1:9/cli/')", "stop()"])
+    try:
+        result = subprocess.run([sys.executable, "-m", "mtad", "routes", "test", "--config", str(daemon.config_path),
+                                 "--recipient", "cli-check@inbound.test"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert f"route {route['id']} (priority 0) match_recipient('cli-check@inbound.test')" in result.stdout
+        assert "  forward -> http://127.0.0.1:9/cli/" in result.stdout and "Traceback" not in result.stderr
+    finally:
+        await api(daemon, "DELETE", f"/v3/routes/{route['id']}")

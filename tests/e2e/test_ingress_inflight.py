@@ -3,8 +3,10 @@
 Several clients send large messages at once over real sockets; each sends most of its message, all wait for
 each other, then they finish one by one (so only bytes held during DATA can make the total pass the limit,
 not messages being committed together). Their bytes cannot all be held at once, so some sessions must get
-``452 4.3.1`` while at least one gets its 250; afterwards every reserved byte is back (a message nearly as
-large as the limit is accepted), whatever way the sessions ended: 250, 452, or a client gone mid-DATA.
+``452 4.3.1`` while at least one gets its 250; afterwards every reserved byte is back (a message that takes
+the whole budget at its commit is accepted), whatever way the sessions ended: 250, 452, or a client gone
+mid-DATA. A complete message takes three times its size at its commit (the received bytes, the cleaned copy,
+the store's record: ``mtad.base.inflight.COMMIT_COPIES``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import requests
 from tests.e2e.helpers import assert_still_serving, message_count, queue_id, stored
 from tests.support.rawsmtp import RawSMTP
 
-LIMIT = 4_000_000
-MESSAGE_SIZE = 3_000_000  # one fits, two do not
+LIMIT = 10_000_000
+MESSAGE_SIZE = 3_000_000  # one fits with its commit's copies (9 MB), two do not
+WHOLE_BUDGET = LIMIT // 3 - 100_000  # a message whose commit takes nearly the whole budget
 CLIENTS = 4
 LINE = b"x" * 998 + b"\r\n"
 
@@ -86,9 +89,9 @@ def test_concurrent_large_messages_over_the_budget_get_452_and_the_budget_is_rel
     assert metrics["mtad_inflight_bytes"] == 0  # every path gave its bytes back
     assert metrics["mtad_inflight_refusals_total"] >= len(refused)
 
-    # Every path gave its bytes back: one message nearly as large as the limit now fits.
+    # Every path gave its bytes back: one message whose commit needs nearly the whole budget now fits.
     with open_data(daemon.mx) as c:
-        c.send(body(LIMIT - 100_000, "after") + b".\r\n")
+        c.send(body(WHOLE_BUDGET, "after") + b".\r\n")
         code, text = c.reply(timeout=60)
     assert code == 250, text
 
@@ -100,7 +103,7 @@ def test_a_client_gone_mid_data_releases_its_bytes(daemon):
         c.close()
     assert_still_serving(daemon)
     with open_data(daemon.mx) as c:
-        c.send(body(LIMIT - 100_000, "after cut") + b".\r\n")
+        c.send(body(WHOLE_BUDGET, "after cut") + b".\r\n")
         code, text = c.reply(timeout=60)
     assert code == 250, text
 
@@ -134,3 +137,12 @@ def test_an_api_send_counts_against_the_same_budget(daemon):
         threading.Event().wait(0.1)
     assert resp.status_code == 200, resp.text
 
+
+
+def test_a_message_whose_commit_would_pass_the_budget_gets_452_even_alone(daemon):
+    """3.5 MB fits while it arrives, but with its commit's copies (3 x 3.5 MB) it would pass the 10 MB budget."""
+    with open_data(daemon.mx) as c:
+        c.send(body(3_500_000, "alone") + b".\r\n")
+        code, text = c.reply(timeout=60)
+    assert (code, text[:5]) == (452, "4.3.1"), text
+    assert inflight_metrics(daemon)["mtad_inflight_bytes"] == 0

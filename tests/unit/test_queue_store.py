@@ -15,6 +15,7 @@ from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store import queue as spool
 from mtad.store.events import EventBus
 from mtad.store.sqlite import SqliteStore
+from mtad.store.suppressions import Suppression
 from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
 BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n"
@@ -65,7 +66,7 @@ async def test_enqueue_commits_a_batch_all_or_none(store):
 
 async def test_claim_due_brings_pauses_and_suppressions_from_one_transaction(store):
     await store.enqueue([item(["a@x.test", "gone@x.test"]), item(["b@paused.test"])], 1.0)
-    await store.write(lambda c: spool.add_suppression(c, "example.com", "bounces", "gone@x.test", 1.0, {}))
+    await store.add_suppressions("example.com", [Suppression("bounces", "gone@x.test", 1.0)])
     await queueadmin.pause(store, "domain", "paused.test")
     await queueadmin.pause(store, "tag", "Promo")
     claim = await store.claim_due("w1", 2.0, 10)

@@ -9,6 +9,7 @@ import pytest
 from mtad.events import shape
 from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
 from mtad.store import queue as spool
+from mtad.store import suppressions
 from mtad.store.migrations.sqlite import migrate
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome
 
@@ -24,7 +25,7 @@ def conn():
 
 
 def suppress(conn, kind, address, data=None):
-    spool.add_suppression(conn, "example.com", kind, address, 1.0, data or {})
+    suppressions.add_suppression(conn, "example.com", kind, address, 1.0, data or {})
 
 
 def enqueue(conn, rcpts, body=BODY):
@@ -46,17 +47,17 @@ def test_suppressed_reasons_precedence_and_allowlist(conn):
     suppress(conn, "bounces", "vip@x.test")
     suppress(conn, "whitelists", "vip@x.test")
     rcpts = ["B@x.test", "c@x.test", "u@x.test", "all@x.test", "ok@allowed.test", "vip@x.test", "fresh@x.test"]
-    assert spool.suppressed(conn, "example.com", rcpts, tags=["other"]) == {
+    assert suppressions.suppressed(conn, "example.com", rcpts, tags=["other"]) == {
         "B@x.test": "suppress-bounce", "c@x.test": "suppress-complaint", "all@x.test": "suppress-unsubscribe"}
-    assert spool.suppressed(conn, "example.com", ["u@x.test"], tags=["news"]) == {"u@x.test": "suppress-unsubscribe"}
-    assert spool.suppressed(conn, "other.org", rcpts) == {}  # lists belong to one sending domain
+    assert suppressions.suppressed(conn, "example.com", ["u@x.test"], tags=["news"]) == {"u@x.test": "suppress-unsubscribe"}
+    assert suppressions.suppressed(conn, "other.org", rcpts) == {}  # lists belong to one sending domain
 
 
 def test_suppressed_with_more_recipients_than_one_query_takes(conn):
     rcpts = [f"r{i}@d{i % 7}.test" for i in range(1200)]
     for r in rcpts[::100]:
         suppress(conn, "bounces", r)
-    assert set(spool.suppressed(conn, "example.com", rcpts)) == set(rcpts[::100])
+    assert set(suppressions.suppressed(conn, "example.com", rcpts)) == set(rcpts[::100])
 
 
 def test_settle_some_keeps_the_rest_claimed_in_its_state(conn):

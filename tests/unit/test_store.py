@@ -6,7 +6,8 @@ import pytest
 from mtad.events import shape
 from mtad.store import queue as spool
 from mtad.base.errors import StoreError
-from mtad.store.sqlite import SqliteStore as Store
+from mtad.store.sqlite import SqliteStore
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 
@@ -22,8 +23,14 @@ def item(queue_id, msg, now, **kw):
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite3")
+async def store(backend_store):
+    """A store of each backend (``tests.support.stores``); the tests of SQLite's own failures open theirs."""
+    return backend_store()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
+    s = SqliteStore(tmp_path / "db.sqlite3")
     s.open()
     yield s
     s.close()
@@ -57,7 +64,7 @@ async def test_a_failing_write_rolls_back_alone(store):
 
 
 async def test_commit_failure_is_a_store_error(tmp_path):
-    s = Store(tmp_path / "db.sqlite3")
+    s = SqliteStore(tmp_path / "db.sqlite3")
     s.open()
     try:
         def huge(conn):
@@ -119,10 +126,9 @@ async def test_events_of_a_group_commit_are_counted_once_per_key_and_dropped_wit
 
 async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store):
     from mtad.store import events
-    from mtad.events import webhooks
     from mtad.config.schema import WebhookConfig, WebhooksConfig
-    await store.write(lambda c: webhooks.sync_config(c, WebhooksConfig(domains={"example.com": {
-        "delivered": WebhookConfig(("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"))}}), 1.0))
+    await store.sync_webhooks(WebhooksConfig(domains={"example.com": {
+        "delivered": WebhookConfig(("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"))}}), 1.0)
     seen = []
 
     def write(conn, fail=False):
@@ -168,7 +174,7 @@ async def test_a_claim_is_a_lease_that_others_take_over_once_it_ran_out(store):
     assert (await store.read(_lock))[0][:2] == ("w1", 12.0)
     assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 11.0, 10, lease_until=21.0)) == []
     # renewed before it ran out: still w1's
-    assert await store.write(lambda c: spool.renew_leases(c, "deliveries", "w1", [job.id], 20.0)) == 1
+    assert await store.renew_leases("deliveries", "w1", [job.id], 20.0) == 1
     assert await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 13.0, 10, lease_until=23.0)) == []
     # the holder's own rows are never taken twice by it, even when their lease looks expired
     assert await store.write(lambda c: spool.claim_due_deliveries(c, "w1", 25.0, 10, lease_until=35.0,
@@ -177,9 +183,9 @@ async def test_a_claim_is_a_lease_that_others_take_over_once_it_ran_out(store):
     [again] = await store.write(lambda c: spool.claim_due_deliveries(c, "w2", 25.0, 10, lease_until=35.0))
     assert again.id == job.id and (await store.read(_lock))[0][:2] == ("w2", 35.0)
     # the former holder can no longer renew nor release it
-    assert await store.write(lambda c: spool.renew_leases(c, "deliveries", "w1", [job.id], 99.0)) == 0
-    assert await store.write(lambda c: spool.release_claim(c, "deliveries", job.id, "w1", 0.0)) is False
-    assert await store.write(lambda c: spool.release_claim(c, "deliveries", job.id, "w2", 26.0)) is True
+    assert await store.renew_leases("deliveries", "w1", [job.id], 99.0) == 0
+    assert await store.release_claim("deliveries", job.id, "w1", 0.0) is False
+    assert await store.release_claim("deliveries", job.id, "w2", 26.0) is True
     assert (await store.read(_lock))[0] == (None, None, 26.0)
 
 
@@ -213,7 +219,7 @@ async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp
                  " created_at, updated_at) VALUES ('Q1', 'x.com', '[\"a@x.com\"]', 'queued', 1, 'old-pid', 1, 1, 1)")
     conn.commit()
     conn.close()
-    s = Store(path)
+    s = SqliteStore(path)
     s.open()
     try:
         for table in ("deliveries", "forwards", "webhook_deliveries"):
@@ -224,15 +230,16 @@ async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp
         assert job.queue_id == "Q1" and (await s.read(_lock)) == [("w1", 9.0, 1.0)]
     finally:
         s.close()
-    s = Store(path)  # and opens again, the column now present
+    s = SqliteStore(path)  # and opens again, the column now present
     s.open()
     s.close()
 
 
-async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_store_recovers(store):
+async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_store_recovers(sqlite_store):
     """A real SQLite 'database or disk is full' (max_page_count at the current size): the outcome is kept and
-    written, once, as soon as the store takes writes again."""
+    written, once, as soon as the store takes writes again. (PostgreSQL: tests/unit/test_pg_engine.py.)"""
     from mtad.store import leases
+    store = sqlite_store
     await store.write(lambda c: c.execute("CREATE TABLE IF NOT EXISTS outcome (x BLOB)"))
     pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
@@ -246,7 +253,8 @@ async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_sto
         return "written"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    settling = asyncio.create_task(leases.settle(store, outcome, "test outcome", first_delay=0.05))
+    settling = asyncio.create_task(leases.settle_call(store, lambda: store.write(outcome), "test outcome",
+                                                        first_delay=0.05))
     await asyncio.sleep(0.6)
     assert not settling.done() and len(calls) >= 3  # tried again and again meanwhile
     await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))  # space is back
@@ -257,11 +265,11 @@ async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_sto
 
 async def test_settle_gives_up_when_the_store_closes(tmp_path):
     from mtad.store import leases
-    s = Store(tmp_path / "db.sqlite3")
+    s = SqliteStore(tmp_path / "db.sqlite3")
     s.open()
     s.close()
     with pytest.raises(StoreError):
-        await leases.settle(s, lambda c: None, "after close")
+        await leases.settle_call(s, lambda: s.write(lambda c: None), "after close")
 
 
 async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_renews_what_it_holds(store):
@@ -270,6 +278,7 @@ async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_rene
     after another error; rows being handled have their lease renewed."""
     import time
     from mtad.base.errors import StoreError as SE
+    from mtad.store.work import WorkOutcome
     from mtad.store.workloop import WorkLoop
     qid = spool.new_queue_id()
     now = time.time()
@@ -279,13 +288,12 @@ async def test_a_work_loop_gives_back_at_once_a_row_it_could_not_handle_and_rene
     gate = asyncio.Event()
 
     async def handle(row):
-        if row["destination"].endswith("/0"):
+        if row.destination.endswith("/0"):
             raise SE("database or disk is full")
-        if row["destination"].endswith("/1"):
+        if row.destination.endswith("/1"):
             raise RuntimeError("a bug")
         await gate.wait()  # the third is being handled: its lease must be renewed
-        await store.write(lambda c: spool.finish_work(c, "forwards", row["id"], state="done", attempts=1,
-                                                      next_attempt_at=None, status=200, error="", now=time.time()))
+        await store.finish_work("forwards", [WorkOutcome(row.id, "done", 1, None, 200, "", time.time())])
     loop = WorkLoop(name="t", store=store, table="forwards", handle=handle, max_concurrent=10, poll_interval=5.0,
                     actions=("http",))
     task = asyncio.create_task(loop.run())
@@ -329,7 +337,7 @@ async def test_a_store_made_before_the_attachments_column_gets_it_at_open(tmp_pa
     conn.commit()
     assert spool.load_message(conn, "old").attachments == ()  # read before any daemon added the column
     conn.close()
-    s = Store(path)
+    s = SqliteStore(path)
     s.open()
     try:
         listed = [{"filename": "a.pdf", "content-type": "application/pdf", "size": 3}]

@@ -1,4 +1,4 @@
-"""mtad.storedmsg's store functions: what is kept, for whom, and what expiry deletes."""
+"""store() action: the store's functions (store.stored): what is kept, for whom, and what expiry deletes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 from mtad.events import shape
 from mtad.store import queue as spool
 from mtad.inbound import store_action as storedmsg
+from mtad.store import stored
+from mtad.store.work import messages_by_id
 from mtad.store.migrations.sqlite import migrate
 from mtad.base.types import Envelope, HeaderSummary, NewMessage
 
@@ -29,21 +31,21 @@ def inbound(conn, qid: str, now: float, forwards=()) -> None:
 
 def test_a_message_is_served_only_while_stored_and_only_for_its_domain(conn):
     inbound(conn, "Q1", 100.0)
-    assert storedmsg.stored_message(conn, "Q1", "inbound.test", 100.0) is None  # not stored yet
-    storedmsg.mark_stored(conn, "Q1", 500.0)
-    storedmsg.mark_stored(conn, "Q1", 300.0)  # never shortens
-    assert storedmsg.stored_message(conn, "Q1", "INBOUND.test", 499.0)["id"] == "Q1"
-    assert storedmsg.stored_message(conn, "Q1", "other.test", 499.0) is None
-    assert storedmsg.stored_message(conn, "Q1", "inbound.test", 501.0) is None
+    assert stored.stored_message(conn, "Q1", "inbound.test", 100.0) is None  # not stored yet
+    stored.mark_stored(conn, "Q1", 500.0)
+    stored.mark_stored(conn, "Q1", 300.0)  # never shortens
+    assert stored.stored_message(conn, "Q1", "INBOUND.test", 499.0).id == "Q1"
+    assert stored.stored_message(conn, "Q1", "other.test", 499.0) is None
+    assert stored.stored_message(conn, "Q1", "inbound.test", 501.0) is None
 
 
 def test_expiry_deletes_messages_kept_only_for_storage(conn):
     inbound(conn, "DONE", 100.0)
     inbound(conn, "BUSY", 100.0, [spool.ForwardRow("box@inbound.test", "r1", "http", "http://app.test/")])
     for qid in ("DONE", "BUSY"):
-        storedmsg.mark_stored(conn, qid, 200.0)
-    assert storedmsg.expire(conn, 150.0) == 0
-    assert storedmsg.expire(conn, 250.0) == 2
+        stored.mark_stored(conn, qid, 200.0)
+    assert stored.expire(conn, 150.0) == 0
+    assert stored.expire(conn, 250.0) == 2
     ids = [r[0] for r in conn.execute("SELECT id FROM messages")]
     assert ids == ["BUSY"]  # a forward is still pending: the message stays, no longer stored
     assert conn.execute("SELECT stored_until FROM messages").fetchone()[0] is None
@@ -51,7 +53,7 @@ def test_expiry_deletes_messages_kept_only_for_storage(conn):
 
 def test_shapes_point_at_the_message_url(conn):
     inbound(conn, "Q2", 100.0)
-    message = spool.message_row(conn, "Q2")
+    message = messages_by_id(conn, ["Q2"])["Q2"]
     url = storedmsg.message_url("http://api.test/", "inbound.test", "Q2")
     assert url == "http://api.test/v3/domains/inbound.test/messages/Q2"
     raw = storedmsg.raw(message, url)

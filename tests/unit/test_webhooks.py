@@ -11,6 +11,8 @@ from mtad.events import webhooks
 from mtad.store import events
 from mtad.config.schema import WebhookConfig, WebhooksConfig
 from mtad.net.httpclient import HttpResult
+from mtad.store import webhooks as hookstore
+from mtad.store import work
 from mtad.store.engine import connect
 from mtad.store.migrations.sqlite import migrate
 
@@ -44,7 +46,7 @@ def test_record_queues_one_post_per_url_of_the_matching_webhook(conn):
     conn.bus = events.EventBus()  # what the store's writer connection carries
     conn.bus.on_webhook_work(lambda: woken.append(1))
     conn.bus.on_event(lambda domain, e: seen.append((domain, e["event"])))
-    webhooks.sync_config(conn, cfg, 1.0)
+    hookstore.sync_config(conn, cfg, 1.0)
     events.record(conn, "example.com", event("delivered"))
     events.record(conn, "example.com", event("failed", severity="temporary"))  # no temporary_fail webhook
     events.record(conn, "example.com", event("failed", severity="permanent", reason="bounce"))
@@ -57,20 +59,20 @@ def test_record_queues_one_post_per_url_of_the_matching_webhook(conn):
     assert seen == [("example.com", "delivered"), ("example.com", "failed"), ("example.com", "failed"),
                     ("other.org", "delivered")]
     # an API change is seen by the next event once the cache is invalidated
-    webhooks.put_webhook(conn, "example.com", "temporary_fail", ["http://h/t"], "json", 2.0, create=True)
+    hookstore.put_webhook(conn, "example.com", "temporary_fail", ["http://h/t"], "json", 2.0, create=True)
     events.record(conn, "example.com", event("failed", severity="temporary"))
     assert conn.execute("SELECT count(*) FROM webhook_deliveries WHERE url = 'http://h/t'").fetchone()[0] == 1
 
 
 def test_config_webhooks_are_read_only_and_resynced(conn):
     cfg = WebhooksConfig(domains={"example.com": {"delivered": WebhookConfig(("http://h/a",))}})
-    webhooks.sync_config(conn, cfg, 1.0)
-    with pytest.raises(webhooks.WebhookError):
-        webhooks.delete_webhook(conn, "example.com", "delivered")
-    webhooks.put_webhook(conn, "example.com", "opened", ["http://h/o"], "json", 1.0, create=True)
-    webhooks.sync_config(conn, WebhooksConfig(), 2.0)
-    assert webhooks.list_webhooks(conn, "example.com") == {"opened": {"urls": ["http://h/o"], "format": "json",
-                                                                      "source": "api"}}
+    hookstore.sync_config(conn, cfg, 1.0)
+    with pytest.raises(hookstore.WebhookError):
+        hookstore.delete_webhook(conn, "example.com", "delivered")
+    hookstore.put_webhook(conn, "example.com", "opened", ["http://h/o"], "json", 1.0, create=True)
+    hookstore.sync_config(conn, WebhooksConfig(), 2.0)
+    assert hookstore.list_webhooks(conn, "example.com") == {"opened": hookstore.Webhook("opened", ("http://h/o",),
+                                                                                        "json", "api")}
     with pytest.raises(webhooks.WebhookError):
         webhooks.check_change("opened", ["http://a", "http://b", "http://c", "http://d"], "json")
     with pytest.raises(webhooks.WebhookError):
@@ -82,11 +84,11 @@ def test_claim_caps_posts_per_url(conn):
         events.add_webhook_work(conn, "example.com", f"slow{i}", [("http://slow/", "json")], 1.0 + i)
     for i in range(3):
         events.add_webhook_work(conn, "example.com", f"fast{i}", [("http://fast/", "json")], 100.0 + i)
-    first = webhooks.claim_due(conn, "w", 200.0, 50, {}, 4)
-    assert [r["url"] for r in first].count("http://slow/") == 4
-    assert [r["url"] for r in first].count("http://fast/") == 3
+    first = work.claim_webhook_work(conn, "w", 200.0, 50, {}, 4)
+    assert [r.url for r in first].count("http://slow/") == 4
+    assert [r.url for r in first].count("http://fast/") == 3
     # with the slow URL at its cap, the rest of its backlog is not even scanned
-    again = webhooks.claim_due(conn, "w", 200.0, 50, {"http://slow/": 4}, 4, scan=2)
+    again = work.claim_webhook_work(conn, "w", 200.0, 50, {"http://slow/": 4}, 4, scan=2)
     assert again == []
 
 
@@ -136,14 +138,14 @@ def test_legacy_form_fields():
 
 
 def test_redeliver_queues_stored_events_again(conn):
-    webhooks.sync_config(conn, WebhooksConfig(domains={"example.com": {
+    hookstore.sync_config(conn, WebhooksConfig(domains={"example.com": {
         "delivered": WebhookConfig(("http://h/d",)), "accepted": WebhookConfig(("http://h/a",))}}), 1.0)
     for kind in ("accepted", "delivered", "delivered"):
         events.record(conn, "example.com", event(kind))
     conn.execute("UPDATE webhook_deliveries SET state = 'failed'")
-    assert webhooks.redeliver(conn, since=999, kinds=["delivered"]) == 2
-    assert webhooks.redeliver(conn, since=1001) == 0
-    assert webhooks.redeliver(conn, since=0, url="http://h/a") == 1
+    assert hookstore.redeliver(conn, since=999, kinds=["delivered"]) == 2
+    assert hookstore.redeliver(conn, since=1001) == 0
+    assert hookstore.redeliver(conn, since=0, url="http://h/a") == 1
     assert conn.execute("SELECT count(*) FROM webhook_deliveries WHERE state = 'queued'").fetchone()[0] == 3
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mtad.store.events import EventBus, EventMethods
+from mtad.store.events import EventBus
+from mtad.store.methods import METHODS
 from mtad.store.postgres.engine import PgEngine
-from mtad.store.queue import QueueMethods
 
 
-class PostgresStore(PgEngine, QueueMethods, EventMethods):
+class PostgresStore(PgEngine, *METHODS):  # type: ignore[misc] - the same typed methods as SqliteStore
     """``StoreProtocol`` over one PostgreSQL database.
 
     ``connect``: makes one new connection (``probe.connect``, with the node's settings); ``where`` names the
