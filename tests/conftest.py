@@ -45,8 +45,10 @@ def store_backend() -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _daemon_store(store_backend: str, request):
-    """Daemons started by the module's tests get a store of ``store_backend`` (``tests.support.daemon``)."""
+def daemons_store(store_backend: str, request):
+    """Daemons started by the module's tests get a store of ``store_backend`` (``tests.support.daemon``). A
+    module-scoped fixture that starts daemons names it as a parameter, so that it is made again for each backend
+    of a module that runs on both."""
     if store_backend != "postgresql":
         yield
         return

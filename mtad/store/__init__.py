@@ -24,8 +24,9 @@ from typing import Any
 
 def new_store(store: Any, path: Path, node_id: str, *, bus: Any = None, read_only: bool = False) -> Any:
     """The store the configuration names (``store: StoreConfig``), not yet opened: ``SqliteStore`` over the file
-    ``path`` (``backend: sqlite``; ``read_only``: a command that only reads), or ``PostgresStore`` over
-    ``store.dsn`` (``backend: postgresql``; its connections named after ``node_id``). The backend's modules are
+    ``path`` (``backend: sqlite``), or ``PostgresStore`` over ``store.dsn`` (``backend: postgresql``; its
+    connections named after ``node_id``). ``read_only``: for a command that only reads (SQLite: the file is not
+    ``open()``ed; PostgreSQL: ``open()`` starts no writer and migrates nothing). The backend's modules are
     imported only when chosen (psycopg is not loaded by a SQLite node)."""
     if store.backend == "postgresql":
         from mtad.store.postgres.probe import connect, explain, where
@@ -33,7 +34,7 @@ def new_store(store: Any, path: Path, node_id: str, *, bus: Any = None, read_onl
         dsn = store.dsn.reveal()
         return PostgresStore(lambda: connect(store, node_id), where(dsn), max_group=store.max_group,
                              lease=store.claim_lease.seconds, pool_size=store.pool_size, bus=bus, node_id=node_id,
-                             explain=lambda exc: explain(exc, dsn))
+                             explain=lambda exc: explain(exc, dsn), read_only=read_only)
     from mtad.store.sqlite import SqliteStore
     return SqliteStore(path, max_group=store.max_group, lease=store.claim_lease.seconds, bus=bus,
                        read_only=read_only)

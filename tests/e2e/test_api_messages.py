@@ -3,6 +3,8 @@
 mtad runs with delivery on; recipients' domains resolve (through the loopback DNS server) to an aiosmtpd
 MX on 127.0.0.1, so what the tests read is what a receiving server got. Options are compared with their
 SMTP twins (``X-Mailgun-*`` headers on an authenticated submission): same stored options, same outcome.
+
+Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.e2e.helpers import send as smtp_send, submission
 from tests.support.daemon import _FAST_HASH
 from tests.support.dns_server import DnsServer
 from tests.support.api import api, basic_auth
+from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 FROM = "Sender <postmaster@example.com>"
 DEST = "dest.test"

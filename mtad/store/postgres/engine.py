@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import psycopg
 from psycopg.adapt import Loader
 
-from mtad.base.errors import ConfigError, StoreError
+from mtad.base.errors import ConfigError, StoreError, StoreUnavailable
 from mtad.store.dialect import POSTGRESQL
 from mtad.store.engine import Staged, Store, _Job, _settle, _settle_all
 
@@ -160,9 +160,11 @@ class PgEngine(Store):
 
     def __init__(self, connect: Callable[[], psycopg.Connection], where: str, *, max_group: int = 256,
                  lease: float = 300.0, pool_size: int = 10,
-                 explain: Callable[[BaseException], str] | None = None):
+                 explain: Callable[[BaseException], str] | None = None, read_only: bool = False):
         super().__init__(where, max_group=max_group, lease=lease, readers=max(1, pool_size - 1))  # type: ignore[arg-type]
         self.where = where  # HOST:PORT/DATABASE, for messages
+        self.read_only = read_only  # a command that only reads: no writer, the schema must be current already
+        self._readable = False
         self._connect = connect
         self._explain = explain or (lambda exc: f"cannot use PostgreSQL at {where}: {' '.join(str(exc).split())}")
 
@@ -177,6 +179,19 @@ class PgEngine(Store):
             conn.ensure()
         except psycopg.Error as exc:  # the server is not there, or refuses us: the setting is wrong
             raise ConfigError("store.dsn", self._explain(exc)) from None
+        if self.read_only:
+            try:
+                found = migrations.version(conn)
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL at {self.where}: {' '.join(str(exc).split())}") from None
+            finally:
+                conn.discard()
+            if found != migrations.SCHEMA_VERSION:
+                raise StoreError(f"PostgreSQL at {self.where} has " + (
+                    "no mtad schema yet" if not found else f"schema version {found}, this mtad"
+                    f" {migrations.SCHEMA_VERSION}") + ": start mtad run once to create or migrate it")
+            self._readable = True
+            return
         try:
             if conn.execute("SHOW transaction_read_only").fetchone()[0] == "on":
                 raise ConfigError("store.dsn", f"PostgreSQL at {self.where} takes no writes (a standby, or"
@@ -191,6 +206,11 @@ class PgEngine(Store):
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)
         self._writer.start()
+        self._readable = True
+
+    def close(self) -> None:
+        self._readable = False
+        super().close()
 
     # --- writing: ``Store``'s loop; one batch as PostgreSQL runs it ---------------------------------------------
     def _try_batch(self, conn: PgConnection, batch: list[_Job]) -> list[_Job]:  # type: ignore[override]
@@ -198,7 +218,7 @@ class PgEngine(Store):
         staged = conn.staged = Staged()
 
         def lost(exc: BaseException, rest: list[_Job]) -> list[_Job]:
-            error = StoreError(f"PostgreSQL connection lost: {' '.join(str(exc).split())}")
+            error = StoreUnavailable(f"PostgreSQL connection lost: {' '.join(str(exc).split())}")
             log.error("store: %s; %d writes not committed", error, len(done) + len(rest))
             conn.discard()
             _settle_all([(job, None, error) for job in [j for j, _ in done] + rest])
@@ -209,8 +229,8 @@ class PgEngine(Store):
         except psycopg.Error as exc:
             conn.discard()
             for job in batch:
-                _settle(job, error=StoreError(f"cannot begin transaction on PostgreSQL at {self.where}: "
-                                              f"{' '.join(str(exc).split())}"))
+                _settle(job, error=StoreUnavailable(f"cannot begin a transaction on PostgreSQL at {self.where}: "
+                                                    f"{' '.join(str(exc).split())}"))
             return []
         for n, job in enumerate(batch):
             try:
@@ -234,15 +254,17 @@ class PgEngine(Store):
             conn.command("COMMIT")
         except Exception as exc:  # noqa: BLE001 - a failed commit fails every write of the batch
             log.error("store commit failed: %s", exc)
-            if conn.broken:
+            unknown = conn.broken  # the connection broke during COMMIT: committed or not, mtad cannot know
+            if unknown:
                 conn.discard()
             else:
                 try:
                     conn.command("ROLLBACK")
                 except psycopg.Error:
                     conn.discard()
+            kind = StoreUnavailable if unknown else StoreError
             for job, _ in done:
-                _settle(job, error=StoreError(f"commit failed: {' '.join(str(exc).split())}"))
+                _settle(job, error=kind(f"commit failed: {' '.join(str(exc).split())}"))
             return []
         self.commits += 1
         self.committed_writes += len(done)
@@ -270,6 +292,8 @@ class PgEngine(Store):
             except BaseException as exc:
                 if conn.broken:
                     conn.discard()
+                    if isinstance(exc, psycopg.Error):
+                        raise StoreUnavailable(f"PostgreSQL at {self.where}: {' '.join(str(exc).split())}") from None
                 else:
                     try:
                         conn.command("ROLLBACK")
@@ -279,7 +303,7 @@ class PgEngine(Store):
                 if error is exc:
                     raise
                 raise error from None
-        if self._writer is None:
+        if not self._readable:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, run)
