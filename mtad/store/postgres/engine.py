@@ -93,6 +93,44 @@ def _as_store_error(exc: BaseException) -> BaseException:
     return exc
 
 
+class Result:
+    """A statement's cursor as the SQL functions use it (``fetchone``, ``fetchall``, iteration, ``rowcount``,
+    ``description``, ``close``). In pipeline mode (``PgConnection.pipe``) the statement may not have been answered
+    yet: reading anything of it first syncs the pipeline (one round trip for everything queued)."""
+
+    __slots__ = ("_cur", "_conn")
+
+    def __init__(self, cur: psycopg.Cursor, conn: "PgConnection"):
+        self._cur = cur
+        self._conn = conn
+
+    @property
+    def cursor(self) -> psycopg.Cursor:
+        if self._cur.pgresult is None and self._conn.pipe is not None:
+            self._conn.sync()
+        return self._cur
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall()
+
+    def __iter__(self) -> Any:
+        return iter(self.cursor)
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self.cursor.description
+
+    def close(self) -> None:
+        self._cur.close()
+
+
 class PgConnection:
     """One PostgreSQL connection as the store's SQL functions use a ``sqlite3`` connection (see the module doc).
 
@@ -106,6 +144,8 @@ class PgConnection:
         self.raw: psycopg.Connection | None = None
         self.staged: Staged | None = None
         self.bus: Any = None
+        self.round_trips = 0  # statements sent and answered (an executemany is one: psycopg pipelines it)
+        self.pipe: psycopg.Pipeline | None = None  # set while a batch runs in pipeline mode (``PgEngine``)
 
     # --- the connection itself ------------------------------------------------------------------------------
     def ensure(self) -> psycopg.Connection:
@@ -132,24 +172,36 @@ class PgConnection:
     close = discard
 
     def command(self, sql: str) -> None:
-        """A statement without parameters nor result (BEGIN, SAVEPOINT, COMMIT, DDL)."""
+        """A statement without parameters nor result (BEGIN, SAVEPOINT, COMMIT, DDL); queued in pipeline mode."""
         assert self.raw is not None
+        if self.pipe is None:
+            self.round_trips += 1
         self.raw.execute(sql)  # type: ignore[arg-type] - our own constant text
 
+    def sync(self) -> None:
+        """Send what the pipeline queued and wait for every answer (raises the first error among them)."""
+        assert self.pipe is not None
+        self.round_trips += 1
+        self.pipe.sync()
+
     # --- what the SQL functions call ------------------------------------------------------------------------
-    def execute(self, sql: str, params: Sequence[Any] | Iterable[Any] = ()) -> psycopg.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] | Iterable[Any] = ()) -> Result:
         assert self.raw is not None
+        if self.pipe is None:
+            self.round_trips += 1
         cur = self.raw.cursor()
         cur.execute(pg_sql(sql), tuple(params))  # type: ignore[arg-type] - the store's own SQL text
-        return cur
+        return Result(cur, self)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Result:
         assert self.raw is not None
         rows = [tuple(r) for r in rows]
         cur = self.raw.cursor()
         if rows:
+            if self.pipe is None:
+                self.round_trips += 1
             cur.executemany(pg_sql(sql), rows)  # type: ignore[arg-type] - pipelined by psycopg: one round trip
-        return cur
+        return Result(cur, self)
 
 
 class PgEngine(Store):
@@ -163,9 +215,11 @@ class PgEngine(Store):
                  explain: Callable[[BaseException], str] | None = None, read_only: bool = False):
         super().__init__(where, max_group=max_group, lease=lease, readers=max(1, pool_size - 1))  # type: ignore[arg-type]
         self.where = where  # HOST:PORT/DATABASE, for messages
+        self._writer_conn: PgConnection | None = None
         self.read_only = read_only  # a command that only reads: no writer, the schema must be current already
         self._readable = False
         self._connect = connect
+        self.pipeline = True  # batches in pipeline mode (False: one round trip per statement; for comparisons)
         self._explain = explain or (lambda exc: f"cannot use PostgreSQL at {where}: {' '.join(str(exc).split())}")
 
     def _connection(self) -> PgConnection:
@@ -203,10 +257,16 @@ class PgEngine(Store):
         except BaseException:
             conn.discard()
             raise
+        self._writer_conn = conn
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="mtad-store-writer",
                                          daemon=True)
         self._writer.start()
         self._readable = True
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips the writer made to the server so far (its statements; /metrics-style counter)."""
+        return self._writer_conn.round_trips if self._writer_conn is not None else 0
 
     def close(self) -> None:
         self._readable = False
@@ -214,6 +274,79 @@ class PgEngine(Store):
 
     # --- writing: ``Store``'s loop; one batch as PostgreSQL runs it ---------------------------------------------
     def _try_batch(self, conn: PgConnection, batch: list[_Job]) -> list[_Job]:  # type: ignore[override]
+        """The batch in pipeline mode (``_pipelined``: statements queued, sent together, one round trip where no
+        write reads a result); if the server refused any statement, again statement by statement
+        (``_one_by_one``), which tells which write failed."""
+        if self.pipeline:
+            try:
+                conn.ensure()
+            except psycopg.Error as exc:
+                return self._cannot_begin(conn, batch, exc)
+            if self._pipelined(conn, batch):
+                return []
+        return self._one_by_one(conn, batch)
+
+    def _cannot_begin(self, conn: PgConnection, batch: list[_Job], exc: BaseException) -> list[_Job]:
+        conn.discard()
+        for job in batch:
+            _settle(job, error=StoreUnavailable(f"cannot begin a transaction on PostgreSQL at {self.where}: "
+                                                f"{' '.join(str(exc).split())}"))
+        return []
+
+    def _pipelined(self, conn: PgConnection, batch: list[_Job]) -> bool:
+        """Run and commit ``batch`` in one pipeline; True when every caller was answered (committed, failed on its
+        own, or the connection was lost), False when the server refused a statement: nothing is committed, the
+        batch must run again one statement at a time to find whose it was. A write that raises by itself (not a
+        statement the server refused) is rolled back to its savepoint and fails alone, as in ``_one_by_one``."""
+        assert conn.raw is not None
+        done: list[tuple[_Job, Any]] = []
+        failed: list[tuple[_Job, Any, BaseException | None]] = []
+        staged = conn.staged = Staged()
+        try:
+            with conn.raw.pipeline() as pipe:
+                conn.pipe = pipe
+                conn.command("BEGIN")
+                for job in batch:
+                    conn.command("SAVEPOINT w")
+                    try:
+                        result = job.fn(conn)
+                    except psycopg.Error:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - the caller's own failure
+                        staged.drop()
+                        failed.append((job, None, _as_store_error(exc)))
+                        conn.command("ROLLBACK TO w")
+                        conn.command("RELEASE w")
+                        continue
+                    conn.command("RELEASE w")
+                    staged.keep()
+                    done.append((job, result))
+                staged.apply(conn)  # what the writes staged, e.g. the counters of their events: same transaction
+                conn.command("COMMIT")
+                conn.sync()
+        except psycopg.Error as exc:
+            conn.pipe = None
+            if conn.broken:  # lost, maybe during COMMIT: committed or not, mtad cannot know
+                error = StoreUnavailable(f"PostgreSQL connection lost: {' '.join(str(exc).split())}")
+                log.error("store: %s; %d writes not committed", error, len(batch))
+                conn.discard()
+                _settle_all([(job, None, error) for job in batch])
+                return True
+            try:
+                conn.command("ROLLBACK")
+            except psycopg.Error:
+                conn.discard()
+            log.debug("store: a statement of a pipelined batch failed (%s); running it again one by one", exc)
+            return False
+        finally:
+            conn.pipe = None
+            conn.staged = None
+        self.commits += 1
+        self.committed_writes += len(done)
+        _settle_all([(job, result, None) for job, result in done] + failed)
+        return True
+
+    def _one_by_one(self, conn: PgConnection, batch: list[_Job]) -> list[_Job]:
         done: list[tuple[_Job, Any]] = []
         staged = conn.staged = Staged()
 
@@ -227,11 +360,7 @@ class PgEngine(Store):
             conn.ensure()
             conn.command("BEGIN")
         except psycopg.Error as exc:
-            conn.discard()
-            for job in batch:
-                _settle(job, error=StoreUnavailable(f"cannot begin a transaction on PostgreSQL at {self.where}: "
-                                                    f"{' '.join(str(exc).split())}"))
-            return []
+            return self._cannot_begin(conn, batch, exc)
         for n, job in enumerate(batch):
             try:
                 conn.command("SAVEPOINT w")
