@@ -5,13 +5,15 @@ schema steps run at open), ``queue`` (messages, deliveries, forwards, pauses, op
 rows, counters, webhook rows, the ``EventBus``) with ``eventquery`` and ``counters`` (reads), ``suppressions``,
 ``accounts`` (API domains and credentials), ``routes`` (API routes as data), ``webhooks`` (webhook URLs),
 ``work`` (HTTP work rows), ``stored`` (messages kept by ``store()``), ``leases`` (claims as renewed leases,
-outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``sqlite`` composes them into
-``SqliteStore``, ``protocol`` declares ``StoreProtocol``.
-May import: ``mtad.base``, ``mtad.mail``, ``mtad.net``, ``mtad.config``; no module outside it imports sqlite3
+outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``methods`` lists the typed-method
+mixins, which ``sqlite`` composes into ``SqliteStore`` and ``postgres`` into ``PostgresStore`` (the same SQL; the
+fragments that differ in ``dialect``); ``new_store`` picks one from the configuration; ``protocol`` declares
+``StoreProtocol``.
+May import: ``mtad.base``, ``mtad.mail``, ``mtad.net``, ``mtad.config``; no module outside it imports sqlite3 or psycopg
 (import-linter contract "Only the store speaks SQL") or holds SQL text (tests/unit/test_layout.py).
 Contract: every read and write of durable state is a typed async method taking and returning frozen dataclasses,
-declared per kind of state as a ``typing.Protocol`` (``StoreProtocol``: all of them), so a second backend
-implements the same interface and passes tests/contract. A caller's write returns only after it is durably
+declared per kind of state as a ``typing.Protocol`` (``StoreProtocol``: all of them), which both backends
+implement and test in tests/contract. A caller's write returns only after it is durably
 committed, a failing write rolls back alone, a claim is a lease (see ``engine`` and ``leases``). ``write(fn)`` and
 ``read(fn)`` of the engine are internal to this package.
 """
