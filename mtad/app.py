@@ -29,7 +29,7 @@ from mtad.base import sdnotify
 from mtad.config.schema import Config
 from mtad.outbound.delivery import BrokenTls, Connector, TlsContexts
 from mtad.ingress.directory import Directory
-from mtad.base.errors import ConfigError
+from mtad.base.errors import ConfigError, StoreError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
 from mtad.inbound.routing import Routing, check_config_routes, route_of
@@ -39,7 +39,7 @@ from mtad.inbound.router import Route
 from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
 from mtad.store.events import EventBus
-from mtad.store.sqlite import SqliteStore
+from mtad.store import new_store
 from mtad.inbound.store_action import StoreAction
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
@@ -124,8 +124,7 @@ class App:
         self.shutdown_grace = shutdown_grace
         self.event_bus = EventBus()  # the store tells it of recorded events (metrics) and webhook work (dispatcher)
         self._unsubscribe: list = []
-        self.store = SqliteStore(cfg.store_path, max_group=cfg.store.max_group,
-                                 lease=cfg.store.claim_lease.seconds, bus=self.event_bus)
+        self.store = new_store(cfg.store, cfg.store_path, cfg.node_id, bus=self.event_bus)  # sqlite | postgresql
         self.sessions = Sessions()
         self.servers: list[asyncio.base_events.Server] = []
         self.ingress: Ingress | None = None
@@ -347,7 +346,7 @@ class App:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        if cfg.listeners != self.cfg.listeners or cfg.store_path != self.cfg.store_path:
+        if cfg.listeners != self.cfg.listeners or cfg.store_path != self.cfg.store_path or cfg.store != self.cfg.store:
             log.warning("reload: listener and store changes need a restart; applying the rest")
         self.cfg = cfg
         self._reload_tls(cfg)
@@ -453,7 +452,7 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -46,9 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mtad.base.memory import pin_mmap_threshold
     pin_mmap_threshold()  # large messages' memory goes back to the system (mtad.base.memory)
     cfg, demo = _load(args, create=True)
-    if cfg.store.backend != "sqlite":  # configurable and checkable (check-config) before the backend is built
-        raise ConfigError("store.backend", f"{cfg.store.backend} is not available in this build yet (only "
-                          "`mtad check-config` connects to it); use backend: sqlite")
     logsetup.setup(cfg.log.level, cfg.log.format)
     if demo:
         print("mtad: no --config given; running the embedded default", file=sys.stderr)
@@ -140,14 +137,15 @@ def _with_store(args: argparse.Namespace, action, *, write: bool = False):
     """``action(store)`` (a coroutine) on the state's store: opened for writing only if ``write`` (a store an
     older mtad left is migrated to this schema first), else read-only (a read-only command never writes)."""
     import asyncio
-    from mtad.store.sqlite import SqliteStore
+    from mtad.store import new_store
     cfg, _ = _load(args)
-    if not cfg.store_path.exists():
+    postgresql = cfg.store.backend == "postgresql"
+    if not postgresql and not cfg.store_path.exists():
         raise _no_state(cfg)
-    store = SqliteStore(cfg.store_path, read_only=not write)
+    store = new_store(cfg.store, cfg.store_path, cfg.node_id, read_only=not write)
 
     async def run():
-        if write:
+        if write or postgresql:  # PostgreSQL: connects (a read-only store checks the schema, starts no writer)
             store.open()
         try:
             return await action(store)
@@ -237,7 +235,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     from mtad.inbound.router import RouteTable
     cfg, _ = _load(args)
     routes = config_routes(cfg)
-    if cfg.store_path.exists():  # routes created through the API are evaluated too
+    if cfg.store.backend == "postgresql" or cfg.store_path.exists():  # routes created through the API too
         from mtad.inbound.routing import route_of
         routes += [route_of(record) for record in _with_store(args, lambda store: store.load_routes())]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)

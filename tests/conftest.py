@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support.daemon import Mtad, base_config
+from tests.support.daemon import Mtad, base_config, daemon_store
 from tests.support.postgres import pg_database, postgres  # noqa: F401 (fixtures)
 
 
@@ -34,6 +35,26 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     server.private_key_pem.write_to_path(key)
     server.cert_chain_pems[0].write_to_path(cert)
     return Certs(ca, cert, key)
+
+
+@pytest.fixture(scope="module")
+def store_backend() -> str:
+    """The store backend of the daemons a module starts: ``MTAD_TEST_STORE`` (default sqlite). A module runs on
+    both with ``from tests.support.stores import both_backends as store_backend``."""
+    return os.environ.get("MTAD_TEST_STORE", "sqlite")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def daemons_store(store_backend: str, request):
+    """Daemons started by the module's tests get a store of ``store_backend`` (``tests.support.daemon``). A
+    module-scoped fixture that starts daemons names it as a parameter, so that it is made again for each backend
+    of a module that runs on both."""
+    if store_backend != "postgresql":
+        yield
+        return
+    server = request.getfixturevalue("postgres")
+    with daemon_store(lambda: {"backend": "postgresql", "dsn": server.create_database()[1]}):
+        yield
 
 
 @pytest.fixture

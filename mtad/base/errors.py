@@ -3,6 +3,7 @@
     MtadError
     ├── ConfigError          bad configuration; message names the key path
     ├── StoreError           the durable store could not commit or read
+    │   └── StoreUnavailable the store's server cannot be reached (PostgreSQL down, connection lost)
     ├── OptionError          a sending option (X-Mailgun-* / o:) is malformed; names the option
     ├── RouteSyntaxError     a route expression does not parse; names the position
     └── DeliveryError
@@ -30,6 +31,11 @@ class ConfigError(MtadError):
 
 class StoreError(MtadError):
     """The store could not durably commit (disk full, I/O error) or read."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database server cannot be reached (down, restarting, the connection broke): nothing was
+    committed; the store connects again by itself at the next write or read."""
 
 
 class OptionError(MtadError):

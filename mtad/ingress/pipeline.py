@@ -6,7 +6,8 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
 - authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
-- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1;
+- 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
+  store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
   (``inflight``; SMTP DATA reserves as bytes arrive, API sends at commit): past it, 452 4.3.1.
 """
@@ -29,7 +30,7 @@ from mtad.store.protocol import StoreProtocol
 from mtad.config.schema import LimitsConfig
 from mtad.smtp.dataread import DataRefused, clean
 from mtad.ingress.directory import Directory
-from mtad.base.errors import OptionError, StoreError
+from mtad.base.errors import OptionError, StoreError, StoreUnavailable
 from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
@@ -100,6 +101,7 @@ class NotCommitted:
 
 NO_ROOM = NotCommitted(452, "4.3.1", "Insufficient system resources, try again later")
 NO_STORAGE = NotCommitted(452, "4.3.1", "Insufficient system storage, try again later")
+NO_STORE = NotCommitted(451, "4.3.0", "Mail system temporarily unavailable, try again later")  # database down
 CommitResult = Committed | NotCommitted
 
 
@@ -279,7 +281,7 @@ class Ingress:
         except StoreError as exc:
             self.counters.store_failures += 1
             log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
-            return NO_STORAGE
+            return NO_STORE if isinstance(exc, StoreUnavailable) else NO_STORAGE
         self.counters.accepted += len(items)
         if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
             self.on_commit()  # wake the scheduler and forwarders only when there is work for them

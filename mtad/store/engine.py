@@ -167,13 +167,13 @@ class Store:
     ``lease`` is how long a claim on a work row holds without renewal (``store.claim_lease``, see ``mtad.leases``).
     """
 
-    def __init__(self, path: Path, *, max_group: int = 256, lease: float = 300.0):
+    def __init__(self, path: Path, *, max_group: int = 256, lease: float = 300.0, readers: int = 2):
         self.path = Path(path)
         self.max_group = max_group
         self.lease = lease
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtad-read")
+        self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="mtad-read")
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self.commits = 0  # transactions committed (for metrics and tests of grouping)

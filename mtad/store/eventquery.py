@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
+from mtad.store.dialect import SQLITE, Dialect, dialect_of
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, bounded_text
 
 MAX_PAGE_BYTES = 4_000_000  # event JSON in one page at most (beyond one event): answers of a known size
@@ -70,69 +71,89 @@ Filter = Union[Match, Not, AllOf, AnyOf, Metric]
 FIELDS = ("event", "severity", "recipient", "message-id", "domain", "tags", "tag", "from", "subject",
           "recipient-domain", "reason", "method", "log-level")
 CONTAINS_FIELDS = ("recipient", "event", "severity", "message-id", "domain", "tags", "tag")
-_METRIC_SQL = {
-    "accepted": "event = 'accepted'",
-    "accepted_incoming": "event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 0",
-    "accepted_outgoing": "event = 'accepted' AND json_extract(data, '$.flags.\"is-authenticated\"') = 1",
-    "delivered": "event = 'delivered'",
-    "delivered_smtp": "event = 'delivered' AND coalesce(json_extract(data, '$.envelope.transport'), 'smtp') != 'http'",
-    "delivered_http": "event = 'delivered' AND json_extract(data, '$.envelope.transport') = 'http'",
-    "stored": "event = 'stored'",
-    "opened": "event = 'opened'",
-    "clicked": "event = 'clicked'",
-    "unsubscribed": "event = 'unsubscribed'",
-    "complained": "event = 'complained'",
-    "failed": "event = 'failed'",
-    "permanent_failed": "event = 'failed' AND severity = 'permanent'",
-    "temporary_failed": "event = 'failed' AND severity = 'temporary'",
+_METRIC_EVENT = {  # the logs API's metric events: (event, condition on the event's JSON or None)
+    "accepted": ("accepted", None),
+    "accepted_incoming": ("accepted", "authenticated:false"),
+    "accepted_outgoing": ("accepted", "authenticated:true"),
+    "delivered": ("delivered", None),
+    "delivered_smtp": ("delivered", "transport:smtp"),
+    "delivered_http": ("delivered", "transport:http"),
+    "stored": ("stored", None),
+    "opened": ("opened", None),
+    "clicked": ("clicked", None),
+    "unsubscribed": ("unsubscribed", None),
+    "complained": ("complained", None),
+    "failed": ("failed", None),
+    "permanent_failed": ("failed", "severity:permanent"),
+    "temporary_failed": ("failed", "severity:temporary"),
 }
-METRIC_EVENTS = tuple(_METRIC_SQL)
+
+
+def _metric(name: str, dialect: Dialect) -> str:
+    event, condition = _METRIC_EVENT[name]
+    sql = f"event = '{event}'"
+    if condition == "authenticated:false":
+        sql += " AND " + dialect.json_flag("data", "flags", "is-authenticated", value=False)
+    elif condition == "authenticated:true":
+        sql += " AND " + dialect.json_flag("data", "flags", "is-authenticated", value=True)
+    elif condition == "transport:smtp":
+        sql += f" AND coalesce({dialect.json_text('data', 'envelope', 'transport')}, 'smtp') != 'http'"
+    elif condition == "transport:http":
+        sql += f" AND {dialect.json_text('data', 'envelope', 'transport')} = 'http'"
+    elif condition is not None:
+        sql += f" AND severity = '{condition.partition(':')[2]}'"
+    return sql
+
+
+METRIC_EVENTS = tuple(_METRIC_EVENT)
 
 
 def _like(value: str) -> str:
     return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _match(name: str, value: str, contains: bool) -> tuple[str, list[Any]]:
+def _match(name: str, value: str, contains: bool, dialect: Dialect) -> tuple[str, list[Any]]:
     v = value.strip()
+    like = dialect.like_nocase
     if contains:
         column = {"recipient": "recipient", "event": "event", "severity": "severity", "message-id": "message_id",
                   "domain": "domain"}.get(name)
         if column:
-            return f"{column} LIKE ? ESCAPE '\\'", [_like(v)]
+            return f"{column} {like} ? ESCAPE '\\'", [_like(v)]
         if name in ("tags", "tag"):
-            return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value LIKE ? ESCAPE '\\')", [_like(v)]
+            return (f"EXISTS (SELECT 1 FROM {dialect.json_tags('data')} WHERE value {like} ? ESCAPE '\\')",
+                    [_like(v)])
     if name == "event":
         return "event = ?", [v.lower()]
     if name == "severity":
         return "severity = ?", [v.lower()]
     if name == "recipient":
-        return "recipient = ? COLLATE NOCASE", [v]
+        return dialect.nocase("recipient"), [v]
     if name == "message-id":
         return "message_id = ?", [v.strip("<>")]
     if name == "domain":
         return "domain = ?", [v.lower()]
     if name in ("tags", "tag"):
-        return "EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value = ? COLLATE NOCASE)", [v]
+        return f"EXISTS (SELECT 1 FROM {dialect.json_tags('data')} WHERE {dialect.nocase('value')})", [v]
     if name in ("from", "subject"):
-        return f"json_extract(data, '$.message.headers.{name}') LIKE ? ESCAPE '\\'", [_like(v)]
+        return f"{dialect.json_text('data', 'message', 'headers', name)} {like} ? ESCAPE '\\'", [_like(v)]
     if name == "recipient-domain":
-        return "recipient LIKE ? ESCAPE '\\'", ["%@" + v.replace("%", "\\%").replace("_", "\\_")]
+        return f"recipient {like} ? ESCAPE '\\'", ["%@" + v.replace("%", "\\%").replace("_", "\\_")]
     if name in ("reason", "method", "log-level"):
-        return f"json_extract(data, '$.\"{name}\"') = ?", [v]
+        return f"{dialect.json_text('data', name)} = ?", [v]
     raise ValueError(f"unknown filter field '{name}'")
 
 
-def compile_filter(node: Filter) -> tuple[str, list[Any]]:
+def compile_filter(node: Filter, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     """SQL for one filter node and its parameters."""
     if isinstance(node, Match):
-        return _match(node.field, node.value, node.contains)
+        return _match(node.field, node.value, node.contains, dialect)
     if isinstance(node, Not):
-        sql, params = compile_filter(node.node)
+        sql, params = compile_filter(node.node, dialect)
         return f"NOT ({sql})", params
     if isinstance(node, Metric):
-        return _METRIC_SQL[node.name], []
-    parts = [compile_filter(n) for n in node.nodes]
+        return _metric(node.name, dialect), []
+    parts = [compile_filter(n, dialect) for n in node.nodes]
     joiner = " AND " if isinstance(node, AllOf) else " OR "
     return "(" + joiner.join(f"({s})" for s, _ in parts) + ")", [p for _, ps in parts for p in ps]
 
@@ -152,14 +173,14 @@ class EventQuery:
     spec: Mapping[str, Any] = field(default_factory=dict)  # what rebuilds this query from a token (events API)
     hint: str | None = None  # "recipient" | "message-id": one equality among the filters, served by an index
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
         sql: list[str] = []
         params: list[Any] = []
         if self.domains is not None:
             if len(self.domains) == 1:
                 sql.append("domain = ?")
-            else:  # "+": walk events_time in order rather than sort every match of several domains
-                sql.append(f"+domain IN ({','.join('?' * len(self.domains))})")
+            else:  # SQLite's "+": walk events_time in order rather than sort every match of several domains
+                sql.append(f"{dialect.unlikely_index}domain IN ({','.join('?' * len(self.domains))})")
             params += self.domains
         if self.lo is not None:
             sql.append("timestamp >= ?")
@@ -168,10 +189,10 @@ class EventQuery:
             sql.append("timestamp <= ?")
             params.append(self.hi)
         for node in self.filters:
-            s, p = compile_filter(node)
+            s, p = compile_filter(node, dialect)
             sql.append(s)
             params += p
-        return " AND ".join(sql) or "1", params
+        return " AND ".join(sql) or "1 = 1", params
 
 
 @dataclass(frozen=True)
@@ -202,7 +223,7 @@ class EventPage:
 def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list[Any]]:
     """(WITH prefix, FROM clause, extra WHERE) for ``query``: an equality on recipient or message-id of one
     domain probes the hour-bucketed index hour by hour over the query's range; anything else reads events."""
-    if query.hint is None or query.domains is None or len(query.domains) != 1:
+    if query.hint is None or query.domains is None or len(query.domains) != 1 or not dialect_of(conn).hour_probe:
         return "", "events", []
     lo, hi = query.lo, query.hi
     if lo is None or hi is None:
@@ -222,7 +243,7 @@ def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list
 
 def fetch(conn: sqlite3.Connection, query: EventQuery, cursor: Cursor) -> EventPage:
     """One page of ``query`` at ``cursor``; rows in the query's order whichever side was asked."""
-    where, params = query.where()
+    where, params = query.where(dialect_of(conn))
     forward = query.ascending == (cursor.side == "after")  # walk the table upwards?
     if cursor.anchor is not None:
         op = (">" if forward else "<") + ("=" if cursor.inclusive else "")
@@ -249,7 +270,7 @@ def fetch(conn: sqlite3.Connection, query: EventQuery, cursor: Cursor) -> EventP
 
 
 def count(conn: sqlite3.Connection, query: EventQuery) -> int:
-    where, params = query.where()
+    where, params = query.where(dialect_of(conn))
     prefix, source, hours = _source(conn, query)
     if hours:
         where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
@@ -260,7 +281,7 @@ def fetch_skip(conn: sqlite3.Connection, query: EventQuery, skip: int) -> tuple[
     """Offset paging, for the seed's legacy ``GET /v2/{domain}/log`` only (``skip``/``limit``): rows in the
     query's order after the first ``skip``, their stored JSON as it is. SQLite still walks the skipped index
     entries; callers bound it."""
-    where, params = query.where()
+    where, params = query.where(dialect_of(conn))
     order = "ASC" if query.ascending else "DESC"
     rows = conn.execute(f"SELECT seq, timestamp, domain, data FROM events WHERE {where}"
                         f" ORDER BY timestamp {order}, seq {order} LIMIT ? OFFSET ?",

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
+from mtad.store.dialect import dialect_of
 from mtad.store.engine import execute_rows
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, _encode, bounded, bounded_text  # noqa: F401
 from mtad.store.eventquery import Cursor, EventPage, EventQuery, EventRow
@@ -190,7 +191,8 @@ def write_variables(conn: sqlite3.Connection, rows: list[tuple[str, str, float]]
         if row[0] not in newest or newest[row[0]][2] < row[2]:
             newest[row[0]] = row
     execute_rows(conn, "INSERT INTO event_variables (key, data, last_at)", 3, list(newest.values()),
-                 " ON CONFLICT (key) DO UPDATE SET last_at = max(last_at, excluded.last_at)")
+                 " ON CONFLICT (key) DO UPDATE SET last_at ="
+                 f" {dialect_of(conn).greatest('event_variables.last_at', 'excluded.last_at')}")
 
 
 def _stored_form(event: Mapping[str, Any]) -> tuple[str, tuple[str, str, float] | None]:
@@ -205,11 +207,11 @@ def _stored_form(event: Mapping[str, Any]) -> tuple[str, tuple[str, str, float] 
     return bounded(event), None
 _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (store.execute_rows)
     ("INSERT INTO stats (domain, tag, event, hour, count)", 5,
-     " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = count + excluded.count"),
+     " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = stats.count + excluded.count"),
     ("INSERT INTO stats_daily (domain, tag, event, day, count)", 5,
-     " ON CONFLICT (domain, tag, event, day) DO UPDATE SET count = count + excluded.count"),
+     " ON CONFLICT (domain, tag, event, day) DO UPDATE SET count = stats_daily.count + excluded.count"),
     ("INSERT INTO stats_dims (domain, dim, value, event, day, count)", 6,
-     " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = count + excluded.count"),
+     " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = stats_dims.count + excluded.count"),
 )
 
 # What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP);

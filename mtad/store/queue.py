@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequence
 
 from mtad.base.types import NewMessage, Outcome, domain_of
+from mtad.store.dialect import dialect_of
 from mtad.store.events import NewEvent, record_all
 from mtad.store.suppressions import add_suppression, allowlisted, suppressed
 
@@ -121,7 +122,7 @@ def release_stale_locks(conn: sqlite3.Connection) -> int:
     return released
 
 
-def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str = "1", args: tuple = ()) -> int:
+def release_expired(conn: sqlite3.Connection, now: float, table: str, where: str = "1 = 1", args: tuple = ()) -> int:
     """Unlock the rows of ``table`` (matching ``where``) whose lease ran out (``mtad queue flush``)."""
     assert table in LEASED_TABLES
     return conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL AND lease_until < ? AND ({where})",
@@ -158,7 +159,7 @@ def list_queue(conn: sqlite3.Connection, limit: int = 1000) -> tuple[QueueEntry,
         " CASE WHEN d.locked_by IS NULL THEN d.state ELSE 'active' END AS state, d.attempts,"
         " d.next_attempt_at, d.last_reply, 'delivery' AS kind, d.locked_by FROM deliveries d JOIN messages m"
         " ON m.id = d.message WHERE d.state IN ('queued', 'deferred', 'held')"
-        " UNION ALL SELECT f.message, m.sender, json_array(f.recipient), f.destination,"
+        f" UNION ALL SELECT f.message, m.sender, {dialect_of(conn).json_array1('f.recipient')}, f.destination,"
         " CASE WHEN f.locked_by IS NULL THEN f.state ELSE 'active' END, f.attempts,"
         " f.next_attempt_at, f.last_error, 'forward', f.locked_by FROM forwards f JOIN messages m ON m.id = f.message"
         " WHERE f.state IN ('queued', 'deferred') ORDER BY 1 LIMIT ?", (limit,)).fetchall()
@@ -227,7 +228,7 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
     exclude = f" AND domain NOT IN ({','.join('?' * len(paused))})" if paused else ""
     ids = [r[0] for r in conn.execute(
         "SELECT id FROM deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND {CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?",
+        f" AND {CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?{dialect_of(conn).lock_rows}",
         (now if due is None else due, now, *paused, limit)) if r[0] not in skip]
     if not ids:
         return []
@@ -365,8 +366,8 @@ def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: t
 
 def _header_block(conn: sqlite3.Connection, queue_id: str) -> bytes:
     """The message's header block with its final CRLF, for a DSN's text/rfc822-headers part."""
-    row = conn.execute("SELECT CASE WHEN instr(body, X'0D0A0D0A') > 0 THEN substr(body, 1, instr(body, X'0D0A0D0A')"
-                       " + 1) ELSE body END FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    row = conn.execute(f"SELECT {dialect_of(conn).header_block('body')} FROM messages WHERE id = ?",
+                       (queue_id,)).fetchone()
     return bytes(row[0]) if row else b""
 
 
@@ -501,8 +502,8 @@ def bounce_message(conn: sqlite3.Connection, queue_id: str, now: float,
 
 
 def pause(conn: sqlite3.Connection, kind: str, value: str, now: float) -> None:
-    conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (f"pause:{kind}:{value.lower()}",
-                                                                          json.dumps({"since": now})))
+    conn.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 (f"pause:{kind}:{value.lower()}", json.dumps({"since": now})))
 
 
 def resume(conn: sqlite3.Connection, kind: str, value: str, now: float) -> int:

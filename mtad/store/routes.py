@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from mtad.store.dialect import dialect_of
+
 
 @dataclass(frozen=True)
 class RouteRecord:
@@ -36,7 +38,7 @@ def new_route_id() -> str:
 
 def load(conn: sqlite3.Connection) -> list[RouteRecord]:
     rows = conn.execute("SELECT id, priority, description, expression, actions, created_at FROM routes"
-                        " ORDER BY created_at, rowid").fetchall()
+                        f" ORDER BY created_at, {dialect_of(conn).creation_order}").fetchall()
     return [RouteRecord(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5]) for r in rows]
 
 

@@ -10,19 +10,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mtad.base.errors import StoreError
-from mtad.store.accounts import AccountMethods
 from mtad.store.engine import Store
-from mtad.store.events import EventBus, EventMethods
-from mtad.store.queue import QueueMethods
-from mtad.store.routes import RouteMethods
-from mtad.store.stored import StoredMessageMethods
-from mtad.store.suppressions import SuppressionMethods
-from mtad.store.webhooks import WebhookConfigMethods
-from mtad.store.work import WorkMethods
+from mtad.store.events import EventBus
+from mtad.store.methods import METHODS
 
 
-class SqliteStore(Store, QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods,
-                  WebhookConfigMethods, WorkMethods, StoredMessageMethods):
+class SqliteStore(Store, *METHODS):  # type: ignore[misc] - the typed methods of every kind of state
     """``StoreProtocol`` over one SQLite file.
 
     ``bus``: told of recorded events and new webhook work, on the writer thread (see ``store.events``); None:

@@ -12,13 +12,14 @@ from typing import Protocol
 
 from mtad.store.events import NewEvent, record
 from mtad.store.queue import QueuedMessage
+from mtad.store.dialect import dialect_of
 from mtad.store.work import WorkOutcome, finish_work, messages_by_id
 
 
 def mark_stored(conn: sqlite3.Connection, queue_id: str, until: float) -> None:
     """Kept until ``until`` at least (a later store() never shortens it)."""
-    conn.execute("UPDATE messages SET stored_until = MAX(COALESCE(stored_until, 0), ?) WHERE id = ?",
-                 (until, queue_id))
+    conn.execute(f"UPDATE messages SET stored_until = {dialect_of(conn).greatest('COALESCE(stored_until, 0)', '?')}"
+                 " WHERE id = ?", (until, queue_id))
 
 
 def keep(conn: sqlite3.Connection, queue_id: str, until: float, event: NewEvent, done: WorkOutcome | None) -> None:

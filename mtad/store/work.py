@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Container, Iterable, Mapping, Protocol, Sequence
 
+from mtad.store.dialect import dialect_of
 from mtad.store.events import EVENT_DATA, NewEvent, record_all
 from mtad.store.queue import (CLAIMABLE, DEFAULT_LEASE, LEASED_TABLES, MESSAGE_COLUMNS, UNLOCK, QueuedMessage,
                               queued_message)
@@ -80,7 +81,8 @@ def claim_due_work(conn: sqlite3.Connection, table: str, worker: str, now: float
     only = f" AND action IN ({','.join('?' * len(actions))})" if actions else ""
     rows = [r for r in conn.execute(
         f"SELECT {_COLUMNS[table]} FROM {table} WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-        f" AND {CLAIMABLE}{only} ORDER BY next_attempt_at LIMIT ?", (now, now, *actions, limit)).fetchall()
+        f" AND {CLAIMABLE}{only} ORDER BY next_attempt_at LIMIT ?{dialect_of(conn).lock_rows}",
+        (now, now, *actions, limit)).fetchall()
         if r[0] not in skip]
     if not rows:
         return []
@@ -103,7 +105,8 @@ def claim_webhook_work(conn: sqlite3.Connection, worker: str, now: float, limit:
     room: dict[str, int] = {}
     for row_id, url in conn.execute(
             "SELECT id, url FROM webhook_deliveries WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
-            f" AND {CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?", (now, now, *full, scan)):
+            f" AND {CLAIMABLE}{exclude} ORDER BY next_attempt_at LIMIT ?{dialect_of(conn).lock_rows}",
+            (now, now, *full, scan)):
         if row_id in skip:
             continue
         left = room.get(url)

@@ -1,4 +1,5 @@
-"""The store's contract, written once and run against every backend (``BACKENDS``; today SQLite).
+"""The store's contract, written once and run against every backend (``tests.support.stores.BACKENDS``: SQLite and
+PostgreSQL).
 
 What any backend must do, checked through what the store does for its callers, not through its SQL:
 - group commit: writes that arrive together are committed together (fewer commits than writes), and a caller
@@ -12,7 +13,7 @@ What any backend must do, checked through what the store does for its callers, n
   and the former holder can then neither renew nor release it; claimers racing over the same due rows never get
   the same row.
 
-Adding a backend: one entry in ``BACKENDS`` (a function that opens a fresh store at a path or URL).
+Adding a backend: one entry in ``tests.support.stores`` (how a fresh store of it is opened).
 """
 
 from __future__ import annotations
@@ -34,22 +35,12 @@ from mtad.events import shape  # noqa: E402 - the adapter's imports, kept with i
 from mtad.store import queue as spool  # noqa: E402
 from mtad.store.counters import CounterQuery  # noqa: E402
 from mtad.store.eventquery import EventQuery, Match  # noqa: E402
-from mtad.store.sqlite import SqliteStore  # noqa: E402
+from tests.support.stores import BACKENDS, Opener  # noqa: E402
 from mtad.store.work import WorkOutcome  # noqa: E402
 
 ALL_TIME = 4e9  # an end of every query's time range later than any test's clock
 
 
-def open_sqlite(path: Path) -> SqliteStore:
-    store = SqliteStore(path / "mtad.sqlite3")
-    store.open()
-    return store
-
-
-BACKENDS: dict[str, Callable[[Path], Any]] = {
-    "sqlite": open_sqlite,
-    # "postgres": open_postgres,  # the next issue's backend: a fresh database per test
-}
 
 
 def message(rcpts: tuple[str, ...] = ("a@x.test",), tag: str = "t1") -> NewMessage:
@@ -130,9 +121,13 @@ def commits(store) -> int:
 
 # --- the fixture --------------------------------------------------------------------------------------------------
 
-@pytest.fixture(params=list(BACKENDS))
-def backend(request) -> Callable[[Path], Any]:
-    return BACKENDS[request.param]
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path) -> Callable[[Path], Any]:
+    """``open(path)``: the test's store of one backend, opened (a SQLite file in ``path``, or a fresh PostgreSQL
+    database); opened again, the same file or database."""
+    opener = Opener(request.param, tmp_path, request)
+    yield lambda path: opener()
+    opener.close_all()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def ingress_only(cfg: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def daemon_factory(tmp_path_factory: pytest.TempPathFactory, certs):
+def daemon_factory(tmp_path_factory: pytest.TempPathFactory, certs, daemons_store):
     """``make(limits={...}, **top_level_keys)`` starts an mtad shared by the module's tests.
 
     At teardown the daemon must stop cleanly (exit 0) and its log must hold no traceback: no test

@@ -74,7 +74,7 @@ def write_ca(certs: Any, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def outbound_mtad(tmp_path_factory: pytest.TempPathFactory, certs: Any, loopback_dns: DnsServer,
-                  mx_farm: MxFarm, sender_mailbox: Mx):
+                  mx_farm: MxFarm, sender_mailbox: Mx, daemons_store: None):
     """``make(delivery={...}, shaping={...}, dkim=[...], start=True)`` -> an mtad delivering on loopback only.
 
     example.com (the sender's domain) has an MX from the start, so DSNs always have somewhere to go.

@@ -106,8 +106,8 @@ def assert_clean_exit(daemon: Mtad) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def app():
-    """The loopback application receiving route POSTs, for one test module."""
+def app(daemons_store):
+    """The loopback application receiving route POSTs, for one test module (and one store backend of it)."""
     a = Receiver(multipart_only=True).start()
     yield a
     a.close()

@@ -3,6 +3,8 @@
 mtad runs with delivery on; recipients' domains resolve (through the loopback DNS server) to an aiosmtpd
 MX on 127.0.0.1, so what the tests read is what a receiving server got. Options are compared with their
 SMTP twins (``X-Mailgun-*`` headers on an authenticated submission): same stored options, same outcome.
+
+Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.e2e.helpers import send as smtp_send, submission
 from tests.support.daemon import _FAST_HASH
 from tests.support.dns_server import DnsServer
 from tests.support.api import api, basic_auth
+from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 FROM = "Sender <postmaster@example.com>"
 DEST = "dest.test"
@@ -218,8 +221,8 @@ async def test_deliverytime_holds_the_message_like_deliver_by(env, certs):
                                f"From: {FROM}\r\nSubject: t\r\nX-Mailgun-Deliver-By: {email.utils.formatdate(later)}"
                                "\r\n\r\nt\r\n".encode())
     assert code == 250
-    due = dict(daemon.query("SELECT json_extract(recipients, '$[0]'), next_attempt_at FROM deliveries"
-                            " WHERE recipients LIKE '%later-%'"))
+    due = {json.loads(rcpts)[0]: at for rcpts, at in daemon.query(
+        "SELECT recipients, next_attempt_at FROM deliveries WHERE recipients LIKE '%later-%'")}
     assert due[f"later-api@{DEST}"] == due[f"later-smtp@{DEST}"] == int(later)
     time.sleep(1.0)  # several scheduler polls
     assert not sink.to(f"later-api@{DEST}") and not sink.to(f"later-smtp@{DEST}")
@@ -318,8 +321,8 @@ async def test_a_batch_of_1000_is_committed_as_1000_copies_at_once(env):
                                   "text": "Number %recipient.n%", "o:testmode": "yes",
                                   "recipient-variables": json.dumps(people)})
     elapsed = time.monotonic() - started
-    rows = daemon.query("SELECT json_extract(recipients, '$[0]'), json_extract(headers, '$.subject') FROM messages"
-                        " WHERE message_id = ?", (body["id"].strip("<>"),))
+    rows = [(json.loads(rcpts)[0], json.loads(headers)["subject"]) for rcpts, headers in daemon.query(
+        "SELECT recipients, headers FROM messages WHERE message_id = ?", (body["id"].strip("<>"),))]
     assert len(rows) == 1000
     assert {r: s for r, s in rows} == {a: f"Bulk {v['n']}" for a, v in people.items()}
     assert elapsed < 15, f"a 1,000-recipient batch took {elapsed:.1f}s"

@@ -1,6 +1,9 @@
 """Events of real mail (sends, deliveries, hard and soft bounces, routed inbound mail) read back through
 ``GET /v3/{domain}/events`` and ``POST /v1/analytics/logs``: Mailgun's shape, every filter, boolean
-expressions, paging both ways, and paging links that keep working while new events arrive."""
+expressions, paging both ways, and paging links that keep working while new events arrive.
+
+Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import pytest
 from tests.e2e.events_support import World, events
 from tests.support.api import api
 from tests.support.wait import wait_for
+from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, certs):
+def world(tmp_path_factory, certs, daemons_store):
     w = World(tmp_path_factory.mktemp("events"), certs)
     problems: list[str] = []
     try:

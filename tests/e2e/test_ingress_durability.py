@@ -1,6 +1,8 @@
 """Trusting a 250: durability across SIGKILL, graceful SIGTERM, SIGHUP reload, and store failures.
 
-Each test has its own daemon (they kill, stop or reconfigure it).
+Each test has its own daemon (they kill, stop or reconfigure it). Every test runs on both store backends
+(``store_backend``: SQLite and PostgreSQL) but the disk-failure ones, which are SQLite's (PostgreSQL's outage:
+test_store_postgres_outage.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from tests.e2e.helpers import LOGIN, MESSAGE, message_count, queue_id, send, stored, submission
 from tests.support.daemon import PASSWORD, Mtad
 from tests.support.rawsmtp import RawSMTP
+from tests.support.stores import both_backends as store_backend  # noqa: F401 (fixture: every test on both)
 
 
 def mtad_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -240,10 +243,12 @@ def big_message(megabytes: float) -> bytes:
     ("file-size-limit", 4.0),
 ])
 def test_store_failure_answers_452_and_stores_nothing(mtad_factory, ingress_config, certs, tmp_path, failure,
-                                                      megabytes):
+                                                      megabytes, store_backend):
     """Disk full: a small tmpfs holding the state folder, filled up (needs root and mount).
     File-size limit: RLIMIT_FSIZE lowered on the running daemon, so SQLite's writes fail with EFBIG
     (works without root; Python ignores SIGXFSZ)."""
+    if store_backend == "postgresql":
+        pytest.skip("the SQLite file's own failures; PostgreSQL's outage is test_store_postgres_outage.py")
     big = big_message(megabytes)
     state = tmp_path / "small"
     state.mkdir()

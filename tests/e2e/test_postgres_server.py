@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import asyncpg
+import psycopg
 import pytest
 
 from tests.support.postgres import PostgresServer
@@ -33,44 +33,39 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-async def test_driver_connects_creates_a_table_and_reads_it_back(pg_database):
-    conn = await asyncpg.connect(pg_database(), timeout=10)
-    try:
-        await conn.execute("CREATE TABLE smoke (id bigint PRIMARY KEY, body text NOT NULL)")
-        await conn.executemany("INSERT INTO smoke VALUES ($1, $2)", [(i, f"row {i}") for i in range(100)])
-        assert await conn.fetchval("SELECT count(*) FROM smoke") == 100
-        assert await conn.fetchval("SELECT body FROM smoke WHERE id = 42") == "row 42"
-    finally:
-        await conn.close()
+def _value(conn: psycopg.Connection, sql: str):
+    return conn.execute(sql).fetchone()[0]
 
 
-async def test_server_commits_durably(postgres):
-    conn = await asyncpg.connect(postgres.dsn(), timeout=10)
-    try:
-        settings = {name: await conn.fetchval(f"SHOW {name}")
+def test_driver_connects_creates_a_table_and_reads_it_back(pg_database):
+    with psycopg.connect(pg_database(), connect_timeout=10) as conn:
+        conn.execute("CREATE TABLE smoke (id bigint PRIMARY KEY, body text NOT NULL)")
+        conn.cursor().executemany("INSERT INTO smoke VALUES (%s, %s)", [(i, f"row {i}") for i in range(100)])
+        assert _value(conn, "SELECT count(*) FROM smoke") == 100
+        assert _value(conn, "SELECT body FROM smoke WHERE id = 42") == "row 42"
+
+
+def test_server_commits_durably(postgres):
+    with psycopg.connect(postgres.dsn(), connect_timeout=10) as conn:
+        settings = {name: _value(conn, f"SHOW {name}")
                     for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")}
-    finally:
-        await conn.close()
     assert settings["fsync"] == "on"
     assert settings["synchronous_commit"] == "on"
     assert settings["full_page_writes"] == "on"
 
 
-async def test_server_listens_on_loopback_only(postgres):
-    conn = await asyncpg.connect(postgres.dsn(), timeout=10)
-    try:
-        assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
-        assert await conn.fetchval("SHOW port") == str(postgres.port)
-        socket_dir = await conn.fetchval("SHOW unix_socket_directories")
-    finally:
-        await conn.close()
+def test_server_listens_on_loopback_only(postgres):
+    with psycopg.connect(postgres.dsn(), connect_timeout=10) as conn:
+        assert _value(conn, "SHOW listen_addresses") == "127.0.0.1"
+        assert _value(conn, "SHOW port") == str(postgres.port)
+        socket_dir = _value(conn, "SHOW unix_socket_directories")
     assert Path(socket_dir) == postgres.folder  # the socket is in the private folder, not /var/run/postgresql
     assert _listening_addresses(postgres.port) == {"127.0.0.1"}
 
 
-async def test_wrong_password_is_refused(postgres):
-    with pytest.raises(asyncpg.InvalidPasswordError):
-        await asyncpg.connect(postgres.dsn(password="wrong"), timeout=10)
+def test_wrong_password_is_refused(postgres):
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(postgres.dsn(password="wrong"), connect_timeout=10)
 
 
 def test_server_does_not_run_as_root(postgres):

@@ -2,7 +2,10 @@
 application on loopback, read there field by field: Mailgun's parsed format (every field, attachments as
 file uploads with names, types and bytes, content-id-map, message-headers, each header as its own field,
 a signature the seed manual's verify() accepts), the raw format (URL ending in ``mime``), and messages in
-ISO-8859-1 quoted-printable, windows-1251 base64 and 8-bit Latin-1 all arriving as UTF-8."""
+ISO-8859-1 quoted-printable, windows-1251 base64 and 8-bit Latin-1 all arriving as UTF-8.
+
+Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from tests.e2e.routes_support import (SIGNING_KEY, accepted, assert_clean_exit, 
     verify)
 from tests.support.wait import wait_until
 from tests.support.daemon import Mtad, base_config
+from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n" + bytes(range(256))
@@ -24,7 +28,7 @@ CSV = "name;city\r\nJürgen;Köln\r\n".encode("utf-8")
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, certs, app):
+def daemon(tmp_path_factory, certs, app, daemons_store):
     tmp = tmp_path_factory.mktemp("routes-post")
     cfg = routing_config(base_config(tmp, certs), [
         route('match_recipient("fields[0-9]*@inbound.test")', f'forward("{app.url("fields")}")', "stop()"),

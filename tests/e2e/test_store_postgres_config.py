@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-import asyncpg
+import psycopg
 import pytest
 import yaml
 
@@ -141,15 +141,12 @@ def test_run_refuses_the_postgresql_backend_cleanly(config_file, postgres, tmp_p
     assert not (tmp_path / "state").exists()  # refused before making anything
 
 
-async def test_connections_carry_the_statement_timeout_and_the_node_id(pg_database):
+def test_connections_carry_the_statement_timeout_and_the_node_id(pg_database):
     cfg = config.parse({"node_id": "node-b", "store": {"backend": "postgresql", "dsn": pg_database(),
                                                        "statement_timeout": "1.5s"}}, Path("."))
-    conn = await asyncpg.connect(**connect_options(cfg.store, cfg.node_id))
-    try:
-        assert await conn.fetchval("SHOW statement_timeout") == "1500ms"
-        assert await conn.fetchval("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()") \
-            == "mtad node-b"
-        with pytest.raises(asyncpg.QueryCanceledError):
-            await conn.execute("SELECT pg_sleep(5)")
-    finally:
-        await conn.close()
+    with psycopg.connect(**connect_options(cfg.store, cfg.node_id)) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1500ms"
+        assert conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                            ).fetchone()[0] == "mtad node-b"
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")

@@ -1,6 +1,9 @@
 """Event webhooks end to end: CRUD over the API, config-file webhooks, signed JSON verified with the seed
 manual's code, retries (500 then 200: delivered once), 406 and ``delivered`` not retried, the legacy form
-format, a hanging receiver that delays neither mail nor other receivers, and ``mtad webhooks redeliver``."""
+format, a hanging receiver that delays neither mail nor other receivers, and ``mtad webhooks redeliver``.
+
+Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pytest
 from tests.e2e.events_support import SIGNING_KEY, World, running_world, events, seed_verify
 from tests.support.api import api
 from tests.support.wait import wait_for
+from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 
 HANG_TIMEOUT = 5.0
@@ -26,7 +30,7 @@ def with_config_webhooks(cfg: dict, world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, certs):
+def world(tmp_path_factory, certs, daemons_store):
     with running_world(tmp_path_factory, certs, "webhooks", with_config_webhooks) as w:
         yield w
 

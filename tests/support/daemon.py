@@ -7,6 +7,7 @@ first start the real ports are pinned into the config, so a restart listens wher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -72,12 +73,28 @@ def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
     }
 
 
+_store_for_new_daemons: list[Callable[[], dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def daemon_store(make: Callable[[], dict[str, Any]]) -> Iterator[None]:
+    """While in it, every ``Mtad`` made with a config without ``store`` gets ``store: make()`` (a PostgreSQL
+    database of its own: tests/conftest.py's ``store_backend``); a restart keeps it."""
+    _store_for_new_daemons.append(make)
+    try:
+        yield
+    finally:
+        _store_for_new_daemons.remove(make)
+
+
 class Mtad:
     """A running mtad process with its config file, ports and log."""
 
     def __init__(self, tmp: Path, cfg: dict[str, Any]):
         self.tmp = tmp
         self.cfg = cfg
+        if _store_for_new_daemons and "store" not in cfg:
+            cfg["store"] = _store_for_new_daemons[-1]()
         self.config_path = tmp / "mtad.yaml"
         self.log_path = tmp / "mtad.log"
         self.proc: subprocess.Popen | None = None
@@ -173,6 +190,12 @@ class Mtad:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        store = self.cfg.get("store") or {}
+        if store.get("backend") == "postgresql":  # the same SQL (``?`` placeholders) on the daemon's database
+            import psycopg
+            from mtad.store.postgres.engine import pg_sql
+            with psycopg.connect(store["dsn"], autocommit=True, connect_timeout=10) as pg:
+                return [tuple(r) for r in pg.execute(pg_sql(sql), tuple(params)).fetchall()]
         import sqlite3
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:

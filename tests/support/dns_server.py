@@ -45,6 +45,10 @@ class DnsServer:
 
     # --- zone editing -------------------------------------------------------------------------------------------
 
+    def set_records(self, name: str, rtype: str, values: list[Any]) -> None:
+        """Replace the ``rtype`` records of ``name``."""
+        self._records(name, rtype)[:] = values
+
     def add_mx(self, domain: str, hosts: list[tuple[int, str]]) -> None:
         self._records(domain, "MX").extend(hosts)
 

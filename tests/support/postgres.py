@@ -154,6 +154,15 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+    def halt(self) -> None:
+        """Stop the server (``pg_ctl stop -m fast``: clients are disconnected), keeping its data: a database outage."""
+        self._run(self.bin_dir / "pg_ctl", "stop", "-w", "-m", "fast", "-D", self.data)
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port and data."""
+        self._run(self.bin_dir / "pg_ctl", "start", "-w", "-t", "60", "-D", self.data, "-l", self.log_path,
+                  "-o", f"-p {self.port}")
+
     def stop(self) -> None:
         """``pg_ctl stop -m fast`` and remove the folder; safe to call twice."""
         if self.data.exists() and (self.data / "postmaster.pid").exists():

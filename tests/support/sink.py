@@ -288,10 +288,11 @@ def by_local_part(address: str) -> str | None:
 
 
 def point(dns: DnsServer, mx: Mx, *domains: str) -> Mx:
-    """DNS for ``domains``: MX 10 -> ``mx.name`` -> A ``mx.ip``."""
-    dns.add_a(mx.name, mx.ip)
+    """DNS for ``domains``: MX 10 -> ``mx.name`` -> A ``mx.ip``, replacing what they had (a module that runs on
+    both store backends serves its domains again, from new servers)."""
+    dns.set_records(mx.name, "AAAA" if ":" in mx.ip else "A", [mx.ip])
     for domain in domains:
-        dns.add_mx(domain, [(10, mx.name)])
+        dns.set_records(domain, "MX", [(10, mx.name)])
     return mx
 
 

@@ -1,4 +1,4 @@
-"""Event queries: filter expressions, time ranges, cursor paging over a real SQLite store."""
+"""Event queries: filter expressions, time ranges, cursor paging over a real store of each backend."""
 
 import json
 
@@ -6,9 +6,7 @@ import pytest
 
 from mtad.events import query as eventquery
 from mtad.events.query import Page, QueryError, events_query, events_spec, parse_expression
-from mtad.store.engine import connect
-from mtad.store.migrations.sqlite import migrate
-from mtad.store.sqlite import SqliteStore
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
 
 def test_expression_grammar():
@@ -48,9 +46,13 @@ def test_direction_follows_begin_and_end():
 
 
 @pytest.fixture
-def conn(tmp_path):
-    c = connect(tmp_path / "db.sqlite3")
-    migrate(c, "test")
+def store(backend_store):
+    return backend_store()
+
+
+@pytest.fixture
+def conn(store, backend_store):
+    c = backend_store.direct()
     rows = []
     for i in range(40):
         kind = ("accepted", "delivered", "failed", "delivered")[i % 4]
@@ -63,15 +65,7 @@ def conn(tmp_path):
     c.executemany("INSERT INTO events (id, timestamp, domain, event, recipient, message_id, queue_id, severity, data)"
                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     c.execute("INSERT INTO events (id, timestamp, domain, event, data) VALUES ('other', 1005, 'other.org', 'accepted', '{}')")
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def store(conn, tmp_path):
-    s = SqliteStore(tmp_path / "db.sqlite3", read_only=True)
-    yield s
-    s.close()
+    return c
 
 
 async def ids(store, params, page=Page()):
@@ -79,7 +73,7 @@ async def ids(store, params, page=Page()):
     return [json.loads(r.data)["id"] for r in (await eventquery.fetch(store, events_query("example.com", spec), page)).rows]
 
 
-async def test_filters(store):
+async def test_filters(conn, store):
     assert len(await ids(store, {"event": "failed"})) == 10
     assert len(await ids(store, {"event": "failed OR delivered"})) == 30
     assert len(await ids(store, {"event": "NOT accepted"})) == 30
@@ -141,7 +135,7 @@ def test_tokens_round_trip_and_refuse_garbage():
         Page.decode("not-a-token!")
 
 
-async def test_logs_query_filters(store):
+async def test_logs_query_filters(conn, store):
     body = {"start": "1000", "end": "1030", "events": ["failed", "delivered"],
             "filter": {"AND": [{"attribute": "domain", "comparator": "=", "values": [{"label": "x", "value": "example.com"}]},
                                {"attribute": "recipient", "comparator": "!=", "values": [{"value": "r0@x.test"}]}]},

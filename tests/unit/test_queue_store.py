@@ -1,6 +1,6 @@
-"""The typed queue and event methods of the store (``QueueStore``, ``EventStore`` on ``SqliteStore``): what commits
-together, claims with their pauses and suppressions, outcomes with their events, bounce list and DSN, and the
-event bus the store tells."""
+"""The typed queue and event methods of the store (``QueueStore``, ``EventStore``, on every backend:
+``tests.support.stores``): what commits together, claims with their pauses and suppressions, outcomes with their
+events, bounce list and DSN, and the event bus the store tells."""
 
 import asyncio
 import json
@@ -16,6 +16,7 @@ from mtad.store import queue as spool
 from mtad.store.events import EventBus
 from mtad.store.sqlite import SqliteStore
 from mtad.store.suppressions import Suppression
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
 BODY = b"From: s@example.com\r\nSubject: t\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n"
 
@@ -33,9 +34,15 @@ def item(rcpts, now=1.0, queue_id=None, **kw):
 
 
 @pytest.fixture
-async def store(tmp_path):
-    bus = EventBus()
-    s = SqliteStore(tmp_path / "db.sqlite3", bus=bus)
+async def store(backend_store):
+    s = backend_store(bus=EventBus())
+    s.integrity_error = backend_store.integrity_error
+    return s
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
+    s = SqliteStore(tmp_path / "db.sqlite3", bus=EventBus())
     s.open()
     yield s
     s.close()
@@ -48,7 +55,7 @@ async def count(store, sql):
 async def test_enqueue_commits_a_batch_all_or_none(store):
     first = item(["a@x.test"])
     await store.enqueue([first], 1.0)
-    with pytest.raises(sqlite3.IntegrityError):  # the second message reuses a queue id: the whole batch is refused
+    with pytest.raises(store.integrity_error):  # the second message reuses a queue id: the whole batch is refused
         await store.enqueue([item(["b@x.test"]), item(["c@x.test"], queue_id=first.queue_id)], 1.0)
     assert await store.count_messages() == 1
     assert await count(store, "SELECT count(*) FROM events WHERE event = 'accepted'") == 1
@@ -121,7 +128,8 @@ async def test_the_store_tells_its_event_bus_and_stops_when_unsubscribed(store):
     assert len(seen) == 2
 
 
-async def test_a_read_only_store_reads_and_refuses_to_open(tmp_path, store):
+async def test_a_read_only_store_reads_and_refuses_to_open(tmp_path, sqlite_store):
+    store = sqlite_store
     await store.enqueue([item(["a@x.test"])], 1.0)
     ro = SqliteStore(store.path, read_only=True)
     try:

@@ -1,4 +1,5 @@
-"""Stats from counters: buckets, shapes, grouping; counters written by the store as it records events."""
+"""Stats from counters: buckets, shapes, grouping; counters written by the store as it records events (on every
+backend: ``tests.support.stores``)."""
 
 import pytest
 
@@ -6,27 +7,21 @@ from mtad.events import shape
 from mtad.events import stats
 from mtad.events.query import QueryError, parse_time
 from mtad.store import events
-from mtad.store.engine import connect
-from mtad.store.migrations.sqlite import migrate
-from mtad.store.sqlite import SqliteStore
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
 DAY = 86400
 T0 = parse_time("Mon, 01 Jan 2024 00:00:00 +0000", "t")
 
 
 @pytest.fixture
-def conn(tmp_path):
-    c = connect(tmp_path / "db.sqlite3")
-    migrate(c, "test")
-    yield c
-    c.close()
+def store(backend_store):
+    return backend_store()
 
 
 @pytest.fixture
-def store(conn, tmp_path):
-    s = SqliteStore(tmp_path / "db.sqlite3", read_only=True)
-    yield s
-    s.close()
+def conn(store, backend_store):
+    """Events recorded on a connection of their own (each written at once): what the store then reads."""
+    return backend_store.direct()
 
 
 def ev(kind, ts, rcpt="a@gmail.com", tags=(), **extra):

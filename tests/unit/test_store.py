@@ -7,6 +7,7 @@ from mtad.events import shape
 from mtad.store import queue as spool
 from mtad.base.errors import StoreError
 from mtad.store.sqlite import SqliteStore
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 
@@ -22,7 +23,13 @@ def item(queue_id, msg, now, **kw):
 
 
 @pytest.fixture
-async def store(tmp_path):
+async def store(backend_store):
+    """A store of each backend (``tests.support.stores``); the tests of SQLite's own failures open theirs."""
+    return backend_store()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
     s = SqliteStore(tmp_path / "db.sqlite3")
     s.open()
     yield s
@@ -228,10 +235,11 @@ async def test_an_existing_database_without_leases_opens_and_gets_the_column(tmp
     s.close()
 
 
-async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_store_recovers(store):
+async def test_settle_keeps_a_write_the_store_refuses_and_writes_it_once_the_store_recovers(sqlite_store):
     """A real SQLite 'database or disk is full' (max_page_count at the current size): the outcome is kept and
-    written, once, as soon as the store takes writes again."""
+    written, once, as soon as the store takes writes again. (PostgreSQL: tests/unit/test_pg_engine.py.)"""
     from mtad.store import leases
+    store = sqlite_store
     await store.write(lambda c: c.execute("CREATE TABLE IF NOT EXISTS outcome (x BLOB)"))
     pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))

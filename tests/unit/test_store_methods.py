@@ -1,5 +1,5 @@
 """The store's typed methods for suppressions, accounts, routes, pauses, webhook configuration and HTTP work
-(SqliteStore), and the one retry rule of HTTP work (net.retry)."""
+(on every backend: ``tests.support.stores``), and the one retry rule of HTTP work (net.retry)."""
 
 from __future__ import annotations
 
@@ -15,23 +15,23 @@ from mtad.store.accounts import Credential, DomainRecord
 from mtad.store.events import NewEvent
 from mtad.store.protocol import StoreProtocol
 from mtad.store.routes import RouteRecord
+from mtad.store.postgres.store import PostgresStore
 from mtad.store.sqlite import SqliteStore
 from mtad.store.suppressions import Suppression
 from mtad.store.webhooks import Webhook, WebhookError
 from mtad.store.work import WorkItem, WorkOutcome
+from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = SqliteStore(tmp_path / "db.sqlite3")
-    s.open()
-    yield s
-    s.close()
+async def store(backend_store):
+    return backend_store()
 
 
-def test_sqlite_store_has_every_method_of_the_protocol():
+@pytest.mark.parametrize("backend", [SqliteStore, PostgresStore])
+def test_every_backend_has_every_method_of_the_protocol(backend):
     names = {n for n in dir(StoreProtocol) if not n.startswith("_")} - {"is_open", "lease"}
-    missing = [n for n in sorted(names) if not callable(getattr(SqliteStore, n, None))]
+    missing = [n for n in sorted(names) if not callable(getattr(backend, n, None))]
     assert missing == []
 
 

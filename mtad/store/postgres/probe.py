@@ -8,8 +8,6 @@ a refused login, a missing database or an unreachable server. Messages never con
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -55,16 +53,23 @@ def where(dsn: str) -> str:
 
 
 def connect_options(store: StoreConfig, node_id: str) -> dict:
-    """Keyword arguments for ``asyncpg.connect`` / ``create_pool``: the DSN, the statement timeout, a name."""
+    """Keyword arguments for ``psycopg.connect``: the DSN, the connect timeout, the statement timeout and a name
+    (every connection mtad opens, the store's and the probe's, uses these)."""
     assert store.dsn is not None
+    timeout_ms = max(1, round(store.statement_timeout.seconds * 1000))
     return {
-        "dsn": store.dsn.reveal(),
-        "timeout": CONNECT_TIMEOUT,
-        "server_settings": {
-            "statement_timeout": str(max(1, round(store.statement_timeout.seconds * 1000))),  # milliseconds
-            "application_name": f"mtad {node_id}"[:63],  # pg_stat_activity shows which node holds a connection
-        },
+        "conninfo": store.dsn.reveal(),
+        "connect_timeout": max(1, round(CONNECT_TIMEOUT)),
+        "options": f"-c statement_timeout={timeout_ms}",
+        "application_name": f"mtad {node_id}"[:63],  # pg_stat_activity shows which node holds a connection
+        "autocommit": True,  # the store issues BEGIN/COMMIT itself (group commit)
     }
+
+
+def connect(store: StoreConfig, node_id: str):
+    """One new ``psycopg.Connection`` with ``connect_options``."""
+    import psycopg
+    return psycopg.connect(**connect_options(store, node_id))
 
 
 def _password(dsn: str) -> str | None:
@@ -76,38 +81,40 @@ def _password(dsn: str) -> str | None:
 
 def _explain(exc: BaseException, place: str) -> str:
     """One line for an exception from connecting or probing."""
-    import asyncpg
-    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+    import psycopg
+    if isinstance(exc, psycopg.errors.InvalidPassword | psycopg.errors.InvalidAuthorizationSpecification):
         return f"PostgreSQL at {place} refused the login: {exc}"
-    if isinstance(exc, asyncpg.PostgresError):
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        # libpq's own message: the server was not reached, or refused the login before answering in SQL terms
+        text = " ".join(str(exc).split())
+        if "password authentication failed" in text or "no password supplied" in text:
+            return f"PostgreSQL at {place} refused the login: {text}"
+        if "timeout expired" in text:
+            return f"no answer from PostgreSQL at {place} within {CONNECT_TIMEOUT:g}s"
+        if "Connection refused" in text:
+            return f"cannot connect to PostgreSQL at {place}: connection refused"
+        if "could not translate host name" in text:
+            return f"cannot connect to PostgreSQL at {place}: cannot resolve the host name"
+        return f"cannot connect to PostgreSQL at {place}: {text}"
+    if isinstance(exc, psycopg.Error):
         return f"PostgreSQL at {place} answered: {exc}"
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return f"no answer from PostgreSQL at {place} within {CONNECT_TIMEOUT:g}s"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"cannot connect to PostgreSQL at {place}: connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot connect to PostgreSQL at {place}: cannot resolve the host name ({exc.strerror})"
-    if isinstance(exc, OSError):
-        return f"cannot connect to PostgreSQL at {place}: {exc.strerror or exc}"
-    if isinstance(exc, ValueError):
+    if isinstance(exc, ValueError | psycopg.ProgrammingError):
         return f"not a usable DSN: {exc}"
     return f"cannot use PostgreSQL at {place}: {type(exc).__name__}: {exc}"
 
 
-async def _probe(store: StoreConfig, node_id: str) -> ServerInfo:
-    import asyncpg
+def _probe(store: StoreConfig, node_id: str) -> ServerInfo:
     options = connect_options(store, node_id)
-    conn = await asyncio.wait_for(asyncpg.connect(**options), CONNECT_TIMEOUT + 1)
-    try:
-        version = await conn.fetchval("SHOW server_version")
-        fsync = await conn.fetchval("SHOW fsync")
-        sync = await conn.fetchval("SHOW synchronous_commit")
+    with connect(store, node_id) as conn:
+        def one(sql: str, *args):
+            return conn.execute(sql, args).fetchone()[0]
+        version = one("SHOW server_version")
+        fsync = one("SHOW fsync")
+        sync = one("SHOW synchronous_commit")
         schema = None
-        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
-            schema = await conn.fetchval(f"SELECT max(version) FROM {SCHEMA_TABLE}")
-        return ServerInfo(where(options["dsn"]), version, schema, fsync, sync)
-    finally:
-        await conn.close(timeout=5)
+        if one("SELECT to_regclass(%s) IS NOT NULL", SCHEMA_TABLE):
+            schema = one(f"SELECT max(version) FROM {SCHEMA_TABLE}")
+        return ServerInfo(where(options["conninfo"]), version, schema, fsync, sync)
 
 
 def probe(store: StoreConfig, node_id: str) -> ServerInfo:
@@ -115,15 +122,20 @@ def probe(store: StoreConfig, node_id: str) -> ServerInfo:
     if store.dsn is None or not store.dsn.read:
         raise ValueError("probe needs a DSN that was read")
     try:
-        import asyncpg  # noqa: F401 - a dependency of mtad; imported only when this backend is configured
+        import psycopg  # noqa: F401 - a dependency of mtad; imported only when this backend is configured
     except ImportError:
-        raise ConfigError("store.backend", "postgresql needs the Python package asyncpg (pip install asyncpg)") from None
-    dsn = store.dsn.reveal()
+        raise ConfigError("store.backend", "postgresql needs the Python package psycopg 3"
+                                           " (pip install 'psycopg[binary]')") from None
     try:
-        return asyncio.run(_probe(store, node_id))
+        return _probe(store, node_id)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the setting, never a traceback
-        message = _explain(exc, where(dsn))
-        password = _password(dsn)
-        if password:
-            message = message.replace(password, "********")
-        raise ConfigError("store.dsn", " ".join(message.split())) from None
+        raise ConfigError("store.dsn", explain(exc, store.dsn.reveal())) from None
+
+
+def explain(exc: BaseException, dsn: str) -> str:
+    """One line for a failure to connect to or probe the server of ``dsn``, without its password."""
+    message = _explain(exc, where(dsn))
+    password = _password(dsn)
+    if password:
+        message = message.replace(password, "********")
+    return " ".join(message.split())
