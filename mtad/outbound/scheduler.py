@@ -12,7 +12,8 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
    the job (its preloaded body DKIM-signed by a worker process, ``signer``) joins the ready queue of
    its site (provider + hosts).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
-   provider (gmail.com and every Google-hosted domain share one budget). Each task opens one
+   provider (gmail.com and every Google-hosted domain share one budget), and across every node when the store
+   is shared (``throttle.limiters``: leased connection slots and a shared rate in the store). Each task opens one
    session and delivers queued jobs over it, one message-rate token each, up to
    ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
    at once (the site is "dead" for this round, as Postfix does).
@@ -49,7 +50,7 @@ from mtad.base.errors import PermFailure, StoreError, TempFailure
 from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
 from mtad.net.resolver import Resolver
-from mtad.outbound.throttle import ConcurrencyLimiter, RateLimiter, Suspensions
+from mtad.outbound.throttle import Suspensions, limiters
 from mtad.base.types import Outcome
 
 log = logging.getLogger("mtad.scheduler")
@@ -91,8 +92,8 @@ class Scheduler:
         self.clock = clock
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
         self.leases = Leases(store, "deliveries", self.worker, clock)
-        self.limiter = ConcurrencyLimiter()
-        self.rates = RateLimiter()
+        # In memory on one node; through the store's shared slots and rate when several nodes share it (throttle).
+        self.limiter, self.rates = limiters(store, self.worker)
         self.suspensions = Suspensions()
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
@@ -111,10 +112,12 @@ class Scheduler:
 
     async def run(self) -> None:
         renewing = asyncio.create_task(self.leases.run(), name="scheduler-leases")
+        slots = asyncio.create_task(self.limiter.run(), name="scheduler-slots")
         try:
             await self._run()
         finally:
             renewing.cancel()
+            slots.cancel()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -149,6 +152,10 @@ class Scheduler:
             await asyncio.wait(self._tasks, timeout=5)
         if self._recording:
             await asyncio.wait(self._recording, timeout=10)
+        await self.limiter.close()  # shared connection slots given back at once rather than left to expire
+        shared = {**getattr(self.limiter, "stats", {}), **getattr(self.rates, "stats", {})}
+        if shared:  # what shaping across the cluster cost this node (docs/scaling.md)
+            log.info("shared shaping: %s", " ".join(f"{k}={v}" for k, v in shared.items()))
         await self.signer.close()
 
     def _spawn(self, coro) -> None:
@@ -310,7 +317,7 @@ class Scheduler:
                 return
             _, rate = self._limits(policy)
             if rate is not None:
-                await self.rates.wait(policy.name, rate)
+                await self.rates.wait(policy.name, rate, len(site.jobs))
             if not site.jobs:
                 return
             job, body = site.jobs.popleft()  # preloaded bodies were signed at dispatch; large ones are read here

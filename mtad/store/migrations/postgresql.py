@@ -222,11 +222,32 @@ def _v4(conn: Any) -> None:
     conn.command("ALTER TABLE messages ADD COLUMN IF NOT EXISTS attachments TEXT NOT NULL DEFAULT '[]'")
 
 
+def _v5(conn: Any) -> None:
+    # Provider shaping shared by the nodes (store.postgres.shaping): state a crash may lose, so UNLOGGED.
+    conn.command("""
+CREATE UNLOGGED TABLE IF NOT EXISTS shaping_slots (
+    provider TEXT NOT NULL,
+    slot_no INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    node TEXT NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (provider, slot_no)
+);
+CREATE INDEX IF NOT EXISTS shaping_slots_holder ON shaping_slots(holder);
+CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
+    provider TEXT PRIMARY KEY,
+    tat DOUBLE PRECISION NOT NULL,
+    granted_from DOUBLE PRECISION NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
+    Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

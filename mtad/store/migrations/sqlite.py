@@ -268,11 +268,19 @@ def _v4(conn: sqlite3.Connection) -> None:
                "TEXT NOT NULL DEFAULT '[]'")  # mtad.mail.attachments.listing, for events' message.attachments
 
 
+# --- 5: provider shaping shared by the nodes ---------------------------------------------------------------------
+
+def _v5(conn: sqlite3.Connection) -> None:
+    """Nothing on SQLite: one node shapes in memory (outbound.throttle); PostgreSQL's step 5 adds the shared
+    shaping tables (store.postgres.shaping). The number keeps both lists in step."""
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
+    Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -10,10 +10,12 @@ from typing import Any, Callable
 from mtad.store.events import EventBus
 from mtad.store.methods import METHODS
 from mtad.store.postgres.engine import PgEngine
+from mtad.store.postgres.shaping import ShapingMethods
 
 
-class PostgresStore(PgEngine, *METHODS):  # type: ignore[misc] - the same typed methods as SqliteStore
-    """``StoreProtocol`` over one PostgreSQL database.
+class PostgresStore(ShapingMethods, PgEngine, *METHODS):  # type: ignore[misc] - the typed methods of SqliteStore
+    """``StoreProtocol`` over one PostgreSQL database, and ``ShapingStore`` (provider shaping shared by the nodes:
+    ``store.postgres.shaping``; first in the bases, so that its ``close`` closes its connection too).
 
     ``connect``: makes one new connection (``probe.connect``, with the node's settings); ``where`` names the
     database in messages (``HOST:PORT/DATABASE``, never the password); ``explain``: one line for a failure to
