@@ -288,10 +288,13 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
 
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
-    """Create or upgrade the configured store's schema; a schema newer than this mtad exits 2."""
+    """Upgrade the configured store's schema, or create it in an empty PostgreSQL database; a schema newer than
+    this mtad exits 2."""
     from mtad.store.migrations import NewerSchema
     from mtad.store.upgrade import migrate_store
     cfg, _ = _load(args)
+    if cfg.store.backend == "sqlite" and not cfg.store_path.exists():
+        raise _no_state(cfg)  # only `mtad run` makes a state folder; PostgreSQL's schema is made here
     try:
         done = migrate_store(cfg.store, cfg.store_path, cfg.node_id)
     except NewerSchema as exc:
