@@ -317,21 +317,25 @@ def copy_store(source: Path, target: Any, node_id: str = "", setting: str = "sto
         raise StoreError(f"refusing to copy: {busy}")
     dsn = target.dsn.reveal()
     where = where_of(dsn)
-    src = engine.connect(source)
-    dst = PgConnection(lambda: connect(target, node_id))
+    src: sqlite3.Connection | None = None
     try:
-        try:
-            is_store = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{source} is not an SQLite database: {exc}") from None
+        src = engine.connect(source)
+        is_store = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone()
+    except sqlite3.Error as exc:
+        if src is not None:
+            src.close()
+        raise StoreError(f"{source} is not an SQLite database: {exc}") from None
+    dst = PgConnection(lambda: connect(target, node_id))
+    committing = False
+    try:
         if not is_store:
             raise StoreError(f"{source} is not an mtad store (it has no messages table)")
         try:
             dst.ensure()
         except psycopg.Error as exc:
             raise ConfigError(setting, explain(exc, dsn)) from None
-        source_versions = sqlite_migrations.migrate(src, str(source))
         try:
+            source_versions = sqlite_migrations.migrate(src, str(source))
             target_versions = pg_migrations.migrate(dst, where, node_id)
             src.execute("BEGIN IMMEDIATE")  # the write lock, until the end: nobody changes the source meanwhile
             try:
@@ -339,16 +343,24 @@ def copy_store(source: Path, target: Any, node_id: str = "", setting: str = "sto
                 dst.command("BEGIN")
                 try:
                     counts, sequences = _copy_all(src, dst, tables, where)
+                    committing = True
                     dst.command("COMMIT")
                 except BaseException:
                     if not dst.broken:
                         dst.command("ROLLBACK")
                     raise
             finally:
-                src.execute("ROLLBACK")  # only read
+                if src.in_transaction:
+                    src.execute("ROLLBACK")  # only read
         except psycopg.Error as exc:
+            if committing:  # the connection broke during COMMIT: PostgreSQL may or may not have committed
+                raise StoreError(f"the copy's COMMIT on PostgreSQL at {where} got no answer"
+                                 f" ({' '.join(str(exc).split())}): all of it or none of it was committed; run the"
+                                 " same copy again: it copies if nothing is there, and refuses if it all is") from None
             raise StoreError(f"copy to PostgreSQL at {where} failed, nothing was committed:"
                              f" {' '.join(str(exc).split())}") from None
+        except sqlite3.Error as exc:  # reading the source: I/O error, locked beyond the busy timeout
+            raise StoreError(f"reading {source} failed, nothing was committed to PostgreSQL: {exc}") from None
     finally:
         src.close()
         dst.discard()

@@ -276,3 +276,46 @@ def test_a_copy_of_a_store_another_process_holds_open_is_refused(tmp_path, postg
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{db.resolve()} is open in process {holder.pid}" in done.stderr, done.stderr
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (1,)  # not even migrated
+
+
+def test_the_target_may_be_the_new_nodes_config_file(tmp_path, postgres):
+    """``--to-config FILE``: the DSN as the nodes read it (here ``{file: PATH}``); ``--json``: the summary as data."""
+    db = tmp_path / "state" / "mtad.sqlite3"
+    restore_bebe064(db, "http://127.0.0.1:9")
+    dsn = postgres.create_database()[1]
+    (tmp_path / "dsn").write_text(dsn + "\n")
+    config = tmp_path / "cluster.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'new-state'}\nnode_id: node-a\n"
+                      "store: {backend: postgresql, dsn: {file: dsn}}\n")
+    done = mtad("store", "copy", "--from", f"sqlite:{tmp_path / 'state'}", "--to-config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["source_versions"] == [1, SCHEMA_VERSION] and report["target_versions"] == [0, SCHEMA_VERSION]
+    assert report["tables"]["messages"] == {"source": 7, "target": 7, "claims_cleared": 0}
+    assert report["tables"]["deliveries"]["claims_cleared"] == 1
+    database = dsn.rsplit("/", 1)[1]
+    assert postgres.psql("SELECT count(*) FROM messages", database) == "7"
+    assert postgres.psql("SELECT DISTINCT node FROM mtad_schema", database) == "node-a"
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (["--from", "/var/lib/mtad", "--to-env", DSN_ENV], {DSN_ENV: "postgresql://u@127.0.0.1:9/x"},
+     "--from: expected sqlite:PATH"),
+    (["--from", "sqlite:X", "--to", "mysql://u:p@127.0.0.1/x"], {}, "--to: expected a postgresql://"),
+    (["--from", "sqlite:X", "--to-env", "MTAD_TEST_UNSET_DSN"], {}, "--to-env MTAD_TEST_UNSET_DSN: environment"
+                                                                   " variable MTAD_TEST_UNSET_DSN is not set"),
+], ids=["from-without-scheme", "to-not-postgresql", "to-env-unset"])
+def test_bad_options_are_one_line_with_exit_2(args, env, words):
+    done = mtad("store", "copy", *args, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("mtad: configuration error: ") and words in line, line
+
+
+def test_a_source_that_is_not_an_mtad_store_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a database at all\n" * 100)
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    for name, words in (("nothing.sqlite3", "no SQLite store at"), ("notes.txt", "is not an SQLite database"),
+                        ("other.db", "is not an mtad store")):
+        done = mtad("store", "copy", "--from", f"sqlite:{tmp_path / name}", "--to", "postgresql://u@127.0.0.1:9/x")
+        assert done.returncode == 1 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
