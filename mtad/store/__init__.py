@@ -6,7 +6,8 @@ rows, counters, webhook rows, the ``EventBus``) with ``eventquery`` and ``counte
 ``accounts`` (API domains and credentials), ``routes`` (API routes as data), ``webhooks`` (webhook URLs),
 ``work`` (HTTP work rows), ``stored`` (messages kept by ``store()``), ``leases`` (claims as renewed leases,
 outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``sqlite`` composes them into
-``SqliteStore``, ``protocol`` declares ``StoreProtocol``.
+``SqliteStore``, ``protocol`` declares ``StoreProtocol``. Operator actions on a whole store: ``upgrade`` (``mtad store
+migrate``), ``copy`` (``mtad store copy``: a stopped node's SQLite store into PostgreSQL).
 May import: ``mtad.base``, ``mtad.mail``, ``mtad.net``, ``mtad.config``; no module outside it imports sqlite3
 (import-linter contract "Only the store speaks SQL") or holds SQL text (tests/unit/test_layout.py).
 Contract: every read and write of durable state is a typed async method taking and returning frozen dataclasses,
