@@ -1,4 +1,4 @@
-"""``mtad`` command line: run, check-config, passwd, queue.
+"""``mtad`` command line: run, check-config, passwd, queue, store (migrate, copy), ...
 
 Only ``mtad run`` creates a state folder. The other commands find the state where ``mtad run`` keeps it
 (``--config FILE``'s ``state_dir``, else ``--state-dir DIR``, else ``./mtad-state``); read-only ones open the
@@ -287,6 +287,78 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the configured store's schema, or create it in an empty PostgreSQL database; a schema newer than
+    this mtad exits 2."""
+    from mtad.store.migrations import NewerSchema
+    from mtad.store.upgrade import migrate_store
+    cfg, _ = _load(args)
+    if cfg.store.backend == "sqlite" and not cfg.store_path.exists():
+        raise _no_state(cfg)  # only `mtad run` makes a state folder; PostgreSQL's schema is made here
+    try:
+        done = migrate_store(cfg.store, cfg.store_path, cfg.node_id)
+    except NewerSchema as exc:
+        print(f"mtad: {exc}", file=sys.stderr)
+        return 2
+    name = "PostgreSQL at " + done.where if done.backend == "postgresql" else done.where
+    if done.before == done.after:
+        print(f"{name}: schema version {done.after}, current: nothing to do")
+    elif done.before == 0:
+        print(f"{name}: schema created, version 0 -> {done.after}")
+    else:
+        print(f"{name}: schema version {done.before} -> {done.after}")
+    return 0
+
+
+SQLITE_SCHEME, POSTGRESQL_SCHEME = "sqlite:", "postgresql:"
+
+
+def _copy_source(text: str) -> Path:
+    """``--from sqlite:PATH``: the store file, or the state folder holding ``mtad.sqlite3``."""
+    if not text.startswith(SQLITE_SCHEME):
+        raise ConfigError("--from", f"expected sqlite:PATH (the store file or its state folder), got {text!r}")
+    path = Path(text[len(SQLITE_SCHEME):]).expanduser()
+    default_name = config_mod.StoreConfig().path
+    return path / default_name if path.is_dir() else path
+
+
+def _copy_target(args: argparse.Namespace) -> tuple[config_mod.StoreConfig, str, str]:
+    """The target's store settings, this run's node id, and the option its DSN came from: ``--to
+    postgresql://...`` (inline: visible in the process list), ``--to-env NAME`` (the URI in an environment
+    variable) or ``--to-config FILE`` (the new nodes' configuration, ``store.backend: postgresql``)."""
+    if args.to_config:
+        cfg = _load_file(args.to_config)
+        if cfg.store.backend != "postgresql":
+            raise ConfigError("store.backend", f"{args.to_config} must use backend: postgresql to be a copy's target")
+        return cfg.store, cfg.node_id, "store.dsn"
+    if args.to_env:
+        option, dsn = f"--to-env {args.to_env}", {"env": args.to_env}
+    else:
+        option, dsn = "--to", args.to
+        if dsn.startswith(POSTGRESQL_SCHEME) and not dsn.startswith(POSTGRESQL_SCHEME + "//"):
+            dsn = dsn[len(POSTGRESQL_SCHEME):]  # postgresql:DSN, the DSN itself a postgresql:// URI
+    try:
+        cfg = config_mod.parse({"store": {"backend": "postgresql", "dsn": dsn}}, Path("."))
+    except ConfigError as exc:
+        raise ConfigError(option, exc.problem) from None
+    return cfg.store, cfg.node_id, option
+
+
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy a stopped single node's SQLite store into an empty PostgreSQL database (``mtad.store.copy``)."""
+    from mtad.store.copy import copy_store, report_json, summary
+    from mtad.store.migrations import NewerSchema
+    source = _copy_source(args.source)
+    target, node_id, option = _copy_target(args)
+    try:
+        report = copy_store(source, target, node_id, option)
+    except NewerSchema as exc:
+        print(f"mtad: {exc}", file=sys.stderr)
+        return 2
+    print(report_json(report) if args.json else "\n".join(summary(report)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtad", description="SMTP MTA and inbound mail router")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -365,6 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="only this domain's events")
     p.add_argument("--url", help="only this webhook URL")
     p.set_defaults(func=cmd_webhooks_redeliver)
+
+    st = sub.add_parser("store", help="the store's schema; moving to PostgreSQL").add_subparsers(
+        dest="store_command", required=True)
+    p = st.add_parser("migrate", help="create or upgrade the configured store's schema")
+    with_config(p)
+    p.set_defaults(func=cmd_store_migrate)
+    p = st.add_parser("copy", help="copy a stopped node's SQLite store into an empty PostgreSQL database")
+    p.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH",
+                   help="the SQLite store file (or the state folder holding it) of a stopped mtad")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--to", metavar="postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+                       help="the target database (inline: other users may see it in the process list)")
+    group.add_argument("--to-env", metavar="NAME", help="an environment variable holding the target's DSN")
+    group.add_argument("--to-config", metavar="FILE",
+                       help="the new nodes' config file: the target is its store (backend: postgresql)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(func=cmd_store_copy)
     return parser
 
 

@@ -9,7 +9,8 @@ outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``meth
 mixins, which ``sqlite`` composes into ``SqliteStore`` and ``postgres`` into ``PostgresStore`` (the same SQL; the
 fragments that differ in ``dialect``); ``new_store`` picks one from the configuration; ``protocol`` declares
 ``StoreProtocol``; ``shaping`` declares ``ShapingStore`` (provider shaping shared by the nodes of one store),
-which only ``PostgresStore`` implements (``postgres.shaping``).
+which only ``PostgresStore`` implements (``postgres.shaping``). Operator actions on a whole store: ``upgrade``
+(``mtad store migrate``), ``copy`` (``mtad store copy``: a stopped node's SQLite store into PostgreSQL).
 May import: ``mtad.base``, ``mtad.mail``, ``mtad.net``, ``mtad.config``; no module outside it imports sqlite3 or psycopg
 (import-linter contract "Only the store speaks SQL") or holds SQL text (tests/unit/test_layout.py).
 Contract: every read and write of durable state is a typed async method taking and returning frozen dataclasses,

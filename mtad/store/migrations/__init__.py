@@ -9,7 +9,7 @@ Contract:
   version. So there is one definition of the schema (the steps) and every test run exercises every step.
 - The steps a store lacks run in order in one transaction together with the new version number: a failing step
   leaves the store exactly as it was. A store whose version is newer than the last step this mtad knows is refused
-  (``StoreError`` naming both versions): an older mtad never writes to a newer schema.
+  (``NewerSchema``, a ``StoreError``, naming both versions): an older mtad never writes to a newer schema.
 - Steps only add (tables, columns, indexes, data filled in) and are safe to run on a store that already has what
   they add: builds between releases stamped the same number on different shapes (see the SQLite list).
 """
@@ -45,12 +45,16 @@ def check(steps: Sequence[Migration]) -> None:
         raise ValueError(f"migration steps must be numbered 1..{len(steps)} in order, got {numbers}")
 
 
+class NewerSchema(StoreError):
+    """The store's schema version is newer than this mtad knows: it was written by a newer mtad."""
+
+
 def pending(steps: Sequence[Migration], current: int, where: str) -> tuple[Migration, ...]:
     """The steps a store of version ``current`` lacks, in order; ``StoreError`` if ``current`` is newer than the
     steps know (``where`` names the store in the message)."""
     known = latest(steps)
     if current > known:
-        raise StoreError(f"{where} has schema version {current}; this mtad knows versions up to {known}:"
+        raise NewerSchema(f"{where} has schema version {current}; this mtad knows versions up to {known}:"
                          " use the mtad that wrote it, or a newer one")
     if current < 0:
         raise StoreError(f"{where} has schema version {current}, which no mtad writes")
