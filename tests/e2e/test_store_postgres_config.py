@@ -1,11 +1,14 @@
 """``store: {backend: postgresql, dsn: ...}`` and ``node_id``: strict keys naming their path, ``mtad check-config``
 connecting to a real PostgreSQL (the session's private server) and reporting it, one-line errors with exit 2 for a
-wrong password or an unreachable server, and ``mtad run`` refusing the backend until it is built.
+wrong password or an unreachable server, and ``mtad run`` building the schema on it or exiting 2 with one line
+naming ``store.dsn`` when it cannot use it.
 """
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 import yaml
 
 from mtad.config import schema as config
+from mtad.store.migrations.postgresql import SCHEMA_VERSION
 from mtad.store.postgres.probe import connect_options
 from tests.e2e.test_ingress_config import config_file, mtad_cli  # noqa: F401 (fixture)
 
@@ -132,13 +136,40 @@ def test_check_config_without_secrets_does_not_connect(config_file):
     assert "# store.dsn: not read (env:MTAD_TEST_UNSET_DSN), so the connection was not checked" in result.stderr
 
 
-def test_run_refuses_the_postgresql_backend_cleanly(config_file, postgres, tmp_path):
-    path = with_store(config_file, {"backend": "postgresql", "dsn": postgres.dsn()})
-    result = mtad_cli("run", "--config", path, timeout=30)
-    line = assert_one_line_error(result, "store.backend: postgresql is not available in this build yet",
-                                 secret=postgres.password)
-    assert line.startswith("mtad: configuration error: "), line
-    assert not (tmp_path / "state").exists()  # refused before making anything
+@pytest.mark.parametrize("dsn, words", [
+    (lambda pg, db: pg.dsn(password="not-the-password-4711"), ("refused the login", "password authentication")),
+    (lambda pg, db: pg.dsn("no_such_db"), ("no_such_db", "does not exist")),
+    (lambda pg, db: pg.dsn(port=1), ("127.0.0.1:1/", "connection refused")),
+], ids=["wrong-password", "missing-database", "unreachable"])
+def test_run_with_a_database_it_cannot_use_exits_2_naming_store_dsn(config_file, postgres, pg_database, dsn,
+                                                                     words):
+    path = with_store(config_file, {"backend": "postgresql", "dsn": dsn(postgres, pg_database)})
+    result = mtad_cli("run", "--config", path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert postgres.password not in result.stderr + result.stdout and "not-the-password" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "store.dsn" in line]
+    assert "configuration error: store.dsn: " in line and all(w in line for w in words), line
+
+
+def test_run_builds_the_schema_and_check_config_reports_it(config_file, postgres, pg_database):
+    dsn = pg_database()
+    path = with_store(config_file, {"backend": "postgresql", "dsn": dsn}, node_id="node-a")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "schema version" not in (report := mtad_cli("check-config", path)).stderr + report.stdout \
+                or "no schema yet" in report.stderr + report.stdout:
+            assert proc.poll() is None and time.monotonic() < deadline, report.stderr
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT max(version), min(node) FROM mtad_schema").fetchone() == (SCHEMA_VERSION,
+                                                                                             "node-a")
 
 
 def test_connections_carry_the_statement_timeout_and_the_node_id(pg_database):
