@@ -45,6 +45,9 @@ log = logging.getLogger("mtad.store")
 # A claim on a work row is a lease of one node (store.leases): on the new cluster nobody holds it.
 CLAIM_COLUMNS = ("locked_by", "locked_at", "lease_until")
 CLEARED: dict[str, tuple[str, ...]] = {table: CLAIM_COLUMNS for table in LEASED_TABLES}
+# Tables only PostgreSQL has, by design: what the nodes of one database share for a moment (provider shaping:
+# connection slots and token buckets, store.shaping), never copied, since a single SQLite node has none.
+CLUSTER_ONLY = frozenset({"shaping_slots", "shaping_buckets"})
 # Columns PostgreSQL keeps explicitly where SQLite has them implicitly: target column -> source expression.
 IMPLICIT = {POSTGRESQL.creation_order: SQLITE.creation_order}
 
@@ -205,7 +208,7 @@ def plan(source: sqlite3.Connection, target: Any) -> tuple[TableCopy, ...]:
     """How each table is copied, from the schemas of the two open stores (both at the same version);
     ``StoreError`` naming what differs when their tables or columns are not the same."""
     src = sqlite_tables(source)
-    dst = postgresql_tables(target)
+    dst = {name: columns for name, columns in postgresql_tables(target).items() if name not in CLUSTER_ONLY}
     problems = []
     if set(src) - set(dst):
         problems.append(f"tables only in SQLite: {', '.join(sorted(set(src) - set(dst)))}")
