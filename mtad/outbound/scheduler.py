@@ -77,7 +77,7 @@ class Scheduler:
     def __init__(self, *, store: SchedulerStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
-                 dsn_policies: Mapping[str, dsn.Policy] | None = None):
+                 dsn_policies: Mapping[str, dsn.Policy] | None = None, node_id: str = ""):
         self.store = store
         self.connector = connector
         self.resolver = resolver
@@ -89,7 +89,7 @@ class Scheduler:
         self.dsn_policies = dict(dsn_policies or {})  # sending domain -> its DSN policy; others: "smtp"
         self._smarthost_policy = smarthost_policy(config, shaping)
         self.clock = clock
-        self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
+        self.worker = node_id or f"{os.getpid()}-{os.urandom(3).hex()}"  # ``locked_by`` of its claims: the node
         self.leases = Leases(store, "deliveries", self.worker, clock)
         self.limiter = ConcurrencyLimiter()
         self.rates = RateLimiter()
