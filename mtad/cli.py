@@ -139,9 +139,13 @@ def _with_store(args: argparse.Namespace, action, *, write: bool = False):
     import asyncio
     from mtad.store.sqlite import SqliteStore
     cfg, _ = _load(args)
-    if not cfg.store_path.exists():
-        raise _no_state(cfg)
-    store = SqliteStore(cfg.store_path, read_only=not write)
+    if cfg.store.backend == "postgresql":  # the cluster's database: opened (and checked) as the daemon does
+        from mtad.store import new_store
+        store, write = new_store(cfg.store, cfg.store_path, cfg.node_id), True
+    else:
+        if not cfg.store_path.exists():
+            raise _no_state(cfg)
+        store = SqliteStore(cfg.store_path, read_only=not write)
 
     async def run():
         if write:
