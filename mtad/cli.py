@@ -239,7 +239,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     from mtad.inbound.router import RouteTable
     cfg, _ = _load(args)
     routes = config_routes(cfg)
-    if cfg.store_path.exists():  # routes created through the API are evaluated too
+    if cfg.store.backend == "postgresql" or cfg.store_path.exists():  # routes created through the API too
         from mtad.inbound.routing import route_of
         routes += [route_of(record) for record in _with_store(args, lambda store: store.load_routes())]
     table = RouteTable(routes, allow_backtracking=cfg.routing.allow_backtracking_regex)

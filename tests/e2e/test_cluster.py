@@ -346,6 +346,7 @@ def test_a_node_killed_mid_load_leaves_its_rows_to_the_others(cluster, certs):
         listed = json.loads(mtad_cli(c, "queue", "list", "--json"))
         holders = {r["locked_by"] for r in listed if r["state"] == "active"}
         assert "node-b" in holders and holders <= set(NODES), holders
+        assert "[on node-b]" in mtad_cli(c, "queue", "list")
 
     wait_until(lambda: ids <= set(sink.message_ids()), 45, "every acknowledged message at the sink")
     drained = time.monotonic()
