@@ -20,8 +20,8 @@ How:
   notifications also clear the webhook cache at once, on the listener's thread.
 - Callbacks are coalesced per callback: a notification arriving while that callback runs makes it run once more
   after it ends, so the last run always starts after the last change was committed.
-- Backstop: a notification can be lost only while the listening connection is down; after it connects again, and
-  every ``BACKSTOP`` seconds anyway, every callback runs (a callback compares what it loads with what it has and
+- Backstop (PostgreSQL): a notification can be lost only while the listening connection is down; after it
+  connects again, and every ``BACKSTOP`` seconds anyway, every callback runs (a callback compares what it loads with what it has and
   applies only a difference, so this costs a few reads).
 
 ``ChangeMethods`` is the mixin every store composes (``store.methods.METHODS``): ``on_change``,
@@ -241,7 +241,7 @@ class ChangeMethods:
         if self._feed is None:
             # PostgreSQL: the engine's own connection factory (``PgEngine._connect``), for the LISTEN connection
             connect = getattr(self, "_connect", None) if dialect_of(self).is_postgresql else None
-            self._feed = ChangeFeed(connect)
+            self._feed = ChangeFeed(connect, backstop=BACKSTOP if connect is not None else 0)  # SQLite: one node
         return self._feed
 
     def on_change(self, kind: str, callback: Callback) -> Callable[[], None]:

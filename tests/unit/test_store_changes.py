@@ -165,3 +165,29 @@ async def test_start_releases_only_the_locks_of_its_own_node(backend_store):
     later = now + 301
     claim = await store.claim_due("node-c", later, 10, lease_until=later + 300, skip={j.id for j in claim.jobs})
     assert [j.domain for j in claim.jobs] == ["b.test"]
+
+
+async def test_a_broken_listen_connection_is_opened_again_and_everything_is_reloaded(backend_store):
+    """A notification sent while a node's LISTEN connection is down is lost; so when it is up again, every
+    callback runs (what changed meanwhile is reloaded), and later changes arrive as before."""
+    if backend_store.backend != "postgresql":
+        pytest.skip("LISTEN is PostgreSQL's")
+    a, b = backend_store(), backend_store()
+    seen = Seen()
+    for kind in ("routes", "accounts", "webhooks"):
+        b.on_change(kind, seen.callback(kind))
+    assert await b.start_changes()
+    try:
+        conn = backend_store.direct()
+        killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE query = 'LISTEN mtad_changes'").fetchall()
+        assert killed == [(True,)]
+        await a.add_route(_route())  # while B is not listening, or just after: either way B reloads its routes
+        for kind in ("routes", "accounts", "webhooks"):
+            await seen.wait(kind)
+        assert await asyncio.to_thread(b.changes.listening.wait, 5)
+        before = len(seen.calls["accounts"])
+        await a.add_credential(Credential("w@x.test", "x.test", "hash", time.time()))
+        await seen.wait("accounts", before + 1)
+    finally:
+        await b.stop_changes()
