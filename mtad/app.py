@@ -162,9 +162,17 @@ class App:
             self.api_socket = ports.bind_tcp(cfg.api.host, 0)
             self.api_address = ports.address_of(self.api_socket)
         await asyncio.to_thread(self.store.open)
-        released = await self.store.release_stale_locks()
+        # Claims lock rows with the node id: release this node's own (its previous process's); on a shared
+        # database other nodes' leases are theirs (a dead node's run out and are taken over by claims).
+        shared = cfg.store.backend != "sqlite"
+        released = await self.store.release_stale_locks(cfg.node_id if shared else None)
         if released:
             log.info("released %d stale work locks", released)
+        # Changes other nodes make (routes, domains and credentials, webhooks): listening before loading them.
+        if not await self.store.start_changes():
+            log.warning("store: not yet listening for changes made by other nodes; they apply once it is")
+        self._unsubscribe.append(self.store.on_change("routes", self._load_api_routes))
+        self._unsubscribe.append(self.store.on_change("accounts", self._reload_accounts))
         needs_tls = any(listener.tls != "none" for listener in cfg.listeners) or (cfg.api.enabled and cfg.api.tls)
         self.tls_context = self._tls() if needs_tls else None
         self.signing_key = signing_key(cfg)
@@ -183,14 +191,16 @@ class App:
         self.http = HttpClient(cfg.routing.allowed_networks, cfg.routing.timeout.seconds)
         self.forwarder = Forwarder(store=self.store, http=self.http, config=cfg.routing, signing_key=self.signing_key)
         self.forward_loop = WorkLoop(name="forward", store=self.store, table="forwards", handle=self.forwarder.handle,
-                                     max_concurrent=cfg.routing.max_concurrent, actions=("http",))
+                                     max_concurrent=cfg.routing.max_concurrent, actions=("http",),
+                                     node_id=cfg.node_id)
         wakers.append(self.forward_loop.wake)
         self._background.append(asyncio.create_task(self.forward_loop.run(), name="forwards"))
         self.store_action = StoreAction(store=self.store, http=self.http, config=cfg.routing,
                                         signing_key=self.signing_key, base_url=api_base_url(cfg, self.api_address))
         # Polled, not woken by every commit: store() is rare, and a claim per commit would cost every message.
         self.store_loop = WorkLoop(name="store", store=self.store, table="forwards", handle=self.store_action.handle,
-                                   max_concurrent=cfg.routing.max_concurrent, actions=("store",), poll_interval=0.5)
+                                   max_concurrent=cfg.routing.max_concurrent, actions=("store",), poll_interval=0.5,
+                                   node_id=cfg.node_id)
         self._background.append(asyncio.create_task(self.store_loop.run(), name="store-action"))
         self._background.append(asyncio.create_task(self.store_action.expire_loop(), name="store-expiry"))
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
@@ -223,22 +233,20 @@ class App:
         if self.scheduler is not None:
             self.scheduler.dkim_keys = {**accounts.dkim_keys(), **self.config_dkim_keys}
 
+    async def _reload_accounts(self) -> None:
+        """Domains or credentials changed through the API of any node (``store.changes``): applied here when they
+        differ from what this node has."""
+        accounts = await self.store.load_accounts()
+        if accounts != self.accounts:
+            self.apply_accounts(accounts)
+
     async def _load_api_routes(self) -> None:
-        """Routes created through the API; one that no longer compiles (config changed) is skipped."""
-        stored = [route_of(record) for record in await self.store.load_routes()]
-        try:
-            self.routing.replace_api(stored)
-            return
-        except Exception:  # noqa: BLE001 - find the culprits one by one
-            pass
-        good = []
-        for route in stored:
-            try:
-                self.routing.build([], [route])
-                good.append(route)
-            except Exception as exc:  # noqa: BLE001
-                log.error("route %s (created through the API) is skipped: %s", route.id, exc)
-        self.routing.replace_api(good)
+        """Routes created through the API (of any node; at start and after a change, ``store.changes``); one
+        that no longer compiles (config changed) is skipped."""
+        async def load() -> list[Route]:
+            return [route_of(record) for record in await self.store.load_routes()]
+        if getattr(self, "routing", None) is not None:
+            await self.routing.reload_api(load, skip_bad=True)
 
     async def _start_webhooks(self) -> None:
         """Event webhooks (own HTTP client and work loop, woken through the store's event bus) and event
@@ -251,7 +259,7 @@ class App:
         self.webhook_dispatcher = webhooks.Dispatcher(store=self.store, http=self.webhook_http, config=cfg.webhooks,
                                                       signing_key=self.signing_key)
         self.webhook_loop = webhooks.WebhookLoop(store=self.store, dispatcher=self.webhook_dispatcher,
-                                                 config=cfg.webhooks)
+                                                 config=cfg.webhooks, node_id=cfg.node_id)
         self._unsubscribe.append(self.event_bus.on_webhook_work(
             self.webhook_loop.wake_threadsafe(asyncio.get_running_loop())))
         self._background.append(asyncio.create_task(self.webhook_loop.run(), name="webhooks"))
@@ -265,7 +273,7 @@ class App:
                               forwarder=getattr(self, "forwarder", None),
                               webhook_dispatcher=getattr(self, "webhook_dispatcher", None),
                               webhook_loop=getattr(self, "webhook_loop", None), pruner=getattr(self, "pruner", None),
-                              event_counters=getattr(self, "event_counters", None))
+                              event_counters=getattr(self, "event_counters", None), node_id=self.cfg.node_id)
 
     async def _start_api(self) -> None:
         from aiohttp import web
@@ -307,7 +315,8 @@ class App:
         return Scheduler(store=self.store, connector=connector, resolver=resolver, shaping=load_shaping(cfg),
                          config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **self.config_dkim_keys},
                          smarthost_password=password,
-                         dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()})
+                         dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()},
+                         node_id=cfg.node_id)
 
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -324,6 +333,7 @@ class App:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            await self.store.stop_changes()
             await asyncio.to_thread(self.store.close)
             raise
         self._started = True
@@ -435,6 +445,7 @@ class App:
                 await asyncio.wait_for(server.wait_closed(), 1)
             except asyncio.TimeoutError:
                 pass
+        await self.store.stop_changes()
         await asyncio.to_thread(self.store.close)
         ports.remove(self.cfg.state_path)
         log.info("stopped")

@@ -162,7 +162,8 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     print(f"{'QUEUE ID':<20} {'KIND':<8} {'STATE':<9} {'ATT':>3} {'NEXT ATTEMPT':<19} {'DESTINATION':<24} SENDER -> RECIPIENTS")
     for r in rows:
         print(f"{r.queue_id:<20} {r.kind:<8} {r.state:<9} {r.attempts:>3} {_when(r.next_attempt_at):<19} "
-              f"{r.destination[:24]:<24} <{r.sender}> -> {', '.join(r.recipients)}")
+              f"{r.destination[:24]:<24} <{r.sender}> -> {', '.join(r.recipients)}"
+              + (f"  [on {r.locked_by}]" if r.state == "active" and r.locked_by else ""))
     print(f"-- {len(rows)} pending")
     return 0
 

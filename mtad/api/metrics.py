@@ -81,6 +81,7 @@ class MetricsSources:
     webhook_loop: "WebhookLoop | None" = None
     pruner: "Pruner | None" = None
     event_counters: EventCounters | None = None
+    node_id: str = ""  # this node (``node_id``); the queue gauges are the whole store's, every node's work
 
 
 class _Collector:
@@ -91,6 +92,11 @@ class _Collector:
     def collect(self):
         src, snap = self.sources, self.snapshot
         counters = src.event_counters
+        if src.node_id:
+            info = GaugeMetricFamily("mtad_node_info", "This node (node_id); the queue gauges count the work of"
+                                     " every node on the store", labels=["node_id"])
+            info.add_metric([src.node_id], 1)
+            yield info
         depth = GaugeMetricFamily("mtad_queue_depth", "Pending outbound deliveries (one per message and destination"
                                   " domain) by state and provider", labels=["state", "provider"])
         by: Counter[tuple[str, str]] = Counter()
@@ -181,6 +187,12 @@ class _Collector:
                                   value=store.committed_writes)
         yield GaugeMetricFamily("mtad_store_commit_seconds", "Duration of the last group commit",
                                 value=store.last_commit_seconds)
+        feed = getattr(store, "changes", None)
+        if feed is not None and feed.listens:
+            yield CounterMetricFamily("mtad_store_change_notifications", "Changes of routes, domains, credentials"
+                                      " or webhooks notified by any node (PostgreSQL LISTEN)", value=feed.received)
+            yield GaugeMetricFamily("mtad_store_listening", "1 while the LISTEN connection for other nodes'"
+                                    " changes is up", value=int(feed.listening.is_set()))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -77,11 +77,15 @@ def _check(ctx: ApiContext, route: Route) -> str | None:
     return None
 
 
+async def _load(ctx: ApiContext) -> list[Route]:
+    return [route_of(s) for s in await ctx.store.load_routes()]
+
+
 async def _apply(ctx: ApiContext) -> str | None:
-    """Rebuild the live table from the store; the problem if it cannot be built."""
-    stored = await ctx.store.load_routes()
+    """Rebuild the live table from the store (unless another node's change did already); the problem if it
+    cannot be built."""
     try:
-        await ctx.routing.replace_api_async([route_of(s) for s in stored])  # built in a thread: seconds for 10,000
+        await ctx.routing.reload_api(lambda: _load(ctx))  # built in a thread: seconds for 10,000
     except (RouteSyntaxError, ConfigError) as exc:
         return str(exc)
     return None

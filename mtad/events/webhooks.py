@@ -209,9 +209,10 @@ class WebhookLoop(WorkLoop):
     """The durable claim loop of ``workloop``, claiming with a per-URL cap (see ``claim_due``)."""
 
     def __init__(self, *, store: WorkStore, dispatcher: Dispatcher, config: WebhooksConfig,
-                 clock: Callable[[], float] = time.time, poll_interval: float = 1.0):
+                 clock: Callable[[], float] = time.time, poll_interval: float = 1.0, node_id: str = ""):
         super().__init__(name="webhooks", store=store, table="webhook_deliveries", handle=dispatcher.handle,
-                         max_concurrent=config.max_concurrent, poll_interval=poll_interval, clock=clock)
+                         max_concurrent=config.max_concurrent, poll_interval=poll_interval, clock=clock,
+                         node_id=node_id)
         self.dispatcher = dispatcher
         self.max_per_url = config.max_per_url
         self.per_url: Counter[str] = Counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import srs
@@ -62,6 +62,8 @@ class Routing:
         self.config_routes: list[Route] = list(routes)
         self.api_routes: list[Route] = []
         self.table = RouteTable(self.config_routes, allow_backtracking=allow_backtracking)
+        self._reloading = asyncio.Lock()
+        self._api_loaded: list[Route] | None = None  # what the last reload_api loaded (before skipping bad ones)
 
     def build(self, config_routes: Iterable[Route], api_routes: Iterable[Route]) -> RouteTable:
         """A table of the config file's routes then the API's (raises RouteSyntaxError/ConfigError)."""
@@ -102,6 +104,35 @@ class Routing:
                 break
         self.table = table
         self.api_routes = routes
+
+    async def reload_api(self, load: Callable[[], Awaitable[Iterable[Route]]], *, skip_bad: bool = False) -> None:
+        """Load the API's routes (``await load()``, from the store) and swap them in unless they are what the last
+        reload loaded. One reload at a time, each loading inside its turn, so the last to run has the newest
+        routes: the API's own changes and those of other nodes (``store.changes``) end in the same table.
+        Raises ``RouteSyntaxError``/``ConfigError`` if they do not compile; with ``skip_bad`` a route that does not
+        (the config changed since it was made) is left out instead, with an error logged."""
+        async with self._reloading:
+            routes = list(await load())
+            if routes == self._api_loaded:
+                return
+            if skip_bad:
+                try:
+                    await self.replace_api_async(routes)
+                except (RouteSyntaxError, ConfigError):
+                    await self.replace_api_async(await asyncio.to_thread(self._compiling, routes))
+            else:
+                await self.replace_api_async(routes)
+            self._api_loaded = routes
+
+    def _compiling(self, routes: list[Route]) -> list[Route]:
+        good = []
+        for route in routes:
+            try:
+                self.build([], [route])
+                good.append(route)
+            except (RouteSyntaxError, ConfigError) as exc:
+                log.error("route %s (created through the API) is skipped: %s", route.id, exc)
+        return good
 
     def would_handle(self, recipient: str) -> bool:
         if srs.reverse(recipient, self.srs_key) is not None:

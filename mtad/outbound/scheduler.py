@@ -78,7 +78,7 @@ class Scheduler:
     def __init__(self, *, store: SchedulerStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
-                 dsn_policies: Mapping[str, dsn.Policy] | None = None):
+                 dsn_policies: Mapping[str, dsn.Policy] | None = None, node_id: str = ""):
         self.store = store
         self.connector = connector
         self.resolver = resolver
@@ -90,7 +90,7 @@ class Scheduler:
         self.dsn_policies = dict(dsn_policies or {})  # sending domain -> its DSN policy; others: "smtp"
         self._smarthost_policy = smarthost_policy(config, shaping)
         self.clock = clock
-        self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"
+        self.worker = node_id or f"{os.getpid()}-{os.urandom(3).hex()}"  # ``locked_by`` of its claims: the node
         self.leases = Leases(store, "deliveries", self.worker, clock)
         # In memory on one node; through the store's shared slots and rate when several nodes share it (throttle).
         self.limiter, self.rates = limiters(store, self.worker)

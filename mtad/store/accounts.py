@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from mtad.mail import dkim
+from mtad.store.changes import changed
 
 
 @dataclass(frozen=True)
@@ -66,32 +67,39 @@ def load(conn: sqlite3.Connection) -> Accounts:
 
 def add_domain(conn: sqlite3.Connection, d: DomainRecord) -> bool:
     """False when the domain exists already."""
-    return conn.execute(
+    return _changed(conn, conn.execute(
         "INSERT INTO domains (name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         (d.name, d.created_at, int(d.receiving), d.spam_action, int(d.wildcard), d.dkim_selector,
-         d.dkim_key)).rowcount > 0
+         d.dkim_key)).rowcount > 0)
+
+
+def _changed(conn: sqlite3.Connection, done: bool) -> bool:
+    """``done``, after telling the other nodes (``store.changes``) when it is True."""
+    if done:
+        changed(conn, "accounts")
+    return done
 
 
 def delete_domain(conn: sqlite3.Connection, name: str) -> bool:
     conn.execute("DELETE FROM credentials WHERE domain = ?", (name,))
-    return conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount > 0
+    return _changed(conn, conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount > 0)
 
 
 def add_credential(conn: sqlite3.Connection, c: Credential) -> bool:
     """False when the login exists already."""
-    return conn.execute("INSERT INTO credentials (login, domain, password_hash, created_at) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (login) DO NOTHING",
-                        (c.login, c.domain, c.password_hash, c.created_at)).rowcount > 0
+    return _changed(conn, conn.execute(
+        "INSERT INTO credentials (login, domain, password_hash, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (login) DO NOTHING", (c.login, c.domain, c.password_hash, c.created_at)).rowcount > 0)
 
 
 def set_password(conn: sqlite3.Connection, login: str, password_hash: str) -> bool:
-    return conn.execute("UPDATE credentials SET password_hash = ? WHERE login = ?",
-                        (password_hash, login)).rowcount > 0
+    return _changed(conn, conn.execute("UPDATE credentials SET password_hash = ? WHERE login = ?",
+                                       (password_hash, login)).rowcount > 0)
 
 
 def delete_credential(conn: sqlite3.Connection, login: str) -> bool:
-    return conn.execute("DELETE FROM credentials WHERE login = ?", (login,)).rowcount > 0
+    return _changed(conn, conn.execute("DELETE FROM credentials WHERE login = ?", (login,)).rowcount > 0)
 
 
 def delete_credentials(conn: sqlite3.Connection, logins: Sequence[str]) -> int:
@@ -108,7 +116,8 @@ def add_domain_with(conn: sqlite3.Connection, d: DomainRecord, credential: Crede
 
 class AccountStore(Protocol):
     """Domains (with their DKIM key) and SMTP credentials created through the API. Each method commits before it
-    returns; callers reload the snapshot (``load_accounts``) to apply a change."""
+    returns; callers reload the snapshot (``load_accounts``) to apply a change, and every node's
+    ``on_change("accounts")`` callbacks run (``store.changes``)."""
 
     async def load_accounts(self) -> Accounts:
         """A consistent snapshot of every API domain and credential."""
@@ -142,18 +151,23 @@ class AccountMethods:
     async def load_accounts(self) -> Accounts:
         return await self.read(load)
 
+    async def _account_change(self, fn):
+        result = await self.write(fn)
+        self._changed("accounts")
+        return result
+
     async def add_domain(self, record: DomainRecord, credential: Credential | None = None) -> bool:
-        return await self.write(lambda c: add_domain_with(c, record, credential))
+        return await self._account_change(lambda c: add_domain_with(c, record, credential))
 
     async def delete_domain(self, name: str) -> bool:
-        return await self.write(lambda c: delete_domain(c, name))
+        return await self._account_change(lambda c: delete_domain(c, name))
 
     async def add_credential(self, credential: Credential) -> bool:
-        return await self.write(lambda c: add_credential(c, credential))
+        return await self._account_change(lambda c: add_credential(c, credential))
 
     async def set_password(self, login: str, password_hash: str) -> bool:
-        return await self.write(lambda c: set_password(c, login, password_hash))
+        return await self._account_change(lambda c: set_password(c, login, password_hash))
 
     async def delete_credentials(self, logins: Sequence[str]) -> int:
         logins = tuple(logins)
-        return await self.write(lambda c: delete_credentials(c, logins))
+        return await self._account_change(lambda c: delete_credentials(c, logins))

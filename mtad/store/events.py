@@ -131,23 +131,29 @@ _WEBHOOK_KINDS = frozenset({"accepted", "delivered", "opened", "clicked", "unsub
 
 _webhooks_lock = threading.Lock()
 _webhooks: dict[int, dict[tuple[str, str], list[tuple[str, str]]]] = {}  # id(conn) -> (domain, hook) -> urls
+_webhooks_generation = [0]  # bumped by every invalidation
 
 
 def invalidate_webhooks() -> None:
-    """Forget cached webhook URLs; the next event reads the ``webhooks`` table again."""
+    """Forget cached webhook URLs; the next event reads the ``webhooks`` table again. Any thread may call it
+    (another node's change arrives on the store's listener thread, ``store.changes``)."""
     with _webhooks_lock:
         _webhooks.clear()
+        _webhooks_generation[0] += 1
 
 
 def webhook_targets(conn: sqlite3.Connection, domain: str, hook: str) -> list[tuple[str, str]]:
-    """(url, format) pairs of ``domain``'s webhook ``hook``, from the cache (filled from the table)."""
+    """(url, format) pairs of ``domain``'s webhook ``hook``, from the cache (filled from the table). A table
+    read while an invalidation happened is used once but not kept: it may predate the change."""
     table = _webhooks.get(id(conn))
     if table is None:
+        generation = _webhooks_generation[0]
         table = {}
         for d, h, url, fmt in conn.execute("SELECT domain, hook, url, format FROM webhooks ORDER BY created_at"):
             table.setdefault((d, h), []).append((url, fmt))
         with _webhooks_lock:
-            _webhooks[id(conn)] = table
+            if _webhooks_generation[0] == generation:
+                _webhooks[id(conn)] = table
     return table.get((domain, hook), [])
 
 

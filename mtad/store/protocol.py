@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mtad.store.accounts import AccountStore
+from mtad.store.changes import ChangeStore
 from mtad.store.events import EventStore
 from mtad.store.queue import QueueStore
 from mtad.store.routes import RouteStore
@@ -32,5 +33,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

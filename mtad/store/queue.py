@@ -114,11 +114,16 @@ CLAIMABLE = "(locked_by IS NULL OR lease_until < ?)"
 UNLOCK = "locked_by = NULL, locked_at = NULL, lease_until = NULL"
 
 
-def release_stale_locks(conn: sqlite3.Connection) -> int:
-    """At start-up nothing is in flight: every lock left by a dead process is released."""
+def release_stale_locks(conn: sqlite3.Connection, node_id: str | None = None) -> int:
+    """At start-up nothing of this node is in flight: the locks its previous process left are released (those
+    of ``node_id``; None: every lock, the store has one node). Other nodes' leases are theirs: a live node keeps
+    them, a dead one's are taken over by claims once they ran out."""
     released = 0
     for table in LEASED_TABLES:
-        released += conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL").rowcount
+        if node_id is None:
+            released += conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by IS NOT NULL").rowcount
+        else:
+            released += conn.execute(f"UPDATE {table} SET {UNLOCK} WHERE locked_by = ?", (node_id,)).rowcount
     return released
 
 
@@ -537,7 +542,9 @@ class QueueStore(Protocol):
       ``hold`` puts it aside (paused) unlocked. Each is idempotent in effect when repeated with the same
       arguments after a failure that left nothing written (``leases.settle_call`` repeats them until written), but
       ``finish_attempt`` repeated after it was written records its events twice: call it once per attempt.
-    - ``release_stale_locks()`` at start-up: nothing is in flight, every lock left by a dead process goes.
+    - ``release_stale_locks(node_id)`` at start-up: nothing of this node is in flight, every lock its previous
+      process left goes (claimers lock rows with their node's id); other nodes' leases stay. Without a node id
+      (one node on the store) every lock goes.
     - Reads (``load_body``, ``message``, ``list_queue``, counts) see one consistent snapshot each.
     - The operator's actions (``flush``, ``delete_message``, ``bounce_message``, ``pause``, ``resume``) are one
       transaction each; a running daemon sees them at its next claim.
@@ -546,8 +553,9 @@ class QueueStore(Protocol):
     async def enqueue(self, items: Sequence[Enqueue], now: float) -> None:
         """Commit ``items`` (messages, work rows, events) in one transaction, all or none."""
 
-    async def release_stale_locks(self) -> int:
-        """Unlock every claimed row (of every work table); the number released."""
+    async def release_stale_locks(self, node_id: str | None = None) -> int:
+        """Unlock the rows claimed by ``node_id`` (None: every claimed row) in every work table; the number
+        released."""
 
     async def claim_due(self, worker: str, now: float, limit: int, *, preload_body: int = 0,
                         lease_until: float | None = None, skip: Container[int] = ()) -> DueClaim:
@@ -615,8 +623,8 @@ class QueueMethods:
                 enqueue(conn, item, now)
         await self.write(write)  # type: ignore[attr-defined]
 
-    async def release_stale_locks(self) -> int:
-        return await self.write(release_stale_locks)  # type: ignore[attr-defined]
+    async def release_stale_locks(self, node_id: str | None = None) -> int:
+        return await self.write(lambda c: release_stale_locks(c, node_id))  # type: ignore[attr-defined]
 
     async def claim_due(self, worker: str, now: float, limit: int, *, preload_body: int = 0,
                         lease_until: float | None = None, skip: Container[int] = ()) -> DueClaim:

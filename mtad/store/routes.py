@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from mtad.store.changes import changed
 from mtad.store.dialect import dialect_of
 
 
@@ -46,19 +47,27 @@ def insert(conn: sqlite3.Connection, r: RouteRecord) -> None:
     conn.execute("INSERT INTO routes (id, priority, description, expression, actions, created_at)"
                  " VALUES (?, ?, ?, ?, ?, ?)",
                  (r.id, r.priority, r.description, r.expression, json.dumps(list(r.actions)), r.created_at))
+    changed(conn, "routes")
 
 
 def update(conn: sqlite3.Connection, r: RouteRecord) -> bool:
-    return conn.execute("UPDATE routes SET priority = ?, description = ?, expression = ?, actions = ? WHERE id = ?",
-                        (r.priority, r.description, r.expression, json.dumps(list(r.actions)), r.id)).rowcount > 0
+    if conn.execute("UPDATE routes SET priority = ?, description = ?, expression = ?, actions = ? WHERE id = ?",
+                    (r.priority, r.description, r.expression, json.dumps(list(r.actions)), r.id)).rowcount == 0:
+        return False
+    changed(conn, "routes")
+    return True
 
 
 def delete(conn: sqlite3.Connection, route_id: str) -> bool:
-    return conn.execute("DELETE FROM routes WHERE id = ?", (route_id,)).rowcount > 0
+    if conn.execute("DELETE FROM routes WHERE id = ?", (route_id,)).rowcount == 0:
+        return False
+    changed(conn, "routes")
+    return True
 
 
 class RouteStore(Protocol):
-    """The API's routes. Each change commits before it returns; the caller rebuilds its route table."""
+    """The API's routes. Each change commits before it returns; the caller rebuilds its route table, and every
+    node's ``on_change("routes")`` callbacks run (``store.changes``)."""
 
     async def load_routes(self) -> tuple[RouteRecord, ...]:
         """Every API route in order of creation (``created_at``, then insertion order)."""
@@ -86,9 +95,14 @@ class RouteMethods:
 
     async def add_route(self, route: RouteRecord) -> None:
         await self.write(lambda c: insert(c, route))
+        self._changed("routes")
 
     async def update_route(self, route: RouteRecord) -> bool:
-        return await self.write(lambda c: update(c, route))
+        found = await self.write(lambda c: update(c, route))
+        self._changed("routes")
+        return found
 
     async def delete_route(self, route_id: str) -> bool:
-        return await self.write(lambda c: delete(c, route_id))
+        found = await self.write(lambda c: delete(c, route_id))
+        self._changed("routes")
+        return found

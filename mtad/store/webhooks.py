@@ -2,7 +2,8 @@
 
 Rows come from the config file (``source = 'config'``, synced at start and on reload, read-only through the API)
 and from the API (``source = 'api'``). A change is seen by the next event recorded: every write here clears the
-record-time cache of webhook targets inside its transaction and again after its commit. ``redeliver`` queues
+record-time cache of webhook targets inside its transaction and again after its commit; on PostgreSQL it also
+notifies the other nodes, whose caches are cleared when the notification arrives (``store.changes``). ``redeliver`` queues
 stored events again for the current webhooks (``mtad webhooks redeliver``). ``WebhookConfigStore`` is the
 contract, ``WebhookConfigMethods`` its SQLite implementation; the POSTs are ``events.webhooks``'s.
 """
@@ -16,6 +17,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from mtad.config.schema import WebhooksConfig
 from mtad.store import events as _events
+from mtad.store.changes import changed
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def sync_config(conn: sqlite3.Connection, cfg: WebhooksConfig, now: float) -> in
                      " 'config', ?) ON CONFLICT (domain, hook, url) DO UPDATE SET format = excluded.format,"
                      " source = 'config'", rows)
     _events.invalidate_webhooks()
+    changed(conn, "webhooks")
     return len(rows)
 
 
@@ -78,6 +81,7 @@ def put_webhook(conn: sqlite3.Connection, domain: str, hook: str, urls: Sequence
     conn.executemany("INSERT INTO webhooks (domain, hook, url, format, source, created_at) VALUES (?, ?, ?, ?, 'api', ?)",
                      [(domain, hook, url, fmt, now) for url in dict.fromkeys(urls)])
     _events.invalidate_webhooks()
+    changed(conn, "webhooks")
 
 
 def delete_webhook(conn: sqlite3.Connection, domain: str, hook: str) -> Webhook:
@@ -88,6 +92,7 @@ def delete_webhook(conn: sqlite3.Connection, domain: str, hook: str) -> Webhook:
         raise WebhookError(400, f"Webhook '{hook}' is set in the configuration file and is read-only here")
     conn.execute("DELETE FROM webhooks WHERE domain = ? AND hook = ?", (domain, hook))
     _events.invalidate_webhooks()
+    changed(conn, "webhooks")
     return existing
 
 
@@ -205,6 +210,7 @@ class WebhookConfigMethods:
             return await self.write(fn)
         finally:
             _events.invalidate_webhooks()  # again after the commit: a reader never keeps an uncommitted view
+            self._changed("webhooks")
 
     async def sync_webhooks(self, config: WebhooksConfig, now: float) -> int:
         return await self._webhook_change(lambda c: sync_config(c, config, now))

@@ -26,7 +26,7 @@ log = logging.getLogger("mtad.work")
 class WorkLoop:
     def __init__(self, *, name: str, store: WorkStore, table: str, handle: Callable[[WorkItem], Awaitable[None]],
                  max_concurrent: int, poll_interval: float = 1.0, actions: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, node_id: str = ""):
         self.name = name
         self.store = store
         self.table = table
@@ -35,7 +35,7 @@ class WorkLoop:
         self.poll_interval = poll_interval
         self.actions = actions
         self.clock = clock
-        self.worker = f"{name}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.worker = node_id or f"{name}-{os.getpid()}-{os.urandom(3).hex()}"  # ``locked_by``: the node
         self.leases = Leases(store, table, self.worker, clock)
         self.inflight = 0
         self._wake = asyncio.Event()
