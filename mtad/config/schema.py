@@ -25,15 +25,10 @@ Role = Literal["mx", "submission"]
 TlsMode = Literal["starttls", "implicit", "none"]
 
 
-@dataclass(frozen=True)
-class ListenerConfig:
-    """One SMTP listener. ``mx`` takes mail for receiving domains (and authenticated relay after TLS);
-    ``submission`` requires AUTH before MAIL."""
+class HostPort:
+    """``address`` as HOST:PORT (IPv6 in brackets): its ``host`` and ``port``."""
 
     address: str
-    role: Role
-    tls: TlsMode = "starttls"
-    name: str = ""
 
     @property
     def host(self) -> str:
@@ -43,15 +38,33 @@ class ListenerConfig:
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
 
-    def __post_build__(self, path: str) -> None:
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
-            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+
+def check_address(address: str, path: str, *, ip_only: bool) -> None:
+    """ConfigError unless ``address`` is HOST:PORT with a port 0-65535 (0: the kernel picks one); with
+    ``ip_only`` HOST must be an IP address or ``localhost``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+        raise ConfigError(path, f"expected HOST:PORT, got {address!r}")
+    if ip_only:
         try:
             ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             if host != "localhost":
-                raise ConfigError(f"{path}.address", f"expected an IP address, got {host!r}") from None
+                raise ConfigError(path, f"expected an IP address, got {host!r}") from None
+
+
+@dataclass(frozen=True)
+class ListenerConfig(HostPort):
+    """One SMTP listener. ``mx`` takes mail for receiving domains (and authenticated relay after TLS);
+    ``submission`` requires AUTH before MAIL."""
+
+    address: str
+    role: Role
+    tls: TlsMode = "starttls"
+    name: str = ""
+
+    def __post_build__(self, path: str) -> None:
+        check_address(self.address, f"{path}.address", ip_only=True)
 
 
 @dataclass(frozen=True)
@@ -331,7 +344,7 @@ class ApiKeyConfig:
 
 
 @dataclass(frozen=True)
-class ApiConfig:
+class ApiConfig(HostPort):
     """The Mailgun-compatible HTTP API (one aiohttp server)."""
 
     enabled: bool = True
@@ -342,18 +355,8 @@ class ApiConfig:
     max_auth_failures: int = 10  # per client address per minute, then 429
     public_url: str = ""  # base URL used in paging links and message URLs (default: http(s)://address)
 
-    @property
-    def host(self) -> str:
-        return self.address.rsplit(":", 1)[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
     def __post_build__(self, path: str) -> None:
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ConfigError(f"{path}.address", f"expected HOST:PORT, got {self.address!r}")
+        check_address(self.address, f"{path}.address", ip_only=False)
 
 
 @dataclass(frozen=True)
