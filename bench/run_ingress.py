@@ -18,7 +18,9 @@ Additions over the shared script:
   --spec FILE       several servers (all running), driven in turn inside each cell: for every repeat
                     each server gets one run, in an order rotated per repeat, so slow drifts of the
                     machine's speed (other work, thermal) hit every server alike. One line per server:
-                    label|port|pid|pidfile|stored-cmd|between-cmd.
+                    label|port|pid|pidfile|stored-cmd|between-cmd[|db-pid|db-xacts-cmd]: a server whose store
+                    is a database server (mtad-pg) names that server's root PID (its tree's CPU is recorded as
+                    db_cpu_s) and a command printing its committed transactions (recorded as the delta db_xacts).
   --prewarm N       N unmeasured messages first (1 KB, 20 sessions): Haraka's JIT needs a few thousand
                     messages before it reaches its speed; every server gets the same.
   --stored-cmd CMD  run after every run (before --between); prints how many messages the server
@@ -144,9 +146,13 @@ def shell(cmd):
 class Target:
     """One server to drive: its label, port, process-tree root, and optional stored/between commands."""
 
-    def __init__(self, label, port, root, stored_cmd=None, between=None):
+    def __init__(self, label, port, root, stored_cmd=None, between=None, db_root=None, db_xacts=None):
         self.label, self.port, self.root = label, int(port), int(root)
         self.stored_cmd, self.between = stored_cmd or None, between or None
+        # a server whose store is a database server (mtad-pg): that server's process tree (its CPU is recorded
+        # apart as db_cpu_s) and a command printing its committed-transaction counter (db_xacts delta)
+        self.db_root = int(db_root) if db_root else None
+        self.db_xacts = db_xacts or None
 
 
 def read_root(pid, pidfile):
@@ -164,7 +170,9 @@ def one_run(args, t, size, sessions, count, warmup=False):
     if args.reuse:
         cmd.append("-d")
     cmd.append(f"127.0.0.1:{t.port}")
+    xacts0 = shell(t.db_xacts) if t.db_xacts and not warmup else ""
     cpu0, _, _ = tree_cpu_rss(root)
+    db0 = tree_cpu_rss(t.db_root)[0] if t.db_root else 0.0
     sys0 = system_cpu()
     sampler = MemSampler(root)
     sampler.start()
@@ -181,6 +189,7 @@ def one_run(args, t, size, sessions, count, warmup=False):
     sampler.stop_ev.set()
     sampler.join()
     cpu1, _, _ = tree_cpu_rss(root)
+    db1 = tree_cpu_rss(t.db_root)[0] if t.db_root else 0.0
     sys1 = system_cpu()
     busy = (sys1[0] - sys0[0]) / TCK
     client = ru.ru_utime + ru.ru_stime
@@ -209,6 +218,13 @@ def one_run(args, t, size, sessions, count, warmup=False):
         "timed_out": timed_out,
         "stderr": err[-400:],
     }
+    if t.db_root:
+        rec["db_cpu_s"] = round(db1 - db0, 3)
+        # the database server's CPU is neither the server tree's nor smtp-source's: take it out of "other"
+        rec["other_cpu_pct"] = round(rec["other_cpu_pct"] - 100 * (db1 - db0) / wall, 1)
+    if xacts0.isdigit():
+        xacts1 = shell(t.db_xacts)
+        rec["db_xacts"] = int(xacts1) - int(xacts0) if xacts1.isdigit() else None
     if t.stored_cmd:
         out = shell(t.stored_cmd)
         rec["stored"] = int(out) if out.isdigit() else None
@@ -263,8 +279,9 @@ def main():
         with open(args.spec) as f:
             for line in f:
                 if line.strip():
-                    label, port, pid, pidfile, stored, between = (line.rstrip("\n").split("|") + [""] * 6)[:6]
-                    targets.append(Target(label, port, read_root(pid, pidfile), stored, between))
+                    label, port, pid, pidfile, stored, between, db_root, db_xacts = (
+                        line.rstrip("\n").split("|") + [""] * 8)[:8]
+                    targets.append(Target(label, port, read_root(pid, pidfile), stored, between, db_root, db_xacts))
     else:
         if not (args.label and args.port and (args.pid or args.pidfile)):
             ap.error("--spec, or --label, --port and --pid/--pidfile")
