@@ -49,7 +49,7 @@ HARAKA=$HARAKA_DIR/node_modules/Haraka/bin/haraka
 
 # ---------------------------------------------------------------- arguments
 QUICK=0; OUT=""; SERVERS="sink,postfix,haraka,mtad"; SIZES="1024,102400"; SESSIONS="1,20,100"
-REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""
+REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""; PG=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -65,12 +65,13 @@ while [ $# -gt 0 ]; do
     --base-rev) BASE_REV=$2; shift ;;
     --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
     --sequential) SEQUENTIAL=1 ;;
-    --pg) SERVERS="$SERVERS,mtad-pg" ;;
+    --pg) PG=1 ;;
     -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "ingress.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+[ $PG = 1 ] && SERVERS="$SERVERS,mtad-pg"
 if [ $QUICK = 1 ]; then
   RUN_ARGS=(--repeats "${REPEATS:-1}" --target-s "${TARGET:-1.5}" --warmup 200 --min-msgs 200)
 else
