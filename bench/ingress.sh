@@ -24,6 +24,9 @@
 #                   `store: {backend: postgresql, dsn: ...}`, on :2529 (API :2582), driven in the same rotation;
 #                   the summary adds mtad-pg/Postfix, the database server's CPU per message (its process tree)
 #                   and its committed transactions per accepted message (pg_stat_database.xact_commit delta)
+#   --pg-nodes N    with N >= 2 also mtad-pg-xN: N mtad-pg nodes (node_id n1..nN, :2531.. API :2583..) on a second
+#                   database of the same server, driven as one server in the same rotation (one smtp-source per
+#                   node, messages and sessions split evenly); implies --pg. 1 vs N nodes in one run
 #
 # INSTALLS WHAT IS MISSING (needs root; Debian 12 / this project's machine kind):
 #   * apt-get install postfix swaks  -- smtp-source, smtp-sink, postfix (the package's own instance is
@@ -49,7 +52,7 @@ HARAKA=$HARAKA_DIR/node_modules/Haraka/bin/haraka
 
 # ---------------------------------------------------------------- arguments
 QUICK=0; OUT=""; SERVERS="sink,postfix,haraka,mtad"; SIZES="1024,102400"; SESSIONS="1,20,100"
-REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""; PG=0
+REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""; PG=0; PG_NODES=1
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -66,7 +69,8 @@ while [ $# -gt 0 ]; do
     --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
     --sequential) SEQUENTIAL=1 ;;
     --pg) PG=1 ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    --pg-nodes) PG=1; PG_NODES=$2; shift ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "ingress.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -131,7 +135,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   [ -d "$WORK/pg" ] && "$PY" "$HERE/pg_bench.py" stop "$WORK/pg"
   if [ $KEEP = 0 ]; then
-    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/base-mtad" "$WORK/base-src" "$WORK/servers.spec" "$WORK/mtad-pg" "$WORK/pg"
+    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/base-mtad" "$WORK/base-src" "$WORK/servers.spec" "$WORK"/mtad-pg* "$WORK/pg"
     [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
   fi
 }
@@ -226,7 +230,8 @@ start_mtad_tree() {
   local db=$md/state/mtad.sqlite3
   # one MX listener, tls none, example.net received, a catch_all() stop() route where routes exist
   if ! (cd "$md" && PYTHONPATH=$src "$PY" "$HERE/mtad_config.py" "$md/mtad.yaml" "$md/state" "$port" \
-        ${api:+--api-port "$api"} ${STORE_DSN:+--store-dsn "$STORE_DSN"} "${CONFIG_SRCS[@]}"); then
+        ${api:+--api-port "$api"} ${STORE_DSN:+--store-dsn "$STORE_DSN"} ${NODE_ID:+--node-id "$NODE_ID"} \
+        "${CONFIG_SRCS[@]}"); then
     echo "== $label SKIPPED: no valid bench config for this revision" >&2
     return
   fi
@@ -234,7 +239,9 @@ start_mtad_tree() {
   echo "== $label ($desc) :$port, $OUT/$label.yaml: MX listener, tls none, ${STORE_DSN:+PostgreSQL (fsync, synchronous_commit on) instead of }SQLite WAL synchronous=FULL, group commit"
   (cd "$md" && PYTHONPATH=$src exec "$PY" -m mtad run --config "$md/mtad.yaml" >"$OUT/$label.log" 2>&1) &
   MPID=$!; PIDS+=($MPID)
-  if [ -n "$STORE_DSN" ] && wait_port "$port"; then
+  if [ -n "${NODE_ID:-}" ]; then  # one node of several: start_mtadpg writes their one spec line
+    wait_port "$port" || { echo "$label did not start:" >&2; tail -20 "$OUT/$label.log" >&2; MPID=""; }
+  elif [ -n "$STORE_DSN" ] && wait_port "$port"; then
     local h="$PY $HERE/pg_bench.py"
     echo "$label|$port|$MPID||$h count $STORE_DSN|$h empty $STORE_DSN|$PG_PID|$h xacts $STORE_DSN" >>"$SPEC"
   elif wait_port "$port"; then
@@ -261,9 +268,24 @@ start_mtadpg() {
   fi
   PG_PID=$(cat "$WORK/pg/pid"); STORE_DSN=$(cat "$WORK/pg/dsn")
   start_mtad_tree mtad-pg "$MTAD_SRC" "$MTAD_DESC" 2529 2582; MP=$MPID
+  MPN=()
+  if [ "$PG_NODES" -ge 2 ]; then
+    local label=mtad-pg-x$PG_NODES ports=() pids=() i
+    STORE_DSN=$("$PY" "$HERE/pg_bench.py" createdb "$STORE_DSN" mtadbench_nodes) || { STORE_DSN=""; return; }
+    for i in $(seq "$PG_NODES"); do
+      NODE_ID=n$i start_mtad_tree "$label-n$i" "$MTAD_SRC" "$MTAD_DESC" $((2530 + i)) $((2582 + i))
+      [ -n "$MPID" ] || { STORE_DSN=""; return; }
+      ports+=($((2530 + i))); pids+=("$MPID"); MPN+=("$MPID")
+    done
+    local h="$PY $HERE/pg_bench.py"
+    echo "$label|$(IFS=+; echo "${ports[*]}")|$(IFS=+; echo "${pids[*]}")||$h count $STORE_DSN|$h empty $STORE_DSN|$PG_PID|$h xacts $STORE_DSN" >>"$SPEC"
+  fi
   STORE_DSN=""
 }
-stop_mtadpg() { stop_mtad_tree mtad-pg "$MP"; }
+stop_mtadpg() {
+  stop_mtad_tree mtad-pg "$MP"
+  local i=1 p; for p in "${MPN[@]}"; do stop_mtad_tree "mtad-pg-x$PG_NODES-n$i" "$p"; i=$((i + 1)); done
+}
 wanted() {
   case $1 in base) [ -n "$BASE_SRC" ] && want mtad ;; mtadpg) want mtad-pg ;; *) want "$1" ;; esac
 }

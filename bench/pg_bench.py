@@ -6,6 +6,7 @@
                                        run as the unprivileged user mtadtest under root), creates database
                                        ``mtadbench``; writes DIR/dsn, DIR/pid (the postmaster: the root of the
                                        server's process tree) and DIR/folder; prints the DSN
+  python pg_bench.py createdb DSN NAME -> creates database NAME on the DSN's server, prints its DSN
   python pg_bench.py stop DIR       -> pg_ctl stop -m fast, the cluster's folder removed
   python pg_bench.py count DSN      -> prints the number of stored messages
   python pg_bench.py empty DSN      -> TRUNCATEs every table that grows with the messages taken in
@@ -83,6 +84,11 @@ def main() -> int:
         return start(Path(arg))
     if action == "stop":
         return stop(Path(arg))
+    if action == "createdb":  # createdb DSN NAME -> the DSN of a new database NAME on the same server
+        with connect(arg) as conn:
+            conn.execute(f"CREATE DATABASE {sys.argv[3]}")
+        print(arg.rsplit("/", 1)[0] + "/" + sys.argv[3])
+        return 0
     if action == "xacts":
         time.sleep(1.2)
     with connect(arg) as conn:

@@ -182,14 +182,15 @@ def main():
               "Those figures (and ratios built on them) are skewed; rerun on an idle machine.")
     if has_base:
         before_after(groups, cells, names["mtad"], names["base"])
-    if any(label == args.pg for label, _, _ in groups):
-        postgresql(groups, cells, names["mtad"], args.pg, names["postfix"])
+    for pg in sorted({label for label, _, _ in groups if label == args.pg or label.startswith(args.pg + "-x")}):
+        postgresql(groups, cells, names["mtad"], pg, names["postfix"])  # mtad-pg, and mtad-pg-xN (N nodes)
 
 
 def postgresql(groups, cells, mtad, pg, postfix):
     """mtad on PostgreSQL beside mtad on SQLite and Postfix: rates, ratios, CPU per message of mtad and of the
     database server, and the database's committed transactions per accepted message."""
-    print(f"\n### mtad on PostgreSQL ({pg}) beside mtad on SQLite and Postfix (same run, same rotation)\n")
+    nodes = max((r.get("nodes", 1) for (label, _, _), rs in groups.items() if label == pg for r in rs), default=1)
+    print(f"\n### mtad on PostgreSQL ({pg}{f', {nodes} nodes on one database' if nodes > 1 else ''}) beside mtad on SQLite and Postfix (same run, same rotation)\n")
     print(f"| size | sessions | {pg} msgs/s | {mtad} msgs/s | Postfix msgs/s | {pg}/Postfix | {pg}/{mtad} | "
           f"CPU µs/msg: {pg} | PostgreSQL | {pg}+PostgreSQL | {mtad} | Postfix | DB commits/msg | target |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -212,7 +213,7 @@ def postgresql(groups, cells, mtad, pg, postfix):
         print(f"| {size_name(size)} | {sess} | {f(rg)} | {f(rm)} | {f(rp)} | {fmt_ratio(ratio(rg, rp))} | "
               f"{fmt_ratio(ratio(rg, rm))} | {f(cg)} | {f(cdb)} | {f(None if cg is None else cg + cdb)} | {f(cm)} | "
               f"{f(cp)} | {f(statistics.median(xs) if xs else None, 2)} | {target} |")
-    print(f"\nCPU µs/msg: {pg} = the mtad process; PostgreSQL = the database server's process tree (postmaster and "
+    print(f"\nCPU µs/msg: {pg} = the mtad process{'es of all nodes together' if nodes > 1 else ''}; PostgreSQL = the database server's process tree (postmaster and "
           "backends) during the run; DB commits/msg = pg_stat_database.xact_commit delta over the run / accepted "
           "messages: every transaction the database committed, the writer's group commits and the readers' "
           "(issue 12 target: ≤ 1 database round trip per accepted message, amortised by group commit).")
