@@ -27,6 +27,10 @@ mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.
          made by `mtad dkim keygen`; a suffix /wN sets delivery.dkim_workers to N (rsa/w0: sign in-process).
          --base-src DIR measures a second copy of mtad (labels base-mtad-...) in the same rounds. Every round
          checks that N `delivered` events were recorded, none failed.
+mtad-pg  (--pg VARIANTS) the same mtad with `store: {backend: postgresql}` on a private PostgreSQL server started
+         here (bench/pg_bench.py: tests/support/postgres.py's PostgresServer), a database per variant; the round
+         also records the database server's CPU per message (its process tree, over the drain's clock) and its
+         committed transactions per message (pg_stat_database.xact_commit delta).
 
 Each round's record (JSON line): msgs/s, wall seconds, CPU of the server's process tree (% of one core,
 and µs per message; mtad's DKIM workers included), of its main process alone, and of the sink. --profile DIR
