@@ -27,6 +27,10 @@ mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.
          made by `mtad dkim keygen`; a suffix /wN sets delivery.dkim_workers to N (rsa/w0: sign in-process).
          --base-src DIR measures a second copy of mtad (labels base-mtad-...) in the same rounds. Every round
          checks that N `delivered` events were recorded, none failed.
+mtad-pg  (--pg VARIANTS) the same mtad with `store: {backend: postgresql}` on a private PostgreSQL server started
+         here (bench/pg_bench.py: tests/support/postgres.py's PostgresServer), a database per variant; the round
+         also records the database server's CPU per message (its process tree, over the drain's clock) and its
+         committed transactions per message (pg_stat_database.xact_commit delta).
 
 Each round's record (JSON line): msgs/s, wall seconds, CPU of the server's process tree (% of one core,
 and µs per message; mtad's DKIM workers included), of its main process alone, and of the sink. --profile DIR
@@ -146,11 +150,17 @@ def import_hash_password():
 
 class Mtad:
     def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int, src: str,
-                 prefix: str = ""):
-        self.label = f"{prefix}mtad-dkim-{variant}"
+                 prefix: str = "", pg=None):
+        # pg: (PostgresServer, its postmaster PID) for mtad-pg: a database of its own on that server for the store
+        self.pg, self.dsn = pg, None
+        if pg is not None:
+            name = f"drain_{variant.replace('/', '_')}"
+            pg[0].psql(f"CREATE DATABASE {name}")
+            self.dsn = pg[0].dsn(name)
+        self.label = f"{prefix}mtad{'-pg' if pg is not None else ''}-dkim-{variant}"
         self.variant, _, workers = variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
         self.dkim_workers = int(workers) if workers else None
-        self.work = Path(a.work) / f"{prefix}mtad-{variant.replace('/', '-')}"
+        self.work = Path(a.work) / f"{prefix}mtad{'-pg' if pg is not None else ''}-{variant.replace('/', '-')}"
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(REPO)]))
@@ -194,6 +204,7 @@ class Mtad:
                          "poll_interval": "100ms", "shaping_file": str(shaping),
                          **({} if self.dkim_workers is None else {"dkim_workers": self.dkim_workers})},
             "log": {"level": "warning"},
+            **({"store": {"backend": "postgresql", "dsn": self.dsn}} if self.dsn else {}),
         }
         path = self.work / "mtad.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -204,16 +215,31 @@ class Mtad:
                         str(self.config)], env=self.env, check=True, capture_output=True)
         time.sleep(0.3)  # the scheduler sees the pause at its next poll (100 ms)
         asyncio.run(submit_all(self.port, a.msgs, a.size))
-        conn = sqlite3.connect(f"file:{self.db}", uri=True, timeout=60, isolation_level=None)
+        if self.dsn:
+            import psycopg
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            unpause = "DELETE FROM kv WHERE key = %s"
+        else:
+            conn = sqlite3.connect(f"file:{self.db}", uri=True, timeout=60, isolation_level=None)
+            unpause = "DELETE FROM kv WHERE key = ?"
         try:
             pending_sql = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
             held = conn.execute(pending_sql).fetchone()[0]
             delivered0 = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0]
-            time.sleep(1)
+            time.sleep(1.2)  # also: PostgreSQL's backends report their counters at most once a second when idle
+            xact_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            xacts0 = conn.execute(xact_sql).fetchone()[0] if self.dsn else None
+            db0 = cpu(self.pg[1]) if self.pg else 0.0
             spy = self._profile(a.profile) if profile else None
             rec = timed_drain(self.label, self.proc.pid, a.sink_pid, held,
-                              lambda: conn.execute("DELETE FROM kv WHERE key = ?", (f"pause:domain:{DOMAIN}",)),
+                              lambda: conn.execute(unpause, (f"pause:domain:{DOMAIN}",)),
                               lambda: conn.execute(pending_sql).fetchone()[0], a.size)
+            if self.pg:  # the database server's process tree, over the same time as timed_drain's clock (+ a poll)
+                rec["db_cpu_us_per_msg"] = round(1e6 * (cpu(self.pg[1]) - db0) / max(1, rec["msgs"] - rec["left"]))
+                time.sleep(1.2)
+                if self.dsn:  # a new transaction sees fresh statistics (psycopg autocommit: each statement is one)
+                    rec["db_commits_per_msg"] = round(
+                        (conn.execute(xact_sql).fetchone()[0] - xacts0) / max(1, rec["msgs"] - rec["left"]), 2)
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
@@ -285,7 +311,12 @@ def cmd_run(a: argparse.Namespace) -> None:
     dns.add_mx(DOMAIN, [(10, f"sink.{DOMAIN}")])
     dns.add_a(f"sink.{DOMAIN}", "127.0.0.1")
     servers: list = []
+    pg = None
     try:
+        if a.pg:  # a private PostgreSQL server for the mtad-pg variants (bench/pg_bench.py, tests/support/postgres.py)
+            from pg_bench import _server
+            server = _server()
+            pg = (server.start(), int((server.data / "postmaster.pid").read_text().split()[0]))
         if a.postfix_dir:
             servers.append(Postfix(a.postfix_dir, a.postfix_port))
         variants = [v for v in a.mtad.split(",") if v]
@@ -293,6 +324,8 @@ def cmd_run(a: argparse.Namespace) -> None:
             servers.append(Mtad(a, variant, dns.port, 2587 + n, a.mtad_src))
             if a.base_src and "/w" not in variant:  # the base may predate delivery.dkim_workers
                 servers.append(Mtad(a, variant, dns.port, 2587 + len(variants) + n, a.base_src, prefix="base-"))
+        for n, variant in enumerate(v for v in a.pg.split(",") if v):
+            servers.append(Mtad(a, variant, dns.port, 2640 + n, a.mtad_src, pg=pg))
         for rnd in range(1, a.rounds + 1):
             k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
             for server in servers[k:] + servers[:k]:
@@ -304,6 +337,8 @@ def cmd_run(a: argparse.Namespace) -> None:
         for server in servers:
             server.stop()
         dns.stop()
+        if pg is not None:
+            pg[0].stop()
 
 
 def before_after(runs: dict[str, list[dict]]) -> None:
@@ -340,6 +375,13 @@ def before_after(runs: dict[str, list[dict]]) -> None:
         print("BEFORE/AFTER: no variant slower than the base by more than the spread")
 
 
+def pgtxt(recs: list[dict]) -> str:
+    """The database columns of an mtad-pg row (the PostgreSQL server's CPU, its commits per message); — otherwise."""
+    cpu_, commits = ([r[k] for r in recs if r.get(k) is not None] for k in ("db_cpu_us_per_msg", "db_commits_per_msg"))
+    return (f"{statistics.median(cpu_):.0f}" if cpu_ else "—") + " | " + (
+        f"{statistics.median(commits):.2f}" if commits else "—")
+
+
 def cmd_summarize(a: argparse.Namespace) -> None:
     runs: dict[str, list[dict]] = {}
     for line in open(a.results):
@@ -348,8 +390,8 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     med = {label: statistics.median(r["msgs_per_s"] for r in recs) for label, recs in runs.items()}
     base = med.get("postfix")
     print("| drain to smtp-sink | msgs | rounds | median msgs/s | min-max | server CPU % | server CPU µs/msg |"
-          " main process CPU % | sink CPU % | ratio to Postfix |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " main process CPU % | sink CPU % | ratio to Postfix | PostgreSQL CPU µs/msg | DB commits/msg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, recs in runs.items():
         rates = [r["msgs_per_s"] for r in recs]
         ratio = f"{med[label] / base:.2f}" if base else "-"
@@ -357,7 +399,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
               f" {min(rates):,.0f}-{max(rates):,.0f} | {statistics.median(r['server_cpu_pct'] for r in recs):.0f} |"
               f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
               f" {statistics.median(r.get('main_cpu_pct', 0) for r in recs):.0f} |"
-              f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} |")
+              f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} | {pgtxt(recs)} |")
     before_after(runs)
 
 
@@ -379,6 +421,8 @@ def main() -> None:
     r.add_argument("--base-src", help="also measure the mtad in this folder (labels base-mtad-...), after each variant"
                                       " (its flat layout before the packages, e.g. bebe064, works too)")
     r.add_argument("--profile")
+    r.add_argument("--pg", default="", help="DKIM variants of mtad on PostgreSQL (labels mtad-pg-dkim-...), a private"
+                                           " server started here; empty: none")
     s = sub.add_parser("summarize")
     s.add_argument("results")
     a = ap.parse_args()

@@ -4,7 +4,7 @@
 # markdown table of msgs/s, server and sink CPU, and the ratios mtad/Postfix (issue 3, "Benchmark").
 #
 #   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
-#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep]
+#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep] [--pg]
 #   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once); a
 #                   suffix /wN sets delivery.dkim_workers (rsa/w0: sign in mtad's process, rsa/w2: two workers)
 #   --profile       also sample each mtad with py-spy during its last round (raw stacks OUT/mtad-dkim-V.txt and
@@ -14,6 +14,10 @@
 #                   e.g. a `git archive HEAD | tar -x -C /tmp/base` export, for a before/after in one run; the
 #                   summary adds a before/after table: mtad/base-mtad per variant with the rounds' spread
 #   --base-rev REV  the same with mtad as committed at REV (`git archive REV mtad` into the scratch folder)
+#   --pg            also mtad on PostgreSQL in the same rounds, one per DKIM variant (labels mtad-pg-dkim-...):
+#                   a private PostgreSQL server (tests/support/postgres.py: initdb + pg_ctl as user mtadtest,
+#                   loopback, fsync and synchronous_commit on), a database per variant; the summary adds the
+#                   database server's CPU per message and its committed transactions per message
 #
 # How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
 # recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
@@ -35,7 +39,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
 MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
-BASE_SRC=""; BASE_REV=""
+BASE_SRC=""; BASE_REV=""; PG=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -50,7 +54,8 @@ while [ $# -gt 0 ]; do
     --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
     --base-rev) BASE_REV=$2; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --pg) PG=1 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -132,9 +137,10 @@ if want postfix; then
   fi
 fi
 want mtad && ARGS+=(--mtad "$DKIM")
+[ $PG = 1 ] && ARGS+=(--pg "$DKIM")
 [ -n "$BASE_SRC" ] && ARGS+=(--base-src "$BASE_SRC")
 [ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
-echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM)")"
+echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM) ")$([ $PG = 1 ] && echo "mtad-pg (DKIM $DKIM)")"
 timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/*mtad-*/mtad.log)" >&2
 for log in "$WORK"/*mtad-*/mtad.log; do
   [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"

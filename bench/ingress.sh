@@ -6,7 +6,7 @@
 #
 #   bash bench/ingress.sh [--quick] [--out DIR] [--servers sink,postfix,haraka,mtad]
 #                         [--sizes 1024,102400] [--sessions 1,20,100] [--repeats N] [--target-s S] [--keep]
-#                         [--mtad-rev REV] [--base-rev REV | --base-src DIR] [--sequential]
+#                         [--mtad-rev REV] [--base-rev REV | --base-src DIR] [--sequential] [--pg]
 #   default         the servers are started one after the other and stay up; within each size x sessions
 #                   cell each repeat drives every server once, in rotating order, so drifts in the
 #                   machine's speed (other work on a shared machine) hit all servers alike
@@ -18,6 +18,15 @@
 #                   order within each cell as the other servers: a before/after comparison in ONE run; the
 #                   summary adds base-mtad and the ratio mtad/base-mtad per cell with the run-to-run spread
 #   --base-src DIR  the same with the mtad package found in DIR (a folder holding mtad/)
+#   --pg            also mtad on PostgreSQL, labelled mtad-pg (the same as --servers ...,mtad-pg): a private
+#                   PostgreSQL server (tests/support/postgres.py: initdb + pg_ctl as user mtadtest, loopback,
+#                   fsync and synchronous_commit on) with one database, and an mtad whose config is mtad's plus
+#                   `store: {backend: postgresql, dsn: ...}`, on :2529 (API :2582), driven in the same rotation;
+#                   the summary adds mtad-pg/Postfix, the database server's CPU per message (its process tree)
+#                   and its committed transactions per accepted message (pg_stat_database.xact_commit delta)
+#   --pg-nodes N    with N >= 2 also mtad-pg-xN: N mtad-pg nodes (node_id n1..nN, :2531.. API :2583..) on a second
+#                   database of the same server, driven as one server in the same rotation (one smtp-source per
+#                   node, messages and sessions split evenly); implies --pg. 1 vs N nodes in one run
 #
 # INSTALLS WHAT IS MISSING (needs root; Debian 12 / this project's machine kind):
 #   * apt-get install postfix swaks  -- smtp-source, smtp-sink, postfix (the package's own instance is
@@ -43,7 +52,7 @@ HARAKA=$HARAKA_DIR/node_modules/Haraka/bin/haraka
 
 # ---------------------------------------------------------------- arguments
 QUICK=0; OUT=""; SERVERS="sink,postfix,haraka,mtad"; SIZES="1024,102400"; SESSIONS="1,20,100"
-REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""
+REPEATS=""; TARGET=""; KEEP=0; MTAD_REV=""; SEQUENTIAL=0; BASE_REV=""; BASE_SRC=""; PG=0; PG_NODES=1
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -59,11 +68,14 @@ while [ $# -gt 0 ]; do
     --base-rev) BASE_REV=$2; shift ;;
     --base-src) BASE_SRC=$(cd "$2" && pwd) || exit 2; shift ;;
     --sequential) SEQUENTIAL=1 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    --pg) PG=1 ;;
+    --pg-nodes) PG=1; PG_NODES=$2; shift ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "ingress.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+[ $PG = 1 ] && SERVERS="$SERVERS,mtad-pg"
 if [ $QUICK = 1 ]; then
   RUN_ARGS=(--repeats "${REPEATS:-1}" --target-s "${TARGET:-1.5}" --warmup 200 --min-msgs 200)
 else
@@ -99,7 +111,7 @@ if [ -z "${BENCH_NETNS:-}" ]; then
       && npm install --no-audit --no-fund Haraka >/dev/null 2>"$HARAKA_DIR/npm-install.log") || {
       echo "ingress.sh: npm install Haraka failed (see $HARAKA_DIR/npm-install.log)" >&2; exit 1; }
   fi
-  if want mtad && ! "$PY" -c 'import aiosmtpd, aiosqlite, yaml, uvloop' 2>/dev/null; then
+  if { want mtad || want mtad-pg; } && ! "$PY" -c 'import aiosmtpd, aiosqlite, yaml, uvloop, psycopg' 2>/dev/null; then
     echo "== installing mtad (pip install -e $REPO)"
     "$PY" -m pip install -q -e "$REPO" || { echo "ingress.sh: pip install failed" >&2; exit 1; }
   fi
@@ -121,8 +133,9 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  [ -d "$WORK/pg" ] && "$PY" "$HERE/pg_bench.py" stop "$WORK/pg"
   if [ $KEEP = 0 ]; then
-    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/base-mtad" "$WORK/base-src" "$WORK/servers.spec"
+    rm -rf "$WORK/postfix" "$WORK/haraka" "$WORK/mtad" "$WORK/mtad-src" "$WORK/base-mtad" "$WORK/base-src" "$WORK/servers.spec" "$WORK"/mtad-pg* "$WORK/pg"
     [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
   fi
 }
@@ -217,15 +230,21 @@ start_mtad_tree() {
   local db=$md/state/mtad.sqlite3
   # one MX listener, tls none, example.net received, a catch_all() stop() route where routes exist
   if ! (cd "$md" && PYTHONPATH=$src "$PY" "$HERE/mtad_config.py" "$md/mtad.yaml" "$md/state" "$port" \
-        ${api:+--api-port "$api"} "${CONFIG_SRCS[@]}"); then
+        ${api:+--api-port "$api"} ${STORE_DSN:+--store-dsn "$STORE_DSN"} ${NODE_ID:+--node-id "$NODE_ID"} \
+        "${CONFIG_SRCS[@]}"); then
     echo "== $label SKIPPED: no valid bench config for this revision" >&2
     return
   fi
   cp "$md/mtad.yaml" "$OUT/$label.yaml"
-  echo "== $label ($desc) :$port, $OUT/$label.yaml: MX listener, tls none, SQLite WAL synchronous=FULL, group commit"
+  echo "== $label ($desc) :$port, $OUT/$label.yaml: MX listener, tls none, ${STORE_DSN:+PostgreSQL (fsync, synchronous_commit on) instead of }SQLite WAL synchronous=FULL, group commit"
   (cd "$md" && PYTHONPATH=$src exec "$PY" -m mtad run --config "$md/mtad.yaml" >"$OUT/$label.log" 2>&1) &
   MPID=$!; PIDS+=($MPID)
-  if wait_port "$port"; then
+  if [ -n "${NODE_ID:-}" ]; then  # one node of several: start_mtadpg writes their one spec line
+    wait_port "$port" || { echo "$label did not start:" >&2; tail -20 "$OUT/$label.log" >&2; MPID=""; }
+  elif [ -n "$STORE_DSN" ] && wait_port "$port"; then
+    local h="$PY $HERE/pg_bench.py"
+    echo "$label|$port|$MPID||$h count $STORE_DSN|$h empty $STORE_DSN|$PG_PID|$h xacts $STORE_DSN" >>"$SPEC"
+  elif wait_port "$port"; then
     echo "$label|$port|$MPID||$PY $HERE/mtad_store.py count $db|$PY $HERE/mtad_store.py empty $db" >>"$SPEC"
   else
     echo "$label did not start:" >&2; tail -20 "$OUT/$label.log" >&2
@@ -240,9 +259,38 @@ start_mtad() { start_mtad_tree mtad "$MTAD_SRC" "$MTAD_DESC" 2527 "${BASE_SRC:+2
 stop_mtad() { stop_mtad_tree mtad "$M"; }
 start_base() { start_mtad_tree base-mtad "$BASE_SRC" "$BASE_DESC" 2528 2581; BM=$MPID; }
 stop_base() { stop_mtad_tree base-mtad "$BM"; }
-wanted() { if [ "$1" = base ]; then [ -n "$BASE_SRC" ] && want mtad; else want "$1"; fi; }
+# mtad-pg: the same mtad and config with its store on a private PostgreSQL server started here (bench/pg_bench.py)
+STORE_DSN=""; PG_PID=""
+start_mtadpg() {
+  echo "== PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1): private server for mtad-pg (bench/pg_bench.py)"
+  if ! "$PY" "$HERE/pg_bench.py" start "$WORK/pg" >"$OUT/pg-start.log" 2>&1; then
+    echo "PostgreSQL did not start (see $OUT/pg-start.log)" >&2; return
+  fi
+  PG_PID=$(cat "$WORK/pg/pid"); STORE_DSN=$(cat "$WORK/pg/dsn")
+  start_mtad_tree mtad-pg "$MTAD_SRC" "$MTAD_DESC" 2529 2582; MP=$MPID
+  MPN=()
+  if [ "$PG_NODES" -ge 2 ]; then
+    local label=mtad-pg-x$PG_NODES ports=() pids=() i
+    STORE_DSN=$("$PY" "$HERE/pg_bench.py" createdb "$STORE_DSN" mtadbench_nodes) || { STORE_DSN=""; return; }
+    for i in $(seq "$PG_NODES"); do
+      NODE_ID=n$i start_mtad_tree "$label-n$i" "$MTAD_SRC" "$MTAD_DESC" $((2530 + i)) $((2582 + i))
+      [ -n "$MPID" ] || { STORE_DSN=""; return; }
+      ports+=($((2530 + i))); pids+=("$MPID"); MPN+=("$MPID")
+    done
+    local h="$PY $HERE/pg_bench.py"
+    echo "$label|$(IFS=+; echo "${ports[*]}")|$(IFS=+; echo "${pids[*]}")||$h count $STORE_DSN|$h empty $STORE_DSN|$PG_PID|$h xacts $STORE_DSN" >>"$SPEC"
+  fi
+  STORE_DSN=""
+}
+stop_mtadpg() {
+  stop_mtad_tree mtad-pg "$MP"
+  local i=1 p; for p in "${MPN[@]}"; do stop_mtad_tree "mtad-pg-x$PG_NODES-n$i" "$p"; i=$((i + 1)); done
+}
+wanted() {
+  case $1 in base) [ -n "$BASE_SRC" ] && want mtad ;; mtadpg) want mtad-pg ;; *) want "$1" ;; esac
+}
 
-ORDER=(sink postfix haraka mtad base)
+ORDER=(sink postfix haraka mtad base mtadpg)
 if [ $SEQUENTIAL = 1 ]; then
   for s in "${ORDER[@]}"; do
     wanted "$s" && [ "$s" != base ] || continue

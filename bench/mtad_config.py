@@ -6,7 +6,8 @@
 One MX listener on 127.0.0.1:PORT (default 2527) with ``tls: none``; ``example.net`` (smtp-source's
 recipient domain) is a receiving domain; a ``catch_all()`` route with only ``stop()`` keeps every
 recipient and creates no forward work, so an accepted message is durably stored and nothing more —
-the counterpart of Postfix's hold queue. ``max_connections_per_ip`` is raised because all load comes
+the counterpart of Postfix's hold queue. ``--store-dsn DSN`` puts the store on PostgreSQL (mtad-pg, bench/ingress.sh
+--pg) and ``--node-id`` names the node (several nodes on one database). ``max_connections_per_ip`` is raised because all load comes
 from 127.0.0.1 (Postfix exempts ``mynetworks`` likewise). Everything else is mtad's default (the HTTP
 API listener included, where the revision has one; ``--api-port`` moves it off its default 2580 so
 that two mtads can run side by side).
@@ -17,6 +18,7 @@ before routes existed) are dropped, so a before/after comparison (bench/ingress.
 both trees the same configuration, in the older revision's schema.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -59,12 +61,19 @@ def main() -> int:
     ap.add_argument("state")
     ap.add_argument("port", nargs="?", default="2527")
     ap.add_argument("--api-port", help="the HTTP API's port (default: mtad's default, 2580)")
+    ap.add_argument("--store-dsn", help="store: {backend: postgresql, dsn: ...} (mtad-pg) instead of SQLite")
+    ap.add_argument("--node-id", help="node_id: this node's name among several on one database (--pg-nodes)")
     ap.add_argument("--src", action="append", default=[],
                     help="a folder holding the mtad/ package that must accept the file (repeat for each tree)")
     a = ap.parse_args()
     blocks = dict(OPTIONAL)
     if not a.api_port:
         del blocks["api"]
+    if a.store_dsn:  # json quoting is valid YAML and keeps the DSN's characters literal
+        blocks["store"] = "store: {{backend: postgresql, dsn: " + json.dumps(a.store_dsn).replace("{", "{{").replace(
+            "}", "}}") + "}}\n"
+    if a.node_id:
+        blocks["node_id"] = "node_id: " + json.dumps(a.node_id) + "\n"
     while True:
         with open(a.out, "w") as f:
             f.write(BASE.format(state=a.state, port=a.port)

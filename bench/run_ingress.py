@@ -18,7 +18,9 @@ Additions over the shared script:
   --spec FILE       several servers (all running), driven in turn inside each cell: for every repeat
                     each server gets one run, in an order rotated per repeat, so slow drifts of the
                     machine's speed (other work, thermal) hit every server alike. One line per server:
-                    label|port|pid|pidfile|stored-cmd|between-cmd.
+                    label|port|pid|pidfile|stored-cmd|between-cmd[|db-pid|db-xacts-cmd]: a server whose store
+                    is a database server (mtad-pg) names that server's root PID (its tree's CPU is recorded as
+                    db_cpu_s) and a command printing its committed transactions (recorded as the delta db_xacts).
   --prewarm N       N unmeasured messages first (1 KB, 20 sessions): Haraka's JIT needs a few thousand
                     messages before it reaches its speed; every server gets the same.
   --stored-cmd CMD  run after every run (before --between); prints how many messages the server
@@ -87,7 +89,7 @@ def tree(root, table):
     kids = {}
     for pid, t in table.items():
         kids.setdefault(t["ppid"], []).append(pid)
-    out, todo = [], [root]
+    out, todo = [], list(root) if isinstance(root, tuple) else [root]  # a tuple: several nodes, one tree each
     while todo:
         p = todo.pop()
         if p in table:
@@ -144,12 +146,19 @@ def shell(cmd):
 class Target:
     """One server to drive: its label, port, process-tree root, and optional stored/between commands."""
 
-    def __init__(self, label, port, root, stored_cmd=None, between=None):
-        self.label, self.port, self.root = label, int(port), int(root)
+    def __init__(self, label, port, root, stored_cmd=None, between=None, db_root=None, db_xacts=None):
+        # port "2529+2531" and root (p1, p2): several nodes of one server, driven together (ingress.sh --pg-nodes)
+        self.label, self.ports, self.root = label, [int(x) for x in str(port).split("+")], root
         self.stored_cmd, self.between = stored_cmd or None, between or None
+        # a server whose store is a database server (mtad-pg): that server's process tree (its CPU is recorded
+        # apart as db_cpu_s) and a command printing its committed-transaction counter (db_xacts delta)
+        self.db_root = int(db_root) if db_root else None
+        self.db_xacts = db_xacts or None
 
 
 def read_root(pid, pidfile):
+    if "+" in str(pid):
+        return tuple(int(x) for x in pid.split("+"))
     if pidfile:
         with open(pidfile) as f:
             return int(f.read().split()[0])
@@ -159,33 +168,44 @@ def read_root(pid, pidfile):
 def one_run(args, t, size, sessions, count, warmup=False):
     root = t.root
     waited, idle_busy = (0.0, None) if warmup or not args.quiet_wait else wait_quiet(args.quiet_wait, args.quiet_pct)
-    cmd = [args.smtp_source, "-s", str(sessions), "-m", str(count), "-l", str(size),
-           "-f", "a@example.com", "-t", "b@example.net", "-M", "bench.localdomain"]
-    if args.reuse:
-        cmd.append("-d")
-    cmd.append(f"127.0.0.1:{t.port}")
+    # several nodes (ports a+b): one smtp-source per node, the messages and sessions split evenly between them
+    cmds = []
+    for i, port in enumerate(t.ports):
+        n, k = count // len(t.ports) + (i < count % len(t.ports)), max(1, sessions // len(t.ports))
+        cmd = [args.smtp_source, "-s", str(k), "-m", str(n), "-l", str(size),
+               "-f", "a@example.com", "-t", "b@example.net", "-M", "bench.localdomain"]
+        if args.reuse:
+            cmd.append("-d")
+        cmds.append(cmd + [f"127.0.0.1:{port}"])
+    xacts0 = shell(t.db_xacts) if t.db_xacts and not warmup else ""
     cpu0, _, _ = tree_cpu_rss(root)
+    db0 = tree_cpu_rss(t.db_root)[0] if t.db_root else 0.0
     sys0 = system_cpu()
     sampler = MemSampler(root)
     sampler.start()
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killer = threading.Timer(args.run_timeout, p.kill)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for cmd in cmds]
+    killer = threading.Timer(args.run_timeout, lambda: [p.kill() for p in procs])
     killer.start()
-    _, status, ru = os.wait4(p.pid, 0)
+    client, status = 0.0, 0
+    for p in procs:
+        _, st, ru = os.wait4(p.pid, 0)
+        client += ru.ru_utime + ru.ru_stime
+        status = status or st
     wall = time.monotonic() - t0
     killer.cancel()
     timed_out = wall >= args.run_timeout
-    err = p.stderr.read().decode(errors="replace")
+    err = "".join(p.stderr.read().decode(errors="replace") for p in procs)
     time.sleep(0.05)  # let the last replies' work be accounted
     sampler.stop_ev.set()
     sampler.join()
     cpu1, _, _ = tree_cpu_rss(root)
+    db1 = tree_cpu_rss(t.db_root)[0] if t.db_root else 0.0
     sys1 = system_cpu()
     busy = (sys1[0] - sys0[0]) / TCK
-    client = ru.ru_utime + ru.ru_stime
     rec = {
         "label": t.label,
+        "nodes": len(t.ports),
         "size": size,
         "sessions": sessions,
         "reuse_conn": args.reuse,
@@ -209,6 +229,13 @@ def one_run(args, t, size, sessions, count, warmup=False):
         "timed_out": timed_out,
         "stderr": err[-400:],
     }
+    if t.db_root:
+        rec["db_cpu_s"] = round(db1 - db0, 3)
+        # the database server's CPU is neither the server tree's nor smtp-source's: take it out of "other"
+        rec["other_cpu_pct"] = round(rec["other_cpu_pct"] - 100 * (db1 - db0) / wall, 1)
+    if xacts0.isdigit():
+        xacts1 = shell(t.db_xacts)
+        rec["db_xacts"] = int(xacts1) - int(xacts0) if xacts1.isdigit() else None
     if t.stored_cmd:
         out = shell(t.stored_cmd)
         rec["stored"] = int(out) if out.isdigit() else None
@@ -263,8 +290,9 @@ def main():
         with open(args.spec) as f:
             for line in f:
                 if line.strip():
-                    label, port, pid, pidfile, stored, between = (line.rstrip("\n").split("|") + [""] * 6)[:6]
-                    targets.append(Target(label, port, read_root(pid, pidfile), stored, between))
+                    label, port, pid, pidfile, stored, between, db_root, db_xacts = (
+                        line.rstrip("\n").split("|") + [""] * 8)[:8]
+                    targets.append(Target(label, port, read_root(pid, pidfile), stored, between, db_root, db_xacts))
     else:
         if not (args.label and args.port and (args.pid or args.pidfile)):
             ap.error("--spec, or --label, --port and --pid/--pidfile")

@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--haraka", default="haraka-discard")
     ap.add_argument("--sink", default="sink")
     ap.add_argument("--base", default="base-mtad", help="label of the base tree's mtad (before/after)")
+    ap.add_argument("--pg", default="mtad-pg", help="label of mtad on PostgreSQL (bench/ingress.sh --pg)")
     args = ap.parse_args()
     groups = load(args.results)
     names = {"mtad": args.mtad, "postfix": args.postfix, "haraka": args.haraka, "sink": args.sink,
@@ -181,6 +182,41 @@ def main():
               "Those figures (and ratios built on them) are skewed; rerun on an idle machine.")
     if has_base:
         before_after(groups, cells, names["mtad"], names["base"])
+    for pg in sorted({label for label, _, _ in groups if label == args.pg or label.startswith(args.pg + "-x")}):
+        postgresql(groups, cells, names["mtad"], pg, names["postfix"])  # mtad-pg, and mtad-pg-xN (N nodes)
+
+
+def postgresql(groups, cells, mtad, pg, postfix):
+    """mtad on PostgreSQL beside mtad on SQLite and Postfix: rates, ratios, CPU per message of mtad and of the
+    database server, and the database's committed transactions per accepted message."""
+    nodes = max((r.get("nodes", 1) for (label, _, _), rs in groups.items() if label == pg for r in rs), default=1)
+    print(f"\n### mtad on PostgreSQL ({pg}{f', {nodes} nodes on one database' if nodes > 1 else ''}) beside mtad on SQLite and Postfix (same run, same rotation)\n")
+    print(f"| size | sessions | {pg} msgs/s | {mtad} msgs/s | Postfix msgs/s | {pg}/Postfix | {pg}/{mtad} | "
+          f"CPU µs/msg: {pg} | PostgreSQL | {pg}+PostgreSQL | {mtad} | Postfix | DB commits/msg | target |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    f = lambda x, d=0: "—" if x is None else f"{x:,.{d}f}"  # noqa: E731
+    for size, sess in cells:
+        g, m, p = (groups.get((who, size, sess)) for who in (pg, mtad, postfix))
+        if not g:
+            continue
+        rate = lambda rs: med(rs, "msgs_per_s") if rs else None  # noqa: E731
+        cpu = lambda rs, k="server_cpu_s": (statistics.median(1e6 * r.get(k, 0) / r["msgs"] for r in rs)  # noqa: E731
+                                          if rs else None)
+        rg, rm, rp = rate(g), rate(m), rate(p)
+        cg, cdb, cm, cp = cpu(g), cpu(g, "db_cpu_s"), cpu(m), cpu(p)
+        xs = [r["db_xacts"] / r["msgs"] for r in g if r.get("db_xacts") is not None]
+        ratio = lambda a, b: a / b if a is not None and b else None  # noqa: E731
+        target = "—"
+        if size == 1024 and sess == 20:
+            r = ratio(rg, rp)
+            target = "Postfix ≥1x: " + ("n/a" if r is None else "met" if r >= 1 else "MISSED")
+        print(f"| {size_name(size)} | {sess} | {f(rg)} | {f(rm)} | {f(rp)} | {fmt_ratio(ratio(rg, rp))} | "
+              f"{fmt_ratio(ratio(rg, rm))} | {f(cg)} | {f(cdb)} | {f(None if cg is None else cg + cdb)} | {f(cm)} | "
+              f"{f(cp)} | {f(statistics.median(xs) if xs else None, 2)} | {target} |")
+    print(f"\nCPU µs/msg: {pg} = the mtad process{'es of all nodes together' if nodes > 1 else ''}; PostgreSQL = the database server's process tree (postmaster and "
+          "backends) during the run; DB commits/msg = pg_stat_database.xact_commit delta over the run / accepted "
+          "messages: every transaction the database committed, the writer's group commits and the readers' "
+          "(issue 12 target: ≤ 1 database round trip per accepted message, amortised by group commit).")
 
 
 def runs_txt(rs):
