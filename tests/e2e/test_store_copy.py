@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 from mtad.store.migrations.sqlite import SCHEMA_VERSION
 from mtad.store.sqlite import SqliteStore
 from tests.e2e.events_support import World, events, running_world
-from tests.e2e.old_state import restore_bebe064
+from tests.e2e.old_state import assert_old_accounts_answered, restore_bebe064
 from tests.support.api import api
 from tests.support.wait import wait_for
 
@@ -143,28 +142,7 @@ def test_the_queue_lists_the_same_mail(world, moved):
 
 
 async def test_suppressions_routes_webhooks_domains_and_credentials_are_answered_by_the_api(world):
-    bounces = await api(world, "GET", "/v3/example.com/bounces")
-    assert sorted(i["address"] for i in bounces["items"]) == ["bad@dest.test", "gone@dest.test"]
-    gone = await api(world, "GET", "/v3/example.com/bounces/gone@dest.test")
-    assert (gone["code"], gone["error"]) == ("550", "No such user (made by API)")
-    assert (await api(world, "GET", "/v3/example.com/unsubscribes/unsub@dest.test"))["tags"] == ["news"]
-    assert [i["address"] for i in (await api(world, "GET", "/v3/example.com/complaints"))["items"]] == \
-        ["angry@dest.test"]
-    assert [i["value"] for i in (await api(world, "GET", "/v3/example.com/whitelists"))["items"]] == \
-        ["friend@dest.test"]
-    [route] = [r for r in (await api(world, "GET", "/v3/routes"))["items"]
-               if r["description"] == "API route made by bebe064"]
-    assert route["actions"] == [f'forward("{world.receiver.url("api-route")}")', "stop()"]
-    hooks = (await api(world, "GET", "/v3/domains/example.com/webhooks"))["webhooks"]
-    assert hooks["clicked"]["urls"] == [world.receiver.url("clicked")]
-    domain = await api(world, "GET", "/v3/domains/fresh.example")
-    assert domain["domain"]["name"] == "fresh.example"
-    creds = await api(world, "GET", "/v3/domains/fresh.example/credentials")
-    assert [c["login"] for c in creds["items"]] == ["alice@fresh.example"]
-    with smtplib.SMTP("127.0.0.1", world.mtad.submission, local_hostname="client.test", timeout=10) as s:
-        s.starttls(context=world.certs.client_context())
-        s.ehlo()
-        assert s.login("alice@fresh.example", "alice-password-1")[0] == 235  # the copied password hash
+    await assert_old_accounts_answered(world)
 
 
 async def test_a_route_made_after_the_copy_comes_after_the_copied_one(world):

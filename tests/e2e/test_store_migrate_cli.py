@@ -16,7 +16,7 @@ import yaml
 from mtad.store.migrations import postgresql as pg_migrations
 from mtad.store.migrations.sqlite import SCHEMA_VERSION
 from mtad.store.postgres.engine import PgConnection
-from tests.e2e.old_state import restore_bebe064
+from tests.e2e.old_state import restore_bebe064, restore_newer
 from tests.support.daemon import Mtad, base_config
 
 DSN_ENV = "MTAD_TEST_MIGRATE_DSN"
@@ -56,10 +56,7 @@ def test_migrate_makes_no_sqlite_store_where_there_is_none(tmp_path):
 
 def test_migrate_refuses_a_newer_sqlite_store_with_exit_2(tmp_path):
     db = tmp_path / "state" / "mtad.sqlite3"
-    restore_bebe064(db, "http://127.0.0.1:9")
-    conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    conn.close()
+    restore_newer(db)
     done = mtad("store", "migrate", "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"has schema version {SCHEMA_VERSION + 1}; this mtad knows versions up to {SCHEMA_VERSION}" in done.stderr

@@ -11,7 +11,6 @@ API client would, that every part of it is still there and still moves.
 from __future__ import annotations
 
 import json
-import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from mtad.store.migrations.sqlite import SCHEMA_VERSION
 from tests.e2e.events_support import World, events, running_world
 from tests.support.api import api
 from tests.support.wait import wait_for
-from tests.e2e.old_state import restore_bebe064
+from tests.e2e.old_state import assert_old_accounts_answered, restore_bebe064, restore_newer
 
 
 def from_bebe064(cfg: dict, world: World) -> None:
@@ -61,34 +60,7 @@ def test_the_store_is_migrated_to_the_current_schema_version(world):
 
 
 async def test_suppressions_routes_webhooks_domains_and_credentials_are_answered_by_the_api(world):
-    bounces = await api(world, "GET", "/v3/example.com/bounces")
-    assert sorted(i["address"] for i in bounces["items"]) == ["bad@dest.test", "gone@dest.test"]
-    gone = await api(world, "GET", "/v3/example.com/bounces/gone@dest.test")
-    assert (gone["code"], gone["error"]) == ("550", "No such user (made by API)")
-    unsub = await api(world, "GET", "/v3/example.com/unsubscribes/unsub@dest.test")
-    assert unsub["tags"] == ["news"]
-    assert [i["address"] for i in (await api(world, "GET", "/v3/example.com/complaints"))["items"]] == \
-        ["angry@dest.test"]
-    assert [i["value"] for i in (await api(world, "GET", "/v3/example.com/whitelists"))["items"]] == \
-        ["friend@dest.test"]
-
-    routes = (await api(world, "GET", "/v3/routes"))["items"]
-    [route] = [r for r in routes if r["description"] == "API route made by bebe064"]
-    assert route["expression"] == 'match_recipient("api@inbound.test")'
-    assert route["actions"] == [f'forward("{world.receiver.url("api-route")}")', "stop()"]
-
-    hooks = (await api(world, "GET", "/v3/domains/example.com/webhooks"))["webhooks"]
-    assert hooks["clicked"]["urls"] == [world.receiver.url("clicked")]
-
-    domain = await api(world, "GET", "/v3/domains/fresh.example")
-    assert domain["domain"]["name"] == "fresh.example"
-    creds = await api(world, "GET", "/v3/domains/fresh.example/credentials")
-    assert [c["login"] for c in creds["items"]] == ["alice@fresh.example"]
-    # the stored password hash still logs in
-    with smtplib.SMTP("127.0.0.1", world.mtad.submission, local_hostname="client.test", timeout=10) as s:
-        s.starttls(context=world.certs.client_context())
-        s.ehlo()
-        assert s.login("alice@fresh.example", "alice-password-1")[0] == 235
+    await assert_old_accounts_answered(world)
 
 
 def text_of(post) -> str:
@@ -188,10 +160,7 @@ def test_a_queue_command_after_the_upgrade_migrates_the_store_before_writing(tmp
 
 def test_a_store_of_a_newer_mtad_is_refused_with_both_versions(tmp_path):
     db = tmp_path / "state" / "mtad.sqlite3"
-    restore_bebe064(db, "http://127.0.0.1:9")
-    conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    conn.close()
+    restore_newer(db)
     done = subprocess.run([sys.executable, "-m", "mtad", "queue", "flush", "--state-dir", str(tmp_path / "state")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr
