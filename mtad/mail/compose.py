@@ -58,6 +58,7 @@ from typing import Any, Iterable, Sequence
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import options as options_mod
+from mtad.mail import variables as variables_mod
 from mtad.base.errors import OptionError
 from mtad.base.types import HeaderSummary, SendOptions
 
@@ -66,7 +67,6 @@ MAX_LINE = 998
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9._\-\[\]:]+")
-_VARIABLE = re.compile(r"%recipient\.([^%\s]+)%")
 _TZL = re.compile(r"^(\d{1,2}):(\d{2})\s*([ap]m)?$", re.I)
 _STO = re.compile(r"^(\d+)h?$", re.I)
 # Headers mtad writes for the MIME structure: h: may not replace them.
@@ -308,16 +308,11 @@ def _body(text: str | None, html: str | None, amp: str | None, inline: list[byte
 
 # --- substitution ----------------------------------------------------------------------------------
 
-def _substitute(text: str, variables: dict[str, Any] | None) -> str:
-    if variables is None or "%recipient." not in text:
+def _substitute(text: str, variables: dict[str, Any] | None, address: str = "", name: str = "") -> str:
+    """A batch copy's text with its recipient's variables (``mtad.mail.variables``); as is without a batch."""
+    if variables is None:
         return text
-
-    def value(m: re.Match[str]) -> str:
-        v = variables.get(m.group(1), "")
-        if isinstance(v, str):
-            return v
-        return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-    return _VARIABLE.sub(value, text)
+    return variables_mod.substitute(text, variables_mod.RecipientContext(address, name, variables))
 
 
 # --- options ---------------------------------------------------------------------------------------
@@ -587,7 +582,8 @@ def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, A
         head.append(_address_header("To", to_pairs))
     if req.cc and "cc" not in overridden:
         head.append(_address_header("Cc", req.cc))
-    subject = _substitute(req.subject, variables)
+    who = to_pairs[0] if to_pairs else ("", "")
+    subject = _substitute(req.subject, variables, who[1], who[0])
     if variables is not None:
         check_header_value("recipient-variables", subject)
     if "subject" not in overridden:
@@ -597,7 +593,7 @@ def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, A
     if "date" not in overridden:
         head.append(f"Date: {http_date(req.now)}\r\n")
     for name, value in req.user_headers:
-        value = _substitute(value, variables)
+        value = _substitute(value, variables, who[1], who[0])
         if variables is not None:
             check_header_value("recipient-variables", value)
         if name.lower() == "message-id":
@@ -613,7 +609,8 @@ def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, A
 def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, Any] | None) -> Copy:
     """One copy: headers, MIME body, options (``v:`` values substituted too), the fields ingress reads."""
     head = _head(req, to_pairs, variables)
-    text, html, amp = (None if b is None else _substitute(b, variables) for b in req.bodies)
+    name, address = to_pairs[0] if to_pairs else ("", "")
+    text, html, amp = (None if b is None else _substitute(b, variables, address, name) for b in req.bodies)
     body = _body(text, html, amp, *req.files)
     head_bytes = "".join(head).encode("utf-8")  # ASCII but for UTF-8 addresses (RFC 6532)
     entity_end = body.index(b"\r\n\r\n") + 2
@@ -623,7 +620,7 @@ def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, 
     content = head_bytes + body
     if len(content) > req.max_size:
         raise ComposeError("message", f"is {len(content)} bytes, over the limit of {req.max_size}")
-    user_vars = [(n, _substitute(v, variables)) for n, v in req.user_variables]
+    user_vars = [(n, _substitute(v, variables, address, name)) for n, v in req.user_variables]
     opts = _parse_options(req.option_items, user_vars, req.unknown)
     recipients = tuple(dict.fromkeys([a for _, a in to_pairs] + [a for _, a in req.cc] + [a for _, a in req.bcc]))
     return Copy(recipients, content, opts, fields, _summary(fields))

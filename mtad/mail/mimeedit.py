@@ -1,0 +1,199 @@
+"""Edits of a finished message's text: the one mechanism for per-recipient changes after composition.
+
+``edit_text_parts(body, edit)`` hands every inline ``text/plain`` and ``text/html`` part, decoded, to
+``edit(subtype, text)`` and writes back what it returns, keeping everything else byte for byte: the MIME
+structure, the boundaries, other parts, the part's charset and Content-Transfer-Encoding. A part is re-encoded
+in its own charset and encoding; only when that cannot hold the new text does it change, and then the part's own
+header says so (a charset that cannot encode the text becomes UTF-8; 7bit or 8bit text that gains non-ASCII
+characters or over-long lines becomes quoted-printable). Parts that cannot be decoded (unknown charset, bytes
+invalid in the declared charset, broken base64) are left as they are: an edit never garbles what it cannot read.
+
+``edit_headers(body, edit, names)`` does the same for the values of top-level header fields (RFC 2047 decoded
+for ``edit``; encoded again when the new value is not ASCII).
+
+Users: the tracking rewriter (links, open pixel, footers) and the per-recipient personalisation of mailing-list
+and batch copies (``mtad.mail.variables``). Pure functions; the walk is ``mimewalk``'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.header
+import email.message
+import re
+from typing import Callable, Collection
+
+from mtad.mail import headers as headers_mod
+from mtad.mail import mimewalk
+
+TextEdit = Callable[[str, str], "str | None"]
+HeaderEdit = Callable[[str, str], "str | None"]
+
+MAX_LINE = 998
+_B64_LINE = 76
+_CONTROL = re.compile(r"[\r\n\x00]")
+
+
+class EditError(ValueError):
+    """An edit produced a value that cannot be written (a header value with a line break)."""
+
+
+def edit_text_parts(body: bytes, edit: TextEdit) -> bytes:
+    """``body`` with each inline text/plain and text/html part replaced by ``edit(subtype, text)`` (``None``:
+    unchanged). Attachments (``Content-Disposition: attachment``) are never handed over."""
+    splices: list[tuple[int, int, bytes]] = []
+    for part in mimewalk.leaves(body):
+        headers = part.headers
+        if headers.get_content_maintype() != "text" or headers.get_content_subtype() not in ("plain", "html"):
+            continue
+        if headers.get_content_disposition() == "attachment":
+            continue
+        decoded = _decode(body[part.body_start:part.end], part.encoding, headers)
+        if decoded is None:
+            continue
+        text, charset = decoded
+        new_text = edit(headers.get_content_subtype(), text)
+        if new_text is None or new_text == text:
+            continue
+        splices.append(_rewrite(body, part, new_text, charset))
+    if not splices:
+        return body
+    out, last = [], 0
+    for start, end, data in splices:
+        out.append(body[last:start])
+        out.append(data)
+        last = end
+    out.append(body[last:])
+    return b"".join(out)
+
+
+def edit_headers(body: bytes, edit: HeaderEdit, names: Collection[str]) -> bytes:
+    """``body`` with the top-level header fields named in ``names`` (any case) replaced by
+    ``edit(name, decoded_value)`` (``None``: unchanged). Raises ``EditError`` for a value holding CR, LF or NUL."""
+    wanted = {n.lower() for n in names}
+    fields, _ = headers_mod.parse_block(body, 10_000, 1 << 20)
+    splices: list[tuple[int, int, bytes]] = []
+    for f in fields:
+        if f.name.lower() not in wanted:
+            continue
+        decoded = headers_mod.decode(f.value)
+        new = edit(f.name, decoded)
+        if new is None or new == decoded:
+            continue
+        if _CONTROL.search(new):
+            raise EditError(f"the new value of {f.name} holds a line break or NUL")
+        splices.append((f.start, f.end, _header_line(f.name, new)))
+    if not splices:
+        return body
+    out, last = [], 0
+    for start, end, data in splices:
+        out.append(body[last:start])
+        out.append(data)
+        last = end
+    out.append(body[last:])
+    return b"".join(out)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    if value.isascii():
+        line = f"{name}: {value}"
+        if len(line) <= MAX_LINE:
+            return line.encode("ascii") + b"\r\n"
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n".encode("ascii")
+
+
+# --- decoding and encoding of one part ---------------------------------------------------------------
+
+def _decode(raw: bytes, encoding: str, headers: email.message.Message) -> tuple[str, str] | None:
+    """(text with CRLF line ends, its charset's codec name) or None when the part cannot be read."""
+    try:
+        if encoding == "base64":
+            data = base64.b64decode(b"".join(raw.split()), validate=True)
+        elif encoding == "quoted-printable":
+            data = binascii.a2b_qp(raw)
+        elif encoding in ("", "7bit", "8bit", "binary"):
+            data = raw
+        else:
+            return None
+        charset = str(headers.get_content_charset() or "us-ascii")
+        codec = codecs.lookup(charset).name
+        return data.decode(codec), charset
+    except (ValueError, LookupError, binascii.Error):
+        return None
+
+
+def _rewrite(body: bytes, part: mimewalk.Entity, text: str, charset: str) -> tuple[int, int, bytes]:
+    """The splice that replaces ``part`` (its header block only when the charset or encoding must change)."""
+    text = _crlf(text)
+    try:
+        data = text.encode(charset)
+        new_charset = charset
+    except UnicodeEncodeError:
+        data, new_charset = text.encode("utf-8"), "utf-8"
+    encoding = part.encoding or "7bit"
+    if encoding == "7bit" and (not data.isascii() or _long_lines(data)):
+        encoding = "quoted-printable"
+    elif encoding in ("8bit", "binary") and _long_lines(data):
+        encoding = "quoted-printable"
+    encoded = _encode(data, encoding)
+    # the CRLF before a multipart delimiter belongs to the delimiter: end as the original body ended
+    if body.endswith(b"\r\n", part.body_start, part.end):
+        encoded = encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
+    elif encoded.endswith(b"\r\n"):
+        encoded = encoded[:-2]
+    if new_charset == charset and encoding == (part.encoding or "7bit"):
+        return part.body_start, part.end, encoded
+    head = _patched_head(body[part.start:part.body_start], new_charset if new_charset != charset else None,
+                         encoding if encoding != (part.encoding or "7bit") else None, top_level=part.start == 0)
+    return part.start, part.end, head + encoded
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+
+
+def _long_lines(data: bytes) -> bool:
+    return any(len(line) > MAX_LINE for line in data.split(b"\r\n"))
+
+
+def _encode(data: bytes, encoding: str) -> bytes:
+    if encoding == "base64":
+        b64 = base64.b64encode(data)
+        lines = [b64[i:i + _B64_LINE] for i in range(0, len(b64), _B64_LINE)]
+        return b"\r\n".join(lines) + (b"\r\n" if lines else b"")
+    if encoding == "quoted-printable":
+        lines = data.split(b"\r\n")
+        return b"\r\n".join(binascii.b2a_qp(line, quotetabs=False, istext=False, header=False)
+                            .replace(b"\n", b"\r\n") for line in lines)
+    return data
+
+
+_CT = re.compile(rb"(?im)^content-type[ \t]*:")
+_CTE = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
+
+
+def _patched_head(head: bytes, charset: str | None, encoding: str | None, top_level: bool) -> bytes:
+    """The part's header block (ending with its blank line) with a new charset parameter and/or
+    Content-Transfer-Encoding field; a message that was not MIME gains ``MIME-Version``."""
+    if top_level and not re.search(rb"(?im)^mime-version[ \t]*:", head):
+        head = head[:-2] + b"MIME-Version: 1.0\r\n\r\n"
+    if charset:
+        fields, _ = headers_mod.parse_block(head, 10_000, 1 << 20)
+        for f in fields:
+            if f.name.lower() == "content-type":
+                msg = email.message.Message()
+                msg["Content-Type"] = f.value
+                msg.set_param("charset", charset)
+                head = head[:f.start] + f"Content-Type: {msg['Content-Type']}\r\n".encode("utf-8") + head[f.end:]
+                break
+        else:
+            head = head[:-2] + f"Content-Type: text/plain; charset=\"{charset}\"\r\n\r\n".encode("ascii")
+    if encoding:
+        if _CTE.search(head):
+            head = _CTE.sub(f"Content-Transfer-Encoding: {encoding}\r\n".encode("ascii"), head, count=1)
+        else:
+            head = head[:-2] + f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
+    return head

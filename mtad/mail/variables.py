@@ -1,0 +1,74 @@
+"""Mailgun's template variables, substituted in one place for every sender of personalised copies.
+
+The names (seed manual, "Template Variables"):
+
+- recipient-scoped, known when a copy's recipient is known: ``%recipient%`` (the address),
+  ``%recipient_fname%`` / ``%recipient_lname%`` (first word / rest of the recipient's name: a mailing-list
+  member's ``name`` or the display name the copy is addressed to), ``%recipient.KEY%`` (the recipient's
+  variables: ``recipient-variables`` of a batch send or a list member's ``vars``);
+- system, filled by the stage that knows them: ``%unsubscribe_url%``, ``%tag_unsubscribe_url%``,
+  ``%mailing_list_unsubscribe_url%``, ``%unsubscribe_email%`` (engagement tracking, mailing lists).
+
+``substitute(text, ctx, final=...)`` replaces the recipient-scoped names always (a missing key becomes the
+empty string, as Mailgun does) and the system names present in ``ctx.system``; the others are left for a later
+stage unless ``final`` (the last stage before sending), which empties them. Text that merely contains ``%``
+(``50% off``) is never touched: only the names above are variables. Values that are JSON objects or arrays
+are written as JSON. Pure functions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SYSTEM_NAMES = ("unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "unsubscribe_email")
+
+_VARIABLE = re.compile(r"%(recipient(?:\.[^%\s]+|_fname|_lname)?|" + "|".join(SYSTEM_NAMES) + r")%")
+
+
+@dataclass(frozen=True)
+class RecipientContext:
+    """What one copy's variables are made of."""
+
+    address: str
+    name: str = ""
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    system: Mapping[str, str] = field(default_factory=dict)
+
+
+def has_variables(text: str) -> bool:
+    """Whether ``text`` names any variable (a cheap test before per-recipient work)."""
+    return "%" in text and _VARIABLE.search(text) is not None
+
+
+def value_text(value: Any) -> str:
+    """How a variable's value is written: strings as they are, objects and arrays as JSON, others as str()."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def substitute(text: str, ctx: RecipientContext, *, final: bool = False) -> str:
+    """``text`` with the variables of ``ctx`` written in (see the module's contract)."""
+    if "%" not in text:
+        return text
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == "recipient":
+            return ctx.address
+        if name.startswith("recipient."):
+            return value_text(ctx.variables.get(name[len("recipient."):], ""))
+        if name == "recipient_fname":
+            return ctx.name.split()[0] if ctx.name.split() else ""
+        if name == "recipient_lname":
+            words = ctx.name.split()
+            return " ".join(words[1:]) if len(words) > 1 else ""
+        if name in ctx.system:
+            return ctx.system[name]
+        return "" if final else m.group(0)
+    return _VARIABLE.sub(value, text)
