@@ -83,7 +83,8 @@ async def resend(request: web.Request) -> web.Response:
     body = message.body
     fields, _ = headers_mod.parse_block(body, limits.max_header_count, int(limits.max_header_size))
     recipients = tuple(dict.fromkeys(a for _, a in to))
-    trace = headers_mod.received(ctx.ingress.hostname, "api", request.remote or "", "HTTP", queue_id, recipients, now)
+    trace = headers_mod.received(ctx.ingress.hostname, "api", request.remote or "",
+                                  "HTTPS" if request.secure else "HTTP", queue_id, recipients, now)
     envelope = Envelope(sender=f"postmaster@{domain}", recipients=recipients, client_ip=request.remote or "",
                         auth_user="api", tls=request.secure, transport="http", listener="api")
     summary = headers_mod.summary(fields)

@@ -97,8 +97,8 @@ def notify_form(message: QueuedMessage, recipient: str, url: str, domain: str, k
     fields = parsed(message, url)
     form = aiohttp.FormData(quote_fields=False, charset="utf-8")
     for name, value in fields.items():
-        if name in ("recipients",):
-            continue
+        if name in ("recipients", "recipient", "domain"):
+            continue  # written once below, for this row's recipient
         form.add_field(name, value if isinstance(value, str) else json.dumps(value))
     form.add_field("recipient", recipient)
     form.add_field("domain", domain)

@@ -285,3 +285,27 @@ async def test_failed_authentication_is_rate_limited_per_client(daemon, certs):
         assert status == 401 and body == {"message": "Forbidden"}
     status, body = await request(daemon, certs, "GET", "/v3/domains")  # even the right key, for a while
     assert status == 429 and "try again later" in body["message"]
+
+
+async def test_resend_over_https_says_so_in_its_trace(daemon, certs):
+    """A stored message resent through the HTTPS API gets a Received line ``with HTTPS``, as a send does."""
+    import smtplib
+    status, created = await request(daemon, certs, "POST", "/v3/routes", data={
+        "priority": "0", "expression": "match_recipient('keep-tls@inbound.test')", "action": "store()"})
+    assert status == 200
+    with smtplib.SMTP("127.0.0.1", daemon.mx, local_hostname="client.test", timeout=10) as s:
+        s.sendmail("alice@sender.test", ["keep-tls@inbound.test"],
+                   b"From: alice@sender.test\r\nTo: keep-tls@inbound.test\r\nSubject: tls resend\r\n\r\nhi\r\n")
+    deadline = time.time() + 10
+    while True:
+        rows = daemon.query("SELECT data FROM events WHERE event = 'stored' AND recipient = 'keep-tls@inbound.test'")
+        if rows or time.time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    key = json.loads(rows[0][0])["storage"]["key"]
+    status, body = await request(daemon, certs, "POST", f"/v3/domains/inbound.test/messages/{key}",
+                                 data={"to": "someone@dest.test"})
+    assert status == 200, body
+    heads = [bytes(body).split(b"\r\n\r\n")[0] for (body,) in daemon.query("SELECT body FROM messages")]
+    resent = [head for head in heads if b"tls resend" in head and b"api" in head]
+    assert resent and b"with HTTPS" in resent[0], resent
