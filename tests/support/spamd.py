@@ -66,8 +66,9 @@ def ping(port: int, timeout: float = 2.0) -> bool:
 class Spamd:
     """See the module doc."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, children: int = 4) -> None:
         self.binary = binary
+        self.children = children
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="mtad-spamd-"))
         self.proc: subprocess.Popen | None = None
@@ -99,7 +100,8 @@ class Spamd:
     def start(self, timeout: float = 60.0) -> "Spamd":
         cmd = [self.binary, "--local", "--nouser-config", f"--siteconfigpath={self.folder / 'site'}",
                f"--helper-home-dir={self.folder / 'home'}", f"--listen=127.0.0.1:{self.port}",
-               "--allowed-ips=127.0.0.1", "--max-children=4", "--min-children=2", "--min-spare=1",
+               "--allowed-ips=127.0.0.1", f"--max-children={self.children}",
+               f"--min-children={min(2, self.children)}", "--min-spare=1",
                "--syslog=stderr"]
         env = dict(os.environ, HOME=str(self.folder / "home"), LC_ALL="C")
         log = open(self.log_path, "ab")
