@@ -5,7 +5,8 @@ SpamAssassin ``spamd`` (tests/support/spamd.py, local rules only), routed to an 
   in the route POST and in the stored copy; headers of those names the sender wrote are replaced;
 - ``block``: GTUBE is refused ``550 5.7.1`` at end of DATA, nothing stored or routed; ham goes through;
 - ``disabled`` domains and authenticated submission are not scanned;
-- the domains API sets a domain's ``spam_action`` (and mtad's threshold) with ``PUT /v3/domains/{name}``;
+- the domains API sets a domain's ``spam_action`` (and mtad's threshold) with ``PUT /v3/domains/{name}``, and a
+  reload (SIGHUP) the config file's;
 - spamd stopped mid-test: ``on_error: accept`` keeps the message untagged, ``tempfail`` answers ``451 4.7.1``;
   started again, scanning resumes;
 - a spamd that never answers: every reply comes within the timeout (waiting for a slot counts), never a hang;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import time
 
 import pytest
@@ -201,6 +203,30 @@ def test_a_bad_domain_update_is_a_400_naming_the_field(daemon, data, problem):
     answer = api_sync(daemon, "PUT", "/v3/domains/bad-update.test", data=data, expect=400)
     assert problem in answer["message"]
     assert api_sync(daemon, "PUT", "/v3/domains/nowhere.test", data=data, expect=404)["message"]
+
+
+def reload(daemon: Mtad) -> None:
+    """SIGHUP, and wait until the reload is done."""
+    done = daemon.log().count("configuration reloaded")
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: daemon.log().count("configuration reloaded") > done, 15, "the reload")
+
+
+def test_a_reload_applies_the_files_spam_policy(daemon, app):
+    daemon.cfg["spam"]["domains"]["inbound.test"] = {"action": "tag", "threshold": -5}
+    daemon.write_config()
+    try:
+        reload(daemon)
+        to = rcpt("inbound.test")
+        accepted(daemon, [to], ham(to))
+        assert flags(post_for(app, to))[0] == ["Yes"]  # at -5, this ordinary message is spam
+    finally:
+        del daemon.cfg["spam"]["domains"]["inbound.test"]
+        daemon.write_config()
+        reload(daemon)
+    to = rcpt("inbound.test")
+    accepted(daemon, [to], ham(to))
+    assert flags(post_for(app, to)) == ([], [])
 
 
 # --- spamd down ---------------------------------------------------------------------------------------------------
