@@ -41,6 +41,7 @@ from mtad.smtp.server import MtadSMTP, Sessions
 from mtad.store.events import EventBus
 from mtad.store import new_store
 from mtad.inbound.store_action import StoreAction
+from mtad.inbound.spam import Policies, SpamFilter
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
 
@@ -182,6 +183,9 @@ class App:
         self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
+        self.spam_filter = SpamFilter(cfg.spam)  # spam filtering of MX mail (issue 15 item 3)
+        self._apply_spam(cfg)
+        self.ingress.spam_filter = self.spam_filter
         wakers = []
         self.config_dkim_keys = load_dkim_keys(cfg) if cfg.delivery.enabled else {}
         if cfg.delivery.enabled:
@@ -232,6 +236,16 @@ class App:
             self.ingress.reload(limits=self.ingress.limits, directory=self.directory(self.cfg))
         if self.scheduler is not None:
             self.scheduler.dkim_keys = {**accounts.dkim_keys(), **self.config_dkim_keys}
+        if getattr(self, "spam_filter", None) is not None:
+            self._apply_spam(self.cfg)
+
+    def _apply_spam(self, cfg: Config) -> None:
+        """The spam filter's spamd and every receiving domain's policy (config file and API domains)."""
+        self.spam_filter.configure(cfg.spam)
+        self.spam_filter.policies = Policies.build(cfg.spam, self.accounts.domains.values())
+        if self.spam_filter.unconfigured():
+            log.warning("spam: domains %s ask for spam filtering but no spam.spamd is configured: their mail is "
+                        "not scanned (their on_error policy applies)", ", ".join(self.spam_filter.unconfigured()))
 
     async def _reload_accounts(self) -> None:
         """Domains or credentials changed through the API of any node (``store.changes``): applied here when they
@@ -364,6 +378,7 @@ class App:
         self._reload_api_keys(cfg)
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
+            self._apply_spam(cfg)
             self._background.append(asyncio.get_running_loop().create_task(self._reload_routes(cfg)))
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")

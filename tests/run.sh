@@ -9,6 +9,8 @@
 #   opendkim-testmsg         an independent DKIM verifier                (opendkim-tools)
 #   initdb, pg_ctl, psql     a private PostgreSQL server for the session (postgresql; tests/support/postgres.py),
 #                            run as the unprivileged system user mtadtest when the tests run as root
+#   spamd                    a real SpamAssassin for spam filtering (spamassassin, spamd; tests/support/spamd.py),
+#                            local rules only, run as mtadtest when the tests run as root
 # Exim and Sendmail, which conflict with postfix, are unpacked privately by tests/support/install_test_mtas.sh.
 # Python packages: the project with its [test] extra, in .venv.
 set -euo pipefail
@@ -24,6 +26,7 @@ need postfix "test -x /usr/sbin/postfix && test -x /usr/sbin/sendmail"
 need libsasl2-modules "test -e $SASL_DIR/libplain.so -o -e $SASL_DIR/libplain.so.2"
 need opendkim-tools "command -v opendkim-testmsg || test -x /usr/sbin/opendkim-testmsg"
 need postgresql "ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl || (command -v initdb && command -v pg_ctl)"
+need "spamassassin spamd" "command -v spamd || test -x /usr/sbin/spamd"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if [ -n "$missing" ]; then
     apt-get update -qq

@@ -3,6 +3,8 @@
 - ``GET /v3/domains`` (skip, limit), ``POST /v3/domains`` (name, smtp_password, spam_action, wildcard,
   dkim_key_size 1024|2048, dkim_selector; mtad's ``receiving`` yes|no, default yes),
   ``GET/DELETE /v3/domains/{name}``, ``PUT /v3/domains/{name}/verify``;
+- ``PUT /v3/domains/{name}`` (Mailgun's domain update: spam_action, wildcard; mtad's spam_threshold and
+  spam_on_error, empty for the config's default): the spam policy mtad.inbound.spam applies at once;
 - ``GET/POST/DELETE /v3/domains/{name}/credentials`` (DELETE: every API credential of the domain),
   ``PUT/DELETE /v3/domains/{name}/credentials/{login}``;
 - the same domain operations under ``/v4/domains`` (what mailgun.js 14 and the Python SDK's ``domainlist``
@@ -25,6 +27,7 @@ lookup failed); a domain is ``active`` when its sending records are valid, else 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import hashlib
 import re
@@ -113,16 +116,31 @@ def _accounts(ctx: ApiContext) -> accounts_mod.Accounts:
     return ctx.accounts()
 
 
+def _spam(ctx: ApiContext, name: str, record: accounts_mod.DomainRecord | None) -> tuple[str, float, str]:
+    """(spam_action, threshold, on_error) in force for the domain: its own, else the config's defaults."""
+    spam = _cfg(ctx).spam
+    if record is not None:
+        return (record.spam_action, spam.threshold if record.spam_threshold is None else record.spam_threshold,
+                record.spam_on_error or spam.on_error)
+    own = spam.domains.get(name)
+    if own is None:
+        return "disabled", spam.threshold, spam.on_error
+    return own.action, spam.threshold if own.threshold is None else own.threshold, own.on_error or spam.on_error
+
+
 def _domain_json(request: web.Request, name: str, source: str, created: float, receiving: bool,
                  record: accounts_mod.DomainRecord | None) -> dict[str, Any]:
     ctx = context(request)
     selector = record.dkim_selector if record else next((k.selector for k in _config_keys(ctx, name)), "")
+    spam_action, spam_threshold, spam_on_error = _spam(ctx, name, record)
     return {
         "id": hashlib.sha1(name.encode()).hexdigest()[:24],
         "name": name,
         "created_at": _date(created),
         "smtp_login": f"postmaster@{name}",
-        "spam_action": record.spam_action if record else "disabled",
+        "spam_action": spam_action,
+        "spam_threshold": spam_threshold,  # mtad: the score from which mail is spam (X-Mailgun-Sflag, block)
+        "spam_on_error": spam_on_error,  # mtad: accept | tempfail when spamd gives no score
         "wildcard": record.wildcard if record else False,
         "state": request.app[STATES].get(name, "unverified"),
         "type": "custom",
@@ -288,6 +306,7 @@ def _new_domain_form(form, request: web.Request) -> dict[str, Any]:
     if password is not None and (not isinstance(password, str) or not 5 <= len(password) <= 32):
         raise web.HTTPBadRequest(text="'smtp_password' must be 5 to 32 characters long")
     return {"name": name, "spam_action": spam_action, "bits": bits, "selector": selector, "password": password or None,
+            "spam_threshold": _threshold(form.get("spam_threshold")), "spam_on_error": _on_error(form),
             "receiving": _bool(form.get("receiving"), "receiving", True),
             "wildcard": _bool(form.get("wildcard"), "wildcard", False)}
 
@@ -301,7 +320,7 @@ async def create_domain(request: web.Request) -> web.Response:
     pem = await asyncio.to_thread(dkim.generate_key, "rsa", f["bits"])
     now = time.time()
     record = accounts_mod.DomainRecord(name, now, f["receiving"], f["spam_action"], f["wildcard"], f["selector"],
-                                       pem.decode())
+                                       pem.decode(), f["spam_threshold"], f["spam_on_error"])
     credential = None
     if f["password"]:
         credential = accounts_mod.Credential(f"postmaster@{name}", name,
@@ -315,6 +334,65 @@ async def create_domain(request: web.Request) -> web.Response:
     if f["password"]:
         body["domain"]["smtp_password"] = f["password"]  # shown once, as Mailgun does; kept only as a hash
     return web.json_response(await _with_records(request, name, body))
+
+
+def _threshold(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise web.HTTPBadRequest(text="'spam_threshold' must be a number") from None
+    if not -1000 <= n <= 1000:  # SpamAssassin scores: low negatives to 20 and more (GTUBE: 1000)
+        raise web.HTTPBadRequest(text="'spam_threshold' must be between -1000 and 1000")
+    return n
+
+
+def _on_error(form) -> str | None:
+    on_error = str(form.get("spam_on_error") or "")
+    if on_error not in ("", "accept", "tempfail"):
+        raise web.HTTPBadRequest(text="'spam_on_error' must be accept or tempfail (empty: the default)")
+    return on_error or None
+
+
+def _updated(form, record: accounts_mod.DomainRecord) -> accounts_mod.DomainRecord:
+    """The record with the fields of ``PUT /v3/domains/{name}`` that were given (HTTPBadRequest naming a bad one)."""
+    changes: dict[str, Any] = {}
+    if "spam_action" in form:
+        action = str(form.get("spam_action") or "")
+        if action not in SPAM_ACTIONS:
+            raise web.HTTPBadRequest(text=f"'spam_action' must be one of {', '.join(SPAM_ACTIONS)}")
+        changes["spam_action"] = action
+    if "wildcard" in form:
+        changes["wildcard"] = _bool(form.get("wildcard"), "wildcard", record.wildcard)
+    if "spam_threshold" in form:
+        changes["spam_threshold"] = _threshold(form.get("spam_threshold"))
+    if "spam_on_error" in form:
+        changes["spam_on_error"] = _on_error(form)
+    return dataclasses.replace(record, **changes)
+
+
+async def update_domain(request: web.Request) -> web.Response:
+    """``PUT /v3/domains/{name}``: Mailgun's domain update, for the settings mtad has (others are ignored)."""
+    ctx = context(request)
+    name = request.match_info["name"].lower()
+    found = _lookup(request, name)
+    if found is None:
+        return error(404, "Domain not found")
+    if found[0] == "config":
+        return _read_only(f"Domain {name}")
+    form = await read_post(request)
+    async with request.app[LOCK]:
+        record = _accounts(ctx).domains.get(name)
+        if record is None:
+            return error(404, "Domain not found")
+        record = _updated(form, record)
+        if not await ctx.store.update_domain(record):
+            return error(404, "Domain not found")
+        await _apply(request)
+    return web.json_response({"message": "Domain has been updated",
+                              "domain": _domain_json(request, name, "api", record.created_at, record.receiving,
+                                                     record)})
 
 
 async def get_domain(request: web.Request) -> web.Response:
@@ -468,6 +546,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v3/domains", create_domain)
     app.router.add_get("/v3/domains/{name}", get_domain)
     app.router.add_delete("/v3/domains/{name}", delete_domain)
+    app.router.add_put("/v3/domains/{name}", update_domain)
     app.router.add_put("/v3/domains/{name}/verify", verify_domain)
     app.router.add_get("/v3/domains/{name}/credentials", list_credentials)
     app.router.add_post("/v3/domains/{name}/credentials", create_credential)
@@ -479,4 +558,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v4/domains", create_domain)
     app.router.add_get("/v4/domains/{name}", get_domain)
     app.router.add_delete("/v4/domains/{name}", delete_domain)
+    app.router.add_put("/v4/domains/{name}", update_domain)
     app.router.add_put("/v4/domains/{name}/verify", verify_domain)

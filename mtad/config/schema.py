@@ -365,6 +365,52 @@ class LogConfig:
     format: Literal["text", "json"] = "text"
 
 
+SpamAction = Literal["disabled", "tag", "block"]
+SpamOnError = Literal["accept", "tempfail"]
+
+
+@dataclass(frozen=True)
+class SpamdConfig(HostPort):
+    """SpamAssassin's ``spamd``, asked over its protocol (mtad.inbound.spam): at ``address`` (HOST:PORT) or at the
+    Unix ``socket`` (it wins when given). A message larger than ``max_size`` is not scanned (spamc's 500 KB
+    default); at most ``max_concurrent`` scans at once (spamd's own default of 5 children, doubled); a scan not
+    answered within ``timeout`` (waiting for a slot included) is an error: the domain's ``on_error`` applies."""
+
+    address: str = "127.0.0.1:783"
+    socket: str = ""
+    timeout: Duration = Duration(10)
+    max_size: Size = Size(500_000)
+    max_concurrent: int = 10
+
+    def __post_build__(self, path: str) -> None:
+        check_address(self.address, f"{path}.address", ip_only=False)
+        if self.timeout.seconds <= 0:
+            raise ConfigError(f"{path}.timeout", "must be more than 0s")
+        if not 1 <= self.max_concurrent <= 1000:
+            raise ConfigError(f"{path}.max_concurrent", f"must be 1 to 1000, got {self.max_concurrent}")
+
+
+@dataclass(frozen=True)
+class SpamDomainConfig:
+    """The spam policy of one receiving domain of this file (API domains keep theirs in the store)."""
+
+    action: SpamAction = "disabled"
+    threshold: float | None = None  # none: spam.threshold
+    on_error: SpamOnError | None = None  # none: spam.on_error
+
+
+@dataclass(frozen=True)
+class SpamConfig:
+    """Spam filtering of mail received on MX listeners (docs/configuration.md, "spam"): ``spamd`` is where to
+    ask; ``domains`` the policy of this file's receiving domains; ``threshold`` and ``on_error`` the defaults of
+    every domain (the seed manual's 5.0)."""
+
+    spamd: SpamdConfig | None = None  # none: nothing is scanned (domains that ask for it follow on_error)
+    threshold: float = 5.0
+    on_error: SpamOnError = "accept"  # spamd down or slow: accept untagged | tempfail (451 4.7.1)
+    domains: dict[str, SpamDomainConfig] = field(default_factory=dict)
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig("127.0.0.1:2525", "mx", "starttls", "mx"),
@@ -390,6 +436,7 @@ class Config:
     webhooks: WebhooksConfig = WebhooksConfig()
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
+    spam: SpamConfig = SpamConfig()  # SpamAssassin's spamd for receiving domains (mtad.inbound.spam)
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 
     def __post_build__(self, path: str) -> None:
@@ -407,6 +454,11 @@ class Config:
                 if "@" in user:
                     raise ConfigError(f"sending_domains.{domain}.users.{user}",
                                       "give the local part only; the login is local@domain")
+        receiving = {d.lower() for d in self.receiving_domains}
+        for domain in self.spam.domains:
+            if domain not in receiving:
+                raise ConfigError(f"spam.domains.{domain}", "not one of receiving_domains (lower case); a domain "
+                                                            "created through the API has its spam_action there")
 
     # --- derived views -------------------------------------------------------------------------
     def path(self, relative: str) -> Path:

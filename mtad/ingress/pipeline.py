@@ -34,6 +34,7 @@ from mtad.base.errors import OptionError, StoreError, StoreUnavailable
 from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
+from mtad.inbound.spam import SpamFilter
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -128,6 +129,7 @@ class Ingress:
         self.auth_guard = AuthGuard(limits)
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
+        self.spam_filter: SpamFilter | None = None  # spam filtering of MX mail (issue 15 item 3), set by app.py
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
@@ -211,6 +213,13 @@ class Ingress:
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+        # --- spam filtering (issue 15 item 3; mtad.inbound.spam): MX mail only, before the commit ---------------
+        if not outbound and self.spam_filter is not None:
+            spam = await self.spam_filter.check(tx.recipients, content, session.client_ip)
+            if spam.refuse:
+                return await self._refuse(session, tx, spam.refuse)
+            content, fields = spam.apply(content, fields)
+        # --- end of spam filtering -----------------------------------------------------------------------------
         queue_id = spool.new_queue_id()
         now = self.clock()
         summary = headers.summary(fields)

@@ -27,6 +27,8 @@ class DomainRecord:
     wildcard: bool
     dkim_selector: str
     dkim_key: str  # PEM private key
+    spam_threshold: float | None = None  # None: the config's spam.threshold
+    spam_on_error: str | None = None  # accept | tempfail; None: the config's spam.on_error
 
     def signing_key(self) -> dkim.DkimKey:
         return dkim.load_key(self.name, self.dkim_selector, self.dkim_key.encode())
@@ -58,8 +60,9 @@ class Accounts:
 
 
 def load(conn: sqlite3.Connection) -> Accounts:
-    domains = {r[0]: DomainRecord(r[0], r[1], bool(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in conn.execute(
-        "SELECT name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key FROM domains")}
+    domains = {r[0]: DomainRecord(r[0], r[1], bool(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8])
+               for r in conn.execute("SELECT name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key,"
+                                     " spam_threshold, spam_on_error FROM domains")}
     creds = {r[0]: Credential(*r) for r in conn.execute(
         "SELECT login, domain, password_hash, created_at FROM credentials")}
     return Accounts(domains, creds)
@@ -68,10 +71,18 @@ def load(conn: sqlite3.Connection) -> Accounts:
 def add_domain(conn: sqlite3.Connection, d: DomainRecord) -> bool:
     """False when the domain exists already."""
     return _changed(conn, conn.execute(
-        "INSERT INTO domains (name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO domains (name, created_at, receiving, spam_action, wildcard, dkim_selector, dkim_key,"
+        " spam_threshold, spam_on_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         (d.name, d.created_at, int(d.receiving), d.spam_action, int(d.wildcard), d.dkim_selector,
-         d.dkim_key)).rowcount > 0)
+         d.dkim_key, d.spam_threshold, d.spam_on_error)).rowcount > 0)
+
+
+def update_domain(conn: sqlite3.Connection, d: DomainRecord) -> bool:
+    """Set the settings ``PUT /v3/domains/{name}`` changes (spam policy, wildcard); False when there is no such
+    domain. Its name, creation time, receiving flag and DKIM key stay."""
+    return _changed(conn, conn.execute(
+        "UPDATE domains SET spam_action = ?, wildcard = ?, spam_threshold = ?, spam_on_error = ? WHERE name = ?",
+        (d.spam_action, int(d.wildcard), d.spam_threshold, d.spam_on_error, d.name)).rowcount > 0)
 
 
 def _changed(conn: sqlite3.Connection, done: bool) -> bool:
@@ -128,6 +139,11 @@ class AccountStore(Protocol):
         a domain of that name exists."""
         ...
 
+    async def update_domain(self, record: DomainRecord) -> bool:
+        """Set the domain's ``spam_action``, ``wildcard``, ``spam_threshold`` and ``spam_on_error`` to the record's
+        (the other fields are kept); False (nothing written) if there is no domain of that name."""
+        ...
+
     async def delete_domain(self, name: str) -> bool:
         """Delete a domain and every credential of it, together; False if there was no such domain."""
         ...
@@ -158,6 +174,9 @@ class AccountMethods:
 
     async def add_domain(self, record: DomainRecord, credential: Credential | None = None) -> bool:
         return await self._account_change(lambda c: add_domain_with(c, record, credential))
+
+    async def update_domain(self, record: DomainRecord) -> bool:
+        return await self._account_change(lambda c: update_domain(c, record))
 
     async def delete_domain(self, name: str) -> bool:
         return await self._account_change(lambda c: delete_domain(c, name))

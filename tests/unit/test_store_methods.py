@@ -87,6 +87,18 @@ async def test_accounts_commit_a_domain_with_its_first_credential(store):
     assert accounts.domains == {} and accounts.credentials == {}
 
 
+async def test_a_domains_spam_policy_is_kept_and_updated(store):
+    domain = DomainRecord("spam.test", 1.0, True, "tag", False, "mx", "PEM", 6.5, "tempfail")
+    assert await store.add_domain(domain) is True
+    assert (await store.load_accounts()).domains["spam.test"] == domain
+    changed = DomainRecord("spam.test", 99.0, False, "block", True, "other", "OTHER", None, None)
+    assert await store.update_domain(changed) is True
+    # only the settings PUT changes are written: name, creation time, receiving and the DKIM key stay
+    assert (await store.load_accounts()).domains["spam.test"] == DomainRecord(
+        "spam.test", 1.0, True, "block", True, "mx", "PEM", None, None)
+    assert await store.update_domain(DomainRecord("none.test", 1.0, True, "tag", False, "mx", "PEM")) is False
+
+
 async def test_routes_are_records_in_order_of_creation(store):
     a = RouteRecord("a" * 24, 1, "first", 'match_recipient(".*")', ('forward("http://h/a")',), 10.0)
     b = RouteRecord("b" * 24, 0, "second", "catch_all()", ("stop()",), 20.0)
