@@ -125,11 +125,14 @@ async def test_failed_batches_and_refused_answers_are_done_in_process():
 
 async def test_a_child_that_does_not_answer_in_time_is_replaced(fast_restart):
     kind = Doubling()
-    kind.timeout = 0.5
+    kind.timeout = 30.0  # a loaded machine may take seconds to start the child: let the first job reach it
     pool = WorkerPool(kind, 1)
     try:
-        await pool.run(1)
+        await pool.run(1)  # starts the child
+        await wait_for(lambda: pool.pids, 30, "the child")
         (pid,) = pool.pids
+        assert (await pool.run(1))[2] == pid
+        kind.timeout = 0.5
         assert await pool.run_many(["sleep", 3]) == [("sleep", 0, HERE, 0), (6, 0, HERE, 0)]
         await wait_for(lambda: pool.pids and pool.pids[0] != pid, 10, "a new child")
     finally:
