@@ -35,6 +35,7 @@ from mtad.net.httpclient import HttpClient
 from mtad.inbound.routing import Routing, check_config_routes, route_of
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
+from mtad.inbound.verdicts.check import Verifier
 from mtad.inbound.router import Route
 from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
@@ -182,6 +183,13 @@ class App:
         self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
+        # issue 15: SPF/DKIM/DMARC/ARC verdicts on MX mail, DNS through a resolver with the delivery settings
+        d = cfg.delivery
+        self.verifier = Verifier(cfg.authentication, cfg.hostname,
+                                 Resolver(list(d.dns_nameservers) or None, d.dns_port, d.dns_timeout.seconds))
+        self.verifier.stored_policies = await self.store.load_auth_policies()
+        self._unsubscribe.append(self.store.on_change("accounts", self._reload_auth_policies))
+        self.ingress.verifier = self.verifier
         wakers = []
         self.config_dkim_keys = load_dkim_keys(cfg) if cfg.delivery.enabled else {}
         if cfg.delivery.enabled:
@@ -239,6 +247,10 @@ class App:
         accounts = await self.store.load_accounts()
         if accounts != self.accounts:
             self.apply_accounts(accounts)
+
+    async def _reload_auth_policies(self) -> None:
+        """Authentication policies set through the API of any node (``store.authpolicy``)."""
+        self.verifier.stored_policies = await self.store.load_auth_policies()
 
     async def _load_api_routes(self) -> None:
         """Routes created through the API (of any node; at start and after a change, ``store.changes``); one
@@ -364,6 +376,7 @@ class App:
         self._reload_api_keys(cfg)
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
+            self.verifier.configure(cfg.authentication, cfg.hostname)
             self._background.append(asyncio.get_running_loop().create_task(self._reload_routes(cfg)))
         log.info("configuration reloaded from %s", self.config_path)
         sdnotify.notify("STATUS=configuration reloaded")
@@ -426,6 +439,7 @@ class App:
             await self.scheduler.stop()
         await self.forward_loop.stop()
         await self.forwarder.close()
+        await self.verifier.close()
         await self.store_loop.stop()
         await self.http.close()
         if getattr(self, "webhook_loop", None) is not None:

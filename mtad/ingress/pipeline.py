@@ -34,6 +34,7 @@ from mtad.base.errors import OptionError, StoreError, StoreUnavailable
 from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
+from mtad.inbound.verdicts.check import Verifier
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -128,6 +129,7 @@ class Ingress:
         self.auth_guard = AuthGuard(limits)
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
+        self.verifier: Verifier | None = None  # inbound authentication verdicts (issue 15), set by app.py
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
@@ -211,6 +213,14 @@ class Ingress:
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+        verdicts = None
+        if not outbound and self.verifier is not None:  # issue 15: inbound SPF/DKIM/DMARC/ARC (inbound.verdicts)
+            checked = await self.verifier.check(content, fields, client_ip=session.client_ip,
+                                                helo=session.host_name or "", sender=tx.sender or "",
+                                                domains=[r.rpartition("@")[2] for r in tx.recipients])
+            if checked.reply is not None:
+                return await self._refuse(session, tx, checked.reply)
+            content, verdicts = checked.content, checked.verdicts
         queue_id = spool.new_queue_id()
         now = self.clock()
         summary = headers.summary(fields)
@@ -220,7 +230,8 @@ class Ingress:
                                     summary.from_, summary.to, summary.subject)
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
-                            transport="smtp", listener=session.listener.name if session.listener else "")
+                            transport="smtp", listener=session.listener.name if session.listener else "",
+                            verdicts=verdicts)
         return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,

@@ -8,6 +8,10 @@
 
 ``resolve_addresses(host)`` answers the A then AAAA addresses of one MX host; an IP literal is returned as is.
 
+``records(name, rdtype)`` answers the records of one name and type as text, for the inbound authentication checks
+(SPF, DKIM keys, DMARC: ``mtad.inbound.verdicts``): TXT as the record's strings joined, A/AAAA as addresses,
+MX and PTR as host names; NXDOMAIN or no records of that type -> ``()``; any other failure -> ``TempFailure``.
+
 Positive and negative answers are cached in memory for their TTL by dnspython's bounded LRU cache, and MX answers
 also as ready host lists (a queue for one domain costs one lookup, not one per message); the caches can be lost at
 any time. Concurrent lookups of one name and type share one query (a thousand queued messages to a new domain make
@@ -134,6 +138,28 @@ class Resolver:
                 raise failure
             raise TempFailure(f"{host}: address lookup failed: {_describe(failure)}") from failure
         return addresses
+
+
+    async def records(self, name: str, rdtype: str) -> tuple[str, ...]:
+        """The ``rdtype`` records of ``name`` as text (module doc); ``()`` for NXDOMAIN, none of that type, or a
+        name that cannot exist. Only a failed lookup (timeout, SERVFAIL, no nameserver) raises ``TempFailure``."""
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return ()
+        try:
+            answer = await self._resolve(qname, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return ()
+        except dns.exception.DNSException as exc:
+            raise TempFailure(f"{name}: {rdtype} lookup failed: {_describe(exc)}") from exc
+        if rdtype == "TXT":
+            return tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+        if rdtype in ("A", "AAAA"):
+            return tuple(r.address for r in answer)
+        if rdtype == "MX":
+            return tuple(r.exchange.to_text(omit_final_dot=True).lower() for r in answer)
+        return tuple(r.to_text().rstrip(".").lower() for r in answer)  # PTR and the rest: the target name
 
 
 def _in_order(hosts: list[MxHost]) -> MxResult:

@@ -242,12 +242,26 @@ CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
 """)
 
 
+def _v6(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS domain_auth_policies (
+    domain TEXT PRIMARY KEY,
+    dmarc_reject TEXT NOT NULL,
+    dmarc_quarantine TEXT NOT NULL,
+    spf_fail TEXT NOT NULL,
+    no_auth TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
+    Migration(6, "domain_auth_policies: per receiving domain authentication policies", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
