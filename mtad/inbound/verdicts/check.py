@@ -7,7 +7,8 @@
 - ``reply``: a ``550 5.7.1`` when a recipient domain's policy rejects the message, else None.
 
 How it runs: at most ``max_concurrent`` messages are checked at once (others wait). For one message the SPF
-evaluation, the DKIM/ARC key lookups and the DMARC record lookup run concurrently on mtad's resolver; then the
+evaluation, the DKIM/ARC key lookups and the DMARC record lookup run concurrently on mtad's resolver (in turn when
+their first records are all in the resolver's cache: then nothing waits, and tasks would only cost CPU); then the
 DKIM/ARC verification (CPU) runs in the worker pool (``dkimjob``); then DMARC is evaluated. Past ``timeout``
 seconds the checks not finished are ``temperror``. A ``temperror`` never rejects: only a definite failure does.
 """
@@ -99,16 +100,27 @@ class Verifier:
                         sender: str) -> results.Verdicts:
         from_domain = dmarc.author_domain([f.value for f in fields if f.name.lower() == "from"])
         names = dkimjob.key_names(((f.name, f.value) for f in fields), self.config.max_signatures)
-        policy_task = asyncio.ensure_future(self._dmarc_policy(from_domain))
-        try:
-            spf_result, keys = await asyncio.gather(spf.check_host(self.dns, client_ip, sender, helo),
-                                                    self._keys(names))
+        spf_domain = (sender.rpartition("@")[2] if "@" in sender else helo).lower().rstrip(".")
+        known = getattr(self.dns, "known", None)
+        if known is not None and all(known(n, "TXT") for n in (spf_domain, f"_dmarc.{from_domain}", *names)):
+            # every first lookup is in the resolver's cache: in turn, without the tasks concurrency costs
+            spf_result = await spf.check_host(self.dns, client_ip, sender, helo)
+            keys = {n: await self._key(n) for n in names}
+            policy = await self._dmarc_policy(from_domain)
             outcome = dkimjob.DkimOutcome((), "none")
             if names:
                 outcome = await self.pool.run((content, keys, self.config.max_signatures))
-            policy = await policy_task
-        finally:
-            policy_task.cancel()
+        else:
+            policy_task = asyncio.ensure_future(self._dmarc_policy(from_domain))
+            try:
+                spf_result, keys = await asyncio.gather(spf.check_host(self.dns, client_ip, sender, helo),
+                                                        self._keys(names))
+                outcome = dkimjob.DkimOutcome((), "none")
+                if names:
+                    outcome = await self.pool.run((content, keys, self.config.max_signatures))
+                policy = await policy_task
+            finally:
+                policy_task.cancel()
         dkim_domains = [s.domain for s in outcome.signatures if s.result == "pass"]
         if from_domain is None:
             verdict = dmarc.DmarcResult("permerror", "", "none", "not exactly one author address in From")
@@ -126,17 +138,19 @@ class Verifier:
         except TempFailure as exc:
             return exc
 
+    async def _key(self, name: str) -> str | None:
+        """The DKIM key record at ``name`` (the one with ``p=`` among others sharing the name); ``TEMP``."""
+        try:
+            texts = await self.dns.records(name, "TXT")
+        except TempFailure:
+            return dkimjob.TEMP
+        for text in texts:
+            if "p=" in text:
+                return text
+        return texts[0] if texts else None
+
     async def _keys(self, names: list[str]) -> dict[str, str | None]:
-        async def one(name: str) -> str | None:
-            try:
-                texts = await self.dns.records(name, "TXT")
-            except TempFailure:
-                return dkimjob.TEMP
-            for text in texts:  # the key record among others that may share the name
-                if "p=" in text:
-                    return text
-            return texts[0] if texts else None
-        found = await asyncio.gather(*(one(n) for n in names))
+        found = await asyncio.gather(*(self._key(n) for n in names))
         return dict(zip(names, found))
 
 

@@ -79,10 +79,41 @@ def key_names(fields: Iterable[tuple[str, str]], max_signatures: int) -> list[st
     return names
 
 
+def _int2str(n: int, length: int = -1) -> bytearray:
+    """``dkim.crypto.int2str`` with the same results, by ``int.to_bytes`` (dkimpy's goes byte by byte in Python:
+    half of a verification's CPU time); ``length`` keeps the low bytes, as dkimpy's does."""
+    assert n >= 0
+    if length < 0:
+        return bytearray(n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big"))
+    return bytearray((n & ((1 << (8 * length)) - 1)).to_bytes(length, "big"))
+
+
+def _str2int(s: bytes) -> int:
+    """``dkim.crypto.str2int`` with the same results, by ``int.from_bytes``."""
+    return int.from_bytes(bytes(s), "big")
+
+
+_DKIMPY: list = []
+REPLACED: dict = {}  # dkimpy's own functions, kept for the test that compares them with ours
+
+
+def _dkimpy():
+    """dkimpy, imported on first use (a daemon without inbound mail never loads it), its two integer conversions
+    replaced by the equivalents above (tests/unit/test_verdicts.py checks they agree)."""
+    if not _DKIMPY:
+        import dkim
+        import dkim.crypto
+        REPLACED.update(int2str=dkim.crypto.int2str, str2int=dkim.crypto.str2int)
+        dkim.crypto.int2str = _int2str
+        dkim.crypto.str2int = _str2int
+        _DKIMPY.append(dkim)
+    return _DKIMPY[0]
+
+
 def verify(message: bytes, keys: dict[str, str | None], max_signatures: int) -> tuple:
     """In a child or here: the plain-data answer ``(signatures, arc, arc_reason)``, each signature
     ``(result, d, s, a, b, reason)``."""
-    import dkim  # dkimpy: imported by the job, so a daemon without inbound mail never loads it
+    dkim = _dkimpy()
 
     temp: set[str] = set()
 
