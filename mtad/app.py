@@ -35,6 +35,7 @@ from mtad.net.httpclient import HttpClient
 from mtad.inbound.routing import Routing, check_config_routes, route_of
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
+from mtad.inbound.verdicts.check import Verifier
 from mtad.inbound.router import Route
 from mtad.outbound.scheduler import Scheduler
 from mtad.smtp.server import MtadSMTP, Sessions
@@ -183,6 +184,13 @@ class App:
         self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing)
+        # issue 15: SPF/DKIM/DMARC/ARC verdicts on MX mail, DNS through a resolver with the delivery settings
+        d = cfg.delivery
+        self.verifier = Verifier(cfg.authentication, cfg.hostname,
+                                 Resolver(list(d.dns_nameservers) or None, d.dns_port, d.dns_timeout.seconds))
+        self.verifier.stored_policies = await self.store.load_auth_policies()
+        self._unsubscribe.append(self.store.on_change("accounts", self._reload_auth_policies))
+        self.ingress.verifier = self.verifier
         self.spam_filter = SpamFilter(cfg.spam)  # spam filtering of MX mail (issue 15 item 3)
         self._apply_spam(cfg)
         self.ingress.spam_filter = self.spam_filter
@@ -253,6 +261,10 @@ class App:
         accounts = await self.store.load_accounts()
         if accounts != self.accounts:
             self.apply_accounts(accounts)
+
+    async def _reload_auth_policies(self) -> None:
+        """Authentication policies set through the API of any node (``store.authpolicy``)."""
+        self.verifier.stored_policies = await self.store.load_auth_policies()
 
     async def _load_api_routes(self) -> None:
         """Routes created through the API (of any node; at start and after a change, ``store.changes``); one
@@ -378,6 +390,7 @@ class App:
         self._reload_api_keys(cfg)
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
+            self.verifier.configure(cfg.authentication, cfg.hostname)
             self._apply_spam(cfg)
             self._background.append(asyncio.get_running_loop().create_task(self._reload_routes(cfg)))
         log.info("configuration reloaded from %s", self.config_path)
@@ -441,6 +454,7 @@ class App:
             await self.scheduler.stop()
         await self.forward_loop.stop()
         await self.forwarder.close()
+        await self.verifier.close()
         await self.store_loop.stop()
         await self.http.close()
         if getattr(self, "webhook_loop", None) is not None:

@@ -76,6 +76,7 @@ class Envelope:
     tls: bool = False
     transport: str = "smtp"  # smtp | http
     listener: str = ""
+    verdicts: Mapping[str, str] | None = None  # inbound authentication (spf, dkim, dmarc, arc, action): issue 15
 
 
 @dataclass(frozen=True)

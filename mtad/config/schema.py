@@ -286,6 +286,52 @@ class RoutingConfig:
         # by ``mtad check-config``, at start and at reload): the config keeps them as data.
 
 
+AuthAction = Literal["reject", "quarantine", "ignore"]
+_AUTHSERV_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True)
+class AuthPolicyConfig:
+    """What is done with an inbound message of a receiving domain when authentication fails (issue 15):
+    ``reject`` (550 5.7.1 at the end of DATA), ``quarantine`` (accepted, tagged ``X-Mailgun-Auth-Quarantine``)
+    or ``ignore`` (accepted, verdicts recorded only). The strictest action of the conditions met applies."""
+
+    dmarc_reject: AuthAction = "reject"  # DMARC fail, the From domain asks p=reject
+    dmarc_quarantine: AuthAction = "quarantine"  # DMARC fail, the From domain asks p=quarantine
+    spf_fail: AuthAction = "ignore"  # SPF fail (-all matched), whatever DMARC says
+    no_auth: AuthAction = "ignore"  # neither SPF nor any DKIM signature passed
+
+
+@dataclass(frozen=True)
+class AuthenticationConfig:
+    """Inbound authentication verdicts (SPF, DKIM, DMARC, ARC) on every unauthenticated message received on an MX
+    listener, before the route runs; DNS through the delivery resolver (``delivery.dns_*``)."""
+
+    enabled: bool = True
+    authserv_id: str = ""  # the Authentication-Results authserv-id; empty: hostname
+    max_concurrent: int = 200  # messages checked at once; more wait their turn
+    timeout: Duration = Duration(10)  # for all the checks of one message; past it the unfinished are temperror
+    max_signatures: int = 5  # DKIM signatures verified per message (the first ones)
+    workers: int = 1  # DKIM/ARC verification processes, started on first use; 0: in the main process
+    policy: AuthPolicyConfig = AuthPolicyConfig()  # every receiving domain's, unless in domains
+    domains: dict[str, AuthPolicyConfig] = field(default_factory=dict)  # receiving domain -> its own policy
+
+    def __post_build__(self, path: str) -> None:
+        if self.authserv_id and not _AUTHSERV_ID.fullmatch(self.authserv_id):
+            raise ConfigError(f"{path}.authserv_id", "expected a host name like mx.example.com")
+        if not 1 <= self.max_concurrent <= 100_000:
+            raise ConfigError(f"{path}.max_concurrent", "must be 1 to 100000")
+        if not 1 <= self.max_signatures <= 50:
+            raise ConfigError(f"{path}.max_signatures", "must be 1 to 50")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"{path}.workers", "must be between 0 and 64")
+        if self.timeout.seconds <= 0:
+            raise ConfigError(f"{path}.timeout", "must be more than 0s")
+        for domain in self.domains:
+            if domain != domain.lower() or "@" in domain:
+                raise ConfigError(f"{path}.domains.{domain}", "domain names must be lower case, without @")
+
+
 WEBHOOK_IDS = ("accepted", "delivered", "opened", "clicked", "unsubscribed", "complained", "permanent_fail",
                "temporary_fail")
 # The seed manual's schedule: retried seven times, three times every 10 minutes, then four times every 30.
@@ -434,6 +480,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     api: ApiConfig = ApiConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    authentication: AuthenticationConfig = AuthenticationConfig()  # inbound SPF/DKIM/DMARC/ARC (issue 15)
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
     spam: SpamConfig = SpamConfig()  # SpamAssassin's spamd for receiving domains (mtad.inbound.spam)

@@ -61,6 +61,14 @@ def base_event(kind: str, *, timestamp: float, recipient: str, queue_id: str, me
     return event
 
 
+def with_authentication(extra: dict[str, Any], verdicts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``extra`` plus an inbound message's authentication verdicts (``authentication``: spf, dkim, dmarc, arc and
+    the policy's action; issue 15), when it has them."""
+    if verdicts:
+        extra["authentication"] = dict(verdicts)
+    return extra
+
+
 def accepted_events(msg: NewMessage, queue_id: str, now: float) -> list[dict[str, Any]]:
     """One ``accepted`` event per recipient of a newly committed message."""
     env = msg.envelope
@@ -75,6 +83,7 @@ def accepted_events(msg: NewMessage, queue_id: str, now: float) -> list[dict[str
         extra = {"method": env.transport, "originating-ip": env.client_ip}
         if msg.direction == "inbound":
             extra["direction"] = "incoming"
+            with_authentication(extra, env.verdicts)
         else:
             extra["direction"] = "outgoing"
         events.append(base_event("accepted", timestamp=now, recipient=rcpt, queue_id=queue_id,

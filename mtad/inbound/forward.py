@@ -124,7 +124,9 @@ class Forwarder:
                   "session-seconds": round(seconds, 3), "url": row.destination}
         if retry_at:
             status["retry-seconds"] = int(retry_at - now)
-        extra: dict[str, Any] = {"delivery-status": status, "method": "http", "route": {"id": row.route_id}}
+        extra: dict[str, Any] = shape.with_authentication(
+            {"delivery-status": status, "method": "http", "route": {"id": row.route_id}},
+            message.envelope.get("verdicts"))
         if kind == "failed":
             extra["severity"] = severity
             extra["reason"] = "rejected" if result.status == 406 else ("generic" if severity == "temporary" else "old")

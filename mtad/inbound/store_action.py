@@ -156,7 +156,8 @@ class StoreAction:
             options=message.options,
             envelope={"sender": message.sender, "targets": row.recipient, "transport": "smtp"},
             flags={"is-routed": True, "is-authenticated": False, "is-test-mode": False},
-            extra={"storage": {"key": message.id, "url": url}, "route": {"id": row.route_id}}))
+            extra=shape.with_authentication({"storage": {"key": message.id, "url": url}, "route": {"id": row.route_id}},
+                                            message.envelope.get("verdicts"))))
 
     async def _record(self, row: WorkItem, message: QueuedMessage, result: HttpResult) -> None:
         now = self.clock()

@@ -35,6 +35,7 @@ from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
 from mtad.inbound.spam import SpamFilter
+from mtad.inbound.verdicts.check import Verifier
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -130,6 +131,7 @@ class Ingress:
         self.counters = Counters()
         self.on_commit: Callable[[], None] = lambda: None  # wakes the scheduler
         self.spam_filter: SpamFilter | None = None  # spam filtering of MX mail (issue 15 item 3), set by app.py
+        self.verifier: Verifier | None = None  # inbound authentication verdicts (issue 15), set by app.py
 
     def reload(self, *, limits: LimitsConfig, directory: Directory) -> None:
         self.limits = limits
@@ -213,6 +215,16 @@ class Ingress:
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+        verdicts = None
+        if not outbound and self.verifier is not None:  # issue 15: inbound SPF/DKIM/DMARC/ARC (inbound.verdicts)
+            checked = await self.verifier.check(content, fields, client_ip=session.client_ip,
+                                                helo=session.host_name or "", sender=tx.sender or "",
+                                                domains=[r.rpartition("@")[2] for r in tx.recipients])
+            if checked.reply is not None:
+                return await self._refuse(session, tx, checked.reply)
+            if checked.content is not content:  # the verdicts changed the header block: its fields' spans moved
+                fields, _ = headers.parse_block(checked.content, limits.max_header_count + 4, len(checked.content))
+            content, verdicts = checked.content, checked.verdicts
         # --- spam filtering (issue 15 item 3; mtad.inbound.spam): MX mail only, before the commit ---------------
         if not outbound and self.spam_filter is not None:
             spam = await self.spam_filter.check(tx.recipients, content, session.client_ip)
@@ -229,7 +241,8 @@ class Ingress:
                                     summary.from_, summary.to, summary.subject)
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
-                            transport="smtp", listener=session.listener.name if session.listener else "")
+                            transport="smtp", listener=session.listener.name if session.listener else "",
+                            verdicts=verdicts)
         return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,

@@ -8,6 +8,12 @@
 
 ``resolve_addresses(host)`` answers the A then AAAA addresses of one MX host; an IP literal is returned as is.
 
+``records(name, rdtype)`` answers the records of one name and type as text, for the inbound authentication checks
+(SPF, DKIM keys, DMARC: ``mtad.inbound.verdicts``): TXT as the record's strings joined, A/AAAA as addresses,
+MX and PTR as host names; NXDOMAIN or no records of that type -> ``()``; any other failure -> ``TempFailure``.
+Its answers are also kept as text for their TTL (a "none" for ``NEGATIVE_TTL``): the same few domains come back
+with every message.
+
 Positive and negative answers are cached in memory for their TTL by dnspython's bounded LRU cache, and MX answers
 also as ready host lists (a queue for one domain costs one lookup, not one per message); the caches can be lost at
 any time. Concurrent lookups of one name and type share one query (a thousand queued messages to a new domain make
@@ -29,6 +35,9 @@ import dns.name
 import dns.resolver
 
 from mtad.base.errors import PermFailure, TempFailure
+
+
+NEGATIVE_TTL = 60.0  # seconds a "no such record" answer of ``records`` is kept
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Resolver:
         self._pending: dict[tuple[dns.name.Name, str], asyncio.Future[dns.resolver.Answer]] = {}
         self._mx: dict[str, tuple[float, tuple[MxHost, ...]]] = {}  # domain -> (expires, hosts by preference)
         self._mx_size = cache_size
+        self._records: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (name, type) -> (expires, text)
 
     async def _resolve(self, name: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
         """dnspython's lookup, shared by every caller asking for the same name and type meanwhile."""
@@ -134,6 +144,52 @@ class Resolver:
                 raise failure
             raise TempFailure(f"{host}: address lookup failed: {_describe(failure)}") from failure
         return addresses
+
+
+    async def records(self, name: str, rdtype: str) -> tuple[str, ...]:
+        """The ``rdtype`` records of ``name`` as text (module doc); ``()`` for NXDOMAIN, none of that type, or a
+        name that cannot exist. Only a failed lookup (timeout, SERVFAIL, no nameserver) raises ``TempFailure``."""
+        key = (name.lower(), rdtype)
+        cached = self._records.get(key)
+        now = time.time()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return ()
+        try:
+            answer = await self._resolve(qname, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            self._remember_records(key, now + NEGATIVE_TTL, ())
+            return ()
+        except dns.exception.DNSException as exc:
+            raise TempFailure(f"{name}: {rdtype} lookup failed: {_describe(exc)}") from exc
+        if rdtype == "TXT":
+            found = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+        elif rdtype in ("A", "AAAA"):
+            found = tuple(r.address for r in answer)
+        elif rdtype == "MX":
+            found = tuple(r.exchange.to_text(omit_final_dot=True).lower() for r in answer)
+        else:
+            found = tuple(r.to_text().rstrip(".").lower() for r in answer)  # PTR and the rest: the target name
+        self._remember_records(key, answer.expiration, found)
+        return found
+
+    def known(self, name: str, rdtype: str) -> bool:
+        """Whether ``records(name, rdtype)`` would answer from the cache now, without a query."""
+        cached = self._records.get((name.lower(), rdtype))
+        return cached is not None and cached[0] > time.time()
+
+    def _remember_records(self, key: tuple[str, str], expires: float, found: tuple[str, ...]) -> None:
+        """Keep an answer of ``records`` as text until its TTL runs out (negative ones ``NEGATIVE_TTL``): a busy MX
+        checks the same few domains again and again, and dnspython's own cache costs more per hit."""
+        if len(self._records) >= self._mx_size:
+            now = time.time()
+            self._records = {k: entry for k, entry in self._records.items() if entry[0] > now}
+            if len(self._records) >= self._mx_size:
+                self._records.clear()
+        self._records[key] = (expires, found)
 
 
 def _in_order(hosts: list[MxHost]) -> MxResult:

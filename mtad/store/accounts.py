@@ -94,6 +94,7 @@ def _changed(conn: sqlite3.Connection, done: bool) -> bool:
 
 def delete_domain(conn: sqlite3.Connection, name: str) -> bool:
     conn.execute("DELETE FROM credentials WHERE domain = ?", (name,))
+    conn.execute("DELETE FROM domain_auth_policies WHERE domain = ?", (name,))  # store.authpolicy
     return _changed(conn, conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount > 0)
 
 

@@ -70,6 +70,8 @@ def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
     env = msg.envelope
     envelope = {"client_ip": env.client_ip, "client_helo": env.client_helo, "auth_user": env.auth_user,
                 "tls": env.tls, "transport": env.transport, "listener": env.listener}
+    if env.verdicts is not None:
+        envelope["verdicts"] = dict(env.verdicts)  # inbound authentication verdicts, for later events
     conn.execute(
         "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
         " options, envelope, size, body, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -69,6 +69,8 @@ def base_config(tmp: Path, certs: Any) -> dict[str, Any]:
         # never the system resolver in tests: a dead loopback port unless a test serves DNS itself
         "delivery": {"dns_nameservers": ["127.0.0.1"], "dns_port": free_port(), "dns_timeout": "1s",
                      "poll_interval": "0.2s"},
+        # inbound SPF/DKIM/DMARC checks need DNS: off unless a test serves DNS (tests/e2e/test_inbound_auth.py)
+        "authentication": {"enabled": False},
         "log": {"level": "debug"},
     }
 

@@ -247,6 +247,19 @@ def _v6(conn: Any) -> None:
                  "ALTER TABLE domains ADD COLUMN IF NOT EXISTS spam_on_error TEXT")
 
 
+def _v7(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS domain_auth_policies (
+    domain TEXT PRIMARY KEY,
+    dmarc_reject TEXT NOT NULL,
+    dmarc_quarantine TEXT NOT NULL,
+    spf_fail TEXT NOT NULL,
+    no_auth TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -254,6 +267,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
+    Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

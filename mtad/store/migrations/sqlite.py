@@ -282,6 +282,21 @@ def _v6(conn: sqlite3.Connection) -> None:
     add_column(conn, "domains", "spam_on_error", "TEXT")  # accept | tempfail; NULL: the config's spam.on_error
 
 
+# --- 7: per receiving domain authentication policies (issue 15) -----------------------------------------------
+
+def _v7(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS domain_auth_policies (
+    domain TEXT PRIMARY KEY,  -- an API domain (store.authpolicy); the config file's domains are in the file
+    dmarc_reject TEXT NOT NULL,  -- reject | quarantine | ignore
+    dmarc_quarantine TEXT NOT NULL,
+    spf_fail TEXT NOT NULL,
+    no_auth TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -289,6 +304,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
+    Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -1,0 +1,204 @@
+"""DKIM (RFC 6376, RSA and Ed25519) and ARC (RFC 8617) verification by dkimpy, as a job of the worker pool.
+
+dkimpy does the cryptography and the canonicalisation; its DNS lookups never leave the job: the parent looks
+up every key a message names first (``key_names``, on mtad's asynchronous resolver, with its timeouts and
+cache) and hands them over with the message; dkimpy's ``dnsfunc`` answers from that map. A key whose lookup
+failed temporarily makes its signature ``temperror`` (dkimpy itself would call it a plain failure).
+
+``verifier(processes)`` is a ``WorkerPool`` of ``(message, keys, max_signatures)`` -> ``DkimOutcome``:
+``processes == 0`` verifies in this process (on the event loop for small messages, in a thread past
+``INLINE``). Verification never raises: a malformed signature is ``permerror``, any other trouble ``fail``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from mtad.workers.pool import JobKind, WorkerPool
+
+log = logging.getLogger("mtad.verdicts")
+
+BATCH = 32
+TIMEOUT = 60.0
+INLINE = 65_536  # bytes: verified on the event loop up to this size when no worker runs, larger in a thread
+TEMP = "temp"  # a key map value: the lookup failed temporarily
+
+_TAG = re.compile(r"(?:^|;)\s*([a-zA-Z][a-zA-Z0-9_]*)\s*=\s*([^;]*)")
+_SIGNED = ("dkim-signature", "arc-message-signature", "arc-seal")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One DKIM signature's verdict."""
+
+    result: str  # pass | fail | neutral | temperror | permerror
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    b: str  # the first 8 characters of b= (RFC 6008 header.b), to tell signatures apart
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DkimOutcome:
+    signatures: tuple[Signature, ...]
+    arc: str  # pass | fail | none
+    arc_reason: str = ""
+
+
+def tags(value: str) -> dict[str, str]:
+    """The tag=value list of a signature header (folding whitespace removed), first instance of each tag."""
+    out: dict[str, str] = {}
+    for name, val in _TAG.findall(value):
+        out.setdefault(name.lower(), re.sub(r"\s+", "", val))
+    return out
+
+
+def key_names(fields: Iterable[tuple[str, str]], max_signatures: int) -> list[str]:
+    """The key records (``s._domainkey.d``) the signatures and seals of a message name, at most
+    ``max_signatures`` DKIM signatures, each name once, lower case."""
+    names: list[str] = []
+    dkim_count = 0
+    for name, value in fields:
+        lower = name.lower()
+        if lower not in _SIGNED:
+            continue
+        if lower == "dkim-signature":
+            dkim_count += 1
+            if dkim_count > max_signatures:
+                continue
+        t = tags(value)
+        d, s = t.get("d", "").lower().rstrip("."), t.get("s", "").lower()
+        if d and s and len(d) + len(s) < 240:
+            key = f"{s}._domainkey.{d}"
+            if key not in names:
+                names.append(key)
+    return names
+
+
+def _int2str(n: int, length: int = -1) -> bytearray:
+    """``dkim.crypto.int2str`` with the same results, by ``int.to_bytes`` (dkimpy's goes byte by byte in Python:
+    half of a verification's CPU time); ``length`` keeps the low bytes, as dkimpy's does."""
+    assert n >= 0
+    if length < 0:
+        return bytearray(n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big"))
+    return bytearray((n & ((1 << (8 * length)) - 1)).to_bytes(length, "big"))
+
+
+def _str2int(s: bytes) -> int:
+    """``dkim.crypto.str2int`` with the same results, by ``int.from_bytes``."""
+    return int.from_bytes(bytes(s), "big")
+
+
+_DKIMPY: list = []
+REPLACED: dict = {}  # dkimpy's own functions, kept for the test that compares them with ours
+
+
+def _dkimpy():
+    """dkimpy, imported on first use (a daemon without inbound mail never loads it), its two integer conversions
+    replaced by the equivalents above (tests/unit/test_verdicts.py checks they agree)."""
+    if not _DKIMPY:
+        import dkim
+        import dkim.crypto
+        REPLACED.update(int2str=dkim.crypto.int2str, str2int=dkim.crypto.str2int)
+        dkim.crypto.int2str = _int2str
+        dkim.crypto.str2int = _str2int
+        _DKIMPY.append(dkim)
+    return _DKIMPY[0]
+
+
+def verify(message: bytes, keys: dict[str, str | None], max_signatures: int) -> tuple:
+    """In a child or here: the plain-data answer ``(signatures, arc, arc_reason)``, each signature
+    ``(result, d, s, a, b, reason)``."""
+    dkim = _dkimpy()
+
+    temp: set[str] = set()
+
+    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
+        text = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        value = keys.get(text)
+        if value == TEMP:
+            temp.add(text)
+            return None
+        return value.encode("utf-8", "replace") if value is not None else None
+
+    signatures: list[tuple] = []
+    try:
+        d = dkim.DKIM(message, minkey=1024)
+        count = sum(1 for n, _ in d.headers if n.lower() == b"dkim-signature")
+    except Exception as exc:  # noqa: BLE001 - a message dkimpy cannot take: no signature checked
+        return [], "none", f"unparsable: {exc.__class__.__name__}"
+    values = [v for n, v in d.headers if n.lower() == b"dkim-signature"]
+    for idx in range(min(count, max_signatures)):
+        sig_value = values[idx]
+        t = tags(sig_value.decode("utf-8", "replace"))
+        info = (t.get("d", "").lower(), t.get("s", ""), t.get("a", ""), t.get("b", "")[:8])
+        key = f"{info[1].lower()}._domainkey.{info[0]}"
+        try:
+            ok = d.verify(idx=idx, dnsfunc=dnsfunc)
+        except dkim.DKIMException as exc:
+            if "body hash mismatch" in str(exc):  # the body changed on the way: a failed signature (RFC 6376 §6.1.3)
+                signatures.append(("fail", *info, "body hash did not verify"))
+            else:  # a signature or key that cannot be used (RFC 8601 §2.7.1 permerror)
+                signatures.append(("permerror", *info, str(exc)[:100]))
+            continue
+        except Exception as exc:  # noqa: BLE001 - dkimpy's own trouble with a hostile message
+            signatures.append(("permerror", *info, exc.__class__.__name__))
+            continue
+        if ok:
+            signatures.append(("pass", *info, ""))
+        elif key in temp:
+            signatures.append(("temperror", *info, "key lookup failed"))
+        elif keys.get(key) is None:
+            signatures.append(("permerror", *info, "no key published"))
+        else:
+            signatures.append(("fail", *info, "signature did not verify"))
+    arc, arc_reason = "none", ""
+    try:
+        if any(n.lower() == b"arc-seal" for n, _ in d.headers):
+            cv, _, comment = dkim.arc_verify(message, dnsfunc=dnsfunc)
+            arc = {b"pass": "pass", b"none": "none"}.get(cv, "fail")
+            arc_reason = str(comment)[:200]
+    except Exception as exc:  # noqa: BLE001 - a broken chain is a failed chain
+        arc, arc_reason = "fail", f"{exc.__class__.__name__}"
+    return signatures, arc, arc_reason
+
+
+def verify_batch(payload: list[tuple], memo: dict) -> list[tuple]:
+    """In the child: ``payload`` is ``[(message, keys, max_signatures), ...]``; one answer per item."""
+    return [verify(*item) for item in payload]
+
+
+def _outcome(answer: Any) -> DkimOutcome:
+    signatures, arc, reason = answer
+    return DkimOutcome(tuple(Signature(*s) for s in signatures), arc, reason)
+
+
+_Item = tuple[bytes, dict, int]
+
+
+class _Verifying(JobKind[_Item, DkimOutcome]):
+    name = "DKIM verification"
+    target = f"{__name__}:verify_batch"
+    batch = BATCH
+    timeout = TIMEOUT
+    log = log
+
+    def encode(self, items: list[_Item], sent: set) -> Any:
+        return [(m, k, n) for m, k, n in items]
+
+    def decode(self, item: _Item, answer: Any) -> DkimOutcome:
+        return _outcome(answer)
+
+    def run_here(self, item: _Item) -> DkimOutcome:
+        return _outcome(verify(*item))
+
+    def offload(self, item: _Item) -> bool:
+        return len(item[0]) > INLINE
+
+
+def verifier(processes: int) -> WorkerPool[_Item, DkimOutcome]:
+    return WorkerPool(_Verifying(), processes)
