@@ -10,6 +10,7 @@ from __future__ import annotations
 from mtad.store.accounts import AccountMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
+from mtad.store.panelusers import PanelUserMethods
 from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
@@ -19,3 +20,4 @@ from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
            WorkMethods, StoredMessageMethods, ChangeMethods)
+METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users

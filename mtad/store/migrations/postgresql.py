@@ -242,12 +242,23 @@ CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
 """)
 
 
+def _v6(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS panel_users (
+    login TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
+    Migration(6, "panel_users: users of the web control panel", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
