@@ -35,7 +35,8 @@ def _series(items: list[dict[str, Any]], rng: stats.Range) -> dict[str, Any]:
     while t <= rng.end:
         times.append(int(t))
         t = stats.next_bucket(t, rng.resolution)
-    return {"times": times[:len(items)], "series": {e: [_total(i, e) for i in items] for e in EVENTS}}
+    return {"times": times[:len(items)], "names": EVENTS,
+            "series": {e: [_total(i, e) for i in items] for e in EVENTS}}
 
 
 def _sums(items: list[dict[str, Any]]) -> dict[str, int]:

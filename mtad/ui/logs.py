@@ -105,7 +105,8 @@ async def logs(request: web.Request) -> web.Response:
         rows = [view(r) for r in result.rows]
         base = f"{PREFIX}/logs?"
         links = {"first": base + urlencode(given)}
-        if rows:
+        full = len(rows) == PAGE_SIZE or sum(len(r.data) for r in result.rows) >= eventquery.MAX_PAGE_BYTES * 0.9
+        if full:  # a page ends early when its events are large: then there may be more
             links["next"] = base + urlencode({**given, "page": result.next.encode()})
         if q.get("page"):
             links["previous"] = base + urlencode({**given, "page": result.previous.encode()})

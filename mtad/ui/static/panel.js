@@ -10,7 +10,7 @@
       var source = document.getElementById(fig.dataset.source);
       if (!source) return;
       var data = JSON.parse(source.textContent);
-      var names = Object.keys(data.series);
+      var names = data.names || Object.keys(data.series);
       var series = [{}].concat(names.map(function (name) {
         return {label: name, stroke: COLORS[name] || "#495057", width: 2, points: {show: false}};
       }));
