@@ -50,7 +50,8 @@ async def queue(request: web.Request) -> web.Response:
                   by_domain=sorted(by_domain.items(), key=lambda kv: (-kv[1], kv[0])),
                   by_provider=sorted(by_provider.items(), key=lambda kv: (-kv[1], kv[0])),
                   pauses=[(kind, value) for kind in PAUSE_KINDS for value in sorted(getattr(pauses, kind))],
-                  kinds=PAUSE_KINDS, want_domain=want_domain, want_provider=want_provider)
+                  kinds=PAUSE_KINDS, want_domain=want_domain, want_provider=want_provider,
+                  paused_domains=pauses.domain)
 
 
 @page
