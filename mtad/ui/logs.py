@@ -29,6 +29,8 @@ from mtad.ui import PREFIX
 from mtad.ui.web import page, render, ui_context
 
 PAGE_SIZE = 50
+MAX_MERGED_DOMAINS = 50  # an indexed filter over every domain is asked domain by domain up to this many
+TEXT_FILTERS = ("from", "subject")  # a substring of a header: a scan, so a period is required (default: last day)
 PERIODS = {"1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 FILTERS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
 MAX_BODY_SHOWN = 200_000  # bytes of a stored copy shown on the page
@@ -93,6 +95,9 @@ async def logs(request: web.Request) -> web.Response:
             lo = _time(given["begin"], "begin")
         if given.get("end"):
             hi = _time(given["end"], "end")
+        if lo is None and hi is None and any(given.get(f) for f in TEXT_FILTERS):
+            lo, hi = now - PERIODS["1d"], now
+            given["last"] = "1d"  # shown in the form: the period searched
         if lo is not None and hi is not None and lo > hi:
             raise QueryError("begin must be before end")
         spec = eventquery.events_spec({k: v for k, v in given.items() if k in FILTERS}, now)
@@ -101,7 +106,7 @@ async def logs(request: web.Request) -> web.Response:
         query = dataclasses.replace(eventquery.events_query(domain or "-", spec),
                                     domains=_domains(request, domain))
         cursor = Page.decode(q["page"])[0] if q.get("page") else Page()
-        result = await eventquery.fetch(ctx.store, query, cursor)
+        result = await _fetch(ctx, query, cursor, _domains(request, domain) or tuple(_domain_choices(request)))
         rows = [view(r) for r in result.rows]
         base = f"{PREFIX}/logs?"
         links = {"first": base + urlencode(given)}
@@ -114,6 +119,23 @@ async def logs(request: web.Request) -> web.Response:
         error = str(exc)
     return render(request, "logs.html", title="Logs", rows=rows, given=given, error=error, links=links,
                   filters=FILTERS, periods=list(PERIODS), domains=_domain_choices(request))
+
+
+async def _fetch(ctx, query: eventquery.EventQuery, cursor: Page, known: tuple[str, ...]) -> eventquery.Result:
+    """One page of ``query``. An equality on recipient or message-id over several domains is asked domain by
+    domain (every domain mtad knows now, at most ``MAX_MERGED_DOMAINS``), each through the hour-bucketed index the
+    events API uses for one domain, and the pages merged in the query's order (the same cursor applies to each):
+    not a scan of every event."""
+    if query.hint is None or (query.domains is not None and len(query.domains) == 1) or not known \
+            or len(known) > MAX_MERGED_DOMAINS:
+        return await eventquery.fetch(ctx.store, query, cursor)
+    rows = []
+    for d in query.domains or known:
+        rows += (await ctx.store.query_events(dataclasses.replace(query, domains=(d,)), cursor)).rows
+    rows.sort(key=lambda r: (r.timestamp, r.seq), reverse=not query.ascending)
+    if cursor.side == "before":  # the page nearest the anchor, in the query's order
+        rows = rows[-query.limit:]
+    return eventquery.result(cursor, tuple(rows[:query.limit]))
 
 
 def _domain_choices(request: web.Request) -> list[str]:

@@ -4,7 +4,7 @@ DNS and a sink MX) for the module.
 
 What a user does: signs in (API key, panel user) and out, fails to sign in, is locked out after too many failures;
 a POST without the form's token is refused; creates a route (an invalid expression is shown at its field), edits
-it, tests a recipient, deletes it; sees a message sent during the test in the logs with its delivery attempt and
+it, tests a recipient, deletes it; sets a webhook and sends it a test event; sees a message sent during the test in the logs with its delivery attempt and
 opens its timeline; pauses a domain and sees its mail wait in the queue, resumes it and sees it delivered; adds
 and removes a suppression; reads a hostile subject as text (no script runs). The pages hold no CSP violation,
 fit a phone-width screen and start with a skip link. A screenshot of each main page is saved in the test's
@@ -39,6 +39,7 @@ HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2
 @pytest.fixture(scope="module")
 def daemon(outbound_mtad):
     d = outbound_mtad(delivery={"retry": {"schedule": ["1m"]}}, start=False)
+    d.cfg["routing"] = {"allowed_networks": ["127.0.0.0/8"]}  # the test's webhook receiver is on loopback
     d.cfg["ui"] = {"max_sign_in_failures_per_client": 100, "max_sign_in_failures_per_account": 3,
                    "sign_in_lockout": "10m"}
     d.start()
@@ -187,11 +188,11 @@ def test_create_edit_test_and_delete_a_route(page, daemon, shots):
     sign_in(page)
     page.click("nav >> text=Routes")
     page.fill("#expression", 'match_recipient("sales@.*"')  # unterminated
-    page.fill("#actions", 'forward("http://127.0.0.1:9/hook")')
+    page.fill("#actions", 'forward("http://10.0.0.1/hook")')
     page.click("text=Create route")
     sync_api.expect(page.locator("#expression-error")).to_contain_text("column")
     assert page.get_attribute("#expression", "aria-invalid") == "true"
-    assert page.input_value("#actions") == 'forward("http://127.0.0.1:9/hook")'  # what was typed is kept
+    assert page.input_value("#actions") == 'forward("http://10.0.0.1/hook")'  # what was typed is kept
     page.fill("#expression", 'match_recipient("sales@inbound.test")')
     page.click("text=Create route")  # the action's URL is refused by the API's own SSRF check: at its field
     sync_api.expect(page.locator("#actions-error")).to_contain_text("not allowed (see routing.allowed_networks)")
@@ -300,6 +301,24 @@ def test_add_and_remove_a_suppression(page, daemon, shots):
 
 # --- hostile input, the other pages ---------------------------------------------------------------------------
 
+def test_set_a_webhook_and_send_it_a_test_event(page, daemon, receiver):
+    sign_in(page)
+    page.goto("/ui/webhooks?domain=other.org")
+    card = page.locator("section", has=page.locator("#hook-delivered"))
+    card.locator("input[name=url]").first.fill(receiver.url("hooks/delivered"))
+    card.locator("button", has_text="Save").click()
+    sync_api.expect(page.get_by_role("status")).to_contain_text("Webhook delivered saved.")
+    hooks = api_get(page, "/v3/domains/other.org/webhooks")["webhooks"]
+    assert hooks["delivered"]["urls"] == [receiver.url("hooks/delivered")]
+    card = page.locator("section", has=page.locator("#hook-delivered"))
+    card.locator("button", has_text="Send test").click()  # htmx: the answer under the button
+    sync_api.expect(page.locator("#test-delivered")).to_contain_text("HTTP 200")
+    [post] = receiver.to("/hooks/delivered")
+    body = post.json()
+    assert body["event-data"]["event"] == "delivered" and body["event-data"]["flags"]["is-test-mode"]
+    assert set(body["signature"]) == {"timestamp", "token", "signature"}
+
+
 def test_a_hostile_subject_is_shown_as_text_and_runs_nothing(page, daemon, certs, loopback_dns, mx_farm):
     serve_domain(loopback_dns, mx_farm, "hostile.panel.test")
     sent = send_message(daemon, certs, "victim@hostile.panel.test", HOSTILE)
@@ -319,7 +338,7 @@ def test_a_hostile_subject_is_shown_as_text_and_runs_nothing(page, daemon, certs
 def test_every_main_page_renders_fits_a_phone_and_is_saved(page, daemon, shots):
     sign_in(page)
     for name, path, heading in (("dashboard", "/ui/", "Dashboard"), ("domains", "/ui/domains", "Domains"),
-                                ("webhooks", "/ui/webhooks?domain=example.com", "Webhooks")):
+                                ("webhooks", "/ui/webhooks?domain=other.org", "Webhooks")):
         page.goto(path)
         sync_api.expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         shots(page, name)
