@@ -4,7 +4,8 @@
 The search takes the events API's filters as the events API reads them (``events.query.events_spec``: event,
 recipient, from, subject, tags, severity, message-id, each a Mailgun filter expression such as ``failed OR
 delivered``), a domain (every domain the session may see when none is chosen), a time range (``begin``/``end``:
-``2024-05-01 12:00`` in UTC, an RFC 2822 date or epoch seconds, or a period ``last``), newest first, 50 a page,
+``2024-05-01 12:00`` in UTC, an RFC 2822 date or epoch seconds, or a period ``last``; the text filters subject and
+from, a scan, search the last hour unless a range is given), newest first, 50 a page,
 paged by the events API's cursors (``events.query.Page``: a page keeps meaning the same events while new ones
 arrive). The timeline is every event of one Message-ID in one domain, oldest first (the hour-bucketed index the
 API's message-id filter uses), with each attempt's remote reply, and the message's pending deliveries while it is
@@ -30,7 +31,7 @@ from mtad.ui.web import page, render, ui_context
 
 PAGE_SIZE = 50
 MAX_MERGED_DOMAINS = 50  # an indexed filter over every domain is asked domain by domain up to this many
-TEXT_FILTERS = ("from", "subject")  # a substring of a header: a scan, so a period is required (default: last day)
+TEXT_FILTERS = ("from", "subject")  # a substring of a header: a scan, so a period is required (default: last hour)
 PERIODS = {"1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 FILTERS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
 MAX_BODY_SHOWN = 200_000  # bytes of a stored copy shown on the page
@@ -96,8 +97,8 @@ async def logs(request: web.Request) -> web.Response:
         if given.get("end"):
             hi = _time(given["end"], "end")
         if lo is None and hi is None and any(given.get(f) for f in TEXT_FILTERS):
-            lo, hi = now - PERIODS["1d"], now
-            given["last"] = "1d"  # shown in the form: the period searched
+            lo, hi = now - PERIODS["1h"], now
+            given["last"] = "1h"  # shown in the form: the period searched
         if lo is not None and hi is not None and lo > hi:
             raise QueryError("begin must be before end")
         spec = eventquery.events_spec({k: v for k, v in given.items() if k in FILTERS}, now)

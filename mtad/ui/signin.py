@@ -2,7 +2,8 @@
 
 Two kinds of credential: a panel user's login and password (``mtad ui-user add``: the store's ``panel_users``,
 scrypt hashes checked off the event loop, as the SMTP users'), or an API key alone (user field empty or ``api``);
-a key limited to domains gives a session limited to them. Failures are limited per client address and per login by
+a key limited to domains gives a session limited to them. Failures are limited per client address and per panel
+login (API-key sign-ins per address only: nobody can lock everyone out of a key) by
 SMTP AUTH's mechanism (``ingress.authguard.AuthGuard``) with the ``ui.*sign_in*`` numbers: while locked out, the
 form answers 429 without checking the password. Every failure is the same message (no telling which part was
 wrong) and is logged with the client's address. A sign-in replaces the session cookie (no fixation).
@@ -78,7 +79,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     target = str(fields.get("next") or "")
     p = panel(request)
     client = request.remote or "?"
-    account = user or API_USER
+    # A panel user is counted per login too; an API key (too long to guess) only per client address, so that
+    # nobody can lock everyone out of signing in with a key.
+    account = user if user not in ("", API_USER) else f"{API_USER} from {client}"
     scope = p.guard.admit(client, account, time.monotonic())
     if scope is not None:
         log.warning("panel sign-in refused for %s (%s locked out after failed sign-ins)", client, scope)
@@ -93,8 +96,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _form_page(request, status=401, error="Wrong user name, password or API key.", user=user,
                           target=target)
     p.sessions.end(request.cookies.get(COOKIE))
-    session_id, _ = p.sessions.start(account, key)
-    log.info("panel: %s signed in from %s", printable(account, 64), client)
+    session_id, _ = p.sessions.start(user if user not in ("", API_USER) else API_USER, key)
+    log.info("panel: %s signed in from %s", printable(user or API_USER, 64), client)
     resp = see_other(_next(target))
     resp.set_cookie(COOKIE, session_id, path=PREFIX, httponly=True, samesite="Strict", secure=is_secure(request))
     resp.del_cookie(CSRF_COOKIE, path=PREFIX)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from markupsafe import escape
 
 from mtad.api import printable
 from mtad.config.schema import LimitsConfig
@@ -145,7 +146,7 @@ def see_other(location: str) -> web.Response:
 
 def error_page(request: web.Request, status: int, message: str) -> web.Response:
     if is_htmx(request):
-        return web.Response(text=f'<p class="error" role="alert">{jinja2.escape(message)}</p>', status=status,
+        return web.Response(text=f'<p class="error" role="alert">{escape(message)}</p>', status=status,
                             content_type="text/html")
     return render(request, "error.html", status=status, title=f"{status}", message=message)
 
