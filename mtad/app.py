@@ -314,8 +314,13 @@ class App:
             running_config=lambda: self.cfg, allowed_networks=cfg.routing.allowed_networks, ingress=self.ingress,
             routing=self.routing, accounts=lambda: self.accounts, apply_accounts=self.apply_accounts,
             metrics=self._metrics_sources)
+        features, own_auth = all_features(), ()
+        if cfg.ui.enabled:  # the web control panel at /ui/ (mtad/ui), on the same listener
+            from mtad import ui
+            panel = ui.UiContext(api=self.api_context, config=cfg.ui, throttled=self._throttled)
+            features, own_auth = [*features, lambda app: ui.setup(app, panel)], (ui.PREFIX,)
         from mtad.api.server import ApiRunner  # unparsable requests answered in the API's JSON shape
-        self.api_runner = ApiRunner(create_app(self.api_context, all_features()), access_log=None)
+        self.api_runner = ApiRunner(create_app(self.api_context, features, own_auth), access_log=None)
         await self.api_runner.setup()
         if self.api_socket is not None:
             site = web.SockSite(self.api_runner, self.api_socket, backlog=1024,
@@ -325,11 +330,18 @@ class App:
                                ssl_context=self.tls_context if cfg.api.tls else None)
         await site.start()
         log.info("HTTP API on %s", base_url)
+        if cfg.ui.enabled:
+            log.info("web control panel on %s/ui/ (sign in with an API key or a user of `mtad ui-user add`)",
+                     base_url)
         from mtad.api.metrics import EventCounters
         self.event_counters = EventCounters(self.scheduler.shaping if self.scheduler is not None else None)
         self._unsubscribe.append(self.event_bus.on_event(self.event_counters.observe))
         if generated:
             log.info("API key (kept in %s): %s", cfg.state_path / "api-key", generated)
+
+    def _throttled(self) -> tuple:
+        """Providers suspended or limited now by shaping automation (the panel's dashboard)."""
+        return self.scheduler.suspensions.snapshot() if self.scheduler is not None else ()
 
     def _build_scheduler(self) -> Scheduler:
         cfg = self.cfg

@@ -60,6 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             from mtad.app import api_keys
             _, key = api_keys(cfg)
             print(f"  HTTP API:         http://{cfg.api.address}/v3  (user api, key {key})", file=sys.stderr)
+            if cfg.ui.enabled:
+                print(f"  web panel:        http://{cfg.api.address}/ui/  (sign in with the API key)", file=sys.stderr)
         print(f"  (kept in {cfg.state_path / 'demo-credentials.json'})", file=sys.stderr, flush=True)
     return run(cfg, Path(args.config).resolve() if args.config else None)
 
@@ -206,6 +208,62 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
         else:
             n = write(lambda store: queueadmin.resume(store, kind, value))
             print(f"resumed {kind} {value} ({n} held deliveries back in the queue)")
+    return 0
+
+
+def _new_password(args: argparse.Namespace, what: str) -> str | None:
+    """A password from standard input (``--stdin``) or typed twice; None (after saying why) if unusable."""
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print(f"mtad {what}: the passwords differ", file=sys.stderr)
+            return None
+    if len(password) < 8:
+        print(f"mtad {what}: a panel password needs at least 8 characters", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_ui_user(args: argparse.Namespace) -> int:
+    """``mtad ui-user add|passwd|remove|list``: the web panel's users, in the store (issue 17)."""
+    import re
+    from mtad.base.passwords import hash_password
+    from mtad.store.panelusers import PanelUser
+    action = args.ui_user_command
+    if action == "list":
+        users = _with_store(args, lambda store: store.panel_users())
+        for user in users:
+            print(f"{user.login}  (since {_when(user.created_at)})")
+        return 0
+    login = args.login.strip().lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._@+-]{0,63}", login) or login == "api":
+        print("mtad ui-user: a login is 1 to 64 letters, digits, '.', '_', '@', '+' or '-' (and not 'api',"
+              " which signs in with an API key)", file=sys.stderr)
+        return 2
+    if action == "remove":
+        if not _with_store(args, lambda store: store.delete_panel_user(login), write=True):
+            print(f"mtad ui-user: no panel user {login}", file=sys.stderr)
+            return 1
+        print(f"removed panel user {login} (a session already open ends when it expires)")
+        return 0
+    password = _new_password(args, f"ui-user {action}")
+    if password is None:
+        return 1
+    hashed = hash_password(password)
+    if action == "add":
+        if not _with_store(args, lambda store: store.add_panel_user(PanelUser(login, hashed, time.time())),
+                           write=True):
+            print(f"mtad ui-user: {login} exists (change its password with `mtad ui-user passwd {login}`)",
+                  file=sys.stderr)
+            return 1
+        print(f"added panel user {login}")
+    else:
+        if not _with_store(args, lambda store: store.set_panel_password(login, hashed), write=True):
+            print(f"mtad ui-user: no panel user {login}", file=sys.stderr)
+            return 1
+        print(f"changed the password of panel user {login}")
     return 0
 
 
@@ -410,6 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--provider")
         group.add_argument("--tag")
         p.set_defaults(func=cmd_queue_action)
+
+    u = sub.add_parser("ui-user", help="users of the web panel (/ui/)").add_subparsers(dest="ui_user_command",
+                                                                                       required=True)
+    for name, text in (("add", "add a panel user"), ("passwd", "change a panel user's password"),
+                       ("remove", "remove a panel user")):
+        p = u.add_parser(name, help=text)
+        with_config(p)
+        p.add_argument("login")
+        if name != "remove":
+            p.add_argument("--stdin", action="store_true", help="read the password from standard input")
+        p.set_defaults(func=cmd_ui_user)
+    p = u.add_parser("list", help="list the panel users")
+    with_config(p)
+    p.set_defaults(func=cmd_ui_user)
 
     d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
     p = d.add_parser("keygen", help="make a signing key and print the DNS record to publish")

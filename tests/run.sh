@@ -7,6 +7,8 @@
 #   postfix, sendmail        a real smarthost client                     (postfix)
 #   Cyrus SASL PLAIN/LOGIN   Postfix's AUTH as a client                  (libsasl2-modules)
 #   opendkim-testmsg         an independent DKIM verifier                (opendkim-tools)
+#   chromium                 a real browser for the web panel's tests    (chromium; driven headless by Playwright
+#                            for Python with its executable_path: tests/e2e/test_panel.py; nothing downloaded)
 #   initdb, pg_ctl, psql     a private PostgreSQL server for the session (postgresql; tests/support/postgres.py),
 #                            run as the unprivileged system user mtadtest when the tests run as root
 #   spamd                    a real SpamAssassin for spam filtering (spamassassin, spamd; tests/support/spamd.py),
@@ -25,6 +27,7 @@ need libnet-ssleay-perl "perl -MNet::SSLeay -e1"
 need postfix "test -x /usr/sbin/postfix && test -x /usr/sbin/sendmail"
 need libsasl2-modules "test -e $SASL_DIR/libplain.so -o -e $SASL_DIR/libplain.so.2"
 need opendkim-tools "command -v opendkim-testmsg || test -x /usr/sbin/opendkim-testmsg"
+need chromium "command -v chromium"
 need postgresql "ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl || (command -v initdb && command -v pg_ctl)"
 need "spamassassin spamd" "command -v spamd || test -x /usr/sbin/spamd"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -129,7 +129,7 @@ def _authenticate(request: web.Request, keys: Sequence[ApiKey]) -> ApiKey | None
 PUBLIC_PATHS = {"/metrics", "/healthz"}
 
 
-def _middlewares(ctx: ApiContext) -> list:
+def _middlewares(ctx: ApiContext, own_auth: tuple[str, ...] = ()) -> list:
     limiter = AuthLimiter(ctx.config.max_auth_failures)
 
     @web.middleware
@@ -151,7 +151,8 @@ def _middlewares(ctx: ApiContext) -> list:
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or any(request.path == p or request.path.startswith(p + "/")
+                                               for p in own_auth):  # the web panel signs its users in itself
             return await handler(request)
         client = request.remote or "?"
         now = time.monotonic()
@@ -172,8 +173,11 @@ def _middlewares(ctx: ApiContext) -> list:
     return [errors, auth]
 
 
-def create_app(ctx: ApiContext, features: list[Callable[[web.Application], None]]) -> web.Application:
-    app = web.Application(middlewares=_middlewares(ctx), client_max_size=int(ctx.config.max_body_size))
+def create_app(ctx: ApiContext, features: list[Callable[[web.Application], None]],
+               own_auth: tuple[str, ...] = ()) -> web.Application:
+    """The API application; paths under the prefixes ``own_auth`` (the web panel's ``/ui``) skip the API key
+    check: their handlers authenticate each request themselves."""
+    app = web.Application(middlewares=_middlewares(ctx, own_auth), client_max_size=int(ctx.config.max_body_size))
     app[CONTEXT] = ctx
 
     async def healthz(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from typing import Callable
 
 from aiohttp import web
 
@@ -100,6 +101,23 @@ async def list_routes(request: web.Request) -> web.Response:
                               "items": [route_json(r, t) for r, t in routes[skip:skip + limit]]})
 
 
+async def add(app: web.Application, ctx: ApiContext, route: Route) -> tuple[float, str | None]:
+    """Check and create an API route and apply the new table: (its creation time, the problem that refused it
+    (nothing written) or None). The web panel creates routes with it too."""
+    problem = _check(ctx, route)
+    if problem:
+        return 0.0, problem
+    created = time.time()
+    async with app[LOCK]:
+        await ctx.store.add_route(record_of(route, created))
+        problem = await _apply(ctx)
+        if problem:
+            await ctx.store.delete_route(route.id)
+            await _apply(ctx)
+            return 0.0, f"Invalid route: {problem}"
+    return created, None
+
+
 async def create_route(request: web.Request) -> web.Response:
     ctx = context(request)
     form = await read_post(request)
@@ -112,17 +130,9 @@ async def create_route(request: web.Request) -> web.Response:
     priority = _int(form.get("priority"), "priority", 0)
     description = form.get("description") or ""
     route = Route(new_route_id(), priority, str(description), expression, tuple(actions))
-    problem = _check(ctx, route)
+    created, problem = await add(request.app, ctx, route)
     if problem:
         return error(400, problem)
-    created = time.time()
-    async with request.app[LOCK]:
-        await ctx.store.add_route(record_of(route, created))
-        problem = await _apply(ctx)
-        if problem:
-            await ctx.store.delete_route(route.id)
-            await _apply(ctx)
-            return error(400, f"Invalid route: {problem}")
     return web.json_response({"message": "Route has been created", "route": route_json(route, created)})
 
 
@@ -145,39 +155,52 @@ async def get_route(request: web.Request) -> web.Response:
     return web.json_response({"route": route_json(found[0], found[1])})
 
 
-async def update_route(request: web.Request) -> web.Response:
-    ctx = context(request)
-    route_id = request.match_info["id"]
-    form = await read_post(request)
-    async with request.app[LOCK]:
+async def change(app: web.Application, ctx: ApiContext, route_id: str,
+                 make: Callable[[Route], Route]) -> tuple[web.Response | None, Route | None, float]:
+    """Replace API route ``route_id`` by ``make(old)``, checked, and apply the new table: (the refusal (nothing
+    changed) or None, the route as it is now, its creation time). The web panel edits routes with it too."""
+    async with app[LOCK]:
         found = await _find(ctx, route_id)
         if found is None:
-            return error(404, "Route not found")
+            return error(404, "Route not found"), None, 0.0
         old, created, read_only = found
         if read_only:
-            return _read_only(route_id)
-        actions = [a for a in form.getall("action", []) if isinstance(a, str)]
-        expression = form.get("expression")
-        route = Route(old.id, _int(form.get("priority"), "priority", old.priority),
-                      str(form.get("description", old.description)),
-                      expression if isinstance(expression, str) and expression.strip() else old.expression,
-                      tuple(actions) or old.actions)
+            return _read_only(route_id), None, 0.0
+        route = make(old)
         problem = _check(ctx, route)
         if problem:
-            return error(400, problem)
+            return error(400, problem), None, 0.0
         await ctx.store.update_route(record_of(route, created))
         problem = await _apply(ctx)
         if problem:
             await ctx.store.update_route(record_of(old, created))
             await _apply(ctx)
-            return error(400, f"Invalid route: {problem}")
+            return error(400, f"Invalid route: {problem}"), None, 0.0
+    return None, route, created
+
+
+async def update_route(request: web.Request) -> web.Response:
+    ctx = context(request)
+    route_id = request.match_info["id"]
+    form = await read_post(request)
+
+    def make(old: Route) -> Route:
+        actions = [a for a in form.getall("action", []) if isinstance(a, str)]
+        expression = form.get("expression")
+        return Route(old.id, _int(form.get("priority"), "priority", old.priority),
+                     str(form.get("description", old.description)),
+                     expression if isinstance(expression, str) and expression.strip() else old.expression,
+                     tuple(actions) or old.actions)
+    refusal, route, created = await change(request.app, ctx, route_id, make)
+    if refusal is not None:
+        return refusal
+    assert route is not None
     return web.json_response({**route_json(route, created), "message": "Route has been updated"})
 
 
-async def delete_route(request: web.Request) -> web.Response:
-    ctx = context(request)
-    route_id = request.match_info["id"]
-    async with request.app[LOCK]:
+async def remove(app: web.Application, ctx: ApiContext, route_id: str) -> web.Response | None:
+    """Delete API route ``route_id`` and apply the new table: the refusal or None. The web panel uses it too."""
+    async with app[LOCK]:
         found = await _find(ctx, route_id)
         if found is None:
             return error(404, "Route not found")
@@ -185,6 +208,14 @@ async def delete_route(request: web.Request) -> web.Response:
             return _read_only(route_id)
         await ctx.store.delete_route(route_id)
         await _apply(ctx)
+    return None
+
+
+async def delete_route(request: web.Request) -> web.Response:
+    route_id = request.match_info["id"]
+    refusal = await remove(request.app, context(request), route_id)
+    if refusal is not None:
+        return refusal
     return web.json_response({"message": "Route has been deleted", "id": route_id})
 
 

@@ -406,6 +406,27 @@ class ApiConfig(HostPort):
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    """The web control panel (mtad/ui) at /ui/ on the API listener: sign-in, sessions, sign-in failure limits."""
+
+    enabled: bool = True
+    idle_timeout: Duration = Duration(1800)  # a session unused this long is signed out
+    session_lifetime: Duration = Duration(43200)  # a session ends this long after sign-in, used or not
+    # failed sign-ins within sign_in_failure_window, then that client address or login is refused for sign_in_lockout
+    max_sign_in_failures_per_client: int = 10  # 0: no limit
+    max_sign_in_failures_per_account: int = 5  # 0: no limit
+    sign_in_failure_window: Duration = Duration(600)
+    sign_in_lockout: Duration = Duration(600)
+
+    def __post_build__(self, path: str) -> None:
+        if self.idle_timeout.seconds < 1 or self.session_lifetime.seconds < 1:
+            raise ConfigError(path, "idle_timeout and session_lifetime must be at least 1s")
+        for name in ("max_sign_in_failures_per_client", "max_sign_in_failures_per_account"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}", "must be 0 (no limit) or more")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -484,6 +505,7 @@ class Config:
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
     log: LogConfig = LogConfig()
     spam: SpamConfig = SpamConfig()  # SpamAssassin's spamd for receiving domains (mtad.inbound.spam)
+    ui: UiConfig = UiConfig()  # the web control panel (issue 17)
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 
     def __post_build__(self, path: str) -> None:

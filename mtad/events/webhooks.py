@@ -205,6 +205,39 @@ class Dispatcher:
                  f" retry_in={int(retry_at - now)}s" if retry_at else (f" error={error!r}" if error else ""))
 
 
+    async def send_test(self, domain: str, hook: str, url: str, fmt: str) -> HttpResult:
+        """POST a made-up event of webhook ``hook`` to ``url`` once, signed, in ``fmt`` (the web panel's "send
+        test"): nothing is recorded or retried. The event's ``flags.is-test-mode`` is true."""
+        data = json.dumps(test_event(hook, domain, self.clock()))
+        headers = {"X-Mtad-Event-Id": "test", "X-Mtad-Webhook-Attempt": "1"}
+        if fmt == "legacy":
+            body = urlencode(legacy_fields(json.loads(data), domain, self.signing_key)).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            body = json_body(data, self.signing_key)
+            headers["Content-Type"] = "application/json"
+        return await self.http.post(url, data=body, headers=headers)
+
+
+_TEST_EVENTS = {"permanent_fail": ("failed", "permanent"), "temporary_fail": ("failed", "temporary")}
+
+
+def test_event(hook: str, domain: str, now: float) -> dict[str, Any]:
+    """A made-up event of webhook ``hook`` for ``domain`` (``send_test``)."""
+    from mtad.events.shape import new_event_id
+    kind, severity = _TEST_EVENTS.get(hook, (hook, ""))
+    event: dict[str, Any] = {
+        "id": new_event_id(), "event": kind, "timestamp": now, "recipient": f"alice@{domain}",
+        "recipient-domain": domain, "tags": [], "user-variables": {},
+        "message": {"headers": {"message-id": f"webhook-test@{domain}", "from": f"mtad <test@{domain}>",
+                                "to": f"alice@{domain}", "subject": "mtad webhook test"}},
+        "flags": {"is-test-mode": True}}
+    if severity:
+        event["severity"] = severity
+        event["delivery-status"] = {"code": 550 if severity == "permanent" else 451, "message": "webhook test"}
+    return event
+
+
 class WebhookLoop(WorkLoop):
     """The durable claim loop of ``workloop``, claiming with a per-URL cap (see ``claim_due``)."""
 

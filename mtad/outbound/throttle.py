@@ -147,6 +147,17 @@ class RateLimiter:
             await asyncio.sleep(seconds)
 
 
+@dataclass(frozen=True)
+class Throttled:
+    """A provider suspended (``kind`` ``suspended``) or with a lowered limit (``max_connections``,
+    ``max_message_rate``: ``value``), for ``seconds_left`` more."""
+
+    provider: str
+    kind: str
+    value: str
+    seconds_left: float
+
+
 class Suspensions:
     """Suspended keys and temporary limit overrides, each expiring on its own; fed by automation rules."""
 
@@ -213,6 +224,16 @@ class Suspensions:
         else:
             self.override(key, until, rule.max_connections, rule.max_message_rate)
         return True
+
+    def snapshot(self) -> tuple["Throttled", ...]:
+        """What is suspended or limited now, by provider (the web panel's dashboard)."""
+        now = self._clock()
+        out = [Throttled(key, "suspended", "", until - now) for key, until in self._suspended.items() if until > now]
+        out += [Throttled(key, "max_connections", str(n), until - now)
+                for key, (n, until) in self._connections.items() if until > now]
+        out += [Throttled(key, "max_message_rate", str(rate), until - now)
+                for key, (rate, until) in self._rates.items() if until > now]
+        return tuple(sorted(out, key=lambda t: (t.provider, t.kind)))
 
     def _forget_old_matches(self, now: float) -> None:
         if len(self._matches) > self._sweep_at:

@@ -118,6 +118,11 @@ def delete_credentials(conn: sqlite3.Connection, logins: Sequence[str]) -> int:
     return sum(1 for login in logins if delete_credential(conn, login))
 
 
+def set_dkim_key(conn: sqlite3.Connection, name: str, selector: str, pem: str) -> bool:
+    return _changed(conn, conn.execute("UPDATE domains SET dkim_selector = ?, dkim_key = ? WHERE name = ?",
+                                       (selector, pem, name)).rowcount > 0)
+
+
 def add_domain_with(conn: sqlite3.Connection, d: DomainRecord, credential: Credential | None) -> bool:
     if not add_domain(conn, d):
         return False
@@ -161,6 +166,11 @@ class AccountStore(Protocol):
         """Delete these logins in one transaction; the number that existed."""
         ...
 
+    async def set_dkim_key(self, name: str, selector: str, pem: str) -> bool:
+        """Replace an API domain's DKIM key (a rotation: the new selector and PEM private key); False if there is
+        no such domain."""
+        ...
+
 
 class AccountMethods:
     """``AccountStore`` over the SQLite engine (a mixin of ``SqliteStore``)."""
@@ -191,3 +201,6 @@ class AccountMethods:
     async def delete_credentials(self, logins: Sequence[str]) -> int:
         logins = tuple(logins)
         return await self._account_change(lambda c: delete_credentials(c, logins))
+
+    async def set_dkim_key(self, name: str, selector: str, pem: str) -> bool:
+        return await self._account_change(lambda c: set_dkim_key(c, name, selector, pem))

@@ -11,6 +11,7 @@ from mtad.store.accounts import AccountMethods
 from mtad.store.authpolicy import AuthPolicyMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
+from mtad.store.panelusers import PanelUserMethods
 from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
@@ -20,3 +21,4 @@ from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
            WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods)
+METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users

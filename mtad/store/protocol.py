@@ -13,6 +13,7 @@ from mtad.store.accounts import AccountStore
 from mtad.store.authpolicy import AuthPolicyStore
 from mtad.store.changes import ChangeStore
 from mtad.store.events import EventStore
+from mtad.store.panelusers import PanelUserStore
 from mtad.store.queue import QueueStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
@@ -34,5 +35,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -164,6 +164,26 @@ def redeliver(conn: sqlite3.Connection, *, since: float, until: float | None = N
     return queued
 
 
+@dataclass(frozen=True)
+class WebhookPost:
+    """One webhook POST of an event to a URL (a ``webhook_deliveries`` row), as the web panel lists it."""
+
+    id: int
+    event_id: str
+    url: str
+    state: str  # queued | deferred | done | failed
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    updated_at: float
+
+
+def recent_posts(conn: sqlite3.Connection, domain: str, limit: int) -> tuple[WebhookPost, ...]:
+    return tuple(WebhookPost(*r) for r in conn.execute(
+        "SELECT id, event_id, url, state, attempts, last_status, last_error, updated_at FROM webhook_deliveries"
+        " WHERE domain = ? ORDER BY id DESC LIMIT ?", (domain, limit)))
+
+
 class WebhookConfigStore(Protocol):
     """The webhooks of each domain. Every change commits before it returns and is seen by the next event
     recorded; a refused change raises ``WebhookError`` and writes nothing."""
@@ -199,6 +219,10 @@ class WebhookConfigStore(Protocol):
                                  domain: str | None = None, url: str | None = None) -> int:
         """Queue the stored events of ``[since, until]`` again, one new POST per current webhook URL (filtered
         by event kind, domain, URL); the number queued. Not idempotent: each call queues again."""
+        ...
+
+    async def recent_webhook_posts(self, domain: str, limit: int = 50) -> tuple[WebhookPost, ...]:
+        """The newest ``limit`` webhook POSTs of a domain's events, newest first, whatever their state."""
         ...
 
 
@@ -239,3 +263,5 @@ class WebhookConfigMethods:
         return await self.write(lambda c: redeliver(c, since=since, until=until, kinds=kinds, domain=domain,
                                                     url=url))
 
+    async def recent_webhook_posts(self, domain: str, limit: int = 50) -> tuple[WebhookPost, ...]:
+        return await self.read(lambda c: recent_posts(c, domain, limit))

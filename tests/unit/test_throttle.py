@@ -259,3 +259,16 @@ def test_override_never_loosens_a_limit():
     assert s.effective(strict) is strict
     unlimited = ProviderPolicy(name="k", max_message_rate=None)
     assert s.effective(unlimited).max_message_rate == Rate.parse("1000/s")
+
+
+def test_snapshot_lists_what_is_suspended_or_lowered_now_for_the_panel():
+    now = [100.0]
+    s = Suspensions(lambda: now[0])
+    s.suspend("yahoo", 400.0)
+    s.override("google", 160.0, max_connections=2, max_message_rate=Rate.parse("10/m"))
+    got = s.snapshot()
+    assert [(t.provider, t.kind, t.value, t.seconds_left) for t in got] == [
+        ("google", "max_connections", "2", 60.0), ("google", "max_message_rate", "10/m", 60.0),
+        ("yahoo", "suspended", "", 300.0)]
+    now[0] = 200.0  # the overrides ran out
+    assert [(t.provider, t.kind) for t in s.snapshot()] == [("yahoo", "suspended")]

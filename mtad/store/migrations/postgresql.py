@@ -260,6 +260,16 @@ CREATE TABLE IF NOT EXISTS domain_auth_policies (
 """)
 
 
+def _v8(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS panel_users (
+    login TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -268,6 +278,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
     Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
+    Migration(8, "panel_users: users of the web control panel", _v8),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -14,6 +14,7 @@ suppressions        bounces / unsubscribes / complaints / whitelists per domain
 webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
 routes, kv          routes created by API; small settings (queue pauses, ...)
 domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
+panel_users         users of the web control panel (mtad/ui): login, scrypt hash
 messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
 (``mtad.store.leases``).
@@ -297,6 +298,18 @@ CREATE TABLE IF NOT EXISTS domain_auth_policies (
 """)
 
 
+# --- 8: users of the web control panel ---------------------------------------------------------------------------
+
+def _v8(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS panel_users (
+    login TEXT PRIMARY KEY,  -- lower case
+    password_hash TEXT NOT NULL,  -- $scrypt$... (mtad.base.passwords)
+    created_at REAL NOT NULL
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -305,6 +318,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
     Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
+    Migration(8, "panel_users: users of the web control panel", _v8),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
