@@ -10,6 +10,7 @@ from __future__ import annotations
 from mtad.store.accounts import AccountMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
+from mtad.store.lists import ListMethods
 from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
@@ -18,4 +19,4 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, ListMethods)
