@@ -15,4 +15,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
     from mtad.api import legacy  # issue 10: the seed manual's /v2 paths
     features += [legacy.setup]
+    from mtad.api import lists  # issue 14: mailing lists (v3 and the seed's v2 paths), the list-unsubscribe page
+    features += [lists.setup]
     return features
