@@ -1,6 +1,6 @@
 """A mailing-list member's copy of a message: its variables written in, the list's reply preference applied.
 
-``personalise(body, ctx)`` substitutes ``mtad.mail.variables`` in every inline text/plain and text/html part
+``personalise(body, ctx)`` (``Personaliser(body).render(ctx)`` for many recipients) substitutes ``mtad.mail.variables`` in every inline text/plain and text/html part
 (``mimeedit.edit_text_parts``: structure, charsets and encodings kept) and in the top-level header fields that
 name a variable (``mimeedit.edit_headers``; a value with a line break is written on one line: a member's name or
 vars cannot add a header). The recipient-scoped names are always filled (a missing one is emptied, as Mailgun
@@ -25,23 +25,29 @@ _BREAKS = re.compile(r"[\r\n\x00]+")
 _PROBE = RecipientContext("\x00probe\x00", "\x00", {}, {"mailing_list_unsubscribe_url": "\x00"})  # what a list fills
 
 
-def _header_names(body: bytes) -> list[str]:
-    fields, _ = headers_mod.parse_block(body, 10_000, 1 << 20)
-    return list(dict.fromkeys(f.name for f in fields if f.name.lower() not in _NOT_EDITED
-                              and variables_mod.has_variables(headers_mod.decode(f.value))))
+class Personaliser:
+    """``personalise`` for many recipients of one body: the body's parts and fields are found once
+    (``mimeedit.Prepared``), each copy costs its substitutions."""
+
+    def __init__(self, body: bytes):
+        self.prepared = mimeedit.Prepared(body)
+        self.names = list(dict.fromkeys(
+            f.name for f in self.prepared.fields
+            if f.name.lower() not in _NOT_EDITED and variables_mod.has_variables(headers_mod.decode(f.value))))
+
+    def render(self, ctx: RecipientContext) -> bytes:
+        def text(subtype: str, value: str) -> str | None:
+            return variables_mod.substitute(value, ctx) if variables_mod.has_variables(value) else None
+
+        def header(name: str, value: str) -> str | None:
+            if not variables_mod.has_variables(value):
+                return None
+            return _BREAKS.sub(" ", variables_mod.substitute(value, ctx))
+        return self.prepared.render(text, header, self.names)
 
 
 def personalise(body: bytes, ctx: RecipientContext) -> bytes:
-    def text(subtype: str, value: str) -> str | None:
-        return variables_mod.substitute(value, ctx) if variables_mod.has_variables(value) else None
-
-    def header(name: str, value: str) -> str | None:
-        if not variables_mod.has_variables(value):
-            return None
-        return _BREAKS.sub(" ", variables_mod.substitute(value, ctx))
-    body = mimeedit.edit_text_parts(body, text)
-    names = _header_names(body)
-    return mimeedit.edit_headers(body, header, names) if names else body
+    return Personaliser(body).render(ctx)
 
 
 def has_any_variable(body: bytes) -> bool:

@@ -52,7 +52,7 @@ class CopyPlan:
     queue_id: str
     list: MailingList
     body: bytes
-    personal: bool  # the body names variables: edited per member
+    personal: listcopy.Personaliser | None  # set when the body names variables: edited per member
     sender: str
     domain: str
     envelope: dict
@@ -69,7 +69,8 @@ def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | Non
     sender = message.sender
     if inbound and srs_key is not None:
         sender = srs.forward_address(sender, domain_of(lst.address), srs_key, now)
-    return CopyPlan(message.id, lst, body, listcopy.has_any_variable(body), sender,
+    personal = listcopy.Personaliser(body) if listcopy.has_any_variable(body) else None
+    return CopyPlan(message.id, lst, body, personal, sender,
                     domain_of(lst.address) if inbound else message.domain, dict(message.envelope),
                     dict(message.headers), SendOptions.from_json(message.options), tuple(message.attachments))
 
@@ -78,7 +79,7 @@ def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: floa
     """One member's copy with its ``accepted`` event, ready to commit."""
     ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
                                          {"mailing_list_unsubscribe_url": unsubscribe_url})
-    body = listcopy.personalise(p.body, ctx) if p.personal else p.body
+    body = p.personal.render(ctx) if p.personal is not None else p.body
     env = p.envelope
     envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip=env.get("client_ip") or "",
                         client_helo=env.get("client_helo") or "", auth_user=env.get("auth_user"),
@@ -86,7 +87,7 @@ def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: floa
                         listener=env.get("listener") or "")
     h = p.headers
     subject = h.get("subject", "")
-    if p.personal and "%" in subject:
+    if p.personal is not None and "%" in subject:
         subject = variables_mod.substitute(subject, ctx)
     summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
     msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
@@ -175,29 +176,49 @@ class Expander:
             return
         p = plan(message, lst, srs_key=self.srs_key, now=self.clock())
         cursor, made, started = job.cursor, job.copies, time.monotonic()
-        while not self._stopping:
-            members = await store.expansion_members(lst.id, cursor, self.batch_size)
-            now = self.clock()
-            build = self._copies
-            items = (await asyncio.to_thread(build, p, members, now) if len(members) >= _THREAD_AT
-                     else build(p, members, now))
-            after, cursor = cursor, (members[-1].address if members else cursor)
-            done = len(members) < self.batch_size
-            ok = await settle_call(store, lambda: store.expand_batch(job.id, self.worker, after, cursor, items,
-                                                                     done, now),
-                                   f"lists: copies of {job.queue_id} to {lst.address}")
-            if not ok:
-                log.warning("lists: %s to %s: the expansion is no longer held by %s at %r; left to its holder",
-                            job.queue_id, lst.address, self.worker, after)
-                return
-            made += len(items)
-            self.copies += len(items)
-            if items:
-                self.wake_scheduler()
-            if done:
-                log.info("%s: expanded to list %s: %d copies in %.1fs", job.queue_id, lst.address, made,
-                         time.monotonic() - started)
-                return
+        # Pipelined: the next page is read and its copies made while the previous page's write commits; the
+        # writes themselves follow one another (each starts from the cursor the previous one committed).
+        writing: asyncio.Task | None = None
+        members = await store.expansion_members(lst.id, cursor, self.batch_size)
+        try:
+            while not self._stopping:
+                now = self.clock()
+                items = (await asyncio.to_thread(self._copies, p, members, now) if len(members) >= _THREAD_AT
+                         else self._copies(p, members, now))
+                if writing is not None and not await self._written(writing, job, lst, cursor):
+                    return
+                after, cursor = cursor, (members[-1].address if members else cursor)
+                done = len(members) < self.batch_size
+                writing = asyncio.create_task(self._write(job, after, cursor, items, done, now, lst.address))
+                made += len(items)
+                if done:
+                    if await self._written(writing, job, lst, cursor):
+                        log.info("%s: expanded to list %s: %d copies in %.1fs", job.queue_id, lst.address, made,
+                                 time.monotonic() - started)
+                    return
+                members = await store.expansion_members(lst.id, cursor, self.batch_size)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+
+    async def _write(self, job: ExpansionJob, after: str, cursor: str, items: list[spool.Enqueue], done: bool,
+                     now: float, address: str) -> tuple[bool, int, str]:
+        ok = await settle_call(self.store, lambda: self.store.expand_batch(job.id, self.worker, after, cursor, items,
+                                                                           done, now),
+                               f"lists: copies of {job.queue_id} to {address}")
+        return ok, len(items), after
+
+    async def _written(self, writing: asyncio.Task, job: ExpansionJob, lst: MailingList, cursor: str) -> bool:
+        """The page's write ended: True if committed (the scheduler is woken); False if the claim was lost."""
+        ok, n, after = await writing
+        if not ok:
+            log.warning("lists: %s to %s: the expansion is no longer held by %s at %r; left to its holder",
+                        job.queue_id, lst.address, self.worker, after)
+            return False
+        self.copies += n
+        if n:
+            self.wake_scheduler()
+        return True
 
     def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
         return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now) for m in members]

@@ -54,3 +54,21 @@ def test_unsubscribe_tokens_verify_only_as_made():
     for junk in ("", ".", "a.b.c", "!!!.???", token[:-3], "x" * 5000):
         assert listlinks.verify(key, junk) is None
     assert listlinks.url("http://h:1/", key, 7, "a@x.test").startswith("http://h:1/list-unsubscribe/")
+
+
+def test_a_prepared_edit_gives_what_the_two_edits_give():
+    from mtad.mail import mimeedit
+
+    def text(subtype, value):
+        return value.replace("%x%", "é" * 3 if subtype == "plain" else "<b>y</b>")
+
+    def header(name, value):
+        return value.replace("%x%", "zé")
+    bodies = [BODY.replace(b"%recipient_fname%", b"%x%").replace(b"%recipient.city%", b"%x%"),
+              b"Subject: a %x%\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nplain %x% text\r\n",  # re-charset
+              b"Subject: a %x%\r\n\r\nno mime %x%\r\n", b"Subject: none\r\n\r\nnothing\r\n"]
+    for body in bodies:
+        expected = mimeedit.edit_headers(mimeedit.edit_text_parts(body, text), header, ["Subject"])
+        prepared = mimeedit.Prepared(body)
+        assert prepared.render(text, header, ["Subject"]) == expected
+        assert prepared.render(text, header, ["Subject"]) == expected  # reusable
