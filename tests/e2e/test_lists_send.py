@@ -10,7 +10,6 @@ import email.policy
 import json
 import re
 import smtplib
-import ssl
 from email import message_from_bytes
 
 import aiohttp
