@@ -33,6 +33,7 @@ from mtad.base.errors import ConfigError, StoreError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
 from mtad.inbound.routing import Routing, check_config_routes, route_of
+from mtad.ingress.lists import ListDirectory
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
 from mtad.inbound.verdicts.check import Verifier
@@ -183,7 +184,7 @@ class App:
         await self._load_api_routes()
         self.accounts = await self.store.load_accounts()
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
-                               store=self.store, router=self.routing)
+                               store=self.store, router=self.routing, lists=ListDirectory(self.store))
         # issue 15: SPF/DKIM/DMARC/ARC verdicts on MX mail, DNS through a resolver with the delivery settings
         d = cfg.delivery
         self.verifier = Verifier(cfg.authentication, cfg.hostname,
@@ -194,6 +195,8 @@ class App:
         self.spam_filter = SpamFilter(cfg.spam)  # spam filtering of MX mail (issue 15 item 3)
         self._apply_spam(cfg)
         self.ingress.spam_filter = self.spam_filter
+        self._unsubscribe.append(self.store.on_change("lists", self.ingress.lists.reload))
+        await self.ingress.lists.reload()
         wakers = []
         self.config_dkim_keys = load_dkim_keys(cfg) if cfg.delivery.enabled else {}
         if cfg.delivery.enabled:
@@ -215,6 +218,9 @@ class App:
                                    node_id=cfg.node_id)
         self._background.append(asyncio.create_task(self.store_loop.run(), name="store-action"))
         self._background.append(asyncio.create_task(self.store_action.expire_loop(), name="store-expiry"))
+        self.expander = self._build_expander(self.scheduler.wake if self.scheduler is not None else (lambda: None))
+        wakers.append(self.expander.wake)
+        self._background.append(asyncio.create_task(self.expander.run(), name="list-expansions"))
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
         if cfg.api.enabled:
             await self._start_api()
@@ -313,7 +319,7 @@ class App:
             config=cfg.api, store=self.store, base_url=base_url, keys=lambda: self.api_keys,
             running_config=lambda: self.cfg, allowed_networks=cfg.routing.allowed_networks, ingress=self.ingress,
             routing=self.routing, accounts=lambda: self.accounts, apply_accounts=self.apply_accounts,
-            metrics=self._metrics_sources)
+            metrics=self._metrics_sources, signing_key=self.signing_key)
         features, own_auth = all_features(), ()
         if cfg.ui.enabled:  # the web control panel at /ui/ (mtad/ui), on the same listener
             from mtad import ui
@@ -355,6 +361,19 @@ class App:
                          smarthost_password=password,
                          dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()},
                          node_id=cfg.node_id)
+
+    def _build_expander(self, wake):
+        """Mailing-list expansions (outbound.lists): copies per member, their unsubscribe links served by the API."""
+        from mtad.base import keys
+        from mtad.mail import listlinks
+        from mtad.outbound.lists import Expander
+        cfg = self.cfg
+        key = keys.derive(self.signing_key or "mtad", listlinks.PURPOSE)
+        base = api_base_url(cfg, self.api_address)
+        return Expander(store=self.store, unsubscribe_url=lambda list_id, address: listlinks.url(base, key, list_id,
+                                                                                               address),
+                        wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
+                        node_id=cfg.node_id)
 
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -464,6 +483,7 @@ class App:
         await self.sessions.shutdown(self.shutdown_grace)
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.expander.stop()
         await self.forward_loop.stop()
         await self.forwarder.close()
         await self.verifier.close()

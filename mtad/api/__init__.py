@@ -71,6 +71,7 @@ class ApiContext:
     accounts: Callable[[], "Accounts"]  # domains and SMTP credentials made through the API, now
     apply_accounts: Callable[["Accounts"], None]  # after a change: new directory and DKIM keys, no restart
     metrics: Callable[[], "MetricsSources"]  # what /metrics reads, as it is now
+    signing_key: str = ""  # mtad's signing key (app.signing_key): the keys of links made for recipients derive from it
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -127,6 +128,7 @@ def _authenticate(request: web.Request, keys: Sequence[ApiKey]) -> ApiKey | None
 
 
 PUBLIC_PATHS = {"/metrics", "/healthz"}
+PUBLIC_PREFIXES = ("/list-unsubscribe/",)  # links in mail to recipients: their signed token is the credential
 
 
 def _middlewares(ctx: ApiContext, own_auth: tuple[str, ...] = ()) -> list:
@@ -151,8 +153,9 @@ def _middlewares(ctx: ApiContext, own_auth: tuple[str, ...] = ()) -> list:
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if request.path in PUBLIC_PATHS or any(request.path == p or request.path.startswith(p + "/")
-                                               for p in own_auth):  # the web panel signs its users in itself
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES) or any(
+                request.path == p or request.path.startswith(p + "/")
+                for p in own_auth):  # the web panel signs its users in itself
             return await handler(request)
         client = request.remote or "?"
         now = time.monotonic()

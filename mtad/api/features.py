@@ -17,4 +17,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [legacy.setup]
     from mtad.api import domain_auth  # issue 15: a receiving domain's inbound authentication policy
     features += [domain_auth.setup]
+    from mtad.api import lists  # issue 14: mailing lists (v3 and the seed's v2 paths), the list-unsubscribe page
+    features += [lists.setup]
     return features

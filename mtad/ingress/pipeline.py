@@ -36,6 +36,7 @@ from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
 from mtad.inbound.spam import SpamFilter
 from mtad.inbound.verdicts.check import Verifier
+from mtad.ingress.lists import ListDirectory
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
@@ -70,6 +71,8 @@ class Submission:
     opts: SendOptions
     queue_id: str
     domain: str | None = None
+    expand: tuple[str, ...] | None = None  # list addresses an MX post may reach (None: every list of an
+    # authenticated sender's recipients; ingress.lists)
 
 
 @dataclass(frozen=True)
@@ -118,12 +121,14 @@ class Ingress:
     """The ``Policy`` of smtpserver.MtadSMTP, and the one path from bytes to a committed message."""
 
     def __init__(self, *, hostname: str, limits: LimitsConfig, directory: Directory, store: StoreProtocol,
-                 router: InboundRouter | None = None, clock: Callable[[], float] = time.time):
+                 router: InboundRouter | None = None, clock: Callable[[], float] = time.time,
+                 lists: ListDirectory | None = None):
         self.hostname = hostname
         self.limits = limits
         self.directory = directory
         self.store = store
         self.router: InboundRouter = router or AcceptAll()
+        self.lists = lists if lists is not None else ListDirectory(store)  # mailing lists (their addresses)
         self.clock = clock
         self.verified = VerifiedCache()
         self.inflight = ByteBudget(int(limits.max_inflight_bytes))
@@ -179,9 +184,14 @@ class Ingress:
     def check_rcpt(self, session: SessionInfo, tx: Transaction, recipient: str) -> str | None:
         domain = recipient.rpartition("@")[2]
         if self.directory.receives(domain):
-            if not self.router.would_handle(recipient):
-                return f"550 5.1.1 <{recipient}>: Recipient address rejected: no route for this address"
-            return None
+            if self.router.would_handle(recipient):
+                return None
+            lst = self.lists.get(recipient)
+            if lst is not None:  # who may post is decided at DATA (a members list asks the store)
+                if session.auth_user is not None or lst.access_level != "readonly":
+                    return None
+                return f"550 5.7.1 <{recipient}>: only authenticated senders may post to this list"
+            return f"550 5.1.1 <{recipient}>: Recipient address rejected: no route for this address"
         if session.auth_user is None:
             return f"554 5.7.1 <{recipient}>: Relay access denied"
         return None
@@ -205,6 +215,12 @@ class Ingress:
             return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}")
         outbound = session.auth_user is not None
         opts = SendOptions()
+        expand: tuple[str, ...] | None = None
+        if not outbound and self.lists.by_address:
+            expand, refusal = await self._list_posts(tx)
+            if refusal:
+                log.info("refused from %s: %s", session.client_ip, refusal)
+                return await self._refuse(session, tx, refusal)
         if outbound:
             mailgun = [f for f in fields if f.name.lower().startswith("x-mailgun-")]
             try:
@@ -243,7 +259,22 @@ class Ingress:
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "",
                             verdicts=verdicts)
-        return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
+        return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True,
+                                  expand=expand)).reply
+
+    async def _list_posts(self, tx: Transaction) -> tuple[tuple[str, ...], str | None]:
+        """The lists an MX post reaches (by ``access_level``), or the refusal when one it may not reach has no
+        route either."""
+        allowed: list[str] = []
+        for rcpt in tx.recipients:
+            lst = self.lists.get(rcpt)
+            if lst is None:
+                continue
+            if await self.lists.may_post(lst, tx.sender or ""):
+                allowed.append(rcpt)
+            elif not self.router.would_handle(rcpt):
+                return (), f"550 5.7.1 <{rcpt}>: sender <{tx.sender or ''}> may not post to this list"
+        return tuple(allowed), None
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -270,15 +301,16 @@ class Ingress:
 
     async def commit(self, envelope: Envelope, content: bytes, fields: list[headers.HeaderField],
                      summary: HeaderSummary, opts: SendOptions, queue_id: str, now: float,
-                     domain: str | None = None, held: bool = False) -> CommitResult:
+                     domain: str | None = None, held: bool = False,
+                     expand: tuple[str, ...] | None = None) -> CommitResult:
         """Store the message and its work rows durably; what was done (``.reply``: the SMTP reply to give).
 
         ``domain`` names the sending domain when the caller knows it (the HTTP API's ``/v3/{domain}``);
         otherwise it comes from the envelope sender and the authenticated user. ``held``: the caller
         has already reserved the content's bytes in ``inflight`` (SMTP DATA).
         """
-        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain)], now,
-                                      held=held)
+        return await self.commit_many([Submission(envelope, content, fields, summary, opts, queue_id, domain,
+                                                  expand)], now, held=held)
 
     async def commit_many(self, items: "list[Submission]", now: float, held: bool = False) -> CommitResult:
         """Commit several messages in one transaction, all or none (an API batch send): ``Committed`` with their
@@ -298,16 +330,16 @@ class Ingress:
         planned = [(item.queue_id, self._plan(item)) for item in items]
         try:
             await self.store.enqueue([spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now), tuple(forwards),
-                                                    tuple(deliver_to))
-                                      for queue_id, (msg, forwards, deliver_to) in planned], now)
+                                                    tuple(deliver_to), lists)
+                                      for queue_id, (msg, forwards, deliver_to, lists) in planned], now)
         except StoreError as exc:
             self.counters.store_failures += 1
             log.error("%s: not stored: %s", ",".join(q for q, _ in planned), exc)
             return NO_STORE if isinstance(exc, StoreUnavailable) else NO_STORAGE
         self.counters.accepted += len(items)
-        if any(forwards or deliver_to for _, (_, forwards, deliver_to) in planned):
+        if any(forwards or deliver_to or lists for _, (_, forwards, deliver_to, lists) in planned):
             self.on_commit()  # wake the scheduler and forwarders only when there is work for them
-        for queue_id, (msg, _, _) in planned:
+        for queue_id, (msg, _, _, _) in planned:
             envelope = msg.envelope
             log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=%s%s",
                      queue_id, envelope.sender, len(envelope.recipients), len(msg.body), envelope.client_ip,
@@ -315,13 +347,18 @@ class Ingress:
                      "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
         return Committed(tuple(item.queue_id for item in items))
 
-    def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
-        """The message to store, its route forwards and the recipients the outbound stage delivers."""
+    def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str], tuple[int, ...]]:
+        """The message to store, its route forwards, the recipients the outbound stage delivers and the mailing
+        lists it is expanded to (an authenticated sender's: every list among its recipients; an MX post's: those
+        ``item.expand`` names)."""
         envelope = item.envelope
         outbound = envelope.auth_user is not None or envelope.transport == "http"
         inbound_rcpts = [r for r in envelope.recipients if self.directory.receives(r.rpartition("@")[2])]
         forwards = [row for r in inbound_rcpts for row in self.router.forwards_for(r, item.fields, envelope.sender)]
-        deliver_to = [r for r in envelope.recipients if r not in inbound_rcpts]
+        lists = [lst for r in (envelope.recipients if outbound else item.expand or ())
+                 if (lst := self.lists.get(r)) is not None] if self.lists.by_address else []
+        not_delivered = set(inbound_rcpts) | {lst.address for lst in lists}
+        deliver_to = [r for r in envelope.recipients if r not in not_delivered and r.lower() not in not_delivered]
         if outbound:
             domain = item.domain or self._sending_domain(envelope)
         else:
@@ -329,7 +366,7 @@ class Ingress:
         msg = NewMessage(envelope=envelope, body=item.content, direction="outbound" if outbound else "inbound",
                          domain=domain, headers=item.summary, options=item.opts,
                          attachments=tuple(attachments_mod.listing(item.content)))
-        return msg, forwards, deliver_to
+        return msg, forwards, deliver_to, tuple(lst.id for lst in lists)
 
     def _sending_domain(self, envelope: Envelope) -> str:
         sender_domain = envelope.sender.rpartition("@")[2].lower()

@@ -156,7 +156,7 @@ def _crlf(text: str) -> str:
 
 
 def _long_lines(data: bytes) -> bool:
-    return any(len(line) > MAX_LINE for line in data.split(b"\r\n"))
+    return len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE
 
 
 def _encode(data: bytes, encoding: str) -> bytes:
@@ -197,3 +197,62 @@ def _patched_head(head: bytes, charset: str | None, encoding: str | None, top_le
         else:
             head = head[:-2] + f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
     return head
+
+
+# --- the same edits, prepared once for many recipients ---------------------------------------------------
+
+class Prepared:
+    """``body``'s editable places found once (its inline text parts decoded, its top-level header fields), so
+    that the same kind of edit repeated per recipient (a mailing list's copies) costs the edits, not a MIME walk
+    and a header parse each time. ``render(edit, header_edit, names)`` gives what ``edit_headers(edit_text_parts
+    (body, edit), header_edit, names)`` gives."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        parts = []
+        for part in mimewalk.leaves(body):
+            headers = part.headers
+            if headers.get_content_maintype() != "text" or headers.get_content_subtype() not in ("plain", "html"):
+                continue
+            if headers.get_content_disposition() == "attachment":
+                continue
+            decoded = _decode(body[part.body_start:part.end], part.encoding, headers)
+            if decoded is not None:
+                parts.append((part, headers.get_content_subtype(), decoded[0], decoded[1]))
+        self.parts = tuple(parts)
+        self.fields, self.header_end = headers_mod.parse_block(body, 10_000, 1 << 20)
+
+    def render(self, edit: TextEdit, header_edit: HeaderEdit | None = None, names: Collection[str] = ()) -> bytes:
+        splices: list[tuple[int, int, bytes]] = []
+        for part, subtype, text, charset in self.parts:
+            new_text = edit(subtype, text)
+            if new_text is not None and new_text != text:
+                splices.append(_rewrite(self.body, part, new_text, charset))
+        if header_edit is not None and names:
+            if any(start < self.header_end for start, _, _ in splices):  # a part's head changed: the top level's
+                return edit_headers(_spliced(self.body, splices), header_edit, names)
+            wanted = {n.lower() for n in names}
+            for f in self.fields:
+                if f.name.lower() not in wanted:
+                    continue
+                decoded = headers_mod.decode(f.value)
+                new = header_edit(f.name, decoded)
+                if new is None or new == decoded:
+                    continue
+                if _CONTROL.search(new):
+                    raise EditError(f"the new value of {f.name} holds a line break or NUL")
+                splices.append((f.start, f.end, _header_line(f.name, new)))
+            splices.sort()
+        return _spliced(self.body, splices)
+
+
+def _spliced(body: bytes, splices: list[tuple[int, int, bytes]]) -> bytes:
+    if not splices:
+        return body
+    out, last = [], 0
+    for start, end, data in splices:
+        out.append(body[last:start])
+        out.append(data)
+        last = end
+    out.append(body[last:])
+    return b"".join(out)

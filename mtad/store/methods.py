@@ -12,6 +12,7 @@ from mtad.store.authpolicy import AuthPolicyMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
 from mtad.store.panelusers import PanelUserMethods
+from mtad.store.lists import ListMethods
 from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
@@ -20,5 +21,5 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users

@@ -14,6 +14,7 @@ from mtad.store.authpolicy import AuthPolicyStore
 from mtad.store.changes import ChangeStore
 from mtad.store.events import EventStore
 from mtad.store.panelusers import PanelUserStore
+from mtad.store.lists import ListStore
 from mtad.store.queue import QueueStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
@@ -35,5 +36,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -55,6 +55,7 @@ class Enqueue:
     events: tuple[NewEvent, ...] = ()
     forwards: tuple[ForwardRow, ...] = ()
     deliver_to: tuple[str, ...] | None = None
+    lists: tuple[int, ...] = ()  # ids of the mailing lists to expand it to (store.lists: one expansion row each)
 
 
 def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
@@ -104,12 +105,17 @@ def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
          for f in forwards if f.action != "address"])
+    if item.lists:  # mailing lists: expanded later, durably (store.lists)
+        conn.executemany(
+            "INSERT INTO list_expansions (message, list_id, state, next_attempt_at, created_at, updated_at)"
+            " VALUES (?, ?, 'queued', ?, ?, ?)", [(queue_id, list_id, now, now, now)
+                                                  for list_id in dict.fromkeys(item.lists)])
     record_all(conn, item.events)
 
 
 # --- claims are leases (see mtad.leases) ------------------------------------------------------------------
 
-LEASED_TABLES = ("deliveries", "forwards", "webhook_deliveries")
+LEASED_TABLES = ("deliveries", "forwards", "webhook_deliveries", "list_expansions")
 DEFAULT_LEASE = 300.0  # seconds; the daemon passes ``store.claim_lease``
 # A row may be claimed when nobody holds it or when its holder's lease ran out (the holder died or lost the store).
 CLAIMABLE = "(locked_by IS NULL OR lease_until < ?)"

@@ -310,6 +310,47 @@ CREATE TABLE IF NOT EXISTS panel_users (
 """)
 
 
+# --- 9: mailing lists (store.lists) --------------------------------------------------------------------------------
+
+def _v9(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS mailing_lists (
+    id INTEGER PRIMARY KEY,  -- kept by a rename: members and expansions name the list by it
+    address TEXT NOT NULL UNIQUE,  -- lower-cased
+    name TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    access_level TEXT NOT NULL DEFAULT 'readonly',  -- readonly | members | everyone: who may post to it
+    reply_preference TEXT NOT NULL DEFAULT 'list',  -- list | sender
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_members (
+    list_id INTEGER NOT NULL REFERENCES mailing_lists(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,  -- lower-cased; expansions read members in this order
+    name TEXT NOT NULL DEFAULT '',
+    vars TEXT NOT NULL DEFAULT '{}',  -- a JSON object: %recipient.KEY%
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (list_id, address)
+);
+CREATE TABLE IF NOT EXISTS list_expansions (  -- a message to a list, copied to its members page by page
+    id INTEGER PRIMARY KEY,
+    message TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    list_id INTEGER NOT NULL,  -- no foreign key: a list deleted meanwhile ends the expansion
+    cursor TEXT NOT NULL DEFAULT '',  -- the last member address whose copy is committed
+    copies INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,  -- queued | done
+    next_attempt_at REAL NOT NULL,
+    locked_by TEXT,
+    locked_at REAL,
+    lease_until REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS list_expansions_due ON list_expansions(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS list_expansions_message ON list_expansions(message);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -319,6 +360,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
     Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
     Migration(8, "panel_users: users of the web control panel", _v8),
+    Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -1,0 +1,62 @@
+"""A mailing-list member's copy of a message: its variables written in, the list's reply preference applied.
+
+``personalise(body, ctx)`` (``Personaliser(body).render(ctx)`` for many recipients) substitutes ``mtad.mail.variables`` in every inline text/plain and text/html part
+(``mimeedit.edit_text_parts``: structure, charsets and encodings kept) and in the top-level header fields that
+name a variable (``mimeedit.edit_headers``; a value with a line break is written on one line: a member's name or
+vars cannot add a header). The recipient-scoped names are always filled (a missing one is emptied, as Mailgun
+does), the system names given in ``ctx.system`` too; the others (``%unsubscribe_url%`` ...) stay for the delivery
+stage. ``has_any_variable(body)`` says whether a message names any variable at all (when it does not, every
+member's copy is the same bytes and the expansion skips the per-member work). ``with_reply_to(body, address)``
+adds ``Reply-To`` unless the message has one. Pure functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mtad.mail import headers as headers_mod
+from mtad.mail import mimeedit
+from mtad.mail import variables as variables_mod
+from mtad.mail.variables import RecipientContext
+
+_NOT_EDITED = {"received", "dkim-signature", "content-type", "content-transfer-encoding", "mime-version",
+               "message-id", "return-path", "arc-seal", "arc-message-signature", "arc-authentication-results"}
+_BREAKS = re.compile(r"[\r\n\x00]+")
+_PROBE = RecipientContext("\x00probe\x00", "\x00", {}, {"mailing_list_unsubscribe_url": "\x00"})  # what a list fills
+
+
+class Personaliser:
+    """``personalise`` for many recipients of one body: the body's parts and fields are found once
+    (``mimeedit.Prepared``), each copy costs its substitutions."""
+
+    def __init__(self, body: bytes):
+        self.prepared = mimeedit.Prepared(body)
+        self.names = list(dict.fromkeys(
+            f.name for f in self.prepared.fields
+            if f.name.lower() not in _NOT_EDITED and variables_mod.has_variables(headers_mod.decode(f.value))))
+
+    def render(self, ctx: RecipientContext) -> bytes:
+        def text(subtype: str, value: str) -> str | None:
+            return variables_mod.substitute(value, ctx) if variables_mod.has_variables(value) else None
+
+        def header(name: str, value: str) -> str | None:
+            if not variables_mod.has_variables(value):
+                return None
+            return _BREAKS.sub(" ", variables_mod.substitute(value, ctx))
+        return self.prepared.render(text, header, self.names)
+
+
+def personalise(body: bytes, ctx: RecipientContext) -> bytes:
+    return Personaliser(body).render(ctx)
+
+
+def has_any_variable(body: bytes) -> bool:
+    """Whether ``personalise`` would change ``body`` for some recipient."""
+    return personalise(body, _PROBE) != body
+
+
+def with_reply_to(body: bytes, address: str) -> bytes:
+    fields, _ = headers_mod.parse_block(body, 10_000, 1 << 20)
+    if headers_mod.first(fields, "Reply-To") is not None:
+        return body
+    return f"Reply-To: {address}\r\n".encode("ascii", "replace") + body

@@ -1,0 +1,232 @@
+"""Expanding a message sent to a mailing list into one queued copy per subscribed member, durably.
+
+The message was committed once with an expansion row per list (``Enqueue.lists``). An ``Expander`` claims those
+rows (leases, renewed while it works: ``store.leases``) and expands each page by page: it reads the next
+``batch_size`` subscribed members after the row's cursor, in address order (memory stays flat whatever the list's
+size), makes their copies, and commits the copies (new messages, one recipient each, each with its ``accepted``
+event naming the list) and the cursor's advance in one transaction (``store.expand_batch``), which writes nothing
+unless this worker still holds the row at that cursor. A kill -9 at any point therefore leaves every member with
+exactly one copy once the row is taken up again (by the next process: its locks are released at start; by another
+node: once the lease ran out). From there the copies are ordinary outbound mail: the scheduler delivers them,
+drops suppressed recipients with the usual ``failed`` events, and records each copy's own events.
+
+A copy: the original's bytes with the member's variables written in (``mail.listcopy``: ``%recipient%``,
+``%recipient_fname%``/``%recipient_lname%`` from the member's name, ``%recipient.KEY%`` from its vars,
+``%mailing_list_unsubscribe_url%`` its own link); ``Reply-To: <list>`` when the list takes posts (``members``,
+``everyone``) and prefers replies to the list; the original's options (tags, tracking, variables, delivery time).
+A message that names no variable is the same bytes for everybody and is not edited per member. A message posted
+over the MX listener is sent on from the list's domain, its envelope sender rewritten (SRS) as forwards are, so
+bounces come back to the original sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from mtad.base.errors import StoreError
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions, domain_of
+from mtad.events import lists as list_events
+from mtad.events import shape
+from mtad.mail import listcopy, srs
+from mtad.mail import variables as variables_mod
+from mtad.store import queue as spool
+from mtad.store.leases import Leases, settle_call
+from mtad.store.lists import ExpansionJob, ListMember, MailingList
+from mtad.store.protocol import StoreProtocol
+
+log = logging.getLogger("mtad.lists")
+
+BATCH = 500  # copies per transaction
+_THREAD_AT = 50  # members of a page from which its copies are made in a thread
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """What every member's copy of one message to one list shares (made once per expansion)."""
+
+    queue_id: str
+    list: MailingList
+    body: bytes
+    personal: listcopy.Personaliser | None  # set when the body names variables: edited per member
+    sender: str
+    domain: str
+    envelope: dict
+    headers: dict
+    options: SendOptions
+    attachments: tuple
+
+
+def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | None, now: float) -> CopyPlan:
+    body = message.body
+    if lst.access_level != "readonly" and lst.reply_preference == "list":
+        body = listcopy.with_reply_to(body, lst.address)
+    inbound = message.direction != "outbound"
+    sender = message.sender
+    if inbound and srs_key is not None:
+        sender = srs.forward_address(sender, domain_of(lst.address), srs_key, now)
+    personal = listcopy.Personaliser(body) if listcopy.has_any_variable(body) else None
+    return CopyPlan(message.id, lst, body, personal, sender,
+                    domain_of(lst.address) if inbound else message.domain, dict(message.envelope),
+                    dict(message.headers), SendOptions.from_json(message.options), tuple(message.attachments))
+
+
+def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float) -> spool.Enqueue:
+    """One member's copy with its ``accepted`` event, ready to commit."""
+    ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
+                                         {"mailing_list_unsubscribe_url": unsubscribe_url})
+    body = p.personal.render(ctx) if p.personal is not None else p.body
+    env = p.envelope
+    envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip=env.get("client_ip") or "",
+                        client_helo=env.get("client_helo") or "", auth_user=env.get("auth_user"),
+                        tls=bool(env.get("tls")), transport=env.get("transport") or "smtp",
+                        listener=env.get("listener") or "")
+    h = p.headers
+    subject = h.get("subject", "")
+    if p.personal is not None and "%" in subject:
+        subject = variables_mod.substitute(subject, ctx)
+    summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
+    msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
+    queue_id = spool.new_queue_id()
+    events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
+    return spool.Enqueue(queue_id, msg, events)
+
+
+class Expander:
+    """Claims expansion rows and expands them (see the module doc). ``unsubscribe_url(list_id, address)`` makes a
+    member's link; ``wake`` tells the scheduler that copies were committed."""
+
+    def __init__(self, *, store: StoreProtocol, unsubscribe_url: Callable[[int, str], str],
+                 wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
+                 batch_size: int = BATCH, max_concurrent: int = 2, poll_interval: float = 1.0,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.unsubscribe_url = unsubscribe_url
+        self.wake_scheduler = wake
+        self.srs_key = srs_key
+        self.batch_size = batch_size
+        self.max_concurrent = max_concurrent
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.worker = node_id or f"lists-{os.getpid()}-{os.urandom(3).hex()}"
+        self.leases = Leases(store, "list_expansions", self.worker, clock)
+        self.copies = 0  # copies committed by this process (metrics, tests)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        renewing = asyncio.create_task(self.leases.run(), name="lists-leases")
+        try:
+            while not self._stopping:
+                room = self.max_concurrent - len(self._tasks)
+                if room > 0:
+                    try:
+                        now = self.clock()
+                        jobs = await self.store.claim_expansions(self.worker, now, room,
+                                                                 lease_until=self.leases.until(now),
+                                                                 skip=self.leases.held)
+                    except Exception as exc:  # noqa: BLE001 - keep looping; the store may recover
+                        log.error("lists: cannot claim expansions: %s", exc, exc_info=not isinstance(exc, StoreError))
+                        jobs = []
+                    self.leases.claimed(job.id for job in jobs)
+                    for job in jobs:
+                        task = asyncio.create_task(self._run_one(job), name=f"list-expansion-{job.id}")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            renewing.cancel()
+
+    async def _run_one(self, job: ExpansionJob) -> None:
+        try:
+            await self.expand(job)
+            self.leases.done(job.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - given back, tried again later
+            log.error("lists: expansion %s of %s failed: %s; given back", job.id, job.queue_id, exc,
+                      exc_info=not isinstance(exc, StoreError))
+            try:
+                await self.leases.give_back(job.id, exc, f"lists: release of expansion {job.id}")
+            except Exception as again:  # noqa: BLE001 - the store closed: the next start releases it
+                log.error("lists: expansion %s could not be given back: %s", job.id, again)
+        finally:
+            self._wake.set()
+
+    async def expand(self, job: ExpansionJob) -> None:
+        """Expand one claimed row to its end (or until the claim is lost)."""
+        store = self.store
+        message = await store.message(job.queue_id)
+        lst = await store.get_list_by_id(job.list_id)
+        if message is None or lst is None:  # deleted meanwhile: nothing to expand
+            await settle_call(store, lambda: store.expand_batch(job.id, self.worker, job.cursor, job.cursor, [],
+                                                                True, self.clock()), f"lists: end of {job.id}")
+            return
+        p = plan(message, lst, srs_key=self.srs_key, now=self.clock())
+        cursor, made, started = job.cursor, job.copies, time.monotonic()
+        # Pipelined: the next page is read and its copies made while the previous page's write commits; the
+        # writes themselves follow one another (each starts from the cursor the previous one committed).
+        writing: asyncio.Task | None = None
+        members = await store.expansion_members(lst.id, cursor, self.batch_size)
+        try:
+            while not self._stopping:
+                now = self.clock()
+                items = (await asyncio.to_thread(self._copies, p, members, now) if len(members) >= _THREAD_AT
+                         else self._copies(p, members, now))
+                if writing is not None and not await self._written(writing, job, lst, cursor):
+                    return
+                after, cursor = cursor, (members[-1].address if members else cursor)
+                done = len(members) < self.batch_size
+                writing = asyncio.create_task(self._write(job, after, cursor, items, done, now, lst.address))
+                made += len(items)
+                if done:
+                    if await self._written(writing, job, lst, cursor):
+                        log.info("%s: expanded to list %s: %d copies in %.1fs", job.queue_id, lst.address, made,
+                                 time.monotonic() - started)
+                    return
+                members = await store.expansion_members(lst.id, cursor, self.batch_size)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+
+    async def _write(self, job: ExpansionJob, after: str, cursor: str, items: list[spool.Enqueue], done: bool,
+                     now: float, address: str) -> tuple[bool, int, str]:
+        ok = await settle_call(self.store, lambda: self.store.expand_batch(job.id, self.worker, after, cursor, items,
+                                                                           done, now),
+                               f"lists: copies of {job.queue_id} to {address}")
+        return ok, len(items), after
+
+    async def _written(self, writing: asyncio.Task, job: ExpansionJob, lst: MailingList, cursor: str) -> bool:
+        """The page's write ended: True if committed (the scheduler is woken); False if the claim was lost."""
+        ok, n, after = await writing
+        if not ok:
+            log.warning("lists: %s to %s: the expansion is no longer held by %s at %r; left to its holder",
+                        job.queue_id, lst.address, self.worker, after)
+            return False
+        self.copies += n
+        if n:
+            self.wake_scheduler()
+        return True
+
+    def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
+        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now) for m in members]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
