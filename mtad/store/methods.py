@@ -11,6 +11,7 @@ from mtad.store.accounts import AccountMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
 from mtad.store.queue import QueueMethods
+from mtad.store.reports import ReportMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
 from mtad.store.suppressions import SuppressionMethods
@@ -18,4 +19,4 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, ReportMethods)

@@ -13,6 +13,7 @@ from mtad.store.accounts import AccountStore
 from mtad.store.changes import ChangeStore
 from mtad.store.events import EventStore
 from mtad.store.queue import QueueStore
+from mtad.store.reports import ReportStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
 from mtad.store.suppressions import SuppressionStore
@@ -33,5 +34,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, ReportStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -275,12 +275,24 @@ def _v5(conn: sqlite3.Connection) -> None:
     shaping tables (store.postgres.shaping). The number keeps both lists in step."""
 
 
+# --- 6: reports about sent mail find the delivered events of a message ---------------------------------------------
+
+def _v6(conn: sqlite3.Connection) -> None:
+    """Partial indexes over ``delivered`` events only (store.reports: a late bounce or a complaint is about a
+    delivered message), by queue id and by Message-ID; other events cost nothing more to insert."""
+    run_script(conn, """
+CREATE INDEX IF NOT EXISTS events_delivered_queue ON events(queue_id) WHERE event = 'delivered';
+CREATE INDEX IF NOT EXISTS events_delivered_message ON events(message_id) WHERE event = 'delivered';
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
+    Migration(6, "events_delivered_queue and events_delivered_message: reports find what they are about", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
