@@ -155,8 +155,13 @@ def _blocks(part: email.message.Message) -> list[list[tuple[str, str]]]:
     """The field blocks of a delivery-status part: the per-message block then one per recipient."""
     payload = part.get_payload()
     if isinstance(payload, list) and all(isinstance(p, email.message.Message) for p in payload):
-        return [[(n, _clean(v)) for n, v in p.items()[:MAX_FIELDS]] for p in payload[:MAX_BLOCKS + 1]]
-    text = _text(part).replace("\r\n", "\n")
+        if part.get_content_type() == "message/delivery-status":  # the parser split it into blocks already
+            return [[(n, _clean(v)) for n, v in p.items()[:MAX_FIELDS]] for p in payload[:MAX_BLOCKS + 1]]
+        # another message/* type was parsed as one message: its header is the first block, its body the rest
+        text = payload[0].as_string() if payload else ""
+    else:
+        text = _text(part)
+    text = text.replace("\r\n", "\n")
     return [_fields_of(block) for block in re.split(r"\n[ \t]*\n", text.strip())[:MAX_BLOCKS + 1] if block.strip()]
 
 
