@@ -119,13 +119,16 @@ class Reports:
         return found
 
     def _match(self, sent: Sequence[SentRecord], token: returnpath.Token | None,
-               addresses: Iterable[str]) -> SentRecord | None:
+               *tiers: Iterable[str]) -> SentRecord | None:
+        """The recipient a report is about: the token's, else the first of ``sent`` named by the first tier of
+        addresses that names exactly one (the report's own fields before the original's To), else the only one."""
         if token is not None and token.recipient_tag:
             return next((r for r in sent if token.names(self.key, r.recipient)), None)
-        named = {a.lower() for a in addresses if a}
-        found = [r for r in sent if r.recipient.lower() in named]
-        if found:
-            return found[0]
+        for addresses in tiers:
+            named = {a.lower() for a in addresses if a}
+            found = [r for r in sent if r.recipient.lower() in named]
+            if len(found) == 1:
+                return found[0]
         return sent[0] if len(sent) == 1 else None
 
     def _bounces(self, report: reports_mod.DeliveryReport, sent: Sequence[SentRecord],
@@ -135,7 +138,7 @@ class Reports:
         for block in report.recipients:
             if block.action not in ("failed", "delayed"):
                 continue
-            record = self._match(sent, token, (block.final_recipient, block.original_recipient))
+            record = self._match(sent, token, (block.final_recipient,), (block.original_recipient,))
             if record is None:
                 unmatched.append(block.final_recipient)
                 continue
@@ -162,7 +165,7 @@ class Reports:
 
     def _complaint(self, report: reports_mod.FeedbackReport, sent: Sequence[SentRecord],
                    token: returnpath.Token | None, now: float, how: str) -> ReportPlan:
-        record = self._match(sent, token, (*report.original_rcpt_to, *report.original.to))
+        record = self._match(sent, token, report.original_rcpt_to, report.original.to)
         if record is None:
             return ReportPlan(sent[0].domain, outcome=f"complaint about {sent[0].queue_id} ({how}): which of its"
                                                       f" {len(sent)} recipients is not said, kept without an event")
