@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import tempfile
@@ -436,3 +437,15 @@ async def test_reports_about_unknown_messages_are_kept_and_logged_without_an_eve
         assert outcome in report_outcome(world, qid)
     assert await events(world, "example.com", recipient="ghost@dest.test") == []
     await api(world, "GET", "/v3/example.com/bounces/ghost@dest.test", expect=404)
+
+
+def test_feedback_addresses_change_on_reload(world):
+    assert rcpt_reply(world, ["abuse-reports@feedback2.test"])[0][0] == 554  # not a feedback address: no relay
+    world.mtad.cfg["feedback"] = {"addresses": [FBL, "abuse-reports@feedback2.test"]}
+    world.mtad.write_config()
+    world.mtad.signal(signal.SIGHUP)
+    wait_until(lambda: rcpt_reply(world, ["abuse-reports@feedback2.test"])[0][0] == 250, 10, "the new address")
+    world.mtad.cfg["feedback"] = {"addresses": [FBL]}
+    world.mtad.write_config()
+    world.mtad.signal(signal.SIGHUP)
+    wait_until(lambda: rcpt_reply(world, ["abuse-reports@feedback2.test"])[0][0] == 554, 10, "the address removed")
