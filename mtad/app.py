@@ -44,6 +44,10 @@ from mtad.store.events import EventBus
 from mtad.store import new_store
 from mtad.inbound.store_action import StoreAction
 from mtad.inbound.spam import Policies, SpamFilter
+from mtad.inbound.reports import Reports
+from mtad.outbound.returnpath import ReturnPaths
+from mtad.mail import returnpath
+from mtad.base.keys import derive
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
 
@@ -183,8 +187,12 @@ class App:
                                allow_backtracking=cfg.routing.allow_backtracking_regex)
         await self._load_api_routes()
         self.accounts = await self.store.load_accounts()
+        self.return_path_key = derive(self.signing_key, returnpath.PURPOSE)
+        self.reports = Reports(key=self.return_path_key, store=self.store, addresses=cfg.feedback.addresses,
+                               keep=cfg.routing.store_retention.seconds)
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
-                               store=self.store, router=self.routing, lists=ListDirectory(self.store))
+                               store=self.store, router=self.routing, lists=ListDirectory(self.store),
+                               reports=self.reports)
         # issue 15: SPF/DKIM/DMARC/ARC verdicts on MX mail, DNS through a resolver with the delivery settings
         d = cfg.delivery
         self.verifier = Verifier(cfg.authentication, cfg.hostname,
@@ -360,7 +368,15 @@ class App:
                          config=d, hostname=cfg.hostname, dkim_keys={**self.accounts.dkim_keys(), **self.config_dkim_keys},
                          smarthost_password=password,
                          dsn_policies={domain: c.dsn for domain, c in cfg.sending_domains.items()},
-                         node_id=cfg.node_id)
+                         node_id=cfg.node_id, return_paths=self._return_paths(cfg))
+
+    def _return_paths(self, cfg: Config) -> ReturnPaths:
+        """Each delivery's MAIL FROM (``outbound.returnpath``): the sending domains' policies; the domains are the
+        directory's as it is now (API domains included)."""
+        return ReturnPaths(self.return_path_key, {domain: c.return_path for domain, c in cfg.sending_domains.items()},
+                           smarthost=cfg.delivery.smarthost is not None,
+                           is_sending_domain=lambda domain: self.ingress is not None
+                           and domain in self.ingress.directory.sending_domains)
 
     def _build_expander(self, wake):
         """Mailing-list expansions (outbound.lists): copies per member, their unsubscribe links served by the API."""
@@ -419,6 +435,9 @@ class App:
         self._reload_tls(cfg)
         self._reload_dkim_keys(cfg)
         self._reload_api_keys(cfg)
+        self.reports.configure(cfg.feedback.addresses, cfg.routing.store_retention.seconds)
+        if self.scheduler is not None:
+            self.scheduler.return_paths = self._return_paths(cfg)
         if self.ingress is not None:
             self.ingress.reload(limits=cfg.limits, directory=self.directory(cfg))
             self.verifier.configure(cfg.authentication, cfg.hostname)

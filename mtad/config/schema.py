@@ -141,6 +141,22 @@ class SendingDomainConfig:
     dkim: tuple[DkimKeyConfig, ...] = ()
     dkim_sign: bool = True
     dsn: Literal["smtp", "always", "never"] = "smtp"  # bounce messages to the sender: for SMTP submissions only
+    # envelope sender at delivery: verp = bounce+TOKEN@domain (late bounces come back to mtad), sender = the
+    # message's own; auto = verp when delivering to MX hosts, sender through a smarthost (mail.returnpath)
+    return_path: Literal["auto", "verp", "sender"] = "auto"
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Feedback loops: addresses the MX listener takes ARF reports (RFC 5965) at, whatever their domain."""
+
+    addresses: tuple[str, ...] = ()
+
+    def __post_build__(self, path: str) -> None:
+        for i, address in enumerate(self.addresses):
+            local, at, domain = address.rpartition("@")
+            if not at or not local or not domain or any(c.isspace() or c in "<>," for c in address):
+                raise ConfigError(f"{path}.addresses[{i}]", f"expected an address like fbl@example.com, got {address!r}")
 
 
 @dataclass(frozen=True)
@@ -503,6 +519,7 @@ class Config:
     webhooks: WebhooksConfig = WebhooksConfig()
     authentication: AuthenticationConfig = AuthenticationConfig()  # inbound SPF/DKIM/DMARC/ARC (issue 15)
     signing_key: Secret | None = None  # HMAC key of route POSTs and webhooks; made in the state folder if absent
+    feedback: FeedbackConfig = FeedbackConfig()  # where feedback loops send complaints (ARF)
     log: LogConfig = LogConfig()
     spam: SpamConfig = SpamConfig()  # SpamAssassin's spamd for receiving domains (mtad.inbound.spam)
     ui: UiConfig = UiConfig()  # the web control panel (issue 17)

@@ -123,3 +123,47 @@ def delivery_event(kind: str, job: DeliveryJob, rcpt: str, now: float, extra: di
     return base_event(kind, timestamp=now, recipient=rcpt, queue_id=job.queue_id,
                       message=message_part(job.headers, job.size, job.attachments), options=job.options,
                       envelope=envelope, flags=flags, extra=extra)
+
+
+def about_delivered(kind: str, delivered: Mapping[str, Any], now: float, flags: Mapping[str, Any],
+                    extra: dict[str, Any]) -> dict[str, Any]:
+    """An event about a recipient mtad delivered to, learnt later from a report (a late bounce, a complaint):
+    the ``delivered`` event's recipient, message, tags, campaigns, user-variables, envelope and storage, its
+    flags updated with ``flags``, and ``extra``."""
+    recipient = str(delivered.get("recipient", ""))
+    event = {
+        "id": new_event_id(),
+        "event": kind,
+        "timestamp": now,
+        "log-level": "warn" if kind == "failed" and extra.get("severity") == "temporary" else _LOG_LEVEL.get(kind, "info"),
+        "recipient": recipient,
+        "recipient-domain": domain_of(recipient),
+        "message": delivered.get("message") or message_part({}, 0),
+        "tags": list(delivered.get("tags") or ()),
+        "campaigns": list(delivered.get("campaigns") or ()),
+        "user-variables": dict(delivered.get("user-variables") or {}),
+        "envelope": dict(delivered.get("envelope") or {}),
+        "flags": {**(delivered.get("flags") or {}), **flags},
+        "storage": dict(delivered.get("storage") or {}),
+    }
+    event.update(extra)
+    return event
+
+
+def delayed_bounce(delivered: Mapping[str, Any], now: float, *, permanent: bool, code: int, enhanced: str,
+                   message: str, mx_host: str) -> dict[str, Any]:
+    """The ``failed`` event of a late bounce (a DSN received after the recipient's MX accepted the message):
+    Mailgun's ``is-delayed-bounce`` in its flags and its delivery-status, severity ``permanent`` (reason
+    ``delayed-bounce``, counted as such in stats) for a final failure, else ``temporary`` (``generic``)."""
+    status = {"code": code, "enhanced-code": enhanced, "message": message, "description": message,
+              "attempt-no": int((delivered.get("delivery-status") or {}).get("attempt-no") or 1),
+              "mx-host": mx_host, "tls": False, "certificate-verified": False, "session-seconds": 0.0,
+              "is-delayed-bounce": True}
+    return about_delivered("failed", delivered, now, {"is-delayed-bounce": True},
+                           {"severity": "permanent" if permanent else "temporary",
+                            "reason": "delayed-bounce" if permanent else "generic", "delivery-status": status})
+
+
+def complained(delivered: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The ``complained`` event of a feedback report (the recipient marked the message as spam)."""
+    return about_delivered("complained", delivered, now, {}, {})

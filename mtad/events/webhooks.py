@@ -92,7 +92,7 @@ def legacy_event_name(event: dict[str, Any]) -> str:
     if event.get("severity") == "temporary":
         return "failed"
     reason = event.get("reason") or "bounce"
-    return "bounced" if reason in ("bounce", "generic") else "dropped"
+    return "bounced" if reason in ("bounce", "generic", "delayed-bounce") else "dropped"  # late bounces too
 
 
 def legacy_fields(event: dict[str, Any], domain: str, key: str,

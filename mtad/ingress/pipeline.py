@@ -6,6 +6,10 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
 - authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
+- reports about sent mail (late DSNs to a return path, ARF to a feedback address; ``inbound.reports``) are taken
+  by the MX listener whatever the domain, in transactions of their own (452 4.5.3 for a recipient of the other
+  kind), a forged return path is refused (550 5.1.1); a report is committed with the events and list entries it
+  gives rise to, in one transaction, and never routed;
 - 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
   store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
@@ -38,7 +42,8 @@ from mtad.inbound.spam import SpamFilter
 from mtad.inbound.verdicts.check import Verifier
 from mtad.ingress.lists import ListDirectory
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
-from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
+from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions, domain_of
+from mtad.inbound.reports import ReportPlan
 
 log = logging.getLogger("mtad.ingress")
 
@@ -48,6 +53,15 @@ class InboundRouter(Protocol):
 
     def would_handle(self, recipient: str) -> bool: ...
     def forwards_for(self, recipient: str, fields: list[headers.HeaderField], sender: str) -> list[spool.ForwardRow]: ...
+
+
+class ReportIntake(Protocol):
+    """What ingress needs from the report intake (``inbound.reports.Reports``)."""
+
+    keep: float
+
+    def recipient(self, address: str, sending_domain: bool) -> str | None: ...
+    async def plan(self, envelope: Envelope, content: bytes, now: float) -> ReportPlan: ...
 
 
 class AcceptAll:
@@ -122,13 +136,15 @@ class Ingress:
 
     def __init__(self, *, hostname: str, limits: LimitsConfig, directory: Directory, store: StoreProtocol,
                  router: InboundRouter | None = None, clock: Callable[[], float] = time.time,
-                 lists: ListDirectory | None = None):
+                 lists: ListDirectory | None = None,
+                 reports: ReportIntake | None = None):
         self.hostname = hostname
         self.limits = limits
         self.directory = directory
         self.store = store
         self.router: InboundRouter = router or AcceptAll()
         self.lists = lists if lists is not None else ListDirectory(store)  # mailing lists (their addresses)
+        self.reports = reports  # late DSNs and feedback reports (None: none taken)
         self.clock = clock
         self.verified = VerifiedCache()
         self.inflight = ByteBudget(int(limits.max_inflight_bytes))
@@ -181,7 +197,21 @@ class Ingress:
             return f"550 5.7.1 Sender address <{sender}> is not allowed for user {session.auth_user}"
         return None
 
+    def _report_kind(self, address: str) -> str | None:
+        """``report``, ``forged`` or None (``ReportIntake.recipient``); None without a report intake."""
+        if self.reports is None:
+            return None
+        return self.reports.recipient(address, domain_of(address) in self.directory.sending_domains)
+
     def check_rcpt(self, session: SessionInfo, tx: Transaction, recipient: str) -> str | None:
+        if session.auth_user is None and self.reports is not None:
+            kind = self._report_kind(recipient)
+            if kind == "forged":
+                return f"550 5.1.1 <{recipient}>: Recipient address rejected: invalid return path"
+            if tx.recipients and (kind == "report") != (self._report_kind(tx.recipients[0]) == "report"):
+                return "452 4.5.3 Too many recipients: reports are taken in a transaction of their own"
+            if kind == "report":
+                return None
         domain = recipient.rpartition("@")[2]
         if self.directory.receives(domain):
             if self.router.would_handle(recipient):
@@ -259,6 +289,8 @@ class Ingress:
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "",
                             verdicts=verdicts)
+        if not outbound and tx.recipients and self._report_kind(tx.recipients[0]) == "report":
+            return (await self._commit_report(envelope, content, summary, queue_id, now)).reply
         return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True,
                                   expand=expand)).reply
 
@@ -275,6 +307,24 @@ class Ingress:
             elif not self.router.would_handle(rcpt):
                 return (), f"550 5.7.1 <{rcpt}>: sender <{tx.sender or ''}> may not post to this list"
         return tuple(allowed), None
+
+    async def _commit_report(self, envelope: Envelope, content: bytes, summary: HeaderSummary, queue_id: str,
+                             now: float) -> CommitResult:
+        """Commit a report (its bytes held by the SMTP session) with what it gives rise to (``inbound.reports``)."""
+        assert self.reports is not None
+        try:
+            plan = await self.reports.plan(envelope, content, now)
+            msg = NewMessage(envelope=envelope, body=content, direction="inbound", domain=plan.domain, headers=summary)
+            await self.store.commit_report(spool.Enqueue(queue_id, msg, plan.events, (), ()), plan.entries,
+                                           now + self.reports.keep, now)
+        except StoreError as exc:
+            self.counters.store_failures += 1
+            log.error("%s: report not stored: %s", queue_id, exc)
+            return NO_STORE if isinstance(exc, StoreUnavailable) else NO_STORAGE
+        self.counters.accepted += 1
+        log.info("%s: accepted report from=<%s> to=<%s> size=%d client=%s: %s", queue_id, envelope.sender,
+                 ",".join(envelope.recipients[:3]), len(content), envelope.client_ip, plan.outcome)
+        return Committed((queue_id,))
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:

@@ -49,6 +49,7 @@ from mtad.outbound.signer import DkimSigner
 from mtad.base.errors import PermFailure, StoreError, TempFailure
 from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
+from mtad.outbound.returnpath import ReturnPaths
 from mtad.net.resolver import Resolver
 from mtad.outbound.throttle import Suspensions, limiters
 from mtad.base.types import Outcome
@@ -78,7 +79,8 @@ class Scheduler:
     def __init__(self, *, store: SchedulerStore, connector: Connector, resolver: Resolver, shaping: ShapingConfig,
                  config: DeliveryConfig, hostname: str, dkim_keys: dict[str, list[dkim_mod.DkimKey]],
                  smarthost_password: str | None = None, clock: Callable[[], float] = time.time,
-                 dsn_policies: Mapping[str, dsn.Policy] | None = None, node_id: str = ""):
+                 dsn_policies: Mapping[str, dsn.Policy] | None = None, node_id: str = "",
+                 return_paths: ReturnPaths | None = None):
         self.store = store
         self.connector = connector
         self.resolver = resolver
@@ -88,6 +90,7 @@ class Scheduler:
         self.dkim_keys = dkim_keys
         self.smarthost_password = smarthost_password
         self.dsn_policies = dict(dsn_policies or {})  # sending domain -> its DSN policy; others: "smtp"
+        self.return_paths = return_paths  # MAIL FROM and X-Mtad-Sid of each job (None: the job's own sender)
         self._smarthost_policy = smarthost_policy(config, shaping)
         self.clock = clock
         self.worker = node_id or f"{os.getpid()}-{os.urandom(3).hex()}"  # ``locked_by`` of its claims: the node
@@ -330,7 +333,8 @@ class Scheduler:
                         self.inflight -= 1
                         continue
                     body = await self._sign(job, body)
-                outcomes = await session.send(job.sender, list(job.recipients), body)
+                sender = job.sender if self.return_paths is None else self.return_paths.sender(job)
+                outcomes = await session.send(sender, list(job.recipients), body)
             except Exception:  # noqa: BLE001 - give the job back rather than keep it locked; the session is suspect
                 log.exception("%s: sending failed", job.queue_id)
                 self._record(self._release(job, self.clock() + RETRY_AFTER_ERROR))
@@ -383,6 +387,8 @@ class Scheduler:
                     outcome.message[:200])
 
     async def _sign(self, job: DeliveryJob, body: bytes) -> bytes:
+        if self.return_paths is not None:
+            body = self.return_paths.stamp(job, body)
         keys = self.dkim_keys.get(job.sending_domain)
         if not keys or job.options.get("dkim") is False:
             return body

@@ -14,6 +14,7 @@ from mtad.store.events import EventMethods
 from mtad.store.panelusers import PanelUserMethods
 from mtad.store.lists import ListMethods
 from mtad.store.queue import QueueMethods
+from mtad.store.reports import ReportMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
 from mtad.store.suppressions import SuppressionMethods
@@ -21,5 +22,5 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users

@@ -16,6 +16,7 @@ from mtad.store.events import EventStore
 from mtad.store.panelusers import PanelUserStore
 from mtad.store.lists import ListStore
 from mtad.store.queue import QueueStore
+from mtad.store.reports import ReportStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
 from mtad.store.suppressions import SuppressionStore
@@ -36,5 +37,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -58,7 +58,7 @@ def assert_relayed(daemon: Mtad, sink, qid: str | None, message_id: str, recipie
     assert final[recipient]["event"] == "delivered", final
     [got] = wait_until(lambda: sink.by_message_id(message_id), 5, "the sink to hold the message")
     assert got.rcpt_tos == [recipient]
-    assert got.mail_from == LOGIN
+    assert got.mail_from.startswith(f"bounce+{qid.lower()}") and got.mail_from.endswith("@example.com")  # return path
     assert f"Hello from {client}.".encode() in got.data
     assert b"X-Mailgun-" not in got.data
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.outbound_support import Submitter, mtad_cli, submit, wait_final
+from tests.e2e.outbound_support import SENDER, Submitter, mtad_cli, submit, wait_final
 from tests.support.sink import Authenticator, server_tls
 from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
@@ -43,6 +43,9 @@ def test_everything_goes_through_the_smarthost_with_auth(daemon, relay, certs, l
     got = relay.by_message_id(sent.message_id)
     assert sorted(r for m in got for r in m.rcpt_tos) == recipients  # one transaction per destination domain
     assert all(m.auth_user == "mtad-relay" and m.tls for m in got)
+    # return_path auto: through a smarthost the message's own sender (the relay may insist on it), and the header
+    # that names the message for feedback reports
+    assert all(m.mail_from == SENDER and b"\r\nX-Mtad-Sid: " in m.data for m in got)
     # The recipients' domains were never looked up: they do not even exist in DNS.
     assert not loopback_dns.queries_for("nowhere-one.test") and not loopback_dns.queries_for("nowhere-two.test")
 

@@ -351,6 +351,17 @@ CREATE INDEX IF NOT EXISTS list_expansions_message ON list_expansions(message);
 """)
 
 
+# --- 10: reports about sent mail find the delivered events of a message ---------------------------------------------
+
+def _v10(conn: sqlite3.Connection) -> None:
+    """Partial indexes over ``delivered`` events only (store.reports: a late bounce or a complaint is about a
+    delivered message), by queue id and by Message-ID; other events cost nothing more to insert."""
+    run_script(conn, """
+CREATE INDEX IF NOT EXISTS events_delivered_queue ON events(queue_id) WHERE event = 'delivered';
+CREATE INDEX IF NOT EXISTS events_delivered_message ON events(message_id) WHERE event = 'delivered';
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -361,6 +372,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(7, "domain_auth_policies: per receiving domain authentication policies", _v7),
     Migration(8, "panel_users: users of the web control panel", _v8),
     Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
+    Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -1,0 +1,176 @@
+"""Reports about sent mail arriving at the MX listener: late bounces (RFC 3464 DSNs) and complaints (ARF).
+
+Where they come in: a return path mtad gave its outbound mail (``bounce+TOKEN@<sending domain>``,
+``mail.returnpath``) or an address of the config's ``feedback.addresses``. Ingress asks ``recipient`` at RCPT:
+``report`` (take it; the domain need not be a receiving domain), ``forged`` (a return path whose token does not
+verify: 550 5.1.1), or None (ordinary mail). A transaction carries reports only, or no report at all.
+
+What a report becomes (``plan``, committed by ingress with the report in one transaction,
+``ReportStore.commit_report``): the report is matched to the ``delivered`` event of the message and recipient it
+is about, first by the return path's token (from the envelope recipient, else from the original's
+``Return-Path`` or ``X-Mtad-Sid`` header in the report), else by the original's Message-ID; the recipient by
+the token's recipient tag, else by the addresses the report names (``Final-Recipient``/``Original-Recipient``,
+``Original-Rcpt-To``, the original's To), else the message's only delivered recipient.
+
+- A DSN's ``failed`` recipient: a ``failed`` event, severity ``permanent``, reason ``delayed-bounce``, with
+  ``is-delayed-bounce`` (``events.shape.delayed_bounce``); a mailbox that does not exist (status 5.1.x, the rule
+  of synchronous bounces, ``outbound.classify.is_mailbox_bounce``) goes on the domain's bounce list. A
+  ``delayed`` recipient: a ``temporary`` ``failed`` event, nothing listed. ``delivered``/``relayed``/
+  ``expanded`` ones: nothing.
+- A feedback report (any type but ``not-spam``): a ``complained`` event and the recipient on the domain's
+  complaints list.
+- Anything else is kept and logged without an event: not a report (an auto-reply to the return path), a
+  malformed report (``mail.reports.ReportError``), a report about a message or recipient not found (never sent
+  by mtad, or its events are past ``store.event_retention``), ambiguous (several recipients, none named).
+  Reports are never refused for their content: the sender would only retry or bounce the bounce.
+
+The report itself is stored as an inbound message of the matched domain (else of the address's domain), kept
+``keep`` seconds (``routing.store_retention``) for inspection, never routed: no route POST, no forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+from mtad.base.types import Envelope, domain_of
+from mtad.events import shape
+from mtad.mail import reports as reports_mod
+from mtad.mail import returnpath
+from mtad.store.events import NewEvent
+from mtad.store.reports import ListEntry, ReportStore, SentRecord
+from mtad.store.suppressions import Suppression
+
+log = logging.getLogger("mtad.reports")
+Kind = Literal["report", "forged"]
+PARSE_IN_THREAD = 256 * 1024  # larger reports are parsed off the event loop
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """What committing one report writes: its events and list entries, the domain it is stored under, and the
+    outcome in words (logged)."""
+
+    domain: str
+    events: tuple[NewEvent, ...] = ()
+    entries: tuple[ListEntry, ...] = ()
+    outcome: str = ""
+
+
+class Reports:
+    """The report intake of ingress (see the module doc)."""
+
+    def __init__(self, *, key: bytes, store: ReportStore, addresses: Iterable[str] = (), keep: float = 3 * 86400):
+        self.key = key
+        self.store = store
+        self.configure(addresses, keep)
+
+    def configure(self, addresses: Iterable[str], keep: float) -> None:
+        """The feedback addresses and how long reports are kept (at start and on reload)."""
+        self.addresses = frozenset(a.lower() for a in addresses)
+        self.keep = keep
+
+    def recipient(self, address: str, sending_domain: bool) -> Kind | None:
+        """``report``, ``forged`` or None for an RCPT address; ``sending_domain``: its domain is one of mtad's."""
+        if sending_domain and returnpath.is_return_path(address):
+            return "report" if returnpath.verify(self.key, address) is not None else "forged"
+        if address.lower() in self.addresses:
+            return "report"
+        return None
+
+    async def plan(self, envelope: Envelope, content: bytes, now: float) -> ReportPlan:
+        """What the report ``content`` sent to ``envelope.recipients`` commits; never raises for its content."""
+        fallback = domain_of(envelope.recipients[0]) if envelope.recipients else ""
+        try:
+            if len(content) > PARSE_IN_THREAD:
+                report = await asyncio.to_thread(reports_mod.parse, content)
+            else:
+                report = reports_mod.parse(content)
+        except reports_mod.ReportError as exc:
+            return ReportPlan(fallback, outcome=f"malformed report, kept without an event: {exc}")
+        if report is None:
+            return ReportPlan(fallback, outcome="not a DSN or feedback report, kept without an event")
+        if isinstance(report, reports_mod.FeedbackReport) and not report.is_complaint:
+            return ReportPlan(fallback, outcome=f"feedback report of type {report.feedback_type}: not a complaint")
+        token = self._token(envelope, report.original)
+        if token is not None:
+            sent, how = await self.store.sent_by_queue_id(token.queue_id), f"return path of {token.queue_id}"
+        elif report.original.message_id:
+            sent, how = await self.store.sent_by_message_id(report.original.message_id), "Message-ID"
+        else:
+            return ReportPlan(fallback, outcome="names no message of ours (no return path, X-Mtad-Sid or Message-ID)")
+        if not sent:
+            return ReportPlan(fallback, outcome=f"about a message not found ({how}): never delivered by mtad,"
+                                                " or its events are past retention")
+        if isinstance(report, reports_mod.DeliveryReport):
+            return self._bounces(report, sent, token, now, how)
+        return self._complaint(report, sent, token, now, how)
+
+    def _token(self, envelope: Envelope, original: reports_mod.OriginalHeaders) -> returnpath.Token | None:
+        for rcpt in envelope.recipients:
+            token = returnpath.verify(self.key, rcpt)
+            if token is not None:
+                return token
+        found = returnpath.verify(self.key, original.return_path) if original.return_path else None
+        if found is None and original.get(returnpath.HEADER):
+            found = returnpath.verify_token(self.key, original.get(returnpath.HEADER))
+        return found
+
+    def _match(self, sent: Sequence[SentRecord], token: returnpath.Token | None,
+               *tiers: Iterable[str]) -> SentRecord | None:
+        """The recipient a report is about: the token's, else the first of ``sent`` named by the first tier of
+        addresses that names exactly one (the report's own fields before the original's To), else the only one."""
+        if token is not None and token.recipient_tag:
+            return next((r for r in sent if token.names(self.key, r.recipient)), None)
+        for addresses in tiers:
+            named = {a.lower() for a in addresses if a}
+            found = [r for r in sent if r.recipient.lower() in named]
+            if len(found) == 1:
+                return found[0]
+        return sent[0] if len(sent) == 1 else None
+
+    def _bounces(self, report: reports_mod.DeliveryReport, sent: Sequence[SentRecord],
+                 token: returnpath.Token | None, now: float, how: str) -> ReportPlan:
+        chosen: dict[tuple[str, str], tuple[reports_mod.DsnRecipient, SentRecord]] = {}
+        unmatched = []
+        for block in report.recipients:
+            if block.action not in ("failed", "delayed"):
+                continue
+            record = self._match(sent, token, (block.final_recipient,), (block.original_recipient,))
+            if record is None:
+                unmatched.append(block.final_recipient)
+                continue
+            key = (record.queue_id, record.recipient.lower())
+            if key not in chosen or (block.permanent and not chosen[key][0].permanent):
+                chosen[key] = (block, record)
+        events, entries, words = [], [], []
+        for block, record in chosen.values():
+            message = block.diagnostic or f"{block.status} {block.action}"
+            event = shape.delayed_bounce(record.event, now, permanent=block.permanent, code=block.code,
+                                         enhanced=block.status, message=message, mx_host=block.remote_mta)
+            events.append(NewEvent(record.domain, event))
+            listed = block.permanent and block.status.startswith("5.1.") and block.code >= 500
+            if listed:
+                entries.append(ListEntry(record.domain, Suppression("bounces", record.recipient.lower(), now,
+                                                                    code=str(block.code), error=message[:500])))
+            words.append(f"{'failed' if block.permanent else 'delayed'} {record.recipient} of {record.queue_id}"
+                         f" ({block.status}{', bounce list' if listed else ''})")
+        if unmatched:
+            words.append(f"recipients not matched: {', '.join(unmatched[:5])}")
+        domain = next(iter(chosen.values()))[1].domain if chosen else sent[0].domain
+        return ReportPlan(domain, tuple(events), tuple(entries),
+                          f"DSN matched by {how}: {'; '.join(words) or 'no failed or delayed recipient'}")
+
+    def _complaint(self, report: reports_mod.FeedbackReport, sent: Sequence[SentRecord],
+                   token: returnpath.Token | None, now: float, how: str) -> ReportPlan:
+        record = self._match(sent, token, report.original_rcpt_to, report.original.to)
+        if record is None:
+            return ReportPlan(sent[0].domain, outcome=f"complaint about {sent[0].queue_id} ({how}): which of its"
+                                                      f" {len(sent)} recipients is not said, kept without an event")
+        event = shape.complained(record.event, now)
+        entry = ListEntry(record.domain, Suppression("complaints", record.recipient.lower(), now))
+        return ReportPlan(record.domain, (NewEvent(record.domain, event),), (entry,),
+                          f"complaint ({report.feedback_type}) by {record.recipient} about {record.queue_id},"
+                          f" matched by {how}")
