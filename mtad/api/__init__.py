@@ -71,6 +71,7 @@ class ApiContext:
     accounts: Callable[[], "Accounts"]  # domains and SMTP credentials made through the API, now
     apply_accounts: Callable[["Accounts"], None]  # after a change: new directory and DKIM keys, no restart
     metrics: Callable[[], "MetricsSources"]  # what /metrics reads, as it is now
+    tracking_base_url: str = ""  # the tracking URLs' base (tracking.base_url, else base_url): domains' CNAME target
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -127,6 +128,7 @@ def _authenticate(request: web.Request, keys: Sequence[ApiKey]) -> ApiKey | None
 
 
 PUBLIC_PATHS = {"/metrics", "/healthz"}
+PUBLIC_PREFIXES = ("/c/", "/o/", "/u/")  # the tracking endpoints (api.tracking): their tokens are the capability
 
 
 def _middlewares(ctx: ApiContext) -> list:
@@ -151,7 +153,7 @@ def _middlewares(ctx: ApiContext) -> list:
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
         client = request.remote or "?"
         now = time.monotonic()

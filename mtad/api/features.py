@@ -15,4 +15,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
     from mtad.api import legacy  # issue 10: the seed manual's /v2 paths
     features += [legacy.setup]
+    from mtad.api import domaintracking  # issue 13: domain tracking settings (the endpoints: api.tracking, app.py)
+    features += [domaintracking.setup]
     return features

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mtad.store.accounts import AccountMethods
 from mtad.store.changes import ChangeMethods
+from mtad.store.engagement import EngagementMethods
 from mtad.store.events import EventMethods
 from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
@@ -19,3 +20,4 @@ from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
            WorkMethods, StoredMessageMethods, ChangeMethods)
+METHODS += (EngagementMethods,)  # engagement tracking (store.engagement)

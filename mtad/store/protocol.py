@@ -11,6 +11,7 @@ from typing import Protocol
 
 from mtad.store.accounts import AccountStore
 from mtad.store.changes import ChangeStore
+from mtad.store.engagement import EngagementStore
 from mtad.store.events import EventStore
 from mtad.store.queue import QueueStore
 from mtad.store.routes import RouteStore
@@ -33,5 +34,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, EngagementStore, Protocol):
     """Every typed method of the store (see each part's contract)."""

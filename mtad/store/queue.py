@@ -216,6 +216,7 @@ class DeliveryJob:
     size: int
     body: bytes | None = field(default=None, repr=False, compare=False)
     attachments: list[dict[str, Any]] = field(default_factory=list)  # events' message.attachments
+    direction: str = "outbound"  # the message's: an inbound one's deliveries are forwards to addresses
 
 
 def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,
@@ -242,12 +243,13 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
                  (worker, now, now + DEFAULT_LEASE if lease_until is None else lease_until, *ids))
     rows = conn.execute(
         "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
-        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END, m.attachments FROM deliveries d"
+        " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END, m.attachments, m.direction"
+        " FROM deliveries d"
         f" JOIN messages m ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
         (preload_body, *ids)).fetchall()
     return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
                         json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]),
-                        json.loads(r[13]))
+                        json.loads(r[13]), r[14])
             for r in rows]
 
 

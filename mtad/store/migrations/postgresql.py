@@ -242,12 +242,40 @@ CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
 """)
 
 
+def _v6(conn: Any) -> None:
+    # Engagement tracking (store.engagement): the same tables as SQLite's step 6.
+    conn.command("""
+CREATE TABLE IF NOT EXISTS domain_tracking (
+    domain TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tracked_messages (
+    queue_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL,
+    links TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracked_messages_created ON tracked_messages(created_at);
+CREATE TABLE IF NOT EXISTS engagement_firsts (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+);
+CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
+    Migration(6, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -275,12 +275,43 @@ def _v5(conn: sqlite3.Connection) -> None:
     shaping tables (store.postgres.shaping). The number keeps both lists in step."""
 
 
+# --- 6: engagement tracking ------------------------------------------------------------------------------------
+
+def _v6(conn: sqlite3.Connection) -> None:
+    """Domain tracking settings, the tracked messages' link lists and event data, first opens and clicks
+    (``store.engagement``)."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS domain_tracking (
+    domain TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,  -- JSON: open, click, unsubscribe, html_footer, text_footer, base_url
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tracked_messages (
+    queue_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    created_at REAL NOT NULL,  -- first rendered: retention counts from here
+    data TEXT NOT NULL,  -- JSON: what its events show of it (headers, size, tags, campaigns, variables)
+    links TEXT NOT NULL  -- JSON array: the link list a click token's index names
+);
+CREATE INDEX IF NOT EXISTS tracked_messages_created ON tracked_messages(created_at);
+CREATE TABLE IF NOT EXISTS engagement_firsts (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- opened | clicked
+    at REAL NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
+    Migration(6, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
