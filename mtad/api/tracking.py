@@ -15,7 +15,9 @@ under the API's public URL, or on a listener of their own (``tracking.listen``; 
 A token that is not one of mtad's (forged, altered, of another kind or purpose): ``404``, nothing recorded, no
 redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
 page saying the link expired. Events are written through the store's group commit (``record_engagements``:
-event, counters, webhook rows, first-open/click row, suppression together) and the answer follows the commit.
+event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
+one write (``base.coalesce``), and the answer follows the commit. A store that refuses the write (disk full)
+loses that open or click (logged) but the reader still gets the link or image; an unsubscribe is answered 503.
 The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``).
 """
 
@@ -32,6 +34,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from mtad.base.coalesce import Coalescer
+from mtad.base.errors import StoreError
 from mtad.events import engagement as engagement_mod
 from mtad.mail import tracktoken
 from mtad.store.engagement import Engagement, EngagementStore, TrackedMessage
@@ -68,6 +72,9 @@ class Tracker:
     def __init__(self, ctx: TrackingContext):
         self.ctx = ctx
         self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
+        # the opens and clicks arriving while a write runs go in the next one: one store write per burst
+        self._recorder: Coalescer[Engagement, bool] = Coalescer(
+            lambda items: ctx.store.record_engagements(items, time.time()), max_batch=512)
 
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
@@ -89,9 +96,12 @@ class Tracker:
         now = time.time()
         event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
                                                 self.ctx.clients, url=url)
-        await self.ctx.store.record_engagements([Engagement(
-            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
-            NewEvent(tracked.domain, engagement_mod.unique(event)))], now)
+        try:
+            await self._recorder.submit(Engagement(
+                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
+                NewEvent(tracked.domain, engagement_mod.unique(event))))
+        except StoreError as exc:  # the reader still gets the link or the image; the event is lost, and said so
+            log.error("%s: %s of <%s> not recorded: %s", tracked.queue_id, kind, token.recipient, exc)
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:
@@ -163,9 +173,13 @@ class Tracker:
             now = time.time()
             event = engagement_mod.engagement_event("unsubscribed", tracked, token.recipient, now,
                                                     self._fetch(request), self.ctx.clients)
-            await self.ctx.store.record_engagements([Engagement(
-                NewEvent(tracked.domain, event),
-                suppression=Suppression("unsubscribes", address, now, tags=tags))], now)
+            try:
+                await self.ctx.store.record_engagements([Engagement(
+                    NewEvent(tracked.domain, event),
+                    suppression=Suppression("unsubscribes", address, now, tags=tags))], now)
+            except StoreError as exc:
+                log.error("%s: unsubscribe of <%s> not recorded: %s", tracked.queue_id, token.recipient, exc)
+                return _page(503, "Not unsubscribed", "Please try again in a few minutes.")
         if one_click:
             return web.Response(text="Unsubscribed\n", headers=_NO_CACHE)
         return _page(200, "Unsubscribed", f"{html.escape(token.recipient)} will get no more of these messages.")

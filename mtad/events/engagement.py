@@ -71,6 +71,7 @@ class Clients:
             self._geo = maxminddb.open_database(geoip_path)
         self.client_info = functools.lru_cache(maxsize=8192)(self._client_info)
         self.geolocation = functools.lru_cache(maxsize=8192)(self._geolocation)
+        self._in_networks = functools.lru_cache(maxsize=8192)(self._in_networks_uncached)
 
     def close(self) -> None:
         if self._geo is not None:
@@ -142,7 +143,7 @@ class Clients:
             return "scanner"
         return ""
 
-    def _in_networks(self, ip: str) -> bool:
+    def _in_networks_uncached(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -10,7 +10,9 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 3. The destination's MX hosts are resolved and its ``ProviderPolicy`` found (or the smarthost used, with a
    policy of its own: ``smarthost_policy``);
    the job (its preloaded body DKIM-signed by a worker process, ``signer``) joins the ready queue of
-   its site (provider + hosts).
+   its site (provider + hosts). A job whose recipients each get a copy of their own (tracking, unsubscribe
+   variables: ``outbound.tracking``) is sent one transaction per recipient, each copy rendered and signed by a
+   worker just ahead of its turn, after the message's link list is committed (``_send_personal``).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
    provider (gmail.com and every Google-hosted domain share one budget), and across every node when the store
    is shared (``throttle.limiters``: leased connection slots and a shared rate in the store). Each task opens one

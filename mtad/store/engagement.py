@@ -103,15 +103,32 @@ def load_tracked(conn: sqlite3.Connection, queue_id: str) -> TrackedMessage | No
     return TrackedMessage(row[0], row[1], row[2], json.loads(row[3]), tuple(json.loads(row[4])))
 
 
+_FIRSTS_CHUNK = 128  # rows per INSERT of first engagements (4 parameters each)
+
+
+def _insert_firsts(conn: sqlite3.Connection, keys: list[tuple[str, str, str]], now: float) -> set[tuple[str, str, str]]:
+    """Insert the (queue id, recipient, kind) keys not there yet, a chunk per statement; the keys inserted."""
+    inserted: set[tuple[str, str, str]] = set()
+    for i in range(0, len(keys), _FIRSTS_CHUNK):
+        chunk = keys[i:i + _FIRSTS_CHUNK]
+        rows = conn.execute("INSERT INTO engagement_firsts (queue_id, recipient, kind, at) VALUES "
+                            + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                            + " ON CONFLICT (queue_id, recipient, kind) DO NOTHING RETURNING queue_id, recipient, kind",
+                            [v for key in chunk for v in (*key, now)]).fetchall()
+        inserted.update((r[0], r[1], r[2]) for r in rows)
+    return inserted
+
+
 def record_engagements(conn: sqlite3.Connection, items: Sequence[Engagement], now: float) -> tuple[bool, ...]:
-    """Record each item (see ``Engagement``); for each, whether it was the first of its kind."""
+    """Record each item (see ``Engagement``); for each, whether it was the first of its kind. The first-engagement
+    rows of a batch go in one statement per 128 (a burst of clicks is one write: ``api.tracking``)."""
+    keys = list(dict.fromkeys(item.first for item in items if item.first is not None))
+    inserted = _insert_firsts(conn, keys, now) if keys else set()
     firsts = []
     for item in items:
-        first = False
-        if item.first is not None:
-            first = conn.execute("INSERT INTO engagement_firsts (queue_id, recipient, kind, at) VALUES (?, ?, ?, ?)"
-                                 " ON CONFLICT (queue_id, recipient, kind) DO NOTHING",
-                                 (*item.first, now)).rowcount > 0
+        first = item.first is not None and item.first in inserted
+        if first:
+            inserted.discard(item.first)  # the same key twice in a batch: the earlier one is the first
         event = item.first_event if first and item.first_event is not None else item.event
         if item.suppression is not None:
             add_entries(conn, event.domain, [item.suppression])
