@@ -385,3 +385,41 @@ async def test_hostile_html_many_links_and_non_utf8_parts(world):
     assert b"bad \xff\xfe https://bad.example/" in got.data  # unreadable in its charset: left as it was
     assert b64["Content-Transfer-Encoding"] == "base64" and "/c/" in b64.get_content()
     assert verifies(got.data)
+
+
+# --- a tracking listener of its own, a domain's own tracking host ---------------------------------------------
+
+async def test_tracking_on_its_own_listener_and_a_domains_tracking_cname(tmp_path_factory, certs, daemons_store):
+    from tests.support.daemon import free_port
+    port = free_port()
+
+    def own_listener(cfg: dict, world: World) -> None:
+        configure(cfg, world)
+        cfg["tracking"].update({"listen": f"127.0.0.1:{port}", "base_url": f"http://127.0.0.1:{port}/",
+                                "defaults": {"open": True, "click": "htmlonly"}})
+    with running_world(tmp_path_factory, certs, "tracking-listener", own_listener) as w:
+        rcpt = "own@dest.test"
+        await send_api(w, rcpt)  # no option: the configured defaults track opens and HTML clicks
+        text = parts((await w.sink.wait_for(rcpt))[0].data)
+        base = f"http://127.0.0.1:{port}"
+        pixel = re.search(re.escape(base) + r"/o/[A-Za-z0-9_-]+", text["html"]).group(0)
+        click = re.search(re.escape(base) + r"/c/[A-Za-z0-9_-]+", text["html"]).group(0)
+        assert "/c/" not in text["plain"]
+        assert (await fetch(pixel))[0] == 200
+        status, headers, _ = await fetch(click)
+        assert status == 302 and headers["Location"] == "https://shop.example/sale?a=1&b=2"
+        # the API listener does not serve them then
+        assert (await fetch(w.api_url + "/o/" + pixel.rsplit("/", 1)[1]))[0] == 404
+        await engagement(w, "example.com", "opened", rcpt)
+
+        changed = await api(w, "PUT", "/v3/domains/example.com/tracking", data={"base_url": "https://email.example.com"})
+        assert changed["tracking"]["base_url"] == "https://email.example.com"
+        await api(w, "PUT", "/v3/domains/example.com/tracking", data={"base_url": "javascript:x"}, expect=400)
+        records = (await api(w, "GET", "/v3/domains/example.com"))["sending_dns_records"]
+        cname = [r for r in records if r["record_type"] == "CNAME"]
+        assert cname == [{"record_type": "CNAME", "name": "email.example.com", "value": "127.0.0.1",
+                          "valid": "invalid", "cached": []}]
+        rcpt = "cname@dest.test"
+        await send_api(w, rcpt)
+        html = parts((await w.sink.wait_for(rcpt))[0].data)["html"]
+        assert re.search(r"https://email\.example\.com/o/[A-Za-z0-9_-]+", html)
