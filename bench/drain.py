@@ -169,9 +169,9 @@ class Mtad:
             pg[0].psql(f"CREATE DATABASE {name}")
             self.dsn = pg[0].dsn(name)
         self.label = f"{prefix}mtad{'-pg' if pg is not None else ''}-dkim-{variant}"
-        variant, _, track = variant.partition("+")  # "rsa+track": click and open tracking on
+        dkim_variant, _, track = variant.partition("+")  # "rsa+track": click and open tracking on
         self.track = track == "track"
-        self.variant, _, workers = variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
+        self.variant, _, workers = dkim_variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
         self.dkim_workers = int(workers) if workers else None
         self.work = Path(a.work) / f"{prefix}mtad{'-pg' if pg is not None else ''}-{variant.replace('/', '-')}"
         shutil.rmtree(self.work, ignore_errors=True)

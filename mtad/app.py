@@ -266,13 +266,14 @@ class App:
             return entry is not None and ("*" in entry.tags or set(tags) <= set(entry.tags))
         self.tracking_context = TrackingContext(
             store=self.store, tracking=Sealer(derive(self.signing_key, "tracking")),
-            unsubscribe=Sealer(derive(self.signing_key, "unsubscribe")), clients=clients, suppressed=listed)
+            unsubscribe=Sealer(derive(self.signing_key, "unsubscribe")), clients=clients, suppressed=listed,
+            retention=cfg.tracking.retention.seconds)
 
     async def _start_tracking_listener(self) -> None:
         """The tracking endpoints on a listener of their own (``tracking.listen``); else they are on the API's."""
         cfg = self.cfg
         if not cfg.tracking.listen:
-            if not cfg.api.enabled:
+            if not cfg.api.enabled and cfg.tracking != config_mod.TrackingConfig():
                 log.warning("tracking: no listener serves the tracking URLs (api disabled, tracking.listen empty)")
             return
         from aiohttp import web

@@ -61,6 +61,7 @@ class TrackingContext:
     unsubscribe: tracktoken.Sealer  # unsubscribe tokens
     clients: engagement_mod.Clients
     suppressed: Callable[[str, str, tuple[str, ...]], Awaitable[bool]]  # (domain, address, tags): listed already
+    retention: float = 90 * 86400.0  # tracking.retention: older messages' URLs answer 410 (even when cached)
 
 
 TRACKING: web.AppKey["Tracker"] = web.AppKey("mtad_tracking")
@@ -79,9 +80,14 @@ class Tracker:
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
         if found is not None:
+            if found.created_at < time.time() - self.ctx.retention:
+                del self._messages[queue_id]
+                return None
             self._messages.move_to_end(queue_id)
             return found
         found = await self.ctx.store.tracked_message(queue_id)
+        if found is not None and found.created_at < time.time() - self.ctx.retention:
+            return None  # not pruned yet
         if found is not None:
             self._messages[queue_id] = found
             if len(self._messages) > _CACHE_SIZE:

@@ -64,11 +64,16 @@ PRELOAD_BODY = 64 * 1024  # bodies up to this size come with the claimed batch: 
 RENDER_AHEAD = 8  # copies of a per-recipient job rendered (in the workers) ahead of the one being sent
 
 
-@dataclass(frozen=True)
 class Personal:
-    """A job's stored body, to be rendered into one copy per recipient (``outbound.tracking``)."""
+    """A job's stored body, to be rendered into one copy per recipient (``outbound.tracking``); ``first``: the
+    task making the first recipient's copy and committing the message's link list, started at dispatch so that
+    both are done (in the worker and in the store's next group commit) while the job waits for a connection."""
 
-    raw: bytes = field(repr=False)
+    __slots__ = ("raw", "first")
+
+    def __init__(self, raw: bytes, first: asyncio.Task):
+        self.raw = raw
+        self.first = first
 
 
 @dataclass
@@ -210,7 +215,8 @@ class Scheduler:
             # recipients each get a copy of their own are rendered and signed per recipient when sent.
             body: bytes | Personal | None = None
             if job.body is not None:
-                body = Personal(job.body) if self._personal(job, job.body) else await self._sign(job, job.body)
+                body = self._prepare(job, job.body) if self._personal(job, job.body) else \
+                    await self._sign(job, job.body)
             key = (policy.name, destination.hosts, destination.tls, destination.verify)
             site = self.sites.get(key)
             if site is None:
@@ -349,9 +355,9 @@ class Scheduler:
                         self.leases.done(job.id)
                         self.inflight -= 1
                         continue
-                    body = Personal(loaded) if self._personal(job, loaded) else await self._sign(job, loaded)
+                    body = self._prepare(job, loaded) if self._personal(job, loaded) else await self._sign(job, loaded)
                 if isinstance(body, Personal):
-                    outcomes = await self._send_personal(session, job, body.raw)
+                    outcomes = await self._send_personal(session, job, body)
                 else:
                     outcomes = await session.send(job.sender, list(job.recipients), body)
             except Exception:  # noqa: BLE001 - give the job back rather than keep it locked; the session is suspect
@@ -424,28 +430,42 @@ class Scheduler:
                       recipient, exc)
             return await self._sign(job, raw), None
 
-    async def _send_personal(self, session: Session, job: DeliveryJob, raw: bytes) -> dict[str, Outcome]:
-        """One transaction per recipient, each with its own copy (rendered ``RENDER_AHEAD`` ahead). The message's
-        tracked row (its link list, its events' fields) is committed before the first copy leaves, once per
-        message; the recipients left when the session breaks are deferred."""
-        recipients = list(job.recipients)
+    def _prepare(self, job: DeliveryJob, raw: bytes) -> Personal:
+        """``raw`` to send a copy per recipient, its first copy and the message's tracked row under way."""
+        task = asyncio.create_task(self._first_copy(job, raw))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a job given back never awaits it
+        return Personal(raw, task)
+
+    async def _first_copy(self, job: DeliveryJob, raw: bytes) -> tuple[bytes, list[str] | None]:
+        """The first recipient's copy, after the message's tracked row (its link list, its events' fields) is
+        committed: once per message on this node (``_tracked``), before any copy leaves."""
         want_links = job.queue_id not in self._tracked
-        started: deque[asyncio.Future] = deque()
+        copy, links = await self._copy(job, raw, job.recipients[0], want_links)
+        if want_links:
+            await self._track(job, links)
+        return copy, links
+
+    async def _send_personal(self, session: Session, job: DeliveryJob, body: Personal) -> dict[str, Outcome]:
+        """One transaction per recipient, each with its own copy (rendered ``RENDER_AHEAD`` ahead, the first at
+        dispatch); the recipients left when the session breaks are deferred."""
+        recipients = list(job.recipients)
+        raw = body.raw
+        started: deque[asyncio.Future] = deque([body.first])
 
         def start(i: int) -> None:
-            started.append(asyncio.ensure_future(self._copy(job, raw, recipients[i], want_links and i == 0)))
-        for i in range(min(RENDER_AHEAD, len(recipients))):
+            started.append(asyncio.ensure_future(self._copy(job, raw, recipients[i], False)))
+        for i in range(1, min(RENDER_AHEAD, len(recipients))):
             start(i)
         following = len(started)
         outcomes: dict[str, Outcome] = {}
         try:
-            for i, rcpt in enumerate(recipients):
-                copy, links = await started.popleft()
+            for rcpt in recipients:
+                copy, _ = await started.popleft()
                 if following < len(recipients):
                     start(following)
                     following += 1
-                if i == 0 and want_links:
-                    await self._track(job, links)
                 if not session.usable:
                     outcomes[rcpt] = classify.from_exception(
                         TempFailure("the connection closed before this recipient's copy was sent"),
