@@ -9,8 +9,8 @@ rewrite   ``mtad.mail.render.render`` of one message for one recipient (click tr
           µs per message: ``first`` is a message's first copy (its HTML parsed: the link list and the link
           positions), ``next`` each further recipient's copy (the parse remembered: tokens, splice, re-encode),
           plus ``link_list`` alone. In this process, no DKIM: what the signing worker adds per copy.
-endpoint  The click endpoint against a bare aiohttp handler that answers 302 and records nothing (the limit), one
-          after the other, each driven by ApacheBench (``ab -k -c CLIENTS -n REQUESTS``, keep-alive, a real
+endpoint  The click endpoint (served on the API listener, then on a ``tracking.listen`` listener of its own)
+          against a bare aiohttp handler that answers 302 and records nothing (the limit), one after the other, each driven by ApacheBench (``ab -k -c CLIENTS -n REQUESTS``, keep-alive, a real
           browser's User-Agent; ``apt-get install apache2-utils`` when ``ab`` is missing). mtad runs as
           ``python -m mtad run`` with the API listener serving tracking; a tracked message with 50 links is put in
           its store first (``track_message``) and the click URL is sealed with its signing key, so every request
@@ -160,59 +160,82 @@ def prepare_store(state: Path) -> str:
     return Sealer(derive(SIGNING_KEY, "tracking")).seal(Token(CLICK, msg.queue_id, "r@example.net", 7))
 
 
+def start_mtad(work: Path, own_listener: bool) -> tuple[subprocess.Popen, str, Path]:
+    """mtad serving tracking on the API listener, or on ``tracking.listen``; (process, click URL, its store)."""
+    import yaml
+    token = prepare_store(work / "state")
+    api_port, trk_port = free_port(), free_port()
+    cfg = {"hostname": "mtad.bench.test", "state_dir": str(work / "state"), "listeners": [],
+           "api": {"address": f"127.0.0.1:{api_port}"}, "signing_key": SIGNING_KEY,
+           "delivery": {"enabled": False}, "log": {"level": "warning"}}
+    if own_listener:
+        cfg["tracking"] = {"listen": f"127.0.0.1:{trk_port}", "base_url": f"http://127.0.0.1:{trk_port}"}
+    (work / "mtad.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(work / "mtad.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(work / "mtad.yaml")],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=work)
+    log.close()
+    port = trk_port if own_listener else api_port
+    wait_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}/c/{token}", work / "state" / "mtad.sqlite3"
+
+
+def clicked(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM events WHERE event = 'clicked'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def per_s(recorded: int | None, r: dict) -> str:
+    return f"{recorded / r['wall']:.0f}" if recorded else "-"
+
+
 def cmd_endpoint(a: argparse.Namespace) -> None:
     if shutil.which("ab") is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "apache2-utils"], check=True, capture_output=True)
-    import yaml
     work = Path(tempfile.mkdtemp(prefix="mtad-tracking-bench-"))
+    results: dict[str, dict] = {}
+    recorded: dict[str, int] = {}
     try:
-        token = prepare_store(work / "state")
-        api_port, bare_port = free_port(), free_port()
-        cfg = {"hostname": "mtad.bench.test", "state_dir": str(work / "state"), "listeners": [],
-               "api": {"address": f"127.0.0.1:{api_port}"}, "signing_key": SIGNING_KEY,
-               "delivery": {"enabled": False}, "log": {"level": "warning"}}
-        (work / "mtad.yaml").write_text(yaml.safe_dump(cfg))
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        log = open(work / "mtad.log", "ab")
-        mtad = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(work / "mtad.yaml")],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
-        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=env)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
         try:
-            wait_port(api_port, mtad)
             wait_port(bare_port, bare)
-            time.sleep(2.0)  # ua-parser's rules load in a thread at start
-            url = f"http://127.0.0.1:{api_port}/c/{token}"
-            ab(url, 20, 500)  # warm-up (caches, connections)
-            results = {"bare aiohttp 302": ab(f"http://127.0.0.1:{bare_port}/c/{token}", a.clients, a.requests)}
-            db = sqlite3.connect(f"file:{work / 'state' / 'mtad.sqlite3'}?mode=ro", uri=True)
-            before = db.execute("SELECT count(*) FROM events WHERE event = 'clicked'").fetchone()[0]
-            spy = None
-            if a.profile:  # py-spy over mtad during its run: raw stacks, ranked by bench/pyspy_top.py
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(mtad.pid), "--rate", "200", "--format", "raw",
-                                        "--threads", "--nonblocking", "-o", a.profile],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1.0)
-            results["mtad click (recorded)"] = ab(url, a.clients, a.requests)
-            if spy is not None:
-                spy.send_signal(2)
-                spy.wait(60)
-            time.sleep(0.5)
-            recorded = db.execute("SELECT count(*) FROM events WHERE event = 'clicked'").fetchone()[0] - before
-            db.close()
+            ab(f"http://127.0.0.1:{bare_port}/c/x", 20, 500)
+            results["bare aiohttp 302"] = ab(f"http://127.0.0.1:{bare_port}/c/x", a.clients, a.requests)
         finally:
-            for proc in (mtad, bare):
+            bare.terminate()
+            bare.wait(30)
+        for name, own in (("mtad click, API listener", False), ("mtad click, tracking.listen", True)):
+            proc, url, db = start_mtad(work / ("own" if own else "api"), own)
+            try:
+                time.sleep(2.0)  # ua-parser's rules load in a thread at start
+                ab(url, 20, 500)  # warm-up (caches, connections)
+                before = clicked(db)
+                spy = None
+                if a.profile and own:  # py-spy over mtad during its run: raw stacks, ranked by bench/pyspy_top.py
+                    spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "200", "--format",
+                                            "raw", "--threads", "--nonblocking", "-o", a.profile],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1.0)
+                results[name] = ab(url, a.clients, a.requests)
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(60)
+                time.sleep(0.5)
+                recorded[name] = clicked(db) - before
+            finally:
                 proc.terminate()
                 proc.wait(30)
-            log.close()
         print(f"{a.clients} concurrent clients (ab -k), {a.requests} requests each run; noisy shared machine")
         print("| server | requests/s | p50 ms | p90 ms | p99 ms | failed | non-2xx (302s) | clicked events | recorded/s |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, r in results.items():
-            rec = recorded if name.startswith("mtad") else 0
+            rec = recorded.get(name)
             print(f"| {name} | {r['rps']:.0f} | {r['p50']} | {r['p90']} | {r['p99']} | {r['failed']} | {r['non2xx']} |"
-                  f" {rec if rec else '-'} | {rec / r['wall']:.0f} |" if rec else
-                  f"| {name} | {r['rps']:.0f} | {r['p50']} | {r['p90']} | {r['p99']} | {r['failed']} | {r['non2xx']} |"
-                  " - | - |")
+                  f" {rec if rec is not None else '-'} | {per_s(rec, r)} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
