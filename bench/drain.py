@@ -26,7 +26,10 @@ mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.
          per connection; poll_interval 100 ms. DKIM variants: off, rsa (RSA-2048), ed25519, both, with keys
          made by `mtad dkim keygen`; a suffix /wN sets delivery.dkim_workers to N (rsa/w0: sign in-process).
          --base-src DIR measures a second copy of mtad (labels base-mtad-...) in the same rounds. Every round
-         checks that N `delivered` events were recorded, none failed.
+         checks that N `delivered` events were recorded, none failed. A suffix +track (rsa+track, rsa/w2+track)
+         turns click and open tracking on for every message (tracking.defaults: each copy rendered per recipient
+         by the signing worker, its link list committed once per message); --html sends every variant the same
+         HTML message with 10 links, so `rsa` and `rsa+track` compare the same mail untracked and tracked.
 mtad-pg  (--pg VARIANTS) the same mtad with `store: {backend: postgresql}` on a private PostgreSQL server started
          here (bench/pg_bench.py: tests/support/postgres.py's PostgresServer), a database per variant; the round
          also records the database server's CPU per message (its process tree, over the drain's clock) and its
@@ -65,11 +68,19 @@ MAX_S = 240.0  # one fill, one drain
 IDLE = ["--idle"] if os.environ.get("DRAIN_PROFILE_IDLE") else []  # also sample threads waiting (epoll, locks)
 
 
+HTML = False  # --html: every message an HTML one with 10 links (the tracking variants' comparison)
+
+
 def message(i: int, size: int) -> bytes:
     head = (f"From: Bench <{LOGIN}>\r\nTo: <b{i}@{DOMAIN}>\r\nSubject: drain {i}\r\n"
             f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{i}.{time.time_ns()}@{SENDER_DOMAIN}>\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
+            f"MIME-Version: 1.0\r\nContent-Type: text/{'html' if HTML else 'plain'}; charset=us-ascii\r\n\r\n")
     line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    if HTML:
+        links = "".join(f'<p><a href="https://shop.example/item/{k}?ref=drain">item {k}</a></p>\r\n' for k in range(10))
+        html = f"<html><body>\r\n{links}"
+        fill = (line * (size // len(line) + 1))[:max(0, size - len(head) - len(html) - 20)]
+        return (head + html + fill + "</body></html>\r\n").encode()
     body = (line * (size // len(line) + 1))[:max(0, size - len(head) - 2)]
     return (head + body).encode() + b"\r\n"
 
@@ -158,7 +169,9 @@ class Mtad:
             pg[0].psql(f"CREATE DATABASE {name}")
             self.dsn = pg[0].dsn(name)
         self.label = f"{prefix}mtad{'-pg' if pg is not None else ''}-dkim-{variant}"
-        self.variant, _, workers = variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
+        dkim_variant, _, track = variant.partition("+")  # "rsa+track": click and open tracking on
+        self.track = track == "track"
+        self.variant, _, workers = dkim_variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
         self.dkim_workers = int(workers) if workers else None
         self.work = Path(a.work) / f"{prefix}mtad{'-pg' if pg is not None else ''}-{variant.replace('/', '-')}"
         shutil.rmtree(self.work, ignore_errors=True)
@@ -205,6 +218,8 @@ class Mtad:
                          **({} if self.dkim_workers is None else {"dkim_workers": self.dkim_workers})},
             "log": {"level": "warning"},
             **({"store": {"backend": "postgresql", "dsn": self.dsn}} if self.dsn else {}),
+            **({"tracking": {"base_url": "https://trk.bench.test", "defaults": {"open": True, "click": "yes"}}}
+               if self.track else {}),
         }
         path = self.work / "mtad.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -305,6 +320,8 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
 # --- commands ----------------------------------------------------------------------------------------------
 
 def cmd_run(a: argparse.Namespace) -> None:
+    global HTML
+    HTML = a.html
     sys.path.insert(0, a.mtad_src)  # the mtad measured (mtad.passwords, for its config)
     from tests.support.dns_server import DnsServer
     dns = DnsServer(ttl=3600).start()
@@ -417,6 +434,7 @@ def main() -> None:
     r.add_argument("--msgs", type=int, default=5000)
     r.add_argument("--size", type=int, default=1024)
     r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--html", action="store_true", help="HTML messages with 10 links (for +track variants)")
     r.add_argument("--mtad-src", default=str(REPO))
     r.add_argument("--base-src", help="also measure the mtad in this folder (labels base-mtad-...), after each variant"
                                       " (its flat layout before the packages, e.g. bebe064, works too)")

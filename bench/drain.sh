@@ -14,6 +14,8 @@
 #                   e.g. a `git archive HEAD | tar -x -C /tmp/base` export, for a before/after in one run; the
 #                   summary adds a before/after table: mtad/base-mtad per variant with the rounds' spread
 #   --base-rev REV  the same with mtad as committed at REV (`git archive REV mtad` into the scratch folder)
+#   --html          every message HTML with 10 links; with variants like rsa,rsa+track (click and open tracking
+#                   on: tracking.defaults) the drain rate tracked vs untracked in one run (issue 13)
 #   --pg            also mtad on PostgreSQL in the same rounds, one per DKIM variant (labels mtad-pg-dkim-...):
 #                   a private PostgreSQL server (tests/support/postgres.py: initdb + pg_ctl as user mtadtest,
 #                   loopback, fsync and synchronous_commit on), a database per variant; the summary adds the
@@ -39,7 +41,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
 MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
-BASE_SRC=""; BASE_REV=""; PG=0
+BASE_SRC=""; BASE_REV=""; PG=0; HTML=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -55,7 +57,8 @@ while [ $# -gt 0 ]; do
     --base-rev) BASE_REV=$2; shift ;;
     --keep) KEEP=1 ;;
     --pg) PG=1 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    --html) HTML=1 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -140,6 +143,7 @@ want mtad && ARGS+=(--mtad "$DKIM")
 [ $PG = 1 ] && ARGS+=(--pg "$DKIM")
 [ -n "$BASE_SRC" ] && ARGS+=(--base-src "$BASE_SRC")
 [ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
+[ $HTML = 1 ] && ARGS+=(--html)
 echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM) ")$([ $PG = 1 ] && echo "mtad-pg (DKIM $DKIM)")"
 timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/*mtad-*/mtad.log)" >&2
 for log in "$WORK"/*mtad-*/mtad.log; do

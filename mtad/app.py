@@ -117,6 +117,16 @@ def api_base_url(cfg: Config, address: str | None = None) -> str:
     return cfg.api.public_url.rstrip("/") or f"{scheme}://{address or cfg.api.address}"
 
 
+def tracking_base_url(cfg: Config, api_address: str | None = None, listen_address: str | None = None) -> str:
+    """The tracking URLs' base: ``tracking.base_url``, else the tracking listener's URL when it has one, else the
+    API's public URL (the endpoints are then served on the API listener)."""
+    if cfg.tracking.base_url:
+        return cfg.tracking.base_url.rstrip("/")
+    if cfg.tracking.listen:
+        return f"{'https' if cfg.tracking.tls else 'http'}://{listen_address or cfg.tracking.listen}"
+    return api_base_url(cfg, api_address)
+
+
 def load_shaping(cfg: Config) -> providers.ShapingConfig:
     path = cfg.path(cfg.delivery.shaping_file) if cfg.delivery.shaping_file else SHIPPED_SHAPING
     return providers.load_shaping(path)
@@ -147,6 +157,8 @@ class App:
         self.api_socket: socket.socket | None = None  # pre-bound when api.address has port 0
         self.api_address = cfg.api.address  # where the API really listens
         self.bound: list[ports.Bound] = []  # where the SMTP listeners really listen
+        self.tracking_socket: socket.socket | None = None  # pre-bound when tracking.listen has port 0
+        self.tracking_address = cfg.tracking.listen  # where the tracking listener really listens
 
     # --- start -----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
@@ -205,10 +217,12 @@ class App:
         self.ingress.spam_filter = self.spam_filter
         self._unsubscribe.append(self.store.on_change("lists", self.ingress.lists.reload))
         await self.ingress.lists.reload()
+        await self._setup_tracking()
         wakers = []
         self.config_dkim_keys = load_dkim_keys(cfg) if cfg.delivery.enabled else {}
         if cfg.delivery.enabled:
             self.scheduler = self._build_scheduler()
+            self.scheduler.tracking = self.tracking
             wakers.append(self.scheduler.wake)
             self._background.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         self.http = HttpClient(cfg.routing.allowed_networks, cfg.routing.timeout.seconds)
@@ -232,6 +246,7 @@ class App:
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
         if cfg.api.enabled:
             await self._start_api()
+        await self._start_tracking_listener()
         loop = asyncio.get_running_loop()
         for listener in cfg.listeners:
             def factory(listener=listener) -> MtadSMTP:
@@ -246,6 +261,60 @@ class App:
             log.info("listening on %s (%s, tls=%s)", address, listener.role, listener.tls)
         ports.write(cfg.state_path, self.bound, self.api_address if cfg.api.enabled else None)
         await self._start_webhooks()  # last: a start that fails above leaves no background write in flight
+
+    async def _setup_tracking(self) -> None:
+        """Engagement tracking: the per-recipient rendering policy (the scheduler's), the endpoints' context, the
+        settings reloaded on every change (any node), ua-parser's rules loaded in a thread."""
+        from mtad.api.tracking import TrackingContext
+        from mtad.base.keys import derive
+        from mtad.events.engagement import Clients
+        from mtad.mail.tracktoken import Sealer
+        from mtad.outbound.tracking import Tracking
+        cfg = self.cfg
+        if cfg.tracking.listen and cfg.tracking.listen.rsplit(":", 1)[1] == "0":
+            self.tracking_socket = ports.bind_tcp(cfg.tracking.listen.rsplit(":", 1)[0].strip("[]"), 0)
+            self.tracking_address = ports.address_of(self.tracking_socket)
+        base = tracking_base_url(cfg, self.api_address, self.tracking_address)
+        self.tracking = Tracking(cfg.tracking, base, self.signing_key, await self.store.tracking_settings())
+
+        async def reload_settings() -> None:
+            self.tracking.update(await self.store.tracking_settings())
+        self._unsubscribe.append(self.store.on_change("tracking", reload_settings))
+        geoip = str(cfg.path(cfg.tracking.geoip_database)) if cfg.tracking.geoip_database else None
+        try:
+            clients = Clients(cfg.tracking, geoip)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("tracking.geoip_database", f"cannot read {geoip}: {exc}") from None
+        self._background.append(asyncio.create_task(asyncio.to_thread(clients.warm), name="ua-rules"))
+
+        async def listed(domain: str, address: str, tags: tuple[str, ...]) -> bool:
+            entry = await self.store.get_suppression(domain, "unsubscribes", address)
+            return entry is not None and ("*" in entry.tags or set(tags) <= set(entry.tags))
+        self.tracking_context = TrackingContext(
+            store=self.store, tracking=Sealer(derive(self.signing_key, "tracking")),
+            unsubscribe=Sealer(derive(self.signing_key, "unsubscribe")), clients=clients, suppressed=listed,
+            retention=cfg.tracking.retention.seconds)
+
+    async def _start_tracking_listener(self) -> None:
+        """The tracking endpoints on a listener of their own (``tracking.listen``); else they are on the API's."""
+        cfg = self.cfg
+        if not cfg.tracking.listen:
+            if not cfg.api.enabled and cfg.tracking != config_mod.TrackingConfig():
+                log.warning("tracking: no listener serves the tracking URLs (api disabled, tracking.listen empty)")
+            return
+        from aiohttp import web
+        from mtad.api.server import ApiRunner
+        from mtad.api.tracking import tracking_app
+        self.tracking_runner = ApiRunner(tracking_app(self.tracking_context), access_log=None)
+        await self.tracking_runner.setup()
+        ssl_context = self.tls_context if cfg.tracking.tls else None
+        if self.tracking_socket is not None:
+            site = web.SockSite(self.tracking_runner, self.tracking_socket, backlog=1024, ssl_context=ssl_context)
+        else:
+            host, port = cfg.tracking.listen.rsplit(":", 1)
+            site = web.TCPSite(self.tracking_runner, host.strip("[]"), int(port), backlog=1024, ssl_context=ssl_context)
+        await site.start()
+        log.info("tracking endpoints on %s (URLs under %s)", self.tracking_address, self.tracking.base_url)
 
     def directory(self, cfg: Config) -> Directory:
         """The config file's users and domains plus those created through the API."""
@@ -305,6 +374,9 @@ class App:
         self._background.append(asyncio.create_task(self.webhook_loop.run(), name="webhooks"))
         self.pruner = retention.Pruner(self.store, cfg.store.event_retention.seconds)
         self._background.append(asyncio.create_task(self.pruner.run(), name="retention"))
+        self.tracking_pruner = retention.Pruner(self.store, cfg.tracking.retention.seconds,
+                                                prune=self.store.prune_tracking, what="tracked messages")
+        self._background.append(asyncio.create_task(self.tracking_pruner.run(), name="tracking-retention"))
 
     def _metrics_sources(self):
         """What ``GET /metrics`` reads, as it is now (webhooks and the pruner start after the API)."""
@@ -327,12 +399,16 @@ class App:
             config=cfg.api, store=self.store, base_url=base_url, keys=lambda: self.api_keys,
             running_config=lambda: self.cfg, allowed_networks=cfg.routing.allowed_networks, ingress=self.ingress,
             routing=self.routing, accounts=lambda: self.accounts, apply_accounts=self.apply_accounts,
-            metrics=self._metrics_sources, signing_key=self.signing_key)
+            metrics=self._metrics_sources, signing_key=self.signing_key,
+            tracking_base_url=self.tracking.base_url)
         features, own_auth = all_features(), ()
         if cfg.ui.enabled:  # the web control panel at /ui/ (mtad/ui), on the same listener
             from mtad import ui
             panel = ui.UiContext(api=self.api_context, config=cfg.ui, throttled=self._throttled)
             features, own_auth = [*features, lambda app: ui.setup(app, panel)], (ui.PREFIX,)
+        if not cfg.tracking.listen:  # the tracking endpoints on the API listener
+            from mtad.api.tracking import add_routes
+            features.append(lambda app: add_routes(app, self.tracking_context))
         from mtad.api.server import ApiRunner  # unparsable requests answered in the API's JSON shape
         self.api_runner = ApiRunner(create_app(self.api_context, features, own_auth), access_log=None)
         await self.api_runner.setup()
@@ -516,6 +592,8 @@ class App:
         self._unsubscribe.clear()
         if getattr(self, "api_runner", None) is not None:
             await self.api_runner.cleanup()
+        if getattr(self, "tracking_runner", None) is not None:
+            await self.tracking_runner.cleanup()
         for task in self._background:
             task.cancel()
         if self._background:

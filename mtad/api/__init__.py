@@ -72,6 +72,7 @@ class ApiContext:
     apply_accounts: Callable[["Accounts"], None]  # after a change: new directory and DKIM keys, no restart
     metrics: Callable[[], "MetricsSources"]  # what /metrics reads, as it is now
     signing_key: str = ""  # mtad's signing key (app.signing_key): the keys of links made for recipients derive from it
+    tracking_base_url: str = ""  # the tracking URLs' base (tracking.base_url, else base_url): domains' CNAME target
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -128,7 +129,8 @@ def _authenticate(request: web.Request, keys: Sequence[ApiKey]) -> ApiKey | None
 
 
 PUBLIC_PATHS = {"/metrics", "/healthz"}
-PUBLIC_PREFIXES = ("/list-unsubscribe/",)  # links in mail to recipients: their signed token is the credential
+PUBLIC_PREFIXES = ("/list-unsubscribe/", "/c/", "/o/", "/u/")  # links in mail to recipients (lists,
+# tracking): their signed tokens are the credential
 
 
 def _middlewares(ctx: ApiContext, own_auth: tuple[str, ...] = ()) -> list:

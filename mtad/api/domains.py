@@ -33,6 +33,7 @@ import hashlib
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import dns.asyncresolver
 import dns.exception
@@ -230,7 +231,12 @@ async def dns_records(request: web.Request, name: str, receiving: bool, keys: li
     lookups = [_query(resolver, name, "TXT")] + [_query(resolver, n, "TXT") for n, _ in dkim_records]
     if receiving:
         lookups.append(_query(resolver, name, "MX"))
+    cname = await _tracking_cname(request, name)  # the domain's own tracking host, a CNAME to mtad's
+    if cname is not None:
+        lookups.append(_query(resolver, cname[0], "CNAME"))
     results = await asyncio.gather(*lookups)
+    if cname is not None:
+        cname_found = results.pop()
 
     def spf_ok(v: str) -> bool:
         tokens = v.lower().split()
@@ -250,8 +256,26 @@ async def dns_records(request: web.Request, name: str, receiving: bool, keys: li
         receiving_records.append({"record_type": "MX", "priority": "10", "name": name, "value": hostname,
                                   "valid": _state(found, lambda v: v == hostname), "cached": found or []})
     state = "active" if all(r["valid"] == "valid" for r in sending) else "unverified"
+    if cname is not None:  # not part of the state: tracking is not needed to send
+        target = cname[1]
+        sending.append({"record_type": "CNAME", "name": cname[0], "value": target,
+                        "valid": _state(cname_found, lambda v: v.rstrip(".").lower() == target),
+                        "cached": cname_found or []})
     request.app[STATES][name] = state
     return sending, receiving_records
+
+
+async def _tracking_cname(request: web.Request, name: str) -> tuple[str, str] | None:
+    """(the domain's tracking host, the configured tracking host) when the domain has a tracking host of its own
+    (``PUT /v3/domains/{name}/tracking`` ``base_url``) on another name than the configured one."""
+    ctx = context(request)
+    settings = (await ctx.store.tracking_settings()).get(name)
+    if settings is None or not settings.base_url or not ctx.tracking_base_url:
+        return None
+    own, target = urlsplit(settings.base_url).hostname, urlsplit(ctx.tracking_base_url).hostname
+    if not own or not target or own == target:
+        return None
+    return own.lower(), target.lower()
 
 
 async def _with_records(request: web.Request, name: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -19,4 +19,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [domain_auth.setup]
     from mtad.api import lists  # issue 14: mailing lists (v3 and the seed's v2 paths), the list-unsubscribe page
     features += [lists.setup]
+    from mtad.api import domaintracking  # issue 13: domain tracking settings (the endpoints: api.tracking, app.py)
+    features += [domaintracking.setup]
     return features

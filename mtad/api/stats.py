@@ -101,10 +101,9 @@ async def account_filter(request: web.Request) -> web.Response:
 
 async def aggregates(request: web.Request) -> web.Response:
     domain, what = request.match_info["domain"].lower(), request.match_info["what"]
-    if what == "providers":
-        counts = await stats.providers(context(request).store, domain)
-        return web.json_response({"providers": counts})
-    return web.json_response({what: {}})  # devices and countries come from opens and clicks: none tracked
+    dim = {"providers": "provider", "devices": "device", "countries": "country"}[what]
+    counts = await stats.providers(context(request).store, domain, dim)
+    return web.json_response({what: counts})  # devices and countries: of opens, clicks and unsubscribes
 
 
 async def list_tags(request: web.Request) -> web.Response:

@@ -421,6 +421,61 @@ class ApiConfig(HostPort):
         check_address(self.address, f"{path}.address", ip_only=False)
 
 
+# Machine fetchers of opens and clicks (``events.engagement``): policy as data. Apple Mail Privacy Protection loads
+# images through Apple's proxies (Apple's own 17.0.0.0/8 network) with the bare User-Agent "Mozilla/5.0"; link
+# scanners announce themselves (or click within seconds of delivery, ``scanner_window``).
+_MACHINE_AGENTS = (r"(?i)bot\b", r"(?i)spider", r"(?i)crawler", r"(?i)scanner", r"(?i)barracuda", r"(?i)proofpoint",
+                   r"(?i)mimecast", r"(?i)safelinks", r"(?i)urldefense", r"(?i)python-requests", r"(?i)^curl/",
+                   r"(?i)^wget/", r"(?i)headlesschrome", r"(?i)phantomjs")
+
+
+@dataclass(frozen=True)
+class TrackingDefaults:
+    """Tracking of domains whose settings were never set through ``/v3/domains/{d}/tracking`` (Mailgun: off)."""
+
+    open: bool = False
+    click: bool | Literal["yes", "no", "htmlonly"] = False  # YAML reads yes/no as booleans
+    unsubscribe: bool = False
+
+    @property
+    def click_mode(self) -> str:
+        """``yes``, ``no`` or ``htmlonly``."""
+        if isinstance(self.click, bool):
+            return "yes" if self.click else "no"
+        return self.click
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Open and click tracking and unsubscribe links: where their URLs point, where they are served."""
+
+    base_url: str = ""  # the tracking URLs' base (https://trk.example.com); "": the API's public URL
+    listen: str = ""  # HOST:PORT of a listener of its own; "": served on the API listener
+    tls: bool = False  # serve HTTPS on ``listen`` with the tls certificate
+    geoip_database: str = ""  # a MaxMind-format .mmdb (GeoLite2-City or -Country) for events' geolocation
+    defaults: TrackingDefaults = TrackingDefaults()
+    retention: Duration = Duration(90 * 86400)  # tracking URLs keep working this long after sending
+    machine_networks: tuple[str, ...] = ("17.0.0.0/8",)  # image fetchers flagged as Apple MPP (with the bare UA)
+    machine_user_agents: tuple[str, ...] = _MACHINE_AGENTS  # regular expressions of link scanners' User-Agents
+    scanner_window: Duration = Duration(10)  # a click this soon after delivery is a scanner's
+
+    def __post_build__(self, path: str) -> None:
+        if self.base_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.base_url):
+            raise ConfigError(f"{path}.base_url", f"expected http(s)://HOST[/PATH], got {self.base_url!r}")
+        if self.listen:
+            check_address(self.listen, f"{path}.listen", ip_only=False)
+        for i, net in enumerate(self.machine_networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{path}.machine_networks[{i}]", f"not a network: {net!r}") from None
+        for i, pattern in enumerate(self.machine_user_agents):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{path}.machine_user_agents[{i}]", f"not a regular expression: {exc}") from None
+
+
 @dataclass(frozen=True)
 class UiConfig:
     """The web control panel (mtad/ui) at /ui/ on the API listener: sign-in, sessions, sign-in failure limits."""
@@ -523,6 +578,7 @@ class Config:
     log: LogConfig = LogConfig()
     spam: SpamConfig = SpamConfig()  # SpamAssassin's spamd for receiving domains (mtad.inbound.spam)
     ui: UiConfig = UiConfig()  # the web control panel (issue 17)
+    tracking: TrackingConfig = TrackingConfig()
     base_dir: str = field(default=".", metadata={"internal": True})  # where relative paths start
 
     def __post_build__(self, path: str) -> None:

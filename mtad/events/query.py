@@ -339,7 +339,7 @@ def logs_query(body: Mapping[str, Any], allowed_domains: frozenset[str], now: fl
     for kind in kinds:
         if kind not in LOGS_EVENTS:
             raise QueryError(f"events: unknown event '{kind}'")
-        ors.append(Match("event", kind.replace("unique_", "")))
+        ors.append(Metric(kind) if kind.startswith("unique_") else Match("event", kind))
     for name in metric:
         if name not in METRIC_EVENTS:
             raise QueryError(f"metric_events: unknown metric event '{name}'")

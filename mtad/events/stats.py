@@ -142,6 +142,9 @@ def shape(counts: Mapping[str, int], events: list[str]) -> dict[str, Any]:
                     permanent[key.split(":", 2)[2]] = int(n)
             permanent["total"] = sum(permanent.values())
             out[event] = {"temporary": {"espblock": 0, "total": c("failed:temporary")}, "permanent": permanent}
+        elif event in ("opened", "clicked"):
+            unique = c(f"{event}:unique")
+            out[event] = {"total": unique + c(f"{event}:repeat"), "unique": unique}
         else:
             out[event] = {"total": c(event)}
     return out
@@ -207,12 +210,10 @@ async def grouped(store: EventStore, events: list[str], rng: Range, *, group: st
     dim_filter = [(k, v) for k in ("provider", "ip") for v in filters.get(k, [])]
     if len(dim_filter) > 1:
         raise QueryError("filter: give at most one provider or ip")
-    if group == "country":
-        return []  # mtad has no geolocation: no country is known for any event
-    if (dim_filter or group in ("provider", "ip")) and (tags or group == "tag"):
+    if (dim_filter or group in ("provider", "ip", "country")) and (tags or group == "tag"):
         raise QueryError("provider and ip counters are kept without tags: they cannot be combined with tag")
     dim = None
-    if group in ("provider", "ip"):
+    if group in ("provider", "ip", "country"):  # countries: of opens, clicks, unsubscribes (events.engagement)
         dim = (group, dim_filter[0][1] if dim_filter and dim_filter[0][0] == group else None)
         if dim_filter and dim_filter[0][0] != group:
             raise QueryError("filter: a provider filter needs group=provider, an ip filter group=ip")
@@ -226,7 +227,7 @@ async def grouped(store: EventStore, events: list[str], rng: Range, *, group: st
         check_buckets(rng.start, rng.end, resolution)
         rng = Range(bucket_start(rng.start, resolution), rng.end, resolution)
         return _time_series(await _rows(store, _query(events, rng, domains=domains, tag=tag, dim=dim)), events, rng)
-    column = {"domain": "domain", "tag": "tag", "provider": "value", "ip": "value"}.get(group)
+    column = {"domain": "domain", "tag": "tag", "provider": "value", "ip": "value", "country": "value"}.get(group)
     rows = await _rows(store, _query(events, rng, domains=domains, tag=tag, dim=dim, group=column, by_time=False))
     per_group: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -251,15 +252,24 @@ async def domain_totals(store: EventStore, events: list[str], at: float, resolut
     return [{"time": rfc2822(start), "domain": d, **shape(per_domain[d], events)} for d in chosen]
 
 
-async def providers(store: EventStore, domain: str) -> dict[str, dict[str, int]]:
-    """``GET /v3/{domain}/aggregates/providers``: all-time counts per recipient provider (domain)."""
+async def providers(store: EventStore, domain: str, dim: str = "provider") -> dict[str, dict[str, int]]:
+    """``GET /v3/{domain}/aggregates/providers|devices|countries``: all-time counts per recipient provider
+    (domain), per device type, per country (``dim``: provider, device, country). Devices and countries are known
+    for opens, clicks and unsubscribes only."""
     out: dict[str, dict[str, int]] = {}
-    for value, key, count in await store.provider_counts(domain):
-        entry = out.setdefault(value, {"accepted": 0, "delivered": 0, "opened": 0, "clicked": 0, "unique_opened": 0,
-                                       "unique_clicked": 0, "unsubscribed": 0, "complained": 0, "bounced": 0})
+    for value, key, count in await store.provider_counts(domain, dim):
+        if dim == "provider":
+            blank = {"accepted": 0, "delivered": 0, "opened": 0, "clicked": 0, "unique_opened": 0,
+                     "unique_clicked": 0, "unsubscribed": 0, "complained": 0, "bounced": 0}
+        else:
+            blank = {"clicked": 0, "opened": 0, "unique_clicked": 0, "unique_opened": 0, "unsubscribed": 0,
+                     "complained": 0}
+        entry = out.setdefault(value, blank)
         name = "bounced" if key.startswith("failed:permanent:") else key.split(":")[0]
         if name in entry:
             entry[name] += int(count)
+        if key in ("opened:unique", "clicked:unique"):
+            entry["unique_" + name] += int(count)
     return out
 
 

@@ -9,7 +9,9 @@ domain's webhook for the event, in the event's own transaction. This module POST
   ``message-headers`` (a JSON list of [name, value], in order, with Mailgun's ``X-Mailgun-Variables``
   header holding the user variables as JSON when there are any), ``Message-Id``, ``tag``,
   ``campaign-id``, each user variable as its own field, ``code``/``error``/``notification`` for
-  bounces, ``reason`` (``hardfail`` | ``maxfails``) and ``description`` for drops, and
+  bounces, ``reason`` (``hardfail`` | ``maxfails``) and ``description`` for drops, ``url`` for clicks,
+  ``ip``, ``country``, ``region``, ``city``, ``user-agent``, ``device-type``, ``client-type``, ``client-name``
+  and ``client-os`` for opens, clicks and unsubscribes, and
   ``timestamp``/``token``/``signature``. The signature is the hex HMAC-SHA256 of timestamp+token
   under the webhook signing key (``signing.sign_token``).
 - **De-duplication.** Every POST carries ``X-Mtad-Event-Id`` (the event's ``id``, also in the JSON)
@@ -128,6 +130,13 @@ def legacy_fields(event: dict[str, Any], domain: str, key: str,
                    ("error", str(status.get("message") or ""))]
     if event.get("url"):
         fields.append(("url", str(event["url"])))
+    if event.get("client-info") or event.get("geolocation"):  # opens, clicks, unsubscribes (the seed's fields)
+        info, geo = event.get("client-info") or {}, event.get("geolocation") or {}
+        fields += [("ip", str(event.get("ip") or "")), ("country", str(geo.get("country", ""))),
+                   ("region", str(geo.get("region", ""))), ("city", str(geo.get("city", ""))),
+                   ("user-agent", str(info.get("user-agent", ""))), ("device-type", str(info.get("device-type", ""))),
+                   ("client-type", str(info.get("client-type", ""))), ("client-name", str(info.get("client-name", ""))),
+                   ("client-os", str(info.get("client-os", "")))]
     reserved = {n for n, _ in fields} | {"timestamp", "token", "signature"}
     for var, value in (event.get("user-variables") or {}).items():
         if var not in reserved:

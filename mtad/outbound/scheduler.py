@@ -10,7 +10,9 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
 3. The destination's MX hosts are resolved and its ``ProviderPolicy`` found (or the smarthost used, with a
    policy of its own: ``smarthost_policy``);
    the job (its preloaded body DKIM-signed by a worker process, ``signer``) joins the ready queue of
-   its site (provider + hosts).
+   its site (provider + hosts). A job whose recipients each get a copy of their own (tracking, unsubscribe
+   variables: ``outbound.tracking``) is sent one transaction per recipient, each copy rendered and signed by a
+   worker just ahead of its turn, after the message's link list is committed (``_send_personal``).
 4. A site runs up to the provider's ``max_connections`` connection tasks, counted across the whole
    provider (gmail.com and every Google-hosted domain share one budget), and across every node when the store
    is shared (``throttle.limiters``: leased connection slots and a shared rate in the store). Each task opens one
@@ -41,11 +43,13 @@ from mtad.mail import dkim as dkim_mod
 from mtad.outbound import dsn
 from mtad.outbound import providers
 from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
+from mtad.store.engagement import EngagementStore
 from mtad.store.queue import DeliveryJob, Pauses, QueueStore
 from mtad.store.work import WorkStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
-from mtad.outbound.signer import DkimSigner
+from mtad.outbound.signer import DkimSigner, RenderError
+from mtad.outbound.tracking import Tracking
 from mtad.base.errors import PermFailure, StoreError, TempFailure
 from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
@@ -56,6 +60,21 @@ from mtad.base.types import Outcome
 
 log = logging.getLogger("mtad.scheduler")
 PRELOAD_BODY = 64 * 1024  # bodies up to this size come with the claimed batch: at most max_inflight x 64 KB in memory
+
+
+RENDER_AHEAD = 8  # copies of a per-recipient job rendered (in the workers) ahead of the one being sent
+
+
+class Personal:
+    """A job's stored body, to be rendered into one copy per recipient (``outbound.tracking``); ``first``: the
+    task making the first recipient's copy and committing the message's link list, started at dispatch so that
+    both are done (in the worker and in the store's next group commit) while the job waits for a connection."""
+
+    __slots__ = ("raw", "first")
+
+    def __init__(self, raw: bytes, first: asyncio.Task):
+        self.raw = raw
+        self.first = first
 
 
 @dataclass
@@ -71,8 +90,9 @@ class Site:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
 
 
-class SchedulerStore(QueueStore, WorkStore, Protocol):
-    """What the scheduler needs of the store: the queue, and the leases of its claims (renewed, released)."""
+class SchedulerStore(QueueStore, WorkStore, EngagementStore, Protocol):
+    """What the scheduler needs of the store: the queue, the leases of its claims (renewed, released), and the
+    tracked messages of per-recipient copies."""
 
 
 class Scheduler:
@@ -106,6 +126,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._recording: set[asyncio.Task] = set()  # outcomes being committed; awaited, never cancelled, at stop
         self.signer = DkimSigner(config.dkim_workers)  # worker processes, started at the first signature
+        self.tracking: Tracking | None = None  # per-recipient copies (tracking, unsubscribe variables); app.py sets it
+        self._tracked: dict[str, None] = {}  # queue ids whose tracked_messages row this node wrote (bounded)
         self._stopping = False
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
 
@@ -192,8 +214,12 @@ class Scheduler:
                     self.inflight -= 1
                 return
             destination = self._apply_policy(destination, policy, job)
-            # Preloaded bodies are signed now, in parallel with the sessions sending earlier jobs.
-            body = None if job.body is None else await self._sign(job, job.body)
+            # Preloaded bodies are signed now, in parallel with the sessions sending earlier jobs; those whose
+            # recipients each get a copy of their own are rendered and signed per recipient when sent.
+            body: bytes | Personal | None = None
+            if job.body is not None:
+                body = self._prepare(job, job.body) if self._personal(job, job.body) else \
+                    await self._sign(job, job.body)
             key = (policy.name, destination.hosts, destination.tls, destination.verify)
             site = self.sites.get(key)
             if site is None:
@@ -327,14 +353,17 @@ class Scheduler:
             started = time.monotonic()
             try:
                 if body is None:
-                    body = await self.store.load_body(job.queue_id)
-                    if body is None:  # deleted by an operator meanwhile
+                    loaded = await self.store.load_body(job.queue_id)
+                    if loaded is None:  # deleted by an operator meanwhile
                         self.leases.done(job.id)
                         self.inflight -= 1
                         continue
-                    body = await self._sign(job, body)
+                    body = self._prepare(job, loaded) if self._personal(job, loaded) else await self._sign(job, loaded)
                 sender = job.sender if self.return_paths is None else self.return_paths.sender(job)
-                outcomes = await session.send(sender, list(job.recipients), body)
+                if isinstance(body, Personal):
+                    outcomes = await self._send_personal(session, job, body, sender)
+                else:
+                    outcomes = await session.send(sender, list(job.recipients), body)
             except Exception:  # noqa: BLE001 - give the job back rather than keep it locked; the session is suspect
                 log.exception("%s: sending failed", job.queue_id)
                 self._record(self._release(job, self.clock() + RETRY_AFTER_ERROR))
@@ -386,9 +415,89 @@ class Scheduler:
         log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
                     outcome.message[:200])
 
+    # --- per-recipient copies (engagement tracking, unsubscribe variables) ----------------------------------
+    def _personal(self, job: DeliveryJob, body: bytes) -> bool:
+        return self.tracking is not None and self.tracking.personal(job, body)
+
+    def _keys(self, job: DeliveryJob) -> list[dkim_mod.DkimKey]:
+        keys = self.dkim_keys.get(job.sending_domain)
+        return [] if not keys or job.options.get("dkim") is False else list(keys)
+
+    async def _copy(self, job: DeliveryJob, raw: bytes, recipient: str, want_links: bool
+                    ) -> tuple[bytes, list[str] | None]:
+        """``recipient``'s copy, rendered and signed by a worker; the stored message, signed, if rendering fails."""
+        assert self.tracking is not None
+        try:
+            return await self.signer.render(raw, self._keys(job), self.tracking.spec(job, recipient), want_links)
+        except RenderError as exc:
+            log.error("%s: could not render the copy of <%s>, sending the message as stored: %s", job.queue_id,
+                      recipient, exc)
+            return await self._dkim(job, raw), None  # raw was stamped by _prepare
+
+    def _prepare(self, job: DeliveryJob, raw: bytes) -> Personal:
+        """``raw`` to send a copy per recipient, its first copy and the message's tracked row under way."""
+        if self.return_paths is not None:  # X-Mtad-Sid before rendering: every copy carries it, signed
+            raw = self.return_paths.stamp(job, raw)
+        task = asyncio.create_task(self._first_copy(job, raw))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a job given back never awaits it
+        return Personal(raw, task)
+
+    async def _first_copy(self, job: DeliveryJob, raw: bytes) -> tuple[bytes, list[str] | None]:
+        """The first recipient's copy, after the message's tracked row (its link list, its events' fields) is
+        committed: once per message on this node (``_tracked``), before any copy leaves."""
+        want_links = job.queue_id not in self._tracked
+        copy, links = await self._copy(job, raw, job.recipients[0], want_links)
+        if want_links:
+            await self._track(job, links)
+        return copy, links
+
+    async def _send_personal(self, session: Session, job: DeliveryJob, body: Personal,
+                             sender: str) -> dict[str, Outcome]:
+        """One transaction per recipient, each with its own copy (rendered ``RENDER_AHEAD`` ahead, the first at
+        dispatch); the recipients left when the session breaks are deferred."""
+        recipients = list(job.recipients)
+        raw = body.raw
+        started: deque[asyncio.Future] = deque([body.first])
+
+        def start(i: int) -> None:
+            started.append(asyncio.ensure_future(self._copy(job, raw, recipients[i], False)))
+        for i in range(1, min(RENDER_AHEAD, len(recipients))):
+            start(i)
+        following = len(started)
+        outcomes: dict[str, Outcome] = {}
+        try:
+            for rcpt in recipients:
+                copy, _ = await started.popleft()
+                if following < len(recipients):
+                    start(following)
+                    following += 1
+                if not session.usable:
+                    outcomes[rcpt] = classify.from_exception(
+                        TempFailure("the connection closed before this recipient's copy was sent"),
+                        mx_host=session.host)
+                    continue
+                outcomes.update(await session.send(sender, [rcpt], copy))
+        finally:
+            for future in started:
+                future.cancel()
+        return outcomes
+
+    async def _track(self, job: DeliveryJob, links: list[str] | None) -> None:
+        assert self.tracking is not None
+        await self.store.track_message(self.tracking.tracked(job, links, self.clock()))
+        self._tracked[job.queue_id] = None
+        if len(self._tracked) > 100_000:
+            del self._tracked[next(iter(self._tracked))]
+
     async def _sign(self, job: DeliveryJob, body: bytes) -> bytes:
+        """The message to send as one copy: stamped with its return-path token, DKIM-signed."""
         if self.return_paths is not None:
             body = self.return_paths.stamp(job, body)
+        return await self._dkim(job, body)
+
+    async def _dkim(self, job: DeliveryJob, body: bytes) -> bytes:
         keys = self.dkim_keys.get(job.sending_domain)
         if not keys or job.options.get("dkim") is False:
             return body

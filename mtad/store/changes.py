@@ -41,8 +41,9 @@ from mtad.store.dialect import dialect_of
 log = logging.getLogger("mtad.store.changes")
 
 CHANNEL = "mtad_changes"
-KINDS = frozenset({"routes", "accounts", "webhooks", "lists"})  # routes; domains and credentials; webhook URLs;
-# mailing lists (their addresses and access levels, which ingress keeps)
+KINDS = frozenset({"routes", "accounts", "webhooks", "lists", "tracking"})  # routes; domains and credentials;
+# webhook URLs; mailing lists (their addresses and access levels, which ingress keeps); tracking: the domains'
+# tracking settings (store.engagement)
 BACKSTOP = 30.0  # seconds between reloads of everything, in case a notification was lost
 _RECONNECT = (0.5, 10.0)  # first and longest wait before the listener connects again
 

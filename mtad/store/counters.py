@@ -3,7 +3,8 @@
 Counters: hourly ``stats(domain, tag, event, hour)`` and daily ``stats_daily(domain, tag, event, day)`` with the
 tag ``''`` for all messages, and daily ``stats_dims(domain, dim, value, event, day)`` for the provider (the
 recipient's domain) and the sending IP. ``event`` is a leaf key of Mailgun's breakdowns (``accepted:incoming``,
-``delivered:smtp``, ``failed:temporary``, ``failed:permanent:bounce``...; ``store.events.stat_key``); the hourly
+``delivered:smtp``, ``failed:temporary``, ``failed:permanent:bounce``, ``opened:unique``...; ``store.events.stat_key``);
+the hourly
 table also holds the totals. A query reads at most one row per key and hour (hour resolution) or day (day and
 month resolutions, groups), through an index that yields them in GROUP BY order: never a scan of events.
 Shaping the sums into Mailgun's answers is ``mtad.events.stats``'s job.
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 class CounterQuery:
     """Summed counters of ``events`` (API names: accepted, delivered, failed, opened, ...) from ``start`` to ``end``.
 
-    ``resolution`` hour reads the hourly counters, day and month the daily ones; ``dim`` (``provider`` | ``ip``,
+    ``resolution`` hour reads the hourly counters, day and month the daily ones; ``dim`` (``provider`` | ``ip`` |
+    ``device`` | ``country``,
     a value or None for every value) reads the daily per-dimension counters instead (no tags). ``domains`` None:
     every domain (an empty tuple: none). ``tag``: the counters of one tag (``''``: all messages); ``group``
     ``domain`` | ``tag`` | ``value`` sums per that column (``tag``: per tag, every tag); ``by_time`` per hour or
@@ -56,7 +58,8 @@ class TagInfo:
 
 
 _LEAVES = {"accepted": ("accepted:incoming", "accepted:outgoing"), "delivered": ("delivered:smtp", "delivered:http"),
-           "failed": ("failed:temporary",)}
+           "failed": ("failed:temporary",), "opened": ("opened:unique", "opened:repeat"),
+           "clicked": ("clicked:unique", "clicked:repeat")}
 _REASONS = ("bounce", "old", "generic", "rejected", "suppress-bounce", "suppress-unsubscribe", "suppress-complaint",
             "delayed-bounce", "webhook", "optimized")
 
@@ -113,11 +116,12 @@ def rows(conn: sqlite3.Connection, q: CounterQuery) -> tuple[CounterRow, ...]:
         f"SELECT {select}, sum(count) FROM {table} WHERE {' AND '.join(where)} GROUP BY {group_by}", params))
 
 
-def providers(conn: sqlite3.Connection, domain: str) -> tuple[tuple[str, str, int], ...]:
-    """(provider, leaf key, count) of one domain's per-provider counters over all time."""
+def providers(conn: sqlite3.Connection, domain: str, dim: str = "provider") -> tuple[tuple[str, str, int], ...]:
+    """(value, leaf key, count) of one domain's per-``dim`` counters (``provider``, ``device``, ``country``) over
+    all time."""
     return tuple((value, key, count) for value, key, count in conn.execute(
-        "SELECT value, event, sum(count) FROM stats_dims WHERE domain = ? AND dim = 'provider'"
-        " GROUP BY value, event", (domain,)))
+        "SELECT value, event, sum(count) FROM stats_dims WHERE domain = ? AND dim = ?"
+        " GROUP BY value, event", (domain, dim)))
 
 
 def list_tags(conn: sqlite3.Connection, domain: str, *, limit: int, pivot: str | None = None,

@@ -80,7 +80,9 @@ _METRIC_EVENT = {  # the logs API's metric events: (event, condition on the even
     "delivered_http": ("delivered", "transport:http"),
     "stored": ("stored", None),
     "opened": ("opened", None),
+    "unique_opened": ("opened", "unique"),  # the first open of a message by a recipient (events.engagement)
     "clicked": ("clicked", None),
+    "unique_clicked": ("clicked", "unique"),
     "unsubscribed": ("unsubscribed", None),
     "complained": ("complained", None),
     "failed": ("failed", None),
@@ -98,6 +100,8 @@ def _metric(name: str, dialect: Dialect) -> str:
         sql += " AND " + dialect.json_flag("data", "flags", "is-authenticated", value=True)
     elif condition == "transport:smtp":
         sql += f" AND coalesce({dialect.json_text('data', 'envelope', 'transport')}, 'smtp') != 'http'"
+    elif condition == "unique":
+        sql += " AND " + dialect.json_flag("data", "flags", "is-unique", value=True)
     elif condition == "transport:http":
         sql += f" AND {dialect.json_text('data', 'envelope', 'transport')} = 'http'"
     elif condition is not None:

@@ -97,6 +97,8 @@ def stat_key(event: Mapping[str, Any]) -> str:
         if event.get("severity", "permanent") == "temporary":
             return "failed:temporary"
         return f"failed:permanent:{event.get('reason') or 'bounce'}"
+    if kind in ("opened", "clicked"):  # the first of a message and recipient, or another (events.engagement)
+        return f"{kind}:unique" if (event.get("flags") or {}).get("is-unique") else f"{kind}:repeat"
     return kind
 
 
@@ -220,9 +222,26 @@ _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (
      " ON CONFLICT (domain, dim, value, event, day) DO UPDATE SET count = stats_dims.count + excluded.count"),
 )
 
-# What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP);
-# None for an event that is not counted (``record(system=True)``).
-StatItem = tuple[str, tuple[str, ...], str, int, str, str]
+# What ``record`` keeps of an event for its counters: (domain, tags, leaf key, hour, provider, sending IP, engagement
+# dimensions ((dim, value), ...): the device type and country of an open, click or unsubscribe); None for an event
+# that is not counted (``record(system=True)``).
+StatItem = tuple[str, tuple[str, ...], str, int, str, str, tuple[tuple[str, str], ...]]
+
+
+def engagement_dims(event: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(``device``, device type) and (``country``, ISO code) of an event that has them (opens, clicks,
+    unsubscribes: ``events.engagement``); unknown values are not counted."""
+    info, geo = event.get("client-info"), event.get("geolocation")
+    if not info and not geo:
+        return ()
+    dims = []
+    device = (info or {}).get("device-type")
+    if device and device != "unknown":
+        dims.append(("device", str(device)))
+    country = (geo or {}).get("country")
+    if country and country != "Unknown":
+        dims.append(("country", str(country)))
+    return tuple(dims)
 
 
 def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | None]]) -> None:
@@ -235,7 +254,7 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
     hourly: Counter = Counter()
     daily: Counter = Counter()
     dims: Counter = Counter()
-    for (domain, tags, leaf, hour, provider, ip), n in Counter([stat for _, stat in items if stat]).items():
+    for (domain, tags, leaf, hour, provider, ip, extra), n in Counter([stat for _, stat in items if stat]).items():
         day = hour // 24
         for tag in dict.fromkeys(("", *tags)):
             for key in _hourly_keys(leaf):
@@ -244,6 +263,8 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
         dims[(domain, "provider", provider, leaf, day)] += n
         if ip:
             dims[(domain, "ip", ip, leaf, day)] += n
+        for dim, value in extra:
+            dims[(domain, dim, value, leaf, day)] += n
     for (head, width, tail), counts in zip(_UPSERTS, (hourly, daily, dims)):
         execute_rows(conn, head, width, [(*key, n) for key, n in sorted(counts.items())], tail)
 
@@ -264,7 +285,8 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
              data, variables[0] if variables else None),
             None if system else
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
-             event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or ""))
+             event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or "",
+             engagement_dims(event)))
     staged = getattr(conn, "staged", None)
     if staged is None:
         write_events(conn, [item])
@@ -354,8 +376,9 @@ class EventStore(Protocol):
     async def counter_rows(self, *queries: CounterQuery) -> tuple[tuple[CounterRow, ...], ...]:
         """Summed counter rows of each query, from one snapshot."""
 
-    async def provider_counts(self, domain: str) -> tuple[tuple[str, str, int], ...]:
-        """(provider, leaf key, count) of ``domain``'s all-time per-provider counters."""
+    async def provider_counts(self, domain: str, dim: str = "provider") -> tuple[tuple[str, str, int], ...]:
+        """(value, leaf key, count) of ``domain``'s all-time counters per ``dim`` (``provider``, ``device``,
+        ``country``)."""
 
     async def list_tags(self, domain: str, *, limit: int, pivot: str | None = None, before: bool = False,
                         prefix: str = "") -> tuple[TagInfo, ...]:
@@ -401,8 +424,8 @@ class EventMethods:
         return await self.read(  # type: ignore[attr-defined]
             lambda c: tuple(counters_sql.rows(c, q) for q in queries))
 
-    async def provider_counts(self, domain: str) -> tuple[tuple[str, str, int], ...]:
-        return await self.read(lambda c: counters_sql.providers(c, domain))  # type: ignore[attr-defined]
+    async def provider_counts(self, domain: str, dim: str = "provider") -> tuple[tuple[str, str, int], ...]:
+        return await self.read(lambda c: counters_sql.providers(c, domain, dim))  # type: ignore[attr-defined]
 
     async def list_tags(self, domain: str, *, limit: int, pivot: str | None = None, before: bool = False,
                         prefix: str = "") -> tuple[TagInfo, ...]:

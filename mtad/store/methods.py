@@ -10,6 +10,7 @@ from __future__ import annotations
 from mtad.store.accounts import AccountMethods
 from mtad.store.authpolicy import AuthPolicyMethods
 from mtad.store.changes import ChangeMethods
+from mtad.store.engagement import EngagementMethods
 from mtad.store.events import EventMethods
 from mtad.store.panelusers import PanelUserMethods
 from mtad.store.lists import ListMethods
@@ -24,3 +25,4 @@ from mtad.store.work import WorkMethods
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
            WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users
+METHODS += (EngagementMethods,)  # engagement tracking (store.engagement)

@@ -12,6 +12,7 @@ from typing import Protocol
 from mtad.store.accounts import AccountStore
 from mtad.store.authpolicy import AuthPolicyStore
 from mtad.store.changes import ChangeStore
+from mtad.store.engagement import EngagementStore
 from mtad.store.events import EventStore
 from mtad.store.panelusers import PanelUserStore
 from mtad.store.lists import ListStore
@@ -37,5 +38,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, Lifecycle, EngagementStore, Protocol):
     """Every typed method of the store (see each part's contract)."""

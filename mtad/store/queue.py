@@ -224,7 +224,7 @@ class DeliveryJob:
     size: int
     body: bytes | None = field(default=None, repr=False, compare=False)
     attachments: list[dict[str, Any]] = field(default_factory=list)  # events' message.attachments
-    direction: str = "outbound"  # the message's: an inbound one's deliveries are forwards (their own sender)
+    direction: str = "outbound"  # the message's: an inbound one's deliveries are forwards to addresses (their own sender)
 
 
 def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limit: int,

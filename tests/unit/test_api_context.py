@@ -22,7 +22,8 @@ def test_the_context_is_a_frozen_dataclass_of_named_collaborators():
     assert "__getattr__" not in vars(ApiContext)  # no lookup by name behind the fields
     names = [f.name for f in dataclasses.fields(ApiContext)]
     assert names == ["config", "store", "base_url", "keys", "running_config", "allowed_networks", "ingress", "routing",
-                     "accounts", "apply_accounts", "metrics", "signing_key"]
+                     "accounts", "apply_accounts", "metrics", "signing_key",
+                     "tracking_base_url"]
     assert all(f.type not in ("Any", "dict[str, Any]") for f in dataclasses.fields(ApiContext))
 
 

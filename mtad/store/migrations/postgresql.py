@@ -318,6 +318,33 @@ CREATE INDEX IF NOT EXISTS events_delivered_message ON events(message_id) WHERE 
 """)
 
 
+def _v11(conn: Any) -> None:
+    # Engagement tracking (store.engagement): the same tables as SQLite's step 6.
+    conn.command("""
+CREATE TABLE IF NOT EXISTS domain_tracking (
+    domain TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tracked_messages (
+    queue_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL,
+    links TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracked_messages_created ON tracked_messages(created_at);
+CREATE TABLE IF NOT EXISTS engagement_firsts (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+);
+CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -329,6 +356,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(8, "panel_users: users of the web control panel", _v8),
     Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
+    Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -362,6 +362,36 @@ CREATE INDEX IF NOT EXISTS events_delivered_message ON events(message_id) WHERE 
 """)
 
 
+# --- 11: engagement tracking ------------------------------------------------------------------------------------
+
+def _v11(conn: sqlite3.Connection) -> None:
+    """Domain tracking settings, the tracked messages' link lists and event data, first opens and clicks
+    (``store.engagement``)."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS domain_tracking (
+    domain TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,  -- JSON: open, click, unsubscribe, html_footer, text_footer, base_url
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tracked_messages (
+    queue_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    created_at REAL NOT NULL,  -- first rendered: retention counts from here
+    data TEXT NOT NULL,  -- JSON: what its events show of it (headers, size, tags, campaigns, variables)
+    links TEXT NOT NULL  -- JSON array: the link list a click token's index names
+);
+CREATE INDEX IF NOT EXISTS tracked_messages_created ON tracked_messages(created_at);
+CREATE TABLE IF NOT EXISTS engagement_firsts (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- opened | clicked
+    at REAL NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -373,6 +403,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(8, "panel_users: users of the web control panel", _v8),
     Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
+    Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Engagement tracking's costs (issue 13, "Benchmark"): rewriting per message, and the click endpoint under load.
+
+  python bench/tracking_bench.py rewrite [--repeats 200]
+  python bench/tracking_bench.py endpoint [--clients 200] [--requests 20000]
+
+rewrite   ``mtad.mail.render.render`` of one message for one recipient (click tracking on, open pixel), for HTML
+          bodies of about 1 KB and 100 KB with 50 links each (quoted-printable, as compose writes long lines), in
+          µs per message: ``first`` is a message's first copy (its HTML parsed: the link list and the link
+          positions), ``next`` each further recipient's copy (the parse remembered: tokens, splice, re-encode),
+          plus ``link_list`` alone. In this process, no DKIM: what the signing worker adds per copy.
+endpoint  The click endpoint (served on the API listener, then on a ``tracking.listen`` listener of its own)
+          against a bare aiohttp handler that answers 302 and records nothing (the limit), one after the other, each driven by ApacheBench (``ab -k -c CLIENTS -n REQUESTS``, keep-alive, a real
+          browser's User-Agent; ``apt-get install apache2-utils`` when ``ab`` is missing). mtad runs as
+          ``python -m mtad run`` with the API listener serving tracking; a tracked message with 50 links is put in
+          its store first (``track_message``) and the click URL is sealed with its signing key, so every request
+          is a valid click: token opened, message read (cached), event built (ua-parser, GeoIP none) and committed
+          through the group commit before the 302. Reports requests/s and latency p50/p90/p99 (ab's), and the
+          ``clicked`` events found in the store afterwards (recorded clicks/s = events / ab's wall time).
+The machine is shared: figures are noisy; compare the two lines of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+          "Safari/537.36")
+SIGNING_KEY = "key-tracking-bench-0123456789"
+
+
+def html_message(size: int, links: int = 50) -> bytes:
+    import binascii
+    anchors = "".join(f'<p><a href="https://shop.example/item/{i}?utm_source=bench&amp;n={i}">Item {i}</a></p>\n'
+                      for i in range(links))
+    filler = "<p>" + ("The quick brown fox jumps over the lazy dog. " * 40) + "</p>\n"
+    body = "<html><body>\n" + anchors
+    while len(body) < size:
+        body += filler
+    body = body[:max(len(body), size)] + "</body></html>\n"
+    encoded = binascii.b2a_qp(body.encode(), istext=True).replace(b"\n", b"\r\n")
+    return (b"From: a@example.com\r\nTo: r@example.net\r\nSubject: bench\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + encoded + b"\r\n")
+
+
+def cmd_rewrite(a: argparse.Namespace) -> None:
+    from mtad.base.keys import derive
+    from mtad.mail import links, render
+    print("| HTML | links | first copy µs | next copies µs | link_list µs |")
+    print("|---|---|---|---|---|")
+    for size in (1024, 100 * 1024):
+        body = html_message(size)
+        spec = render.RenderSpec("0123456789ABCDEF012", "r@example.net", "https://trk.example.com", "yes", True,
+                                 False, tracking_key=derive(SIGNING_KEY, "tracking"),
+                                 unsubscribe_key=derive(SIGNING_KEY, "unsubscribe"))
+        firsts, nexts, lists = [], [], []
+        for i in range(a.repeats):
+            fresh = body.replace(b"Subject: bench", f"Subject: bench {i}".encode())  # a new message: nothing cached
+            links._cache.clear()
+            render._lists.clear()
+            t = time.perf_counter()
+            render.render(fresh, spec)
+            firsts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            render.render(fresh, render.RenderSpec(**{**spec.__dict__, "recipient": f"n{i}@example.net"}))
+            nexts.append(time.perf_counter() - t)
+            links._cache.clear()
+            render._lists.clear()
+            t = time.perf_counter()
+            render.link_list(fresh)
+            lists.append(time.perf_counter() - t)
+        med = lambda xs: sorted(xs)[len(xs) // 2] * 1e6  # noqa: E731
+        assert len(render.link_list(body)) == 50
+        print(f"| {len(body) // 1024} KB | 50 | {med(firsts):.0f} | {med(nexts):.0f} | {med(lists):.0f} |")
+
+
+# --- the endpoint -------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not open")
+
+
+BARE = """
+import sys
+from aiohttp import web
+async def click(request):
+    return web.Response(status=302, headers={"Location": "https://shop.example/item/7"})
+app = web.Application()
+app.router.add_get("/c/{token}", click)
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def ab(url: str, clients: int, requests: int) -> dict:
+    out = subprocess.run(["ab", "-k", "-q", "-c", str(clients), "-n", str(requests), "-H", f"User-Agent: {CHROME}",
+                          url], capture_output=True, text=True, timeout=600).stdout
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    wall = float(re.search(r"Time taken for tests:\s+([\d.]+)", out).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    pct = {int(p): int(ms) for p, ms in re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M)}
+    return {"rps": rps, "wall": wall, "failed": failed, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50": pct.get(50), "p90": pct.get(90), "p99": pct.get(99)}
+
+
+def prepare_store(state: Path) -> str:
+    """A tracked message with 50 links in a fresh store; a click token of its 8th link."""
+    from mtad.base.keys import derive
+    from mtad.mail.tracktoken import CLICK, Sealer, Token
+    from mtad.store.engagement import TrackedMessage
+    from mtad.store.sqlite import SqliteStore
+    state.mkdir(parents=True)
+    store = SqliteStore(state / "mtad.sqlite3")
+    store.open()
+    links = tuple(f"https://shop.example/item/{i}" for i in range(50))
+    msg = TrackedMessage("0123456789ABCDEF012", "example.com", time.time() - 3600,
+                         {"headers": {"message-id": "bench@example.com", "subject": "bench"}, "size": 1000,
+                          "options": {"tags": ["bench"]}}, links)
+
+    async def put() -> None:
+        await store.track_message(msg)
+    asyncio.run(put())
+    store.close()
+    return Sealer(derive(SIGNING_KEY, "tracking")).seal(Token(CLICK, msg.queue_id, "r@example.net", 7))
+
+
+def start_mtad(work: Path, own_listener: bool) -> tuple[subprocess.Popen, str, Path]:
+    """mtad serving tracking on the API listener, or on ``tracking.listen``; (process, click URL, its store)."""
+    import yaml
+    token = prepare_store(work / "state")
+    api_port, trk_port = free_port(), free_port()
+    cfg = {"hostname": "mtad.bench.test", "state_dir": str(work / "state"), "listeners": [],
+           "api": {"address": f"127.0.0.1:{api_port}"}, "signing_key": SIGNING_KEY,
+           "delivery": {"enabled": False}, "log": {"level": "warning"}}
+    if own_listener:
+        cfg["tracking"] = {"listen": f"127.0.0.1:{trk_port}", "base_url": f"http://127.0.0.1:{trk_port}"}
+    (work / "mtad.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(work / "mtad.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(work / "mtad.yaml")],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=work)
+    log.close()
+    port = trk_port if own_listener else api_port
+    wait_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}/c/{token}", work / "state" / "mtad.sqlite3"
+
+
+def clicked(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM events WHERE event = 'clicked'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def per_s(recorded: int | None, r: dict) -> str:
+    return f"{recorded / r['wall']:.0f}" if recorded else "-"
+
+
+def cmd_endpoint(a: argparse.Namespace) -> None:
+    if shutil.which("ab") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "apache2-utils"], check=True, capture_output=True)
+    work = Path(tempfile.mkdtemp(prefix="mtad-tracking-bench-"))
+    results: dict[str, dict] = {}
+    recorded: dict[str, int] = {}
+    try:
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
+        try:
+            wait_port(bare_port, bare)
+            ab(f"http://127.0.0.1:{bare_port}/c/x", 20, 500)
+            results["bare aiohttp 302"] = ab(f"http://127.0.0.1:{bare_port}/c/x", a.clients, a.requests)
+        finally:
+            bare.terminate()
+            bare.wait(30)
+        for name, own in (("mtad click, API listener", False), ("mtad click, tracking.listen", True)):
+            proc, url, db = start_mtad(work / ("own" if own else "api"), own)
+            try:
+                time.sleep(2.0)  # ua-parser's rules load in a thread at start
+                ab(url, 20, 500)  # warm-up (caches, connections)
+                before = clicked(db)
+                spy = None
+                if a.profile and own:  # py-spy over mtad during its run: raw stacks, ranked by bench/pyspy_top.py
+                    spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "200", "--format",
+                                            "raw", "--threads", "--nonblocking", "-o", a.profile],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1.0)
+                results[name] = ab(url, a.clients, a.requests)
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(60)
+                time.sleep(0.5)
+                recorded[name] = clicked(db) - before
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        print(f"{a.clients} concurrent clients (ab -k), {a.requests} requests each run; noisy shared machine")
+        print("| server | requests/s | p50 ms | p90 ms | p99 ms | failed | non-2xx (302s) | clicked events | recorded/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, r in results.items():
+            rec = recorded.get(name)
+            print(f"| {name} | {r['rps']:.0f} | {r['p50']} | {r['p90']} | {r['p99']} | {r['failed']} | {r['non2xx']} |"
+                  f" {rec if rec is not None else '-'} | {per_s(rec, r)} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rewrite")
+    r.add_argument("--repeats", type=int, default=200)
+    e = sub.add_parser("endpoint")
+    e.add_argument("--clients", type=int, default=200)
+    e.add_argument("--requests", type=int, default=20000)
+    e.add_argument("--profile", help="py-spy raw profile of mtad during its run, to this file")
+    a = p.parse_args()
+    {"rewrite": cmd_rewrite, "endpoint": cmd_endpoint}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

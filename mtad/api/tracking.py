@@ -1,0 +1,233 @@
+"""The tracking endpoints: clicks (``/c/{token}``), opens (``/o/{token}``) and unsubscribes (``/u/{token}``).
+
+Served without authentication (their tokens are the capability: ``mtad.mail.tracktoken``), on the API listener
+under the API's public URL, or on a listener of their own (``tracking.listen``; ``tracking_app``).
+
+- ``GET /c/{token}``: ``302`` to the link the token names in its message's link list, after recording
+  ``clicked``. A ``HEAD`` (what link checkers send) redirects without recording.
+- ``GET /o/{token}``: a 1x1 transparent GIF, never cached, after recording ``opened``.
+- ``GET /u/{token}``: a small confirmation page (the address, escaped, and one button); ``POST /u/{token}``
+  (that button, or the RFC 8058 one-click body ``List-Unsubscribe=One-Click`` a mail program sends) puts the
+  recipient on the sending domain's unsubscribes list (every message, or the message's tags for a tag
+  unsubscribe link) and records ``unsubscribed``, in one transaction; the next message to that address is
+  suppressed. Already unsubscribed: the same answer, no second event.
+
+A token that is not one of mtad's (forged, altered, of another kind or purpose): ``404``, nothing recorded, no
+redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
+page saying the link expired. Events are written through the store's group commit (``record_engagements``:
+event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
+one write (``base.coalesce``), and the answer follows the commit. A store that refuses the write (disk full)
+loses that open or click (logged) but the reader still gets the link or image; an unsubscribe is answered 503.
+The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+from urllib.parse import quote
+
+from aiohttp import web
+
+from mtad.base.coalesce import Coalescer
+from mtad.base.errors import StoreError
+from mtad.events import engagement as engagement_mod
+from mtad.mail import tracktoken
+from mtad.store.engagement import Engagement, EngagementStore, TrackedMessage
+from mtad.store.events import NewEvent
+from mtad.store.suppressions import Suppression
+
+log = logging.getLogger("mtad.tracking")
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")  # 1x1 transparent GIF
+PATHS = ("/c/", "/o/", "/u/")  # public: no API key (api._middlewares)
+_NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
+             "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+_CACHE_SIZE = 10_000
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved and already-escaped characters stay; spaces, controls, non-ASCII: %XX
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What the endpoints need, built by app.py."""
+
+    store: EngagementStore
+    tracking: tracktoken.Sealer  # click and open tokens
+    unsubscribe: tracktoken.Sealer  # unsubscribe tokens
+    clients: engagement_mod.Clients
+    suppressed: Callable[[str, str, tuple[str, ...]], Awaitable[bool]]  # (domain, address, tags): listed already
+    retention: float = 90 * 86400.0  # tracking.retention: older messages' URLs answer 410 (even when cached)
+
+
+TRACKING: web.AppKey["Tracker"] = web.AppKey("mtad_tracking")
+
+
+class Tracker:
+    """The handlers, with a cache of tracked messages (they never change once written)."""
+
+    def __init__(self, ctx: TrackingContext):
+        self.ctx = ctx
+        self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
+        # the opens and clicks arriving while a write runs go in the next one: one store write per burst
+        self._recorder: Coalescer[Engagement, bool] = Coalescer(
+            lambda items: ctx.store.record_engagements(items, time.time()), max_batch=512)
+
+    async def _message(self, queue_id: str) -> TrackedMessage | None:
+        found = self._messages.get(queue_id)
+        if found is not None:
+            if found.created_at < time.time() - self.ctx.retention:
+                del self._messages[queue_id]
+                return None
+            self._messages.move_to_end(queue_id)
+            return found
+        found = await self.ctx.store.tracked_message(queue_id)
+        if found is not None and found.created_at < time.time() - self.ctx.retention:
+            return None  # not pruned yet
+        if found is not None:
+            self._messages[queue_id] = found
+            if len(self._messages) > _CACHE_SIZE:
+                self._messages.popitem(last=False)
+        return found
+
+    def _fetch(self, request: web.Request) -> engagement_mod.Fetch:
+        return engagement_mod.Fetch(request.remote or "", request.headers.get("User-Agent", "")[:1024])
+
+    async def _record(self, kind: str, tracked: TrackedMessage, token: tracktoken.Token, request: web.Request,
+                      url: str | None = None) -> None:
+        now = time.time()
+        event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
+                                                self.ctx.clients, url=url)
+        try:
+            await self._recorder.submit(Engagement(
+                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
+                NewEvent(tracked.domain, engagement_mod.unique(event))))
+        except StoreError as exc:  # the reader still gets the link or the image; the event is lost, and said so
+            log.error("%s: %s of <%s> not recorded: %s", tracked.queue_id, kind, token.recipient, exc)
+
+    # --- clicks and opens -------------------------------------------------------------------------------
+    async def click(self, request: web.Request) -> web.StreamResponse:
+        token = self.ctx.tracking.open(request.match_info["token"])
+        if token is None or token.kind != tracktoken.CLICK:
+            return _page(404, "Not found", "This is not a link mtad made.")
+        tracked = await self._message(token.queue_id)
+        if tracked is None:
+            return _expired()
+        if token.index >= len(tracked.links):
+            return _page(404, "Not found", "This is not a link mtad made.")
+        url = tracked.links[token.index]
+        if request.method == "GET":
+            await self._record("clicked", tracked, token, request, url)
+        return web.Response(status=302, headers={**_NO_CACHE, "Location": quote(url, safe=_URL_SAFE)})
+
+    async def open(self, request: web.Request) -> web.StreamResponse:
+        token = self.ctx.tracking.open(request.match_info["token"])
+        if token is None or token.kind != tracktoken.OPEN:
+            return _page(404, "Not found", "This is not an image mtad made.")
+        tracked = await self._message(token.queue_id)
+        if tracked is None:
+            return _expired()
+        if request.method == "GET":
+            await self._record("opened", tracked, token, request)
+        return web.Response(body=PIXEL, content_type="image/gif", headers=_NO_CACHE)
+
+    # --- unsubscribes -----------------------------------------------------------------------------------
+    async def _unsubscribe_token(self, request: web.Request) -> tuple[tracktoken.Token, TrackedMessage] | web.Response:
+        token = self.ctx.unsubscribe.open(request.match_info["token"])
+        if token is None or token.kind not in (tracktoken.UNSUBSCRIBE, tracktoken.TAG_UNSUBSCRIBE):
+            return _page(404, "Not found", "This is not an unsubscribe link mtad made.")
+        tracked = await self._message(token.queue_id)
+        if tracked is None:
+            return _expired()
+        return token, tracked
+
+    @staticmethod
+    def _tags(token: tracktoken.Token, tracked: TrackedMessage) -> tuple[str, ...]:
+        tags = tuple((tracked.data.get("options") or {}).get("tags") or ())
+        return tags if token.kind == tracktoken.TAG_UNSUBSCRIBE and tags else ("*",)
+
+    async def unsubscribe_page(self, request: web.Request) -> web.StreamResponse:
+        found = await self._unsubscribe_token(request)
+        if isinstance(found, web.Response):
+            return found
+        token, tracked = found
+        tags = self._tags(token, tracked)
+        what = f"messages from {tracked.domain}" if tags == ("*",) else \
+            f"messages from {tracked.domain} tagged {', '.join(tags)}"
+        body = (f"<p>Unsubscribe <strong>{html.escape(token.recipient)}</strong> from {html.escape(what)}?</p>"
+                '<form method="post"><input type="hidden" name="confirm" value="yes">'
+                '<button type="submit">Unsubscribe</button></form>')
+        return _page(200, "Unsubscribe", body, raw=True)
+
+    async def unsubscribe(self, request: web.Request) -> web.StreamResponse:
+        found = await self._unsubscribe_token(request)
+        if isinstance(found, web.Response):
+            return found
+        token, tracked = found
+        form = await request.post() if request.content_type in ("application/x-www-form-urlencoded",
+                                                                "multipart/form-data") else {}
+        one_click = form.get("List-Unsubscribe") == "One-Click"
+        if not one_click and form.get("confirm") != "yes":
+            return _page(400, "Not unsubscribed", "Use the button of the unsubscribe page.")
+        tags = self._tags(token, tracked)
+        address = token.recipient.lower()
+        if not await self.ctx.suppressed(tracked.domain, address, tags):
+            now = time.time()
+            event = engagement_mod.engagement_event("unsubscribed", tracked, token.recipient, now,
+                                                    self._fetch(request), self.ctx.clients)
+            try:
+                await self.ctx.store.record_engagements([Engagement(
+                    NewEvent(tracked.domain, event),
+                    suppression=Suppression("unsubscribes", address, now, tags=tags))], now)
+            except StoreError as exc:
+                log.error("%s: unsubscribe of <%s> not recorded: %s", tracked.queue_id, token.recipient, exc)
+                return _page(503, "Not unsubscribed", "Please try again in a few minutes.")
+        if one_click:
+            return web.Response(text="Unsubscribed\n", headers=_NO_CACHE)
+        return _page(200, "Unsubscribed", f"{html.escape(token.recipient)} will get no more of these messages.")
+
+
+def _page(status: int, title: str, text: str, raw: bool = False) -> web.Response:
+    body = text if raw else f"<p>{html.escape(text)}</p>"
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">'
+            f'</head><body style="font-family:sans-serif;max-width:36em;margin:3em auto">'
+            f"<h1>{html.escape(title)}</h1>{body}</body></html>")
+    headers = {**_NO_CACHE, "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"}
+    return web.Response(status=status, text=page, content_type="text/html", headers=headers)
+
+
+def _expired() -> web.Response:
+    return _page(410, "Link expired", "This link has expired: its message is no longer tracked.")
+
+
+def add_routes(app: web.Application, ctx: TrackingContext) -> None:
+    """The tracking routes on ``app`` (the API's, or ``tracking_app``'s)."""
+    tracker = app[TRACKING] = Tracker(ctx)
+    app.router.add_get("/c/{token}", tracker.click)
+    app.router.add_get("/o/{token}", tracker.open)
+    app.router.add_get("/u/{token}", tracker.unsubscribe_page)
+    app.router.add_post("/u/{token}", tracker.unsubscribe)
+
+
+def tracking_app(ctx: TrackingContext) -> web.Application:
+    """An application serving only the tracking routes (``tracking.listen``); unexpected errors answer a plain
+    500 page, never a traceback."""
+    @web.middleware
+    async def errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _page(exc.status, exc.reason or "Error", exc.reason or "Error")
+        except Exception:  # noqa: BLE001 - never a stack trace to the client
+            log.exception("tracking error on %s", request.method)
+            return _page(500, "Error", "Internal error")
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    add_routes(app, ctx)
+    return app

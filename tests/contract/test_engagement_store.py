@@ -1,0 +1,100 @@
+"""The engagement store's contract (``mtad.store.engagement``) on every backend (SQLite and PostgreSQL): tracking
+settings round-trip, a tracked message is written once, the first open or click of a (message, recipient) is the
+unique one even when two race, an unsubscribe's list entry commits with its event, counters count unique and
+device/country, pruning deletes what is old."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mtad.events import engagement as engagement_mod
+from mtad.events import shape
+from mtad.store.counters import CounterQuery
+from mtad.store.engagement import DomainTracking, Engagement, TrackedMessage
+from mtad.store.eventquery import EventQuery, Match
+from mtad.store.events import NewEvent
+from mtad.store.suppressions import Suppression
+from tests.support.stores import backend_store  # noqa: F401 - the fixture
+
+ALL_TIME = 4e9
+
+
+def opened(tracked: TrackedMessage, recipient: str, now: float, device: str = "mobile") -> dict:
+    event = shape.base_event("opened", timestamp=now, recipient=recipient, queue_id=tracked.queue_id,
+                             message=shape.message_part(tracked.data["headers"], 10), options={}, envelope={},
+                             flags={"is-unique": False},
+                             extra={"client-info": {"device-type": device}, "geolocation": {"country": "FR"}})
+    return event
+
+
+def engagement(tracked: TrackedMessage, recipient: str, now: float) -> Engagement:
+    event = opened(tracked, recipient, now)
+    return Engagement(NewEvent("example.com", event), (tracked.queue_id, recipient, "opened"),
+                      NewEvent("example.com", engagement_mod.unique(event)))
+
+
+async def test_settings_round_trip_and_tracked_messages_are_written_once(backend_store):
+    store = backend_store()
+    assert await store.tracking_settings() == {}
+    settings = DomainTracking(open=True, click="htmlonly", unsubscribe=True, html_footer="<p>x</p>",
+                              text_footer="x", base_url="https://email.example.com")
+    await store.set_tracking_settings("example.com", settings, 1.0)
+    assert (await store.tracking_settings()) == {"example.com": settings}
+    await store.set_tracking_settings("example.com", DomainTracking(), 2.0)
+    assert (await store.tracking_settings())["example.com"] == DomainTracking()
+
+    first = TrackedMessage("Q1", "example.com", 10.0, {"headers": {"subject": "s"}}, ("https://a/", "https://b/"))
+    await store.track_message(first)
+    await store.track_message(TrackedMessage("Q1", "example.com", 20.0, {}, ("https://other/",)))
+    assert await store.tracked_message("Q1") == first
+    assert await store.tracked_message("nope") is None
+
+
+async def test_the_first_open_is_unique_even_when_opens_race(backend_store):
+    store = backend_store()
+    tracked = TrackedMessage("Q2", "example.com", 10.0, {"headers": {"message-id": "m@x"}}, ())
+    await store.track_message(tracked)
+    firsts = await asyncio.gather(*(store.record_engagements([engagement(tracked, "r@x.test", 100.0 + i)], 100.0 + i)
+                                    for i in range(6)))
+    assert sorted(f for (f,) in firsts) == [False] * 5 + [True]
+    (first_other,) = await store.record_engagements([engagement(tracked, "s@x.test", 200.0)], 200.0)
+    assert first_other is True
+    assert await store.count_events(EventQuery(None, (Match("event", "opened"),), limit=100)) == 7
+    (rows,) = await store.counter_rows(CounterQuery(("opened",), 0.0, ALL_TIME, "day", domains=("example.com",),
+                                                    by_time=False))
+    counts = {r.key: r.count for r in rows}
+    assert counts == {"opened:unique": 2, "opened:repeat": 5}
+    assert sorted(await store.provider_counts("example.com", "device")) == [("mobile", "opened:repeat", 5),
+                                                                           ("mobile", "opened:unique", 2)]
+    assert sum(c for _, _, c in await store.provider_counts("example.com", "country")) == 7
+
+
+async def test_an_unsubscribe_commits_its_list_entry_with_its_event(backend_store):
+    store = backend_store()
+    tracked = TrackedMessage("Q3", "example.com", 10.0, {"headers": {}}, ())
+    event = opened(tracked, "u@x.test", 50.0) | {"event": "unsubscribed"}
+    await store.record_engagements([Engagement(NewEvent("example.com", event),
+                                               suppression=Suppression("unsubscribes", "u@x.test", 50.0))], 50.0)
+    entry = await store.get_suppression("example.com", "unsubscribes", "u@x.test")
+    assert entry is not None and entry.tags == ("*",)
+    assert await store.count_events(EventQuery(None, (Match("event", "unsubscribed"),), limit=10)) == 1
+    assert await store.suppressed("example.com", ["u@x.test"]) == {"u@x.test": "suppress-unsubscribe"}
+
+
+async def test_pruning_deletes_old_tracking_rows(backend_store):
+    store = backend_store()
+    for i, at in enumerate((10.0, 20.0, 500.0)):
+        tracked = TrackedMessage(f"P{i}", "example.com", at, {"headers": {}}, ())
+        await store.track_message(tracked)
+        await store.record_engagements([engagement(tracked, "r@x.test", at)], at)
+    assert await store.prune_tracking(100.0, 1000) == 4  # two messages, two first opens
+    assert await store.prune_tracking(100.0, 1000) == 0
+    assert await store.tracked_message("P0") is None and await store.tracked_message("P2") is not None
+
+
+@pytest.mark.parametrize("bad", ["", "x"])
+async def test_unknown_queue_ids_read_as_none(backend_store, bad):
+    store = backend_store()
+    assert await store.tracked_message(bad) is None
