@@ -14,8 +14,9 @@ from mtad.store.queue import QueueMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
 from mtad.store.suppressions import SuppressionMethods
+from mtad.store.templates import TemplateMethods
 from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, TemplateMethods)

@@ -16,6 +16,7 @@ from mtad.store.queue import QueueStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
 from mtad.store.suppressions import SuppressionStore
+from mtad.store.templates import TemplateStore
 from mtad.store.webhooks import WebhookConfigStore
 from mtad.store.work import WorkStore
 
@@ -33,5 +34,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, TemplateStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -242,12 +242,40 @@ CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
 """)
 
 
+def _v6(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS templates (
+    domain TEXT NOT NULL,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (domain, name)
+);
+CREATE TABLE IF NOT EXISTS template_versions (
+    domain TEXT NOT NULL,
+    template TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    headers TEXT NOT NULL DEFAULT '{}',
+    active INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (domain, template, tag)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
+    Migration(6, "templates and template_versions: stored templates", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -15,6 +15,7 @@ webhooks            event webhook URLs per (domain, webhook id): the config file
 routes, kv          routes created by API; small settings (queue pauses, ...)
 domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
 messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
+templates, template_versions  stored templates (/v3/{domain}/templates) and their versions (store.templates)
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
 (``mtad.store.leases``).
 
@@ -275,12 +276,42 @@ def _v5(conn: sqlite3.Connection) -> None:
     shaping tables (store.postgres.shaping). The number keeps both lists in step."""
 
 
+# --- 6: stored templates -----------------------------------------------------------------------------------------
+
+def _v6(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS templates (
+    domain TEXT NOT NULL,
+    name TEXT NOT NULL,  -- lower-cased
+    id TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, name)
+);
+CREATE TABLE IF NOT EXISTS template_versions (
+    domain TEXT NOT NULL,
+    template TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    headers TEXT NOT NULL DEFAULT '{}',  -- a JSON object: From, Subject, Reply-To
+    active INTEGER NOT NULL DEFAULT 0,  -- at most one per template
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, template, tag)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
+    Migration(6, "templates and template_versions: stored templates", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
