@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from mtad.mail import attachments as attachments_mod
 from mtad.events import shape
@@ -292,6 +292,44 @@ class Ingress:
                      envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
                      "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
         return Committed(tuple(item.queue_id for item in items))
+
+    async def commit_stream(self, make: "Callable[[], Iterable[Submission]]", now: float, reserve: int
+                            ) -> CommitResult:
+        """Commit the messages ``make()`` yields in one transaction, all or none, each planned and written as it
+        comes (an API batch: its copies are never all in memory at once; ``store.enqueue_stream``). ``make`` may be
+        called more than once (the store runs a transaction again after some failures). ``reserve``: the bytes
+        held in ``inflight`` meanwhile (what is in memory at once: a copy and its commit copies; 452 if no room).
+        An exception the iteration raises (a copy that cannot be built) propagates, nothing committed."""
+        with self.inflight.hold() as hold:
+            if not (hold.take(reserve) and hold.take_for_commit(reserve)):
+                log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
+                            self.inflight.limit)
+                return NO_ROOM
+
+            seen: list[Envelope] = []
+
+            def items() -> Iterator[spool.Enqueue]:
+                for item in make():
+                    seen[:] = [item.envelope]
+                    msg, forwards, deliver_to = self._plan(item)
+                    yield spool.Enqueue(item.queue_id, msg, shape.accepted(msg, item.queue_id, now),
+                                        tuple(forwards), tuple(deliver_to))
+            try:
+                written = await self.store.enqueue_stream(items, now)
+            except StoreError as exc:
+                self.counters.store_failures += 1
+                log.error("batch not stored: %s", exc)
+                return NO_STORE if isinstance(exc, StoreUnavailable) else NO_STORAGE
+        self.counters.accepted += len(written)
+        if any(w.has_work for w in written):
+            self.on_commit()
+        env = seen[0] if seen else Envelope("", ())
+        for w in written:
+            log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=outbound"
+                     " transport=%s%s", w.queue_id, env.sender, w.recipients, w.size, env.client_ip,
+                     env.auth_user or "-", "yes" if env.tls else "no", env.transport,
+                     f" batch={len(written)}" if len(written) > 1 else "")
+        return Committed(tuple(w.queue_id for w in written))
 
     def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
         """The message to store, its route forwards and the recipients the outbound stage delivers."""
