@@ -15,4 +15,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
     from mtad.api import legacy  # issue 10: the seed manual's /v2 paths
     features += [legacy.setup]
+    from mtad.api import templates  # issue 14: stored templates
+    features += [templates.setup]
     return features

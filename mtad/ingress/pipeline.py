@@ -5,7 +5,9 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - submission listeners require AUTH before MAIL; an authenticated user may use only its domains;
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
-- authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
+- authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped; one naming a stored template
+  (``X-Mailgun-Template-Name``, ``-Version``, ``-Variables``) has its body replaced by the rendered template, as
+  Mailgun does, or is refused (550 5.6.0 naming it) when the template does not exist or does not render;
 - 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
   store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
 from mtad.mail import attachments as attachments_mod
+from mtad.mail import compose as compose_mod
 from mtad.events import shape
 from mtad.mail import headers
 from mtad.mail import options as options_mod
@@ -34,10 +37,12 @@ from mtad.base.errors import OptionError, StoreError, StoreUnavailable
 from mtad.base.inflight import ByteBudget
 from mtad.base.passwords import VerifiedCache, verify_password
 from mtad.ingress.authguard import AuthGuard
+from mtad.ingress import templates as templates_mod
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 
 log = logging.getLogger("mtad.ingress")
+_TEMPLATE_HEADERS = {"x-mailgun-template-name", "x-mailgun-template-version", "x-mailgun-template-variables"}
 
 
 class InboundRouter(Protocol):
@@ -203,14 +208,27 @@ class Ingress:
         opts = SendOptions()
         if outbound:
             mailgun = [f for f in fields if f.name.lower().startswith("x-mailgun-")]
+            named = {f.name.lower(): headers.decode(f.value) for f in mailgun if f.name.lower() in _TEMPLATE_HEADERS}
             try:
-                opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun)
+                opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun
+                                                if f.name.lower() not in _TEMPLATE_HEADERS)
             except OptionError as exc:
                 return await self._refuse(session, tx, f"550 5.7.1 Invalid {exc.option} header: {exc.problem}",
                                           fields)
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+            if named:
+                try:
+                    content = await self._templated(session, tx, content, named, opts)
+                    fields, _ = headers.parse_block(content, limits.max_header_count, int(limits.max_header_size))
+                except compose_mod.ComposeError as exc:
+                    return await self._refuse(session, tx, f"550 5.6.0 Message refused: {exc}", fields)
+                except headers.HeaderError as exc:
+                    return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}", fields)
+                if len(content) > int(limits.max_message_size):
+                    return await self._refuse(session, tx, "552 5.3.4 Message refused: with its template the"
+                                              f" message is over the size limit of {int(limits.max_message_size)}", fields)
         queue_id = spool.new_queue_id()
         now = self.clock()
         summary = headers.summary(fields)
@@ -222,6 +240,24 @@ class Ingress:
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
         return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
+
+    async def _templated(self, session: SessionInfo, tx: Transaction, content: bytes, named: dict[str, str],
+                         opts: SendOptions) -> bytes:
+        """An authenticated message naming a stored template (``X-Mailgun-Template-Name``, ``-Version``,
+        ``-Variables``): its body replaced by the rendered template, as Mailgun does (``compose.template_message``);
+        ``ComposeError`` naming the template when it does not exist or does not render."""
+        name = named.get("x-mailgun-template-name", "").strip().lower()
+        if not name:
+            raise compose_mod.ComposeError("X-Mailgun-Template-Name", "is missing or empty beside "
+                                           + ", ".join(sorted(named)))
+        envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), auth_user=session.auth_user)
+        stored = await templates_mod.stored_template(self.store, self._sending_domain(envelope), name,
+                                                     named.get("x-mailgun-template-version", "").strip() or None,
+                                                     "X-Mailgun-Template-Name")
+        variables = compose_mod.template_variables(None, opts.variables.items(),
+                                                   named.get("x-mailgun-template-variables"))
+        return await asyncio.to_thread(compose_mod.template_message, content, stored, variables,
+                                       html_to_text=templates_mod.html_to_text)
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
