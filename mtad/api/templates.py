@@ -353,7 +353,8 @@ async def update_version(request: web.Request) -> web.Response:
                                                                    comment=comment, headers=headers, active=active)
     if outcome == "missing":  # deleted meanwhile
         raise _Refused(404, f"version {tag!r} of template {name!r} not found")
-    return web.json_response({"message": "version has been updated", "template": {"name": name, "version": {"tag": tag}}})
+    return web.json_response({"message": "version has been updated",
+                              "template": {"name": name, "version": {"tag": tag}}})
 
 
 @_refusals
@@ -363,7 +364,8 @@ async def delete_version(request: web.Request) -> web.Response:
     await _version(request, domain, name, tag)
     if not await context(request).store.delete_template_version(domain, name, tag):
         raise _Refused(404, f"version {tag!r} of template {name!r} not found")
-    return web.json_response({"message": "version has been deleted", "template": {"name": name, "version": {"tag": tag}}})
+    return web.json_response({"message": "version has been deleted",
+                              "template": {"name": name, "version": {"tag": tag}}})
 
 
 @_refusals

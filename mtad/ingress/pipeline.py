@@ -226,9 +226,10 @@ class Ingress:
                     return await self._refuse(session, tx, f"550 5.6.0 Message refused: {exc}", fields)
                 except headers.HeaderError as exc:
                     return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}", fields)
-                if len(content) > int(limits.max_message_size):
+                limit = int(limits.max_message_size)
+                if len(content) > limit:
                     return await self._refuse(session, tx, "552 5.3.4 Message refused: with its template the"
-                                              f" message is over the size limit of {int(limits.max_message_size)}", fields)
+                                              f" message is over the size limit of {limit}", fields)
         queue_id = spool.new_queue_id()
         now = self.clock()
         summary = headers.summary(fields)
