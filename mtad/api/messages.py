@@ -125,9 +125,12 @@ def submissions(ctx: ApiContext, request: web.Request, composed: compose_mod.Com
 
 async def _commit(ctx: ApiContext, request: web.Request, composed: compose_mod.Composed, domain: str,
                   now: float) -> web.Response:
-    first = composed.copies[0]
-    reserve = len(first.content) + 1000  # what is in memory at once: one copy (the rest are built as written)
-    result = await ctx.ingress.commit_stream(lambda: submissions(ctx, request, composed, domain, now), now, reserve)
+    if len(composed.copies) == 1:  # the common send: planned here, committed with the other writers' messages
+        result = await ctx.ingress.commit_many(list(submissions(ctx, request, composed, domain, now)), now)
+    else:  # a batch: each copy built as the store writes it, in one transaction
+        reserve = len(composed.copies[0].content) + 1000  # what is in memory at once: about one copy
+        result = await ctx.ingress.commit_stream(lambda: submissions(ctx, request, composed, domain, now), now,
+                                                 reserve)
     if isinstance(result, NotCommitted):
         return error(503, "Not queued: " + result.reason)
     if composed.ignored:

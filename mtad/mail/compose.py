@@ -517,24 +517,37 @@ class _Unit:
 
 class Copies(Sequence[Copy]):
     """A request's copies, each built when read and not kept: a 1,000-recipient batch of 50 KB copies is never
-    50 MB in memory at once (the store writes each as it comes, ``Ingress.commit_stream``). Reading a copy twice
-    builds it twice (the same message; only MIME boundaries differ)."""
+    50 MB in memory at once (the store writes each as it comes, ``Ingress.commit_stream``). The first copy is
+    built once and kept (compose builds it to check the request; most sends have one copy); reading another copy
+    twice builds it twice (the same message; only MIME boundaries differ)."""
 
     def __init__(self, req: _Request, units: list[_Unit]):
         self._req = req
         self._units = units
+        self._first: Copy | None = None
 
     def __len__(self) -> int:
         return len(self._units)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [_build(self._req, u) for u in self._units[index]]
+    def _build(self, index: int) -> Copy:
+        if index == 0:
+            if self._first is None:
+                self._first = _build(self._req, self._units[0])
+            return self._first
         return _build(self._req, self._units[index])
 
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._build(i) for i in range(len(self._units))[index]]
+        if index < 0:
+            index += len(self._units)
+        if not 0 <= index < len(self._units):
+            raise IndexError(index)
+        return self._build(index)
+
     def __iter__(self) -> Iterator[Copy]:
-        for unit in self._units:
-            yield _build(self._req, unit)
+        for index in range(len(self._units)):
+            yield self._build(index)
 
     @property
     def recipient_count(self) -> int:
