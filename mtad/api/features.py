@@ -21,4 +21,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [lists.setup]
     from mtad.api import domaintracking  # issue 13: domain tracking settings (the endpoints: api.tracking, app.py)
     features += [domaintracking.setup]
+    from mtad.api import templates  # issue 14: stored templates
+    features += [templates.setup]
     return features

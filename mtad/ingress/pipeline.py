@@ -10,6 +10,9 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
   by the MX listener whatever the domain, in transactions of their own (452 4.5.3 for a recipient of the other
   kind), a forged return path is refused (550 5.1.1); a report is committed with the events and list entries it
   gives rise to, in one transaction, and never routed;
+- an authenticated message naming a stored template
+  (``X-Mailgun-Template-Name``, ``-Version``, ``-Variables``) has its body replaced by the rendered template, as
+  Mailgun does, or is refused (550 5.6.0 naming it) when the template does not exist or does not render;
 - 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
   store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
@@ -22,9 +25,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from mtad.mail import attachments as attachments_mod
+from mtad.mail import compose as compose_mod
 from mtad.events import shape
 from mtad.mail import headers
 from mtad.mail import options as options_mod
@@ -41,11 +45,13 @@ from mtad.ingress.authguard import AuthGuard
 from mtad.inbound.spam import SpamFilter
 from mtad.inbound.verdicts.check import Verifier
 from mtad.ingress.lists import ListDirectory
+from mtad.ingress import templates as templates_mod
 from mtad.smtp.server import AuthRefused, SessionInfo, Transaction
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions, domain_of
 from mtad.inbound.reports import ReportPlan
 
 log = logging.getLogger("mtad.ingress")
+_TEMPLATE_HEADERS = {"x-mailgun-template-name", "x-mailgun-template-version", "x-mailgun-template-variables"}
 
 
 class InboundRouter(Protocol):
@@ -253,14 +259,28 @@ class Ingress:
                 return await self._refuse(session, tx, refusal)
         if outbound:
             mailgun = [f for f in fields if f.name.lower().startswith("x-mailgun-")]
+            named = {f.name.lower(): headers.decode(f.value) for f in mailgun if f.name.lower() in _TEMPLATE_HEADERS}
             try:
-                opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun)
+                opts = options_mod.from_headers((f.name, headers.decode(f.value)) for f in mailgun
+                                                if f.name.lower() not in _TEMPLATE_HEADERS)
             except OptionError as exc:
                 return await self._refuse(session, tx, f"550 5.7.1 Invalid {exc.option} header: {exc.problem}",
                                           fields)
             content = headers.remove(content, mailgun)
             if opts.unknown:
                 log.info("removed unknown headers %s", ", ".join(n for n, _ in opts.unknown))
+            if named:
+                try:
+                    content = await self._templated(session, tx, content, named, opts)
+                    fields, _ = headers.parse_block(content, limits.max_header_count, int(limits.max_header_size))
+                except compose_mod.ComposeError as exc:
+                    return await self._refuse(session, tx, f"550 5.6.0 Message refused: {exc}", fields)
+                except headers.HeaderError as exc:
+                    return await self._refuse(session, tx, f"552 5.3.4 Message refused: {exc}", fields)
+                limit = int(limits.max_message_size)
+                if len(content) > limit:
+                    return await self._refuse(session, tx, "552 5.3.4 Message refused: with its template the"
+                                              f" message is over the size limit of {limit}", fields)
         verdicts = None
         if not outbound and self.verifier is not None:  # issue 15: inbound SPF/DKIM/DMARC/ARC (inbound.verdicts)
             checked = await self.verifier.check(content, fields, client_ip=session.client_ip,
@@ -325,6 +345,24 @@ class Ingress:
         log.info("%s: accepted report from=<%s> to=<%s> size=%d client=%s: %s", queue_id, envelope.sender,
                  ",".join(envelope.recipients[:3]), len(content), envelope.client_ip, plan.outcome)
         return Committed((queue_id,))
+
+    async def _templated(self, session: SessionInfo, tx: Transaction, content: bytes, named: dict[str, str],
+                         opts: SendOptions) -> bytes:
+        """An authenticated message naming a stored template (``X-Mailgun-Template-Name``, ``-Version``,
+        ``-Variables``): its body replaced by the rendered template, as Mailgun does (``compose.template_message``);
+        ``ComposeError`` naming the template when it does not exist or does not render."""
+        name = named.get("x-mailgun-template-name", "").strip().lower()
+        if not name:
+            raise compose_mod.ComposeError("X-Mailgun-Template-Name", "is missing or empty beside "
+                                           + ", ".join(sorted(named)))
+        envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), auth_user=session.auth_user)
+        stored = await templates_mod.stored_template(self.store, self._sending_domain(envelope), name,
+                                                     named.get("x-mailgun-template-version", "").strip() or None,
+                                                     "X-Mailgun-Template-Name")
+        variables = compose_mod.template_variables(None, opts.variables.items(),
+                                                   named.get("x-mailgun-template-variables"))
+        return await asyncio.to_thread(compose_mod.template_message, content, stored, variables,
+                                       html_to_text=templates_mod.html_to_text)
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -396,6 +434,44 @@ class Ingress:
                      envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
                      "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
         return Committed(tuple(item.queue_id for item in items))
+
+    async def commit_stream(self, make: "Callable[[], Iterable[Submission]]", now: float, reserve: int
+                            ) -> CommitResult:
+        """Commit the messages ``make()`` yields in one transaction, all or none, each planned and written as it
+        comes (an API batch: its copies are never all in memory at once; ``store.enqueue_stream``). ``make`` may be
+        called more than once (the store runs a transaction again after some failures). ``reserve``: the bytes
+        held in ``inflight`` meanwhile (what is in memory at once: a copy and its commit copies; 452 if no room).
+        An exception the iteration raises (a copy that cannot be built) propagates, nothing committed."""
+        with self.inflight.hold() as hold:
+            if not (hold.take(reserve) and hold.take_for_commit(reserve)):
+                log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
+                            self.inflight.limit)
+                return NO_ROOM
+
+            seen: list[Envelope] = []
+
+            def items() -> Iterator[spool.Enqueue]:
+                for item in make():
+                    seen[:] = [item.envelope]
+                    msg, forwards, deliver_to, lists = self._plan(item)
+                    yield spool.Enqueue(item.queue_id, msg, shape.accepted(msg, item.queue_id, now),
+                                        tuple(forwards), tuple(deliver_to), lists)
+            try:
+                written = await self.store.enqueue_stream(items, now)
+            except StoreError as exc:
+                self.counters.store_failures += 1
+                log.error("batch not stored: %s", exc)
+                return NO_STORE if isinstance(exc, StoreUnavailable) else NO_STORAGE
+        self.counters.accepted += len(written)
+        if any(w.has_work for w in written):
+            self.on_commit()
+        env = seen[0] if seen else Envelope("", ())
+        for w in written:
+            log.info("%s: accepted from=<%s> nrcpt=%d size=%d client=%s auth=%s tls=%s direction=outbound"
+                     " transport=%s%s", w.queue_id, env.sender, w.recipients, w.size, env.client_ip,
+                     env.auth_user or "-", "yes" if env.tls else "no", env.transport,
+                     f" batch={len(written)}" if len(written) > 1 else "")
+        return Committed(tuple(w.queue_id for w in written))
 
     def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str], tuple[int, ...]]:
         """The message to store, its route forwards, the recipients the outbound stage delivers and the mailing

@@ -6,8 +6,9 @@
   ``o:name`` options;
 - without ``recipient-variables``: one copy to every recipient (Bcc never appears in a header);
 - with ``recipient-variables`` (batch sending): one copy per ``to`` recipient, its To header naming
-  only that recipient, with ``%recipient.KEY%`` replaced in the subject, bodies, ``h:`` and ``v:``
-  values (a key the recipient lacks becomes empty). ``cc`` and ``bcc`` get every copy, as Mailgun does.
+  only that recipient, with the template variables (``%recipient.KEY%``, ``%recipient%``,
+  ``%recipient_fname%``, ...) replaced in the subject, bodies, ``h:`` and ``v:`` values (a key the recipient
+  lacks becomes empty). ``cc`` and ``bcc`` get every copy, as Mailgun does.
 ``from_mime(raw, ...)`` does the same for a message the client built itself.
 
 Options go through ``options.parse``, the one parser SMTP's ``X-Mailgun-*`` headers use: ``o:`` fields
@@ -35,14 +36,21 @@ assembly: header lines, their folding when ASCII, and the multipart structure. N
 
 At most 1,000 recipients; the finished message must fit ``max_size`` (25 MB by default) and its header
 block the SMTP limits (``max_header_count`` fields, ``max_header_size`` bytes), so the API cannot make
-what SMTP refuses. User variables are bounded by ``options.MAX_VARIABLES_SIZE``. Stored templates do not
-exist in mtad: a request naming one (``template``, ``t:*``, ``h:X-Mailgun-Template-*``) is refused rather
-than sent without its content. Pure functions: no I/O.
+what SMTP refuses. User variables are bounded by ``options.MAX_VARIABLES_SIZE``.
+
+Stored templates (``template``, ``t:version``, ``t:text``, ``t:variables``, or their ``h:X-Mailgun-Template-*``
+twins): the caller reads the version the request names (``template_named``) from the store and passes it in;
+compose renders it (``mtad.mail.templating``, Handlebars) and its rendering is the message's content, never a
+blank message (see ``compose``). Template variables (``mtad.mail.variables``: ``%recipient%``,
+``%recipient_fname%``, ...) are filled per copy: in a batch from the recipient's entry, without one by a copy per
+recipient when the message names any. Copies are built when read (``Copies``), so that the store can write a
+large batch one copy at a time. Pure functions: no I/O.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import datetime
 import email.header
@@ -54,10 +62,11 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import options as options_mod
+from mtad.mail import templating
 from mtad.mail import variables as variables_mod
 from mtad.base.errors import OptionError
 from mtad.base.types import HeaderSummary, SendOptions
@@ -74,10 +83,11 @@ _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version"}
 _ADDRESS_HEADERS = {"from", "to", "cc", "reply-to", "sender", "bcc"}
 # o: fields options.py does not know, handled here (or accepted and ignored, see api docs).
 _SCHEDULING = {"o:deliverytime-optimize-period", "o:time-zone-localize"}
-# Mailgun's stored-template fields (and their header twins): refused until mtad has stored templates.
-_TEMPLATE_HEADER = "x-mailgun-template"
-_NO_TEMPLATES = ("stored templates are not supported by mtad; send the message's content in 'text', 'html' or"
-                 " 'amp-html' (or a whole message to messages.mime)")
+# Mailgun's stored-template fields and their header twins (h:X-Mailgun-Template-Name, ...): the same thing.
+TEMPLATE_FIELDS = ("template", "t:version", "t:text", "t:variables")
+_TEMPLATE_HEADERS = {"x-mailgun-template-name": "template", "x-mailgun-template-version": "t:version",
+                     "x-mailgun-template-variables": "t:variables"}
+MAX_TEMPLATE_VARIABLES = 1_000_000  # bytes of t:variables (JSON); the render's own limits bound what they cost
 
 
 class ComposeError(ValueError):
@@ -111,10 +121,20 @@ class Copy:
 
 
 @dataclass(frozen=True)
+class StoredTemplate:
+    """The stored template version a request names (``template`` / ``t:version``), as the store gave it."""
+
+    name: str
+    tag: str
+    content: str
+    headers: tuple[tuple[str, str], ...] = ()  # From, Subject, Reply-To: used where the request sets none
+
+
+@dataclass(frozen=True)
 class Composed:
     message_id: str  # without angle brackets; the API answers it as "<id>"
     sender: str  # envelope sender
-    copies: tuple[Copy, ...]
+    copies: Sequence[Copy]  # built when read (``Copies``): a batch never holds all its copies at once
     ignored: tuple[str, ...] = ()  # o: fields accepted but without effect
 
 
@@ -127,6 +147,7 @@ class _Form:
     headers: list[tuple[str, str]] = field(default_factory=list)  # h: in order
     user_variables: list[tuple[str, str]] = field(default_factory=list)  # v: in order
     option_fields: list[tuple[str, str]] = field(default_factory=list)  # o: in order
+    template: dict[str, str] = field(default_factory=dict)  # template, t:version, t:text, t:variables
 
 
 _REPEATABLE = {"to", "cc", "bcc"}
@@ -136,8 +157,12 @@ def _group(fields: Iterable[tuple[str, str]]) -> _Form:
     form = _Form()
     for name, value in fields:
         if name == "template" or name.startswith("t:"):
-            raise ComposeError(name, _NO_TEMPLATES)
-        if name.startswith("h:"):
+            if name not in TEMPLATE_FIELDS:
+                raise ComposeError(name, "is not a template option (template, t:version, t:text, t:variables)")
+            form.template.setdefault(name, value)
+        elif name.startswith("h:") and name[2:].lower() in _TEMPLATE_HEADERS:
+            form.template.setdefault(_TEMPLATE_HEADERS[name[2:].lower()], value)
+        elif name.startswith("h:"):
             form.headers.append((name[2:], value))
         elif name.startswith("v:"):
             form.user_variables.append((name, value))
@@ -376,7 +401,6 @@ def _split_mailgun_headers(form_headers: list[tuple[str, str]]
     for name, value in form_headers:
         lower = name.lower()
         if lower.startswith("x-mailgun-"):
-            _refuse_template_header(f"h:{name}", name)
             key = options_mod.HEADER_OPTIONS.get(lower)
             if key is None:
                 unknown.append((name, value))
@@ -385,11 +409,6 @@ def _split_mailgun_headers(form_headers: list[tuple[str, str]]
         else:
             kept.append((name, value))
     return kept, items, unknown
-
-
-def _refuse_template_header(field_name: str, header_name: str) -> None:
-    if header_name.lower().startswith(_TEMPLATE_HEADER):
-        raise ComposeError(field_name, _NO_TEMPLATES)
 
 
 def _check_header_limits(count: int, size: int, max_count: int, max_size: int) -> None:
@@ -484,21 +503,102 @@ class _Request:
     max_size: int
     max_header_count: int
     max_header_size: int
+    lists: frozenset[str] = frozenset()  # recipients that are mailing lists (lower case): their expansion fills them
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What makes one copy: the To header's addresses, whose variables fill it (None: no substitution), and
+    its envelope recipients."""
+
+    to: list[tuple[str, str]]
+    who: tuple[str, str]  # (display name, address) of the recipient the variables are of
+    variables: dict[str, Any] | None
+    recipients: tuple[str, ...]
+
+
+class Copies(Sequence[Copy]):
+    """A request's copies, each built when read and not kept: a 1,000-recipient batch of 50 KB copies is never
+    50 MB in memory at once (the store writes each as it comes, ``Ingress.commit_stream``). The first copy is
+    built once and kept (compose builds it to check the request; most sends have one copy); reading another copy
+    twice builds it twice (the same message; only MIME boundaries differ)."""
+
+    def __init__(self, req: _Request, units: list[_Unit]):
+        self._req = req
+        self._units = units
+        self._first: Copy | None = None
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def _build(self, index: int) -> Copy:
+        if index == 0:
+            if self._first is None:
+                self._first = _build(self._req, self._units[0])
+            return self._first
+        return _build(self._req, self._units[index])
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._build(i) for i in range(len(self._units))[index]]
+        if index < 0:
+            index += len(self._units)
+        if not 0 <= index < len(self._units):
+            raise IndexError(index)
+        return self._build(index)
+
+    def __iter__(self) -> Iterator[Copy]:
+        for index in range(len(self._units)):
+            yield self._build(index)
+
+    @property
+    def recipient_count(self) -> int:
+        return sum(len(u.recipients) for u in self._units)
+
+
+def template_named(fields: Iterable[tuple[str, str]]) -> tuple[str, str | None] | None:
+    """The stored template a ``/messages`` request names (``template`` or ``h:X-Mailgun-Template-Name``) and its
+    version (``t:version`` or ``h:X-Mailgun-Template-Version``; None: the active one), or None. The name is
+    lower-cased (as stored); ComposeError for an empty one."""
+    form = _group(fields)
+    name = form.template.get("template")
+    if name is None:
+        return None
+    if not name.strip():
+        raise ComposeError("template", "is empty")
+    version = (form.template.get("t:version") or "").strip()
+    return name.strip().lower(), version or None
 
 
 def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, domain: str, now: float,
-            max_size: int, max_header_count: int = 1000, max_header_size: int = 1_000_000) -> Composed:
-    """The copies a ``/messages`` request asks for. Raises ComposeError naming the faulty field."""
+            max_size: int, max_header_count: int = 1000, max_header_size: int = 1_000_000,
+            template: StoredTemplate | None = None, html_to_text: Callable[[str], str] | None = None,
+            lists: frozenset[str] = frozenset()) -> Composed:
+    """The copies a ``/messages`` request asks for. Raises ComposeError naming the faulty field.
+
+    ``lists``: the recipients that are mailing lists (lower case). Their copy keeps the recipient variables as
+    written, one copy for all of them: the list's expansion fills each member's (``mtad.mail.listcopy``).
+
+    A request naming a stored template (``template_named``) comes with it as ``template`` (the caller reads the
+    store); its rendering is the HTML part (``text``, ``html`` and ``amp-html`` fields beside it are ignored) and,
+    with ``t:text=yes``, also the text part (``html_to_text`` of it). The version's From, Subject and Reply-To are
+    used where the request gives none. Its variables: ``h:X-Mailgun-Variables`` and ``v:`` fields, with
+    ``t:variables`` over them.
+    """
     form = _group(fields)
     # the h: fields alone over the limits: refused before any copy is built (each copy is checked in _build)
     _check_header_limits(len(form.headers), sum(len(n) + len(v) + 4 for n, v in form.headers), max_header_count,
                          max_header_size)
+    user_headers, header_items, unknown = _user_headers(form)
+    rendered, ignored_bodies = None, []
+    if form.template:
+        rendered, ignored_bodies = _render_template(form, template, header_items, html_to_text)
+        _template_headers(form, user_headers, rendered[1], domain)
     senders, to, cc, bcc = _recipients(form)
-    bodies = _bodies(form)
+    bodies = rendered[0] if rendered is not None else _bodies(form)
     subject = form.single.get("subject", "")
     check_header_value("subject", subject)
     batch = _batch(form)
-    user_headers, header_items, unknown = _user_headers(form)
     items, ignored = _option_items(form, header_items, now)
     for upload in uploads:
         check_header_value(upload.kind, upload.filename)
@@ -507,15 +607,165 @@ def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, dom
     message_id = next((_user_message_id(v) for n, v in user_headers if n.lower() == "message-id"),
                       None) or new_message_id(domain, now)
     req = _Request(senders, to, cc, bcc, subject, bodies, batch, user_headers, items, unknown, form.user_variables,
-                   files, message_id, now, max_size, max_header_count, max_header_size)
-    if batch is None:
-        copies = (_build(req, to, None),)
-    else:
+                   files, message_id, now, max_size, max_header_count, max_header_size, lists)
+    copies = Copies(req, _units(req))
+    copies[0]  # the first copy built once now: a request every copy of which is wrong fails before the commit
+    return Composed(message_id, envelope_sender(senders[0][1], domain), copies, tuple(ignored + ignored_bodies))
+
+
+def _units(req: _Request) -> list[_Unit]:
+    """Batch (``recipient-variables``): a copy per ``to`` address (once however often listed), cc and bcc get each.
+    Without: one copy to everybody, unless the message names recipient variables (``%recipient_fname%``, ...):
+    then a copy per recipient (the headers the same for all), each filled with its own (Mailgun's variables of a
+    recipient without ``recipient-variables`` are its address and display name; ``%recipient.KEY%`` is empty)."""
+    if req.lists and any(a.lower() in req.lists for _, a in req.to + req.cc + req.bcc):
+        everyone = req.to + req.cc + req.bcc
+        to_header = req.to or [p for p in everyone if p[1].lower() in req.lists][:1]
+        units = [_Unit(to_header, to_header[0], None,
+                       tuple(dict.fromkeys(a for _, a in everyone if a.lower() in req.lists)))]
+        rest = dataclasses.replace(req, lists=frozenset(), **{
+            kind: [p for p in getattr(req, kind) if p[1].lower() not in req.lists] for kind in ("to", "cc", "bcc")})
+        if rest.to:
+            units += [u if req.batch is not None else dataclasses.replace(u, to=req.to) for u in _units(rest)]
+        elif rest.cc or rest.bcc:
+            units.append(_Unit(req.to, to_header[0], None, tuple(dict.fromkeys(a for _, a in rest.cc + rest.bcc))))
+        return units
+    copied = tuple(a for _, a in req.cc) + tuple(a for _, a in req.bcc)
+    if req.batch is not None:
         unique: dict[str, tuple[str, str]] = {}
-        for name, addr in to:  # one copy per address, however often it is listed
+        for name, addr in req.to:  # one copy per address, however often it is listed
             unique.setdefault(addr.lower(), (name, addr))
-        copies = tuple(_build(req, [pair], batch.get(key, {})) for key, pair in unique.items())
-    return Composed(message_id, envelope_sender(senders[0][1], domain), copies, tuple(ignored))
+        return [_Unit([pair], pair, req.batch.get(key, {}), tuple(dict.fromkeys((pair[1],) + copied)))
+                for key, pair in unique.items()]
+    everybody = tuple(dict.fromkeys([a for _, a in req.to] + list(copied)))
+    if not _names_recipient_variables(req):
+        return [_Unit(req.to, req.to[0], None, everybody)]
+    named: dict[str, tuple[str, str]] = {}
+    for name, addr in req.to + req.cc + req.bcc:
+        named.setdefault(addr.lower(), (name, addr))
+    return [_Unit(req.to, named[a.lower()], {}, (a,)) for a in everybody]
+
+
+def _names_recipient_variables(req: _Request) -> bool:
+    texts = [req.subject, *(b for b in req.bodies if b), *(v for _, v in req.user_headers),
+             *(v for _, v in req.user_variables)]
+    return any(variables_mod.has_recipient_variables(t) for t in texts)
+
+
+def _render_template(form: _Form, template: StoredTemplate | None, header_items: list[tuple[str, str, str]],
+                     html_to_text: Callable[[str], str] | None
+                     ) -> tuple[tuple[tuple[str | None, str | None, str | None], dict[str, str]], list[str]]:
+    """The bodies (text, html, amp) and the rendered From/Subject/Reply-To of the named template; the body
+    fields ignored beside it."""
+    wanted = form.template.get("template")
+    if wanted is None:
+        raise ComposeError(next(iter(form.template)), "is given without 'template' naming a stored template")
+    if template is None:
+        raise ComposeError("template", f"{wanted.strip()!r} was not found")
+    variables = _template_variables(form.template.get("t:variables"), header_items, form.user_variables)
+    text, html, headers = render_template(template, variables, text=_yes(form.template.get("t:text", "")),
+                                          html_to_text=html_to_text)
+    ignored = [name for name in ("text", "html", "amp-html") if name in form.single]
+    return ((text, html, None), headers), ignored
+
+
+def render_template(template: StoredTemplate, variables: dict[str, Any], *, text: bool = False,
+                    html_to_text: Callable[[str], str] | None = None) -> tuple[str | None, str, dict[str, str]]:
+    """(text part or None, HTML part, From/Subject/Reply-To) of a stored template rendered with ``variables``;
+    ComposeError naming the template when it fails to render, renders nothing, or a header would hold a line
+    break."""
+    what = f"{template.name!r} (version {template.tag!r})"
+    try:
+        html = templating.render_source(template.content, variables)
+        headers = {name: templating.render_source(value, variables, escape=False)
+                   for name, value in template.headers}
+    except templating.TemplateError as exc:
+        raise ComposeError("template", f"{what} {exc}") from None
+    plain = (html_to_text or _strip_tags)(html) if text else None
+    if not html.strip() and not (plain or "").strip():
+        raise ComposeError("template", f"{what} renders an empty message")
+    for name, value in headers.items():
+        check_header_value(f"template {what} header {name}", value)
+    return plain, html, headers
+
+
+def template_message(content: bytes, template: StoredTemplate, variables: dict[str, Any], *, text: bool = False,
+                     html_to_text: Callable[[str], str] | None = None) -> bytes:
+    """A whole message (SMTP, ``messages.mime``) with its body replaced by the rendered template, as Mailgun
+    does: its Content-* and MIME-Version headers go, the template's From/Subject/Reply-To are added where the
+    message has none, the rest of its header block stays."""
+    plain, html, headers = render_template(template, variables, text=text, html_to_text=html_to_text)
+    fields, _ = headers_mod.parse_block(content, 1 << 30, len(content))
+    head_end, _ = headers_mod.split(content)
+    structural = [f for f in fields if f.name.lower() in _STRUCTURAL or f.name.lower().startswith("content-")]
+    head = headers_mod.remove(content[:head_end], structural)
+    present = {f.name.lower() for f in fields}
+    added = ""
+    for name, value in headers.items():
+        if name.lower() not in present:
+            added += (_address_header(name, parse_addresses(f"template header {name}", [value]))
+                      if name.lower() != "subject" else _fold(name, value))
+    return head + added.encode("utf-8") + b"MIME-Version: 1.0\r\n" + _body(plain, html, None, [], [])
+
+
+def template_variables(variables_json: str | None, user_variables: Iterable[tuple[str, str]] = (),
+                       template_variables_json: str | None = None, *, source: str = "X-Mailgun-Variables",
+                       template_source: str = "X-Mailgun-Template-Variables") -> dict[str, Any]:
+    """What a template is rendered with: the message's user variables (a JSON object, and ``v:`` pairs), with
+    the template's variables (a JSON object) over them."""
+    variables: dict[str, Any] = {}
+    if variables_json and variables_json.strip():
+        variables.update(_json_object(source, variables_json))
+    for name, value in user_variables:
+        variables[name[2:] if name.startswith("v:") else name] = value
+    if template_variables_json is not None and template_variables_json.strip():
+        if len(template_variables_json.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_VARIABLES:
+            raise ComposeError(template_source, f"is over the limit of {MAX_TEMPLATE_VARIABLES} bytes")
+        variables.update(_json_object(template_source, template_variables_json))
+    return variables
+
+
+def _template_variables(given: str | None, header_items: list[tuple[str, str, str]],
+                        user_variables: list[tuple[str, str]]) -> dict[str, Any]:
+    """``h:X-Mailgun-Variables`` and ``v:`` fields, then ``t:variables`` over them (JSON objects)."""
+    variables: dict[str, Any] = {}
+    for source, key, value in header_items:
+        if key == "variables":
+            variables.update(template_variables(value, source=f"h:{source}"))
+    variables.update(template_variables(None, user_variables, given, template_source="t:variables"))
+    return variables
+
+
+def _yes(value: str) -> bool:
+    return value.strip().lower() in ("yes", "true", "1", "on")
+
+
+def _strip_tags(html: str) -> str:
+    return re.sub(r"<[^<>]*>", "", html)
+
+
+def _json_object(field_name: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ComposeError(field_name, "is nested too deeply") from None
+    except ValueError as exc:
+        raise ComposeError(field_name, f"is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ComposeError(field_name, "must be a JSON object")
+    return value
+
+
+def _template_headers(form: _Form, user_headers: list[tuple[str, str]], rendered: dict[str, str],
+                      domain: str) -> None:
+    """The template's From, Subject and Reply-To where the request has none (Mailgun: the message's win); From
+    defaults to postmaster@domain."""
+    if not form.single.get("from"):
+        form.single["from"] = rendered.get("From") or f"postmaster@{domain}"
+    if "subject" not in form.single and "Subject" in rendered:
+        form.single["subject"] = rendered["Subject"]
+    if "Reply-To" in rendered and not any(n.lower() == "reply-to" for n, _ in user_headers):
+        user_headers.append(("Reply-To", rendered["Reply-To"]))
 
 
 def _recipients(form: _Form) -> tuple[list[tuple[str, str]], ...]:
@@ -547,6 +797,8 @@ def _batch(form: _Form) -> dict[str, Any] | None:
         return None
     try:
         batch = json.loads(form.single["recipient-variables"] or "{}")
+    except RecursionError:
+        raise ComposeError("recipient-variables", "is nested too deeply") from None
     except ValueError as exc:
         raise ComposeError("recipient-variables", f"is not valid JSON ({exc})") from None
     if not isinstance(batch, dict) or not all(isinstance(v, dict) for v in batch.values()):
@@ -572,20 +824,21 @@ def _user_headers(form: _Form) -> tuple[list[tuple[str, str]], list[tuple[str, s
     return user_headers, header_items, unknown
 
 
-def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, Any] | None) -> list[str]:
+def _head(req: _Request, unit: _Unit) -> list[str]:
     """The header lines of one copy (CRLF-terminated); ``h:`` headers replace generated ones of the same name."""
     overridden = {n.lower() for n, _ in req.user_headers}
+    variables, (who_name, who) = unit.variables, unit.who
+    source = "recipient-variables" if req.batch is not None else "to"
     head = []
     if "from" not in overridden:
         head.append(_address_header("From", req.senders))
     if "to" not in overridden:
-        head.append(_address_header("To", to_pairs))
+        head.append(_address_header("To", unit.to))
     if req.cc and "cc" not in overridden:
         head.append(_address_header("Cc", req.cc))
-    who = to_pairs[0] if to_pairs else ("", "")
-    subject = _substitute(req.subject, variables, who[1], who[0])
+    subject = _substitute(req.subject, variables, who, who_name)
     if variables is not None:
-        check_header_value("recipient-variables", subject)
+        check_header_value(source, subject)
     if "subject" not in overridden:
         head.append(_fold("Subject", subject))
     if "message-id" not in overridden:
@@ -593,9 +846,9 @@ def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, A
     if "date" not in overridden:
         head.append(f"Date: {http_date(req.now)}\r\n")
     for name, value in req.user_headers:
-        value = _substitute(value, variables, who[1], who[0])
+        value = _substitute(value, variables, who, who_name)
         if variables is not None:
-            check_header_value("recipient-variables", value)
+            check_header_value(source, value)
         if name.lower() == "message-id":
             head.append(f"Message-ID: <{req.message_id}>\r\n")
         elif name.lower() in _ADDRESS_HEADERS and not value.isascii():
@@ -606,10 +859,10 @@ def _head(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, A
     return head
 
 
-def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, Any] | None) -> Copy:
+def _build(req: _Request, unit: _Unit) -> Copy:
     """One copy: headers, MIME body, options (``v:`` values substituted too), the fields ingress reads."""
-    head = _head(req, to_pairs, variables)
-    name, address = to_pairs[0] if to_pairs else ("", "")
+    head = _head(req, unit)
+    variables, (name, address) = unit.variables, unit.who
     text, html, amp = (None if b is None else _substitute(b, variables, address, name) for b in req.bodies)
     body = _body(text, html, amp, *req.files)
     head_bytes = "".join(head).encode("utf-8")  # ASCII but for UTF-8 addresses (RFC 6532)
@@ -622,8 +875,7 @@ def _build(req: _Request, to_pairs: list[tuple[str, str]], variables: dict[str, 
         raise ComposeError("message", f"is {len(content)} bytes, over the limit of {req.max_size}")
     user_vars = [(n, _substitute(v, variables, address, name)) for n, v in req.user_variables]
     opts = _parse_options(req.option_items, user_vars, req.unknown)
-    recipients = tuple(dict.fromkeys([a for _, a in to_pairs] + [a for _, a in req.cc] + [a for _, a in req.bcc]))
-    return Copy(recipients, content, opts, fields, _summary(fields))
+    return Copy(unit.recipients, content, opts, fields, _summary(fields))
 
 
 def normalize_mime(raw: bytes, max_line: int = MAX_LINE) -> bytes:
@@ -640,12 +892,31 @@ def normalize_mime(raw: bytes, max_line: int = MAX_LINE) -> bytes:
     return raw
 
 
+def mime_template_named(raw: bytes) -> tuple[str, str | None] | None:
+    """The stored template an uploaded message names in its ``X-Mailgun-Template-Name`` (and ``-Version``)
+    header, as ``template_named``; None when it names none or its header block cannot be read."""
+    try:
+        fields_, _ = headers_mod.parse_block(normalize_mime(raw), 10_000, 1_000_000)
+    except (headers_mod.HeaderError, ComposeError):
+        return None
+    name = headers_mod.first(fields_, "X-Mailgun-Template-Name")
+    if name is None:
+        return None
+    if not headers_mod.decode(name).strip():
+        raise ComposeError("X-Mailgun-Template-Name", "is empty")
+    version = headers_mod.decode(headers_mod.first(fields_, "X-Mailgun-Template-Version") or "").strip()
+    return headers_mod.decode(name).strip().lower(), version or None
+
+
 def from_mime(raw: bytes, fields: Iterable[tuple[str, str]], *, domain: str, now: float, max_size: int,
-              max_header_count: int, max_header_size: int) -> Composed:
+              max_header_count: int, max_header_size: int, template: StoredTemplate | None = None,
+              html_to_text: Callable[[str], str] | None = None) -> Composed:
     """The copy a ``/messages.mime`` request asks for: the client's message, ``to`` as the envelope.
 
     The message's ``X-Mailgun-*`` headers are parsed with the ``o:`` fields (``o:`` last, so they
-    win where one value is kept) and removed; Message-ID and Date are added when missing.
+    win where one value is kept) and removed; Message-ID and Date are added when missing. A message naming a
+    stored template (``mime_template_named``) comes with it as ``template``: its body is replaced by the
+    rendering (``template_message``; variables from ``X-Mailgun-Template-Variables`` over the user variables).
     """
     form = _group(fields)
     to = parse_addresses("to", form.multi.get("to", []))
@@ -662,16 +933,34 @@ def from_mime(raw: bytes, fields: Iterable[tuple[str, str]], *, domain: str, now
         raise ComposeError("message", str(exc)) from None
     mailgun = [f for f in fields_ if f.name.lower().startswith("x-mailgun-")]
     header_items, unknown = [], []
+    template_fields: dict[str, str] = {}
     for f in mailgun:
-        _refuse_template_header("message", f.name)
+        if f.name.lower() in _TEMPLATE_HEADERS:
+            template_fields[_TEMPLATE_HEADERS[f.name.lower()]] = headers_mod.decode(f.value)
+            continue
         key = options_mod.HEADER_OPTIONS.get(f.name.lower())
         if key is None:
             unknown.append((f.name, headers_mod.decode(f.value)))
         else:
             header_items.append((f.name, key, headers_mod.decode(f.value)))
+    template_fields.update(form.template)  # the request's fields over the message's headers
     content = headers_mod.remove(content, mailgun)
     items, ignored = _option_items(form, header_items, now)
     opts = _parse_options(items, form.user_variables, unknown)
+    if "template" in template_fields:
+        if template is None:
+            raise ComposeError("template", f"{template_fields['template'].strip()!r} was not found")
+        variables = template_variables(None, opts.variables.items(), template_fields.get("t:variables"))
+        content = template_message(content, template, variables, text=_yes(template_fields.get("t:text", "")),
+                                   html_to_text=html_to_text)
+        if len(content) > max_size:
+            raise ComposeError("message", f"is {len(content)} bytes with its template, over the limit of {max_size}")
+        try:
+            fields_, _ = headers_mod.parse_block(content, max_header_count, max_header_size)
+        except headers_mod.HeaderError as exc:
+            raise ComposeError("message", str(exc)) from None
+    elif template_fields:
+        raise ComposeError(next(iter(template_fields)), "is given without a 'template' naming a stored template")
     from_value = headers_mod.first(fields_, "From") or ""
     from_pairs = email.utils.getaddresses([headers_mod.decode(from_value)]) if from_value else []
     from_addr = from_pairs[0][1] if from_pairs and "@" in from_pairs[0][1] else ""

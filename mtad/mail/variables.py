@@ -2,10 +2,12 @@
 
 The names (seed manual, "Template Variables"):
 
-- recipient-scoped, known when a copy's recipient is known: ``%recipient%`` (the address),
-  ``%recipient_fname%`` / ``%recipient_lname%`` (first word / rest of the recipient's name: a mailing-list
-  member's ``name`` or the display name the copy is addressed to), ``%recipient.KEY%`` (the recipient's
-  variables: ``recipient-variables`` of a batch send or a list member's ``vars``);
+- recipient-scoped, known when a copy's recipient is known: ``%recipient%`` (the full recipient spec, as for a
+  To header: ``Alex Lee <alee@example.com>``, the bare address without a name), ``%recipient_email%`` (the
+  address), ``%recipient_name%`` (the name), ``%recipient_fname%`` / ``%recipient_lname%`` (first word / rest of
+  the recipient's name: a mailing-list member's ``name`` or the display name the copy is addressed to),
+  ``%recipient.KEY%`` (the recipient's variables: ``recipient-variables`` of a batch send or a list member's
+  ``vars``);
 - system, filled by the stage that knows them: ``%unsubscribe_url%``, ``%tag_unsubscribe_url%``,
   ``%mailing_list_unsubscribe_url%``, ``%unsubscribe_email%`` (engagement tracking, mailing lists).
 
@@ -25,7 +27,9 @@ from typing import Any, Mapping
 
 SYSTEM_NAMES = ("unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "unsubscribe_email")
 
-_VARIABLE = re.compile(r"%(recipient(?:\.[^%\s]+|_fname|_lname)?|" + "|".join(SYSTEM_NAMES) + r")%")
+_VARIABLE = re.compile(r"%(recipient(?:\.[^%\s]+|_fname|_lname|_email|_name)?|" + "|".join(SYSTEM_NAMES) + r")%")
+_RECIPIENT_VARIABLE = re.compile(r"%recipient(?:\.[^%\s]+|_fname|_lname|_email|_name)?%")
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,20 @@ class RecipientContext:
 def has_variables(text: str) -> bool:
     """Whether ``text`` names any variable (a cheap test before per-recipient work)."""
     return "%" in text and _VARIABLE.search(text) is not None
+
+
+def has_recipient_variables(text: str) -> bool:
+    """Whether ``text`` names a recipient-scoped variable (one a copy per recipient must fill)."""
+    return "%recipient" in text and _RECIPIENT_VARIABLE.search(text) is not None
+
+
+def recipient_spec(address: str, name: str = "") -> str:
+    """``Name <address>`` (the name quoted when it holds specials), the bare address without a name."""
+    if not name:
+        return address
+    if _SPECIALS.search(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
 
 
 def value_text(value: Any) -> str:
@@ -60,7 +78,11 @@ def substitute(text: str, ctx: RecipientContext, *, final: bool = False) -> str:
     def value(m: re.Match[str]) -> str:
         name = m.group(1)
         if name == "recipient":
+            return recipient_spec(ctx.address, ctx.name)
+        if name == "recipient_email":
             return ctx.address
+        if name == "recipient_name":
+            return ctx.name
         if name.startswith("recipient."):
             return value_text(ctx.variables.get(name[len("recipient."):], ""))
         if name == "recipient_fname":

@@ -19,10 +19,11 @@ from mtad.store.reports import ReportMethods
 from mtad.store.routes import RouteMethods
 from mtad.store.stored import StoredMessageMethods
 from mtad.store.suppressions import SuppressionMethods
+from mtad.store.templates import TemplateMethods
 from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods, TemplateMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users
 METHODS += (EngagementMethods,)  # engagement tracking (store.engagement)

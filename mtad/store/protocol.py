@@ -21,6 +21,7 @@ from mtad.store.reports import ReportStore
 from mtad.store.routes import RouteStore
 from mtad.store.stored import StoredMessageStore
 from mtad.store.suppressions import SuppressionStore
+from mtad.store.templates import TemplateStore
 from mtad.store.webhooks import WebhookConfigStore
 from mtad.store.work import WorkStore
 
@@ -38,5 +39,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, Lifecycle, EngagementStore, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, TemplateStore, Lifecycle, EngagementStore, Protocol):
     """Every typed method of the store (see each part's contract)."""

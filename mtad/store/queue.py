@@ -65,6 +65,16 @@ def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
     return grouped
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """What ``enqueue_stream`` wrote of one message, for the caller's log and counters."""
+
+    queue_id: str
+    recipients: int
+    size: int
+    has_work: bool  # delivery or forward rows: the scheduler and forwarders have something to do
+
+
 def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
     """Store the message once, its work rows (deliveries per destination domain, forwards) and its events."""
     queue_id, msg, forwards, deliver_to = item.queue_id, item.message, item.forwards, item.deliver_to
@@ -538,7 +548,12 @@ class QueueStore(Protocol):
       domain of ``deliver_to``, and one per (domain, sender) of its ``address`` forwards), its forward rows and its
       events, all of ``items`` in one transaction, group-committed with other writers: when it returns every one
       is durable (the 250 may be given); if it raises (``StoreError`` when the store cannot commit) none of them
-      is stored. Not idempotent: a queue id is stored once (a second time is refused).
+      is stored. Not idempotent: a queue id is stored once (a second time is refused). ``enqueue_stream(make,
+      now)`` does the same for the items ``make()`` yields, written one by one as they come (a large batch is
+      never all in memory): one transaction, all or none; an exception raised by the iteration fails the write
+      and stores nothing (the caller gets it). ``make`` may be called again if the engine runs the transaction
+      again (each call must yield the same messages; their queue ids may differ); the result is what the
+      committed run wrote: per message (queue id, recipients, size, has work rows).
     - **Claims are leases.** ``claim_due(worker, now, limit, ...)`` takes up to ``limit`` deliveries that are due
       (``next_attempt_at <= now``, queued or deferred), oldest due first, outside paused domains, and locks each
       to ``worker`` until ``lease_until``: rows nobody holds, and rows whose holder's lease ran out before ``now``
@@ -562,6 +577,9 @@ class QueueStore(Protocol):
 
     async def enqueue(self, items: Sequence[Enqueue], now: float) -> None:
         """Commit ``items`` (messages, work rows, events) in one transaction, all or none."""
+
+    async def enqueue_stream(self, make: Callable[[], Iterable[Enqueue]], now: float) -> tuple[Enqueued, ...]:
+        """Commit what ``make()`` yields, each item written as it comes, in one transaction, all or none."""
 
     async def release_stale_locks(self, node_id: str | None = None) -> int:
         """Unlock the rows claimed by ``node_id`` (None: every claimed row) in every work table; the number
@@ -632,6 +650,17 @@ class QueueMethods:
             for item in items:
                 enqueue(conn, item, now)
         await self.write(write)  # type: ignore[attr-defined]
+
+    async def enqueue_stream(self, make: Callable[[], Iterable[Enqueue]], now: float) -> tuple[Enqueued, ...]:
+        def write(conn: sqlite3.Connection) -> tuple[Enqueued, ...]:
+            done = []
+            for item in make():  # built on the writer thread as it is written: one item in memory at a time
+                enqueue(conn, item, now)
+                done.append(Enqueued(item.queue_id, len(item.message.envelope.recipients), len(item.message.body),
+                                     bool(item.forwards) or bool(item.message.envelope.recipients
+                                                                 if item.deliver_to is None else item.deliver_to)))
+            return tuple(done)
+        return await self.write(write)  # type: ignore[attr-defined]
 
     async def release_stale_locks(self, node_id: str | None = None) -> int:
         return await self.write(lambda c: release_stale_locks(c, node_id))  # type: ignore[attr-defined]

@@ -4,7 +4,8 @@
   at most 4 KB, as Mailgun's; every event carries them, so more would multiply in the store;
 - ``h:`` headers: the composed header block meets the SMTP limits (``limits.max_header_count`` fields,
   ``limits.max_header_size`` bytes), so the API cannot relay what mtad's own SMTP listener refuses;
-- stored templates do not exist in mtad: a request naming one is refused, not sent without its content.
+- a request naming a stored template that does not exist, or template options without a template, is refused,
+  never sent without its content (tests/e2e/test_templates_send.py sends templates that exist).
 
 Every refusal is a 400 in the API's error shape naming the field, and nothing is queued.
 """
@@ -129,18 +130,26 @@ async def test_many_recipients_with_many_headers_are_refused_before_composing(da
      "template"),  # how django-anymail sends a template: an empty text beside it
     ([("from", FROM), ("to", "anna@dest.test"), ("template", "welcome")], "template"),
     (BASE + [("template", "welcome")], "template"),
+    (BASE + [("h:X-Mailgun-Template-Name", "welcome")], "template"),
+])
+async def test_a_request_naming_a_template_that_does_not_exist_is_refused(daemon, fields, field):
+    message = await refused(daemon, fields)
+    assert message.startswith(f"'{field}'") and "'welcome'" in message and "does not exist" in message, message
+
+
+@pytest.mark.parametrize("fields, field", [
     (BASE + [("t:version", "v2")], "t:version"),
     (BASE + [("t:text", "yes")], "t:text"),
     (BASE + [("t:variables", '{"name": "Anna"}')], "t:variables"),
-    (BASE + [("h:X-Mailgun-Template-Name", "welcome")], "h:X-Mailgun-Template-Name"),
-    (BASE + [("h:X-Mailgun-Template-Variables", '{"a": 1}')], "h:X-Mailgun-Template-Variables"),
+    (BASE + [("h:X-Mailgun-Template-Variables", '{"a": 1}')], "t:variables"),
+    (BASE + [("t:colour", "red")], "t:colour"),
 ])
-async def test_a_request_naming_a_template_is_refused(daemon, fields, field):
+async def test_template_options_without_a_template_are_refused(daemon, fields, field):
     message = await refused(daemon, fields)
-    assert message.startswith(f"'{field}'") and "templates are not supported" in message, message
+    assert message.startswith(f"'{field}'") and "template" in message, message
 
 
-async def test_a_mime_send_naming_a_template_is_refused(daemon):
+async def test_a_mime_send_naming_a_template_that_does_not_exist_is_refused(daemon):
     for extra, header in ([("template", "welcome")], b""), ([], b"X-Mailgun-Template-Name: welcome\r\n"):
         form = aiohttp.FormData()
         form.add_field("to", "anna@dest.test")
@@ -150,4 +159,5 @@ async def test_a_mime_send_naming_a_template_is_refused(daemon):
         form.add_field("message", mime, filename="message.mime", content_type="message/rfc822")
         before = message_count(daemon)
         body = await api(daemon, "POST", "/v3/example.com/messages.mime", data=form, expect=400)
-        assert "templates are not supported" in body["message"] and message_count(daemon) == before
+        assert "'welcome'" in body["message"] and "does not exist" in body["message"], body
+        assert message_count(daemon) == before

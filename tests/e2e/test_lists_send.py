@@ -61,7 +61,7 @@ async def test_an_api_send_to_a_list_reaches_each_member_once_personalised(env):
     ann, bob, carl = [(await sink.wait_for(f"{who}@{DEST}"))[0] for who in ("ann", "bob", "carl")]
     subject, text, html = _text(ann)
     assert subject == "Hello Ann"
-    assert f"Dear Ann Marie Lee of Paris, you are ann@{DEST}." in text
+    assert f"Dear Ann Marie Lee of Paris, you are Ann Marie Lee <ann@{DEST}>." in text  # %recipient%: the full spec
     link = re.search(r"Leave: (\S+)", text).group(1)
     assert link.startswith(daemon.api_url + "/list-unsubscribe/") and f'href="{link}"' in html
     assert "<p>Hi Bob</p>" in _text(bob)[2] and "of Rome" in _text(bob)[1]
@@ -113,7 +113,7 @@ async def test_an_authenticated_smtp_send_to_a_list_is_expanded(env, certs):
     finally:
         s.quit()
     one = (await sink.wait_for(f"s1@{DEST}"))[0]
-    assert _text(one)[0] == "for Sam" and f"Hello s1@{DEST}" in _text(one)[1]
+    assert _text(one)[0] == "for Sam" and f"Hello Sam One <s1@{DEST}>" in _text(one)[1]
     assert f"Hello s2@{DEST}" in _text((await sink.wait_for(f"s2@{DEST}"))[0])[1]
     assert b"X-Mailgun-Tag" not in one.data
 

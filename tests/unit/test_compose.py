@@ -221,3 +221,46 @@ def test_attachment_names_are_quoted_or_rfc2231_encoded():
     assert b"filename*=utf-8''rapport%20%C3%A9.pdf" in content
     names = [p.get_filename() for p in parsed(c.copies[0]).iter_attachments()]
     assert names == ['a "q" \\ b.txt', "rapport é.pdf"]
+
+
+# --- stored templates and template variables (issue 14) ----------------------------------------------------------
+
+def test_template_named_reads_the_fields_and_their_header_twins():
+    from mtad.mail.compose import template_named
+    assert template_named([("template", " Welcome "), ("t:version", "v2")]) == ("welcome", "v2")
+    assert template_named([("h:X-Mailgun-Template-Name", "w")]) == ("w", None)
+    assert template_named([("text", "x")]) is None
+    with pytest.raises(ComposeError, match="'template' is empty"):
+        template_named([("template", " ")])
+
+
+def test_copies_are_built_when_read():
+    from mtad.mail.compose import Copies, compose
+    fields = [("from", "a@example.com"), ("subject", "Hi %recipient.n%"), ("text", "x")]
+    fields += [("to", f"r{i}@x.test") for i in range(1000)]
+    fields.append(("recipient-variables", json.dumps({f"r{i}@x.test": {"n": i} for i in range(1000)})))
+    c = compose(fields, [], domain="example.com", now=1.7e9, max_size=1 << 20)
+    assert isinstance(c.copies, Copies) and len(c.copies) == 1000 and c.copies.recipient_count == 1000
+    assert b"Subject: Hi 999" in c.copies[999].content and c.copies[999].recipients == ("r999@x.test",)
+
+
+def test_a_template_renders_into_the_html_part_and_its_headers_fill_what_is_missing():
+    from mtad.mail.compose import StoredTemplate, compose
+    stored = StoredTemplate("t", "v1", "<b>{{who}}</b>", (("Subject", "About {{who}}"), ("From", "T <t@example.com>")))
+    c = compose([("to", "r@x.test"), ("template", "t"), ("text", ""), ("t:variables", '{"who": "A&B"}')], [],
+                domain="example.com", now=1.7e9, max_size=1 << 20, template=stored)
+    msg = parsed(c.copies[0])
+    assert msg["Subject"] == "About A&B" and msg["From"] == "T <t@example.com>"
+    assert msg.get_body(("html",)).get_content().strip() == "<b>A&amp;B</b>" and c.ignored == ("text",)
+
+
+def test_a_mailing_list_recipient_keeps_its_variables_for_the_expansion():
+    """A list's copy is personalised per member by the expansion: compose leaves its variables as written."""
+    composed = compose.compose([("from", "a@example.com"), ("to", "news@lists.test"), ("to", "Bo Li <bo@x.test>"),
+                                ("subject", "Hi %recipient_fname%"), ("text", "you are %recipient%")], [],
+                               domain="example.com", now=1.7e9, max_size=1 << 20,
+                               lists=frozenset({"news@lists.test"}))
+    by_rcpt = {c.recipients: c for c in composed.copies}
+    assert set(by_rcpt) == {("news@lists.test",), ("bo@x.test",)}
+    assert b"Subject: Hi %recipient_fname%" in by_rcpt[("news@lists.test",)].content
+    assert b"Subject: Hi Bo" in by_rcpt[("bo@x.test",)].content

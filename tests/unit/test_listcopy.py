@@ -24,7 +24,7 @@ def test_a_member_copy_has_its_variables_in_subject_text_and_html_and_keeps_late
     msg = email.message_from_bytes(listcopy.personalise(BODY, ctx), policy=email.policy.default)
     assert msg["Subject"] == "Hi Ann"
     plain, html = [p.get_content() for p in msg.iter_parts()]
-    assert plain.replace("\r\n", "\n") == ("Dear Ann Marie Lee (30) <ann@x.test>\n"
+    assert plain.replace("\r\n", "\n") == ("Dear Ann Marie Lee (30) <Ann Marie Lee <ann@x.test>>\n"
                                            "leave: https://api.test/list-unsubscribe/T all: %unsubscribe_url% 50% off\n")
     assert html.startswith('<a href="https://api.test/list-unsubscribe/T">x</a>') and "%recipient" not in html
     assert msg.get_content_type() == "multipart/alternative"

@@ -345,6 +345,33 @@ CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
 """)
 
 
+def _v12(conn: Any) -> None:
+    conn.command("""
+CREATE TABLE IF NOT EXISTS templates (
+    domain TEXT NOT NULL,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (domain, name)
+);
+CREATE TABLE IF NOT EXISTS template_versions (
+    domain TEXT NOT NULL,
+    template TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    headers TEXT NOT NULL DEFAULT '{}',
+    active INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (domain, template, tag)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -357,6 +384,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
+    Migration(12, "templates and template_versions: stored templates", _v12),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -16,6 +16,7 @@ routes, kv          routes created by API; small settings (queue pauses, ...)
 domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
 panel_users         users of the web control panel (mtad/ui): login, scrypt hash
 messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
+templates, template_versions  stored templates (/v3/{domain}/templates) and their versions (store.templates)
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
 (``mtad.store.leases``).
 
@@ -392,6 +393,35 @@ CREATE INDEX IF NOT EXISTS engagement_firsts_at ON engagement_firsts(at);
 """)
 
 
+# --- 12: stored templates -----------------------------------------------------------------------------------------
+
+def _v12(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS templates (
+    domain TEXT NOT NULL,
+    name TEXT NOT NULL,  -- lower-cased
+    id TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, name)
+);
+CREATE TABLE IF NOT EXISTS template_versions (
+    domain TEXT NOT NULL,
+    template TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    headers TEXT NOT NULL DEFAULT '{}',  -- a JSON object: From, Subject, Reply-To
+    active INTEGER NOT NULL DEFAULT 0,  -- at most one per template
+    created_at REAL NOT NULL,
+    PRIMARY KEY (domain, template, tag)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -404,6 +434,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(9, "mailing_lists, list_members, list_expansions: mailing lists and their durable expansion", _v9),
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
+    Migration(12, "templates and template_versions: stored templates", _v12),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
