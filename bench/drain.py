@@ -154,7 +154,7 @@ class Mtad:
         # pg: (PostgresServer, its postmaster PID) for mtad-pg: a database of its own on that server for the store
         self.pg, self.dsn = pg, None
         if pg is not None:
-            name = f"drain_{variant.replace('/', '_')}"
+            name = f"drain_{prefix.replace('-', '_')}{variant.replace('/', '_')}"
             pg[0].psql(f"CREATE DATABASE {name}")
             self.dsn = pg[0].dsn(name)
         self.label = f"{prefix}mtad{'-pg' if pg is not None else ''}-dkim-{variant}"
@@ -203,7 +203,7 @@ class Mtad:
             "delivery": {"port": a.sink_port, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port,
                          "poll_interval": "100ms", "shaping_file": str(shaping),
                          **({} if self.dkim_workers is None else {"dkim_workers": self.dkim_workers})},
-            "log": {"level": "warning"},
+            "log": {"level": os.environ.get("DRAIN_LOG_LEVEL", "warning")},  # info: each delivery, shaping stats
             **({"store": {"backend": "postgresql", "dsn": self.dsn}} if self.dsn else {}),
         }
         path = self.work / "mtad.yaml"
@@ -324,8 +324,12 @@ def cmd_run(a: argparse.Namespace) -> None:
             servers.append(Mtad(a, variant, dns.port, 2587 + n, a.mtad_src))
             if a.base_src and "/w" not in variant:  # the base may predate delivery.dkim_workers
                 servers.append(Mtad(a, variant, dns.port, 2587 + len(variants) + n, a.base_src, prefix="base-"))
-        for n, variant in enumerate(v for v in a.pg.split(",") if v):
+        pg_variants = [v for v in a.pg.split(",") if v]
+        for n, variant in enumerate(pg_variants):
             servers.append(Mtad(a, variant, dns.port, 2640 + n, a.mtad_src, pg=pg))
+            if a.base_src and "/w" not in variant:  # base-mtad-pg-dkim-V: the base tree on its own database
+                servers.append(Mtad(a, variant, dns.port, 2640 + len(pg_variants) + n, a.base_src, prefix="base-",
+                                    pg=pg))
         for rnd in range(1, a.rounds + 1):
             k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
             for server in servers[k:] + servers[:k]:
@@ -348,8 +352,8 @@ def before_after(runs: dict[str, list[dict]]) -> None:
         return
     print("\n### Before/after: mtad against base-mtad (same run, same rounds)\n")
     print("| variant | mtad msgs/s (min-max) | base-mtad msgs/s (min-max) | mtad/base-mtad | per-round ratios | spread |"
-          " verdict | server CPU µs/msg mtad/base-mtad |")
-    print("|---|---:|---:|---:|---|---:|---|---:|")
+          " verdict | server CPU µs/msg mtad/base-mtad | PostgreSQL CPU µs/msg, DB commits/msg: mtad / base-mtad |")
+    print("|---|---:|---:|---:|---|---:|---|---:|---|")
     slower, single = [], False
     for new, base in pairs:
         ra = [r["msgs_per_s"] for r in runs[new]]
@@ -364,7 +368,8 @@ def before_after(runs: dict[str, list[dict]]) -> None:
         if c.status == "slower":
             slower.append(new)
         print(f"| {new.removeprefix('mtad-')} | {runs_text(ra)} | {runs_text(rb)} | {c.ratio:.2f}x | "
-              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |")
+              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |"
+              f" {pgtxt(runs[new]).replace(' | ', ', ')} / {pgtxt(runs[base]).replace(' | ', ', ')} |")
     print("\nspread = the larger run-to-run spread (max-min)/median of the two; slower by more than the spread when "
           "mtad/base-mtad < 1 - spread.")
     if slower:

@@ -146,7 +146,7 @@ for log in "$WORK"/*mtad-*/mtad.log; do
   [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"
 done
 if [ $PROFILE = 1 ]; then
-  for prof in "$OUT"/*mtad-dkim-*.txt; do
+  for prof in "$OUT"/*mtad-*dkim-*.txt; do
     case $prof in *.top.txt) continue ;; esac
     "$PY" "$HERE/pyspy_top.py" "$prof" --top 30 > "${prof%.txt}.top.txt"
     echo "profile ranking: ${prof%.txt}.top.txt"
