@@ -17,7 +17,8 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
    session and delivers queued jobs over it, one message-rate token each, up to
    ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
    at once (the site is "dead" for this round, as Postfix does).
-5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
+5. Replies matching an automation rule suspend or throttle the provider for the rule's duration; on a shared
+   store, on every node (``throttle.rule_actions`` put in the store, which tells every node; each adopts them).
 6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
    does not wait for that commit before its next message (at-least-once: a crash in between resends). Outcomes
    are written as soon as they are known, and those that come while a write is running are the next write, as
@@ -53,7 +54,8 @@ from mtad.base.errors import PermFailure, StoreError, TempFailure
 from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases, settle_call
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
 from mtad.net.resolver import Resolver
-from mtad.outbound.throttle import Suspensions, limiters
+from mtad.outbound.throttle import Suspensions, limiters, rule_actions
+from mtad.store.shaping import shares_shaping
 from mtad.base.types import Outcome
 
 log = logging.getLogger("mtad.scheduler")
@@ -99,6 +101,7 @@ class Scheduler:
         # In memory on one node; through the store's shared slots and rate when several nodes share it (throttle).
         self.limiter, self.rates = limiters(store, self.worker)
         self.suspensions = Suspensions()
+        self.shares_actions = shares_shaping(store)  # automation rules' actions go to every node through the store
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
         self.inflight = 0
@@ -124,11 +127,26 @@ class Scheduler:
     async def run(self) -> None:
         renewing = asyncio.create_task(self.leases.run(), name="scheduler-leases")
         slots = asyncio.create_task(self.limiter.run(), name="scheduler-slots")
+        unsubscribe = None
+        if self.shares_actions:  # what other nodes' rules decided: now, and at each change (store.changes)
+            unsubscribe = self.store.on_change("shaping", self._adopt_actions)  # type: ignore[attr-defined]
+            await self._adopt_actions()
         try:
             await self._run()
         finally:
             renewing.cancel()
             slots.cancel()
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _adopt_actions(self) -> None:
+        """Apply the automation rules' actions in force on the shared store (decided on any node)."""
+        try:
+            actions = await self.store.provider_actions()  # type: ignore[attr-defined]
+        except StoreError as exc:
+            log.warning("cannot read the providers suspended or throttled by other nodes: %s", exc)
+            return
+        self.suspensions.adopt(actions)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -393,6 +411,12 @@ class Scheduler:
             return
         log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
                     outcome.message[:200])
+        if self.shares_actions:
+            try:
+                await self.store.put_provider_actions(rule_actions(policy.name, rule))  # type: ignore[attr-defined]
+            except StoreError as exc:
+                log.warning("provider %s: the %s of rule %r holds on this node only: %s", policy.name, rule.action,
+                            rule.name, exc)
 
     async def _sign(self, job: DeliveryJob, body: bytes) -> bytes:
         keys = self.dkim_keys.get(job.sending_domain)

@@ -41,7 +41,8 @@ from mtad.store.dialect import dialect_of
 log = logging.getLogger("mtad.store.changes")
 
 CHANNEL = "mtad_changes"
-KINDS = frozenset({"routes", "accounts", "webhooks"})  # routes; domains and credentials; webhook URLs
+KINDS = frozenset({"routes", "accounts", "webhooks", "shaping"})  # routes; domains and credentials; webhook URLs;
+# what automation rules decided for a provider (store.shaping.ProviderAction)
 BACKSTOP = 30.0  # seconds between reloads of everything, in case a notification was lost
 _RECONNECT = (0.5, 10.0)  # first and longest wait before the listener connects again
 

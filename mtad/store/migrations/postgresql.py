@@ -242,12 +242,29 @@ CREATE UNLOGGED TABLE IF NOT EXISTS shaping_buckets (
 """)
 
 
+def _v6(conn: Any) -> None:
+    # What automation rules decided for a provider, shared by the nodes (store.postgres.shaping): like the shaping
+    # tables, state a crash may lose (each node keeps what it had in memory), so UNLOGGED.
+    conn.command("""
+CREATE UNLOGGED TABLE IF NOT EXISTS provider_actions (
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL,
+    value DOUBLE PRECISION,
+    rule TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (provider, kind)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes", _v5),
+    Migration(6, "provider_actions: automation rules' suspensions and throttles shared by the nodes", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

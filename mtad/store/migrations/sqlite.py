@@ -275,12 +275,20 @@ def _v5(conn: sqlite3.Connection) -> None:
     shaping tables (store.postgres.shaping). The number keeps both lists in step."""
 
 
+# --- 6: automation rules' actions shared by the nodes ---------------------------------------------------------
+
+def _v6(conn: sqlite3.Connection) -> None:
+    """Nothing on SQLite: one node keeps its automation rules' actions in memory (outbound.throttle); PostgreSQL's
+    step 6 adds provider_actions (store.postgres.shaping). The number keeps both lists in step."""
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
     Migration(3, "lease_until on deliveries, forwards and webhook_deliveries: claims are leases", _v3),
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
+    Migration(6, "provider_actions: automation rules' actions shared by the nodes (PostgreSQL only)", _v6),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
