@@ -34,6 +34,12 @@ mtad-pg  (--pg VARIANTS) the same mtad with `store: {backend: postgresql}` on a 
          here (bench/pg_bench.py: tests/support/postgres.py's PostgresServer), a database per variant; the round
          also records the database server's CPU per message (its process tree, over the drain's clock) and its
          committed transactions per message (pg_stat_database.xact_commit delta).
+mtad-pg-xN  (--pg-nodes N, N >= 2, with --pg VARIANTS) N mtad nodes (node_id n1..nN, each with its API on
+         loopback for /metrics) on one database of that server, per DKIM variant: the submission is split among the
+         nodes (20 sessions each), the drain runs on all of them at once, and the clock stops when the cluster's
+         queue is empty. The record adds, per node, its CPU (process tree) and the deliveries it made (the delta of
+         its /metrics mtad_deliveries{outcome="delivered"}), hence its CPU per message it delivered; server CPU
+         is the sum over the nodes.
 
 Each round's record (JSON line): msgs/s, wall seconds, CPU of the server's process tree (% of one core,
 and µs per message; mtad's DKIM workers included), of its main process alone, and of the sink. --profile DIR
@@ -94,9 +100,13 @@ def own_cpu(pid: int) -> float:
     return proc_table().get(pid, {"cpu": 0})["cpu"] / TCK
 
 
-def timed_drain(label: str, server_pid: int, sink_pid: int, held: int, release, pending, size: int) -> dict:
-    """Release the queue, poll ``pending()`` until 0; the round's record."""
-    c0, s0, m0 = cpu(server_pid), cpu(sink_pid), own_cpu(server_pid)
+def timed_drain(label: str, server_pid: int | list[int], sink_pid: int, held: int, release, pending,
+                size: int) -> dict:
+    """Release the queue, poll ``pending()`` until 0; the round's record. Several server pids (the nodes of a
+    cluster): their CPU is summed, and each node's CPU seconds are in ``node_cpu_s``."""
+    pids = server_pid if isinstance(server_pid, list) else [server_pid]
+    n0 = [cpu(pid) for pid in pids]
+    c0, s0, m0 = sum(n0), cpu(sink_pid), sum(own_cpu(pid) for pid in pids)
     t0 = time.monotonic()
     release()
     left = held
@@ -106,13 +116,17 @@ def timed_drain(label: str, server_pid: int, sink_pid: int, held: int, release, 
             break
         time.sleep(0.02)
     wall = time.monotonic() - t0
-    c1, s1, m1 = cpu(server_pid), cpu(sink_pid), own_cpu(server_pid)
+    n1 = [cpu(pid) for pid in pids]
+    c1, s1, m1 = sum(n1), cpu(sink_pid), sum(own_cpu(pid) for pid in pids)
     done = held - left
-    return {"label": label, "size": size, "msgs": held, "left": left, "wall_s": round(wall, 3),
-            "msgs_per_s": round(done / wall, 1), "server_cpu_pct": round(100 * (c1 - c0) / wall, 1),
-            "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(1, done)),
-            "main_cpu_pct": round(100 * (m1 - m0) / wall, 1),
-            "sink_cpu_pct": round(100 * (s1 - s0) / wall, 1)}
+    rec = {"label": label, "size": size, "msgs": held, "left": left, "wall_s": round(wall, 3),
+           "msgs_per_s": round(done / wall, 1), "server_cpu_pct": round(100 * (c1 - c0) / wall, 1),
+           "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(1, done)),
+           "main_cpu_pct": round(100 * (m1 - m0) / wall, 1),
+           "sink_cpu_pct": round(100 * (s1 - s0) / wall, 1)}
+    if len(pids) > 1:
+        rec["node_cpu_s"] = [round(b - a, 3) for a, b in zip(n0, n1)]
+    return rec
 
 
 # --- Postfix -----------------------------------------------------------------------------------------------
@@ -161,19 +175,24 @@ def import_hash_password():
 
 class Mtad:
     def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, submission_port: int, src: str,
-                 prefix: str = "", pg=None):
-        # pg: (PostgresServer, its postmaster PID) for mtad-pg: a database of its own on that server for the store
-        self.pg, self.dsn = pg, None
-        if pg is not None:
-            name = f"drain_{variant.replace('/', '_')}"
+                 prefix: str = "", pg=None, *, dsn: str | None = None, node_id: str | None = None,
+                 api_port: int | None = None, kind: str = "-pg"):
+        # pg: (PostgresServer, its postmaster PID) for mtad-pg: a database of its own on that server for the store,
+        # or ``dsn``'s (a cluster's nodes share one: node_id names this one, api_port serves its /metrics)
+        self.pg, self.dsn = pg, dsn
+        self.node_id, self.api_port = node_id, api_port
+        if pg is not None and dsn is None:
+            name = f"drain_{prefix.replace('-', '_')}{variant.replace('/', '_')}"
             pg[0].psql(f"CREATE DATABASE {name}")
             self.dsn = pg[0].dsn(name)
-        self.label = f"{prefix}mtad{'-pg' if pg is not None else ''}-dkim-{variant}"
+        kind = kind if pg is not None else ""
+        self.label = f"{prefix}mtad{kind}-dkim-{variant}"
         dkim_variant, _, track = variant.partition("+")  # "rsa+track": click and open tracking on
         self.track = track == "track"
         self.variant, _, workers = dkim_variant.partition("/w")  # "rsa/w2": delivery.dkim_workers 2
         self.dkim_workers = int(workers) if workers else None
-        self.work = Path(a.work) / f"{prefix}mtad{'-pg' if pg is not None else ''}-{variant.replace('/', '-')}"
+        self.work = Path(a.work) / (f"{prefix}mtad{kind}-{variant.replace('/', '-')}"
+                                    + (f"-{node_id}" if node_id else ""))
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(REPO)]))
@@ -210,13 +229,15 @@ class Mtad:
             "listeners": [{"address": f"127.0.0.1:{self.port}", "role": "submission", "tls": "starttls",
                            "name": "submission"}],
             "limits": {"max_connections_per_ip": 1000},
-            "api": {"enabled": False},
+            "api": ({"enabled": True, "address": f"127.0.0.1:{self.api_port}"} if self.api_port
+                    else {"enabled": False}),
+            **({"node_id": self.node_id} if self.node_id else {}),
             "sending_domains": {SENDER_DOMAIN: {
                 "users": {"bench": {"password_hash": hash_password(PASSWORD, n=2**10)}}, "dkim": keys}},
             "delivery": {"port": a.sink_port, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port,
                          "poll_interval": "100ms", "shaping_file": str(shaping),
                          **({} if self.dkim_workers is None else {"dkim_workers": self.dkim_workers})},
-            "log": {"level": "warning"},
+            "log": {"level": os.environ.get("DRAIN_LOG_LEVEL", "warning")},  # info: each delivery, shaping stats
             **({"store": {"backend": "postgresql", "dsn": self.dsn}} if self.dsn else {}),
             **({"tracking": {"base_url": "https://trk.bench.test", "defaults": {"open": True, "click": "yes"}}}
                if self.track else {}),
@@ -286,13 +307,86 @@ class Mtad:
         self.log.close()
 
 
-async def submit_all(port: int, msgs: int, size: int, sessions: int = 20) -> None:
+class MtadCluster:
+    """``nodes`` mtad nodes (node_id n1..nN) on one database of the bench's PostgreSQL server, measured as one
+    server (see the module doc, mtad-pg-xN)."""
+
+    def __init__(self, a: argparse.Namespace, variant: str, dns_port: int, first_port: int, src: str, pg, nodes: int):
+        name = f"drain_x{nodes}_{variant.replace('/', '_')}"
+        pg[0].psql(f"CREATE DATABASE {name}")
+        self.pg, self.dsn = pg, pg[0].dsn(name)
+        kind = f"-pg-x{nodes}"
+        self.label = f"mtad{kind}-dkim-{variant}"
+        self.nodes: list[Mtad] = []
+        for n in range(nodes):  # one at a time: the first creates the schema
+            self.nodes.append(Mtad(a, variant, dns_port, first_port + n, src, pg=pg, dsn=self.dsn,
+                                   node_id=f"n{n + 1}", api_port=first_port + 100 + n, kind=kind))
+
+    def delivered(self) -> list[int]:
+        """Each node's deliveries so far (its /metrics ``mtad_deliveries{outcome="delivered"}``, summed over
+        providers)."""
+        import urllib.request
+        counts = []
+        for node in self.nodes:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}/metrics", timeout=30).read().decode()
+            counts.append(round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                    if line.startswith("mtad_deliveries_total{") and 'outcome="delivered"' in line)))
+        return counts
+
+    def round(self, a: argparse.Namespace, profile: bool) -> dict:
+        import psycopg
+        first = self.nodes[0]
+        subprocess.run([sys.executable, "-m", "mtad", "queue", "pause", "--domain", DOMAIN, "--config",
+                        str(first.config)], env=first.env, check=True, capture_output=True)
+        time.sleep(0.3)
+        share = -(-a.msgs // len(self.nodes))
+
+        async def fill() -> None:
+            await asyncio.gather(*(submit_all(node.port, min(share, a.msgs - n * share), a.size, first=n * share)
+                                   for n, node in enumerate(self.nodes)))
+        asyncio.run(fill())
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        try:
+            pending_sql = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
+            held = conn.execute(pending_sql).fetchone()[0]
+            delivered0 = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0]
+            time.sleep(1.2)
+            xact_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            xacts0 = conn.execute(xact_sql).fetchone()[0]
+            per_node0 = self.delivered()
+            db0 = cpu(self.pg[1])
+            rec = timed_drain(self.label, [node.proc.pid for node in self.nodes], a.sink_pid, held,
+                              lambda: conn.execute("DELETE FROM kv WHERE key = %s", (f"pause:domain:{DOMAIN}",)),
+                              lambda: conn.execute(pending_sql).fetchone()[0], a.size)
+            done = max(1, rec["msgs"] - rec["left"])
+            rec["db_cpu_us_per_msg"] = round(1e6 * (cpu(self.pg[1]) - db0) / done)
+            time.sleep(1.2)
+            rec["db_commits_per_msg"] = round((conn.execute(xact_sql).fetchone()[0] - xacts0) / done, 2)
+            rec["node_delivered"] = [b - a_ for a_, b in zip(per_node0, self.delivered())]
+            rec["node_cpu_us_per_msg"] = [round(1e6 * c / d) if d else None for c, d in zip(rec["node_cpu_s"],
+                                                                                          rec["node_delivered"])]
+            rec["delivered"] = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'"
+                                            ).fetchone()[0] - delivered0
+            rec["failed_total"] = conn.execute("SELECT count(*) FROM events WHERE event = 'failed'").fetchone()[0]
+        finally:
+            conn.close()
+        if rec["delivered"] != held or rec["failed_total"]:
+            print(f"WARNING: {self.label}: {rec['delivered']} delivered of {held}, {rec['failed_total']} failed"
+                  " events", file=sys.stderr)
+        return rec
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+async def submit_all(port: int, msgs: int, size: int, sessions: int = 20, first: int = 0) -> None:
     import ssl
 
     import aiosmtplib
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    counter = iter(range(msgs))
+    counter = iter(range(first, first + msgs))
 
     async def session() -> None:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=ctx, timeout=60)
@@ -341,8 +435,14 @@ def cmd_run(a: argparse.Namespace) -> None:
             servers.append(Mtad(a, variant, dns.port, 2587 + n, a.mtad_src))
             if a.base_src and "/w" not in variant:  # the base may predate delivery.dkim_workers
                 servers.append(Mtad(a, variant, dns.port, 2587 + len(variants) + n, a.base_src, prefix="base-"))
-        for n, variant in enumerate(v for v in a.pg.split(",") if v):
+        pg_variants = [v for v in a.pg.split(",") if v]
+        for n, variant in enumerate(pg_variants):
             servers.append(Mtad(a, variant, dns.port, 2640 + n, a.mtad_src, pg=pg))
+            if a.base_src and "/w" not in variant:  # base-mtad-pg-dkim-V: the base tree on its own database
+                servers.append(Mtad(a, variant, dns.port, 2640 + len(pg_variants) + n, a.base_src, prefix="base-",
+                                    pg=pg))
+            if a.pg_nodes >= 2:  # mtad-pg-xN-dkim-V: N nodes on one database
+                servers.append(MtadCluster(a, variant, dns.port, 2660 + 10 * n, a.mtad_src, pg, a.pg_nodes))
         for rnd in range(1, a.rounds + 1):
             k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
             for server in servers[k:] + servers[:k]:
@@ -365,8 +465,8 @@ def before_after(runs: dict[str, list[dict]]) -> None:
         return
     print("\n### Before/after: mtad against base-mtad (same run, same rounds)\n")
     print("| variant | mtad msgs/s (min-max) | base-mtad msgs/s (min-max) | mtad/base-mtad | per-round ratios | spread |"
-          " verdict | server CPU µs/msg mtad/base-mtad |")
-    print("|---|---:|---:|---:|---|---:|---|---:|")
+          " verdict | server CPU µs/msg mtad/base-mtad | PostgreSQL CPU µs/msg, DB commits/msg: mtad / base-mtad |")
+    print("|---|---:|---:|---:|---|---:|---|---:|---|")
     slower, single = [], False
     for new, base in pairs:
         ra = [r["msgs_per_s"] for r in runs[new]]
@@ -381,7 +481,8 @@ def before_after(runs: dict[str, list[dict]]) -> None:
         if c.status == "slower":
             slower.append(new)
         print(f"| {new.removeprefix('mtad-')} | {runs_text(ra)} | {runs_text(rb)} | {c.ratio:.2f}x | "
-              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |")
+              f"{', '.join(f'{p:.2f}' for p in c.per_round)} | {c.spread_text()} | {verdict} | {cpu:.2f}x |"
+              f" {pgtxt(runs[new]).replace(' | ', ', ')} / {pgtxt(runs[base]).replace(' | ', ', ')} |")
     print("\nspread = the larger run-to-run spread (max-min)/median of the two; slower by more than the spread when "
           "mtad/base-mtad < 1 - spread.")
     if slower:
@@ -417,7 +518,31 @@ def cmd_summarize(a: argparse.Namespace) -> None:
               f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
               f" {statistics.median(r.get('main_cpu_pct', 0) for r in recs):.0f} |"
               f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} | {pgtxt(recs)} |")
+    nodes_table(runs)
     before_after(runs)
+
+
+def _median_text(values: list) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.0f}" if known else "— (delivered none)"
+
+
+def nodes_table(runs: dict[str, list[dict]]) -> None:
+    """The clusters (mtad-pg-xN-...): each node's share and CPU per message it delivered, and the database's."""
+    clusters = {label: recs for label, recs in runs.items() if recs and "node_cpu_s" in recs[0]}
+    if not clusters:
+        return
+    print("\n### Nodes on one database: CPU per message per node (median of the rounds)\n")
+    print("| cluster | node | msgs delivered | node CPU s | node CPU µs/msg it delivered | all nodes µs/msg |"
+          " PostgreSQL CPU µs/msg | DB commits/msg | cluster msgs/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, recs in clusters.items():
+        for n in range(len(recs[0]["node_cpu_s"])):
+            print(f"| {label} | n{n + 1} | {statistics.median(r['node_delivered'][n] for r in recs):.0f} |"
+                  f" {statistics.median(r['node_cpu_s'][n] for r in recs):.2f} |"
+                  f" {_median_text([r['node_cpu_us_per_msg'][n] for r in recs])} |"
+                  f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} | {pgtxt(recs)} |"
+                  f" {statistics.median(r['msgs_per_s'] for r in recs):.0f} |")
 
 
 def main() -> None:
@@ -441,6 +566,8 @@ def main() -> None:
     r.add_argument("--profile")
     r.add_argument("--pg", default="", help="DKIM variants of mtad on PostgreSQL (labels mtad-pg-dkim-...), a private"
                                            " server started here; empty: none")
+    r.add_argument("--pg-nodes", type=int, default=0, help="with --pg: also N nodes on one database per variant"
+                                                             " (labels mtad-pg-xN-dkim-...); 0: none")
     s = sub.add_parser("summarize")
     s.add_argument("results")
     a = ap.parse_args()

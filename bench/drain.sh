@@ -5,6 +5,7 @@
 #
 #   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
 #                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep] [--pg]
+#                       [--pg-nodes N]
 #   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once); a
 #                   suffix /wN sets delivery.dkim_workers (rsa/w0: sign in mtad's process, rsa/w2: two workers)
 #   --profile       also sample each mtad with py-spy during its last round (raw stacks OUT/mtad-dkim-V.txt and
@@ -19,7 +20,13 @@
 #   --pg            also mtad on PostgreSQL in the same rounds, one per DKIM variant (labels mtad-pg-dkim-...):
 #                   a private PostgreSQL server (tests/support/postgres.py: initdb + pg_ctl as user mtadtest,
 #                   loopback, fsync and synchronous_commit on), a database per variant; the summary adds the
-#                   database server's CPU per message and its committed transactions per message
+#                   database server's CPU per message and its committed transactions per message; with
+#                   --base-src/--base-rev the base tree runs on PostgreSQL too (base-mtad-pg-dkim-...)
+#   --pg-nodes N    (implies --pg) also N mtad-pg nodes on one database per DKIM variant (labels mtad-pg-xN-dkim-...):
+#                   the submission split among them, drained together; the summary adds each node's CPU per
+#                   message it delivered and the database's CPU per message
+#   --servers       postfix, mtad (SQLite); with --pg, a list naming neither (e.g. --servers pg) measures only the
+#                   PostgreSQL variants
 #
 # How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
 # recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
@@ -41,7 +48,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
 MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
-BASE_SRC=""; BASE_REV=""; PG=0; HTML=0
+BASE_SRC=""; BASE_REV=""; PG=0; HTML=0; PG_NODES=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -58,7 +65,8 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --pg) PG=1 ;;
     --html) HTML=1 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    --pg-nodes) PG=1; PG_NODES=$2; shift ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -140,7 +148,7 @@ if want postfix; then
   fi
 fi
 want mtad && ARGS+=(--mtad "$DKIM")
-[ $PG = 1 ] && ARGS+=(--pg "$DKIM")
+[ $PG = 1 ] && ARGS+=(--pg "$DKIM" --pg-nodes "$PG_NODES")
 [ -n "$BASE_SRC" ] && ARGS+=(--base-src "$BASE_SRC")
 [ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
 [ $HTML = 1 ] && ARGS+=(--html)
@@ -150,7 +158,7 @@ for log in "$WORK"/*mtad-*/mtad.log; do
   [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"
 done
 if [ $PROFILE = 1 ]; then
-  for prof in "$OUT"/*mtad-dkim-*.txt; do
+  for prof in "$OUT"/*mtad-*dkim-*.txt; do
     case $prof in *.top.txt) continue ;; esac
     "$PY" "$HERE/pyspy_top.py" "$prof" --top 30 > "${prof%.txt}.top.txt"
     echo "profile ranking: ${prof%.txt}.top.txt"

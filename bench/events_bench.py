@@ -1,10 +1,10 @@
 """Events, stats and webhooks: what they cost and how fast they answer (issue 5, "Benchmark").
 
-    python bench/events_bench.py [--quick] [--only drain,query,stats,webhooks] [--events 1000000]
+    python bench/events_bench.py [--quick | --tiny] [--only drain,query,stats,webhooks] [--events 1000000]
 
-1. **drain** — the store side of draining the queue: claim due deliveries (batches of 100) and record each
-   one's outcome (``spool.finish_attempt``: the row update, plus the ``delivered`` event, its hourly
-   counters and webhook lookup), 200 outcomes in flight so group commit works as in the scheduler;
+1. **drain** — the store side of draining the queue: claim due deliveries (``store.claim_due``, batches of 100)
+   and record each one's outcome (``store.finish_attempt``: the row update, plus the ``delivered`` event, its
+   hourly counters and webhook lookup), 200 outcomes in flight so group commit works as in the scheduler;
    ``synchronous=FULL``. Run twice on identical queues: with events, and with ``events.record`` replaced by
    a no-op, alternating which goes first. Reported: outcomes/s each way and the drop (also each round's own,
    steadier on a shared machine). The enqueue side (``accepted`` events) likewise.
@@ -21,7 +21,12 @@
    receiver in another process, ``max_per_url`` 100.
 
 The stores live in a temporary folder (``--keep`` to keep them). Figures vary between machines and runs; the
-ratios and the orders of magnitude are what to read.
+ratios and the orders of magnitude are what to read. ``--tiny`` runs every part at a smoke-test size (a check
+that the bench still runs against the tree, not a measurement).
+
+Everything goes through the store's typed methods (``enqueue``, ``claim_due``, ``finish_attempt``,
+``record_events``, ``sync_webhooks``), as the daemon does; plain SQL on the database file only where the store
+has no method for what a bench needs: 1.2 million hourly counter rows seeded at once (stats) and ``ANALYZE``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -42,11 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtad.events import shape  # noqa: E402
 from mtad.store import events  # noqa: E402
-from mtad.store import queue as spool
+from mtad.store.events import NewEvent  # noqa: E402
+from mtad.store.queue import Enqueue, new_queue_id  # noqa: E402
+from mtad.outbound.attempts import AttemptRecord, finished  # noqa: E402
 from mtad.events import webhooks  # noqa: E402
 from mtad.config.schema import WebhookConfig, WebhooksConfig  # noqa: E402
 from mtad.base.rates import Duration  # noqa: E402
-from mtad.store.engine import Staged  # noqa: E402
 from mtad.store.sqlite import SqliteStore as Store  # noqa: E402
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, Outcome, SendOptions  # noqa: E402
 
@@ -68,6 +75,17 @@ def message(i: int) -> NewMessage:
                       SendOptions(tags=("orders",), variables={"order": str(i)}))
 
 
+async def enqueue_all(store: Store, msgs: list[NewMessage], in_flight: int = 200) -> None:
+    """Commit ``msgs`` with their ``accepted`` events, ``in_flight`` calls at once (group commit, as sessions do)."""
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(m: NewMessage) -> None:
+        async with sem:
+            queue_id, now = new_queue_id(), time.time()
+            await store.enqueue([Enqueue(queue_id, m, shape.accepted(m, queue_id, now))], now)
+    await asyncio.gather(*(one(m) for m in msgs))
+
+
 # --- 1. drain ------------------------------------------------------------------------------------------------
 
 async def drain_once(folder: Path, n: int, with_events: bool) -> tuple[float, float, float]:
@@ -76,34 +94,31 @@ async def drain_once(folder: Path, n: int, with_events: bool) -> tuple[float, fl
     store.open()
     real_record = events.record
     if not with_events:
-        events.record = lambda conn, domain, event: None  # type: ignore[assignment]
+        events.record = lambda conn, domain, event, system=False: None  # type: ignore[assignment]
     try:
         await store.sync_webhooks(WebhooksConfig(domains={"example.com": {
             "opened": WebhookConfig(("http://127.0.0.1:9/opened",))}}), time.time())  # a lookup, no match
         msgs = [message(i) for i in range(n)]
         started = time.perf_counter()
-        sem = asyncio.Semaphore(200)
-
-        async def enqueue(m: NewMessage) -> None:
-            async with sem:
-                await store.write(lambda c: spool.enqueue(c, spool.new_queue_id(), m, time.time()))
-        await asyncio.gather(*(enqueue(m) for m in msgs))
+        await enqueue_all(store, msgs)
         enq_rate = n / (time.perf_counter() - started)
         outcome = Outcome("delivered", 250, "2.0.0", "Ok: queued", "mx.dest.test", True, True)
         started, cpu = time.perf_counter(), time.process_time()
         done = 0
-        pending: set[asyncio.Task] = set()
+        pending: set[asyncio.Future] = set()
+        claimed: set[int] = set()  # rows this loop took (their outcome may not be committed yet)
         while done < n:
-            jobs = await store.write(lambda c: spool.claim_due_deliveries(c, "bench", time.time() + 10, 100))
+            jobs = (await store.claim_due("bench", time.time(), 100, skip=claimed)).jobs
             if not jobs and not pending:
                 break
             for job in jobs:
-                record = spool.AttemptRecord({job.recipients[0]: outcome}, 1, None, 0.05)
-                pending.add(asyncio.ensure_future(store.write(
-                    lambda c, job=job, record=record: spool.finish_attempt(c, job, record, time.time()))))
+                claimed.add(job.id)
+                now = time.time()
+                attempt = finished(job, AttemptRecord({job.recipients[0]: outcome}, 1, None, 0.05), now)
+                pending.add(asyncio.ensure_future(store.finish_attempt(job, attempt, now)))
             while len(pending) >= 200 or (not jobs and pending):
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                done += len(finished)
+                settled, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done += len(settled)
         if pending:
             await asyncio.wait(pending)
             done += len(pending)
@@ -183,22 +198,17 @@ async def scheduler_drain_once(folder: Path, n: int, with_events: bool, sink_por
     store.open()
     real_record = events.record
     if not with_events:
-        events.record = lambda conn, domain, event: None  # type: ignore[assignment]
+        events.record = lambda conn, domain, event, system=False: None  # type: ignore[assignment]
     try:
-        cfg = DeliveryConfig(smarthost=SmarthostConfig("127.0.0.1", sink_port, "none", False), dsn=False,
-                             max_inflight=2000, poll_interval=Duration(0.05))
+        cfg = DeliveryConfig(smarthost=SmarthostConfig("127.0.0.1", sink_port, "none", False,
+                                                       max_connections=connections),
+                             dsn=False, max_inflight=2000, poll_interval=Duration(0.05))
         shaping = providers.build({"default": {"max_connections": connections, "max_message_rate": None,
                                                "max_deliveries_per_connection": 1000}})
         resolver = Resolver(["127.0.0.1"], 9, 1)
         scheduler = Scheduler(store=store, connector=Connector("bench.test", resolver, TlsContexts(None), BrokenTls(60)),
                               resolver=resolver, shaping=shaping, config=cfg, hostname="bench.test", dkim_keys={})
-        msgs = [message(i) for i in range(n)]
-        sem = asyncio.Semaphore(200)
-
-        async def enqueue(m: NewMessage) -> None:
-            async with sem:
-                await store.write(lambda c: spool.enqueue(c, spool.new_queue_id(), m, time.time()))
-        await asyncio.gather(*(enqueue(m) for m in msgs))
+        await enqueue_all(store, [message(i) for i in range(n)])
         started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(scheduler.run())
         while scheduler.counters["delivered"] + scheduler.counters["failed"] + scheduler.counters["deferred"] < n:
@@ -220,7 +230,7 @@ async def bench_scheduler_drain(folder: Path, n: int, rounds: int, seed_events: 
     try:
         if seed_events:
             seed_db = folder / "seed.sqlite3"
-            fill_events(seed_db, seed_events)
+            await fill_events(seed_db, seed_events)
         await asyncio.sleep(0.5)
         runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
         for r in range(rounds):
@@ -254,7 +264,7 @@ def _ratios(on: list[tuple[float, ...]], off: list[tuple[float, ...]], index: in
     return " ".join(f"{c:+.1f}%" for c in changes) + f" (median {statistics.median(changes):+.1f}%)"
 
 
-async def bench_drain(folder: Path, n: int, rounds: int) -> None:
+async def bench_drain(folder: Path, n: int, rounds: int, seed_events: int | None = None) -> None:
     print(f"\n## 1. Event write cost per delivered message ({n} messages, 1 recipient, {rounds} rounds, median)")
     results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
     for r in range(rounds):
@@ -275,57 +285,64 @@ async def bench_drain(folder: Path, n: int, rounds: int) -> None:
     per_msg = 1e6 / drain[True] - 1e6 / drain[False]
     await bench_scheduler_drain(folder, n, rounds, 0, 20)
     await bench_scheduler_drain(folder, n, rounds, 0, 100)
-    await bench_scheduler_drain(folder, n, rounds, 300_000 if n >= 20000 else 50_000, 20)
+    if seed_events is None:
+        seed_events = 300_000 if n >= 20000 else 50_000
+    await bench_scheduler_drain(folder, n, rounds, seed_events, 20)
     print(f"\nwall time added per outcome in the bare store loop: {per_msg:.1f} µs")
 
 
 # --- 2. events query -----------------------------------------------------------------------------------------
 
-def fill_events(path: Path, n: int, seed: int = 1) -> dict:
-    """``n`` events of example.com over 30 days, written with events.record in big transactions."""
-    from mtad.store.engine import connect
-    from mtad.store.migrations.sqlite import migrate
+async def fill_events(path: Path, n: int, seed: int = 1) -> dict:
+    """``n`` events of example.com over 30 days, recorded through ``store.record_events`` in batches of 50,000
+    (one transaction each), then ``ANALYZE``."""
     rng = random.Random(seed)
-    conn = connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
-    migrate(conn, "bench")
+    store = Store(path)
+    store.open()
     events.invalidate_webhooks()
     now = time.time()
     start = now - 30 * 86400
     kinds = [("accepted", None)] * 40 + [("delivered", None)] * 38 + [("failed", "temporary")] * 15 + \
         [("failed", "permanent")] * 5 + [("opened", None)] * 2
     tags = [f"tag{i}" for i in range(20)]
-    sample = {"recipients": [], "message_ids": []}
-    conn.staged = Staged()  # as in Store.write: events and counters written at each COMMIT
-    conn.execute("BEGIN")
-    for i in range(n):
-        kind, severity = rng.choice(kinds)
-        rcpt = f"user{rng.randrange(50000)}@dest{rng.randrange(200)}.test"
-        mid = f"{i // 2}.bench@example.com"
-        extra = {"severity": severity, "reason": "bounce" if severity == "permanent" else "generic",
-                 "delivery-status": {"code": 550 if severity == "permanent" else 451, "message": "nope"}} \
-            if severity else ({"delivery-status": {"code": 250, "message": "OK"}} if kind == "delivered" else {})
-        e = shape.base_event(kind, timestamp=start + (30 * 86400) * i / n, recipient=rcpt, queue_id=f"Q{i // 2}",
-                              message=shape.message_part({"message-id": mid, "from": "Shop <news@example.com>",
-                                                           "to": rcpt, "subject": f"Your order {i // 2}"}, 2048),
-                              options={"tags": [rng.choice(tags)], "variables": {"order": str(i)}},
-                              envelope={"sender": "news@example.com", "targets": rcpt, "transport": "smtp",
-                                        "sending-ip": ""}, flags={"is-authenticated": True}, extra=extra)
-        events.record(conn, "example.com", e)
-        if i % 5000 == 0:
-            sample["recipients"].append(rcpt)
-            sample["message_ids"].append(mid)
-        if i % 50000 == 49999:
-            conn.staged.apply(conn)
-            conn.execute("COMMIT")
-            conn.execute("BEGIN")
-    conn.staged.apply(conn)
-    conn.execute("COMMIT")
-    conn.staged = None
-    conn.execute("ANALYZE")
-    conn.close()
+    sample: dict = {"recipients": [], "message_ids": []}
+    batch: list[NewEvent] = []
+    try:
+        for i in range(n):
+            kind, severity = rng.choice(kinds)
+            rcpt = f"user{rng.randrange(50000)}@dest{rng.randrange(200)}.test"
+            mid = f"{i // 2}.bench@example.com"
+            extra = {"severity": severity, "reason": "bounce" if severity == "permanent" else "generic",
+                     "delivery-status": {"code": 550 if severity == "permanent" else 451, "message": "nope"}} \
+                if severity else ({"delivery-status": {"code": 250, "message": "OK"}} if kind == "delivered" else {})
+            e = shape.base_event(kind, timestamp=start + (30 * 86400) * i / n, recipient=rcpt, queue_id=f"Q{i // 2}",
+                                  message=shape.message_part({"message-id": mid, "from": "Shop <news@example.com>",
+                                                               "to": rcpt, "subject": f"Your order {i // 2}"}, 2048),
+                                  options={"tags": [rng.choice(tags)], "variables": {"order": str(i)}},
+                                  envelope={"sender": "news@example.com", "targets": rcpt, "transport": "smtp",
+                                            "sending-ip": ""}, flags={"is-authenticated": True}, extra=extra)
+            batch.append(NewEvent("example.com", e))
+            if i % 5000 == 0:
+                sample["recipients"].append(rcpt)
+                sample["message_ids"].append(mid)
+            if len(batch) == 50000:
+                await store.record_events(batch)
+                batch = []
+        if batch:
+            await store.record_events(batch)
+    finally:
+        store.close()
+    analyze(path)
     return sample
+
+
+def analyze(path: Path) -> None:
+    """``ANALYZE`` the SQLite file (the store has no method for it; plain SQL on the closed file)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
 
 
 async def api_client(store: Store):
@@ -335,14 +352,15 @@ async def api_client(store: Store):
     from mtad.api import ApiContext, ApiKey, create_app, hash_key
     from mtad.api import events as events_api, stats as stats_api
     from mtad.config.schema import ApiConfig
-    ctx = ApiContext(config=ApiConfig(), keys=[ApiKey(hash_key(KEY))], store=store, base_url="")
+    keys = [ApiKey(hash_key(KEY))]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ctx = ApiContext(config=ApiConfig(), store=store, base_url=base, keys=lambda: keys, running_config=lambda: None,
+                     allowed_networks=(), ingress=None, routing=None, accounts=lambda: None,
+                     apply_accounts=lambda accounts: None, metrics=lambda: None)  # what the events/stats API reads
     runner = web.AppRunner(create_app(ctx, [events_api.setup, stats_api.setup]), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
-    ctx.base_url = base
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     session = aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth("api", KEY)})
     return session, base, runner
 
@@ -358,7 +376,7 @@ async def timed(session, method: str, url: str, **kw) -> tuple[float, dict]:
 async def bench_query(folder: Path, n: int, repeats: int) -> None:
     path = folder / "events.sqlite3"
     started = time.perf_counter()
-    sample = fill_events(path, n)
+    sample = await fill_events(path, n)
     size = path.stat().st_size / 1e6
     print(f"\n## 2. Events query latency, {n:,} events stored ({size:,.0f} MB, filled in"
           f" {time.perf_counter() - started:.0f} s); {repeats} requests per kind through the HTTP API")
@@ -422,13 +440,13 @@ def _rfc(ts: float) -> str:
 # --- 3. stats ------------------------------------------------------------------------------------------------
 
 def fill_stats(path: Path) -> int:
-    from mtad.store.engine import connect
-    from mtad.store.migrations.sqlite import migrate
+    """90 days of hourly counters (and their daily sums) for 5 domains x 11 tag keys x 10 counters. The schema is
+    the store's (opened once); the 1.2 million rows are plain INSERTs into its counter tables, as no typed method
+    writes counters other than by recording events (which would take hours for this much)."""
+    store = Store(path)
+    store.open()
+    store.close()
     rng = random.Random(3)
-    conn = connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
-    migrate(conn, "bench")
     hour_now = int(time.time() // 3600)
     keys = ["accepted:incoming", "accepted:outgoing", "delivered:smtp", "delivered:http", "failed:temporary",
             "failed:permanent:bounce", "failed:permanent:suppress-bounce", "opened", "clicked", "stored"]
@@ -438,13 +456,17 @@ def fill_stats(path: Path) -> int:
             for hour in range(hour_now - 90 * 24, hour_now + 1):
                 for key in keys:
                     rows.append((f"domain{d}.test", tag, key, hour, rng.randrange(1, 500)))
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO stats (domain, tag, event, hour, count) VALUES (?, ?, ?, ?, ?)", rows)
-    conn.execute("INSERT INTO stats_daily (domain, tag, event, day, count) SELECT domain, tag, event, hour / 24,"
-                 " sum(count) FROM stats GROUP BY domain, tag, event, hour / 24")
-    conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    conn.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO stats (domain, tag, event, hour, count) VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("INSERT INTO stats_daily (domain, tag, event, day, count) SELECT domain, tag, event, hour / 24,"
+                     " sum(count) FROM stats GROUP BY domain, tag, event, hour / 24")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    analyze(path)
     return len(rows)
 
 
@@ -522,14 +544,11 @@ async def bench_webhooks(folder: Path, n: int) -> None:
                              max_concurrent=100, max_per_url=100, timeout=Duration(10))
         await store.sync_webhooks(cfg, time.time())
 
-        def make(conn) -> None:
-            for i in range(n):
-                e = shape.base_event("delivered", timestamp=time.time(), recipient=f"u{i}@dest.test", queue_id="Q",
-                                      message=shape.message_part({"message-id": f"{i}@x", "subject": "s"}, 1000),
-                                      options={"tags": ["a"]}, envelope={"sender": "a@example.com"}, flags={},
-                                      extra={"delivery-status": {"code": 250}})
-                events.record(conn, "example.com", e)
-        await store.write(make)
+        await store.record_events([NewEvent("example.com", shape.base_event(
+            "delivered", timestamp=time.time(), recipient=f"u{i}@dest.test", queue_id="Q",
+            message=shape.message_part({"message-id": f"{i}@x", "subject": "s"}, 1000), options={"tags": ["a"]},
+            envelope={"sender": "a@example.com"}, flags={}, extra={"delivery-status": {"code": 250}}))
+            for i in range(n)])
         http = HttpClient(("127.0.0.0/8",), 10)
         dispatcher = webhooks.Dispatcher(store=store, http=http, config=cfg, signing_key=KEY)
         loop = webhooks.WebhookLoop(store=store, dispatcher=dispatcher, config=cfg, poll_interval=0.05)
@@ -556,6 +575,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs (100,000 events, fewer repeats)")
     parser.add_argument("--only", default="drain,query,stats,webhooks")
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes: checks that the bench runs")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -568,14 +588,17 @@ async def main() -> None:
     print(f"# mtad events bench — {time.strftime('%Y-%m-%d %H:%M')}, python {sys.version.split()[0]},"
           f" {os.cpu_count()} CPUs, store in {folder}")
     try:
+        small = args.quick or args.tiny
         if "drain" in only:
-            await bench_drain(folder, 5000 if args.quick else 20000, 1 if args.quick else 3)
+            await bench_drain(folder, 300 if args.tiny else 5000 if args.quick else 20000, 1 if small else 3,
+                              2000 if args.tiny else None)
         if "query" in only:
-            await bench_query(folder, 100_000 if args.quick else args.events, 50 if args.quick else 200)
+            await bench_query(folder, 5000 if args.tiny else 100_000 if args.quick else args.events,
+                              5 if args.tiny else 50 if args.quick else 200)
         if "stats" in only:
-            await bench_stats(folder, 20 if args.quick else 100)
+            await bench_stats(folder, 3 if args.tiny else 20 if args.quick else 100)
         if "webhooks" in only:
-            await bench_webhooks(folder, 2000 if args.quick else 10000)
+            await bench_webhooks(folder, 200 if args.tiny else 2000 if args.quick else 10000)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

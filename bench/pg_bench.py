@@ -41,7 +41,9 @@ def _server(folder: Path | None = None):
     bin_dir = find_binaries()
     if bin_dir is None:
         raise SystemExit("pg_bench.py: PostgreSQL server binaries not found (apt-get install postgresql)")
-    server = PostgresServer(bin_dir) if folder is None else PostgresServer(bin_dir, folder=folder)
+    # watch=False: the server outlives `pg_bench.py start` (`stop DIR` ends it)
+    server = PostgresServer(bin_dir, watch=False) if folder is None else \
+        PostgresServer(bin_dir, folder=folder, watch=False)
     if folder is not None and os.geteuid() == 0:
         server._user = pwd.getpwnam(TEST_USER)
     return server

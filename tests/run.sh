@@ -49,4 +49,7 @@ if command -v npm >/dev/null 2>&1; then  # mailgun.js 14 for tests/e2e/test_api_
     || echo "tests/run.sh: mailgun.js could not be installed; its test will skip" >&2
 fi
 .venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml: a wrong import fails the run
+# PostgreSQL servers left by an earlier run killed with its watchdogs (kill -9 of everything): stopped, folders
+# removed; servers of runs still alive are left alone (tests/support/pg_watchdog.py)
+.venv/bin/python tests/support/pg_watchdog.py reap || true
 exec .venv/bin/python -m pytest -n 2 -rs "$@"  # -rs: every skip and its reason in the summary

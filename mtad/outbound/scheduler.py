@@ -19,9 +19,12 @@ Mechanism only; every number comes from config (``DeliveryConfig``, ``ShapingCon
    session and delivers queued jobs over it, one message-rate token each, up to
    ``max_deliveries_per_connection``. If no host answers, every job waiting for the site is deferred
    at once (the site is "dead" for this round, as Postfix does).
-5. Replies matching an automation rule suspend or throttle the provider for the rule's duration.
+5. Replies matching an automation rule suspend or throttle the provider for the rule's duration; on a shared
+   store, on every node (``throttle.rule_actions`` put in the store, which tells every node; each adopts them).
 6. Outcomes are committed with their events; deferred recipients get their next attempt time. A session
-   does not wait for that commit before its next message (at-least-once: a crash in between resends).
+   does not wait for that commit before its next message (at-least-once: a crash in between resends). Outcomes
+   are written as soon as they are known, and those that come while a write is running are the next write, as
+   one (``finish_attempts``): one store call and one transaction for a burst instead of one each.
    An outcome the store refuses (disk full) is kept in memory and written once it takes writes again
    (``leases.settle_call``): the message is not sent again because its result was not recorded.
 A job is claimed by one worker only, on a lease it renews while it holds the job (``mtad.leases``); a job that
@@ -43,8 +46,9 @@ from mtad.mail import dkim as dkim_mod
 from mtad.outbound import dsn
 from mtad.outbound import providers
 from mtad.outbound.attempts import AttemptRecord, dsn_for, finished
+from mtad.base.coalesce import Coalescer
 from mtad.store.engagement import EngagementStore
-from mtad.store.queue import DeliveryJob, Pauses, QueueStore
+from mtad.store.queue import AttemptDone, DeliveryJob, Pauses, QueueStore
 from mtad.store.work import WorkStore
 from mtad.config.schema import DeliveryConfig
 from mtad.outbound.delivery import Connector, Destination, Session
@@ -55,11 +59,13 @@ from mtad.store.leases import RETRY_AFTER_ERROR, RETRY_AFTER_STORE_ERROR, Leases
 from mtad.outbound.providers import ProviderPolicy, ShapingConfig
 from mtad.outbound.returnpath import ReturnPaths
 from mtad.net.resolver import Resolver
-from mtad.outbound.throttle import Suspensions, limiters
+from mtad.outbound.throttle import Suspensions, limiters, rule_actions
+from mtad.store.shaping import shares_shaping
 from mtad.base.types import Outcome
 
 log = logging.getLogger("mtad.scheduler")
 PRELOAD_BODY = 64 * 1024  # bodies up to this size come with the claimed batch: at most max_inflight x 64 KB in memory
+OUTCOME_BATCH = 256  # outcomes written together at most (those that came while the previous write ran)
 
 
 RENDER_AHEAD = 8  # copies of a per-recipient job rendered (in the workers) ahead of the one being sent
@@ -118,9 +124,15 @@ class Scheduler:
         # In memory on one node; through the store's shared slots and rate when several nodes share it (throttle).
         self.limiter, self.rates = limiters(store, self.worker)
         self.suspensions = Suspensions()
+        self.shares_actions = shares_shaping(store)  # automation rules' actions go to every node through the store
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
         self.inflight = 0
+        # An outcome frees room for one more job; the next claim waits for a batch's worth of room (a tenth of
+        # max_inflight) and only follows outcomes while the last claim took all it asked for: on a store shared
+        # over the network a claim is a few round trips on the writer, which a claim per outcome would hold up.
+        self.claim_batch = max(1, config.max_inflight // 10)
+        self._more_due = True  # the last claim was full: more rows may be due now
         self.paused = Pauses()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -130,6 +142,8 @@ class Scheduler:
         self._tracked: dict[str, None] = {}  # queue ids whose tracked_messages row this node wrote (bounded)
         self._stopping = False
         self.counters = {"delivered": 0, "deferred": 0, "failed": 0}
+        self._outcomes: Coalescer[AttemptDone, Exception | None] = Coalescer(
+            self._write_outcomes, max_batch=OUTCOME_BATCH)
 
     # --- main loop -------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -138,11 +152,26 @@ class Scheduler:
     async def run(self) -> None:
         renewing = asyncio.create_task(self.leases.run(), name="scheduler-leases")
         slots = asyncio.create_task(self.limiter.run(), name="scheduler-slots")
+        unsubscribe = None
+        if self.shares_actions:  # what other nodes' rules decided: now, and at each change (store.changes)
+            unsubscribe = self.store.on_change("shaping", self._adopt_actions)  # type: ignore[attr-defined]
+            await self._adopt_actions()
         try:
             await self._run()
         finally:
             renewing.cancel()
             slots.cancel()
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _adopt_actions(self) -> None:
+        """Apply the automation rules' actions in force on the shared store (decided on any node)."""
+        try:
+            actions = await self.store.provider_actions()  # type: ignore[attr-defined]
+        except StoreError as exc:
+            log.warning("cannot read the providers suspended or throttled by other nodes: %s", exc)
+            return
+        self.suspensions.adopt(actions)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -155,6 +184,7 @@ class Scheduler:
                     claim = await self.store.claim_due(self.worker, now, room, preload_body=PRELOAD_BODY,
                                                        lease_until=until, skip=held)
                     self.paused = claim.pauses
+                    self._more_due = len(claim.jobs) >= room
                     self.leases.claimed(job.id for job in claim.jobs)
                     for job, blocked in zip(claim.jobs, claim.suppressed):
                         self.inflight += 1
@@ -414,6 +444,12 @@ class Scheduler:
             return
         log.warning("provider %s: automation rule %r fired (%s) on reply %r", policy.name, rule.name, rule.action,
                     outcome.message[:200])
+        if self.shares_actions:
+            try:
+                await self.store.put_provider_actions(rule_actions(policy.name, rule))  # type: ignore[attr-defined]
+            except StoreError as exc:
+                log.warning("provider %s: the %s of rule %r holds on this node only: %s", policy.name, rule.action,
+                            rule.name, exc)
 
     # --- per-recipient copies (engagement tracking, unsubscribe variables) ----------------------------------
     def _personal(self, job: DeliveryJob, body: bytes) -> bool:
@@ -524,8 +560,9 @@ class Scheduler:
         attempt = finished(job, AttemptRecord(outcomes, attempt_no, retry_at, seconds), now)
         bounce = dsn_for(self._bounce(), job, attempt, now)
         try:  # kept in memory and tried again while the store refuses it: never sent again for want of a record
-            await settle_call(self.store, lambda: self.store.finish_attempt(job, attempt, now, bounce),
-                              f"{job.queue_id}: outcome of delivery {job.id}")
+            failure = await self._outcomes.submit(AttemptDone(job, attempt, now, bounce))
+            if failure is not None:
+                raise failure
         except Exception as exc:  # noqa: BLE001 - the store closed (the next start releases the row) or a bug
             log.error("%s: could not record the outcome of delivery %d: %s", job.queue_id, job.id, exc,
                       exc_info=not isinstance(exc, StoreError))
@@ -538,7 +575,34 @@ class Scheduler:
             text = o.message if o.message.startswith(o.enhanced) else f"{o.enhanced} {o.message}"
             log.info("%s: to=<%s> relay=%s status=%s (%d %s)%s", job.queue_id, rcpt, o.mx_host or "none", kind,
                      o.code, text[:200], f" reason={o.reason}" if o.reason else "")
-        self.wake()
+        if self._more_due and self.config.max_inflight - self.inflight >= self.claim_batch:
+            self.wake()  # room for a batch while rows wait: claim now rather than at the next poll
+
+    async def _write_outcomes(self, items: list[AttemptDone]) -> list[Exception | None]:
+        """Write a burst of outcomes as one (``finish_attempts``), tried again while the store fails (``settle_call``).
+        If the write fails by itself (a bug, not the store), each outcome is written alone: only its own fails.
+        One result per item: None when written, else its exception."""
+        what = (f"{items[0].job.queue_id}: outcome of delivery {items[0].job.id}" if len(items) == 1
+                else f"outcomes of {len(items)} deliveries")
+        try:
+            await settle_call(self.store, lambda: self.store.finish_attempts(items), what)
+            return [None] * len(items)
+        except StoreError:
+            raise  # the store closed: every caller of the batch gets it
+        except Exception as exc:  # noqa: BLE001 - whose it was is found below
+            if len(items) == 1:
+                return [exc]
+        results: list[Exception | None] = []
+        for item in items:
+            try:
+                await settle_call(self.store, lambda item=item: self.store.finish_attempts([item]),
+                                  f"{item.job.queue_id}: outcome of delivery {item.job.id}")
+                results.append(None)
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this outcome's own failure
+                results.append(exc)
+        return results
 
     def _bounce(self):
         """The DSN builder of permanent failures (each sending domain's policy; ``attempts.dsn_for``), or None when

@@ -17,7 +17,9 @@ Several nodes on one store (``store.shaping.ShapingStore``, PostgreSQL): ``Share
 cluster: a connection holds one of the provider's leased slots in the store, a message spends one of the
 provider's shared rate, taken in batches (docs/scaling.md, "Provider shaping across the cluster").
 ``limiters(store, holder)`` picks the pair: the in-memory one unless the store shares shaping, so a single node
-pays nothing. ``Suspensions`` stay per node.
+pays nothing. ``Suspensions`` are each node's, in memory; what an automation rule decides on one node is shared
+through the store (``rule_actions``: the rows to put; ``Suspensions.adopt``: the rows every node applies), so a
+provider suspended or throttled by one node is so on all of them (the scheduler does both).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TypeVar
 from mtad.base.errors import StoreError
 from mtad.outbound.providers import AutomationRule, ProviderPolicy
 from mtad.base.rates import Rate
-from mtad.store.shaping import ShapingStore, shares_shaping
+from mtad.store.shaping import ProviderAction, ShapingStore, shares_shaping
 
 Clock = Callable[[], float]
 _V = TypeVar("_V")
@@ -235,11 +237,37 @@ class Suspensions:
                 for key, (rate, until) in self._rates.items() if until > now]
         return tuple(sorted(out, key=lambda t: (t.provider, t.kind)))
 
+    def adopt(self, actions: "list[ProviderAction] | tuple[ProviderAction, ...]") -> None:
+        """Apply actions decided on any node (``ProviderAction``, with the seconds each has left), as ``apply``
+        would have: a suspension never shortened, a lowered limit replacing the earlier one of that limit."""
+        now = self._clock()
+        for a in actions:
+            until = now + a.seconds
+            if a.kind == "suspend":
+                self.suspend(a.provider, until)
+            elif a.kind == "max_connections" and a.value is not None:
+                self.override(a.provider, until, max_connections=max(1, int(a.value)))
+            elif a.kind == "max_message_rate" and a.value:
+                self.override(a.provider, until, max_message_rate=Rate(a.value, 1.0))
+
     def _forget_old_matches(self, now: float) -> None:
         if len(self._matches) > self._sweep_at:
             self._matches = {k: (period, seen) for k, (period, seen) in self._matches.items()
                              if seen[-1] > now - period}
             self._sweep_at = max(_SWEEP_MIN, 2 * len(self._matches))
+
+
+def rule_actions(key: str, rule: AutomationRule) -> list[ProviderAction]:
+    """What ``rule`` firing for ``key`` decided, as the store shares it with every node (``ShapingStore``)."""
+    seconds = rule.duration.seconds
+    if rule.action == "suspend":
+        return [ProviderAction(key, "suspend", seconds, rule=rule.name)]
+    actions = []
+    if rule.max_connections is not None:
+        actions.append(ProviderAction(key, "max_connections", seconds, float(rule.max_connections), rule.name))
+    if rule.max_message_rate is not None:
+        actions.append(ProviderAction(key, "max_message_rate", seconds, rule.max_message_rate.per_second, rule.name))
+    return actions
 
 
 def _live(table: dict[str, tuple[_V, float]], key: str, now: float) -> _V | None:

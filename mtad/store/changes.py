@@ -41,9 +41,10 @@ from mtad.store.dialect import dialect_of
 log = logging.getLogger("mtad.store.changes")
 
 CHANNEL = "mtad_changes"
-KINDS = frozenset({"routes", "accounts", "webhooks", "lists", "tracking"})  # routes; domains and credentials;
-# webhook URLs; mailing lists (their addresses and access levels, which ingress keeps); tracking: the domains'
-# tracking settings (store.engagement)
+KINDS = frozenset({"routes", "accounts", "webhooks", "lists", "tracking", "shaping"})  # routes; domains and
+# credentials; webhook URLs; mailing lists (their addresses and access levels, which ingress keeps); tracking: the
+# domains' tracking settings (store.engagement); shaping: what automation rules decided for a provider
+# (store.shaping.ProviderAction)
 BACKSTOP = 30.0  # seconds between reloads of everything, in case a notification was lost
 _RECONNECT = (0.5, 10.0)  # first and longest wait before the listener connects again
 

@@ -46,8 +46,9 @@ log = logging.getLogger("mtad.store")
 CLAIM_COLUMNS = ("locked_by", "locked_at", "lease_until")
 CLEARED: dict[str, tuple[str, ...]] = {table: CLAIM_COLUMNS for table in LEASED_TABLES}
 # Tables only PostgreSQL has, by design: what the nodes of one database share for a moment (provider shaping:
-# connection slots and token buckets, store.shaping), never copied, since a single SQLite node has none.
-CLUSTER_ONLY = frozenset({"shaping_slots", "shaping_buckets"})
+# connection slots, token buckets and automation rules' actions, store.shaping), never copied, since a single
+# SQLite node has none.
+CLUSTER_ONLY = frozenset({"shaping_slots", "shaping_buckets", "provider_actions"})
 # Columns PostgreSQL keeps explicitly where SQLite has them implicitly: target column -> source expression.
 IMPLICIT = {POSTGRESQL.creation_order: SQLITE.creation_order}
 

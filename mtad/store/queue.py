@@ -23,7 +23,7 @@ from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequen
 from mtad.base.types import NewMessage, Outcome, domain_of
 from mtad.store.dialect import dialect_of
 from mtad.store.events import NewEvent, record_all
-from mtad.store.suppressions import add_suppression, allowlisted, suppressed
+from mtad.store.suppressions import add_suppression, allowlisted, suppressed_many
 
 
 def new_queue_id() -> str:
@@ -308,8 +308,8 @@ def claim(conn: sqlite3.Connection, worker: str, now: float, limit: int, *, prel
     paused = pauses(conn)
     jobs = claim_due_deliveries(conn, worker, now, limit, paused.domain, preload_body, lease_until=lease_until,
                                 skip=skip)
-    return DueClaim(tuple(jobs), tuple(suppressed(conn, job.sending_domain, job.recipients,
-                                                  job.options.get("tags") or ()) for job in jobs), paused)
+    return DueClaim(tuple(jobs), tuple(suppressed_many(conn, [
+        (job.sending_domain, job.recipients, job.options.get("tags") or ()) for job in jobs])), paused)
 
 
 def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
@@ -376,6 +376,23 @@ def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, attempt: Finished
         if bounce is not None:
             enqueue(conn, bounce, now)
     return list(attempt.failed)
+
+
+@dataclass(frozen=True)
+class AttemptDone:
+    """One ``finish_attempt`` call as a record, for ``finish_attempts``: the job, its attempt, the time it ended
+    and its DSN builder."""
+
+    job: DeliveryJob
+    attempt: FinishedAttempt
+    now: float
+    dsn: DsnBuilder | None = None
+
+
+def finish_attempts(conn: sqlite3.Connection, items: Sequence[AttemptDone]) -> None:
+    """``finish_attempt`` of each item, in order, in the caller's transaction."""
+    for item in items:
+        finish_attempt(conn, item.job, item.attempt, item.now, item.dsn)
 
 
 def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],
@@ -562,7 +579,9 @@ class QueueStore(Protocol):
       time. The claim, the pauses and each job's suppressed recipients are read in one transaction.
     - **Ending a claim.** ``finish_attempt`` writes, in one transaction, the attempt's events, the bounce-list
       entries, the row's next state (deferred with the remaining recipients and ``retry_at``, else done; the lock
-      released) and the DSN message with its own rows and events. ``settle_some`` does the same for some
+      released) and the DSN message with its own rows and events. ``finish_attempts(items)`` writes many
+      attempts so, all in one transaction (all or none): one write for the outcomes of a burst of deliveries
+      instead of a write each (on PostgreSQL one round trip and one commit for all). ``settle_some`` does the same for some
       recipients and keeps the rest claimed. ``release`` gives a row back unlocked without counting an attempt,
       ``hold`` puts it aside (paused) unlocked. Each is idempotent in effect when repeated with the same
       arguments after a failure that left nothing written (``leases.settle_call`` repeats them until written), but
@@ -602,6 +621,9 @@ class QueueStore(Protocol):
     async def finish_attempt(self, job: DeliveryJob, attempt: FinishedAttempt, now: float,
                              dsn: DsnBuilder | None = None) -> None:
         """Write an attempt's outcome with its events, bounce list and DSN (see the contract)."""
+
+    async def finish_attempts(self, items: Sequence[AttemptDone]) -> None:
+        """``finish_attempt`` of every item, in one transaction: all written or none."""
 
     async def settle_some(self, job: DeliveryJob, worker: str, rest: tuple[str, ...], attempt: FinishedAttempt,
                           now: float, dsn: DsnBuilder | None = None) -> None:
@@ -682,6 +704,11 @@ class QueueMethods:
     async def finish_attempt(self, job: DeliveryJob, attempt: FinishedAttempt, now: float,
                              dsn: DsnBuilder | None = None) -> None:
         await self.write(lambda c: finish_attempt(c, job, attempt, now, dsn))  # type: ignore[attr-defined]
+
+    async def finish_attempts(self, items: Sequence[AttemptDone]) -> None:
+        items = tuple(items)
+        if items:
+            await self.write(lambda c: finish_attempts(c, items))  # type: ignore[attr-defined]
 
     async def settle_some(self, job: DeliveryJob, worker: str, rest: tuple[str, ...], attempt: FinishedAttempt,
                           now: float, dsn: DsnBuilder | None = None) -> None:

@@ -20,8 +20,14 @@ Contract of a ``ShapingStore``:
   follow one schedule: a token bucket of ``burst`` tokens refilled at ``per_second`` (kept as GCRA's theoretical
   arrival time). A grant reserves sending times no further than ``horizon`` seconds ahead; none fits: an empty
   grant with ``retry_in``. A message granted and not sent is lost to the rate (never lent to another node).
-- ``sweep_shaping()``: forget slots whose lease ran out long ago and buckets that are full again (their rows are
-  as good as absent); returns the rows removed.
+- ``put_provider_actions(actions)``: what an automation rule decided on one node (``ProviderAction``: a provider
+  suspended, or one of its limits lowered, for ``seconds`` from now) holds for every node: each node's
+  ``provider_actions()`` returns it until it runs out, and the store tells every node at once
+  (``store.changes``, kind ``shaping``). A suspension never shortens a longer one already there; a lowered limit
+  replaces the earlier one of that limit.
+- ``provider_actions()``: the actions in force, each with the ``seconds`` it has left.
+- ``sweep_shaping()``: forget slots whose lease ran out long ago, buckets that are full again and actions that ran
+  out (their rows are as good as absent); returns the rows removed.
 Time is the database server's clock, so the nodes' clocks need not agree. The state is not durable (a crash of
 the database frees every slot and fills every bucket) and each call is one statement, outside the group commit.
 A failure of the database raises ``StoreError``.
@@ -30,7 +36,7 @@ A failure of the database raises ``StoreError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,23 @@ class RateGrant:
 
     delays: tuple[float, ...]
     retry_in: float = 0.0
+
+
+ActionKind = Literal["suspend", "max_connections", "max_message_rate"]
+
+
+@dataclass(frozen=True)
+class ProviderAction:
+    """One effect of an automation rule on a provider, for ``seconds`` (from now when put; left when read):
+    ``suspend``, or a lowered ``max_connections`` / ``max_message_rate`` (``value``: connections, or messages per
+    second). ``rule`` and ``node``: which rule fired, on which node (for operators)."""
+
+    provider: str
+    kind: ActionKind
+    seconds: float
+    value: float | None = None
+    rule: str = ""
+    node: str = ""
 
 
 class ShapingStore(Protocol):
@@ -55,6 +78,10 @@ class ShapingStore(Protocol):
 
     async def take_rate(self, provider: str, per_second: float, burst: int, want: int,
                         horizon: float) -> RateGrant: ...
+
+    async def put_provider_actions(self, actions: Sequence[ProviderAction]) -> None: ...
+
+    async def provider_actions(self) -> tuple[ProviderAction, ...]: ...
 
     async def sweep_shaping(self) -> int: ...
 

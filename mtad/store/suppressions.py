@@ -59,24 +59,40 @@ def suppressed(conn: sqlite3.Connection, domain: str, recipients: Iterable[str],
     An address or its domain on the allowlist (``whitelists``) is never suppressed; otherwise bounces win over
     complaints over unsubscribes, and an unsubscribe applies only to its tags (``*``: every message).
     """
-    addresses = {rcpt: rcpt.lower() for rcpt in recipients}
-    keys = sorted(set(addresses.values()) | {domain_of(a) for a in addresses.values()})
-    entries: dict[tuple[str, str], str] = {}
-    for start in range(0, len(keys), 500):  # one query per 500 addresses, whatever the recipient count
-        chunk = keys[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        entries.update(((kind, address), data) for kind, address, data in conn.execute(
-            f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})", (domain, *chunk)))
+    return suppressed_many(conn, [(domain, recipients, tags)])[0]
+
+
+def suppressed_many(conn: sqlite3.Connection,
+                    asks: Sequence[tuple[str, Iterable[str], Iterable[str]]]) -> list[dict[str, str]]:
+    """``suppressed`` for many (domain, recipients, tags) at once, in order: one query per sending domain and 500
+    addresses, however many asks (a claimed batch of deliveries: one round trip on PostgreSQL, not one per job)."""
+    asks = [(domain, {rcpt: rcpt.lower() for rcpt in recipients}, tags) for domain, recipients, tags in asks]
+    keys: dict[str, set[str]] = {}
+    for domain, addresses, _ in asks:
+        keys.setdefault(domain, set()).update(*((a, domain_of(a)) for a in addresses.values()))
+    entries: dict[tuple[str, str, str], str] = {}  # (domain, kind, address) -> data
+    for domain, wanted in keys.items():
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), 500):  # one query per 500 addresses, whatever the recipient count
+            chunk = ordered[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            entries.update(((domain, kind, address), data) for kind, address, data in conn.execute(
+                f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})",
+                (domain, *chunk)))
     if not entries:
-        return {}
-    tags = set(tags)
+        return [{} for _ in asks]
+    return [_reasons(domain, addresses, set(tags), entries) for domain, addresses, tags in asks]
+
+
+def _reasons(domain: str, addresses: dict[str, str], tags: set[str],
+             entries: dict[tuple[str, str, str], str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for rcpt, address in addresses.items():
-        if ("whitelists", address) in entries or ("whitelists", domain_of(address)) in entries:
+        if (domain, "whitelists", address) in entries or (domain, "whitelists", domain_of(address)) in entries:
             continue
         for kind, reason in (("bounces", "suppress-bounce"), ("complaints", "suppress-complaint"),
                              ("unsubscribes", "suppress-unsubscribe")):
-            data = entries.get((kind, address))
+            data = entries.get((domain, kind, address))
             if data is None:
                 continue
             if kind == "unsubscribes":

@@ -148,3 +148,32 @@ async def test_grants_of_all_nodes_together_never_exceed_the_bucket(nodes):
     span = times[-1] - times[0]
     assert len(times) >= 0.9 * (rate * span), (len(times), span)
     assert len(times) <= burst + rate * span + 2
+
+
+async def test_an_automation_action_put_by_one_node_is_read_and_announced_on_every_node(nodes):
+    from mtad.store.shaping import ProviderAction
+    a, b = nodes(2)
+    seen = asyncio.Event()
+
+    async def changed() -> None:
+        seen.set()
+    b.on_change("shaping", changed)
+    assert await b.start_changes()
+    try:
+        await a.put_provider_actions([ProviderAction("gmail", "suspend", 60.0, rule="tss04"),
+                                      ProviderAction("yahoo", "max_connections", 30.0, 2.0, "slow")])
+        await asyncio.wait_for(seen.wait(), 5)  # b is told at once (LISTEN/NOTIFY)
+        got = {(x.provider, x.kind): x for x in await b.provider_actions()}
+        assert set(got) == {("gmail", "suspend"), ("yahoo", "max_connections")}
+        assert 58 < got[("gmail", "suspend")].seconds <= 60 and got[("gmail", "suspend")].node == "node-0"
+        assert got[("yahoo", "max_connections")].value == 2.0 and got[("yahoo", "max_connections")].rule == "slow"
+        # a shorter suspension does not shorten a longer one; a lowered limit replaces the earlier one
+        await b.put_provider_actions([ProviderAction("gmail", "suspend", 5.0),
+                                      ProviderAction("yahoo", "max_connections", 1.0, 1.0)])
+        got = {(x.provider, x.kind): x for x in await a.provider_actions()}
+        assert got[("gmail", "suspend")].seconds > 50
+        assert got[("yahoo", "max_connections")].value == 1.0 and got[("yahoo", "max_connections")].node == "node-1"
+        await asyncio.sleep(1.1)  # ran out: no longer in force
+        assert {(x.provider, x.kind) for x in await a.provider_actions()} == {("gmail", "suspend")}
+    finally:
+        await b.stop_changes()

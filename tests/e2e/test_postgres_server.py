@@ -4,7 +4,13 @@ the driver mtad uses connects to it, it commits durably, and it listens on loopb
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -86,3 +92,80 @@ def test_a_taken_port_is_retried_on_another(postgres):
     finally:
         second.stop()
     assert not second.folder.exists()
+
+
+# A test process that starts a server and then sleeps: it prints the postmaster's pid, the server's folder and
+# its watchdog's pid, then waits to be killed.
+_OWNER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.support.postgres import PostgresServer, find_binaries
+server = PostgresServer(find_binaries()).start()
+print((server.data / "postmaster.pid").read_text().split()[0], server.folder, server._watchdog.pid, flush=True)
+time.sleep(600)
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_owner() -> tuple[subprocess.Popen, int, Path, int]:
+    proc = subprocess.Popen([sys.executable, "-c", _OWNER, str(REPO)], stdout=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 90)
+    if not ready:
+        proc.kill()
+        pytest.fail("the server did not start within 90 s")
+    postmaster, folder, watchdog = proc.stdout.readline().split()
+    assert _alive(int(postmaster))
+    return proc, int(postmaster), Path(folder), int(watchdog)
+
+
+def _wait_gone(pid: int, folder: Path, seconds: float) -> float:
+    started = time.monotonic()
+    while (_alive(pid) or folder.exists()) and time.monotonic() - started < seconds:
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_a_server_dies_with_the_test_process_that_started_it(postgres):
+    """SIGKILL of pytest (a CI timeout) must not leave its PostgreSQL running: its watchdog stops it and
+    removes its folder within seconds."""
+    proc, postmaster, folder, _ = _start_owner()
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        took = _wait_gone(postmaster, folder, 10)
+        assert not _alive(postmaster), "the postmaster outlived the killed test process"
+        assert not folder.exists(), "the server's temporary folder was left behind"
+        assert took < 5
+    finally:
+        proc.kill()
+
+
+def test_run_sh_reaps_a_server_whose_owner_and_watchdog_were_killed(postgres):
+    """Both killed (kill -9 of everything): tests/run.sh's `pg_watchdog.py reap` stops the server left behind,
+    and leaves alone the servers of live test runs (this session's own)."""
+    proc, postmaster, folder, watchdog = _start_owner()
+    try:
+        os.kill(watchdog, signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(0.5)
+        assert _alive(postmaster) and folder.exists()  # nothing else stops it
+        out = subprocess.run([sys.executable, str(REPO / "tests/support/pg_watchdog.py"), "reap", str(folder.parent)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert str(folder) in out.stdout
+        _wait_gone(postmaster, folder, 10)
+        assert not _alive(postmaster) and not folder.exists()
+        assert postgres.folder.exists() and postgres.psql("SELECT 1") == "1"  # a live run's server stays
+    finally:
+        proc.kill()
+        if _alive(postmaster):
+            from tests.support import pg_watchdog
+            pg_watchdog.stop_cluster(folder, postgres.bin_dir)

@@ -12,6 +12,9 @@ tests/run.sh installs Debian's ``postgresql`` package when they are missing. Fix
 * ``pg_database`` (per test): ``make() -> DSN`` of a fresh, empty database on it, dropped after the test.
 
 Under pytest-xdist each worker has its own server.
+
+A server dies with the process that started it: a watchdog (tests/support/pg_watchdog.py) stops it and removes
+its folder when that process is gone, even after ``SIGKILL``; tests/run.sh reaps what a killed watchdog left.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.support import pg_watchdog
 
 TEST_USER = "mtadtest"  # the system user the server runs as when the tests run as root
 SUPERUSER = "mtad"  # the database superuser the tests log in as
@@ -72,11 +78,14 @@ class PostgresServer:
     """One PostgreSQL cluster in its own temporary folder; ``start()``, ``dsn()``, ``stop()``."""
 
     bin_dir: Path
-    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mtad-pg-")))
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=pg_watchdog.PREFIX)))
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     host: str = "127.0.0.1"
     port: int = 0
+    # stop the server when the process that started it is gone (False: it outlives it, e.g. bench/pg_bench.py)
+    watch: bool = True
     _user: pwd.struct_passwd | None = None
+    _watchdog: subprocess.Popen | None = None
 
     @property
     def data(self) -> Path:
@@ -106,6 +115,8 @@ class PostgresServer:
             self._user = _ensure_test_user()
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
         self.folder.chmod(0o700)
+        if self.watch:
+            self._start_watchdog()
         pwfile = self.folder / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self._user is not None:
@@ -136,6 +147,15 @@ class PostgresServer:
                 break
         raise RuntimeError(f"PostgreSQL did not start:\n{result.stderr}\n{last[-3000:]}")
 
+    def _start_watchdog(self) -> None:
+        """Name this process the server's owner and start its watchdog, before the server exists: from now on a
+        killed owner takes the server (once started) and the folder with it."""
+        pg_watchdog.write_owner(self.folder, os.getpid(), self.bin_dir)
+        self._watchdog = subprocess.Popen(
+            [sys.executable, pg_watchdog.__file__, "watch", str(self.folder), str(self.bin_dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # a signal to pytest's process group spares it
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run one SQL command with psql as the superuser; its unaligned output."""
         result = subprocess.run([str(self.bin_dir / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
@@ -164,7 +184,11 @@ class PostgresServer:
                   "-o", f"-p {self.port}")
 
     def stop(self) -> None:
-        """``pg_ctl stop -m fast`` and remove the folder; safe to call twice."""
+        """``pg_ctl stop -m fast`` and remove the folder (and end the watchdog); safe to call twice."""
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+            self._watchdog = None
         if self.data.exists() and (self.data / "postmaster.pid").exists():
             self._run(self.bin_dir / "pg_ctl", "stop", "-w", "-m", "fast", "-D", self.data, check=False)
         shutil.rmtree(self.folder, ignore_errors=True)

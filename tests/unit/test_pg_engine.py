@@ -113,3 +113,31 @@ async def test_a_cancelled_statement_fails_its_write_alone_and_the_batch_commits
         assert (name, timeout) == ("mtad node-t", "300ms")
     finally:
         store.close()
+
+
+async def test_a_write_raising_by_itself_fails_alone_with_what_it_wrote_and_its_batch_commits(pg_database):
+    """A pipelined batch has no savepoint per write: a write that raises after queuing a statement (not a statement
+    the server refused) makes the batch run again one write at a time; it fails alone and nothing of it stays."""
+    store = store_of(pg_database())
+    store.open()
+    try:
+        await store.write(lambda c: c.execute("CREATE TABLE t (x int)"))
+        round_trips = store.round_trips
+
+        def broken(c):
+            c.execute("INSERT INTO t VALUES (99)")
+            raise ValueError("the caller's own bug")
+        results = await asyncio.gather(*(store.write(lambda c, i=i: c.execute("INSERT INTO t VALUES (?)", (i,)))
+                                         for i in range(10)), store.write(broken),
+                                       *(store.write(lambda c, i=i: c.execute("INSERT INTO t VALUES (?)", (i,)))
+                                         for i in range(10, 20)), return_exceptions=True)
+        assert isinstance(results[10], ValueError) and "own bug" in str(results[10])
+        assert not any(isinstance(r, BaseException) for r in results[:10] + results[11:])
+        assert sorted(await store.read(lambda c: [r[0] for r in c.execute("SELECT x FROM t")])) == list(range(20))
+        # and a batch of writes that all succeed costs one round trip, not one per write (nor per savepoint)
+        before = store.round_trips
+        await asyncio.gather(*(store.write(lambda c, i=i: c.execute("INSERT INTO t VALUES (?)", (i,)))
+                               for i in range(100, 150)))
+        assert store.round_trips - before < 10 and store.commits > 0 and before > round_trips
+    finally:
+        store.close()

@@ -105,6 +105,33 @@ async def test_finish_attempt_writes_outcomes_events_bounce_list_and_dsn_togethe
     assert await count(store, "SELECT sum(count) FROM stats WHERE tag = '' AND event = 'accepted'") == 3
 
 
+async def test_finish_attempts_writes_a_burst_of_outcomes_in_one_transaction_all_or_none(store):
+    await store.enqueue([item([f"r{i}@x{i}.test"]) for i in range(6)], 1.0)
+    jobs = (await store.claim_due("w1", 2.0, 10)).jobs
+    ok, later = Outcome("delivered", 250, "2.0.0", "Ok"), Outcome("deferred", 451, "4.3.0", "Try later")
+
+    def done(job, outcome, dsn_builder=None):
+        attempt = finished(job, AttemptRecord({job.recipients[0]: outcome}, 1, 600.0), 3.0)
+        return spool.AttemptDone(job, attempt, 3.0, dsn_builder)
+
+    def broken(headers):
+        raise RuntimeError("a DSN builder's bug")
+    failing = spool.AttemptDone(jobs[5], finished(jobs[5], AttemptRecord(
+        {jobs[5].recipients[0]: Outcome("failed", 550, "5.1.1", "No such user")}, 1, None), 3.0), 3.0, broken)
+    with pytest.raises(RuntimeError, match="bug"):  # one item fails: none of the burst is written
+        await store.finish_attempts([done(jobs[0], ok), failing])
+    assert await count(store, "SELECT count(*) FROM deliveries WHERE state = 'done'") == 0
+    assert await count(store, "SELECT count(*) FROM events WHERE event != 'accepted'") == 0
+    writes = store.committed_writes
+    await store.finish_attempts([done(job, ok) for job in jobs[:4]] + [done(jobs[4], later)])
+    assert store.committed_writes == writes + 1  # one write (one transaction) for the five outcomes
+    rows = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
+        "SELECT state, locked_by FROM deliveries")))
+    assert rows == [("deferred", None)] + [("done", None)] * 4 + [("queued", "w1")]
+    assert await count(store, "SELECT count(*) FROM events WHERE event = 'delivered'") == 4
+    assert await count(store, "SELECT count(*) FROM events WHERE event = 'failed'") == 1
+
+
 async def test_the_operator_bounce_fails_every_pending_recipient_without_a_dsn(store):
     queued = item(["a@x.test", "b@y.test"])
     await store.enqueue([queued], 1.0)

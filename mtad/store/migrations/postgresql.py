@@ -372,6 +372,22 @@ CREATE TABLE IF NOT EXISTS template_versions (
 """)
 
 
+def _v13(conn: Any) -> None:
+    # What automation rules decided for a provider, shared by the nodes (store.postgres.shaping): like the shaping
+    # tables, state a crash may lose (each node keeps what it had in memory), so UNLOGGED.
+    conn.command("""
+CREATE UNLOGGED TABLE IF NOT EXISTS provider_actions (
+    provider TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL,
+    value DOUBLE PRECISION,
+    rule TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (provider, kind)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -385,6 +401,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
     Migration(12, "templates and template_versions: stored templates", _v12),
+    Migration(13, "provider_actions: automation rules' suspensions and throttles shared by the nodes", _v13),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

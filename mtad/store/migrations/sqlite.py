@@ -422,6 +422,13 @@ CREATE TABLE IF NOT EXISTS template_versions (
 """)
 
 
+# --- 13: automation rules' actions shared by the nodes ---------------------------------------------------------
+
+def _v13(conn: sqlite3.Connection) -> None:
+    """Nothing on SQLite: one node keeps its automation rules' actions in memory (outbound.throttle); PostgreSQL's
+    step 6 adds provider_actions (store.postgres.shaping). The number keeps both lists in step."""
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -435,6 +442,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
     Migration(12, "templates and template_versions: stored templates", _v12),
+    Migration(13, "provider_actions: automation rules' actions shared by the nodes (PostgreSQL only)", _v13),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -12,6 +12,9 @@ writes only unlogged tables commits without waiting for a WAL flush):
   may go at ``max(now, base - tau + i * T)`` where ``base = max(tat, now)``, ``T = 1 / per_second``, ``tau =
   (burst - 1) * T``; the grant moves ``tat`` on by ``n * T``. One upsert per grant; ``granted_from`` is the
   ``base`` of the last grant, so that ``RETURNING`` can say how many were granted.
+- ``provider_actions(provider, kind, until, value, rule, node)``: what automation rules decided (a provider
+  suspended or throttled), one row per provider and kind, until it runs out; a put notifies every node
+  (``store.changes``, kind ``shaping``) in its own transaction.
 Times are the server's (``clock_timestamp()``, seconds since the epoch), never a node's.
 
 Every call is one statement in autocommit on a connection of its own (``synchronous_commit = off``), run on one
@@ -28,7 +31,8 @@ from typing import Any, Callable, Sequence, TypeVar
 import psycopg
 
 from mtad.base.errors import StoreError
-from mtad.store.shaping import RateGrant
+from mtad.store.changes import CHANNEL
+from mtad.store.shaping import ProviderAction, RateGrant
 
 log = logging.getLogger("mtad.store")
 T = TypeVar("T")
@@ -64,8 +68,26 @@ ON CONFLICT (provider) DO UPDATE SET
 RETURNING granted_from, tat, (SELECT now FROM p)
 """
 
+# A suspension keeps the later end; a lowered limit replaces the earlier one of that limit. The same statement tells
+# every node (pg_notify is delivered when the statement's transaction commits: autocommit, at once).
+PUT_ACTION = f"""
+WITH p AS (SELECT {_NOW} AS now), up AS (
+    INSERT INTO provider_actions AS a (provider, kind, until, value, rule, node)
+    SELECT ?::text, ?::text, p.now + ?::float8, ?::float8, ?::text, ?::text FROM p
+    ON CONFLICT (provider, kind) DO UPDATE SET
+        until = CASE WHEN a.kind = 'suspend' THEN greatest(a.until, excluded.until) ELSE excluded.until END,
+        value = excluded.value, rule = excluded.rule, node = excluded.node
+    RETURNING 1)
+SELECT pg_notify(?::text, 'shaping') FROM up
+"""
+ACTIONS = f"""
+SELECT provider, kind, until - p.now, value, rule, node FROM provider_actions, (SELECT {_NOW} AS now) AS p
+WHERE until > p.now ORDER BY provider, kind
+"""
+
 SWEEP_SLOTS = f"DELETE FROM shaping_slots WHERE lease_until < {_NOW} - 60"
 SWEEP_BUCKETS = f"DELETE FROM shaping_buckets WHERE tat < {_NOW} - 10"  # tat <= now: as good as absent
+SWEEP_ACTIONS = f"DELETE FROM provider_actions WHERE until < {_NOW} - 60"
 
 
 def take_slot(conn: Any, provider: str, limit: int, holder: str, node: str, lease: float) -> int | None:
@@ -94,8 +116,19 @@ def take_rate(conn: Any, provider: str, per_second: float, burst: int, want: int
     return RateGrant(tuple(max(0.0, first + i * interval - now) for i in range(granted)))
 
 
+def put_actions(conn: Any, actions: Sequence[ProviderAction], node: str) -> None:
+    for a in actions:
+        conn.execute(PUT_ACTION, (a.provider, a.kind, a.seconds, a.value, a.rule, a.node or node, CHANNEL)).fetchone()
+
+
+def actions(conn: Any) -> tuple[ProviderAction, ...]:
+    return tuple(ProviderAction(provider, kind, float(left), None if value is None else float(value), rule, node)
+                 for provider, kind, left, value, rule, node in conn.execute(ACTIONS).fetchall())
+
+
 def sweep(conn: Any) -> int:
-    return conn.execute(SWEEP_SLOTS).rowcount + conn.execute(SWEEP_BUCKETS).rowcount
+    return (conn.execute(SWEEP_SLOTS).rowcount + conn.execute(SWEEP_BUCKETS).rowcount
+            + conn.execute(SWEEP_ACTIONS).rowcount)
 
 
 class ShapingMethods:
@@ -127,6 +160,14 @@ class ShapingMethods:
         if per_second <= 0 or want < 1:
             raise ValueError(f"per_second and want must be positive, got {per_second}, {want}")
         return await self._shape(lambda conn: take_rate(conn, provider, per_second, burst, want, horizon))
+
+    async def put_provider_actions(self, actions: Sequence[ProviderAction]) -> None:
+        todo = tuple(actions)
+        if todo:
+            await self._shape(lambda conn: put_actions(conn, todo, self.node_id))
+
+    async def provider_actions(self) -> tuple[ProviderAction, ...]:
+        return await self._shape(actions)
 
     async def sweep_shaping(self) -> int:
         return await self._shape(sweep)
