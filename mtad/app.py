@@ -47,6 +47,8 @@ from mtad.inbound.spam import Policies, SpamFilter
 from mtad.inbound.reports import Reports
 from mtad.outbound.returnpath import ReturnPaths
 from mtad.mail import returnpath
+from mtad.mail import unsubaddr
+from mtad.net.forwarded import ClientAddress
 from mtad.base.keys import derive
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
@@ -201,7 +203,8 @@ class App:
         self.accounts = await self.store.load_accounts()
         self.return_path_key = derive(self.signing_key, returnpath.PURPOSE)
         self.reports = Reports(key=self.return_path_key, store=self.store, addresses=cfg.feedback.addresses,
-                               keep=cfg.routing.store_retention.seconds)
+                               keep=cfg.routing.store_retention.seconds,
+                               unsubscribe_key=derive(self.signing_key, unsubaddr.PURPOSE), lists=self.store)
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing, lists=ListDirectory(self.store),
                                reports=self.reports)
@@ -293,7 +296,7 @@ class App:
         self.tracking_context = TrackingContext(
             store=self.store, tracking=Sealer(derive(self.signing_key, "tracking")),
             unsubscribe=Sealer(derive(self.signing_key, "unsubscribe")), clients=clients, suppressed=listed,
-            retention=cfg.tracking.retention.seconds)
+            retention=cfg.tracking.retention.seconds, client_address=ClientAddress(cfg.tracking.trusted_proxies))
 
     async def _start_tracking_listener(self) -> None:
         """The tracking endpoints on a listener of their own (``tracking.listen``); else they are on the API's."""

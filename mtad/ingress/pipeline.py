@@ -335,8 +335,8 @@ class Ingress:
         try:
             plan = await self.reports.plan(envelope, content, now)
             msg = NewMessage(envelope=envelope, body=content, direction="inbound", domain=plan.domain, headers=summary)
-            await self.store.commit_report(spool.Enqueue(queue_id, msg, plan.events, (), ()), plan.entries,
-                                           now + self.reports.keep, now)
+            await self.store.commit_report(spool.Enqueue(queue_id, msg, (), (), ()), (), now + self.reports.keep, now,
+                                           plan.outcomes)
         except StoreError as exc:
             self.counters.store_failures += 1
             log.error("%s: report not stored: %s", queue_id, exc)

@@ -422,6 +422,18 @@ CREATE TABLE IF NOT EXISTS template_versions (
 """)
 
 
+def _v13(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS report_keys (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,  -- lower-cased
+    kind TEXT NOT NULL,  -- bounce | delay | complaint | unsubscribe
+    created_at REAL NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -435,6 +447,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
     Migration(12, "templates and template_versions: stored templates", _v12),
+    Migration(13, "report_keys: a replayed late report records nothing", _v13),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
