@@ -465,9 +465,15 @@ class App:
         cfg = self.cfg
         key = keys.derive(self.signing_key or "mtad", listlinks.PURPOSE)
         base = api_base_url(cfg, self.api_address)
+        email_key = keys.derive(self.signing_key, unsubaddr.PURPOSE)
+
+        def unsubscribe_address(list_id: int, queue_id: str, address: str, domain: str) -> str:
+            if domain not in self.ingress.directory.sending_domains or list_id >= 10 ** 9:  # not taken at MX
+                return ""
+            return unsubaddr.address(email_key, queue_id, address, domain, unsubaddr.LIST, list_id)
         return Expander(store=self.store, unsubscribe_url=lambda list_id, address: listlinks.url(base, key, list_id,
                                                                                                address),
-                        wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
+                        unsubscribe_address=unsubscribe_address, wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
                         node_id=cfg.node_id)
 
     # --- run -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import re
 import smtplib
 from pathlib import Path
@@ -134,6 +135,33 @@ async def test_a_tag_scoped_unsubscribe_address_lists_the_message_tags(world):
     await one(world, "unsubscribed", rcpt)
     listed = await api(world, "GET", f"/v3/example.com/unsubscribes/{rcpt}")
     assert listed["tags"] == ["spring"]
+
+
+async def test_a_list_copy_unsubscribe_mailto_leaves_the_list(world):
+    members = ["stays@dest.test", "goes@dest.test"]
+    await api(world, "POST", "/v3/lists", data={"address": "club@example.com"})
+    await api(world, "POST", "/v3/lists/club@example.com/members.json", data={"members": json.dumps(members)})
+    await api(world, "POST", "/v3/example.com/messages", data={
+        "from": "news@example.com", "to": "club@example.com", "subject": "Club news", "text": "Hello club."})
+    got = (await world.sink.wait_for("goes@dest.test"))[0]
+    assert verifies(got.data)
+    msg = email.message_from_bytes(got.data, policy=email.policy.default)
+    url, mailto = [v.strip() for v in str(msg["List-Unsubscribe"]).split(",")]
+    assert "/list-unsubscribe/" in url and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    address = MAILTO.fullmatch(mailto).group(1)
+    assert address.startswith("unsubscribe+l")
+    await one(world, "delivered", "goes@dest.test")
+    unsubscribe_mail(world, address, "goes@dest.test")
+    (event,) = await one(world, "unsubscribed", "goes@dest.test")
+    assert event["mailing-list"]["address"] == "club@example.com"
+    got = await api(world, "GET", "/v3/lists/club@example.com/members/goes@dest.test")
+    assert got["member"]["subscribed"] is False
+    await api(world, "GET", "/v3/example.com/unsubscribes/goes@dest.test", expect=404)  # the list's matter only
+    await api(world, "POST", "/v3/example.com/messages", data={
+        "from": "news@example.com", "to": "club@example.com", "subject": "Again", "text": "Hello again."})
+    await world.sink.wait_for("stays@dest.test", count=2)
+    await asyncio.sleep(0.5)
+    assert len(world.sink.to("goes@dest.test")) == 1
 
 
 async def test_a_forged_or_altered_unsubscribe_address_is_refused_at_rcpt(world):
