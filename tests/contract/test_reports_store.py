@@ -118,3 +118,8 @@ async def test_an_outcome_is_recorded_once_per_message_recipient_and_kind(store)
     assert (await store.get_member("news@example.com", "a@x.test")).subscribed is False
     assert await store.count_events(EventQuery(None, (Match("event", "unsubscribed"),), limit=10)) == 1
     assert (await store.get_suppression("example.com", "unsubscribes", "a@x.test")) is None  # a list's own matter
+
+    # past event retention the keys go with the events (a report then finds no delivered event to match anyway)
+    await store.prune_events(50.0, 1000)
+    await store.commit_report(report(spool.new_queue_id()), (), 100.0, 60.0, [bounce(60.0)])
+    assert await store.count_events(EventQuery(None, (Match("event", "failed"),), limit=10)) == 1  # the new one
