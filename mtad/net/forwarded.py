@@ -12,7 +12,7 @@
   address (``unknown``, a host name, garbage), the last trusted hop seen (the peer, or the entry right of it).
 
 Addresses are compared as IP addresses (IPv4-mapped IPv6 as IPv4, a ``[v6]:port`` or ``v4:port`` form
-accepted). Pure, cached per distinct input.
+accepted). Pure, cached per distinct input; ``client_address(trusted)`` the one instance per list of networks.
 """
 
 from __future__ import annotations
@@ -63,3 +63,8 @@ class ClientAddress:
             if not self._trusted(found):
                 break
         return str(here)
+
+
+@functools.lru_cache(maxsize=8)
+def client_address(trusted: tuple[str, ...]) -> ClientAddress:
+    return ClientAddress(trusted)

@@ -213,6 +213,23 @@ async def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trust
     assert event["ip"] == ip
 
 
+async def test_the_list_unsubscribe_link_behind_a_trusted_proxy_records_the_forwarded_address(world):
+    await api(world, "POST", "/v3/lists", data={"address": "proxied@example.com"})
+    await api(world, "POST", "/v3/lists/proxied@example.com/members.json",
+              data={"members": json.dumps(["behind@dest.test"])})
+    await api(world, "POST", "/v3/example.com/messages", data={
+        "from": "news@example.com", "to": "proxied@example.com", "subject": "Proxied", "text": "Hi."})
+    got = (await world.sink.wait_for("behind@dest.test"))[0]
+    msg = email.message_from_bytes(got.data, policy=email.policy.default)
+    link = str(msg["List-Unsubscribe"]).split(",")[0].strip().strip("<>")
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector, headers={"X-Forwarded-For": "203.0.113.44"}) as http:
+        async with http.post(link, data={"List-Unsubscribe": "One-Click"}) as resp:
+            assert resp.status == 200
+    (event,) = await one(world, "unsubscribed", "behind@dest.test")
+    assert event["ip"] == "203.0.113.44"
+
+
 async def test_a_replayed_dsn_or_arf_report_records_one_event(world):
     rcpt = "replay@dest.test"
     qid = world.send([rcpt], "Replayed")
