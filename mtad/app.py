@@ -47,6 +47,8 @@ from mtad.inbound.spam import Policies, SpamFilter
 from mtad.inbound.reports import Reports
 from mtad.outbound.returnpath import ReturnPaths
 from mtad.mail import returnpath
+from mtad.mail import unsubaddr
+from mtad.net.forwarded import ClientAddress
 from mtad.base.keys import derive
 from mtad.smtp.tls import ServerTls, make_self_signed
 from mtad.store.workloop import WorkLoop
@@ -201,7 +203,8 @@ class App:
         self.accounts = await self.store.load_accounts()
         self.return_path_key = derive(self.signing_key, returnpath.PURPOSE)
         self.reports = Reports(key=self.return_path_key, store=self.store, addresses=cfg.feedback.addresses,
-                               keep=cfg.routing.store_retention.seconds)
+                               keep=cfg.routing.store_retention.seconds,
+                               unsubscribe_key=derive(self.signing_key, unsubaddr.PURPOSE), lists=self.store)
         self.ingress = Ingress(hostname=cfg.hostname, limits=cfg.limits, directory=self.directory(cfg),
                                store=self.store, router=self.routing, lists=ListDirectory(self.store),
                                reports=self.reports)
@@ -293,7 +296,7 @@ class App:
         self.tracking_context = TrackingContext(
             store=self.store, tracking=Sealer(derive(self.signing_key, "tracking")),
             unsubscribe=Sealer(derive(self.signing_key, "unsubscribe")), clients=clients, suppressed=listed,
-            retention=cfg.tracking.retention.seconds)
+            retention=cfg.tracking.retention.seconds, client_address=ClientAddress(cfg.tracking.trusted_proxies))
 
     async def _start_tracking_listener(self) -> None:
         """The tracking endpoints on a listener of their own (``tracking.listen``); else they are on the API's."""
@@ -462,9 +465,15 @@ class App:
         cfg = self.cfg
         key = keys.derive(self.signing_key or "mtad", listlinks.PURPOSE)
         base = api_base_url(cfg, self.api_address)
+        email_key = keys.derive(self.signing_key, unsubaddr.PURPOSE)
+
+        def unsubscribe_address(list_id: int, queue_id: str, address: str, domain: str) -> str:
+            if domain not in self.ingress.directory.sending_domains or list_id >= 10 ** 9:  # not taken at MX
+                return ""
+            return unsubaddr.address(email_key, queue_id, address, domain, unsubaddr.LIST, list_id)
         return Expander(store=self.store, unsubscribe_url=lambda list_id, address: listlinks.url(base, key, list_id,
                                                                                                address),
-                        wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
+                        unsubscribe_address=unsubscribe_address, wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
                         node_id=cfg.node_id)
 
     # --- run -------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from mtad.base import keys as keys_mod
 from mtad.base.types import domain_of
 from mtad.events import lists as list_events
 from mtad.mail import listlinks
+from mtad.net import forwarded
 from mtad.store.lists import (ACCESS_LEVELS, REPLY_PREFERENCES, ListChange, ListExists, ListMember, MailingList,
                               MemberChange, MemberExists)
 
@@ -547,8 +548,10 @@ async def unsubscribe(request: web.Request) -> web.Response:
         return found
     lst, member = found
     await request.read()  # RFC 8058 one-click posts "List-Unsubscribe=One-Click"; any POST is a confirmation
-    event = list_events.unsubscribed(lst.address, member, time.time(), request.remote or "",
-                                     request.headers.get("User-Agent", ""))
+    trusted = context(request).running_config().tracking.trusted_proxies
+    ip = forwarded.client_address(trusted).of(request.remote or "",
+                                              tuple(request.headers.getall("X-Forwarded-For", ())))
+    event = list_events.unsubscribed(lst.address, member, time.time(), ip, request.headers.get("User-Agent", ""))
     done = await context(request).store.unsubscribe_member(lst.id, member, [event])
     if done is None:
         return _page_response(404, "Not a member", f"{html.escape(member)} is not on this mailing list.")

@@ -12,6 +12,9 @@ under the API's public URL, or on a listener of their own (``tracking.listen``; 
   unsubscribe link) and records ``unsubscribed``, in one transaction; the next message to that address is
   suppressed. Already unsubscribed: the same answer, no second event.
 
+The client address of an event (``ip``, geolocation, machine detection) is the TCP peer's, or, when the peer is a
+reverse proxy of ``tracking.trusted_proxies``, the one its ``X-Forwarded-For`` names (``net.forwarded``).
+
 A token that is not one of mtad's (forged, altered, of another kind or purpose): ``404``, nothing recorded, no
 redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
 page saying the link expired. Events are written through the store's group commit (``record_engagements``:
@@ -38,6 +41,7 @@ from mtad.base.coalesce import Coalescer
 from mtad.base.errors import StoreError
 from mtad.events import engagement as engagement_mod
 from mtad.mail import tracktoken
+from mtad.net.forwarded import ClientAddress
 from mtad.store.engagement import Engagement, EngagementStore, TrackedMessage
 from mtad.store.events import NewEvent
 from mtad.store.suppressions import Suppression
@@ -62,6 +66,7 @@ class TrackingContext:
     clients: engagement_mod.Clients
     suppressed: Callable[[str, str, tuple[str, ...]], Awaitable[bool]]  # (domain, address, tags): listed already
     retention: float = 90 * 86400.0  # tracking.retention: older messages' URLs answer 410 (even when cached)
+    client_address: ClientAddress = ClientAddress()  # tracking.trusted_proxies: whose X-Forwarded-For is read
 
 
 TRACKING: web.AppKey["Tracker"] = web.AppKey("mtad_tracking")
@@ -95,7 +100,8 @@ class Tracker:
         return found
 
     def _fetch(self, request: web.Request) -> engagement_mod.Fetch:
-        return engagement_mod.Fetch(request.remote or "", request.headers.get("User-Agent", "")[:1024])
+        ip = self.ctx.client_address.of(request.remote or "", tuple(request.headers.getall("X-Forwarded-For", ())))
+        return engagement_mod.Fetch(ip, request.headers.get("User-Agent", "")[:1024])
 
     async def _record(self, kind: str, tracked: TrackedMessage, token: tracktoken.Token, request: web.Request,
                       url: str | None = None) -> None:

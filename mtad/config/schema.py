@@ -458,6 +458,8 @@ class TrackingConfig:
     machine_networks: tuple[str, ...] = ("17.0.0.0/8",)  # image fetchers flagged as Apple MPP (with the bare UA)
     machine_user_agents: tuple[str, ...] = _MACHINE_AGENTS  # regular expressions of link scanners' User-Agents
     scanner_window: Duration = Duration(10)  # a click this soon after delivery is a scanner's
+    # reverse proxies in front of the tracking endpoints: only from these is X-Forwarded-For read (net.forwarded)
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_build__(self, path: str) -> None:
         if self.base_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.base_url):
@@ -469,6 +471,11 @@ class TrackingConfig:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"{path}.machine_networks[{i}]", f"not a network: {net!r}") from None
+        for i, net in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{path}.trusted_proxies[{i}]", f"not a network: {net!r}") from None
         for i, pattern in enumerate(self.machine_user_agents):
             try:
                 re.compile(pattern)

@@ -1,9 +1,18 @@
 """Reports about sent mail arriving at the MX listener: late bounces (RFC 3464 DSNs) and complaints (ARF).
 
 Where they come in: a return path mtad gave its outbound mail (``bounce+TOKEN@<sending domain>``,
-``mail.returnpath``) or an address of the config's ``feedback.addresses``. Ingress asks ``recipient`` at RCPT:
-``report`` (take it; the domain need not be a receiving domain), ``forged`` (a return path whose token does not
-verify: 550 5.1.1), or None (ordinary mail). A transaction carries reports only, or no report at all.
+``mail.returnpath``), an unsubscribe address (``unsubscribe+TOKEN@<sending domain>``, ``mail.unsubaddr``: the
+``%unsubscribe_email%`` and ``List-Unsubscribe`` ``mailto:`` of a message) or an address of the config's
+``feedback.addresses``. Ingress asks ``recipient`` at RCPT: ``report`` (take it; the domain need not be a
+receiving domain), ``forged`` (a return path or unsubscribe address whose token does not verify: 550 5.1.1), or
+None (ordinary mail). A transaction carries reports only, or no report at all.
+
+A mail to an unsubscribe address (whatever it says: mail programs send an empty one, RFC 2369) unsubscribes the
+recipient the token names from what its scope says: the sending domain (``d``) or the message's tags (``t``):
+an ``unsubscribed`` event and the address on the domain's unsubscribes list; a mailing list (``l``): an
+``unsubscribed`` event naming the list and the member set ``subscribed: false`` (``store.lists``), nothing on
+the unsubscribes list (as the list's own unsubscribe link). The recipient and message come from the message's
+``delivered`` event (as for reports).
 
 What a report becomes (``plan``, committed by ingress with the report in one transaction,
 ``ReportStore.commit_report``): the report is matched to the ``delivered`` event of the message and recipient it
@@ -19,6 +28,8 @@ the token's recipient tag, else by the addresses the report names (``Final-Recip
   ``expanded`` ones: nothing.
 - A feedback report (any type but ``not-spam``): a ``complained`` event and the recipient on the domain's
   complaints list.
+- Every outcome is keyed ``(queue id, recipient, kind)`` (``store.reports.ReportOutcome``): a replayed DSN or
+  feedback report, or a second mail to an unsubscribe address, is taken, kept and logged, and records nothing.
 - Anything else is kept and logged without an event: not a report (an auto-reply to the return path), a
   malformed report (``mail.reports.ReportError``), a report about a message or recipient not found (never sent
   by mtad, or its events are past ``store.event_retention``), ambiguous (several recipients, none named).
@@ -33,14 +44,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Protocol, Sequence
 
 from mtad.base.types import Envelope, domain_of
 from mtad.events import shape
 from mtad.mail import reports as reports_mod
-from mtad.mail import returnpath
+from mtad.mail import returnpath, unsubaddr
 from mtad.store.events import NewEvent
-from mtad.store.reports import ListEntry, ReportStore, SentRecord
+from mtad.store.lists import MailingList
+from mtad.store.reports import ListEntry, ReportOutcome, ReportStore, SentRecord
 from mtad.store.suppressions import Suppression
 
 log = logging.getLogger("mtad.reports")
@@ -48,23 +60,37 @@ Kind = Literal["report", "forged"]
 PARSE_IN_THREAD = 256 * 1024  # larger reports are parsed off the event loop
 
 
+class ListLookup(Protocol):
+    async def get_list_by_id(self, list_id: int) -> MailingList | None: ...
+
+
 @dataclass(frozen=True)
 class ReportPlan:
-    """What committing one report writes: its events and list entries, the domain it is stored under, and the
-    outcome in words (logged)."""
+    """What committing one report writes: its outcomes (events and list entries, each once per message, recipient
+    and kind), the domain it is stored under, and the outcome in words (logged)."""
 
     domain: str
-    events: tuple[NewEvent, ...] = ()
-    entries: tuple[ListEntry, ...] = ()
+    outcomes: tuple[ReportOutcome, ...] = ()
     outcome: str = ""
+
+    @property
+    def events(self) -> tuple[NewEvent, ...]:
+        return tuple(e for o in self.outcomes for e in o.events)
+
+    @property
+    def entries(self) -> tuple[ListEntry, ...]:
+        return tuple(e for o in self.outcomes for e in o.entries)
 
 
 class Reports:
     """The report intake of ingress (see the module doc)."""
 
-    def __init__(self, *, key: bytes, store: ReportStore, addresses: Iterable[str] = (), keep: float = 3 * 86400):
+    def __init__(self, *, key: bytes, store: ReportStore, addresses: Iterable[str] = (), keep: float = 3 * 86400,
+                 unsubscribe_key: bytes = b"", lists: ListLookup | None = None):
         self.key = key
+        self.unsubscribe_key = unsubscribe_key  # ``mail.unsubaddr`` tokens (b"": unsubscribe addresses not taken)
         self.store = store
+        self.lists = lists
         self.configure(addresses, keep)
 
     def configure(self, addresses: Iterable[str], keep: float) -> None:
@@ -76,6 +102,8 @@ class Reports:
         """``report``, ``forged`` or None for an RCPT address; ``sending_domain``: its domain is one of mtad's."""
         if sending_domain and returnpath.is_return_path(address):
             return "report" if returnpath.verify(self.key, address) is not None else "forged"
+        if sending_domain and self.unsubscribe_key and unsubaddr.is_unsubscribe(address):
+            return "report" if unsubaddr.verify(self.unsubscribe_key, address) is not None else "forged"
         if address.lower() in self.addresses:
             return "report"
         return None
@@ -83,6 +111,10 @@ class Reports:
     async def plan(self, envelope: Envelope, content: bytes, now: float) -> ReportPlan:
         """What the report ``content`` sent to ``envelope.recipients`` commits; never raises for its content."""
         fallback = domain_of(envelope.recipients[0]) if envelope.recipients else ""
+        unsubscribes = [t for t in (unsubaddr.verify(self.unsubscribe_key, r) for r in envelope.recipients
+                                    if self.unsubscribe_key) if t is not None]
+        if unsubscribes:
+            return await self._unsubscribes(unsubscribes, envelope, fallback, now)
         try:
             if len(content) > PARSE_IN_THREAD:
                 report = await asyncio.to_thread(reports_mod.parse, content)
@@ -145,22 +177,23 @@ class Reports:
             key = (record.queue_id, record.recipient.lower())
             if key not in chosen or (block.permanent and not chosen[key][0].permanent):
                 chosen[key] = (block, record)
-        events, entries, words = [], [], []
+        outcomes, words = [], []
         for block, record in chosen.values():
             message = block.diagnostic or f"{block.status} {block.action}"
             event = shape.delayed_bounce(record.event, now, permanent=block.permanent, code=block.code,
                                          enhanced=block.status, message=message, mx_host=block.remote_mta)
-            events.append(NewEvent(record.domain, event))
             listed = block.permanent and block.status.startswith("5.1.") and block.code >= 500
-            if listed:
-                entries.append(ListEntry(record.domain, Suppression("bounces", record.recipient.lower(), now,
-                                                                    code=str(block.code), error=message[:500])))
+            entries = (ListEntry(record.domain, Suppression("bounces", record.recipient.lower(), now,
+                                                            code=str(block.code), error=message[:500])),) if listed else ()
+            outcomes.append(ReportOutcome((record.queue_id, record.recipient.lower(),
+                                           "bounce" if block.permanent else "delay"),
+                                          (NewEvent(record.domain, event),), entries))
             words.append(f"{'failed' if block.permanent else 'delayed'} {record.recipient} of {record.queue_id}"
                          f" ({block.status}{', bounce list' if listed else ''})")
         if unmatched:
             words.append(f"recipients not matched: {', '.join(unmatched[:5])}")
         domain = next(iter(chosen.values()))[1].domain if chosen else sent[0].domain
-        return ReportPlan(domain, tuple(events), tuple(entries),
+        return ReportPlan(domain, tuple(outcomes),
                           f"DSN matched by {how}: {'; '.join(words) or 'no failed or delayed recipient'}")
 
     def _complaint(self, report: reports_mod.FeedbackReport, sent: Sequence[SentRecord],
@@ -171,6 +204,43 @@ class Reports:
                                                       f" {len(sent)} recipients is not said, kept without an event")
         event = shape.complained(record.event, now)
         entry = ListEntry(record.domain, Suppression("complaints", record.recipient.lower(), now))
-        return ReportPlan(record.domain, (NewEvent(record.domain, event),), (entry,),
+        return ReportPlan(record.domain, (ReportOutcome((record.queue_id, record.recipient.lower(), "complaint"),
+                                                        (NewEvent(record.domain, event),), (entry,)),),
                           f"complaint ({report.feedback_type}) by {record.recipient} about {record.queue_id},"
                           f" matched by {how}")
+
+    async def _unsubscribes(self, tokens: Sequence[unsubaddr.Token], envelope: Envelope, fallback: str,
+                            now: float) -> ReportPlan:
+        """The outcomes of a mail to unsubscribe addresses (see the module doc)."""
+        outcomes, words, domain = [], [], ""
+        for token in tokens:
+            sent = await self.store.sent_by_queue_id(token.queue_id)
+            record = next((r for r in sent if token.names(self.unsubscribe_key, r.recipient)), None)
+            if record is None:
+                words.append(f"unsubscribe from {token.queue_id}: its recipient was never delivered to, or its"
+                             " events are past retention")
+                continue
+            domain = domain or record.domain
+            address = record.recipient.lower()
+            key = (record.queue_id, address, "unsubscribe")
+            extra = {"ip": envelope.client_ip, "method": "email",
+                     "client-info": {"client-type": "email client", "user-agent": ""}}
+            if token.scope == unsubaddr.LIST:
+                lst = await self.lists.get_list_by_id(token.list_id) if self.lists is not None else None
+                if lst is None:
+                    words.append(f"unsubscribe of {record.recipient} from list #{token.list_id}: no such list")
+                    continue
+                event = shape.about_delivered("unsubscribed", record.event, now, {},
+                                              {**extra, "mailing-list": {"address": lst.address,
+                                                                         "list-id": lst.address}})
+                outcomes.append(ReportOutcome(key, (NewEvent(record.domain, event),), member=(lst.id, address)))
+                words.append(f"{record.recipient} unsubscribed from the list {lst.address}")
+                continue
+            tags = tuple(record.event.get("tags") or ()) if token.scope == unsubaddr.TAG else ()
+            tags = tags or ("*",)
+            event = shape.about_delivered("unsubscribed", record.event, now, {}, extra)
+            entry = ListEntry(record.domain, Suppression("unsubscribes", address, now, tags=tags))
+            outcomes.append(ReportOutcome(key, (NewEvent(record.domain, event),), (entry,)))
+            words.append(f"{record.recipient} unsubscribed from {record.domain}"
+                         f"{'' if tags == ('*',) else ' tags ' + ', '.join(tags)} ({record.queue_id})")
+        return ReportPlan(domain or fallback, tuple(outcomes), "unsubscribe mail: " + "; ".join(words))

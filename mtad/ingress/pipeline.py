@@ -32,6 +32,7 @@ from mtad.mail import compose as compose_mod
 from mtad.events import shape
 from mtad.mail import headers
 from mtad.mail import options as options_mod
+from mtad.mail import unsubaddr
 from mtad.store import queue as spool
 from mtad.store.events import NewEvent
 from mtad.store.protocol import StoreProtocol
@@ -213,7 +214,8 @@ class Ingress:
         if session.auth_user is None and self.reports is not None:
             kind = self._report_kind(recipient)
             if kind == "forged":
-                return f"550 5.1.1 <{recipient}>: Recipient address rejected: invalid return path"
+                what = "unsubscribe address" if unsubaddr.is_unsubscribe(recipient) else "return path"
+                return f"550 5.1.1 <{recipient}>: Recipient address rejected: invalid {what}"
             if tx.recipients and (kind == "report") != (self._report_kind(tx.recipients[0]) == "report"):
                 return "452 4.5.3 Too many recipients: reports are taken in a transaction of their own"
             if kind == "report":
@@ -335,8 +337,8 @@ class Ingress:
         try:
             plan = await self.reports.plan(envelope, content, now)
             msg = NewMessage(envelope=envelope, body=content, direction="inbound", domain=plan.domain, headers=summary)
-            await self.store.commit_report(spool.Enqueue(queue_id, msg, plan.events, (), ()), plan.entries,
-                                           now + self.reports.keep, now)
+            await self.store.commit_report(spool.Enqueue(queue_id, msg, (), (), ()), (), now + self.reports.keep, now,
+                                           plan.outcomes)
         except StoreError as exc:
             self.counters.store_failures += 1
             log.error("%s: report not stored: %s", queue_id, exc)

@@ -7,7 +7,8 @@ vars cannot add a header). The recipient-scoped names are always filled (a missi
 does), the system names given in ``ctx.system`` too; the others (``%unsubscribe_url%`` ...) stay for the delivery
 stage. ``has_any_variable(body)`` says whether a message names any variable at all (when it does not, every
 member's copy is the same bytes and the expansion skips the per-member work). ``with_reply_to(body, address)``
-adds ``Reply-To`` unless the message has one. Pure functions.
+adds ``Reply-To`` unless the message has one; ``with_list_unsubscribe(body, url, mailto)`` adds a member's
+``List-Unsubscribe`` (RFC 2369, its ``mailto:`` when given) and ``List-Unsubscribe-Post`` (RFC 8058). Pure functions.
 """
 
 from __future__ import annotations
@@ -60,3 +61,17 @@ def with_reply_to(body: bytes, address: str) -> bytes:
     if headers_mod.first(fields, "Reply-To") is not None:
         return body
     return f"Reply-To: {address}\r\n".encode("ascii", "replace") + body
+
+
+def has_header(body: bytes, name: str) -> bool:
+    try:
+        fields, _ = headers_mod.parse_block(body, 10_000, 1 << 20)
+    except ValueError:
+        return False
+    return headers_mod.first(fields, name) is not None
+
+
+def with_list_unsubscribe(body: bytes, url: str, mailto: str = "") -> bytes:
+    value = f"<{url}>" + (f", <mailto:{mailto}>" if mailto else "")
+    return (f"List-Unsubscribe: {value}\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+            .encode("ascii", "replace") + body)

@@ -9,14 +9,15 @@ system variables and the List-Unsubscribe headers (RFC 2369, RFC 8058).
    for every recipient and every retry) and the recipient (``tracktoken``);
 2. with ``unsubscribe`` on, the domain's footer is added (HTML before ``</body>``, text at the end);
 3. the system variables are filled (``%unsubscribe_url%`` ``{base_url}/u/{token}``, ``%tag_unsubscribe_url%``,
-   ``%unsubscribe_email%``) and, this being the last stage, every variable left is emptied (``variables``,
+   ``%unsubscribe_email%``: ``spec.unsubscribe_email``, an ``unsubscribe+TOKEN@`` address, ``mail.unsubaddr``) and, this being the last stage, every variable left is emptied (``variables``,
    ``final=True``); ``%mailing_list_unsubscribe_url%`` was filled at list expansion;
 4. with ``opens`` on, a 1x1 image ``{base_url}/o/{token}`` goes before ``</body>`` of each HTML part.
 
 Links are rewritten before the footer and the variables go in, so mtad's own unsubscribe URLs are never turned
 into click redirects. When unsubscribe tracking is on, or the message names an unsubscribe variable, and it has
-no ``List-Unsubscribe`` of its own, ``List-Unsubscribe: <{base_url}/u/{token}>`` and ``List-Unsubscribe-Post:
-List-Unsubscribe=One-Click`` are added at the top of the header (DKIM then signs them: ``dkim`` lists both).
+no ``List-Unsubscribe`` of its own, ``List-Unsubscribe: <{base_url}/u/{token}>, <mailto:{unsubscribe_email}>``
+(RFC 2369; the ``mailto:`` when the spec has an address) and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``
+are added at the top of the header (DKIM then signs them: ``dkim`` lists both).
 
 ``needs_render(body)`` is the cheap test the scheduler makes once per delivery: does the message name a system
 variable (checked on the raw bytes, quoted-printable soft breaks removed)? Messages that need neither tracking
@@ -160,7 +161,7 @@ def render(body: bytes, spec: RenderSpec) -> bytes:
             elif not is_html and spec.text_footer:
                 text = text + ("" if text.endswith("\n") else "\r\n") + spec.text_footer
         if "%" in text:
-            if "%unsubscribe_url%" in text or "%tag_unsubscribe_url%" in text:
+            if "%unsubscribe_url%" in text or "%tag_unsubscribe_url%" in text or "%unsubscribe_email%" in text:
                 used_unsubscribe[0] = True
             text = variables_mod.substitute(text, ctx, final=True)
         if is_html and spec.opens and tracking is not None:

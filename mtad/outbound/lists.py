@@ -13,7 +13,10 @@ drops suppressed recipients with the usual ``failed`` events, and records each c
 A copy: the original's bytes with the member's variables written in (``mail.listcopy``: ``%recipient%``,
 ``%recipient_fname%``/``%recipient_lname%`` from the member's name, ``%recipient.KEY%`` from its vars,
 ``%mailing_list_unsubscribe_url%`` its own link); ``Reply-To: <list>`` when the list takes posts (``members``,
-``everyone``) and prefers replies to the list; the original's options (tags, tracking, variables, delivery time).
+``everyone``) and prefers replies to the list; unless the message has its own, ``List-Unsubscribe: <its link>,
+<mailto:its unsubscribe address>`` (RFC 2369; the address, ``mail.unsubaddr`` list scope, when the sending domain
+takes them: ``unsubscribe_address``) and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058: the
+link takes any POST), which the delivery stage then leaves alone and DKIM signs; the original's options (tags, tracking, variables, delivery time).
 A message that names no variable is the same bytes for everybody and is not edited per member. A message posted
 over the MX listener is sent on from the list's domain, its envelope sender rewritten (SRS) as forwards are, so
 bounces come back to the original sender.
@@ -53,6 +56,7 @@ class CopyPlan:
     list: MailingList
     body: bytes
     personal: listcopy.Personaliser | None  # set when the body names variables: edited per member
+    list_unsubscribe: bool  # the copies get List-Unsubscribe (the message has none of its own)
     sender: str
     domain: str
     envelope: dict
@@ -70,16 +74,22 @@ def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | Non
     if inbound and srs_key is not None:
         sender = srs.forward_address(sender, domain_of(lst.address), srs_key, now)
     personal = listcopy.Personaliser(body) if listcopy.has_any_variable(body) else None
-    return CopyPlan(message.id, lst, body, personal, sender,
+    return CopyPlan(message.id, lst, body, personal, not listcopy.has_header(body, "List-Unsubscribe"), sender,
                     domain_of(lst.address) if inbound else message.domain, dict(message.envelope),
                     dict(message.headers), SendOptions.from_json(message.options), tuple(message.attachments))
 
 
-def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float) -> spool.Enqueue:
-    """One member's copy with its ``accepted`` event, ready to commit."""
+def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float,
+                unsubscribe_address: Callable[[int, str, str, str], str] | None = None) -> spool.Enqueue:
+    """One member's copy with its ``accepted`` event, ready to commit. ``unsubscribe_address(list id, queue id,
+    member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none)."""
     ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
                                          {"mailing_list_unsubscribe_url": unsubscribe_url})
     body = p.personal.render(ctx) if p.personal is not None else p.body
+    queue_id = spool.new_queue_id()
+    if p.list_unsubscribe:
+        mailto = unsubscribe_address(p.list.id, queue_id, member.address, p.domain) if unsubscribe_address else ""
+        body = listcopy.with_list_unsubscribe(body, unsubscribe_url, mailto)
     env = p.envelope
     envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip=env.get("client_ip") or "",
                         client_helo=env.get("client_helo") or "", auth_user=env.get("auth_user"),
@@ -91,21 +101,21 @@ def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: floa
         subject = variables_mod.substitute(subject, ctx)
     summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
     msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
-    queue_id = spool.new_queue_id()
     events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
     return spool.Enqueue(queue_id, msg, events)
 
 
 class Expander:
     """Claims expansion rows and expands them (see the module doc). ``unsubscribe_url(list_id, address)`` makes a
-    member's link; ``wake`` tells the scheduler that copies were committed."""
+    member's link, ``unsubscribe_address(list_id, queue_id, address, domain)`` its unsubscribe address (or ""); ``wake`` tells the scheduler that copies were committed."""
 
     def __init__(self, *, store: StoreProtocol, unsubscribe_url: Callable[[int, str], str],
-                 wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
+                 unsubscribe_address: Callable[[int, str, str, str], str] | None = None, wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
                  batch_size: int = BATCH, max_concurrent: int = 2, poll_interval: float = 1.0,
                  clock: Callable[[], float] = time.time):
         self.store = store
         self.unsubscribe_url = unsubscribe_url
+        self.unsubscribe_address = unsubscribe_address
         self.wake_scheduler = wake
         self.srs_key = srs_key
         self.batch_size = batch_size
@@ -221,7 +231,8 @@ class Expander:
         return True
 
     def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
-        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now) for m in members]
+        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address)
+                for m in members]
 
     async def stop(self) -> None:
         self._stopping = True

@@ -12,7 +12,9 @@ Unsubscribe tracking (the footer, the List-Unsubscribe headers) follows the doma
 address and mtad's own DSNs are never tracked, and never rendered.
 
 ``spec(job, recipient)`` is the ``RenderSpec`` a worker renders one copy with (tokens sealed with the purpose
-keys ``derive(signing_key, "tracking")`` and ``derive(signing_key, "unsubscribe")``); ``tracked(job, links)`` the
+keys ``derive(signing_key, "tracking")`` and ``derive(signing_key, "unsubscribe")``; ``%unsubscribe_email%``, the
+``mailto:`` of ``List-Unsubscribe``, is the recipient's ``unsubscribe+TOKEN@<sending domain>``, ``mail.unsubaddr``,
+domain scope); ``tracked(job, links)`` the
 row the tracking endpoints read the message back from. Settings are a snapshot replaced after a change
 (``update``); pure otherwise.
 """
@@ -27,6 +29,7 @@ from mtad.base import keys as keys_mod
 from mtad.base.types import DSN_TRANSPORT
 from mtad.config.schema import TrackingConfig
 from mtad.mail import render as render_mod
+from mtad.mail import unsubaddr
 from mtad.store.engagement import DomainTracking, TrackedMessage
 from mtad.store.queue import DeliveryJob
 
@@ -52,6 +55,7 @@ class Tracking:
         self.base_url = base_url.rstrip("/")
         self.tracking_key = keys_mod.derive(signing_key, "tracking")
         self.unsubscribe_key = keys_mod.derive(signing_key, "unsubscribe")
+        self.unsubscribe_email_key = keys_mod.derive(signing_key, unsubaddr.PURPOSE)
         d = config.defaults
         self.defaults = DomainTracking(open=d.open, click=d.click_mode, unsubscribe=d.unsubscribe)
         self.settings: dict[str, DomainTracking] = dict(settings or {})
@@ -95,7 +99,9 @@ class Tracking:
         return render_mod.RenderSpec(
             queue_id=job.queue_id, recipient=recipient, base_url=self.base_for(e.settings), clicks=e.clicks,
             opens=e.opens, unsubscribe=e.unsubscribe, html_footer=e.settings.html_footer,
-            text_footer=e.settings.text_footer, tracking_key=self.tracking_key, unsubscribe_key=self.unsubscribe_key)
+            text_footer=e.settings.text_footer, tracking_key=self.tracking_key, unsubscribe_key=self.unsubscribe_key,
+            unsubscribe_email=unsubaddr.address(self.unsubscribe_email_key, job.queue_id, recipient,
+                                                job.sending_domain) if job.sending_domain else "")
 
     def tracked(self, job: DeliveryJob, links: list[str] | None, now: float | None = None) -> TrackedMessage:
         """What the tracking endpoints need of ``job``'s message (its events' fields, its link list)."""

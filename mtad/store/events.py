@@ -323,13 +323,16 @@ def record_all(conn: sqlite3.Connection, events: Iterable[NewEvent]) -> None:
 # --- retention ---------------------------------------------------------------------------------------------
 
 def prune_batch(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
-    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows and
-    stored-once user variables no newer event names."""
+    """Delete up to ``limit`` events older than ``cutoff`` (oldest first), and as many finished webhook rows,
+    report keys (``store.reports``) and stored-once user variables no newer event names."""
     old_events = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?"
                               " ORDER BY timestamp LIMIT ?)", (cutoff, limit)).rowcount
     deleted = old_events
     deleted += conn.execute("DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
                             " WHERE state IN ('done', 'failed') AND updated_at < ? LIMIT ?)", (cutoff, limit)).rowcount
+    # keys of replayed reports (store.reports): past event retention a report finds no delivered event to match
+    deleted += conn.execute("DELETE FROM report_keys WHERE (queue_id, recipient, kind) IN (SELECT queue_id,"
+                            " recipient, kind FROM report_keys WHERE created_at < ? LIMIT ?)", (cutoff, limit)).rowcount
     if old_events < limit:  # no event older than the cutoff is left, so none names variables last used before it
         deleted += conn.execute("DELETE FROM event_variables WHERE key IN (SELECT key FROM event_variables"
                                 " WHERE last_at < ? LIMIT ?)", (cutoff, limit)).rowcount

@@ -83,3 +83,43 @@ async def test_a_report_commits_with_its_events_and_list_entries_or_not_at_all(s
     assert (await store.get_suppression("example.com", "complaints", "c@x.test")) is None
     assert await store.count_events(EventQuery(None, (Match("event", "complained"),), limit=10)) == 1
     assert await store.expire_stored(101.0) == 1 and await store.message(report_id) is None  # kept, then expired
+
+
+async def test_an_outcome_is_recorded_once_per_message_recipient_and_kind(store):
+    """A replayed report (the same queue id, recipient and kind): the report is kept, its outcome not recorded
+    again; another kind for the same recipient is. A list outcome sets the member unsubscribed."""
+    from mtad.store.lists import ListMember, MailingList
+    from mtad.store.reports import ReportOutcome
+    qid = spool.new_queue_id()
+    sent = delivered(qid, "a@x.test", 2.0).data
+
+    def bounce(now: float) -> ReportOutcome:
+        return ReportOutcome((qid, "a@x.test", "bounce"),
+                             (NewEvent("example.com", shape.delayed_bounce(sent, now, permanent=True, code=550,
+                                                                           enhanced="5.1.1", message="gone",
+                                                                           mx_host="mx")),),
+                             (ListEntry("example.com", Suppression("bounces", "a@x.test", now, code="550")),))
+    first, replay = spool.new_queue_id(), spool.new_queue_id()
+    assert await store.commit_report(report(first), (), 100.0, 5.0, [bounce(5.0)]) == 1
+    assert await store.commit_report(report(replay), (), 100.0, 6.0, [bounce(6.0)]) == 0
+    assert (await store.message(replay)) is not None  # the replay is kept
+    assert await store.count_events(EventQuery(None, (Match("event", "failed"),), limit=10)) == 1
+    complaint = ReportOutcome((qid, "a@x.test", "complaint"), (NewEvent("example.com", shape.complained(sent, 7.0)),))
+    await store.commit_report(report(spool.new_queue_id()), (), 100.0, 7.0, [complaint])
+    assert await store.count_events(EventQuery(None, (Match("event", "complained"),), limit=10)) == 1
+
+    lst = await store.create_list(MailingList(0, "news@example.com", created_at=1.0))
+    await store.add_members("news@example.com", [ListMember("a@x.test")], "strict", 1.0)
+    left = shape.about_delivered("unsubscribed", sent, 8.0, {}, {"mailing-list": {"address": lst.address}})
+    member = ReportOutcome((qid, "a@x.test", "unsubscribe"), (NewEvent("example.com", left),),
+                           member=(lst.id, "a@x.test"))
+    for _ in range(2):
+        await store.commit_report(report(spool.new_queue_id()), (), 100.0, 8.0, [member])
+    assert (await store.get_member("news@example.com", "a@x.test")).subscribed is False
+    assert await store.count_events(EventQuery(None, (Match("event", "unsubscribed"),), limit=10)) == 1
+    assert (await store.get_suppression("example.com", "unsubscribes", "a@x.test")) is None  # a list's own matter
+
+    # past event retention the keys go with the events (a report then finds no delivered event to match anyway)
+    await store.prune_events(50.0, 1000)
+    await store.commit_report(report(spool.new_queue_id()), (), 100.0, 60.0, [bounce(60.0)])
+    assert await store.count_events(EventQuery(None, (Match("event", "failed"),), limit=10)) == 1  # the new one

@@ -243,8 +243,9 @@ async def test_domain_defaults_footer_list_unsubscribe_and_one_click_unsubscribe
     got = (await world.sink.wait_for(rcpt))[0]
     assert verifies(got.data)
     msg = email.message_from_bytes(got.data, policy=email.policy.default)
-    unsub = msg["List-Unsubscribe"]
+    unsub, mailto = str(msg["List-Unsubscribe"]).split(", ")  # RFC 2369: the URL and the unsubscribe address
     assert re.fullmatch(re.escape(world.api_url) + r"/u/[A-Za-z0-9_-]+", unsub.strip("<>"))
+    assert re.fullmatch(r"<mailto:unsubscribe\+[a-z0-9.]+-[a-z2-7]{10}@other\.org>", mailto)
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     signed = re.search(rb"h=([^;]+);", got.data.replace(b"\r\n\t", b"").replace(b"\r\n ", b"")).group(1).lower()
     assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed

@@ -426,7 +426,19 @@ CREATE TABLE IF NOT EXISTS template_versions (
 
 def _v13(conn: sqlite3.Connection) -> None:
     """Nothing on SQLite: one node keeps its automation rules' actions in memory (outbound.throttle); PostgreSQL's
-    step 6 adds provider_actions (store.postgres.shaping). The number keeps both lists in step."""
+    step 13 adds provider_actions (store.postgres.shaping). The number keeps both lists in step."""
+
+
+def _v14(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS report_keys (
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,  -- lower-cased
+    kind TEXT NOT NULL,  -- bounce | delay | complaint | unsubscribe
+    created_at REAL NOT NULL,
+    PRIMARY KEY (queue_id, recipient, kind)
+);
+""")
 
 
 STEPS: tuple[Migration, ...] = (
@@ -443,6 +455,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
     Migration(12, "templates and template_versions: stored templates", _v12),
     Migration(13, "provider_actions: automation rules' actions shared by the nodes (PostgreSQL only)", _v13),
+    Migration(14, "report_keys: a replayed late report records nothing", _v14),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
