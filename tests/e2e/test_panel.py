@@ -21,6 +21,11 @@ import asyncio
 import concurrent.futures
 import email
 import email.policy
+import email.utils
+import smtplib
+from email.mime.base import MIMEBase
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
 import os
 import re
 import shutil
@@ -33,7 +38,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.helpers import queue_id, send, submission
-from tests.e2e.outbound_support import SENDER, Sent, deliveries, serve_domain, wait_final
+from tests.e2e.outbound_support import SENDER, Sent, deliveries, events, serve_domain, wait_final
 from tests.support.api import AUTH
 from tests.support.daemon import API_KEY
 from tests.support.wait import wait_until
@@ -43,6 +48,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or ""
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tests/run.sh installs it)")
 
 PANEL_USER, PANEL_PASSWORD = "operator", "correct horse battery"
+FBL = "fbl@feedback.panel.test"
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 
@@ -51,6 +57,7 @@ def daemon(outbound_mtad):
     d = outbound_mtad(delivery={"retry": {"schedule": ["1m"]}}, start=False)
     d.cfg["routing"] = {"allowed_networks": ["127.0.0.0/8"]}  # the test's webhook receiver is on loopback
     d.cfg["tracking"] = {"scanner_window": "0s"}  # the test's fetches right after delivery are a person's
+    d.cfg["feedback"] = {"addresses": [FBL]}  # where the test's ARF complaint goes
     d.cfg["ui"] = {"max_sign_in_failures_per_client": 100, "max_sign_in_failures_per_account": 3,
                    "sign_in_lockout": "10m"}
     d.start()
@@ -381,7 +388,8 @@ def test_every_main_page_renders_fits_a_phone_and_is_saved(page, daemon, shots):
     page.goto("/ui/")
     assert page.locator("figure.chart .uplot").count() == 2  # the vendored chart library drew both charts
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/ui/logs", "/ui/queue", "/ui/routes", "/ui/suppressions", "/ui/domains/panel.example.org", "/ui/"):
+    for path in ("/ui/logs", "/ui/queue", "/ui/routes", "/ui/suppressions", "/ui/domains/panel.example.org",
+                 "/ui/lists", "/ui/templates/example.com", "/ui/"):
         page.goto(path)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
     shots(page, "dashboard-phone")
@@ -450,7 +458,21 @@ def fetch_all(urls: list[str]) -> list[int]:
         return pool.submit(asyncio.run, run()).result(timeout=20)
 
 
-def test_opens_and_clicks_show_in_the_message_timeline(page, daemon, loopback_dns, mx_farm, shots):
+def complain(daemon, original: bytes, rcpt_to: str) -> None:
+    """An ARF report about ``original`` (RFC 5965, as a feedback loop sends it) to mtad's MX listener."""
+    msg = MIMEMultipart("report", report_type="feedback-report")
+    msg["From"], msg["To"], msg["Subject"] = "fbl@isp.test", FBL, "Abuse report"
+    msg["Message-ID"] = email.utils.make_msgid(domain="isp.test")
+    report = MIMEBase("message", "feedback-report")
+    report.set_payload(f"Feedback-Type: abuse\r\nUser-Agent: IspFBL/1.0\r\nVersion: 1\r\n"
+                       f"Original-Rcpt-To: <{rcpt_to}>\r\n")
+    msg.attach(report)
+    msg.attach(MIMEMessage(email.message_from_bytes(original)))
+    with smtplib.SMTP("127.0.0.1", daemon.mx, local_hostname="isp.test", timeout=10) as s:
+        s.sendmail("fbl@isp.test", [FBL], msg.as_bytes())
+
+
+def test_opens_clicks_and_a_complaint_show_in_the_message_timeline(page, daemon, loopback_dns, mx_farm, shots):
     mx = serve_domain(loopback_dns, mx_farm, "track.panel.test")
     sign_in(page)
     sent = api_send(page, "POST", "/v3/example.com/messages", {
@@ -461,19 +483,24 @@ def test_opens_and_clicks_show_in_the_message_timeline(page, daemon, loopback_dn
     body = "".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text")
     urls = [re.findall(re.escape(daemon.api_url) + f"/{kind}/[A-Za-z0-9_-]+", body)[0] for kind in ("o", "c")]
     assert fetch_all(urls) == [200, 302]
+    complain(daemon, received.data, "reader@track.panel.test")
+    wait_until(lambda: events(daemon, recipient="reader@track.panel.test", kind="complained"), 10, "the complaint")
     page.goto("/ui/logs?" + "recipient=reader@track.panel.test")
     page.locator("#events a", has_text="Spring sale").first.click()
     timeline = page.locator("#timeline tbody tr")
     sync_api.expect(timeline.filter(has_text="clicked")).to_contain_text("https://shop.example/sale")
     sync_api.expect(timeline.filter(has_text="opened")).to_contain_text("Thunderbird")
-    events = [row.split("\t")[1].split(" ")[0] for row in timeline.all_inner_texts()]
-    assert events[:2] == ["accepted", "delivered"] and {"opened", "clicked"} <= set(events), events
+    seen = [row.split("\t")[1].split(" ")[0] for row in timeline.all_inner_texts()]
+    assert seen[:2] == ["accepted", "delivered"] and {"opened", "clicked", "complained"} <= set(seen), seen
     assert sent["id"].strip("<>") in page.inner_text("main")
     shots(page, "message-tracked")
     page.goto("/ui/")  # the dashboard counts them
     opened = page.locator(".card", has_text="Last hour").locator("dd[data-event=opened]")
     assert int(opened.inner_text()) >= 1
-    assert page.locator(".card", has_text="Last hour").locator("dd[data-event=complained]").count() == 1
+    assert int(page.locator(".card", has_text="Last hour").locator("dd[data-event=complained]").inner_text()) >= 1
+    page.goto("/ui/suppressions?domain=example.com&kind=complaints")  # the complaint listed the address
+    sync_api.expect(page.locator("#suppressions tr", has_text="reader@track.panel.test")).to_contain_text(
+        "spam complaint")
 
 
 def test_create_a_mailing_list_and_manage_its_members(page, daemon, shots):
