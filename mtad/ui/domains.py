@@ -79,8 +79,12 @@ async def _settings(request: web.Request, info: dict[str, Any], posted: dict[str
               "click": "htmlonly" if click == "htmlonly" else _yes(click),
               "unsubscribe": _yes(unsub.get("active")), "html_footer": unsub.get("html_footer") or "",
               "text_footer": unsub.get("text_footer") or "", "base_url": t.get("base_url") or "",
-              "spam_action": info["spam_action"], "spam_threshold": str(info["spam_threshold"]),
-              "spam_on_error": info["spam_on_error"], **(auth.get("policy") or {})}
+              "spam_action": info["spam_action"], "spam_threshold": "", "spam_on_error": "",
+              **(auth.get("policy") or {})}
+    own = ui_context(request).api.accounts().domains.get(info["name"])  # an API domain's own spam settings
+    if own is not None:  # empty: the configuration's default (``spam.threshold``, ``spam.on_error``)
+        values["spam_threshold"] = "" if own.spam_threshold is None else f"{own.spam_threshold:g}"
+        values["spam_on_error"] = own.spam_on_error or ""
     values.update({k: v for k, v in posted.items() if k in values})
     return {"values": values, "auth": auth, "auth_actions": api_auth.ACTIONS, "auth_fields": api_auth.FIELDS,
             "spam_actions": api_domains.SPAM_ACTIONS}

@@ -428,6 +428,13 @@ def test_set_a_domains_tracking_spam_filtering_and_authentication_policy(page, d
     sync_api.expect(page.get_by_role("status")).to_have_text("Spam filtering settings saved.")
     domain = api_get(page, "/v3/domains/settings.panel.test")["domain"]
     assert (domain["spam_action"], domain["spam_threshold"], domain["spam_on_error"]) == ("block", 7.5, "tempfail")
+    assert (page.input_value("#spam-threshold"), page.input_value("#spam-on-error")) == ("7.5", "tempfail")
+    page.fill("#spam-threshold", "")  # empty: back to the configuration's default
+    page.click("text=Save spam filtering")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Spam filtering settings saved.")
+    default = api_get(page, "/v3/domains/example.com")["domain"]["spam_threshold"]
+    assert api_get(page, "/v3/domains/settings.panel.test")["domain"]["spam_threshold"] == default
+    assert page.input_value("#spam-threshold") == ""
 
     page.select_option("#auth-spf_fail", "reject")
     page.click("text=Save policy")
