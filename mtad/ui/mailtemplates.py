@@ -4,16 +4,22 @@ add a version, activate one, delete a version or the template.
 Reads are the store's typed methods the templates API reads (``template_page``, ``get_template``,
 ``template_versions``); every change is the templates API's own handler run on the panel's request
 (``web.call_api``): the same name, tag, content (Handlebars checked when stored), headers and limits, and its
-refusal shown at the form. Content is shown as text, never rendered.
+refusal shown at the form. Content is shown as text; a preview renders the version shown with variables given as
+JSON (``mail.templating``, the renderer sends use, with its limits; HTML-escaped values as in a send) and shows the
+result as text too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
 from mtad.api import templates as api_templates
+from mtad.mail import templating
 from mtad.ui import PREFIX
 from mtad.ui.web import call_api, error_page, form, notify, page, redirect, render, ui_context
 
@@ -99,9 +105,35 @@ async def _template_page(request: web.Request, *, status: int = 200, error: str 
     tag = request.query.get("tag")
     shown = await store.get_template(domain, name, tag=tag) if tag else await store.get_template(domain, name,
                                                                                                   active=True)
+    version = shown.version if shown else None
+    preview = await _preview(version, request.query["vars"]) if version and "vars" in request.query else None
     return render(request, "template.html", status=status, title=f"Template {name}", domain=domain,
-                  tpl=template, versions=versions, shown=shown.version if shown else None, error=error,
-                  values=values or {})
+                  tpl=template, versions=versions, shown=version, error=error, values=values or {},
+                  preview=preview, preview_vars=request.query.get("vars", "{}"))
+
+
+MAX_PREVIEW_VARS = 10_000  # characters of the preview's JSON
+
+
+async def _preview(version: Any, text: str) -> dict[str, str]:
+    """``{"text": rendered}`` or ``{"error": why}``: the version's content and headers rendered with ``text``."""
+    try:
+        if len(text) > MAX_PREVIEW_VARS:
+            raise ValueError(f"at most {MAX_PREVIEW_VARS} characters")
+        variables = json.loads(text or "{}")
+        if not isinstance(variables, dict):
+            raise ValueError("expected a JSON object")
+    except (ValueError, RecursionError) as exc:
+        return {"error": f"variables: not a JSON object of names and values ({exc})"}
+
+    def run() -> str:
+        heads = [f"{n}: {templating.render_source(v, variables, escape=False)}" for n, v in version.headers]
+        body = templating.render_source(version.content, variables)
+        return "\n".join(heads) + ("\n\n" if heads else "") + body
+    try:
+        return {"text": await asyncio.to_thread(run)}
+    except templating.TemplateError as exc:
+        return {"error": f"the template {exc}"}
 
 
 @page

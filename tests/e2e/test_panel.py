@@ -593,6 +593,9 @@ def test_store_a_template_add_and_activate_a_version(page, daemon, shots):
     active = api_get(page, "/v3/example.com/templates/welcome?active=yes")["template"]["version"]
     assert (active["tag"], active["template"]) == ("v2", "Hi {{name}}!")
     sync_api.expect(page.locator("#version-content")).to_have_text("Hi {{name}}!")
+    page.fill("#preview-vars", '{"name": "<b>Ann</b>"}')
+    page.click("button:has-text('Preview')")  # rendered as a send renders it (escaped), shown as text
+    sync_api.expect(page.locator("#preview")).to_have_text("Hi &lt;b&gt;Ann&lt;/b&gt;!")
     shots(page, "template")
     page.click("button[aria-label='Delete version initial']")
     sync_api.expect(page.locator("#versions tbody tr")).to_have_count(1)
