@@ -3,7 +3,7 @@
 What it is: Jinja2 templates (autoescaped: subjects, headers, route expressions and addresses are hostile) shipped
 in ``templates/``, a little progressive JavaScript (vendored htmx and uPlot in ``static/``, no CDN, no inline
 script), one module per page (``dashboard``, ``logs``, ``queue``, ``routes``, ``domains``, ``suppressions``,
-``webhooks``) with ``setup(app)``. ``web`` holds what every page shares (the signed-in check, CSRF, security
+``webhooks``, ``lists``, ``mailtemplates``) with ``setup(app)``. ``web`` holds what every page shares (the signed-in check, CSRF, security
 headers, rendering), ``sessions`` the in-memory sessions, ``signin`` signing in and out.
 
 Contract: every page but the sign-in form needs a session; every POST needs the session's CSRF token (else 403);
@@ -43,9 +43,10 @@ class UiContext:
 
 def setup(app: web.Application, ui: UiContext) -> None:
     """Add the panel's routes to the API application ``app`` (after the API's own)."""
-    from mtad.ui import dashboard, domains, logs, queue, routes, signin, suppressions, web as uiweb, webhooks
+    from mtad.ui import (dashboard, domains, lists, logs, mailtemplates, queue, routes, signin, suppressions,
+                         web as uiweb, webhooks)
     uiweb.install(app, ui)
     signin.setup(app)
-    for page in (dashboard, logs, queue, routes, domains, suppressions, webhooks):
+    for page in (dashboard, logs, queue, routes, domains, suppressions, webhooks, lists, mailtemplates):
         page.setup(app)
     uiweb.finish(app)

@@ -1,7 +1,7 @@
 """The dashboard (``/ui/``): what mtad did lately and what waits now.
 
-Counts of accepted / delivered / failed / opened / clicked over the last hour, day and 30 days, and charts of the
-last day by hour and the last 30 days by day: the stats the API serves (``events.stats.totals`` on the store's
+Counts of accepted / delivered / failed / opened / clicked / unsubscribed / complained over the last hour, day
+and 30 days, and charts of the last day by hour and the last 30 days by day: the stats the API serves (``events.stats.totals`` on the store's
 counters, never a scan of events). What waits: pending deliveries by state and by provider (the shaping policy
 of the destination, as ``/metrics`` names it), route forwards and the webhook backlog (``store.queue_counts``),
 operator pauses, and providers that shaping automation has suspended or slowed down now.
@@ -19,7 +19,7 @@ from mtad.events import stats
 from mtad.ui import PREFIX
 from mtad.ui.web import page, render, ui_context
 
-EVENTS = ["accepted", "delivered", "failed", "opened", "clicked"]
+EVENTS = ["accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained"]
 
 
 def _total(item: dict[str, Any], event: str) -> int:

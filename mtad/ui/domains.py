@@ -9,8 +9,11 @@ keys from files: ``mtad dkim keygen``), applied at once like any domain change; 
 The DNS check runs when the domain's page asks for it (htmx, or the "Check DNS" link without JavaScript), since a
 lookup may take up to ``delivery.dns_timeout``.
 
-Tracking and spam settings get their own sections on a domain's page as those features land (``domain.html``,
-blocks ``tracking`` and ``spam``).
+A domain's page also holds its tracking settings (open, click, unsubscribe, footers, the domain's own tracking
+host: ``mtad.api.domaintracking``'s ``PUT /v3/domains/{name}/tracking``), its spam filtering (action, threshold,
+what to do when spamd gives no score: ``PUT /v3/domains/{name}``) and its inbound authentication policy
+(``mtad.api.domain_auth``). The spam and authentication settings of a config-file domain are shown read-only, as
+the API refuses to change them; a refusal is shown in the section at fault.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mtad.api import domains as api_domains
+from mtad.api import domain_auth as api_auth, domains as api_domains, domaintracking as api_tracking
 from mtad.mail import dkim
 from mtad.ui import PREFIX
 from mtad.ui.web import call_api, error_page, form, is_htmx, notify, page, redirect, render, ui_context
@@ -60,14 +63,73 @@ async def _credentials(request: web.Request) -> list[dict[str, Any]]:
     return body.get("items", []) if status == 200 else []
 
 
+def _yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+async def _settings(request: web.Request, info: dict[str, Any], posted: dict[str, str]) -> dict[str, Any]:
+    """The tracking settings, spam filtering and authentication policy in force, as the API answers them, as the
+    forms' values (``posted``, a refused form's, over them: what was typed is kept)."""
+    _, _, body = await call_api(api_tracking.get_tracking, request)
+    t = body.get("tracking") or {}
+    unsub = t.get("unsubscribe") or {}
+    click = (t.get("click") or {}).get("active")
+    _, _, auth = await call_api(api_auth.get_policy, request)
+    values = {"open": _yes((t.get("open") or {}).get("active")),
+              "click": "htmlonly" if click == "htmlonly" else _yes(click),
+              "unsubscribe": _yes(unsub.get("active")), "html_footer": unsub.get("html_footer") or "",
+              "text_footer": unsub.get("text_footer") or "", "base_url": t.get("base_url") or "",
+              "spam_action": info["spam_action"], "spam_threshold": "", "spam_on_error": "",
+              **(auth.get("policy") or {})}
+    own = ui_context(request).api.accounts().domains.get(info["name"])  # an API domain's own spam settings
+    if own is not None:  # empty: the configuration's default (``spam.threshold``, ``spam.on_error``)
+        values["spam_threshold"] = "" if own.spam_threshold is None else f"{own.spam_threshold:g}"
+        values["spam_on_error"] = own.spam_on_error or ""
+    values.update({k: v for k, v in posted.items() if k in values})
+    return {"values": values, "auth": auth, "auth_actions": api_auth.ACTIONS, "auth_fields": api_auth.FIELDS,
+            "spam_actions": api_domains.SPAM_ACTIONS}
+
+
+async def _page(request: web.Request, *, status: int = 200, errors: dict[str, str] | None = None,
+                check: bool = False, **extra: Any) -> web.Response:
+    source, info = await _domain(request)
+    records = await _records(request) if check else None
+    posted: dict[str, str] = {}
+    if errors and request.method == "POST":
+        posted = {k: v for k, v in (await form(request)).items() if isinstance(v, str)}
+    return render(request, "domain.html", status=status, title=info["name"], domain=info, source=source,
+                  records=records, credentials=await _credentials(request), errors=errors or {},
+                  **await _settings(request, info, posted), **extra)
+
+
 @page
 async def show(request: web.Request) -> web.Response:
-    source, info = await _domain(request)
-    records = None
-    if request.query.get("check"):  # without JavaScript: the page with the records
-        records = await _records(request)
-    return render(request, "domain.html", title=info["name"], domain=info, source=source, records=records,
-                  credentials=await _credentials(request), errors={})
+    return await _page(request, check=bool(request.query.get("check")))  # without JavaScript: with the records
+
+
+async def _change(request: web.Request, handler, section: str, done: str) -> web.StreamResponse:
+    """Run the API's ``handler`` on the POSTed form; its refusal is shown in ``section`` of the page."""
+    _, info = await _domain(request)
+    status, message, _ = await call_api(handler, request)
+    if status != 200:
+        return await _page(request, status=status, errors={section: message})
+    notify(request, done)
+    raise redirect(f"{PREFIX}/domains/{info['name']}#{section}")
+
+
+@page
+async def set_tracking(request: web.Request) -> web.StreamResponse:
+    return await _change(request, api_tracking.put_tracking, "tracking", "Tracking settings saved.")
+
+
+@page
+async def set_spam(request: web.Request) -> web.StreamResponse:
+    return await _change(request, api_domains.update_domain, "spam", "Spam filtering settings saved.")
+
+
+@page
+async def set_authentication(request: web.Request) -> web.StreamResponse:
+    return await _change(request, api_auth.put_policy, "authentication", "Authentication policy saved.")
 
 
 async def _records(request: web.Request) -> dict[str, Any]:
@@ -128,10 +190,7 @@ async def add_credential(request: web.Request) -> web.StreamResponse:
     status, message, _ = await call_api(api_domains.create_credential, request)
     if status != 200:
         fields = await form(request)
-        return render(request, "domain.html", status=status, title=info["name"], domain=info,
-                      source=api_domains._lookup(request, info["name"])[0], records=None,
-                      credentials=await _credentials(request), errors={"credential": message},
-                      login=fields.get("login", ""))
+        return await _page(request, status=status, errors={"credential": message}, login=fields.get("login", ""))
     notify(request, message)
     raise redirect(f"{PREFIX}/domains/{info['name']}")
 
@@ -163,6 +222,9 @@ def setup(app: web.Application) -> None:
     app.router.add_get(PREFIX + "/domains/{name}/dns", dns)
     app.router.add_post(PREFIX + "/domains/{name}/delete", delete)
     app.router.add_post(PREFIX + "/domains/{name}/dkim", rotate_dkim)
+    app.router.add_post(PREFIX + "/domains/{name}/tracking", set_tracking)
+    app.router.add_post(PREFIX + "/domains/{name}/spam", set_spam)
+    app.router.add_post(PREFIX + "/domains/{name}/authentication", set_authentication)
     app.router.add_post(PREFIX + "/domains/{name}/credentials", add_credential)
     app.router.add_post(PREFIX + "/domains/{name}/credentials/{login}", change_credential)
     app.router.add_post(PREFIX + "/domains/{name}/credentials/{login}/delete", delete_credential)

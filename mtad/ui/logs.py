@@ -8,8 +8,9 @@ delivered``), a domain (every domain the session may see when none is chosen), a
 from, a scan, search the last hour unless a range is given), newest first, 50 a page,
 paged by the events API's cursors (``events.query.Page``: a page keeps meaning the same events while new ones
 arrive). The timeline is every event of one Message-ID in one domain, oldest first (the hour-bucketed index the
-API's message-id filter uses), with each attempt's remote reply, and the message's pending deliveries while it is
-queued (``outbound.queueadmin.show``).
+API's message-id filter uses), with each attempt's remote reply, each open and click (the link, who fetched it),
+late bounces and complaints, and the message's pending deliveries while it is queued
+(``outbound.queueadmin.show``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,21 @@ def view(row: eventquery.EventRow) -> dict[str, Any]:
             "message_id": str(headers.get("message-id", "")), "reason": event.get("reason", ""),
             "reply": reply, "attempt": status.get("attempt-no"), "mx": status.get("mx-host") or "",
             "tags": event.get("tags") or [], "key": (event.get("storage") or {}).get("key", ""),
-            "url": event.get("url", ""), "raw": event}
+            "url": event.get("url", ""), "client": _client(event), "raw": event}
+
+
+def _client(event: Mapping[str, Any]) -> str:
+    """Who opened, clicked or unsubscribed (``client-info``, the address, a machine fetcher), for the timeline."""
+    info = event.get("client-info")
+    if not isinstance(info, Mapping):
+        return ""
+    parts = [str(info.get(k) or "") for k in ("client-name", "client-os", "device-type")]
+    text = ", ".join(p for p in parts if p and p.lower() != "unknown")
+    if event.get("ip"):
+        text += f" from {event['ip']}"
+    if info.get("bot"):
+        text += f" (machine: {info['bot']})"
+    return text.strip()
 
 
 def _search_params(q: Mapping[str, str]) -> dict[str, str]:

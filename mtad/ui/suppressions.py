@@ -1,8 +1,9 @@
 """Suppressions (``/ui/suppressions``): a domain's bounces, unsubscribes, complaints and allowlist.
 
 List (address order, 100 a page, the store's address cursor), search (addresses starting with what is typed), add
-one entry, delete one, import a CSV file and export the list as CSV. Adding, deleting and importing are the
-suppressions API's own handlers run on the panel's request (``web.call_api``): the same checks, the same CSV
+one entry, delete one, import a CSV file and export the list as CSV. Unsubscribes (tracking links,
+List-Unsubscribe) show their tags and complaints (ARF reports) what they are, each with a link to the address's
+events of that kind. Adding, deleting and importing are the suppressions API's own handlers run on the panel's request (``web.call_api``): the same checks, the same CSV
 rules (first line names the columns: ``address`` and the kind's own, e.g. ``code``, ``error``, ``tags``). The
 export writes the API's JSON fields as columns, so a file exported here imports back.
 """

@@ -6,24 +6,39 @@ What a user does: signs in (API key, panel user) and out, fails to sign in, is l
 a POST without the form's token is refused; creates a route (an invalid expression is shown at its field), edits
 it, tests a recipient, deletes it; sets a webhook and sends it a test event; sees a message sent during the test in the logs with its delivery attempt and
 opens its timeline; pauses a domain and sees its mail wait in the queue, resumes it and sees it delivered; adds
-and removes a suppression; reads a hostile subject as text (no script runs). The pages hold no CSP violation,
+and removes a suppression; reads a hostile subject as text (no script runs); sets a domain's tracking, spam
+filtering and authentication policy; sees a message's opens and clicks (its tracking URLs fetched with aiohttp)
+in its timeline; creates a mailing list, adds members (a form, a CSV file), edits and filters them; stores a
+template, adds and activates a version; sees an ARF complaint in the timeline and unsubscribes and complaints
+on their lists with what they are; hostile list and template names are shown as text. The pages hold no CSP violation,
 fit a phone-width screen and start with a skip link. A screenshot of each main page is saved in the test's
 temporary folder (and, with ``MTAD_PANEL_SCREENSHOTS=DIR``, in DIR: how docs/panel/*.png are made).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import email
+import email.policy
+import email.utils
+import smtplib
+from email.mime.base import MIMEBase
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.e2e.helpers import queue_id, send, submission
-from tests.e2e.outbound_support import SENDER, Sent, deliveries, serve_domain, wait_final
+from tests.e2e.outbound_support import SENDER, Sent, deliveries, events, serve_domain, wait_final
 from tests.support.api import AUTH
 from tests.support.daemon import API_KEY
 from tests.support.wait import wait_until
@@ -33,6 +48,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or ""
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tests/run.sh installs it)")
 
 PANEL_USER, PANEL_PASSWORD = "operator", "correct horse battery"
+FBL = "fbl@feedback.panel.test"
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 
@@ -40,6 +56,8 @@ HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2
 def daemon(outbound_mtad):
     d = outbound_mtad(delivery={"retry": {"schedule": ["1m"]}}, start=False)
     d.cfg["routing"] = {"allowed_networks": ["127.0.0.0/8"]}  # the test's webhook receiver is on loopback
+    d.cfg["tracking"] = {"scanner_window": "0s"}  # the test's fetches right after delivery are a person's
+    d.cfg["feedback"] = {"addresses": [FBL]}  # where the test's ARF complaint goes
     d.cfg["ui"] = {"max_sign_in_failures_per_client": 100, "max_sign_in_failures_per_account": 3,
                    "sign_in_lockout": "10m"}
     d.start()
@@ -102,6 +120,18 @@ def api_get(page, path: str, expect: int = 200) -> dict:
     answer = page.context.request.get(path, headers=AUTH)
     assert answer.status == expect, (path, answer.status, answer.text())
     return answer.json()
+
+
+def api_send(page, method: str, path: str, form: dict, expect: int = 200) -> dict:
+    answer = page.context.request.fetch(path, method=method, headers=AUTH, form=form)
+    assert answer.status == expect, (path, answer.status, answer.text())
+    return answer.json()
+
+
+def no_script_ran(page) -> None:
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#main img").count() == 0
 
 
 def send_message(daemon, certs, recipient: str, subject: str) -> Sent:
@@ -358,8 +388,218 @@ def test_every_main_page_renders_fits_a_phone_and_is_saved(page, daemon, shots):
     page.goto("/ui/")
     assert page.locator("figure.chart .uplot").count() == 2  # the vendored chart library drew both charts
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/ui/logs", "/ui/queue", "/ui/routes", "/ui/suppressions", "/ui/domains/panel.example.org", "/ui/"):
+    for path in ("/ui/logs", "/ui/queue", "/ui/routes", "/ui/suppressions", "/ui/domains/panel.example.org",
+                 "/ui/lists", "/ui/templates/example.com", "/ui/"):
         page.goto(path)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
     shots(page, "dashboard-phone")
     assert len(list(shots.folder.glob("*.png"))) >= 10
+
+
+# --- domain settings, engagement, lists, templates (issue 17 follow-up) --------------------------------------
+
+def test_set_a_domains_tracking_spam_filtering_and_authentication_policy(page, daemon, shots):
+    api_send(page, "POST", "/v3/domains", {"name": "settings.panel.test", "dkim_key_size": "1024"})
+    sign_in(page)
+    page.goto("/ui/domains/settings.panel.test")
+    page.select_option("#tracking-open", "yes")
+    page.select_option("#tracking-click", "htmlonly")
+    page.fill("#tracking-base-url", "ftp://email.settings.panel.test")  # refused by the API's own check
+    page.click("text=Save tracking")
+    sync_api.expect(page.locator("#tracking-error")).to_have_text(
+        "'base_url' must be http(s)://HOST[:PORT][/PATH], or empty")
+    page.fill("#tracking-base-url", "https://email.settings.panel.test")
+    page.fill("#tracking-text-footer", "Unsubscribe: %unsubscribe_url%")
+    page.click("text=Save tracking")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Tracking settings saved.")
+    tracking = api_get(page, "/v3/domains/settings.panel.test/tracking")["tracking"]
+    assert (tracking["open"]["active"], tracking["click"]["active"], tracking["base_url"]) == \
+        (True, "htmlonly", "https://email.settings.panel.test")
+    assert tracking["unsubscribe"]["text_footer"] == "Unsubscribe: %unsubscribe_url%"
+    assert page.input_value("#tracking-click") == "htmlonly"  # the page shows what the API answers
+
+    page.select_option("#spam-action", "block")
+    page.fill("#spam-threshold", "lots")
+    page.click("text=Save spam filtering")
+    sync_api.expect(page.locator("#spam-error")).to_have_text("'spam_threshold' must be a number")
+    page.fill("#spam-threshold", "7.5")
+    page.select_option("#spam-on-error", "tempfail")
+    page.click("text=Save spam filtering")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Spam filtering settings saved.")
+    domain = api_get(page, "/v3/domains/settings.panel.test")["domain"]
+    assert (domain["spam_action"], domain["spam_threshold"], domain["spam_on_error"]) == ("block", 7.5, "tempfail")
+    assert (page.input_value("#spam-threshold"), page.input_value("#spam-on-error")) == ("7.5", "tempfail")
+    page.fill("#spam-threshold", "")  # empty: back to the configuration's default
+    page.click("text=Save spam filtering")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Spam filtering settings saved.")
+    default = api_get(page, "/v3/domains/example.com")["domain"]["spam_threshold"]
+    assert api_get(page, "/v3/domains/settings.panel.test")["domain"]["spam_threshold"] == default
+    assert page.input_value("#spam-threshold") == ""
+
+    page.select_option("#auth-spf_fail", "reject")
+    page.click("text=Save policy")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Authentication policy saved.")
+    auth = api_get(page, "/v3/domains/settings.panel.test/authentication")
+    assert (auth["source"], auth["policy"]["spf_fail"]) == ("api", "reject")
+    shots(page, "domain-settings")
+
+    page.goto("/ui/domains/example.com")  # a config-file domain: spam and authentication read-only, as in the API
+    sync_api.expect(page.locator("#spam-settings")).to_contain_text("disabled")
+    assert page.locator("#spam-action").count() == 0 and page.locator("#auth-spf_fail").count() == 0
+    sync_api.expect(page.locator("#auth-settings")).to_contain_text("spf_fail")
+
+
+def fetch_all(urls: list[str]) -> list[int]:
+    """GET each URL with aiohttp as a browser would (no redirect followed), in a thread of its own (Playwright's
+    loop owns this one); their statuses."""
+    async def run() -> list[int]:
+        agent = ("Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1")
+        async with aiohttp.ClientSession(headers={"User-Agent": agent}) as session:
+            statuses = []
+            for url in urls:
+                async with session.get(url, allow_redirects=False) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+            return statuses
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=20)
+
+
+def complain(daemon, original: bytes, rcpt_to: str) -> None:
+    """An ARF report about ``original`` (RFC 5965, as a feedback loop sends it) to mtad's MX listener."""
+    msg = MIMEMultipart("report", report_type="feedback-report")
+    msg["From"], msg["To"], msg["Subject"] = "fbl@isp.test", FBL, "Abuse report"
+    msg["Message-ID"] = email.utils.make_msgid(domain="isp.test")
+    report = MIMEBase("message", "feedback-report")
+    report.set_payload(f"Feedback-Type: abuse\r\nUser-Agent: IspFBL/1.0\r\nVersion: 1\r\n"
+                       f"Original-Rcpt-To: <{rcpt_to}>\r\n")
+    msg.attach(report)
+    msg.attach(MIMEMessage(email.message_from_bytes(original)))
+    with smtplib.SMTP("127.0.0.1", daemon.mx, local_hostname="isp.test", timeout=10) as s:
+        s.sendmail("fbl@isp.test", [FBL], msg.as_bytes())
+
+
+def test_opens_clicks_and_a_complaint_show_in_the_message_timeline(page, daemon, loopback_dns, mx_farm, shots):
+    mx = serve_domain(loopback_dns, mx_farm, "track.panel.test")
+    sign_in(page)
+    sent = api_send(page, "POST", "/v3/example.com/messages", {
+        "from": "News <news@example.com>", "to": "reader@track.panel.test", "subject": "Spring sale",
+        "html": '<p>See the <a href="https://shop.example/sale">sale</a>.</p>', "o:tracking": "yes"})
+    [received] = wait_until(lambda: mx.to("reader@track.panel.test"), 10, "the tracked copy")
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    body = "".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text")
+    urls = [re.findall(re.escape(daemon.api_url) + f"/{kind}/[A-Za-z0-9_-]+", body)[0] for kind in ("o", "c")]
+    assert fetch_all(urls) == [200, 302]
+    complain(daemon, received.data, "reader@track.panel.test")
+    wait_until(lambda: events(daemon, recipient="reader@track.panel.test", kind="complained"), 10, "the complaint")
+    page.goto("/ui/logs?" + "recipient=reader@track.panel.test")
+    page.locator("#events a", has_text="Spring sale").first.click()
+    timeline = page.locator("#timeline tbody tr")
+    sync_api.expect(timeline.filter(has_text="clicked")).to_contain_text("https://shop.example/sale")
+    sync_api.expect(timeline.filter(has_text="opened")).to_contain_text("Thunderbird")
+    seen = [row.split("\t")[1].split(" ")[0] for row in timeline.all_inner_texts()]
+    assert seen[:2] == ["accepted", "delivered"] and {"opened", "clicked", "complained"} <= set(seen), seen
+    assert sent["id"].strip("<>") in page.inner_text("main")
+    shots(page, "message-tracked")
+    page.goto("/ui/")  # the dashboard counts them
+    opened = page.locator(".card", has_text="Last hour").locator("dd[data-event=opened]")
+    assert int(opened.inner_text()) >= 1
+    assert int(page.locator(".card", has_text="Last hour").locator("dd[data-event=complained]").inner_text()) >= 1
+    page.goto("/ui/suppressions?domain=example.com&kind=complaints")  # the complaint listed the address
+    row = page.locator("#suppressions tr", has_text="reader@track.panel.test")
+    sync_api.expect(row).to_contain_text("spam complaint")
+    api_send(page, "POST", "/v3/example.com/unsubscribes", {"address": "left@dest.test", "tag": "newsletter"})
+    page.goto("/ui/suppressions?domain=example.com&kind=unsubscribes")
+    sync_api.expect(page.locator("#suppressions tr", has_text="left@dest.test")).to_contain_text("tags: newsletter")
+    page.goto("/ui/suppressions?domain=example.com&kind=complaints")
+    page.locator("#suppressions tr", has_text="reader@track.panel.test").locator("a", has_text="events").click()
+    sync_api.expect(page.locator("#events tbody tr")).to_have_count(1)  # its complained event
+    sync_api.expect(page.locator("#events")).to_contain_text("complained")
+
+
+def test_create_a_mailing_list_and_manage_its_members(page, daemon, shots):
+    sign_in(page)
+    page.click("nav >> text=Lists")
+    page.fill("#list-address", "news@example.com")
+    page.fill("#list-name", HOSTILE)
+    page.click("text=Create list")
+    sync_api.expect(page.get_by_role("heading", name="news@example.com")).to_be_visible()
+    sync_api.expect(page.locator("#list-summary")).to_contain_text(HOSTILE)  # as text
+    no_script_ran(page)
+    page.fill("#member-address", "Jane Doe <Jane@Dest.test>")
+    page.fill("form[aria-labelledby=add-member] input[name=vars]", '{"plan": "pro"}')
+    page.click("text=Add member")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Member jane@dest.test added.")
+    member = api_get(page, "/v3/lists/news@example.com/members/jane@dest.test")["member"]
+    assert (member["name"], member["vars"], member["subscribed"]) == ("Jane Doe", {"plan": "pro"}, True)
+    page.fill("#member-address", "not an address")
+    page.click("text=Add member")  # the API's refusal at the form, what was typed kept
+    sync_api.expect(page.locator("#member-error")).to_contain_text("is not a valid address")
+    assert page.input_value("#member-address") == "not an address"
+    page.set_input_files("form[aria-labelledby=csv] input[type=file]", files=[{
+        "name": "members.csv", "mimeType": "text/csv", "buffer": b"address,name,city\nbob@dest.test,Bob,Oslo\n"}])
+    page.click("button:has-text('Upload')")
+    sync_api.expect(page.get_by_role("status")).to_contain_text("the list has 2 members")
+    row = page.locator("#members tr", has_text="bob@dest.test")
+    row.locator("summary").click()
+    row.locator("select[name=subscribed]").select_option("no")
+    row.locator("button", has_text="Save").click()
+    sync_api.expect(page.get_by_role("status")).to_have_text("Member bob@dest.test saved.")
+    assert api_get(page, "/v3/lists/news@example.com/members/bob@dest.test")["member"] == {
+        "address": "bob@dest.test", "name": "Bob", "vars": {"city": "Oslo"}, "subscribed": False}
+    page.select_option("select[name=subscribed]", "no")
+    page.click("button:has-text('Show')")
+    sync_api.expect(page.locator("#members tbody tr")).to_have_count(1)
+    sync_api.expect(page.locator("#members")).to_contain_text("bob@dest.test")
+    shots(page, "list")
+    page.click("text=Mailing lists")
+    sync_api.expect(page.locator("#lists tr", has_text="news@example.com")).to_contain_text(HOSTILE)
+    no_script_ran(page)
+    shots(page, "lists")
+    page.locator("#members, #lists").locator("a", has_text="news@example.com").click()
+    page.locator("#members tr", has_text="jane@dest.test").locator("button", has_text="Remove").click()
+    sync_api.expect(page.get_by_role("status")).to_have_text("Member jane@dest.test removed.")
+    api_get(page, "/v3/lists/news@example.com/members/jane@dest.test", expect=404)
+    page.click("text=Delete news@example.com")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Mailing list news@example.com deleted.")
+    api_get(page, "/v3/lists/news@example.com", expect=404)
+
+
+def test_store_a_template_add_and_activate_a_version(page, daemon, shots):
+    sign_in(page)
+    page.goto("/ui/templates/example.com")
+    page.fill("#template-name", "<script>window.__pwned=1</script>")  # refused by the API: the message as text
+    page.click("text=Create template")
+    sync_api.expect(page.locator("#template-error")).to_contain_text("'name' may hold only letters")
+    sync_api.expect(page.locator("#template-error")).to_contain_text("<script>window.__pwned=1</script>")
+    no_script_ran(page)
+    page.fill("#template-name", "welcome")
+    page.fill("#template-description", HOSTILE)
+    page.fill("#template-content", "Hello {{name}}")
+    page.click("text=Create template")
+    sync_api.expect(page.get_by_role("heading", name="Template welcome")).to_be_visible()
+    sync_api.expect(page.locator("#version-content")).to_have_text("Hello {{name}}")
+    sync_api.expect(page.locator("main")).to_contain_text(HOSTILE)
+    no_script_ran(page)
+    page.fill("#version-tag", "v2")
+    page.fill("#version-content-input", "Hi {{name")  # unterminated: the API's check, at the form
+    page.click("text=Add version")
+    sync_api.expect(page.locator("#template-error")).to_contain_text("'template'")
+    page.fill("#version-content-input", "Hi {{name}}!")
+    page.click("text=Add version")
+    sync_api.expect(page.locator("#versions tbody tr")).to_have_count(2)
+    page.click("button[aria-label='Activate v2']")
+    sync_api.expect(page.get_by_role("status")).to_have_text("Version v2 is active.")
+    active = api_get(page, "/v3/example.com/templates/welcome?active=yes")["template"]["version"]
+    assert (active["tag"], active["template"]) == ("v2", "Hi {{name}}!")
+    sync_api.expect(page.locator("#version-content")).to_have_text("Hi {{name}}!")
+    page.fill("#preview-vars", '{"name": "<b>Ann</b>"}')
+    page.click("button:has-text('Preview')")  # rendered as a send renders it (escaped), shown as text
+    sync_api.expect(page.locator("#preview")).to_have_text("Hi &lt;b&gt;Ann&lt;/b&gt;!")
+    shots(page, "template")
+    page.click("button[aria-label='Delete version initial']")
+    sync_api.expect(page.locator("#versions tbody tr")).to_have_count(1)
+    page.goto("/ui/templates/example.com")
+    sync_api.expect(page.locator("#templates")).to_contain_text(HOSTILE)
+    shots(page, "templates")
+

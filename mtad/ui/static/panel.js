@@ -2,7 +2,8 @@
 // and "select all". No inline script anywhere (the CSP forbids it): data comes from <script type="application/json">.
 (function () {
   "use strict";
-  var COLORS = {accepted: "#4c6ef5", delivered: "#2b8a3e", failed: "#c92a2a", opened: "#e67700", clicked: "#862e9c"};
+  var COLORS = {accepted: "#4c6ef5", delivered: "#2b8a3e", failed: "#c92a2a", opened: "#e67700", clicked: "#862e9c",
+                unsubscribed: "#0b7285", complained: "#5c940d"};
 
   function charts(root) {
     root.querySelectorAll("figure.chart[data-source]").forEach(function (fig) {
