@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from mtad.store.accounts import AccountMethods
+from mtad.store.campaigns import CampaignMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.events import EventMethods
 from mtad.store.queue import QueueMethods
@@ -18,4 +19,4 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, CampaignMethods)

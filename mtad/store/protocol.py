@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mtad.store.accounts import AccountStore
+from mtad.store.campaigns import CampaignStore
 from mtad.store.changes import ChangeStore
 from mtad.store.events import EventStore
 from mtad.store.queue import QueueStore
@@ -33,5 +34,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, Lifecycle, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, CampaignStore, Lifecycle, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -14,6 +14,7 @@ suppressions        bounces / unsubscribes / complaints / whitelists per domain
 webhooks            event webhook URLs per (domain, webhook id): the config file's (synced at start) and the API's
 routes, kv          routes created by API; small settings (queue pauses, ...)
 domains, credentials  sending/receiving domains (with their DKIM key) and SMTP logins created by API
+campaigns, campaign_aliases, campaign_counts, campaign_events  Mailgun's campaigns (``mtad.store.campaigns``)
 messages.stored_until  set while a route's store() keeps the message (GET /v3/domains/D/messages/KEY)
 Work rows carry ``state, attempts, next_attempt_at, locked_by, locked_at, lease_until``: a claim is a lease
 (``mtad.store.leases``).
@@ -282,6 +283,52 @@ def _v6(conn: sqlite3.Connection) -> None:
     add_column(conn, "domains", "spam_on_error", "TEXT")  # accept | tempfail; NULL: the config's spam.on_error
 
 
+# --- 7: campaigns (Mailgun's campaigns API): the campaigns, their counters and their events' index -----------------
+
+def _v7(conn: sqlite3.Connection) -> None:
+    """``mtad.store.campaigns`` describes these tables."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS campaigns (
+    cid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the store's number of a campaign, never reused
+    domain TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaigns_domain_id ON campaigns(domain, id);
+CREATE TABLE IF NOT EXISTS campaign_aliases (
+    domain TEXT NOT NULL,
+    id TEXT NOT NULL,  -- a former id of a renamed campaign
+    cid INTEGER NOT NULL,
+    PRIMARY KEY (domain, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS campaign_aliases_cid ON campaign_aliases(cid);
+CREATE TABLE IF NOT EXISTS campaign_counts (
+    cid INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (cid, event)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS campaign_events (
+    seq INTEGER PRIMARY KEY,
+    cid INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    minute INTEGER NOT NULL,  -- minutes since 1970
+    month INTEGER NOT NULL,  -- year * 12 + month - 1
+    event_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    recipient_domain TEXT NOT NULL,
+    link TEXT NOT NULL,
+    country TEXT NOT NULL,
+    region TEXT NOT NULL,
+    city TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestamp);
+CREATE INDEX IF NOT EXISTS campaign_events_kind ON campaign_events(cid, event, timestamp);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -289,6 +336,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(4, "messages.attachments: the attachment list of a message, for events", _v4),
     Migration(5, "shaping_slots and shaping_buckets: provider shaping shared by the nodes (PostgreSQL only)", _v5),
     Migration(6, "domains.spam_threshold and domains.spam_on_error: a domain's spam policy", _v6),
+    Migration(7, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v7),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
