@@ -15,4 +15,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [events.setup, webhooks.setup, suppressions.setup, stats.setup, metrics.setup]
     from mtad.api import legacy  # issue 10: the seed manual's /v2 paths
     features += [legacy.setup]
+    from mtad.api import campaigns  # issue 16: Mailgun's campaigns API (seed 000)
+    features += [campaigns.setup]
     return features

@@ -123,6 +123,8 @@ async def _commit(ctx: ApiContext, request: web.Request, composed: compose_mod.C
     items = submissions(ctx, request, composed, domain, now)
     result = await ctx.ingress.commit_many(items, now)
     if isinstance(result, NotCommitted):
+        if result.code >= 500:  # refused for good: the request is at fault (an unknown campaign)
+            return error(400, result.reason)
         return error(503, "Not queued: " + result.reason)
     if composed.ignored:
         log.info("%s: ignored options without effect in mtad: %s", items[0].queue_id, ", ".join(composed.ignored))

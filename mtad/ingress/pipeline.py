@@ -6,6 +6,7 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - the MX listener takes unauthenticated mail only for receiving domains (else 554 5.7.1 relay access
   denied) and, for a receiving domain, only recipients a route would handle (550 5.1.1);
 - authenticated mail is outbound: ``X-Mailgun-*`` options are parsed and stripped;
+- a message naming a campaign its sending domain does not have is refused: 550 5.7.1 (the API's 400);
 - 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
   store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
@@ -230,7 +231,10 @@ class Ingress:
         envelope = Envelope(sender=tx.sender or "", recipients=tuple(tx.recipients), client_ip=session.client_ip,
                             client_helo=session.host_name or "", auth_user=session.auth_user, tls=session.tls,
                             transport="smtp", listener=session.listener.name if session.listener else "")
-        return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)).reply
+        result = await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True)
+        if isinstance(result, NotCommitted) and result.code >= 500:  # refused for good (an unknown campaign)
+            return await self._refuse(session, tx, result.reply, fields)
+        return result.reply
 
     async def _refuse(self, session: SessionInfo, tx: Transaction, reply: str,
                       fields: list[headers.HeaderField] | None = None) -> str:
@@ -284,6 +288,9 @@ class Ingress:
     async def _commit_many(self, items: "list[Submission]", now: float) -> CommitResult:
         planned = [(item.queue_id, self._plan(item)) for item in items]
         try:
+            refused = await self._unknown_campaigns([msg for _, (msg, _, _) in planned])
+            if refused is not None:
+                return refused
             await self.store.enqueue([spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now), tuple(forwards),
                                                     tuple(deliver_to))
                                       for queue_id, (msg, forwards, deliver_to) in planned], now)
@@ -301,6 +308,22 @@ class Ingress:
                      envelope.auth_user or "-", "yes" if envelope.tls else "no", msg.direction,
                      "" if envelope.transport == "smtp" else f" transport={envelope.transport}")
         return Committed(tuple(item.queue_id for item in items))
+
+    async def _unknown_campaigns(self, messages: list[NewMessage]) -> NotCommitted | None:
+        """Refuse (550 5.7.1; the API's 400) a message naming a campaign (``o:campaign``,
+        ``X-Mailgun-Campaign-Id``) that its sending domain does not have: its events would count nowhere
+        (``store.campaigns``). One store read per sending domain, only for messages that name campaigns."""
+        asked: dict[str, list[str]] = {}
+        for msg in messages:
+            if msg.direction == "outbound" and msg.options.campaigns:
+                asked.setdefault(msg.domain, []).extend(msg.options.campaigns)
+        for domain, ids in asked.items():
+            missing = await self.store.missing_campaigns(domain, tuple(dict.fromkeys(ids)))
+            if missing:
+                shown = "".join(c if c.isprintable() else "?" for c in missing[0][:64])
+                return NotCommitted(550, "5.7.1", f"Campaign '{shown}' does not exist for domain {domain}:"
+                                                  f" create it first (POST /v3/{domain}/campaigns)")
+        return None
 
     def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str]]:
         """The message to store, its route forwards and the recipients the outbound stage delivers."""

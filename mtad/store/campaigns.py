@@ -267,10 +267,12 @@ def get(conn: sqlite3.Connection, domain: str, campaign_id: str) -> Campaign | N
     return None if row is None else _campaigns(conn, [row])[0]
 
 
-def list_page(conn: sqlite3.Connection, domain: str, limit: int, skip: int) -> tuple[int, tuple[Campaign, ...]]:
-    total = conn.execute("SELECT count(*) FROM campaigns WHERE domain = ?", (domain,)).fetchone()[0]
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM campaigns WHERE domain = ? ORDER BY created_at, cid"
-                        " LIMIT ? OFFSET ?", (domain, limit, skip)).fetchall()
+def list_page(conn: sqlite3.Connection, domain: str | None, limit: int,
+              skip: int) -> tuple[int, tuple[Campaign, ...]]:
+    where, params = ("WHERE domain = ?", (domain,)) if domain is not None else ("", ())
+    total = conn.execute(f"SELECT count(*) FROM campaigns {where}", params).fetchone()[0]
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM campaigns {where} ORDER BY created_at, cid LIMIT ? OFFSET ?",
+                        (*params, limit, skip)).fetchall()
     return int(total), tuple(_campaigns(conn, rows))
 
 
@@ -463,8 +465,10 @@ class CampaignStore(Protocol):
 
     async def get_campaign(self, domain: str, campaign_id: str) -> Campaign | None: ...
 
-    async def list_campaigns(self, domain: str, limit: int, skip: int) -> tuple[int, tuple[Campaign, ...]]:
-        """(how many the domain has, ``limit`` of them after the first ``skip``, oldest first)."""
+    async def list_campaigns(self, domain: str | None, limit: int,
+                             skip: int) -> tuple[int, tuple[Campaign, ...]]:
+        """(how many the domain has, ``limit`` of them after the first ``skip``, oldest first); ``domain`` None:
+        those of every domain."""
         ...
 
     async def update_campaign(self, domain: str, campaign_id: str, *, name: str | None = None,
@@ -501,7 +505,8 @@ class CampaignMethods:
     async def get_campaign(self, domain: str, campaign_id: str) -> Campaign | None:
         return await self.read(lambda c: get(c, domain, campaign_id))  # type: ignore[attr-defined]
 
-    async def list_campaigns(self, domain: str, limit: int, skip: int) -> tuple[int, tuple[Campaign, ...]]:
+    async def list_campaigns(self, domain: str | None, limit: int,
+                             skip: int) -> tuple[int, tuple[Campaign, ...]]:
         return await self.read(lambda c: list_page(c, domain, limit, skip))  # type: ignore[attr-defined]
 
     async def update_campaign(self, domain: str, campaign_id: str, *, name: str | None = None,

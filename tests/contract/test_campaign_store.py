@@ -66,6 +66,8 @@ async def test_campaigns_are_created_listed_renamed_and_deleted(backend_store):
     assert await store.delete_campaign(DOMAIN, "c2") is False
     assert [c.id for c in (await store.list_campaigns(DOMAIN, 100, 0))[1]] == ["c1-new"]
     assert (await store.get_campaign("other.test", "c1")).name == "Same id, other domain"
+    total, every = await store.list_campaigns(None, 100, 0)  # every domain's (the command line's list)
+    assert total == 2 and {(c.domain, c.id) for c in every} == {(DOMAIN, "c1-new"), ("other.test", "c1")}
 
 
 async def test_events_count_for_their_campaigns_in_the_write_that_records_them(backend_store):
