@@ -209,10 +209,23 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaigns_read(args: argparse.Namespace, action):
+    """``_with_store`` read-only, for the campaigns commands: a store older than the campaigns (its schema lacks
+    their tables, and a read-only command does not migrate it) is said so, not a traceback."""
+    try:
+        return _with_store(args, action)
+    except Exception as exc:  # noqa: BLE001 - only the store's "no such table" is ours to explain
+        if "no such table: campaign" not in str(exc):
+            raise
+        raise NoState("this store predates campaigns (schema older than version 7): `mtad store migrate` or"
+                      " `mtad run` upgrades it") from None
+
+
 def cmd_campaigns_list(args: argparse.Namespace) -> int:
     """The campaigns (of one domain, or all) with their counters; read-only."""
     from mtad.events.campaigns import campaign_json
-    total, found = _with_store(args, lambda store: store.list_campaigns(args.domain, args.limit, 0))
+    total, found = _campaigns_read(args, lambda store: store.list_campaigns(
+        args.domain.lower() if args.domain else None, args.limit, 0))
     if args.json:
         print(json.dumps({"total_count": total, "items": [{"domain": c.domain, **campaign_json(c)} for c in found]},
                          indent=2))
@@ -234,7 +247,7 @@ def cmd_campaigns_show(args: argparse.Namespace) -> int:
 
     async def read(store):
         return await store.get_campaign(args.domain.lower(), args.id), await store.campaign_stats(args.domain.lower(), args.id)
-    found, stats = _with_store(args, read)
+    found, stats = _campaigns_read(args, read)
     if found is None or stats is None:
         print(f"mtad: no campaign {args.id} on {args.domain}", file=sys.stderr)
         return 1
