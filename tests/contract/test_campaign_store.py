@@ -113,7 +113,8 @@ async def test_a_renamed_campaign_keeps_counting_and_a_deleted_one_starts_again_
     await store.update_campaign(DOMAIN, "old", new_id="new")
     await record(store, event("opened", "a@x.test", ("old",)),  # a message sent before the rename
                  event("opened", "b@x.test", ("new",)))
-    assert dict((await store.get_campaign(DOMAIN, "new")).counts) == {"delivered": 1, "opened": 2}
+    await record(store, event("clicked", "b@x.test", ("old", "new"), url="https://x.test"))  # both: once
+    assert dict((await store.get_campaign(DOMAIN, "new")).counts) == {"delivered": 1, "opened": 2, "clicked": 1}
     assert await store.missing_campaigns(DOMAIN, ["old"]) == ("old",)  # no new sends under the former id
 
     assert await store.delete_campaign(DOMAIN, "new")

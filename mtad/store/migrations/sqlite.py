@@ -309,23 +309,22 @@ CREATE TABLE IF NOT EXISTS campaign_counts (
     count INTEGER NOT NULL,
     PRIMARY KEY (cid, event)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS campaign_events (
-    seq INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS campaign_events (  -- stored in key order: a report's rows lie together
     cid INTEGER NOT NULL,
     event TEXT NOT NULL,
     timestamp REAL NOT NULL,
+    event_id TEXT NOT NULL,
     minute INTEGER NOT NULL,  -- minutes since 1970
     month INTEGER NOT NULL,  -- year * 12 + month - 1
-    event_id TEXT NOT NULL,
     recipient TEXT NOT NULL,
     recipient_domain TEXT NOT NULL,
     link TEXT NOT NULL,
     country TEXT NOT NULL,
     region TEXT NOT NULL,
-    city TEXT NOT NULL
-);
+    city TEXT NOT NULL,
+    PRIMARY KEY (cid, event, timestamp, event_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestamp);
-CREATE INDEX IF NOT EXISTS campaign_events_kind ON campaign_events(cid, event, timestamp);
 """)
 
 
