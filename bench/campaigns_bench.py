@@ -1,6 +1,7 @@
 """Campaign reports: how fast they answer on a big store (issue 16, "Benchmark": p99 <= 100 ms each).
 
     python bench/campaigns_bench.py [--events 1000000] [--campaigns 100] [--requests 200] [--keep]
+    python bench/campaigns_bench.py --write-cost 20000
 
 1. **fill** — a fresh SQLite store gets ``--campaigns`` campaigns (``create_campaign``) and ``--events`` events
    spread evenly over them, recorded through the store's typed method (``record_events``: the event rows, the
@@ -12,6 +13,10 @@
    ``--requests`` times per kind, each time for a random campaign: the campaign's stats, clicks grouped by link,
    by recipient, by link and recipient (the seed's "spy mode"), opens by country, stats by daily hour, the
    campaign's first page of events, one event kind's page, and the campaigns list. Reported: p50/p99 per kind.
+
+``--write-cost N`` measures instead what campaigns add to the event write path: ``record_events`` of N events
+naming a campaign, and of N events naming none, on one fresh store, alternated over 3 rounds (the same events
+but for their ``campaigns``): events/s each way.
 
 The store lives in a temporary folder (``--keep`` keeps it). Figures vary between machines and runs: on a shared
 machine read the order of magnitude.
@@ -98,6 +103,34 @@ async def fill(store: SqliteStore, events: int, campaigns: int) -> float:
     return time.perf_counter() - started
 
 
+async def write_cost(folder: Path, n: int) -> None:
+    store = SqliteStore(folder / "write-cost.sqlite3")
+    store.open()
+    try:
+        await store.create_campaign(DOMAIN, "campaign-000", "Newsletter", time.time())
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for round_no in range(3):
+            for with_campaign in ((True, False) if round_no % 2 == 0 else (False, True)):
+                rng = random.Random(round_no)
+                events = [make_event(rng, "campaign-000", time.time()) for _ in range(n)]
+                if not with_campaign:
+                    for e in events:
+                        e["campaigns"] = []
+                started = time.perf_counter()
+                sem = asyncio.Semaphore(4)
+
+                async def one(chunk: list[dict]) -> None:
+                    async with sem:
+                        await store.record_events([NewEvent(DOMAIN, e) for e in chunk])
+                await asyncio.gather(*(one(events[i:i + 2000]) for i in range(0, n, 2000)))
+                rates[with_campaign].append(n / (time.perf_counter() - started))
+        for with_campaign, found in rates.items():
+            print(f"{'with a campaign' if with_campaign else 'without'}: {', '.join(f'{r:,.0f}' for r in found)}"
+                  f" events/s (best {max(found):,.0f})")
+    finally:
+        store.close()
+
+
 async def serve(store: SqliteStore):
     """mtad's campaigns API app on a loopback port: (session, base URL, runner)."""
     import aiohttp
@@ -168,9 +201,14 @@ async def main() -> None:
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--write-cost", type=int, metavar="N", help="measure the event write path instead")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mtad-campaigns-bench-"))
     try:
+        if args.write_cost:
+            print(f"## Event write path: record_events of {args.write_cost:,} events, with and without a campaign")
+            await write_cost(folder, args.write_cost)
+            return
         store = SqliteStore(folder / "mtad.sqlite3")
         store.open()
         try:
