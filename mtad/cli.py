@@ -1,4 +1,4 @@
-"""``mtad`` command line: run, check-config, passwd, queue, store (migrate, copy), ...
+"""``mtad`` command line: run, check-config, passwd, queue, campaigns, store (migrate, copy), ...
 
 Only ``mtad run`` creates a state folder. The other commands find the state where ``mtad run`` keeps it
 (``--config FILE``'s ``state_dir``, else ``--state-dir DIR``, else ``./mtad-state``); read-only ones open the
@@ -264,6 +264,51 @@ def cmd_ui_user(args: argparse.Namespace) -> int:
             print(f"mtad ui-user: no panel user {login}", file=sys.stderr)
             return 1
         print(f"changed the password of panel user {login}")
+
+
+def _campaigns_read(args: argparse.Namespace, action):
+    """``_with_store`` read-only, for the campaigns commands: a store older than the campaigns (its schema lacks
+    their tables, and a read-only command does not migrate it) is said so, not a traceback."""
+    try:
+        return _with_store(args, action)
+    except Exception as exc:  # noqa: BLE001 - only the store's "no such table" is ours to explain
+        if "no such table: campaign" not in str(exc):
+            raise
+        raise NoState("this store predates campaigns (schema older than version 15): `mtad store migrate` or"
+                      " `mtad run` upgrades it") from None
+
+
+def cmd_campaigns_list(args: argparse.Namespace) -> int:
+    """The campaigns (of one domain, or all) with their counters; read-only."""
+    from mtad.events.campaigns import campaign_json
+    total, found = _campaigns_read(args, lambda store: store.list_campaigns(
+        args.domain.lower() if args.domain else None, args.limit, 0))
+    if args.json:
+        print(json.dumps({"total_count": total, "items": [{"domain": c.domain, **campaign_json(c)} for c in found]},
+                         indent=2))
+        return 0
+    print(f"{'DOMAIN':<24} {'ID':<24} {'SUBMIT':>7} {'DELIV':>7} {'OPEN':>7} {'CLICK':>7} {'UNSUB':>6} {'COMPL':>6}"
+          f" {'BOUNCE':>6} {'DROP':>6} CREATED  NAME")
+    for c in found:
+        print(f"{c.domain[:24]:<24} {c.id[:24]:<24} {c.count('submitted'):>7} {c.count('delivered'):>7}"
+              f" {c.count('opened'):>7} {c.count('clicked'):>7} {c.count('unsubscribed'):>6}"
+              f" {c.count('complained'):>6} {c.count('bounced'):>6} {c.count('dropped'):>6} {_when(c.created_at)}"
+              f"  {c.name}")
+    print(f"-- {len(found)} of {total} campaigns")
+    return 0
+
+
+def cmd_campaigns_show(args: argparse.Namespace) -> int:
+    """One campaign: its counters and the stats of ``GET .../campaigns/ID/stats``; read-only."""
+    from mtad.events.campaigns import campaign_json, stats_json
+
+    async def read(store):
+        return await store.get_campaign(args.domain.lower(), args.id), await store.campaign_stats(args.domain.lower(), args.id)
+    found, stats = _campaigns_read(args, read)
+    if found is None or stats is None:
+        print(f"mtad: no campaign {args.id} on {args.domain}", file=sys.stderr)
+        return 1
+    print(json.dumps({"domain": found.domain, **campaign_json(found), "stats": stats_json(stats[0])}, indent=2))
     return 0
 
 
@@ -482,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = u.add_parser("list", help="list the panel users")
     with_config(p)
     p.set_defaults(func=cmd_ui_user)
+    c = sub.add_parser("campaigns", help="campaigns and their counters (read-only)").add_subparsers(
+        dest="campaigns_command", required=True)
+    p = c.add_parser("list", help="the campaigns of a domain (or of all) with their counters")
+    with_config(p)
+    p.add_argument("--domain", help="only this sending domain's")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_campaigns_list)
+    p = c.add_parser("show", help="one campaign: its counters and stats, as JSON")
+    with_config(p)
+    p.add_argument("domain")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_campaigns_show)
 
     d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
     p = d.add_parser("keygen", help="make a signing key and print the DNS record to publish")

@@ -23,4 +23,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [domaintracking.setup]
     from mtad.api import templates  # issue 14: stored templates
     features += [templates.setup]
+    from mtad.api import campaigns  # issue 16: Mailgun's campaigns API (seed 000)
+    features += [campaigns.setup]
     return features

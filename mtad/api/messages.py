@@ -132,6 +132,8 @@ async def _commit(ctx: ApiContext, request: web.Request, composed: compose_mod.C
         result = await ctx.ingress.commit_stream(lambda: submissions(ctx, request, composed, domain, now), now,
                                                  reserve)
     if isinstance(result, NotCommitted):
+        if result.code >= 500:  # refused for good: the request is at fault (an unknown campaign)
+            return error(400, result.reason)
         return error(503, "Not queued: " + result.reason)
     if composed.ignored:
         log.info("%s: ignored options without effect in mtad: %s", result.queue_id, ", ".join(composed.ignored))

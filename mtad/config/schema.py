@@ -416,9 +416,12 @@ class ApiConfig(HostPort):
     max_body_size: Size = Size(30_000_000)  # 25 MB messages plus form overhead
     max_auth_failures: int = 10  # per client address per minute, then 429
     public_url: str = ""  # base URL used in paging links and message URLs (default: http(s)://address)
+    max_campaigns: int = 1000  # campaigns per domain (Mailgun's Pro plan limit); creating more is refused (400)
 
     def __post_build__(self, path: str) -> None:
         check_address(self.address, f"{path}.address", ip_only=False)
+        if self.max_campaigns < 1:
+            raise ConfigError(f"{path}.max_campaigns", "must be at least 1")
 
 
 # Machine fetchers of opens and clicks (``events.engagement``): policy as data. Apple Mail Privacy Protection loads

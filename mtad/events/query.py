@@ -9,7 +9,8 @@ pagination tokens). Both become the store's ``EventQuery``: typed filters (``sto
 and parentheses combine them (``event=failed OR delivered``, ``recipient=NOT a@b.test``,
 ``tags=(a OR b) AND NOT c``); words side by side mean AND. Fields: ``event``, ``severity``,
 ``recipient`` (address, case-insensitive), ``message-id`` (with or without <>), ``tags`` (any tag,
-case-insensitive), ``from`` and ``subject`` (case-insensitive substring of the header).
+case-insensitive), ``from`` and ``subject`` (case-insensitive substring of the header), ``campaign`` (an id of
+the event's campaigns, exactly; mtad's own filter, also an attribute of the logs API).
 
 **Paging** is by cursor, never by offset: events are ordered by ``(timestamp, seq)`` (``seq`` is the
 insertion order, which breaks ties), and a page token holds the query, an anchor ``(timestamp, seq)``
@@ -198,7 +199,7 @@ def parse_expression(text: str) -> Node:
 
 
 FIELDS = ("event", "severity", "recipient", "message-id", "domain", "tags", "tag", "from", "subject",
-          "recipient-domain", "reason", "method", "log-level")
+          "recipient-domain", "reason", "method", "log-level", "campaign")
 
 
 def field_condition(name: str, value: str, comparator: str = "=") -> Filter:
@@ -219,7 +220,7 @@ def compile_node(name: str, node: Node) -> Filter:
     return AllOf(parts) if kind == "and" else AnyOf(parts)
 
 
-EVENTS_FIELDS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
+EVENTS_FIELDS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id", "campaign")
 _ALIASES = {"tag": "tags"}
 
 
@@ -292,7 +293,7 @@ def _best(hints: set[str]) -> str | None:
 LOGS_EVENTS = ("accepted", "delivered", "failed", "opened", "unique_opened", "clicked", "unique_clicked",
                "unsubscribed", "complained", "rejected", "stored")
 LOGS_ATTRIBUTES = ("domain", "recipient", "recipient-domain", "event", "severity", "reason", "subject", "from",
-                   "message-id", "tags", "tag", "method", "log-level")
+                   "message-id", "tags", "tag", "method", "log-level", "campaign")
 
 
 _TEXT, _TIME, _LIST, _OBJECT, _BOOL, _INT = (str,), (str, int, float), (list,), (dict,), (bool,), (int,)

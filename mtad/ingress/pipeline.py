@@ -13,6 +13,7 @@ The protocol engine (smtpserver) asks this module at AUTH, MAIL, RCPT and end of
 - an authenticated message naming a stored template
   (``X-Mailgun-Template-Name``, ``-Version``, ``-Variables``) has its body replaced by the rendered template, as
   Mailgun does, or is refused (550 5.6.0 naming it) when the template does not exist or does not render;
+- a message naming a campaign its sending domain does not have is refused: 550 5.7.1 (the API's 400);
 - 250 is replied only after the store's durable commit; a failed commit answers 452 4.3.1 (451 4.3.0 when the
   store's database cannot be reached);
 - the message bytes all sessions and API sends hold are bounded by ``limits.max_inflight_bytes``
@@ -313,8 +314,10 @@ class Ingress:
                             verdicts=verdicts)
         if not outbound and tx.recipients and self._report_kind(tx.recipients[0]) == "report":
             return (await self._commit_report(envelope, content, summary, queue_id, now)).reply
-        return (await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True,
-                                  expand=expand)).reply
+        result = await self.commit(envelope, content, fields, summary, opts, queue_id, now, held=True, expand=expand)
+        if isinstance(result, NotCommitted) and result.code >= 500:  # refused for good (an unknown campaign)
+            return await self._refuse(session, tx, result.reply, fields)
+        return result.reply
 
     async def _list_posts(self, tx: Transaction) -> tuple[tuple[str, ...], str | None]:
         """The lists an MX post reaches (by ``access_level``), or the refusal when one it may not reach has no
@@ -419,6 +422,9 @@ class Ingress:
     async def _commit_many(self, items: "list[Submission]", now: float) -> CommitResult:
         planned = [(item.queue_id, self._plan(item)) for item in items]
         try:
+            refused = await self._unknown_campaigns([msg for _, (msg, *_) in planned])
+            if refused is not None:
+                return refused
             await self.store.enqueue([spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now), tuple(forwards),
                                                     tuple(deliver_to), lists)
                                       for queue_id, (msg, forwards, deliver_to, lists) in planned], now)
@@ -444,6 +450,11 @@ class Ingress:
         called more than once (the store runs a transaction again after some failures). ``reserve``: the bytes
         held in ``inflight`` meanwhile (what is in memory at once: a copy and its commit copies; 452 if no room).
         An exception the iteration raises (a copy that cannot be built) propagates, nothing committed."""
+        first = next(iter(make()), None)  # every copy of a batch names the same campaigns
+        if first is not None:
+            refused = await self._unknown_campaigns([self._plan(first)[0]])
+            if refused is not None:
+                return refused
         with self.inflight.hold() as hold:
             if not (hold.take(reserve) and hold.take_for_commit(reserve)):
                 log.warning("API send refused: messages in flight hold more than max_inflight_bytes (%d)",
@@ -474,6 +485,22 @@ class Ingress:
                      env.auth_user or "-", "yes" if env.tls else "no", env.transport,
                      f" batch={len(written)}" if len(written) > 1 else "")
         return Committed(tuple(w.queue_id for w in written))
+
+    async def _unknown_campaigns(self, messages: list[NewMessage]) -> NotCommitted | None:
+        """Refuse (550 5.7.1; the API's 400) a message naming a campaign (``o:campaign``,
+        ``X-Mailgun-Campaign-Id``) that its sending domain does not have: its events would count nowhere
+        (``store.campaigns``). One store read per sending domain, only for messages that name campaigns."""
+        asked: dict[str, list[str]] = {}
+        for msg in messages:
+            if msg.direction == "outbound" and msg.options.campaigns:
+                asked.setdefault(msg.domain, []).extend(msg.options.campaigns)
+        for domain, ids in asked.items():
+            missing = await self.store.missing_campaigns(domain, tuple(dict.fromkeys(ids)))
+            if missing:
+                shown = "".join(c if c.isprintable() else "?" for c in missing[0][:64])
+                return NotCommitted(550, "5.7.1", f"Campaign '{shown}' does not exist for domain {domain}:"
+                                                  f" create it first (POST /v3/{domain}/campaigns)")
+        return None
 
     def _plan(self, item: "Submission") -> tuple[NewMessage, list[spool.ForwardRow], list[str], tuple[int, ...]]:
         """The message to store, its route forwards, the recipients the outbound stage delivers and the mailing

@@ -9,7 +9,8 @@ What differs, and why:
 - ``lock_rows``: a claim's ``SELECT ... LIMIT n`` locks the rows it picks on PostgreSQL (``FOR UPDATE SKIP
   LOCKED``: several nodes claim at once, each skips the rows another is taking); SQLite has one writer.
 - JSON inside a text column: ``json_text`` (SQLite ``json_extract``, PostgreSQL ``#>>``), ``json_flag`` (a JSON
-  boolean: SQLite reads it as 0/1), ``json_tags`` (the elements of an event's ``tags`` array), ``json_array1``
+  boolean: SQLite reads it as 0/1), ``json_tags`` (the elements of an event's ``tags`` array), ``json_campaign`` (an event names a campaign),
+  ``json_array1``
   (a one-element JSON array of a column, as text).
 - Case: ``nocase`` compares a column to a parameter without case (SQLite's ``COLLATE NOCASE``); ``like_nocase``
   is SQLite's ``LIKE`` (ASCII case-insensitive), PostgreSQL's ``ILIKE``.
@@ -67,6 +68,15 @@ class Dialect:
             return (f"jsonb_array_elements_text(CASE WHEN jsonb_typeof({column}::jsonb -> 'tags') = 'array'"
                     f" THEN {column}::jsonb -> 'tags' ELSE '[]'::jsonb END) AS tags(value)")
         return f"json_each({column}, '$.tags')"
+
+    def json_campaign(self, column: str) -> str:
+        """True when the array ``campaigns`` of the JSON in ``column`` has an element whose ``id`` is the next
+        parameter (an event's campaigns: ``[{"id": ...}]``)."""
+        if self.is_postgresql:
+            return (f"EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({column}::jsonb ->"
+                    f" 'campaigns') = 'array' THEN {column}::jsonb -> 'campaigns' ELSE '[]'::jsonb END)"
+                    " AS campaigns(value) WHERE campaigns.value ->> 'id' = ?)")
+        return f"EXISTS (SELECT 1 FROM json_each({column}, '$.campaigns') WHERE json_extract(value, '$.id') = ?)"
 
     def json_array1(self, column: str) -> str:
         """``[column]`` as JSON text."""

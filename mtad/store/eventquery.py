@@ -37,7 +37,7 @@ HINT_INDEX = {"message-id": "events_message_hour", "recipient": "events_recipien
 class Match:
     """``field`` equals ``value`` (or contains it, ``contains``). Fields: event, severity, recipient (any case),
     message-id (with or without <>), domain, tags/tag (any tag, any case), from and subject (substring of the
-    header, any case), recipient-domain, reason, method, log-level."""
+    header, any case), recipient-domain, reason, method, log-level, campaign (an id of the event's campaigns)."""
 
     field: str
     value: str
@@ -69,7 +69,7 @@ class Metric:
 Filter = Union[Match, Not, AllOf, AnyOf, Metric]
 
 FIELDS = ("event", "severity", "recipient", "message-id", "domain", "tags", "tag", "from", "subject",
-          "recipient-domain", "reason", "method", "log-level")
+          "recipient-domain", "reason", "method", "log-level", "campaign")
 CONTAINS_FIELDS = ("recipient", "event", "severity", "message-id", "domain", "tags", "tag")
 _METRIC_EVENT = {  # the logs API's metric events: (event, condition on the event's JSON or None)
     "accepted": ("accepted", None),
@@ -139,6 +139,8 @@ def _match(name: str, value: str, contains: bool, dialect: Dialect) -> tuple[str
         return "domain = ?", [v.lower()]
     if name in ("tags", "tag"):
         return f"EXISTS (SELECT 1 FROM {dialect.json_tags('data')} WHERE {dialect.nocase('value')})", [v]
+    if name == "campaign":  # an id the event's campaigns name (as it was sent: a rename does not rewrite events)
+        return dialect.json_campaign("data"), [v]
     if name in ("from", "subject"):
         return f"{dialect.json_text('data', 'message', 'headers', name)} {like} ? ESCAPE '\\'", [_like(v)]
     if name == "recipient-domain":

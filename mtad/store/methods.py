@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mtad.store.accounts import AccountMethods
 from mtad.store.authpolicy import AuthPolicyMethods
+from mtad.store.campaigns import CampaignMethods
 from mtad.store.changes import ChangeMethods
 from mtad.store.engagement import EngagementMethods
 from mtad.store.events import EventMethods
@@ -24,6 +25,6 @@ from mtad.store.webhooks import WebhookConfigMethods
 from mtad.store.work import WorkMethods
 
 METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, RouteMethods, WebhookConfigMethods,
-           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods, TemplateMethods)
+           WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods, TemplateMethods, CampaignMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users
 METHODS += (EngagementMethods,)  # engagement tracking (store.engagement)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from mtad.store.accounts import AccountStore
 from mtad.store.authpolicy import AuthPolicyStore
+from mtad.store.campaigns import CampaignStore
 from mtad.store.changes import ChangeStore
 from mtad.store.engagement import EngagementStore
 from mtad.store.events import EventStore
@@ -39,5 +40,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, TemplateStore, Lifecycle, EngagementStore, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, TemplateStore, CampaignStore, Lifecycle, EngagementStore, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -24,7 +24,7 @@ from tests.e2e.apihelpers import delivering, dkim_domain, txt_lookup
 from tests.e2e.helpers import send as smtp_send, submission
 from tests.support.daemon import _FAST_HASH
 from tests.support.dns_server import DnsServer
-from tests.support.api import api, basic_auth
+from tests.support.api import api, api_sync, basic_auth
 from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 FROM = "Sender <postmaster@example.com>"
@@ -44,6 +44,8 @@ def env(daemon_factory, tmp_path_factory, mx_farm):
                         **dkim_cfg},
     }
     daemon = daemon_factory(limits={"max_message_size": "2MB"}, **top)
+    # a send naming an unknown campaign is refused
+    api_sync(daemon, "POST", "/v3/example.com/campaigns", data={"name": "c1", "id": "c1"})
     yield daemon, sink, (name, value)
     dns.stop()
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.helpers import LOGIN, queue_id, stored
 from tests.support import tools
+from tests.support.api import api_sync
 from tests.support.daemon import PASSWORD, free_port
 
 POSTFIX = Path("/usr/sbin/postfix")
@@ -27,7 +28,10 @@ SENDMAIL = Path("/usr/sbin/sendmail")
 
 @pytest.fixture(scope="module")
 def server(daemon_factory):
-    return daemon_factory()
+    daemon = daemon_factory()
+    # a send naming an unknown campaign is refused
+    api_sync(daemon, "POST", "/v3/example.com/campaigns", data={"name": "swaks", "id": "swaks"})
+    return daemon
 
 
 def wait_for_message(daemon, recipient: str, timeout: float = 30) -> str:

@@ -13,6 +13,7 @@ import smtplib
 import pytest
 
 from tests.e2e.helpers import message_count, queue_id, send, stored, submission
+from tests.support.api import api_sync
 
 DELIVER_BY = "Thu, 13 Oct 2033 18:02:00 +0000"
 DELIVER_BY_EPOCH = email.utils.parsedate_to_datetime(DELIVER_BY).timestamp()
@@ -20,7 +21,10 @@ DELIVER_BY_EPOCH = email.utils.parsedate_to_datetime(DELIVER_BY).timestamp()
 
 @pytest.fixture(scope="module")
 def server(daemon_factory):
-    return daemon_factory()
+    daemon = daemon_factory()
+    for campaign in ("spring-sale", "c1", "c2"):  # a send naming an unknown campaign is refused
+        api_sync(daemon, "POST", "/v3/example.com/campaigns", data={"name": campaign, "id": campaign})
+    return daemon
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import trustme
 
 from tests.e2e.outbound_support import deliveries, events, outcomes, serve_domain, submit, wait_final
 from tests.support.sink import server_tls
+from tests.support.api import api_sync
 from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
 
@@ -48,8 +49,11 @@ def dkim_records(tmp_path_factory, loopback_dns) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def daemon(outbound_mtad, dkim_records) -> Mtad:
-    return outbound_mtad(dkim=[{"selector": "rsa1", "key_file": dkim_records[0][0]},
-                               {"selector": "ed1", "key_file": dkim_records[1][0]}])
+    daemon = outbound_mtad(dkim=[{"selector": "rsa1", "key_file": dkim_records[0][0]},
+                                 {"selector": "ed1", "key_file": dkim_records[1][0]}])
+    # a send naming an unknown campaign is refused
+    api_sync(daemon, "POST", "/v3/example.com/campaigns", data={"name": "Autumn sale", "id": "autumn-sale"})
+    return daemon
 
 
 def dkim_results(message: bytes, nameserver_port: int) -> list[bool]:

@@ -441,6 +441,51 @@ CREATE TABLE IF NOT EXISTS report_keys (
 """)
 
 
+# --- 15: campaigns (Mailgun's campaigns API): the campaigns, their counters and their events' index -----------------
+
+def _v15(conn: sqlite3.Connection) -> None:
+    """``mtad.store.campaigns`` describes these tables."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS campaigns (
+    cid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the store's number of a campaign, never reused
+    domain TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaigns_domain_id ON campaigns(domain, id);
+CREATE TABLE IF NOT EXISTS campaign_aliases (
+    domain TEXT NOT NULL,
+    id TEXT NOT NULL,  -- a former id of a renamed campaign
+    cid INTEGER NOT NULL,
+    PRIMARY KEY (domain, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS campaign_aliases_cid ON campaign_aliases(cid);
+CREATE TABLE IF NOT EXISTS campaign_counts (
+    cid INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (cid, event)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS campaign_events (  -- stored in key order: a report's rows lie together
+    cid INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    event_id TEXT NOT NULL,
+    minute INTEGER NOT NULL,  -- minutes since 1970
+    month INTEGER NOT NULL,  -- year * 12 + month - 1
+    recipient TEXT NOT NULL,
+    recipient_domain TEXT NOT NULL,
+    link TEXT NOT NULL,
+    country TEXT NOT NULL,
+    region TEXT NOT NULL,
+    city TEXT NOT NULL,
+    PRIMARY KEY (cid, event, timestamp, event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestamp);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -456,6 +501,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(12, "templates and template_versions: stored templates", _v12),
     Migration(13, "provider_actions: automation rules' actions shared by the nodes (PostgreSQL only)", _v13),
     Migration(14, "report_keys: a replayed late report records nothing", _v14),
+    Migration(15, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v15),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

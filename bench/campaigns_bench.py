@@ -1,0 +1,232 @@
+"""Campaign reports: how fast they answer on a big store (issue 16, "Benchmark": p99 <= 100 ms each).
+
+    python bench/campaigns_bench.py [--events 1000000] [--campaigns 100] [--requests 200] [--keep]
+    python bench/campaigns_bench.py --write-cost 20000
+
+1. **fill** — a fresh SQLite store gets ``--campaigns`` campaigns (``create_campaign``) and ``--events`` events
+   spread evenly over them, recorded through the store's typed method (``record_events``: the event rows, the
+   stats counters, and the campaigns' counters and index rows, in the same group-committed writes as the daemon
+   makes them), in batches of 2,000 with 4 batches in flight. The mix per campaign, like a newsletter's:
+   accepted 22%, delivered 21%, failed 2% (bounces and drops), opened 30%, clicked 21%, unsubscribed 2%,
+   complained 2%; 2,000 recipients on 40 domains, 20 links, places from 12 cities, over 30 days.
+2. **reports** — mtad's real API app (``mtad.api.campaigns``) on a loopback port, asked over HTTP with aiohttp,
+   ``--requests`` times per kind, each time for a random campaign: the campaign's stats, clicks grouped by link,
+   by recipient, by link and recipient (the seed's "spy mode"), opens by country, stats by daily hour, the
+   campaign's first page of events, one event kind's page, and the campaigns list. Reported: p50/p99 per kind.
+
+``--write-cost N`` measures instead what campaigns add to the event write path: ``record_events`` of N events
+naming a campaign, and of N events naming none, on one fresh store, alternated over 3 rounds (the same events
+but for their ``campaigns``): events/s each way.
+
+The store lives in a temporary folder (``--keep`` keeps it). Figures vary between machines and runs: on a shared
+machine read the order of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtad.events import shape  # noqa: E402
+from mtad.store.events import NewEvent  # noqa: E402
+from mtad.store.sqlite import SqliteStore  # noqa: E402
+
+KEY = "key-bench"
+DOMAIN = "example.com"
+PLACES = [("US", "IL", "Chicago"), ("US", "CA", "San Francisco"), ("US", "NY", "New York"), ("RU", "MOW", "Moscow"),
+          ("FR", "IDF", "Paris"), ("DE", "BE", "Berlin"), ("GB", "ENG", "London"), ("JP", "13", "Tokyo"),
+          ("BR", "SP", "Sao Paulo"), ("IN", "MH", "Mumbai"), ("CA", "ON", "Toronto"), ("AU", "NSW", "Sydney")]
+MIX = [("accepted", 22), ("delivered", 21), ("failed", 2), ("opened", 30), ("clicked", 21), ("unsubscribed", 2),
+       ("complained", 2)]
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def make_event(rng: random.Random, campaign: str, now: float) -> dict:
+    kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
+    n = rng.randrange(2000)
+    rcpt = f"user{n}@dest{n % 40}.test"
+    extra: dict = {}
+    if kind == "accepted":
+        extra = {"direction": "outgoing", "method": "http"}
+    elif kind == "failed":
+        extra = {"severity": "permanent", "reason": rng.choice(["bounce", "bounce", "suppress-bounce"])}
+    elif kind in ("opened", "clicked", "unsubscribed"):
+        extra = {"geolocation": dict(zip(("country", "region", "city"), rng.choice(PLACES))),
+                 "client-info": {"client-type": "browser", "device-type": "desktop"}, "ip": "192.0.2.1"}
+        if kind == "clicked":
+            extra["url"] = f"https://shop.test/item/{rng.randrange(20)}"
+    return shape.base_event(kind, timestamp=now - rng.uniform(0, 30 * 86400), recipient=rcpt,
+                            queue_id=f"Q{n}", message=shape.message_part({"message-id": f"{n}@example.com",
+                                                                          "subject": "Newsletter"}, 2000),
+                            options={"campaigns": [campaign], "tags": ["newsletter"]}, envelope={},
+                            flags={"is-unique": False}, extra=extra)
+
+
+async def fill(store: SqliteStore, events: int, campaigns: int) -> float:
+    ids = [f"campaign-{i:03d}" for i in range(campaigns)]
+    for cid in ids:
+        await store.create_campaign(DOMAIN, cid, f"Newsletter {cid}", time.time())
+    rng = random.Random(16)
+    now = time.time()
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(4)
+    batch = 2000
+
+    async def one(start: int) -> None:
+        async with sem:
+            await store.record_events([NewEvent(DOMAIN, make_event(rng, ids[(start + i) % campaigns], now))
+                                       for i in range(min(batch, events - start))])
+    tasks = []
+    for start in range(0, events, batch):
+        tasks.append(asyncio.ensure_future(one(start)))
+        if len(tasks) >= 8:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+            tasks = list(pending)
+        if start and start % 100_000 == 0:
+            print(f"  {start:,} events recorded ({start / (time.perf_counter() - started):,.0f}/s)", flush=True)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
+
+
+async def write_cost(folder: Path, n: int) -> None:
+    store = SqliteStore(folder / "write-cost.sqlite3")
+    store.open()
+    try:
+        await store.create_campaign(DOMAIN, "campaign-000", "Newsletter", time.time())
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for round_no in range(3):
+            for with_campaign in ((True, False) if round_no % 2 == 0 else (False, True)):
+                rng = random.Random(round_no)
+                events = [make_event(rng, "campaign-000", time.time()) for _ in range(n)]
+                if not with_campaign:
+                    for e in events:
+                        e["campaigns"] = []
+                started = time.perf_counter()
+                sem = asyncio.Semaphore(4)
+
+                async def one(chunk: list[dict]) -> None:
+                    async with sem:
+                        await store.record_events([NewEvent(DOMAIN, e) for e in chunk])
+                await asyncio.gather(*(one(events[i:i + 2000]) for i in range(0, n, 2000)))
+                rates[with_campaign].append(n / (time.perf_counter() - started))
+        for with_campaign, found in rates.items():
+            print(f"{'with a campaign' if with_campaign else 'without'}: {', '.join(f'{r:,.0f}' for r in found)}"
+                  f" events/s (best {max(found):,.0f})")
+    finally:
+        store.close()
+
+
+async def serve(store: SqliteStore):
+    """mtad's campaigns API app on a loopback port: (session, base URL, runner)."""
+    import aiohttp
+    from aiohttp import web
+    from mtad.api import ApiContext, ApiKey, campaigns as campaigns_api, create_app, hash_key
+    from mtad.config.schema import ApiConfig
+    ingress = types.SimpleNamespace(directory=types.SimpleNamespace(sending_domains=frozenset({DOMAIN})))
+    ctx = ApiContext(config=ApiConfig(), store=store, base_url="", keys=lambda: [ApiKey(hash_key(KEY))],
+                     running_config=None, allowed_networks=(), ingress=ingress, routing=None,  # type: ignore[arg-type]
+                     accounts=None, apply_accounts=None, metrics=None)  # type: ignore[arg-type]
+    runner = web.AppRunner(create_app(ctx, [campaigns_api.setup]), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    session = aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth("api", KEY)})
+    return session, f"http://127.0.0.1:{port}", runner
+
+
+async def timed(session, url: str, params: list | dict) -> tuple[float, object]:
+    started = time.perf_counter()
+    async with session.get(url, params=params) as resp:
+        data = await resp.json()
+        assert resp.status == 200, (url, resp.status, data)
+    return time.perf_counter() - started, data
+
+
+async def reports(store: SqliteStore, campaigns: int, requests: int) -> None:
+    session, base, runner = await serve(store)
+    rng = random.Random(2)
+    url = f"{base}/v3/{DOMAIN}/campaigns"
+    kinds = {
+        "campaign stats (totals + unique)": ("stats", {}),
+        "clicks groupby=link": ("clicks", {"groupby": "link"}),
+        "clicks groupby=recipient": ("clicks", {"groupby": "recipient"}),
+        "clicks groupby=link&groupby=recipient": ("clicks", [("groupby", "link"), ("groupby", "recipient")]),
+        "opens groupby=country, limit 10": ("opens", {"groupby": "country", "limit": "10"}),
+        "stats groupby=daily_hour": ("stats", {"groupby": "daily_hour"}),
+        "events, first page (100)": ("events", {}),
+        "events event=clicked, page 5": ("events", {"event": "clicked", "page": "5"}),
+    }
+    try:
+        print("| request | p50 ms | p99 ms | items |")
+        print("|---|---:|---:|---:|")
+        for name, (report, params) in kinds.items():
+            lat, items = [], []
+            for _ in range(requests):
+                campaign = f"campaign-{rng.randrange(campaigns):03d}"
+                seconds, data = await timed(session, f"{url}/{campaign}/{report}", params)
+                lat.append(seconds * 1000)
+                items.append(len(data) if isinstance(data, list) else 1)
+            print(f"| {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {sum(items) / len(items):.0f} |",
+                  flush=True)
+        lat = []
+        for _ in range(requests):
+            seconds, data = await timed(session, url, {"limit": "100"})
+            lat.append(seconds * 1000)
+        print(f"| campaigns list (100, with counters) | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} |"
+              f" {len(data['items'])} |")  # type: ignore[index]
+    finally:
+        await session.close()
+        await runner.cleanup()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--campaigns", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--write-cost", type=int, metavar="N", help="measure the event write path instead")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="mtad-campaigns-bench-"))
+    try:
+        if args.write_cost:
+            print(f"## Event write path: record_events of {args.write_cost:,} events, with and without a campaign")
+            await write_cost(folder, args.write_cost)
+            return
+        store = SqliteStore(folder / "mtad.sqlite3")
+        store.open()
+        try:
+            print(f"## 1. Fill: {args.events:,} events over {args.campaigns} campaigns through record_events",
+                  flush=True)
+            seconds = await fill(store, args.events, args.campaigns)
+            size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+            print(f"filled in {seconds:.0f} s ({args.events / seconds:,.0f} events/s), store {size:,.0f} MB\n")
+            print(f"## 2. Reports over HTTP, {args.requests} requests per kind, random campaign each time")
+            await reports(store, args.campaigns, args.requests)
+        finally:
+            store.close()
+    finally:
+        if args.keep:
+            print(f"\nstore kept in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
