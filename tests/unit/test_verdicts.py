@@ -279,3 +279,34 @@ def test_verification_with_the_replacements_gives_dkimpys_verdicts():
             assert mine == reference, (i, mine, reference)
     assert [s[0] for s in dkimjob.verify(messages[5], keys, 5)[0]] == ["pass", "pass"]
     assert dkimjob.verify(messages[6], keys, 5)[0][0][0] == "fail"
+
+
+def test_the_author_domain_pattern_agrees_with_getaddresses():
+    import email.utils
+
+    def reference(value: str) -> str | None:
+        addresses = [a for _, a in email.utils.getaddresses([value]) if a]
+        if len(addresses) != 1 or "@" not in addresses[0]:
+            return None
+        return addresses[0].rpartition("@")[2].strip().rstrip(".>").lower() or None
+
+    values = ["sender@Example.COM", "Sender <sender@example.com>", "  A B  C\t<a.b+c@mail.example.com>  ",
+              "<x@y.test>", "x@y.test>", "<x@y.test", "J. Smith <j@x.test>", '"Smith, J" <j@x.test>',
+              "a@b.test, c@d.test", "a@b.test <c@d.test>", "Name <a@b.test> (comment)", "a@b.test.",
+              "=?utf-8?q?caf=C3=A9?= <c@cafe.test>", "Group: a@b.test;", "no address", "", "a..b@c.test",
+              "a@[127.0.0.1]", "Evil <a@b.test>\r\n <c@d.test>", "a@b@c.test", "a@-b.test", "<>", "a@b_c.test",
+              "Ann O'Neil <ann@x.test>", "first.last@sub.domain.example.co.uk", "a@b .test"]
+    for value in values:
+        assert dmarc.author_domain([value]) == reference(value), value
+    assert dmarc.author_domain(["Sender <sender@Example.COM>"]) == "example.com"
+    assert dmarc.author_domain(["a@b.test", "c@d.test"]) is None
+
+
+def test_signature_tags_drop_all_whitespace_as_before():
+    import re
+    value = "v=1; a=rsa-sha256;\r\n\td=Example.COM; s=sel\u00a0ector; b=AB CD\r\n EF\u2003GH;\x0bbh=x\x1cy; D=second"
+    expected = {}
+    for name, val in dkimjob._TAG.findall(value):
+        expected.setdefault(name.lower(), re.sub(r"\s+", "", val))
+    assert dkimjob.tags(value) == expected
+    assert expected["b"] == "ABCDEFGH" and expected["d"] == "Example.COM"

@@ -53,7 +53,9 @@ def tags(value: str) -> dict[str, str]:
     """The tag=value list of a signature header (folding whitespace removed), first instance of each tag."""
     out: dict[str, str] = {}
     for name, val in _TAG.findall(value):
-        out.setdefault(name.lower(), re.sub(r"\s+", "", val))
+        name = name.lower()
+        if name not in out:
+            out[name] = "".join(val.split())  # what re.sub(r"\s+", "", val) gives (the same whitespace), faster
     return out
 
 
