@@ -136,7 +136,8 @@ class _DkimpysOwn:
     """Within: dkimpy's own functions back in place of dkimjob's replacements."""
 
     NAMES = {"evaluate_pk": "dkim", "RSASSA_PKCS1_v1_5_verify": "dkim",
-             "compress_whitespace": "dkim.canonicalization", "int2str": "dkim.crypto", "str2int": "dkim.crypto"}
+             "compress_whitespace": "dkim.canonicalization", "unfold_header_value": "dkim.canonicalization",
+             "int2str": "dkim.crypto", "str2int": "dkim.crypto"}
 
     def __enter__(self):
         import importlib
@@ -220,13 +221,15 @@ def test_rsa_verification_by_openssl_gives_dkimpys_results_on_good_bad_and_garba
             assert mine == ("returned", expected), i
 
 
-def test_the_replaced_whitespace_compression_gives_dkimpys_results():
+def test_the_replaced_whitespace_compression_and_unfolding_give_dkimpys_results():
     dkimjob._dkimpy()
-    original = dkimjob.REPLACED["compress_whitespace"]
+    original, unfold = dkimjob.REPLACED["compress_whitespace"], dkimjob.REPLACED["unfold_header_value"]
     rng = random.Random(3)
-    for _ in range(2000):
-        text = b"".join(rng.choice((b" ", b"\t", b"a", b"\r\n", b"  ", b"\xc3\xa9")) for _ in range(rng.randint(0, 40)))
+    for _ in range(3000):
+        text = b"".join(rng.choice((b" ", b"\t", b"a", b"\r\n", b"  ", b"\xc3\xa9", b"\r", b"\n"))
+                        for _ in range(rng.randint(0, 40)))
         assert dkimjob._compress_whitespace(text) == original(text), text
+        assert dkimjob._unfold_header_value(text) == unfold(text), text
 
 
 def test_verification_with_the_replacements_gives_dkimpys_verdicts():
@@ -310,3 +313,39 @@ def test_signature_tags_drop_all_whitespace_as_before():
         expected.setdefault(name.lower(), re.sub(r"\s+", "", val))
     assert dkimjob.tags(value) == expected
     assert expected["b"] == "ABCDEFGH" and expected["d"] == "Example.COM"
+
+
+def test_the_verifier_hands_back_the_fields_a_second_parse_would_give():
+    import dataclasses
+
+    from mtad.config.schema import AuthenticationConfig
+    from mtad.inbound.verdicts.check import Verifier
+    from mtad.mail import headers
+
+    zone = dict(ZONE)
+    zone[("_dmarc.a.test", "TXT")] = ("v=DMARC1; p=quarantine",)
+    config = dataclasses.replace(AuthenticationConfig(), enabled=True, workers=0)
+    messages = [
+        b"From: A <x@a.test>\r\nTo: b@b.test\r\nSubject: folded\r\n  on two lines\r\n\r\nbody\r\n",
+        b"From: x@a.test\r\n\r\n",
+        b"\r\nno header at all\r\n",
+        b" leading folding white space\r\nFrom: x@a.test\r\n\r\nbody\r\n",
+        b"Authentication-Results: mx.test; spf=pass\r\nFrom: x@a.test\r\n\r\nforged results removed\r\n",
+        b"From: x@a.test\r\nnot a field line\r\nSubject: s\r\n\r\nb\r\n",
+    ]
+
+    async def run() -> None:
+        verifier = Verifier(config, "mx.test", Zone(zone))
+        try:
+            for ip in ("192.0.2.1", "198.51.100.1"):  # pass; fail, quarantined (one more line added)
+                for content in messages:
+                    fields, _ = headers.parse_block(content, 100, len(content))
+                    checked = await verifier.check(content, fields, client_ip=ip, helo="h.test", sender="x@a.test",
+                                                   domains=["b.test"])
+                    expected, _ = headers.parse_block(checked.content, 100, len(checked.content))
+                    assert checked.fields is None or checked.fields == expected, content
+                    assert (checked.fields is None) == (content[:1] == b" " or b"mx.test;" in content), content
+        finally:
+            await verifier.close()
+
+    asyncio.run(run())

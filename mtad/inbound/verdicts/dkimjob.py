@@ -111,6 +111,12 @@ def _compress_whitespace(content: bytes) -> bytes:
     return _RUN.sub(b" ", content)
 
 
+def _unfold_header_value(content: bytes) -> bytes:
+    """``dkim.canonicalization.unfold_header_value`` (``re.sub(b"\\r?\\n", b"", content)``) with the same results:
+    every LF goes, with the CR right before it."""
+    return content.replace(b"\r\n", b"").replace(b"\n", b"")
+
+
 def _evaluate_pk(name: bytes, s: bytes | str | None):
     """``dkim.evaluate_pk`` remembered per (name, key record): the record's text comes from mtad's resolver
     (its TTL), so a changed or expired record is a new entry; what dkimpy refuses is never remembered."""
@@ -159,7 +165,7 @@ def _dkimpy():
     """dkimpy, imported on first use (a daemon without inbound mail never loads it), with these replaced by
     equivalents above (tests/unit/test_verdicts.py checks they agree): its integer conversions, its RSA
     verification (OpenSSL through ``cryptography``), its key record parsing (remembered), and the relaxed
-    canonicalisation's whitespace compression. Signing by dkimpy (the tests' independent signer) is unchanged."""
+    canonicalisation's whitespace compression and unfolding. Signing by dkimpy (the tests' independent signer) is unchanged."""
     if not _DKIMPY:
         import dkim
         import dkim.canonicalization
@@ -168,12 +174,14 @@ def _dkimpy():
         _HASHES.update(sha256=hashes.SHA256(), sha1=hashes.SHA1())
         REPLACED.update(int2str=dkim.crypto.int2str, str2int=dkim.crypto.str2int, evaluate_pk=dkim.evaluate_pk,
                         RSASSA_PKCS1_v1_5_verify=dkim.RSASSA_PKCS1_v1_5_verify,
-                        compress_whitespace=dkim.canonicalization.compress_whitespace)
+                        compress_whitespace=dkim.canonicalization.compress_whitespace,
+                        unfold_header_value=dkim.canonicalization.unfold_header_value)
         dkim.crypto.int2str = _int2str
         dkim.crypto.str2int = _str2int
         dkim.evaluate_pk = _evaluate_pk
         dkim.RSASSA_PKCS1_v1_5_verify = _rsa_verify
         dkim.canonicalization.compress_whitespace = _compress_whitespace
+        dkim.canonicalization.unfold_header_value = _unfold_header_value
         _DKIMPY.append(dkim)
     return _DKIMPY[0]
 
