@@ -80,8 +80,8 @@ class Verifier:
         started = time.monotonic()
         async with self._slots:
             try:
-                verdicts = await asyncio.wait_for(self._verdicts(content, fields, client_ip, helo, sender),
-                                                  self.config.timeout.seconds)
+                async with asyncio.timeout(self.config.timeout.seconds):  # no task of its own, as wait_for makes
+                    verdicts = await self._verdicts(content, fields, client_ip, helo, sender)
             except asyncio.TimeoutError:
                 self.counters.timeouts += 1
                 verdicts = _all_temperror(sender, helo, "checks timed out")
@@ -97,9 +97,10 @@ class Verifier:
             self.counters.quarantined += 1
         log.debug("verdicts spf=%s dkim=%s dmarc=%s arc=%s action=%s client=%s", verdicts.spf.result,
                   verdicts.dkim_result, verdicts.dmarc.result, verdicts.arc, decision.action, client_ip)
-        block = results.header_block(self.authserv_id, verdicts, decision)
+        lines = results.encoded(results.header_fields(self.authserv_id, verdicts, decision))
+        block = b"".join(line for line, _ in lines)
         return Checked(block + cleaned, results.summary(verdicts, decision), decision.reply or None,
-                       None if forged else _fields_after(block, content, fields))
+                       None if forged else _fields_after(lines, content, fields))
 
     async def _verdicts(self, content: bytes, fields: list[headers.HeaderField], client_ip: str, helo: str,
                         sender: str) -> results.Verdicts:
@@ -159,16 +160,19 @@ class Verifier:
         return dict(zip(names, found))
 
 
-def _fields_after(block: bytes, content: bytes, fields: list[headers.HeaderField]
+def _fields_after(lines: list[tuple[bytes, str]], content: bytes, fields: list[headers.HeaderField]
                   ) -> list[headers.HeaderField] | None:
-    """The fields of ``block + content`` from ``content``'s (``fields``), their spans moved, and the block's own:
-    no second parse of the whole header block. None when ``content`` starts with folding white space (a line
-    that would continue the block's last field)."""
+    """The fields of the added ``lines`` + ``content``: the lines' own (``results.encoded``), then ``content``'s
+    (``fields``) with their spans moved; no second parse of the whole header block. None when ``content``
+    starts with folding white space (a line that would continue the last added field)."""
     if content[:1] in (b" ", b"\t"):
         return None
-    added, _ = headers.parse_block(block, len(block), len(block))
-    shift = len(block)
-    return added + [headers.HeaderField(f.name, f.value, f.start + shift, f.end + shift) for f in fields]
+    out, shift = [], 0
+    for line, value in lines:
+        name = line[:line.index(b":")].decode("ascii")
+        out.append(headers.HeaderField(name, value, shift, shift + len(line)))
+        shift += len(line)
+    return out + [headers.HeaderField(f.name, f.value, f.start + shift, f.end + shift) for f in fields]
 
 
 def _all_temperror(sender: str, helo: str, reason: str) -> results.Verdicts:
