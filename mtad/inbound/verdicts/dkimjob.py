@@ -1,6 +1,8 @@
 """DKIM (RFC 6376, RSA and Ed25519) and ARC (RFC 8617) verification by dkimpy, as a job of the worker pool.
 
-dkimpy does the cryptography and the canonicalisation; its DNS lookups never leave the job: the parent looks
+dkimpy parses, canonicalises and hashes (Ed25519 through pynacl); RSA signatures are verified by ``cryptography``
+(OpenSSL) in place of dkimpy's pure-Python RSA, with the same answers (``_dkimpy`` lists what is replaced and why);
+its DNS lookups never leave the job: the parent looks
 up every key a message names first (``key_names``, on mtad's asynchronous resolver, with its timeouts and
 cache) and hands them over with the message; dkimpy's ``dnsfunc`` answers from that map. A key whose lookup
 failed temporarily makes its signature ``temperror`` (dkimpy itself would call it a plain failure).
