@@ -137,7 +137,7 @@ class _DkimpysOwn:
 
     NAMES = {"evaluate_pk": "dkim", "RSASSA_PKCS1_v1_5_verify": "dkim",
              "compress_whitespace": "dkim.canonicalization", "unfold_header_value": "dkim.canonicalization",
-             "int2str": "dkim.crypto", "str2int": "dkim.crypto"}
+             "RE_BTAG": "dkim", "int2str": "dkim.crypto", "str2int": "dkim.crypto"}
 
     def __enter__(self):
         import importlib
@@ -230,6 +230,18 @@ def test_the_replaced_whitespace_compression_and_unfolding_give_dkimpys_results(
                         for _ in range(rng.randint(0, 40)))
         assert dkimjob._compress_whitespace(text) == original(text), text
         assert dkimjob._unfold_header_value(text) == unfold(text), text
+
+
+def test_the_replaced_b_tag_pattern_empties_b_as_dkimpys_does():
+    dkim = dkimjob._dkimpy()
+    ours, theirs = dkim.RE_BTAG, dkimjob.REPLACED["RE_BTAG"]
+    assert ours is not theirs
+    rng = random.Random(5)
+    pieces = (b" ", b"\t", b"\r\n", b"\n", b"\r", b";", b"b", b"=", b"a", b"Z", b"+", b"/", b"h", b"b=", b";b=",
+              b" b =", b"\r\n\t", b"\xff")
+    for _ in range(20000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert ours.sub(rb"\1", text) == theirs.sub(rb"\1", text), text
 
 
 def test_verification_with_the_replacements_gives_dkimpys_verdicts():

@@ -107,6 +107,13 @@ _HASHES: dict = {}
 _RUN = re.compile(rb"\t[\t ]*| [\t ]+")
 
 
+def _re_btag(fws: bytes) -> re.Pattern:
+    """``dkim.RE_BTAG`` (a signature's ``b=`` value, to empty it before hashing) matching the same: dkimpy's
+    ``(?:FWS[base64])*`` where FWS is ``(?:(?:\\s*\\r?\\n)?\\s+)?``, i.e. any run of white space, written
+    ``(?:\\s*[base64])*``, which the regex engine runs in a third of the time."""
+    return re.compile(rb"([;\s]b" + fws + rb"=)(?:\s*[a-zA-Z0-9+/=])*(?:\r?\n\Z)?")
+
+
 def _compress_whitespace(content: bytes) -> bytes:
     """``dkim.canonicalization.compress_whitespace`` with the same results: every run of WSP becomes one space,
     but a lone space (most of them) is not replaced by itself, which was most of a relaxed body's cost."""
@@ -167,7 +174,7 @@ def _dkimpy():
     """dkimpy, imported on first use (a daemon without inbound mail never loads it), with these replaced by
     equivalents above (tests/unit/test_verdicts.py checks they agree): its integer conversions, its RSA
     verification (OpenSSL through ``cryptography``), its key record parsing (remembered), and the relaxed
-    canonicalisation's whitespace compression and unfolding. Signing by dkimpy (the tests' independent signer) is unchanged."""
+    canonicalisation's whitespace compression and unfolding, and the pattern that empties ``b=``. Signing by dkimpy (the tests' independent signer) is unchanged."""
     if not _DKIMPY:
         import dkim
         import dkim.canonicalization
@@ -177,13 +184,14 @@ def _dkimpy():
         REPLACED.update(int2str=dkim.crypto.int2str, str2int=dkim.crypto.str2int, evaluate_pk=dkim.evaluate_pk,
                         RSASSA_PKCS1_v1_5_verify=dkim.RSASSA_PKCS1_v1_5_verify,
                         compress_whitespace=dkim.canonicalization.compress_whitespace,
-                        unfold_header_value=dkim.canonicalization.unfold_header_value)
+                        unfold_header_value=dkim.canonicalization.unfold_header_value, RE_BTAG=dkim.RE_BTAG)
         dkim.crypto.int2str = _int2str
         dkim.crypto.str2int = _str2int
         dkim.evaluate_pk = _evaluate_pk
         dkim.RSASSA_PKCS1_v1_5_verify = _rsa_verify
         dkim.canonicalization.compress_whitespace = _compress_whitespace
         dkim.canonicalization.unfold_header_value = _unfold_header_value
+        dkim.RE_BTAG = _re_btag(dkim.FWS)
         _DKIMPY.append(dkim)
     return _DKIMPY[0]
 
