@@ -2,6 +2,7 @@
 """Inbound accept rate with authentication verdicts on vs off, in one run (issue 15, "Benchmark").
 
     python bench/auth_bench.py [--msgs 2000] [--sessions 20] [--rounds 3] [--workers 1] [--out results.jsonl]
+                               [--base-rev REV | --base-src DIR]
 
 Two mtads from the work tree (``python -m mtad run``), identical but for ``authentication.enabled``: each with one
 MX listener on 127.0.0.1 (``tls: none``), ``example.net`` a receiving domain with one route
@@ -15,6 +16,11 @@ sender@example.com: with verification on, every message costs an SPF evaluation,
 ``authentication.workers`` processes) and a DMARC evaluation; the records are cached by mtad's resolver after the
 first message, as a busy MX finds them. Every round measures both, in an order reversed every other round (A/B B/A),
 the clock running from smtp-source's start to its exit (every message answered 250 after the durable commit).
+
+Before/after in one run: ``--base-rev REV`` (``git archive REV mtad``) or ``--base-src DIR`` (a folder holding an
+``mtad/`` package) adds a third mtad, ``base-on``: that tree with verification on, same configuration, measured in
+every round with the others (the order reversed every other round); its ratio is to the work tree's ``off``
+(the path with verification off is the same in both trees unless the base predates it).
 
 Printed: msgs/s and mtad's CPU (its process tree: the verification workers too) per run, the medians, and
 **on / off** (issue 15's target: at least 0.7 at 20 sessions). Checks that every message of a run was stored and,
@@ -39,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from inbound_bench import Store, free_port, wait_port  # noqa: E402
+from inbound_bench import Store, export_rev, free_port, wait_port  # noqa: E402
 from run_ingress import tree_cpu_rss  # noqa: E402
 from tests.support.dns_server import DnsServer  # noqa: E402
 
@@ -87,13 +93,13 @@ def write_config(work: Path, port: int, dns_port: int, enabled: bool, workers: i
 
 
 class Mtad:
-    def __init__(self, label: str, work: Path, dns_port: int, enabled: bool, workers: int):
+    def __init__(self, label: str, work: Path, dns_port: int, enabled: bool, workers: int, src: str = str(REPO)):
         self.label, self.work = label, work
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = write_config(work, self.port, dns_port, enabled, workers)
         self.log = open(work / "mtad.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(config)], cwd=str(REPO),
+        self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(config)], cwd=src,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.store: Store | None = None
 
@@ -129,7 +135,7 @@ async def run(args: argparse.Namespace, m: Mtad, message: Path, n: int) -> dict:
            "mtad_cpu_pct": round(100 * cpu / wall, 1), "mtad_cpu_us_per_msg": round(1e6 * cpu / n)}
     if stored != n:
         rec["problem"] = f"{stored} messages stored, expected {n}"
-    if m.label == "on":
+    if m.label.endswith("on"):
         row = m.store.conn.execute("SELECT body FROM messages LIMIT 1").fetchone()
         head = bytes(row[0])[:2000] if row else b""
         if b"dkim=pass" not in head or b"dmarc=pass" not in head:
@@ -147,6 +153,13 @@ async def main_async(args: argparse.Namespace) -> int:
     dns.add_txt("_dmarc.example.com", "v=DMARC1; p=reject")
     trees = [Mtad("off", work / "off", dns.port, False, args.workers),
              Mtad("on", work / "on", dns.port, True, args.workers)]
+    if args.base_rev:
+        args.base_src = export_rev(args.base_rev, work / "base-src")
+    if args.base_src:
+        src = str(Path(args.base_src).resolve())
+        if not (Path(src) / "mtad" / "__init__.py").is_file():
+            sys.exit(f"--base-src {src}: no mtad/ package there")
+        trees.append(Mtad("base-on", work / "base-on", dns.port, True, args.workers, src))
     records: list[dict] = []
     out = open(args.out, "a") if args.out else None
     try:
@@ -171,16 +184,20 @@ async def main_async(args: argparse.Namespace) -> int:
         if out:
             out.close()
         shutil.rmtree(work, ignore_errors=True)
-    med = {label: statistics.median(r["msgs_per_s"] for r in records if r["mtad"] == label) for label in ("off", "on")}
+    labels = [m.label for m in trees]
+    med = {label: statistics.median(r["msgs_per_s"] for r in records if r["mtad"] == label) for label in labels}
     cpu = {label: statistics.median(r["mtad_cpu_us_per_msg"] for r in records if r["mtad"] == label)
-           for label in ("off", "on")}
+           for label in labels}
     print(f"\n| verification | msgs/s (median of {args.rounds}) | runs | mtad CPU µs/msg |")
     print("|---|---|---|---|")
-    for label in ("off", "on"):
+    for label in labels:
         runs = ", ".join(str(r["msgs_per_s"]) for r in records if r["mtad"] == label)
         print(f"| {label} | {med[label]:.0f} | {runs} | {cpu[label]} |")
     ratio = med["on"] / med["off"]
     print(f"\non / off = {ratio:.2f} (target >= 0.7: {'met' if ratio >= 0.7 else 'NOT met'})")
+    if "base-on" in med:
+        print(f"base-on / off = {med['base-on'] / med['off']:.2f}; CPU per message on - off: "
+              f"{cpu['on'] - cpu['off']} µs, base {cpu['base-on'] - cpu['off']} µs")
     problems = [r for r in records if "problem" in r]
     for r in problems:
         print(f"PROBLEM round {r['round']} {r['mtad']}: {r['problem']}")
@@ -196,6 +213,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="authentication.workers of both mtads")
     ap.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
     ap.add_argument("--out", help="append each run's record (JSON line) here")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--base-rev", help="also measure mtad as committed at REV with verification on (base-on)")
+    base.add_argument("--base-src", help="also measure the mtad package in this folder with verification on")
     args = ap.parse_args()
     try:
         import uvloop

@@ -291,7 +291,9 @@ class Ingress:
                                                 domains=[r.rpartition("@")[2] for r in tx.recipients])
             if checked.reply is not None:
                 return await self._refuse(session, tx, checked.reply)
-            if checked.content is not content:  # the verdicts changed the header block: its fields' spans moved
+            if checked.fields is not None:  # the verdicts' lines added: the fields as the verifier moved them
+                fields = checked.fields
+            elif checked.content is not content:  # the verdicts changed the header block: its fields' spans moved
                 fields, _ = headers.parse_block(checked.content, limits.max_header_count + 4, len(checked.content))
             content, verdicts = checked.content, checked.verdicts
         # --- spam filtering (issue 15 item 3; mtad.inbound.spam): MX mail only, before the commit ---------------

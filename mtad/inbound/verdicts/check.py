@@ -4,7 +4,9 @@
 - the message with forged verdict headers removed and, when checks are enabled, the
   ``Authentication-Results`` and verdict headers added at its top (``results``);
 - ``verdicts``: the summary kept with the message for events (None when disabled);
-- ``reply``: a ``550 5.7.1`` when a recipient domain's policy rejects the message, else None.
+- ``reply``: a ``550 5.7.1`` when a recipient domain's policy rejects the message, else None;
+- ``fields``: the header fields of ``content`` (what ``headers.parse_block`` gives), made from the fields given
+  and the lines added when that is sure to give the same, else None (the caller parses the block again).
 
 How it runs: at most ``max_concurrent`` messages are checked at once (others wait). For one message the SPF
 evaluation, the DKIM/ARC key lookups and the DMARC record lookup run concurrently on mtad's resolver (in turn when
@@ -34,6 +36,7 @@ class Checked:
     content: bytes
     verdicts: Mapping[str, str] | None = None
     reply: str | None = None
+    fields: list[headers.HeaderField] | None = None
 
 
 @dataclass
@@ -70,14 +73,15 @@ class Verifier:
 
     async def check(self, content: bytes, fields: list[headers.HeaderField], *, client_ip: str, helo: str,
                     sender: str, domains: Iterable[str]) -> Checked:
-        cleaned = headers.remove(content, results.forged(fields, self.authserv_id))
+        forged = results.forged(fields, self.authserv_id)
+        cleaned = headers.remove(content, forged)
         if not self.config.enabled:
             return Checked(cleaned)
         started = time.monotonic()
         async with self._slots:
             try:
-                verdicts = await asyncio.wait_for(self._verdicts(content, fields, client_ip, helo, sender),
-                                                  self.config.timeout.seconds)
+                async with asyncio.timeout(self.config.timeout.seconds):  # no task of its own, as wait_for makes
+                    verdicts = await self._verdicts(content, fields, client_ip, helo, sender)
             except asyncio.TimeoutError:
                 self.counters.timeouts += 1
                 verdicts = _all_temperror(sender, helo, "checks timed out")
@@ -93,8 +97,10 @@ class Verifier:
             self.counters.quarantined += 1
         log.debug("verdicts spf=%s dkim=%s dmarc=%s arc=%s action=%s client=%s", verdicts.spf.result,
                   verdicts.dkim_result, verdicts.dmarc.result, verdicts.arc, decision.action, client_ip)
-        return Checked(results.header_block(self.authserv_id, verdicts, decision) + cleaned,
-                       results.summary(verdicts, decision), decision.reply or None)
+        lines = results.encoded(results.header_fields(self.authserv_id, verdicts, decision))
+        block = b"".join(line for line, _ in lines)
+        return Checked(block + cleaned, results.summary(verdicts, decision), decision.reply or None,
+                       None if forged else _fields_after(lines, content, fields))
 
     async def _verdicts(self, content: bytes, fields: list[headers.HeaderField], client_ip: str, helo: str,
                         sender: str) -> results.Verdicts:
@@ -152,6 +158,21 @@ class Verifier:
     async def _keys(self, names: list[str]) -> dict[str, str | None]:
         found = await asyncio.gather(*(self._key(n) for n in names))
         return dict(zip(names, found))
+
+
+def _fields_after(lines: list[tuple[bytes, str]], content: bytes, fields: list[headers.HeaderField]
+                  ) -> list[headers.HeaderField] | None:
+    """The fields of the added ``lines`` + ``content``: the lines' own (``results.encoded``), then ``content``'s
+    (``fields``) with their spans moved; no second parse of the whole header block. None when ``content``
+    starts with folding white space (a line that would continue the last added field)."""
+    if content[:1] in (b" ", b"\t"):
+        return None
+    out, shift = [], 0
+    for line, value in lines:
+        name = line[:line.index(b":")].decode("ascii")
+        out.append(headers.HeaderField(name, value, shift, shift + len(line)))
+        shift += len(line)
+    return out + [headers.HeaderField(f.name, f.value, f.start + shift, f.end + shift) for f in fields]
 
 
 def _all_temperror(sender: str, helo: str, reason: str) -> results.Verdicts:

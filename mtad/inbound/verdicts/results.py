@@ -123,15 +123,26 @@ def authentication_results(authserv_id: str, verdicts: Verdicts) -> str:
     return authserv_id + ";\r\n\t" + ";\r\n\t".join(parts)
 
 
-def header_block(authserv_id: str, verdicts: Verdicts, decision: Decision) -> bytes:
-    """The header lines to add at the top of the message, CRLF-terminated."""
-    lines = [f"Authentication-Results: {authentication_results(authserv_id, verdicts)}",
-             f"X-Mailgun-Spf: {_MAILGUN_CASE.get(verdicts.spf.result, 'None')}",
-             f"X-Mailgun-Dkim-Check-Result: {'Pass' if verdicts.dkim_result == 'pass' else 'Fail'}",
-             f"X-Mailgun-Dmarc-Check-Result: {_MAILGUN_CASE.get(verdicts.dmarc.result, 'None')}"]
+def header_fields(authserv_id: str, verdicts: Verdicts, decision: Decision) -> list[tuple[str, str]]:
+    """The header fields to add at the top of the message: (name, value folded with CRLF TAB)."""
+    fields = [("Authentication-Results", authentication_results(authserv_id, verdicts)),
+              ("X-Mailgun-Spf", _MAILGUN_CASE.get(verdicts.spf.result, "None")),
+              ("X-Mailgun-Dkim-Check-Result", "Pass" if verdicts.dkim_result == "pass" else "Fail"),
+              ("X-Mailgun-Dmarc-Check-Result", _MAILGUN_CASE.get(verdicts.dmarc.result, "None"))]
     if decision.action == "quarantine":
-        lines.append(f"X-Mailgun-Auth-Quarantine: Yes ({', '.join(decision.reasons)})")
-    return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
+        fields.append(("X-Mailgun-Auth-Quarantine", f"Yes ({', '.join(decision.reasons)})"))
+    return fields
+
+
+def encoded(fields: Iterable[tuple[str, str]]) -> list[tuple[bytes, str]]:
+    """Each field of ``header_fields`` as its CRLF-terminated line, with the value that
+    ``mail.headers.parse_block`` reads from that line (unfolded, stripped)."""
+    out = []
+    for name, value in fields:
+        line = f"{name}: {value}\r\n".encode("ascii", "replace")
+        read = line[len(name) + 1:-2].decode("ascii")
+        out.append((line, read.replace("\r\n\t", "\t").replace("\r\n ", " ").strip()))
+    return out
 
 
 def summary(verdicts: Verdicts, decision: Decision) -> Mapping[str, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import quote
 
@@ -93,12 +94,9 @@ async def check_host(dns: Dns, ip: str, sender: str, helo: str) -> SpfResult:
         sender = f"postmaster@{helo}" if helo else ""
     local, _, domain = sender.rpartition("@")
     domain = domain.rstrip(".").lower()
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = _client_address(ip)
+    if address is None:
         return SpfResult("none", domain, identity, "no client address")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if not _valid_domain(domain):
         return SpfResult("none", domain, identity, "no valid domain to check")
     state = _State(dns, address, f"{local or 'postmaster'}@{domain}", helo)
@@ -111,6 +109,18 @@ async def check_host(dns: Dns, ip: str, sender: str, helo: str) -> SpfResult:
     except Exception as exc:  # noqa: BLE001 - never a crash for hostile records: a permanent error
         return SpfResult("permerror", domain, identity, f"{exc.__class__.__name__}")
     return SpfResult(result[0], domain, identity, result[1])
+
+
+@lru_cache(maxsize=4096)
+def _client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address (an IPv4-mapped IPv6 one as IPv4); None for no address. Remembered: clients repeat."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address
 
 
 def _valid_domain(domain: str) -> bool:
@@ -137,7 +147,25 @@ async def _check(state: _State, domain: str, depth: int = 0) -> tuple[str, str]:
     record = await _record(state, domain)
     if record is None:
         return "none", f"{domain} publishes no SPF record"
-    directives: list[tuple[str, str, str]] = []  # (qualifier, mechanism, argument)
+    directives, redirect = _parse(record)
+    for qualifier, name, argument in directives:
+        if await _matches(state, domain, name, argument, depth):
+            return _QUALIFIERS[qualifier], f"matched {name}{argument} of {domain}"
+    if redirect is not None:
+        state.count_term()
+        target = _expand(state, domain, redirect)
+        result, reason = await _check(state, target, depth + 1)
+        if result == "none":
+            raise _PermError(f"redirect to {target}, which publishes no SPF record")
+        return result, reason
+    return "neutral", f"no mechanism of {domain} matched"
+
+
+@lru_cache(maxsize=1024)
+def _parse(record: str) -> tuple[tuple[tuple[str, str, str], ...], str | None]:
+    """A record's directives ``(qualifier, mechanism, argument)`` and its ``redirect=`` (None without one), or
+    ``_PermError``. Remembered per record text (the text comes from the resolver, within its TTL)."""
+    directives: list[tuple[str, str, str]] = []
     redirect = None
     for term in record.split()[1:]:
         modifier = _MODIFIER.match(term)
@@ -157,17 +185,7 @@ async def _check(state: _State, domain: str, depth: int = 0) -> tuple[str, str]:
         if name not in _MECHANISMS:
             raise _PermError(f"unknown mechanism {term[:40]!r}")
         directives.append((qualifier, name, sep + argument))
-    for qualifier, name, argument in directives:
-        if await _matches(state, domain, name, argument, depth):
-            return _QUALIFIERS[qualifier], f"matched {name}{argument} of {domain}"
-    if redirect is not None:
-        state.count_term()
-        target = _expand(state, domain, redirect)
-        result, reason = await _check(state, target, depth + 1)
-        if result == "none":
-            raise _PermError(f"redirect to {target}, which publishes no SPF record")
-        return result, reason
-    return "neutral", f"no mechanism of {domain} matched"
+    return tuple(directives), redirect
 
 
 def _split_mechanism(term: str) -> tuple[str, str, str]:
@@ -212,6 +230,12 @@ def _in_network(state: _State, address: str, v4: int, v6: int) -> bool:
     return state.ip in ipaddress.ip_network(f"{ip}/{v4 if ip.version == 4 else v6}", strict=False)
 
 
+@lru_cache(maxsize=4096)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``ip4:``/``ip6:``'s network (``ValueError`` when it is none), remembered: records repeat."""
+    return ipaddress.ip_network(text, strict=False)
+
+
 async def _matches(state: _State, current: str, name: str, argument: str, depth: int) -> bool:
     if name == "all":
         if argument:
@@ -221,7 +245,7 @@ async def _matches(state: _State, current: str, name: str, argument: str, depth:
         if not argument.startswith(":"):
             raise _PermError(f"{name} needs an address")
         try:
-            network = ipaddress.ip_network(argument[1:], strict=False)
+            network = _network(argument[1:])
         except ValueError:
             raise _PermError(f"bad {name} network {argument[1:][:50]!r}") from None
         if network.version != (4 if name == "ip4" else 6):
