@@ -294,7 +294,9 @@ class Ingress:
             if checked.fields is not None:  # the verdicts' lines added: the fields as the verifier moved them
                 fields = checked.fields
             elif checked.content is not content:  # the verdicts changed the header block: its fields' spans moved
-                fields, _ = headers.parse_block(checked.content, limits.max_header_count + 4, len(checked.content))
+                # mtad's own lines (Authentication-Results, X-Mailgun-* verdicts: a handful) are not the sender's:
+                # they never count against the sender's header limits
+                fields, _ = headers.parse_block(checked.content, limits.max_header_count + 64, len(checked.content))
             content, verdicts = checked.content, checked.verdicts
         # --- spam filtering (issue 15 item 3; mtad.inbound.spam): MX mail only, before the commit ---------------
         if not outbound and self.spam_filter is not None:

@@ -8,6 +8,7 @@ test_store_postgres_outage.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import resource
@@ -213,8 +214,15 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
 
 
 def _fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` (already full: nothing more to do)."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    try:
+        f = open(filler, "wb")
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        return filler
+    with f:
         try:
             while True:
                 f.write(b"\0" * 65536)
@@ -278,7 +286,7 @@ def test_store_failure_answers_452_and_stores_nothing(mtad_factory, ingress_conf
             assert (code, text[:5]) == (452, "4.3.1"), (code, text)
 
             if failure == "disk-full":
-                filler.unlink()
+                filler.unlink(missing_ok=True)
             else:
                 resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
 

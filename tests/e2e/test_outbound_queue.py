@@ -46,7 +46,7 @@ def test_paused_domain_waits_until_resumed(daemon, certs, loopback_dns, mx_farm)
 
 def test_a_delivery_in_progress_is_listed_as_active(daemon, certs, loopback_dns, mx_farm):
     mx = serve_domain(loopback_dns, mx_farm, "active.q.test")
-    mx.data_delay = 3.0  # the delivery is in DATA, claimed by the scheduler, while the operator looks
+    mx.data_delay = 8.0  # the delivery is in DATA, claimed by the scheduler, while the operator looks
     sent = submit(daemon, certs, ["ann@active.q.test"])
     wait_until(lambda: mx.data_attempts, 10, "the delivery's DATA")
     listed = [r for r in json.loads(mtad_cli(daemon, "queue", "list", "--json")) if r["queue_id"] == sent.queue_id]

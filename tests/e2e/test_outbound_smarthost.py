@@ -97,7 +97,7 @@ def test_smarthost_is_not_held_to_the_provider_shaping(outbound_mtad, sink, mx_f
     seconds = burst_through(daemon, sink, certs, "burst.test", BURST)
     # The default shaping's 25/s would need over 11 s (a burst of 25, then 25 a second); its 10 connections are
     # exceeded too: the smarthost's own default is 20 connections and no rate limit.
-    assert seconds < 6, f"{BURST} messages took {seconds:.1f}s"
+    assert seconds < 9, f"{BURST} messages took {seconds:.1f}s"  # held to 25/s it would take over 11 s
     assert 10 < sink.gauge.peak <= 20, sink.gauge.peak
     print(f"smarthost burst: {BURST} messages in {seconds:.2f}s ({BURST / seconds:.0f}/s), "
           f"peak {sink.gauge.peak} connections")
