@@ -23,4 +23,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [domaintracking.setup]
     from mtad.api import templates  # issue 14: stored templates
     features += [templates.setup]
+    from mtad.api import inboxfirst  # issue 16: InboxFirst-style campaigns (seed 004) under /ga/api/v2/
+    features += [inboxfirst.setup]
     return features

@@ -422,6 +422,64 @@ CREATE TABLE IF NOT EXISTS template_versions (
 """)
 
 
+# InboxFirst campaigns (store.dispatch); events(queue_id): a campaign's figures through its copies
+def _v13(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS if_campaigns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    list_id INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    segment TEXT,  -- JSON array of ad hoc clauses; NULL: none given
+    dispatch TEXT,  -- JSON object of delivery settings; NULL: none given
+    state TEXT NOT NULL DEFAULT 'idle',
+    paused INTEGER NOT NULL DEFAULT 0,
+    begins_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    note TEXT NOT NULL DEFAULT '',
+    cursor TEXT NOT NULL DEFAULT '',
+    copies INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    locked_by TEXT,
+    locked_at REAL,
+    lease_until REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS if_campaigns_list ON if_campaigns(list_id, id);
+CREATE INDEX IF NOT EXISTS if_campaigns_due ON if_campaigns(state, begins_at);
+CREATE TABLE IF NOT EXISTS if_campaign_contents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    campaign_id INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '',
+    format TEXT NOT NULL DEFAULT 'html',
+    html TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS if_campaign_contents_campaign ON if_campaign_contents(campaign_id, id);
+CREATE TABLE IF NOT EXISTS if_dispatch (
+    campaign_id INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    content_id INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    seed INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (campaign_id, address)
+);
+CREATE INDEX IF NOT EXISTS if_dispatch_queue ON if_dispatch(queue_id);
+CREATE TABLE IF NOT EXISTS if_campaign_links (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    campaign_id INTEGER NOT NULL,
+    content_id INTEGER NOT NULL,
+    url TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS if_campaign_links_campaign ON if_campaign_links(campaign_id, url);
+CREATE INDEX IF NOT EXISTS events_queue ON events(queue_id);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -435,6 +493,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(10, "events_delivered_queue and events_delivered_message: reports find what they are about", _v10),
     Migration(11, "domain_tracking, tracked_messages and engagement_firsts: engagement tracking", _v11),
     Migration(12, "templates and template_versions: stored templates", _v12),
+    Migration(13, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v13),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
