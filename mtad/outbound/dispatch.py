@@ -155,7 +155,7 @@ class Dispatcher:
         self.max_concurrent = max_concurrent
         self.poll_interval = poll_interval
         self.clock = clock
-        self.worker = (node_id + "-" if node_id else "") + f"campaigns-{os.getpid()}-{os.urandom(3).hex()}"
+        self.worker = node_id or f"campaigns-{os.getpid()}-{os.urandom(3).hex()}"  # released at start by node id
         self.leases = Leases(store, "if_campaigns", self.worker, clock)
         self.copies = 0
         self._tasks: set[asyncio.Task] = set()
