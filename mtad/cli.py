@@ -418,6 +418,30 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns_pause(args: argparse.Namespace) -> int:
+    """``mtad campaigns pause|resume ID``: an InboxFirst campaign (``/ga/api/v2``) stops making copies at its next
+    batch (a running daemon's dispatcher sees it within a second), or continues from where it stopped."""
+    paused = args.campaigns_command == "pause"
+    found = _with_store(args, lambda store: store.set_campaign_paused(args.campaign_id, paused, time.time()),
+                        write=True)
+    if found is None:
+        print(f"mtad: no InboxFirst campaign {args.campaign_id}", file=sys.stderr)
+        return 1
+    print(f"campaign {found.id} ({found.name}): {'paused' if found.paused else 'resumed'}; state {found.state},"
+          f" {found.copies} copies made")
+    return 0
+
+
+def add_inboxfirst_campaign_commands(c, with_config) -> None:
+    """``mtad campaigns pause|resume ID`` (InboxFirst campaigns, seed 004) on the ``campaigns`` subparsers ``c``."""
+    for name, text in (("pause", "stop an InboxFirst campaign's sending (/ga/api/v2 campaigns)"),
+                       ("resume", "continue a paused InboxFirst campaign from where it stopped")):
+        p = c.add_parser(name, help=text)
+        with_config(p)
+        p.add_argument("campaign_id", type=int, help="the campaign's id (or stat id)")
+        p.set_defaults(func=cmd_campaigns_pause)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtad", description="SMTP MTA and inbound mail router")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -527,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the new nodes' config file: the target is its store (backend: postgresql)")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     p.set_defaults(func=cmd_store_copy)
+
+    c = sub.add_parser("campaigns", help="campaigns").add_subparsers(dest="campaigns_command", required=True)
+    add_inboxfirst_campaign_commands(c, with_config)
     return parser
 
 

@@ -243,3 +243,33 @@ async def _delivered(daemon, cid: int, n: int) -> bool:
 async def _opens(daemon, cid: int, opens: int, clicks: int) -> bool:
     s = (await api(daemon, "GET", f"{V2}/campaigns/{cid}"))["data"]["stat_summary"]
     return s["opens_total"] >= opens and s["clicks_total"] >= clicks + 1
+
+
+def _cli(daemon, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "mtad", "campaigns", *args, "--config", str(daemon.config_path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_the_cli_pauses_and_resumes_a_sending_campaign(env):
+    daemon, sink = env
+    members = [f"cli{i:03d}@{DEST}" for i in range(60)]
+    lid = await _list(daemon, "cli@example.com", members)
+    made = await api(daemon, "POST", f"{V2}/mailing_lists/{lid}/campaigns",
+                     json=_campaign("cli", 36_000, "<p>hello</p>"))  # 10 per second
+    cid = made["data"]["id"]
+    await wait_for(lambda: sum(bool(sink.to(m)) for m in members) >= 5, timeout=10, what="5 copies")
+    out = await asyncio.to_thread(_cli, daemon, "pause", str(cid))
+    assert out.returncode == 0 and f"campaign {cid} (cli): paused; state sending" in out.stdout, out
+    await asyncio.sleep(1.0)
+    at_1s = (await api(daemon, "GET", f"{V2}/campaigns/{cid}"))["data"]["stat_summary"]["total_messages"]
+    await asyncio.sleep(1.5)
+    data = (await api(daemon, "GET", f"{V2}/campaigns/{cid}"))["data"]
+    assert data["stat_summary"]["total_messages"] == at_1s < 60 and data["dispatch"]["paused"] is True
+    out = await asyncio.to_thread(_cli, daemon, "resume", str(cid))
+    assert out.returncode == 0 and "resumed" in out.stdout, out
+    await wait_for(lambda: all(sink.to(m) for m in members), timeout=20, what="every member")
+    assert [len(sink.to(m)) for m in members] == [1] * 60
+    missing = await asyncio.to_thread(_cli, daemon, "pause", "999999")
+    assert missing.returncode == 1 and "no InboxFirst campaign 999999" in missing.stderr
