@@ -37,6 +37,10 @@ from mtad.store.dispatch import FORMATS, Campaign, CampaignChange, NewContent
 from mtad.store.lists import MailingList
 
 PAST_LIMIT = 2 * 3600.0
+DELAY_UNITS = ("minutes", "hours", "days", "seconds")  # seconds: an mtad extension (tests, quick trials)
+METRICS = frozenset({"opens_unique", "opens_total", "open_rate", "clicks_unique", "clicks_total", "click_rate",
+                     "click_to_open_rate", "accepted_rate", "bounce_rate", "bounces_unique", "unsub_rate",
+                     "unsubs_unique", "scomps_unique"})
 MAX_PER_PAGE = 500
 MAX_CONTENTS = 10
 MAX_TEXT = 1_000_000  # characters of a content's body
@@ -185,9 +189,22 @@ async def shape(request: web.Request, c: Campaign, lst: MailingList) -> dict[str
             "seed_lists": seeds, "seed_list_id": seeds[0]["id"] if seeds else None,
             "seed_list_name": seeds[0]["name"] if seeds else None,
             "special_sending_rule_id": None, "special_sending_rule_name": None,
-            "autowinner_enabled": False, "autowinner_percentage": None, "autowinner_delay_amount": None,
-            "autowinner_delay_unit": "minutes", "autowinner_metric": None,
+            "autowinner_enabled": bool(d.get("autowinner_enabled")),
+            "autowinner_percentage": d.get("autowinner_percentage"),
+            "autowinner_delay_amount": d.get("autowinner_delay_amount"),
+            "autowinner_delay_unit": d.get("autowinner_delay_unit", "minutes"),
+            "autowinner_metric": d.get("autowinner_metric"),
         }
+        if d.get("autowinner_enabled") and len(c.contents) > 1:
+            names = {x.id: x.name for x in c.contents}
+            data["automatic_winner_selection"] = {
+                "state": c.ab_state or None,
+                "winning_content": None if c.winner_id is None else {"id": c.winner_id,
+                                                                      "name": names.get(c.winner_id)},
+                "snapshots": [{"content": {"id": x["content_id"], "name": names.get(x["content_id"]),
+                                           "is_winner": x["content_id"] == c.winner_id},
+                               "snapshot": x["snapshot"]} for x in c.ab_snapshots],
+            }
     return data
 
 
@@ -229,6 +246,14 @@ async def _segment(request: web.Request, value: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _percentage(value: Any) -> str:
+    """The split-test portion as the seed keeps it: a string with at most 2 decimals, above 0 and below 100."""
+    text = str(value).strip() if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"\d{1,2}(\.\d{1,2})?", text) or not 0 < float(text) < 100:
+        raise Invalid(400, "invalid", "'autowinner_percentage': a number above 0 and below 100, at most 2 decimals")
+    return f"{float(text):.1f}" if len(text.partition(".")[2]) <= 1 else text
+
+
 async def _dispatch(request: web.Request, value: Any, old: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid(400, "invalid", "'dispatch_attributes': not an object")
@@ -251,6 +276,25 @@ async def _dispatch(request: web.Request, value: Any, old: Mapping[str, Any] | N
         if not isinstance(speed, int) or isinstance(speed, bool) or not 0 <= speed <= 100_000_000:
             raise Invalid(400, "invalid", "'speed': messages per hour, an integer from 0 (unlimited)")
         d["speed"] = speed
+    if "autowinner_enabled" in value:
+        d["autowinner_enabled"] = _bool(value["autowinner_enabled"], "autowinner_enabled")
+    if "autowinner_percentage" in value:
+        d["autowinner_percentage"] = _percentage(value["autowinner_percentage"])
+    if "autowinner_delay_amount" in value:
+        amount = value["autowinner_delay_amount"]
+        if isinstance(amount, str) and amount.isdigit():
+            amount = int(amount)
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= 100_000:
+            raise Invalid(400, "invalid", "'autowinner_delay_amount': an integer from 0")
+        d["autowinner_delay_amount"] = amount
+    if "autowinner_delay_unit" in value:
+        if value["autowinner_delay_unit"] not in DELAY_UNITS:
+            raise Invalid(400, "invalid", "'autowinner_delay_unit': minutes, hours or days (or seconds)")
+        d["autowinner_delay_unit"] = value["autowinner_delay_unit"]
+    if "autowinner_metric" in value:
+        if value["autowinner_metric"] not in METRICS:
+            raise Invalid(400, "invalid", "'autowinner_metric': one of " + ", ".join(sorted(METRICS)))
+        d["autowinner_metric"] = value["autowinner_metric"]
     given = [k for k in ("seed_list_id", "seed_list_name", "seed_list_ids", "seed_list_names") if k in value]
     if len(given) > 1:
         raise Invalid(400, "invalid", "only one of seed_list_id, seed_list_name, seed_list_ids, seed_list_names")

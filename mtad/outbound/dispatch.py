@@ -9,8 +9,16 @@ sending and not paused: after a kill -9 every recipient has exactly one copy onc
 and a pause stops new copies at the next batch (the state is also read at least every ``CHECK`` seconds while the
 worker waits for tokens, so a paused campaign is given back within a second; a resume lets any worker claim it).
 
-Pacing: a token bucket at ``speed`` messages per hour (0: unlimited), batches of ``rate * STEP`` copies (at least
-one, at most ``batch_size``); the provider shaping still applies when the copies are delivered.
+Pacing: a token bucket at ``speed`` messages per hour (0: unlimited) holding at most ``BURST`` seconds of tokens,
+batches of ``rate * STEP`` copies (at least one, at most ``batch_size``; more when a late wake-up left tokens over);
+the provider shaping still applies when the copies are delivered.
+
+Automatic winner selection (A/B, seed 004's ``autowinner_*``; a campaign with several contents and
+``autowinner_enabled``): the split-test portion is the recipients whose address hashes below ``autowinner_percentage``
+(a stable sample, the same after a restart); the first walk (``split_testing``) sends them the contents in turn (by
+hash), then the campaign waits ``autowinner_delay_amount`` units (``decision_delay``: given back, due again then),
+then the content with the best ``autowinner_metric`` over its copies' events wins (ties: the first content) and a
+second walk sends it to everyone else (``finished``).
 
 A copy: the content (``html``, ``text`` or both, chosen per recipient by a stable hash of the address when there are
 several contents) composed as an API send would be (``mail.compose``) from the dispatch settings (From, Reply-To,
@@ -32,7 +40,7 @@ from typing import Any, Callable, Mapping
 
 from mtad.base.errors import StoreError
 from mtad.base.types import Envelope, NewMessage, domain_of
-from mtad.events import shape
+from mtad.events import ifstats, shape
 from mtad.mail import compose as compose_mod
 from mtad.mail import links as links_mod
 from mtad.mail import listcopy
@@ -48,6 +56,40 @@ log = logging.getLogger("mtad.campaigns")
 BATCH = 500  # copies per transaction at most
 STEP = 0.1  # seconds of tokens per batch when paced
 CHECK = 0.5  # seconds between state checks while waiting for tokens
+BURST = 1.0  # seconds of tokens the bucket holds at most
+
+
+UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+LOWER_IS_BETTER = frozenset({"bounce_rate", "bounces_unique", "unsub_rate", "unsubs_unique", "scomps_unique"})
+
+
+@dataclass(frozen=True)
+class Autowinner:
+    percentage: float
+    delay: float  # seconds
+    metric: str
+
+
+def autowinner(c: Campaign) -> Autowinner | None:
+    d: Mapping[str, Any] = c.dispatch or {}
+    if not d.get("autowinner_enabled") or len(c.contents) < 2:
+        return None
+    delay = float(d.get("autowinner_delay_amount") or 0) * UNITS.get(str(d.get("autowinner_delay_unit")), 60)
+    return Autowinner(float(d.get("autowinner_percentage") or 0), delay, str(d.get("autowinner_metric")
+                                                                              or "opens_unique"))
+
+
+def in_split(address: str, percentage: float) -> bool:
+    """Whether ``address`` is in the split-test portion (a stable hash sample of ``percentage`` percent)."""
+    return zlib.crc32(b"split:" + address.encode()) % 10000 < round(percentage * 100)
+
+
+def winner(c: Campaign, figures, metric: str) -> tuple[int, list[dict[str, Any]]]:
+    """(the winning content's id, each content's snapshot) by ``metric`` over the copies' events."""
+    snapshots = [{"content_id": x.id, "snapshot": ifstats.summary(figures, x.id)} for x in c.contents]
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    best = max(snapshots, key=lambda s: (sign * float(s["snapshot"].get(metric) or 0), -s["content_id"]))
+    return best["content_id"], snapshots
 
 
 def campaign_tag(campaign_id: int) -> str:
@@ -64,6 +106,8 @@ def segment_of(c: Campaign) -> Segment:
 
 
 def content_for(c: Campaign, address: str) -> Content:
+    if c.winner_id is not None and c.ab_state == "finished":
+        return next((x for x in c.contents if x.id == c.winner_id), c.contents[0])
     return c.contents[zlib.crc32(address.encode()) % len(c.contents)] if len(c.contents) > 1 else c.contents[0]
 
 
@@ -235,6 +279,24 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - a campaign that cannot be composed fails, with the reason
             return await self._fail(job, f"cannot compose: {exc}")
         await store.record_campaign_links(c.id, content_links(c))
+        ab = autowinner(c)
+        if ab is not None and c.ab_state == "":
+            await store.start_split(c.id, self.worker)
+            c = await store.get_campaign(c.id) or c
+        if ab is not None and c.ab_state == "decision_delay":
+            if self.clock() < (c.ab_decide_at or 0):
+                await store.release_campaign(c.id, self.worker)
+                return
+            win, snapshots = winner(c, await store.campaign_figures(c.id), ab.metric)
+            await store.decide_winner(c.id, self.worker, win, snapshots, self.clock())
+            log.info("campaigns: campaign %s: content %s won on %s", c.id, win, ab.metric)
+            c = await store.get_campaign(c.id) or c
+            p = plan(c)
+        splitting = ab is not None and c.ab_state == "split_testing"
+        keep: Callable[[str, bool], bool] = (
+            (lambda a, seed: not seed and in_split(a, ab.percentage)) if splitting and ab is not None
+            else (lambda a, seed: seed or not in_split(a, ab.percentage)) if ab is not None
+            else (lambda a, seed: True))
         segment = segment_of(c)
         speed = int((c.dispatch or {}).get("speed") or 0)
         rate = speed / 3600.0
@@ -244,7 +306,8 @@ class Dispatcher:
             if rate:
                 want = max(1, min(self.batch_size, int(rate * STEP)))
                 now_m = time.monotonic()
-                tokens = min(float(want), tokens + (now_m - last) * rate)
+                # the bucket holds up to a second's worth: a late wake-up is made up, never more than that
+                tokens = min(max(float(want), rate * BURST), tokens + (now_m - last) * rate)
                 last = now_m
                 if tokens < want:
                     await asyncio.sleep(min(CHECK, (want - tokens) / rate))
@@ -253,21 +316,22 @@ class Dispatcher:
                         if await self._stopped(job):
                             return
                     continue
-                n = want
+                n = min(self.batch_size, max(want, int(tokens)))
             else:
                 n = self.batch_size
             members = await store.segment_members(segment, cursor, n)
             now = self.clock()
             try:
                 built = [member_copy(p, m, seed, self.unsubscribe_url(c.list_id, m.address), now)
-                         for m, seed in members]
+                         for m, seed in members if keep(m.address, seed)]
             except compose_mod.ComposeError as exc:
                 return await self._fail(job, f"cannot compose: {exc}")
             after, cursor = cursor, (members[-1][0].address if members else cursor)
             done = len(members) < n
+            decide_at = now + ab.delay if splitting and ab is not None and done else None
             result = await settle_call(store, lambda: store.dispatch_batch(
-                c.id, self.worker, after, cursor, [b[0] for b in built], [b[1] for b in built], done, now),
-                f"campaigns: copies of campaign {c.id}")
+                c.id, self.worker, after, cursor, [b[0] for b in built], [b[1] for b in built], done, now,
+                decide_at), f"campaigns: copies of campaign {c.id}")
             if result == "lost":
                 log.warning("campaigns: campaign %s is no longer held by %s at %r", c.id, self.worker, after)
                 return
@@ -282,7 +346,10 @@ class Dispatcher:
             if built:
                 self.wake_scheduler()
             if done:
-                log.info("campaigns: campaign %s sent: %d copies in %.1fs", c.id, made, time.monotonic() - started)
+                log.info("campaigns: campaign %s %s: %d copies in %.1fs", c.id,
+                         "split test sent" if decide_at is not None else "sent", made, time.monotonic() - started)
+                if decide_at is not None:
+                    self.leases.done(c.id)  # given back by the write: due again at decide_at
                 return
 
     async def stop(self) -> None:

@@ -75,6 +75,10 @@ class Campaign:
     created_at: float
     updated_at: float
     contents: tuple[Content, ...] = ()
+    ab_state: str = ""  # automatic winner selection: '' (not begun or not used) | split_testing | decision_delay | finished
+    ab_decide_at: float | None = None
+    winner_id: int | None = None
+    ab_snapshots: tuple[Mapping[str, Any], ...] = ()  # {"content_id": id, "snapshot": stat_summary} at the decision
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ class Click:
 # --- campaigns -------------------------------------------------------------------------------------------------
 
 _COLUMNS = ("id, list_id, name, segment, dispatch, state, paused, begins_at, started_at, finished_at, note, copies,"
-            " created_at, updated_at")
+            " created_at, updated_at, ab_state, ab_decide_at, winner_id, ab_snapshots")
 
 
 def _contents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[Content]]:
@@ -185,7 +189,8 @@ def _campaigns(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[
     contents = _contents(conn, [r[0] for r in rows])
     return [Campaign(r[0], r[1], r[2], None if r[3] is None else tuple(json.loads(r[3])),
                      None if r[4] is None else json.loads(r[4]), r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11],
-                     r[12], r[13], tuple(contents[r[0]])) for r in rows]
+                     r[12], r[13], tuple(contents[r[0]]), r[14], r[15], r[16],
+                     tuple(json.loads(r[17])) if r[17] else ()) for r in rows]
 
 
 def get_campaign(conn: sqlite3.Connection, campaign_id: int) -> Campaign | None:
@@ -319,9 +324,12 @@ def segment_members(conn: sqlite3.Connection, segment: Segment, after: str, limi
 
 
 def dispatch_batch(conn: sqlite3.Connection, campaign_id: int, worker: str, after: str, cursor: str,
-                   copies: Sequence[Enqueue], rows: Sequence[DispatchRow], done: bool, now: float) -> BatchResult:
+                   copies: Sequence[Enqueue], rows: Sequence[DispatchRow], done: bool, now: float,
+                   decide_at: float | None = None) -> BatchResult:
     """Commit one batch (see the module doc): ``lost`` if ``worker`` no longer holds the row at ``after``,
-    ``stopped`` if the campaign is paused or no longer sending (nothing written then), else ``written``."""
+    ``stopped`` if the campaign is paused or no longer sending (nothing written then), else ``written``.
+    ``done``: the walk ends: the campaign is finished, or, with ``decide_at`` (the split test's walk ended), in
+    ``decision_delay`` until then, its cursor back at the start, given back."""
     row = conn.execute(f"SELECT cursor, locked_by, state, paused FROM if_campaigns WHERE id = ?"
                        f"{dialect_of(conn).lock_rows}", (campaign_id,)).fetchone()
     if row is None or row[0] != after or row[1] != worker:
@@ -332,10 +340,30 @@ def dispatch_batch(conn: sqlite3.Connection, campaign_id: int, worker: str, afte
     execute_rows(conn, "INSERT INTO if_dispatch (campaign_id, address, queue_id, content_id, format, seed,"
                  " created_at)", 7, [(campaign_id, r.address, r.queue_id, r.content_id, r.format, int(r.seed), now)
                                       for r in rows])
+    if done and decide_at is not None:
+        conn.execute(f"UPDATE if_campaigns SET cursor = '', copies = copies + ?, updated_at = ?, ab_state ="
+                     f" 'decision_delay', ab_decide_at = ?, next_attempt_at = ?, {UNLOCK} WHERE id = ?",
+                     (len(rows), now, decide_at, decide_at, campaign_id))
+        return "written"
     conn.execute(f"UPDATE if_campaigns SET cursor = ?, copies = copies + ?, updated_at = ?"
                  f"{', state = ?, finished_at = ?, ' + UNLOCK if done else ''} WHERE id = ?",
                  (cursor, len(rows), now, *(("finished", now) if done else ()), campaign_id))
     return "written"
+
+
+def start_split(conn: sqlite3.Connection, campaign_id: int, worker: str) -> bool:
+    """A held campaign's automatic winner selection begins: ``split_testing``."""
+    return conn.execute("UPDATE if_campaigns SET ab_state = 'split_testing' WHERE id = ? AND locked_by = ?"
+                        " AND ab_state = ''", (campaign_id, worker)).rowcount > 0
+
+
+def decide_winner(conn: sqlite3.Connection, campaign_id: int, worker: str, winner_id: int,
+                  snapshots: Sequence[Mapping[str, Any]], now: float) -> bool:
+    """The split test of a held campaign in ``decision_delay`` is decided: ``finished`` with its winner and each
+    content's figures then; the rest of the segment is sent the winner."""
+    return conn.execute("UPDATE if_campaigns SET ab_state = 'finished', winner_id = ?, ab_snapshots = ?,"
+                        " updated_at = ? WHERE id = ? AND locked_by = ? AND ab_state = 'decision_delay'",
+                        (winner_id, json.dumps(list(snapshots)), now, campaign_id, worker)).rowcount > 0
 
 
 def end_dispatch(conn: sqlite3.Connection, campaign_id: int, worker: str, state: str, note: str, now: float) -> bool:
@@ -425,7 +453,11 @@ class DispatchStore(Protocol):
                               skip: Container[int] = ()) -> list[DispatchJob]: ...
     async def segment_members(self, segment: Segment, after: str, limit: int) -> list[tuple[ListMember, bool]]: ...
     async def dispatch_batch(self, campaign_id: int, worker: str, after: str, cursor: str, copies: Sequence[Enqueue],
-                             rows: Sequence[DispatchRow], done: bool, now: float) -> BatchResult: ...
+                             rows: Sequence[DispatchRow], done: bool, now: float,
+                             decide_at: float | None = None) -> BatchResult: ...
+    async def start_split(self, campaign_id: int, worker: str) -> bool: ...
+    async def decide_winner(self, campaign_id: int, worker: str, winner_id: int,
+                            snapshots: Sequence[Mapping[str, Any]], now: float) -> bool: ...
     async def end_dispatch(self, campaign_id: int, worker: str, state: str, note: str, now: float) -> bool: ...
     async def release_campaign(self, campaign_id: int, worker: str) -> bool: ...
     async def campaign_state(self, campaign_id: int) -> tuple[str, bool] | None: ...
@@ -464,9 +496,18 @@ class DispatchMethods:
         return await self.read(lambda c: segment_members(c, segment, after, limit))  # type: ignore[attr-defined]
 
     async def dispatch_batch(self, campaign_id: int, worker: str, after: str, cursor: str, copies: Sequence[Enqueue],
-                             rows: Sequence[DispatchRow], done: bool, now: float) -> BatchResult:
+                             rows: Sequence[DispatchRow], done: bool, now: float,
+                             decide_at: float | None = None) -> BatchResult:
         return await self.write(  # type: ignore[attr-defined]
-            lambda c: dispatch_batch(c, campaign_id, worker, after, cursor, copies, rows, done, now))
+            lambda c: dispatch_batch(c, campaign_id, worker, after, cursor, copies, rows, done, now, decide_at))
+
+    async def start_split(self, campaign_id: int, worker: str) -> bool:
+        return await self.write(lambda c: start_split(c, campaign_id, worker))  # type: ignore[attr-defined]
+
+    async def decide_winner(self, campaign_id: int, worker: str, winner_id: int,
+                            snapshots: Sequence[Mapping[str, Any]], now: float) -> bool:
+        return await self.write(  # type: ignore[attr-defined]
+            lambda c: decide_winner(c, campaign_id, worker, winner_id, snapshots, now))
 
     async def end_dispatch(self, campaign_id: int, worker: str, state: str, note: str, now: float) -> bool:
         return await self.write(  # type: ignore[attr-defined]

@@ -387,6 +387,10 @@ CREATE TABLE IF NOT EXISTS if_campaigns (
     started_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION,
     note TEXT NOT NULL DEFAULT '',
+    ab_state TEXT NOT NULL DEFAULT '',  -- automatic winner selection: '' | split_testing | decision_delay | finished
+    ab_decide_at DOUBLE PRECISION,
+    winner_id BIGINT,
+    ab_snapshots TEXT,  -- JSON: each content's stat_summary when the winner was chosen
     cursor TEXT NOT NULL DEFAULT '',
     copies BIGINT NOT NULL DEFAULT 0,
     next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,

@@ -437,6 +437,10 @@ CREATE TABLE IF NOT EXISTS if_campaigns (
     started_at REAL,
     finished_at REAL,
     note TEXT NOT NULL DEFAULT '',
+    ab_state TEXT NOT NULL DEFAULT '',  -- automatic winner selection: '' | split_testing | decision_delay | finished
+    ab_decide_at REAL,
+    winner_id INTEGER,
+    ab_snapshots TEXT,  -- JSON: each content's stat_summary when the winner was chosen
     cursor TEXT NOT NULL DEFAULT '',
     copies INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
