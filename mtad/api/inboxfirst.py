@@ -142,10 +142,11 @@ async def _seed_lists(request: web.Request, ids: Any) -> list[dict[str, Any]]:
     return out
 
 
-async def shape(request: web.Request, c: Campaign, lst: MailingList) -> dict[str, Any]:
+async def shape(request: web.Request, c: Campaign, lst: MailingList, *, stats: bool = True) -> dict[str, Any]:
+    """The seed's campaign record; ``stats`` False (a listing): no figures are read, ``stat_summary`` is null."""
     store = context(request).store
     first = c.contents[0] if c.contents else None
-    started = c.started_at is not None
+    started = c.started_at is not None and stats
     stat = content_stats = None
     if started:
         figures = await store.campaign_figures(c.id)
@@ -397,7 +398,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     found = await context(request).store.list_campaigns(lst.id, start, end)
     out = []
     for c in found:
-        full = await shape(request, c, lst)
+        full = await shape(request, c, lst, stats=False)
         out.append({k: full[k] for k in ("id", "name", "mailing_list_id", "mailing_list_name", "created_at",
                                          "updated_at", "archived", "content_determined", "content_subject",
                                          "email_format", "content_html", "content_text", "segmentation_criteria_id",

@@ -7,10 +7,11 @@ still queued) and the clicks (``campaign_clicks``); this module shapes them.
 What mtad's events honestly give: sent by format, messages_sent, total_messages (seeds included), bounces
 (``failed`` events: ``permanent`` = hard, ``temporary`` = soft; mtad has no third kind, so ``other`` is 0; every
 mtad bounce is a remote one except the suppressed, so ``local``/``remote`` split permanent failures by
-``suppress-*`` reasons is NOT done: local is 0), opens, clicks, unsubscribes, complaints (total, unique, duplicate),
-accepted (= ``delivered``), in_queue, the rates. Omitted as meaningless in mtad (always 0): skips_error and
-skips_request (no Special Sending Rules), *_status_updated, total_failure_toolong is the permanent failures whose
-reason says the message expired, bounces_unique_by_code is empty.
+``suppress-*`` reasons is not made: local is 0, remote all), opens, clicks, unsubscribes, complaints (total,
+unique, duplicate), accepted (= unique ``delivered``), total_failure (permanent failures), in_queue (copies whose
+delivery is still queued), the rates. Always 0 or empty, as mtad has nothing they could count: skips_error and
+skips_request (no Special Sending Rules), the *_status_updated figures, total_failure_toolong, bounces_unique_other,
+bounces_unique_local, bounces_unique_by_code.
 """
 
 from __future__ import annotations

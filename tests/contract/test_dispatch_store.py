@@ -119,3 +119,28 @@ async def test_dispatch_is_exactly_once_for_the_holder_and_stops_on_pause(store)
     await store.record_campaign_links(c.id, [(1, "https://b.example/"), (1, "https://A.example/")])
     await store.record_campaign_links(c.id, [(1, "https://b.example/")])
     assert [x.url for x in await store.campaign_links(c.id)] == ["https://A.example/", "https://b.example/"]
+
+
+async def test_a_split_test_waits_for_its_decision_then_sends_the_rest(store):
+    main, _, _ = await _lists(store)
+    c = await store.create_campaign(main, CampaignChange(name="ab", segment=[], state="scheduled", begins_at=1.0,
+                                                         contents=[NewContent("A", "s", "html", "a"),
+                                                                   NewContent("B", "t", "html", "b")]), 1.0)
+    [job] = await store.claim_campaigns("w1", 10.0, 5, lease_until=100.0)
+    assert await store.start_split(c.id, "w1") and not await store.start_split(c.id, "w1")
+    assert (await store.get_campaign(c.id)).ab_state == "split_testing"
+    copies = [_copy("m0@x.test")]
+    rows = [DispatchRow("m0@x.test", copies[0].queue_id, c.id, "html")]
+    assert await store.dispatch_batch(c.id, "w1", "", "m5@x.test", copies, rows, True, 11.0, decide_at=20.0) == "written"
+    got = await store.get_campaign(c.id)
+    assert (got.state, got.ab_state, got.ab_decide_at, got.copies) == ("sending", "decision_delay", 20.0, 1)
+    assert await store.claim_campaigns("w1", 15.0, 5) == []  # the decision is not due yet
+    [again] = await store.claim_campaigns("w2", 21.0, 5, lease_until=100.0)
+    assert again.cursor == "" and again.copies == 1  # the second walk starts over
+    winner = got.contents[1].id
+    assert not await store.decide_winner(c.id, "w1", winner, [], 22.0)  # not the holder
+    assert await store.decide_winner(c.id, "w2", winner, [{"content_id": winner, "snapshot": {"opens_unique": 1}}],
+                                     22.0)
+    got = await store.get_campaign(c.id)
+    assert (got.ab_state, got.winner_id) == ("finished", winner)
+    assert got.ab_snapshots == ({"content_id": winner, "snapshot": {"opens_unique": 1}},)
