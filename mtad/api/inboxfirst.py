@@ -68,8 +68,18 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def parse_time(value: Any, name: str) -> float:
-    """A UNIX timestamp or an ISO-8601 date-time (UTC when it names no zone); raises Invalid."""
+    """A UNIX timestamp or an ISO-8601 date-time (UTC when it names no zone), from 1970 to 9999; raises Invalid."""
+    when = _parse_time(value, name)
+    if not 0 <= when <= MAX_TIME:
+        raise Invalid(400, "invalid", f"'{name}': not between 1970 and 9999")
+    return when
+
+
+def _parse_time(value: Any, name: str) -> float:
     if isinstance(value, bool):
         raise Invalid(400, "invalid", f"'{name}': not a time")
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -129,6 +139,11 @@ async def _campaign(request: web.Request) -> tuple[Campaign, MailingList]:
     c = await context(request).store.get_campaign(int(ref)) if ref.isdigit() and len(ref) < 19 else None
     if c is None:
         raise Invalid(404, "not_found", f"Campaign not found: {ref[:100]}")
+    lst = await context(request).store.get_list_by_id(c.list_id)
+    if lst is None:  # its list was deleted: still shown (its dispatch failed), to keys of every domain only
+        if request["api_key"].domains:
+            raise Invalid(403, "forbidden", "Forbidden: this key may not use that mailing list")
+        return c, MailingList(c.list_id, "")
     return c, await _list(request, str(c.list_id))
 
 

@@ -121,6 +121,11 @@ async def test_crud_with_the_seed_examples_and_refusals(env):
              {"json": {"campaign": {"name": "x", "dispatch_attributes": {"from_email": "a@elsewhere.test"}}}}, 400),
             ("POST", f"{V2}/mailing_lists/{lid}/campaigns",
              {"json": {"campaign": {"name": "x", "dispatch_attributes": {"speed": -1}}}}, 400),
+            ("POST", f"{V2}/mailing_lists/{lid}/campaigns",
+             {"json": {"campaign": {"name": "x", "dispatch_attributes": {"begins_at": 10 ** 12}}}}, 400),
+            ("PUT", f"{V2}/campaigns/{cid}",
+             {"json": {"campaign": {"dispatch_attributes": {"autowinner_percentage": "94.851"}}}}, 400),
+            ("GET", f"{V2}/mailing_lists/{lid}/campaigns", {"params": {"started_at__end": "soon"}}, 400),
             ("GET", f"{V2}/campaigns/{cid}/link_stats", {"params": {"per_page": "501"}}, 400)]:
         got = await api(daemon, method, path, expect=status, **kwargs)
         assert got["success"] is False and got["error_message"], (path, got)
