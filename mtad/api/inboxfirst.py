@@ -33,7 +33,7 @@ from mtad.api import context
 from mtad.api.formdata import read_json
 from mtad.base.types import domain_of
 from mtad.events import ifstats
-from mtad.store.dispatch import FORMATS, Campaign, CampaignChange, NewContent
+from mtad.store.dispatch import FORMATS, Campaign, CampaignChange, CampaignStarted, NewContent
 from mtad.store.lists import MailingList
 
 PAST_LIMIT = 2 * 3600.0
@@ -440,7 +440,10 @@ async def get_campaign(request: web.Request) -> web.Response:
 async def update_campaign(request: web.Request) -> web.Response:
     c, lst = await _campaign(request)
     change = await _change(request, await _body(request), c)
-    found = await context(request).store.update_campaign(c.id, change, time.time())
+    try:
+        found = await context(request).store.update_campaign(c.id, change, time.time())
+    except CampaignStarted as exc:
+        raise Invalid(409, "started", f"the campaign is {exc}: only its name can change") from None
     if found is None:
         raise Invalid(404, "not_found", f"Campaign not found: {c.id}")
     return ok(await shape(request, found, lst))

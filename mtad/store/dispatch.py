@@ -36,6 +36,10 @@ FORMATS = ("html", "text", "both")
 BatchResult = Literal["written", "lost", "stopped"]
 
 
+class CampaignStarted(ValueError):
+    """An update meant for a campaign not yet sending found it sending or ended: nothing was written."""
+
+
 @dataclass(frozen=True)
 class Content:
     id: int
@@ -235,10 +239,16 @@ def create_campaign(conn: sqlite3.Connection, list_id: int, change: CampaignChan
 
 def update_campaign(conn: sqlite3.Connection, campaign_id: int, change: CampaignChange, now: float
                     ) -> Campaign | None:
-    """Apply ``change`` (its fields that are not None); the row is locked for the update."""
-    if conn.execute(f"SELECT id FROM if_campaigns WHERE id = ?{dialect_of(conn).lock_rows}",
-                    (campaign_id,)).fetchone() is None:
+    """Apply ``change`` (its fields that are not None); the row is locked for the update. A change that sets the
+    state idle or scheduled, or the contents, segment or delivery settings, raises ``CampaignStarted`` when the
+    campaign began sending meanwhile."""
+    row = conn.execute(f"SELECT state FROM if_campaigns WHERE id = ?{dialect_of(conn).lock_rows}",
+                       (campaign_id,)).fetchone()
+    if row is None:
         return None
+    if row[0] not in ("idle", "scheduled") and (change.state in ("idle", "scheduled") or change.contents is not None
+                                                or change.segment is not None or change.dispatch is not None):
+        raise CampaignStarted(row[0])
     sets: list[str] = ["updated_at = ?"]
     args: list[Any] = [now]
     if change.name is not None:

@@ -17,7 +17,7 @@ import pytest
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
 from mtad.events import shape
 from mtad.store import queue as spool
-from mtad.store.dispatch import CampaignChange, DispatchRow, NewContent, Segment
+from mtad.store.dispatch import CampaignChange, CampaignStarted, DispatchRow, NewContent, Segment
 from mtad.store.lists import ListMember, MailingList
 from tests.support.stores import BACKENDS, Opener
 
@@ -90,6 +90,9 @@ async def test_dispatch_is_exactly_once_for_the_holder_and_stops_on_pause(store)
     assert (job.id, job.cursor) == (c.id, "")
     got = await store.get_campaign(c.id)
     assert got.state == "sending" and got.started_at == 60.0
+    with pytest.raises(CampaignStarted):  # an update made for a scheduled campaign: refused now, nothing written
+        await store.update_campaign(c.id, CampaignChange(name="late", state="scheduled"), 60.5)
+    assert (await store.get_campaign(c.id)).name == "c"
     assert await store.claim_campaigns("w2", 65.0, 5) == []  # held
     page = await store.segment_members(Segment(main), "", 2)
     copies = [_copy(m.address) for m, _ in page]

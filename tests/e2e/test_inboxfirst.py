@@ -158,6 +158,12 @@ async def test_a_200_member_campaign_is_paced_at_the_receiving_mx(env):
     assert all(len(sink.to(m)) == 1 for m in members)
     got = await wait_for(lambda: _state(daemon, cid, "finished"), what="finished")
     assert got["dispatch"]["started_at"] and got["dispatch"]["finished_at"]
+    started = got["dispatch"]["started_at"]  # the started_at range filters, ISO-8601 and UNIX time
+    listed = await api(daemon, "GET", f"{V2}/mailing_lists/{lid}/campaigns", params={"started_at__start": started})
+    assert [c["id"] for c in listed["data"]] == [cid] and listed["data"][0]["dispatch"]["state"] == "finished"
+    early = int(time.time()) - 3600
+    assert (await api(daemon, "GET", f"{V2}/mailing_lists/{lid}/campaigns",
+                      params={"started_at__end": str(early)}))["data"] == []
     print(f"paced: {rate:.2f} messages/s at the MX in the steady state, {199 / (arrivals[-1] - arrivals[0]):.2f}"
           f" first to last, for a setting of {speed / 3600:.2f}/s; copies made at {_rate(made_at):.2f}/s")
     copy = sink.to(members[0])[0]
