@@ -79,7 +79,7 @@ class Campaign:
     created_at: float
     updated_at: float
     contents: tuple[Content, ...] = ()
-    ab_state: str = ""  # automatic winner selection: '' (not begun or not used) | split_testing | decision_delay | finished
+    ab_state: str = ""  # automatic winner selection: '' (not begun, not used) | split_testing | decision_delay | finished
     ab_decide_at: float | None = None
     winner_id: int | None = None
     ab_snapshots: tuple[Mapping[str, Any], ...] = ()  # {"content_id": id, "snapshot": stat_summary} at the decision

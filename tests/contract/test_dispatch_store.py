@@ -134,7 +134,8 @@ async def test_a_split_test_waits_for_its_decision_then_sends_the_rest(store):
     assert (await store.get_campaign(c.id)).ab_state == "split_testing"
     copies = [_copy("m0@x.test")]
     rows = [DispatchRow("m0@x.test", copies[0].queue_id, c.id, "html")]
-    assert await store.dispatch_batch(c.id, "w1", "", "m5@x.test", copies, rows, True, 11.0, decide_at=20.0) == "written"
+    written = await store.dispatch_batch(c.id, "w1", "", "m5@x.test", copies, rows, True, 11.0, decide_at=20.0)
+    assert written == "written"
     got = await store.get_campaign(c.id)
     assert (got.state, got.ab_state, got.ab_decide_at, got.copies) == ("sending", "decision_delay", 20.0, 1)
     assert await store.claim_campaigns("w1", 15.0, 5) == []  # the decision is not due yet

@@ -96,7 +96,8 @@ async def test_crud_with_the_seed_examples_and_refusals(env):
     assert upd["data"]["name"] == "My Campaign's New Name 3" and upd["data"]["dispatch"]["state"] == "scheduled"
     upd = await api(daemon, "PUT", f"{V2}/campaigns/by_stat/{cid}",
                     json={"campaign": {"dispatch_attributes": {"begins_at": None}}})
-    assert upd["data"]["dispatch"]["state"] == "idle" and upd["data"]["dispatch"]["state_description"] == "Step 1: Pending"
+    d = upd["data"]["dispatch"]
+    assert d["state"] == "idle" and d["state_description"] == "Step 1: Pending"
     # list by address and by id; the started_at filter keeps only started campaigns
     listed = await api(daemon, "GET", f"{V2}/mailing_lists/crud@example.com/campaigns")
     assert cid in [c["id"] for c in listed["data"]]
@@ -242,12 +243,14 @@ async def test_stat_summary_and_link_stats_match_the_opens_and_clicks_made(env):
     links = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats")
     assert links["num_records"] == 3 and links["num_pages"] == 1 and links["page"] == 0
     assert links["data"]["all_unclicked_links_recorded"] is True
-    got = {r["url"]: (r["clicks_total"], r["clicks_unique"], r["clicks_unique_by_link"]) for r in links["data"]["links"]}
+    got = {r["url"]: (r["clicks_total"], r["clicks_unique"], r["clicks_unique_by_link"])
+           for r in links["data"]["links"]}
     assert got == {"https://shop.example/sale": (2, 1, 1), "https://docs.example/Guide": (2, 1, 2),
                    "https://blog.example/": (0, 0, 0)}
     assert [r["url"] for r in links["data"]["links"]] == ["https://blog.example/", "https://docs.example/Guide",
                                                           "https://shop.example/sale"]  # case-insensitive url order
-    one = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats", params={"url": "https://DOCS.*", "per_page": "1"})
+    one = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats",
+                    params={"url": "https://DOCS.*", "per_page": "1"})
     assert one["num_records"] == 1 and one["data"]["links"][0]["url"] == "https://docs.example/Guide"
     paged = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats", params={"page": "2", "per_page": "1"})
     assert paged["num_pages"] == 3 and paged["data"]["links"][0]["url"] == "https://shop.example/sale"
@@ -318,7 +321,8 @@ async def test_an_ab_split_test_sends_the_winner_by_unique_opens_to_the_rest(env
     await wait_for(lambda: sum(len(sink.to(m)) for m in members) >= split, timeout=10, what="the split copies")
     got = {m: sink.to(m)[0] for m in members if sink.to(m)}
     assert len(got) == split
-    subjects = {m: str(email.message_from_bytes(r.data, policy=email.policy.default)["Subject"]) for m, r in got.items()}
+    subjects = {m: str(email.message_from_bytes(r.data, policy=email.policy.default)["Subject"])
+                for m, r in got.items()}
     b_copies = [m for m, s in subjects.items() if s == "Subject B"]
     assert b_copies and len(b_copies) < split  # both contents were tried
     for m in b_copies:  # every B reader opens; no A reader does
