@@ -217,9 +217,11 @@ class Dispatcher:
                 if room > 0:
                     try:
                         now = self.clock()
+                        due = [i for i in await self.store.due_campaigns(now, room + len(self.leases.held))
+                               if i not in self.leases.held]  # a read first: an idle daemon writes nothing
                         jobs = await self.store.claim_campaigns(self.worker, now, room,
                                                                 lease_until=self.leases.until(now),
-                                                                skip=self.leases.held)
+                                                                skip=self.leases.held) if due else []
                     except Exception as exc:  # noqa: BLE001 - keep looping; the store may recover
                         log.error("campaigns: cannot claim: %s", exc, exc_info=not isinstance(exc, StoreError))
                         jobs = []

@@ -279,6 +279,13 @@ def set_paused(conn: sqlite3.Connection, campaign_id: int, paused: bool, now: fl
 
 # --- dispatch ----------------------------------------------------------------------------------------------------
 
+def due_campaigns(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
+    """The ids of campaigns a claim would take now (a read: the dispatcher claims, a write, only when there are)."""
+    return [r[0] for r in conn.execute(
+        "SELECT id FROM if_campaigns WHERE state IN ('scheduled', 'sending') AND paused = 0 AND begins_at <= ?"
+        f" AND next_attempt_at <= ? AND {CLAIMABLE} ORDER BY id LIMIT ?", (now, now, now, limit))]
+
+
 def claim_campaigns(conn: sqlite3.Connection, worker: str, now: float, limit: int, lease_until: float | None = None,
                     skip: Container[int] = ()) -> list[DispatchJob]:
     """Lease the campaigns due to send (scheduled and begun, or sending) that are not paused; a scheduled one
@@ -459,6 +466,7 @@ class DispatchStore(Protocol):
                              started_to: float | None = None) -> list[Campaign]: ...
     async def update_campaign(self, campaign_id: int, change: CampaignChange, now: float) -> Campaign | None: ...
     async def set_campaign_paused(self, campaign_id: int, paused: bool, now: float) -> Campaign | None: ...
+    async def due_campaigns(self, now: float, limit: int) -> list[int]: ...
     async def claim_campaigns(self, worker: str, now: float, limit: int, *, lease_until: float | None = None,
                               skip: Container[int] = ()) -> list[DispatchJob]: ...
     async def segment_members(self, segment: Segment, after: str, limit: int) -> list[tuple[ListMember, bool]]: ...
@@ -496,6 +504,9 @@ class DispatchMethods:
 
     async def set_campaign_paused(self, campaign_id: int, paused: bool, now: float) -> Campaign | None:
         return await self.write(lambda c: set_paused(c, campaign_id, paused, now))  # type: ignore[attr-defined]
+
+    async def due_campaigns(self, now: float, limit: int) -> list[int]:
+        return await self.read(lambda c: due_campaigns(c, now, limit))  # type: ignore[attr-defined]
 
     async def claim_campaigns(self, worker: str, now: float, limit: int, *, lease_until: float | None = None,
                               skip: Container[int] = ()) -> list[DispatchJob]:

@@ -85,7 +85,8 @@ async def test_dispatch_is_exactly_once_for_the_holder_and_stops_on_pause(store)
     main, _, _ = await _lists(store)
     c = await store.create_campaign(main, CampaignChange(name="c", segment=[], state="scheduled", begins_at=50.0,
                                                          contents=[NewContent("A", "s", "html", "x")]), 10.0)
-    assert await store.claim_campaigns("w1", 40.0, 5) == []  # not yet begun
+    assert await store.claim_campaigns("w1", 40.0, 5) == [] and await store.due_campaigns(40.0, 5) == []
+    assert await store.due_campaigns(60.0, 5) == [c.id]
     [job] = await store.claim_campaigns("w1", 60.0, 5, lease_until=70.0)
     assert (job.id, job.cursor) == (c.id, "")
     got = await store.get_campaign(c.id)
