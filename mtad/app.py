@@ -246,6 +246,8 @@ class App:
         self.expander = self._build_expander(self.scheduler.wake if self.scheduler is not None else (lambda: None))
         wakers.append(self.expander.wake)
         self._background.append(asyncio.create_task(self.expander.run(), name="list-expansions"))
+        self.dispatcher = self._build_dispatcher(self.scheduler.wake if self.scheduler is not None else (lambda: None))
+        self._background.append(asyncio.create_task(self.dispatcher.run(), name="campaign-dispatch"))
         self.ingress.on_commit = lambda: [wake() for wake in wakers]
         if cfg.api.enabled:
             await self._start_api()
@@ -476,6 +478,17 @@ class App:
                         unsubscribe_address=unsubscribe_address, wake=wake, srs_key=self.signing_key.encode() if cfg.routing.srs else None,
                         node_id=cfg.node_id)
 
+    def _build_dispatcher(self, wake):
+        """InboxFirst campaigns' dispatch (outbound.dispatch): paced copies per segment member."""
+        from mtad.base import keys
+        from mtad.mail import listlinks
+        from mtad.outbound.dispatch import Dispatcher
+        key = keys.derive(self.signing_key or "mtad", listlinks.PURPOSE)
+        base = api_base_url(self.cfg, self.api_address)
+        return Dispatcher(store=self.store, unsubscribe_url=lambda list_id, address: listlinks.url(base, key, list_id,
+                                                                                                 address),
+                          wake=wake, node_id=self.cfg.node_id)
+
     # --- run -------------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -588,6 +601,7 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.expander.stop()
+        await self.dispatcher.stop()
         await self.forward_loop.stop()
         await self.forwarder.close()
         await self.verifier.close()

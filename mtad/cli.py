@@ -463,6 +463,30 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns_pause(args: argparse.Namespace) -> int:
+    """``mtad campaigns pause|resume ID``: an InboxFirst campaign (``/ga/api/v2``) stops making copies at its next
+    batch (a running daemon's dispatcher sees it within a second), or continues from where it stopped."""
+    paused = args.campaigns_command == "pause"
+    found = _with_store(args, lambda store: store.set_campaign_paused(args.campaign_id, paused, time.time()),
+                        write=True)
+    if found is None:
+        print(f"mtad: no InboxFirst campaign {args.campaign_id}", file=sys.stderr)
+        return 1
+    print(f"campaign {found.id} ({found.name}): {'paused' if found.paused else 'resumed'}; state {found.state},"
+          f" {found.copies} copies made")
+    return 0
+
+
+def add_inboxfirst_campaign_commands(c, with_config) -> None:
+    """``mtad campaigns pause|resume ID`` (InboxFirst campaigns, seed 004) on the ``campaigns`` subparsers ``c``."""
+    for name, text in (("pause", "stop an InboxFirst campaign's sending (/ga/api/v2 campaigns)"),
+                       ("resume", "continue a paused InboxFirst campaign from where it stopped")):
+        p = c.add_parser(name, help=text)
+        with_config(p)
+        p.add_argument("campaign_id", type=int, help="the campaign's id (or stat id)")
+        p.set_defaults(func=cmd_campaigns_pause)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtad", description="SMTP MTA and inbound mail router")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -527,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = u.add_parser("list", help="list the panel users")
     with_config(p)
     p.set_defaults(func=cmd_ui_user)
-    c = sub.add_parser("campaigns", help="campaigns and their counters (read-only)").add_subparsers(
+    c = sub.add_parser("campaigns", help="Mailgun campaigns (list, show: read-only) and InboxFirst campaigns"
+                                         " (pause, resume)").add_subparsers(
         dest="campaigns_command", required=True)
     p = c.add_parser("list", help="the campaigns of a domain (or of all) with their counters")
     with_config(p)
@@ -540,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p.add_argument("id")
     p.set_defaults(func=cmd_campaigns_show)
+    add_inboxfirst_campaign_commands(c, with_config)  # pause / resume: InboxFirst campaigns (integer ids)
 
     d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
     p = d.add_parser("keygen", help="make a signing key and print the DNS record to publish")

@@ -25,4 +25,6 @@ def all_features() -> list[Callable[[web.Application], None]]:
     features += [templates.setup]
     from mtad.api import campaigns  # issue 16: Mailgun's campaigns API (seed 000)
     features += [campaigns.setup]
+    from mtad.api import inboxfirst  # issue 16: InboxFirst-style campaigns (seed 004) under /ga/api/v2/
+    features += [inboxfirst.setup]
     return features

@@ -11,6 +11,7 @@ from mtad.store.accounts import AccountMethods
 from mtad.store.authpolicy import AuthPolicyMethods
 from mtad.store.campaigns import CampaignMethods
 from mtad.store.changes import ChangeMethods
+from mtad.store.dispatch import DispatchMethods
 from mtad.store.engagement import EngagementMethods
 from mtad.store.events import EventMethods
 from mtad.store.panelusers import PanelUserMethods
@@ -28,3 +29,4 @@ METHODS = (QueueMethods, EventMethods, SuppressionMethods, AccountMethods, Route
            WorkMethods, StoredMessageMethods, ChangeMethods, AuthPolicyMethods, ListMethods, ReportMethods, TemplateMethods, CampaignMethods)
 METHODS += (PanelUserMethods,)  # issue 17: the web control panel's users
 METHODS += (EngagementMethods,)  # engagement tracking (store.engagement)
+METHODS += (DispatchMethods,)  # issue 16: InboxFirst campaigns (store.dispatch)

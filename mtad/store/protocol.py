@@ -17,6 +17,7 @@ from mtad.store.engagement import EngagementStore
 from mtad.store.events import EventStore
 from mtad.store.panelusers import PanelUserStore
 from mtad.store.lists import ListStore
+from mtad.store.dispatch import DispatchStore
 from mtad.store.queue import QueueStore
 from mtad.store.reports import ReportStore
 from mtad.store.routes import RouteStore
@@ -40,5 +41,5 @@ class Lifecycle(Protocol):
 
 
 class StoreProtocol(QueueStore, EventStore, SuppressionStore, AccountStore, RouteStore, WebhookConfigStore,
-                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, TemplateStore, CampaignStore, Lifecycle, EngagementStore, Protocol):
+                    WorkStore, StoredMessageStore, ChangeStore, AuthPolicyStore, PanelUserStore, ListStore, ReportStore, TemplateStore, CampaignStore, Lifecycle, EngagementStore, DispatchStore, Protocol):
     """Every typed method of the store (see each part's contract)."""

@@ -125,7 +125,7 @@ def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
 
 # --- claims are leases (see mtad.leases) ------------------------------------------------------------------
 
-LEASED_TABLES = ("deliveries", "forwards", "webhook_deliveries", "list_expansions")
+LEASED_TABLES = ("deliveries", "forwards", "webhook_deliveries", "list_expansions", "if_campaigns")
 DEFAULT_LEASE = 300.0  # seconds; the daemon passes ``store.claim_lease``
 # A row may be claimed when nobody holds it or when its holder's lease ran out (the holder died or lost the store).
 CLAIMABLE = "(locked_by IS NULL OR lease_until < ?)"

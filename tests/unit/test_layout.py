@@ -82,3 +82,15 @@ async def f(store, body, writer):
     text = "update your settings"
 '''
     assert problems(fine, "fine.py") == []
+
+
+def test_no_two_store_mixins_define_the_same_method():
+    """The store is one class made of the METHODS mixins: a name two of them define would silently take one and
+    hide the other (its callers would reach the wrong table)."""
+    from mtad.store.methods import METHODS
+    owners: dict[str, list[str]] = {}
+    for mixin in METHODS:
+        for name in vars(mixin):
+            if not name.startswith("__"):
+                owners.setdefault(name, []).append(mixin.__name__)
+    assert {n: o for n, o in owners.items() if len(o) > 1} == {}

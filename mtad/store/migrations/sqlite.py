@@ -486,6 +486,67 @@ CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestam
 """)
 
 
+def _v16(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS if_campaigns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    list_id INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    segment TEXT,  -- JSON array of ad hoc clauses; NULL: none given
+    dispatch TEXT,  -- JSON object of delivery settings; NULL: none given
+    state TEXT NOT NULL DEFAULT 'idle',
+    paused INTEGER NOT NULL DEFAULT 0,
+    begins_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    note TEXT NOT NULL DEFAULT '',
+    ab_state TEXT NOT NULL DEFAULT '',  -- automatic winner selection: '' | split_testing | decision_delay | finished
+    ab_decide_at REAL,
+    winner_id INTEGER,
+    ab_snapshots TEXT,  -- JSON: each content's stat_summary when the winner was chosen
+    cursor TEXT NOT NULL DEFAULT '',
+    copies INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    locked_by TEXT,
+    locked_at REAL,
+    lease_until REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS if_campaigns_list ON if_campaigns(list_id, id);
+CREATE INDEX IF NOT EXISTS if_campaigns_due ON if_campaigns(state, begins_at);
+CREATE TABLE IF NOT EXISTS if_campaign_contents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    campaign_id INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '',
+    format TEXT NOT NULL DEFAULT 'html',
+    html TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS if_campaign_contents_campaign ON if_campaign_contents(campaign_id, id);
+CREATE TABLE IF NOT EXISTS if_dispatch (
+    campaign_id INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    content_id INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    seed INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (campaign_id, address)
+);
+CREATE INDEX IF NOT EXISTS if_dispatch_queue ON if_dispatch(queue_id);
+CREATE TABLE IF NOT EXISTS if_campaign_links (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    campaign_id INTEGER NOT NULL,
+    content_id INTEGER NOT NULL,
+    url TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS if_campaign_links_campaign ON if_campaign_links(campaign_id, url);
+CREATE INDEX IF NOT EXISTS events_queue ON events(queue_id);
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -502,6 +563,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(13, "provider_actions: automation rules' actions shared by the nodes (PostgreSQL only)", _v13),
     Migration(14, "report_keys: a replayed late report records nothing", _v14),
     Migration(15, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v15),
+    Migration(16, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v16),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
