@@ -501,6 +501,12 @@ async def test_opens_clicks_unsubscribes_and_a_complaint_count_number_for_number
     assert len(clicked) == 8 and sum(e["flags"]["is-unique"] for e in clicked) == 5
     assert len(await all_events(world, DOMAIN, campaign="newsletter", event="complained")) == 1
     assert (await api(world, "GET", f"/v3/{DOMAIN}/complaints/{COMPLAINER}"))["address"] == COMPLAINER
+    for kinds, n in ((["opened"], 8), (["unique_opened"], 5), (["clicked"], 8), (["unique_clicked"], 5),
+                     (["unsubscribed", "complained"], 3)):
+        logs = await api(world, "POST", "/v1/analytics/logs", json={
+            "events": kinds, "filter": {"AND": [{"attribute": "campaign", "comparator": "=",
+                                                 "values": [{"label": "newsletter", "value": "newsletter"}]}]}})
+        assert len(logs["items"]) == n, (kinds, logs["items"])
 
     # Bad parameters: 400 in the JSON error shape.
     for name, params in (("clicks", {"groupby": "planet"}), ("unsubscribes", {"groupby": "recipient"}),
@@ -509,6 +515,45 @@ async def test_opens_clicks_unsubscribes_and_a_complaint_count_number_for_number
                          ("stats", {"groupby": "link"}), ("events", {"count": "perhaps"})):
         refused = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/newsletter/{name}", params=params, expect=400)
         assert set(refused) == {"message"}, refused
+
+
+async def test_engagement_after_a_rename_or_a_delete_counts_for_what_the_campaigns_are_now(world):
+    """Opens and clicks come days after the send: a message naming two campaigns counts for both, for a renamed one
+    under its new id, and for a deleted one nowhere (its links still work)."""
+    await create(world, "alpha", "Alpha")
+    await create(world, "beta", "Beta")
+    rcpt = "quinn@dest.test"
+    await api(world, "POST", f"/v3/{DOMAIN}/messages", data=[
+        ("from", f"News <news@{DOMAIN}>"), ("to", rcpt), ("subject", "Two campaigns"), ("html", HTML),
+        ("o:campaign", "alpha"), ("o:campaign", "beta"), ("o:tracking", "yes")])
+    html = parts((await world.sink.wait_for(rcpt))[0].data)["html"]
+    pixel, click = tracked_urls(world, html, "o")[0], tracked_urls(world, html, "c")[1]
+
+    async def figures(campaign_id: str) -> tuple[int, int, int]:
+        c = await campaign(world, campaign_id)
+        return c["delivered_count"], c["opened_count"], c["clicked_count"]
+    await wait_for(lambda: _delivered(world, "alpha"), what="the delivery counted")
+    assert (await fetch(pixel, IPHONE, headers={"X-Forwarded-For": PARIS}))[0] == 200
+    assert (await fetch(click, CHROME, headers={"X-Forwarded-For": PARIS}))[0] == 302
+    assert await figures("alpha") == await figures("beta") == (1, 1, 1)
+
+    await api(world, "PUT", f"/v3/{DOMAIN}/campaigns/alpha", data={"id": "alpha-2"})
+    assert (await fetch(click, CHROME))[0] == 302
+    assert await figures("alpha-2") == (1, 1, 2) and await figures("beta") == (1, 1, 2)
+    [by_link] = await report(world, "alpha-2", "clicks", {"groupby": "link"})
+    assert by_link == {"link": LINKS[1], "total": 2, "unique": {"recipient": 1}}
+
+    await api(world, "DELETE", f"/v3/{DOMAIN}/campaigns/beta")
+    assert (await fetch(click, CHROME))[0] == 302 and (await fetch(pixel, CHROME))[0] == 200
+    assert await figures("alpha-2") == (1, 2, 3)
+    await api(world, "GET", f"/v3/{DOMAIN}/campaigns/beta", expect=404)
+    stats = await report(world, "alpha-2", "stats", {})
+    assert stats["total"]["clicked"] == 3 and stats["unique"] == {"clicked": {"link": 1, "recipient": 1},
+                                                                    "opened": {"recipient": 1}}
+
+
+async def _delivered(world, campaign_id: str) -> bool:
+    return (await campaign(world, campaign_id))["delivered_count"] == 1
 
 
 # --- time groupings over months, days and hours: the one STAND-IN left -------------------------------------------
