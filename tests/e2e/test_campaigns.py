@@ -6,31 +6,44 @@
 - sends with ``o:campaign`` / ``X-Mailgun-Campaign-Id`` count as submitted, delivered, bounced and dropped, list
   their events, and are found by the events API's and the logs API's ``campaign`` filter; an unknown campaign is
   refused (API 400, SMTP 550 at the end of DATA) and nothing is queued;
-- the reports (``/events``, ``/stats``, ``/clicks``, ``/opens``, ``/unsubscribes``, ``/complaints``) match the
-  events number for number, for every grouping the seed lists, several at once, filtered and paged;
+- engagement as it happens: a tracked campaign message (``o:tracking``) to six recipients, each copy read from the
+  sink as a mail program would; its pixel and links fetched with aiohttp (some twice, several User-Agents, from
+  addresses a trusted proxy names in ``X-Forwarded-For``, placed by a GeoIP database the test writes), one-click
+  unsubscribes POSTed to its List-Unsubscribe URL, and an ARF complaint sent to mtad's MX by a "feedback loop";
+  then the counters, ``/stats`` (total and unique), ``/clicks``, ``/opens``, ``/unsubscribes``, ``/complaints``
+  (every grouping the seed lists, several at once, filtered, paged, counted) and ``/events`` match what the test
+  did, number for number;
 - ``mtad campaigns list/show`` print the same counters, and never create a state folder.
 
-STAND-IN, to be replaced after the tracking and late-bounce branches merge: opens, clicks, unsubscribes and
-complaints are recorded here through the store's typed event method (``record_events``, the method those branches'
-code ends in), shaped as their events are (``url``, ``geolocation``, ``client-info``, ``campaigns``); with them
-merged, generate them through the tracking endpoints and an ARF report instead.
+One STAND-IN remains (``test_time_groupings_span_months_days_and_hours``, its docstring says why): events of chosen
+times, recorded through the store's typed event method, for groups that differ by month, day and hour.
+
+Runs on the store backend of ``MTAD_TEST_STORE`` (SQLite by default, ``postgresql`` too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
+import ipaddress
 import json
 import random
 import smtplib
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
 from mtad.events import shape
 from mtad.store.events import NewEvent
+from tests.e2e.engagement_support import (CHROME, FBL, IPHONE, THUNDERBIRD, arf, fetch, mx_send, parts,
+                                          tracked_urls, write_geoip)
+from tests.e2e.events_support import events as all_events
 from tests.e2e.events_support import running_world
 from tests.support.api import api
 from tests.support.daemon import API_KEY, PASSWORD
@@ -40,8 +53,8 @@ DOMAIN = "example.com"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, certs):
-    with running_world(tmp_path_factory, certs, "campaigns") as w:
+def world(tmp_path_factory, certs, daemons_store):
+    with running_world(tmp_path_factory, certs, "campaigns", configure) as w:
         yield w
 
 
@@ -206,55 +219,86 @@ async def test_sends_count_for_their_campaign_and_an_unknown_campaign_is_refused
                                           params={"recipient": rcpt}))["items"] if e["event"] != "rejected"]
 
 
-# --- reports ----------------------------------------------------------------------------------------------------
+# --- reports from real engagement: tracking URLs fetched over HTTP, an ARF complaint over SMTP -------------------
 
-PLACES = [("US", "IL", "Chicago"), ("US", "CA", "San Francisco"), ("RU", "MOW", "Moscow"), ("FR", "IDF", "Paris")]
-LINKS = ["https://shop.test/a", "https://shop.test/b", "https://shop.test/c"]
-
-
-def engagement(kind: str, recipient: str, at: float, place: tuple[str, str, str], url: str | None = None) -> dict:
-    """STAND-IN (see the module doc): an event shaped as the tracking and late-bounce branches record them."""
-    extra = {"geolocation": dict(zip(("country", "region", "city"), place)),
-             "client-info": {"client-type": "browser", "device-type": "desktop"}, "ip": "192.0.2.1"}
-    if url:
-        extra["url"] = url
-    if kind == "complained":
-        extra = {}
-    return shape.base_event(kind, timestamp=at, recipient=recipient, queue_id="Q-REPORTS",
-                            message=shape.message_part({"message-id": "reports@example.com"}, 100),
-                            options={"campaigns": ["reports"], "tags": ["weekly"], "variables": {"n": 1}},
-                            envelope={}, flags={"is-unique": False}, extra=extra)
+HTML = ('<html><body><p>Spring is here: <a href="https://shop.test/a">shoes</a>, '
+        '<a href="https://shop.test/b?x=1&amp;y=2">hats</a>, <a href="https://docs.test/guide">the guide</a>.</p>'
+        '<p><a href="%unsubscribe_url%">unsubscribe</a></p></body></html>')
+LINKS = ["https://shop.test/a", "https://shop.test/b?x=1&y=2", "https://docs.test/guide"]
+RECIPIENTS = ["kim@dest.test", "lou@dest.test", "mia@yahoo.test", "ned@yahoo.test", "ola@dest.test",
+              "pia@yahoo.test"]
+# Where each reader fetches from: the address a trusted proxy (127.0.0.0/8 here) names in X-Forwarded-For, or
+# None for a direct fetch (the peer 127.0.0.1 itself). GEO is the GeoIP database the test writes.
+GEO = {"127.0.0.0/8": ("US", "TX", "San Antonio"), "198.51.100.0/24": ("US", "IL", "Chicago"),
+       "198.18.0.0/15": ("US", "CA", "San Francisco"), "203.0.113.0/24": ("RU", "MOW", "Moscow"),
+       "192.0.2.0/24": ("FR", "IDF", "Paris")}
+CHICAGO, CHICAGO2, SF, MOSCOW, PARIS, NOWHERE = ("198.51.100.7", "198.51.100.99", "198.18.4.2", "203.0.113.5",
+                                                 "192.0.2.44", "100.64.1.1")
+UNKNOWN = ("Unknown", "Unknown", "Unknown")
 
 
-def generated() -> list[dict]:
-    """Opens, clicks, unsubscribes and complaints spread over recipients, places, links, months, days and hours."""
-    rnd = random.Random(16)
-    base = datetime(2024, 1, 30, 20, 0, tzinfo=timezone.utc).timestamp()
-    recipients = [f"user{i}@{d}" for i, d in zip(range(12), ["dest.test", "yahoo.test", "mail.test"] * 4)]
-    out = []
-    for _ in range(150):
-        rcpt, place = rnd.choice(recipients), rnd.choice(PLACES)
-        at = base + rnd.choice([0, 1800, 3600 * 5, 86400 * 2 + 61]) + rnd.randrange(0, 120)
-        kind = rnd.choices(["opened", "clicked", "unsubscribed", "complained"], [5, 4, 1, 1])[0]
-        out.append(engagement(kind, rcpt, at, place, rnd.choice(LINKS) if kind == "clicked" else None))
-    return out
+def place(client: str | None) -> tuple[str, str, str]:
+    found = [p for net, p in GEO.items() if ipaddress.ip_address(client or "127.0.0.1") in ipaddress.ip_network(net)]
+    return found[0] if found else UNKNOWN
+
+
+# (kind, recipient, link index, User-Agent, client address): what the readers do, in order. Some twice, some from
+# two places, pia clicks without opening, lou and ola unsubscribe (lou's one-click POST is sent twice).
+PLAN = [("opened", "kim@dest.test", None, CHROME, CHICAGO), ("opened", "kim@dest.test", None, IPHONE, CHICAGO2),
+        ("opened", "lou@dest.test", None, THUNDERBIRD, MOSCOW), ("opened", "mia@yahoo.test", None, IPHONE, PARIS),
+        ("opened", "mia@yahoo.test", None, IPHONE, PARIS), ("opened", "mia@yahoo.test", None, CHROME, SF),
+        ("opened", "ned@yahoo.test", None, CHROME, None), ("opened", "ola@dest.test", None, THUNDERBIRD, NOWHERE),
+        ("clicked", "kim@dest.test", 0, CHROME, CHICAGO), ("clicked", "kim@dest.test", 0, CHROME, CHICAGO),
+        ("clicked", "kim@dest.test", 1, IPHONE, CHICAGO2), ("clicked", "lou@dest.test", 0, THUNDERBIRD, MOSCOW),
+        ("clicked", "mia@yahoo.test", 2, IPHONE, PARIS), ("clicked", "mia@yahoo.test", 2, IPHONE, SF),
+        ("clicked", "ned@yahoo.test", 1, CHROME, None), ("clicked", "pia@yahoo.test", 0, CHROME, SF),
+        ("unsubscribed", "lou@dest.test", None, CHROME, MOSCOW), ("unsubscribed", "ola@dest.test", None, IPHONE, None),
+        ("unsubscribed", "lou@dest.test", None, CHROME, MOSCOW)]  # a replayed POST: no second event
+COMPLAINER = "mia@yahoo.test"
+
+
+def configure(cfg: dict, world) -> None:
+    tmp = Path(cfg["state_dir"]).parent
+    cfg["tracking"] = {"geoip_database": str(write_geoip(tmp / "geo.mmdb", GEO)), "scanner_window": "0s",
+                       "trusted_proxies": ["127.0.0.0/8"]}
+    cfg["feedback"] = {"addresses": [FBL]}
+
+
+def planned() -> list[dict]:
+    """The events the plan and the complaint must produce, as the reports see them (deliveries too, for /stats
+    grouped by domain), without times: the first unsubscribe of each recipient only."""
+    out = [{"event": "delivered", "recipient": r} for r in RECIPIENTS]
+    unsubscribed = set()
+    for kind, rcpt, link, _, client in PLAN:
+        if kind == "unsubscribed":
+            if rcpt in unsubscribed:
+                continue
+            unsubscribed.add(rcpt)
+        country, region, city = place(client)
+        out.append({"event": kind, "recipient": rcpt, "url": LINKS[link] if link is not None else None,
+                    "geolocation": {"country": country, "region": region, "city": city}})
+    return out + [{"event": "complained", "recipient": COMPLAINER}]
 
 
 def gmt(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
+TIMES = ("month", "day", "hour", "minute", "daily_hour")
+
+
 def key(event: dict, group: str):
     """What an event is grouped by, computed from the event itself (independently of mtad's SQL)."""
-    at = datetime.fromtimestamp(event["timestamp"], timezone.utc)
+    if group in TIMES:
+        at = datetime.fromtimestamp(event["timestamp"], timezone.utc)
+        return {"month": gmt(at.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()),
+                "day": gmt(at.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()),
+                "hour": gmt(at.replace(minute=0, second=0, microsecond=0).timestamp()),
+                "minute": gmt(at.replace(second=0, microsecond=0).timestamp()), "daily_hour": at.hour}[group]
     geo = event.get("geolocation") or {}
     return {"link": event.get("url"), "recipient": event["recipient"], "domain": event["recipient"].split("@")[1],
             "country": geo.get("country", "Unknown"), "region": geo.get("region", "Unknown"),
-            "city": geo.get("city", "Unknown"),
-            "month": gmt(at.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()),
-            "day": gmt(at.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()),
-            "hour": gmt(at.replace(minute=0, second=0, microsecond=0).timestamp()),
-            "minute": gmt(at.replace(second=0, microsecond=0).timestamp()), "daily_hour": at.hour}[group]
+            "city": geo.get("city", "Unknown")}[group]
 
 
 def expected(events: list[dict], kind: str, groupby: tuple[str, ...], uniques: tuple[str, ...],
@@ -273,7 +317,7 @@ def expected(events: list[dict], kind: str, groupby: tuple[str, ...], uniques: t
     return items
 
 
-def ordered(items: list[dict], groupby: tuple[str, ...]) -> list[dict]:
+def ordered(items: list[dict]) -> list[list[str]]:
     """By total, most first; ties in any order (compared as sets within each total)."""
     by_total: dict[int, list] = defaultdict(list)
     for item in items:
@@ -281,109 +325,307 @@ def ordered(items: list[dict], groupby: tuple[str, ...]) -> list[dict]:
     return [sorted(by_total[t]) for t in sorted(by_total, reverse=True)]
 
 
-async def test_reports_match_the_events_number_for_number(world):
-    await create(world, "reports", "Reports")
-    events = generated()
-    # STAND-IN (module doc): the engagement events recorded through the store's typed method, into the daemon's
-    # store (SQLite, shared safely with the running daemon: one writer at a time).
+REPORTS = {"clicks": ("clicked", ("link", "recipient", "domain", "country", "region", "city", "month", "day", "hour",
+                                  "minute", "daily_hour")),
+           "opens": ("opened", ("recipient", "domain", "country", "region", "city", "month", "day", "hour", "minute",
+                                "daily_hour")),
+           "unsubscribes": ("unsubscribed", ("domain", "country", "region", "city", "month", "day", "hour", "minute",
+                                             "daily_hour")),
+           "complaints": ("complained", ("recipient", "domain", "month", "day", "hour", "minute", "daily_hour"))}
+
+
+def uniques_of(report: str, groupby: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(d for d in (("link", "recipient") if report == "clicks" else ("recipient",)) if d not in groupby)
+
+
+async def report(world, campaign_id: str, name: str, params) -> list | dict:
+    return await api(world, "GET", f"/v3/{DOMAIN}/campaigns/{campaign_id}/{name}", params=params)
+
+
+async def copies(world, rcpts: list[str]) -> dict[str, bytes]:
+    return {r: (await world.sink.wait_for(r))[-1].data for r in rcpts}
+
+
+async def act(world, urls: dict[str, dict[str, list[str]]], kind: str, rcpt: str, link: int | None, agent: str,
+              client: str | None) -> None:
+    headers = {"X-Forwarded-For": client} if client else {}
+    if kind == "opened":
+        status, _, body = await fetch(urls[rcpt]["o"][0], agent, headers=headers)
+        assert status == 200 and body.startswith(b"GIF89a")
+    elif kind == "clicked":
+        status, got, _ = await fetch(urls[rcpt]["c"][link], agent, headers=headers)
+        assert status == 302 and got["Location"] == LINKS[link]
+    else:  # RFC 8058 one-click, as a mail program sends it to the List-Unsubscribe URL
+        status, _, _ = await fetch(urls[rcpt]["u"][0], agent, "POST", headers=headers,
+                                   data={"List-Unsubscribe": "One-Click"})
+        assert status == 200
+
+
+async def test_opens_clicks_unsubscribes_and_a_complaint_count_number_for_number(world):
+    await create(world, "newsletter", "Newsletter")
+    await api(world, "POST", f"/v3/{DOMAIN}/messages", data=[
+        ("from", f"News <news@{DOMAIN}>"), ("subject", "Spring"), ("html", HTML), ("o:campaign", "newsletter"),
+        ("o:tracking", "yes"), ("o:tag", "weekly"), ("v:n", "1"), *[("to", r) for r in RECIPIENTS]])
+    # the same message without the campaign: kim's click on it counts for nothing here
+    await api(world, "POST", f"/v3/{DOMAIN}/messages", data={
+        "from": f"News <news@{DOMAIN}>", "to": "kim@dest.test", "subject": "Not a campaign", "html": HTML,
+        "o:tracking": "yes"})
+    await wait_for(lambda: len(world.sink.to("kim@dest.test")) == 2, what="kim's two copies")
+
+    # Each copy, read as a mail program would: its own pixel, click links (in the HTML's order) and unsubscribe URL.
+    urls: dict[str, dict[str, list[str]]] = {}
+    for rcpt, data in (await copies(world, RECIPIENTS)).items():
+        if rcpt == "kim@dest.test":
+            data = next(c.data for c in world.sink.to(rcpt) if b"Subject: Spring" in c.data)
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        html = parts(data)["html"]
+        unsub = str(msg["List-Unsubscribe"]).split(", ")[0].strip("<>")
+        urls[rcpt] = {"o": tracked_urls(world, html, "o"), "c": tracked_urls(world, html, "c"), "u": [unsub]}
+        assert len(urls[rcpt]["o"]) == 1 and len(urls[rcpt]["c"]) == 3, html
+        assert tracked_urls(world, html, "u") == [unsub] and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    other = next(c.data for c in world.sink.to("kim@dest.test") if b"Not a campaign" in c.data)
+    assert (await fetch(tracked_urls(world, parts(other)["html"], "c")[0]))[0] == 302
+
+    started = time.time()
+    for step in PLAN:
+        await act(world, urls, *step)
+    # mia marks it as spam: her provider's feedback loop sends an ARF report to mtad's MX
+    report_body = arf(world.sink.to(COMPLAINER)[-1].data, rcpt_to=COMPLAINER)
+    for _ in range(2):  # the loop sends it again: still one complaint (the report is committed before the 250)
+        code, text = mx_send(world, "fbl@isp.test", [FBL], report_body)
+        assert code == 250, text
+    events = planned()
+    counts = Counter(e["event"] for e in events)
+
+    async def complained():
+        found = await campaign(world, "newsletter")
+        return found if found["complained_count"] == 1 and found["delivered_count"] == len(RECIPIENTS) else None
+    listed = await wait_for(complained, what="the complaint and the deliveries counted")
+    finished = time.time()
+    assert {k: v for k, v in listed.items() if k.endswith("_count")} == {
+        "submitted_count": 6, "delivered_count": 6, "opened_count": 8, "clicked_count": 8, "unsubscribed_count": 2,
+        "complained_count": 1, "bounced_count": 0, "dropped_count": 0}
+    assert (counts["opened"], counts["clicked"], counts["unsubscribed"]) == (8, 8, 2)
+
+    stats = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/newsletter/stats")
+    assert stats == {"total": {"complained": 1, "delivered": 6, "clicked": 8, "opened": 8, "dropped": 0, "bounced": 0,
+                               "sent": 6, "unsubscribed": 2},
+                     "unique": {"clicked": {"link": 3, "recipient": 5}, "opened": {"recipient": 5}}}
+
+    # Every report, by every grouping the seed lists (time groups: the minutes the test ran in), two at once too.
+    def when(group: str) -> set:
+        return {key({"timestamp": t}, group) for t in (*range(int(started), int(finished) + 1, 30), finished)}
+    for name, (kind, groupings) in REPORTS.items():
+        for groupby in [(g,) for g in groupings] + [groupings[:2]]:
+            answer = await report(world, "newsletter", name, [("groupby", g) for g in groupby])
+            count = await report(world, "newsletter", name, [("groupby", ",".join(groupby)), ("count", "true")])
+            assert [a["total"] for a in answer] == sorted((a["total"] for a in answer), reverse=True)
+            if groupby[0] in TIMES:
+                assert sum(a["total"] for a in answer) == counts[kind], (name, groupby)
+                assert {a[groupby[0]] for a in answer} <= when(groupby[0]), (name, groupby, answer)
+                assert count == {"count": len(answer)}
+                continue
+            want = expected(events, kind, groupby, uniques_of(name, groupby))
+            assert ordered(answer) == ordered(want), (name, groupby, answer)
+            assert count == {"count": len(want)}, (name, groupby)
+    clicks = await report(world, "newsletter", "clicks", {"groupby": "link"})
+    assert sorted((c["link"], c["total"], c["unique"]["recipient"]) for c in clicks) == [
+        ("https://docs.test/guide", 2, 1), ("https://shop.test/a", 4, 3), ("https://shop.test/b?x=1&y=2", 2, 2)]
+    by_country = await report(world, "newsletter", "opens", {"groupby": "country"})
+    assert ordered(by_country) == ordered([{"country": "US", "total": 4, "unique": {"recipient": 3}},
+                                           {"country": "RU", "total": 1, "unique": {"recipient": 1}},
+                                           {"country": "FR", "total": 2, "unique": {"recipient": 1}},
+                                           {"country": "Unknown", "total": 1, "unique": {"recipient": 1}}])
+
+    # The seed's advanced examples: opens in Chicago by recipient, the top countries, clicks by link and recipient,
+    # the two recipients who clicked most (curl -d "groupby=recipient&limit=2"), a country and region filter, pages.
+    chicago = await report(world, "newsletter", "opens", {"groupby": "recipient", "city": "Chicago"})
+    assert chicago == [{"recipient": "kim@dest.test", "total": 2}]
+    top = await report(world, "newsletter", "opens", {"groupby": "country", "limit": 2})
+    assert [(c["country"], c["total"]) for c in top] == [("US", 4), ("FR", 2)]
+    spy = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/newsletter/clicks?groupby=link&groupby=recipient")
+    assert ordered(spy) == ordered(expected(events, "clicked", ("link", "recipient"), ()))
+    status, two = curl(world, "-G", "-d", "groupby=recipient&limit=2",
+                       f"{world.api_url}/v2/{DOMAIN}/campaigns/newsletter/clicks")
+    assert status == 200 and two == [{"recipient": "kim@dest.test", "total": 3, "unique": {"link": 2}},
+                                     {"recipient": "mia@yahoo.test", "total": 2, "unique": {"link": 1}}]
+    illinois = await report(world, "newsletter", "clicks", {"groupby": "link", "country": "us", "region": "IL"})
+    assert ordered(illinois) == ordered([{"link": LINKS[0], "total": 2, "unique": {"recipient": 1}},
+                                         {"link": LINKS[1], "total": 1, "unique": {"recipient": 1}}])
+    page1, page2 = [await report(world, "newsletter", "clicks", {"groupby": "link,recipient", "limit": 2, "page": p})
+                    for p in (1, 2)]
+    whole = await report(world, "newsletter", "clicks", {"groupby": "link,recipient"})
+    assert page1 + page2 == whole[:4] and len(whole) == 6
+
+    # Stats grouped by domain, city and region (deliveries and the complaint have no place: Unknown).
+    for groupby in ("domain", "city", "region", "daily_hour"):
+        grouped = await report(world, "newsletter", "stats", {"groupby": groupby})
+        assert [g[groupby] for g in grouped] == sorted(g[groupby] for g in grouped)
+        if groupby == "daily_hour":
+            assert {g[groupby] for g in grouped} <= when(groupby)
+            assert sum(g["total"]["opened"] for g in grouped) == 8
+            continue
+        assert len(grouped) == len({key(e, groupby) for e in events})
+        for g in grouped:
+            members = [e for e in events if key(e, groupby) == g[groupby]]
+            assert g["total"] == {k: sum(1 for e in members if e["event"] == k) for k in
+                                  ("unsubscribed", "opened", "delivered", "clicked", "bounced", "complained")}
+            assert g["unique"] == {
+                "clicked": {"link": len({e["url"] for e in members if e["event"] == "clicked"}),
+                            "recipient": len({e["recipient"] for e in members if e["event"] == "clicked"})},
+                "opened": {"recipient": len({e["recipient"] for e in members if e["event"] == "opened"})}}
+
+    # The campaign's events: filters chained, by place, counted, newest first, with what each event showed.
+    kim = await report(world, "newsletter", "events", [("event", "clicked"), ("event", "opened"),
+                                                        ("recipient", "kim@dest.test")])
+    assert sorted((e["event"], e.get("url"), e["city"]) for e in kim) == [
+        ("clicked", LINKS[0], "Chicago"), ("clicked", LINKS[0], "Chicago"), ("clicked", LINKS[1], "Chicago"),
+        ("opened", None, "Chicago"), ("opened", None, "Chicago")]
+    assert all(e["tags"] == ["weekly"] and e["user_vars"] == {"n": "1"} and e["domain"] == "dest.test" for e in kim)
+    stamps = [datetime.strptime(e["timestamp"], "%a, %d %b %Y %H:%M:%S GMT") for e in kim]
+    assert stamps == sorted(stamps, reverse=True)
+    moscow = await report(world, "newsletter", "events", {"country": "RU", "region": "MOW", "count": "1"})
+    assert moscow == {"count": 3}  # lou's open, click and unsubscribe
+    gone = await report(world, "newsletter", "events", {"event": "unsubscribed"})
+    assert sorted((e["recipient"], e["country"]) for e in gone) == [("lou@dest.test", "RU"), ("ola@dest.test", "US")]
+    [spam] = await report(world, "newsletter", "events", {"event": "complained"})
+    assert spam["recipient"] == COMPLAINER and "country" not in spam
+    assert await report(world, "newsletter", "events", {"count": "yes"}) == {"count": len(events)}
+
+    # The events API: every tracked event carries the campaign, the first of each (message, recipient) is unique,
+    # the address is the one the proxy named, the client the User-Agent's.
+    opened = await all_events(world, DOMAIN, campaign="newsletter", event="opened")
+    assert all(e["campaigns"] == [{"id": "newsletter"}] for e in opened)
+    assert sorted((e["recipient"], e["ip"], e["client-info"]["user-agent"]) for e in opened) == sorted(
+        (r, c or "127.0.0.1", a) for k, r, _, a, c in PLAN if k == "opened")
+    assert sum(e["flags"]["is-unique"] for e in opened) == 5
+    clicked = await all_events(world, DOMAIN, campaign="newsletter", event="clicked")
+    assert len(clicked) == 8 and sum(e["flags"]["is-unique"] for e in clicked) == 5
+    assert len(await all_events(world, DOMAIN, campaign="newsletter", event="complained")) == 1
+    assert (await api(world, "GET", f"/v3/{DOMAIN}/complaints/{COMPLAINER}"))["address"] == COMPLAINER
+    for kinds, n in ((["opened"], 8), (["unique_opened"], 5), (["clicked"], 8), (["unique_clicked"], 5),
+                     (["unsubscribed", "complained"], 3)):
+        logs = await api(world, "POST", "/v1/analytics/logs", json={
+            "events": kinds, "filter": {"AND": [{"attribute": "campaign", "comparator": "=",
+                                                 "values": [{"label": "newsletter", "value": "newsletter"}]}]}})
+        assert len(logs["items"]) == n, (kinds, logs["items"])
+
+    # Bad parameters: 400 in the JSON error shape.
+    for name, params in (("clicks", {"groupby": "planet"}), ("unsubscribes", {"groupby": "recipient"}),
+                         ("complaints", {"groupby": "link"}), ("clicks", {"limit": "101"}),
+                         ("opens", {"page": "0"}), ("events", {"event": "exploded"}),
+                         ("stats", {"groupby": "link"}), ("events", {"count": "perhaps"})):
+        refused = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/newsletter/{name}", params=params, expect=400)
+        assert set(refused) == {"message"}, refused
+
+
+async def test_engagement_after_a_rename_or_a_delete_counts_for_what_the_campaigns_are_now(world):
+    """Opens and clicks come days after the send: a message naming two campaigns counts for both, for a renamed one
+    under its new id, and for a deleted one nowhere (its links still work)."""
+    await create(world, "alpha", "Alpha")
+    await create(world, "beta", "Beta")
+    rcpt = "quinn@dest.test"
+    await api(world, "POST", f"/v3/{DOMAIN}/messages", data=[
+        ("from", f"News <news@{DOMAIN}>"), ("to", rcpt), ("subject", "Two campaigns"), ("html", HTML),
+        ("o:campaign", "alpha"), ("o:campaign", "beta"), ("o:tracking", "yes")])
+    html = parts((await world.sink.wait_for(rcpt))[0].data)["html"]
+    pixel, click = tracked_urls(world, html, "o")[0], tracked_urls(world, html, "c")[1]
+
+    async def figures(campaign_id: str) -> tuple[int, int, int]:
+        c = await campaign(world, campaign_id)
+        return c["delivered_count"], c["opened_count"], c["clicked_count"]
+    await wait_for(lambda: _delivered(world, "alpha"), what="the delivery counted")
+    assert (await fetch(pixel, IPHONE, headers={"X-Forwarded-For": PARIS}))[0] == 200
+    assert (await fetch(click, CHROME, headers={"X-Forwarded-For": PARIS}))[0] == 302
+    assert await figures("alpha") == await figures("beta") == (1, 1, 1)
+
+    await api(world, "PUT", f"/v3/{DOMAIN}/campaigns/alpha", data={"id": "alpha-2"})
+    assert (await fetch(click, CHROME))[0] == 302
+    assert await figures("alpha-2") == (1, 1, 2) and await figures("beta") == (1, 1, 2)
+    [by_link] = await report(world, "alpha-2", "clicks", {"groupby": "link"})
+    assert by_link == {"link": LINKS[1], "total": 2, "unique": {"recipient": 1}}
+
+    await api(world, "DELETE", f"/v3/{DOMAIN}/campaigns/beta")
+    assert (await fetch(click, CHROME))[0] == 302 and (await fetch(pixel, CHROME))[0] == 200
+    assert await figures("alpha-2") == (1, 2, 3)
+    await api(world, "GET", f"/v3/{DOMAIN}/campaigns/beta", expect=404)
+    stats = await report(world, "alpha-2", "stats", {})
+    assert stats["total"]["clicked"] == 3 and stats["unique"] == {"clicked": {"link": 1, "recipient": 1},
+                                                                    "opened": {"recipient": 1}}
+
+
+async def _delivered(world, campaign_id: str) -> bool:
+    return (await campaign(world, campaign_id))["delivered_count"] == 1
+
+
+# --- time groupings over months, days and hours: the one STAND-IN left -------------------------------------------
+
+def stand_in(kind: str, recipient: str, at: float, url: str | None = None) -> dict:
+    """STAND-IN (see the module doc): an engagement event of a time the test chooses, shaped as the tracking
+    endpoints and the ARF path shape theirs (``engagement_event``, ``shape.complained``)."""
+    extra = {} if kind == "complained" else {"geolocation": {"country": "US", "region": "IL", "city": "Chicago"},
+                                             "client-info": {"client-type": "browser"}, "ip": "192.0.2.1"}
+    if url:
+        extra["url"] = url
+    return shape.base_event(kind, timestamp=at, recipient=recipient, queue_id="Q-TIMES",
+                            message=shape.message_part({"message-id": "times@example.com"}, 100),
+                            options={"campaigns": ["times"], "tags": ["weekly"], "variables": {"n": 1}},
+                            envelope={}, flags={"is-unique": False}, extra=extra)
+
+
+def spread() -> list[dict]:
+    """Opens, clicks, unsubscribes and complaints over two months, several days and hours (Jan 30 to Feb 1)."""
+    rnd = random.Random(16)
+    base = datetime(2024, 1, 30, 20, 0, tzinfo=timezone.utc).timestamp()
+    out = []
+    for i in range(60):
+        at = base + rnd.choice([0, 1800, 3600 * 5, 86400 * 2 + 61]) + rnd.randrange(0, 120)
+        kind = ("opened", "clicked", "unsubscribed", "complained")[i % 4]
+        out.append(stand_in(kind, f"user{i % 7}@dest.test", at, LINKS[i % 3] if kind == "clicked" else None))
+    return out
+
+
+def daemons_own_store(world):
+    """The running daemon's store, opened by the test (SQLite: one writer at a time, shared safely; PostgreSQL:
+    a connection of its own)."""
+    config = world.mtad.cfg.get("store") or {}
+    if config.get("backend") == "postgresql":
+        import psycopg
+        from mtad.store.postgres.store import PostgresStore
+        return PostgresStore(lambda: psycopg.connect(config["dsn"], autocommit=True, connect_timeout=10),
+                             "the daemon's database", pool_size=2)
     from mtad.store.sqlite import SqliteStore
-    store = SqliteStore(world.mtad.db_path)
+    return SqliteStore(world.mtad.db_path)
+
+
+async def test_time_groupings_span_months_days_and_hours(world):
+    """STAND-IN: the tracking endpoints and the ARF path stamp an event with the time it happens, so the real path
+    (the test above) puts every event in the minutes the test runs; groups that differ by month, day and hour, and
+    their order, need events of chosen times: recorded through the store's typed event method (``record_events``,
+    where the tracking and report paths end too), into the running daemon's store."""
+    await create(world, "times", "Times")
+    events = spread()
+    store = daemons_own_store(world)
     store.open()
     try:
         await store.record_events([NewEvent(DOMAIN, e) for e in events])
     finally:
         store.close()
-    counts = Counter(e["event"] for e in events)
-    listed = await campaign(world, "reports")
-    assert (listed["opened_count"], listed["clicked_count"], listed["unsubscribed_count"],
-            listed["complained_count"]) == (counts["opened"], counts["clicked"], counts["unsubscribed"],
-                                            counts["complained"])
-    stats = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/stats")
-    assert stats["total"]["clicked"] == counts["clicked"] and stats["total"]["opened"] == counts["opened"]
-    assert stats["unique"] == {
-        "clicked": {"link": len({e["url"] for e in events if e["event"] == "clicked"}),
-                    "recipient": len({e["recipient"] for e in events if e["event"] == "clicked"})},
-        "opened": {"recipient": len({e["recipient"] for e in events if e["event"] == "opened"})}}
-
-    reports = {"clicks": ("clicked", ("link", "recipient", "domain", "country", "region", "city", "month", "day",
-                                      "hour", "minute", "daily_hour")),
-               "opens": ("opened", ("recipient", "domain", "country", "region", "city", "month", "day", "hour",
-                                    "minute", "daily_hour")),
-               "unsubscribes": ("unsubscribed", ("domain", "country", "region", "city", "month", "day", "hour",
-                                                 "minute", "daily_hour")),
-               "complaints": ("complained", ("recipient", "domain", "month", "day", "hour", "minute", "daily_hour"))}
-    for report, (kind, groupings) in reports.items():
-        dims = ("link", "recipient") if report == "clicks" else ("recipient",)
-        for groupby in [(g,) for g in groupings] + [groupings[:2], ("day", "daily_hour")]:
-            uniques = tuple(d for d in dims if d not in groupby)
-            answer = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/{report}",
-                               params=[("groupby", g) for g in groupby])
-            want = expected(events, kind, groupby, uniques)
-            assert ordered(answer, groupby) == ordered(want, groupby), (report, groupby)
-            assert [a["total"] for a in answer] == sorted((a["total"] for a in answer), reverse=True)
-            count = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/{report}",
-                              params=[("groupby", ",".join(groupby)), ("count", "true")])
-            assert count == {"count": len(want)}, (report, groupby)
-
-    # The seed's advanced examples.
-    chicago = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/opens",
-                        params={"groupby": "recipient", "city": "Chicago"})
-    assert ordered(chicago, ("recipient",)) == ordered(expected(events, "opened", ("recipient",), (),
-                                                                city="Chicago"), ("recipient",))
-    top = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/opens", params={"groupby": "country", "limit": 10})
-    assert [c["total"] for c in top] == sorted((c["total"] for c in expected(events, "opened", ("country",),
-                                                                              ("recipient",))), reverse=True)
-    spy = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/clicks?groupby=link&groupby=recipient")
-    assert ordered(spy, ()) == ordered(expected(events, "clicked", ("link", "recipient"), ()), ())
-    # the seed's curl -d "groupby=recipient&limit=2" .../clicks: the two who clicked most, with their links
-    status, two = curl(world, "-G", "-d", "groupby=recipient&limit=2",
-                       f"{world.api_url}/v2/{DOMAIN}/campaigns/reports/clicks")
-    best = sorted(expected(events, "clicked", ("recipient",), ("link",)), key=lambda i: -i["total"])
-    assert status == 200 and [t["total"] for t in two] == [b["total"] for b in best[:2]]
-    assert set(two[0]) == {"total", "unique", "recipient"} and set(two[0]["unique"]) == {"link"}
-    filtered = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/clicks",
-                         params={"groupby": "link", "country": "us", "region": "CA"})
-    assert ordered(filtered, ()) == ordered(expected(events, "clicked", ("link",), ("recipient",), country="US",
-                                                     region="CA"), ())
-    page1, page2 = [await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/clicks",
-                              params={"groupby": "link,recipient", "limit": 5, "page": p}) for p in (1, 2)]
-    whole = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/clicks", params={"groupby": "link,recipient"})
-    assert page1 + page2 == whole[:10]
-
-    # Stats grouped: daily_hour (the seed's limit=2 example too), domain, city, region.
-    for groupby in ("daily_hour", "domain", "city", "region"):
-        grouped = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/stats", params={"groupby": groupby})
-        assert [g[groupby] for g in grouped] == sorted(g[groupby] for g in grouped)
-        for g in grouped:
-            members = [e for e in events if key(e, groupby) == g[groupby]]
-            assert g["total"] == {k: sum(1 for e in members if e["event"] == k) for k in
-                                  ("unsubscribed", "opened", "delivered", "clicked", "bounced", "complained")}
-            assert g["unique"]["clicked"]["link"] == len({e["url"] for e in members if e["event"] == "clicked"})
-            assert g["unique"]["opened"]["recipient"] == len({e["recipient"] for e in members
-                                                              if e["event"] == "opened"})
-    assert len(await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/stats",
-                         params={"groupby": "daily_hour", "limit": 2})) == 2
-
-    # Campaign events: chained filters, place filters, count.
-    mine = [e for e in events if e["event"] in ("clicked", "opened") and e["recipient"] == "user0@dest.test"]
-    listed = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/events",
-                       params=[("event", "clicked"), ("event", "opened"), ("recipient", "user0@dest.test")])
-    assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in mine)
-    assert [e["timestamp"] for e in listed] == [gmt(e["timestamp"]) for e in
-                                                sorted(mine, key=lambda e: -e["timestamp"])]
-    assert all(e["tags"] == ["weekly"] and e["user_vars"] == {"n": 1} for e in listed)
-    assert all(e["url"] in LINKS for e in listed if e["event"] == "clicked")
-    russia = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/events",
-                       params={"country": "RU", "region": "MOW", "count": "1"})
-    assert russia == {"count": sum(1 for e in events if e.get("geolocation", {}).get("country") == "RU")}
-
-    # Bad parameters: 400 in the JSON error shape.
-    for report, params in (("clicks", {"groupby": "planet"}), ("unsubscribes", {"groupby": "recipient"}),
-                           ("complaints", {"groupby": "link"}), ("clicks", {"limit": "101"}),
-                           ("opens", {"page": "0"}), ("events", {"event": "exploded"}),
-                           ("stats", {"groupby": "link"}), ("events", {"count": "perhaps"})):
-        refused = await api(world, "GET", f"/v3/{DOMAIN}/campaigns/reports/{report}", params=params, expect=400)
-        assert set(refused) == {"message"}, refused
+    for name, (kind, groupings) in REPORTS.items():
+        for groupby in [(g,) for g in TIMES] + [("day", "daily_hour"), ("month", "hour")]:
+            answer = await report(world, "times", name, [("groupby", g) for g in groupby])
+            want = expected(events, kind, groupby, uniques_of(name, groupby))
+            assert len(want) > 1 and ordered(answer) == ordered(want), (name, groupby)
+    grouped = await report(world, "times", "stats", {"groupby": "daily_hour"})
+    assert [g["daily_hour"] for g in grouped] == sorted({key(e, "daily_hour") for e in events})
+    for g in grouped:
+        members = [e for e in events if key(e, "daily_hour") == g["daily_hour"]]
+        assert g["total"]["opened"] == sum(1 for e in members if e["event"] == "opened")
+        assert g["unique"]["clicked"]["link"] == len({e["url"] for e in members if e["event"] == "clicked"})
+    assert len(await report(world, "times", "stats", {"groupby": "daily_hour", "limit": 2})) == 2
+    listed = await report(world, "times", "events", [("event", "clicked"), ("event", "opened")])
+    mine = sorted((e for e in events if e["event"] in ("clicked", "opened")), key=lambda e: -e["timestamp"])
+    assert [e["timestamp"] for e in listed] == [gmt(e["timestamp"]) for e in mine]
 
 
 # --- delete with all data, and the command line -------------------------------------------------------------

@@ -16,7 +16,6 @@ Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
 from __future__ import annotations
 
 import email
-import email.utils
 import json
 import os
 import re
@@ -25,16 +24,13 @@ import signal
 import smtplib
 import subprocess
 import tempfile
-from email.mime.base import MIMEBase
-from email.mime.message import MIMEMessage
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
 
 import pytest
 
 from mtad.base.keys import derive
 from mtad.mail import returnpath
+from tests.e2e.engagement_support import FBL, arf, mx_send  # noqa: F401 (FBL, arf and mx_send: test_unsubmail too)
 from tests.e2e.events_support import SIGNING_KEY, World, events, running_world, seed_verify
 from tests.support.api import api
 from tests.support.sink import by_local_part
@@ -42,7 +38,6 @@ from tests.support.wait import wait_for, wait_until
 from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
 POSTFIX = Path("/usr/sbin/postfix")
-FBL = "fbl@feedback.test"
 RETURN_PATH = re.compile(r"bounce\+([0-9a-f]{19})(?:\.[a-z2-7]{6})?-[a-z2-7]{10}@example\.com")
 
 
@@ -172,18 +167,6 @@ async def failed_with(world: World, domain: str, recipient: str, reason: str) ->
     return await wait_for(check, 10, f"a failed event of {recipient} with reason {reason}")
 
 
-def mx_send(world: World, sender: str, rcpts: list[str], body: bytes) -> tuple[int, str]:
-    """One transaction on mtad's MX listener (as a remote MTA or a feedback loop); the reply to DATA."""
-    with smtplib.SMTP("127.0.0.1", world.mtad.mx, local_hostname="isp.test", timeout=10) as s:
-        s.ehlo()
-        s.mail(sender)
-        for r in rcpts:
-            code, text = s.rcpt(r)
-            assert code == 250, (r, code, text)
-        code, text = s.data(body)
-    return code, text.decode()
-
-
 def rcpt_reply(world: World, rcpts: list[str]) -> list[tuple[int, str]]:
     with smtplib.SMTP("127.0.0.1", world.mtad.mx, local_hostname="isp.test", timeout=10) as s:
         s.ehlo()
@@ -206,27 +189,6 @@ def report_outcome(world: World, qid: str) -> str:
 def delivered_copy(world: World, rcpt: str) -> bytes:
     """What the receiving MX got for ``rcpt`` (the sink of dest.test)."""
     return world.sink.to(rcpt)[-1].data
-
-
-def arf(original: bytes, *, rcpt_to: str = "", feedback_type: str = "abuse", to: str = FBL) -> bytes:
-    """An ARF report (RFC 5965 section 3) as a feedback loop builds one, with the email package: a human part, the
-    machine-readable message/feedback-report, and the original message."""
-    msg = MIMEMultipart("report", report_type="feedback-report")
-    msg["From"] = "Feedback Loop <fbl@isp.test>"
-    msg["To"] = to
-    msg["Subject"] = "Email Feedback Report for IP 127.0.0.1"
-    msg["Date"] = email.utils.formatdate()
-    msg["Message-ID"] = email.utils.make_msgid(domain="isp.test")
-    msg.attach(MIMEText("This is an email abuse report for an email message received from IP 127.0.0.1.\r\n"))
-    report = MIMEBase("message", "feedback-report")
-    fields = [f"Feedback-Type: {feedback_type}", "User-Agent: IspFBL/1.0", "Version: 1",
-              "Arrival-Date: " + email.utils.formatdate(), "Source-IP: 127.0.0.1", "Reported-Domain: example.com"]
-    if rcpt_to:
-        fields.append(f"Original-Rcpt-To: <{rcpt_to}>")
-    report.set_payload("\r\n".join(fields) + "\r\n")
-    msg.attach(report)
-    msg.attach(MIMEMessage(email.message_from_bytes(original)))
-    return msg.as_bytes()
 
 
 def without(original: bytes, *names: str) -> bytes:

@@ -17,7 +17,6 @@ import re
 import smtplib
 from pathlib import Path
 
-import aiohttp
 import dkim as dkimpy
 import pytest
 
@@ -25,33 +24,17 @@ from mtad.base.keys import derive
 from mtad.mail import dkim
 from mtad.mail.tracktoken import OPEN, Sealer, Token
 from tests.e2e.apihelpers import txt_lookup
+from tests.e2e.engagement_support import CHROME, IPHONE, THUNDERBIRD, fetch, parts, tracked_urls, write_geoip
 from tests.e2e.events_support import SIGNING_KEY, World, events, running_world, seed_verify
 from tests.support.api import api
 from tests.support.daemon import PASSWORD
 from tests.support.wait import wait_for
-
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
-          "Safari/537.36")
-IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/17.4 Mobile/15E148 Safari/604.1")
-THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1"
 
 HTML = ('<html><body><p>Hello <a href="https://shop.example/sale?a=1&amp;b=2">sale</a>, '
         "<a href='javascript:alert(1)'>js</a> <a href=\"data:text/html,x\">data</a> "
         '<a href="mailto:help@example.com">mail</a> <a href="#top">top</a> '
         '<a data-no-track href="https://kept.example/">kept</a></p></body></html>')
 TEXT = "Hello, see https://shop.example/sale?a=1&b=2 and https://docs.example/guide."
-
-
-def write_geoip(path: Path) -> Path:
-    from mmdb_writer import MMDBWriter
-    from netaddr import IPSet
-    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
-    writer.insert_network(IPSet(["127.0.0.0/8"]), {
-        "country": {"iso_code": "US", "names": {"en": "United States"}},
-        "subdivisions": [{"iso_code": "TX", "names": {"en": "Texas"}}], "city": {"names": {"en": "San Antonio"}}})
-    writer.to_db_file(str(path))
-    return path
 
 
 KEYS: dict[str, dkim.DkimKey] = {}
@@ -75,15 +58,6 @@ def world(tmp_path_factory, certs, daemons_store):
 
 def verifies(data: bytes) -> bool:
     return dkimpy.verify(data, dnsfunc=txt_lookup(dict(dkim.dns_record(k) for k in KEYS.values())))
-
-
-def parts(data: bytes) -> dict[str, str]:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    return {p.get_content_subtype(): p.get_content() for p in msg.walk() if p.get_content_maintype() == "text"}
-
-
-def tracked_urls(world: World, text: str, kind: str) -> list[str]:
-    return re.findall(re.escape(world.api_url) + f"/{kind}/[A-Za-z0-9_-]+", text)
 
 
 async def send_api(world: World, rcpt: str, domain: str = "example.com", **options: str) -> str:
@@ -113,12 +87,6 @@ def send_smtp(world: World, rcpts: list[str], headers: str = "", *, sender: str 
         code, text = s.data(data)
     assert code == 250, text
     return text.decode().rsplit(" ", 1)[-1]
-
-
-async def fetch(url: str, user_agent: str = CHROME, method: str = "GET", **kwargs) -> tuple[int, dict, bytes]:
-    async with aiohttp.ClientSession(headers={"User-Agent": user_agent}) as session:
-        async with session.request(method, url, allow_redirects=False, **kwargs) as resp:
-            return resp.status, dict(resp.headers), await resp.read()
 
 
 async def engagement(world: World, domain: str, kind: str, recipient: str, count: int = 1) -> list[dict]:
