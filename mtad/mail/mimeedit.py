@@ -58,15 +58,7 @@ def edit_text_parts(body: bytes, edit: TextEdit) -> bytes:
         if new_text is None or new_text == text:
             continue
         splices.append(_rewrite(body, part, new_text, charset))
-    if not splices:
-        return body
-    out, last = [], 0
-    for start, end, data in splices:
-        out.append(body[last:start])
-        out.append(data)
-        last = end
-    out.append(body[last:])
-    return b"".join(out)
+    return _spliced(body, splices)
 
 
 def edit_headers(body: bytes, edit: HeaderEdit, names: Collection[str]) -> bytes:
@@ -85,15 +77,7 @@ def edit_headers(body: bytes, edit: HeaderEdit, names: Collection[str]) -> bytes
         if _CONTROL.search(new):
             raise EditError(f"the new value of {f.name} holds a line break or NUL")
         splices.append((f.start, f.end, _header_line(f.name, new)))
-    if not splices:
-        return body
-    out, last = [], 0
-    for start, end, data in splices:
-        out.append(body[last:start])
-        out.append(data)
-        last = end
-    out.append(body[last:])
-    return b"".join(out)
+    return _spliced(body, splices)
 
 
 def _header_line(name: str, value: str) -> bytes:
@@ -247,6 +231,7 @@ class Prepared:
 
 
 def _spliced(body: bytes, splices: list[tuple[int, int, bytes]]) -> bytes:
+    """``body`` with each ``(start, end, data)`` span (in order, not overlapping) replaced by its data."""
     if not splices:
         return body
     out, last = [], 0
