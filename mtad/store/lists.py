@@ -333,6 +333,10 @@ def expand_batch(conn: sqlite3.Connection, job_id: int, worker: str, after: str,
     return True
 
 
+_ENVELOPE = ("client_ip", "client_helo", "auth_user", "tls", "transport", "listener")
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined] - json.dumps of one str
+
+
 def _enqueue_copies(conn: sqlite3.Connection, copies: Sequence[Enqueue], now: float) -> None:
     """``queue.enqueue`` of each copy, in a few multi-row statements (a copy is an outbound message with one
     delivery row and its events; anything else goes through ``queue.enqueue``)."""
@@ -344,16 +348,28 @@ def _enqueue_copies(conn: sqlite3.Connection, copies: Sequence[Enqueue], now: fl
             if id(item) not in chosen:
                 enqueue(conn, item, now)
     messages, deliveries = [], []
+    # The copies of one page share their options, attachments, envelope fields and mostly their header summary:
+    # each distinct value is JSON-encoded once per page (the same text json.dumps gives each copy).
+    encoded: dict[Any, str] = {}
+
+    def once(key: Any, value: Any) -> str:
+        text = encoded.get(key)
+        if text is None:
+            text = encoded[key] = json.dumps(value)
+        return text
     for item in simple:
         msg, env = item.message, item.message.envelope
-        envelope = {"client_ip": env.client_ip, "client_helo": env.client_helo, "auth_user": env.auth_user,
-                    "tls": env.tls, "transport": env.transport, "listener": env.listener}
-        messages.append((item.queue_id, now, msg.direction, msg.domain, env.sender, json.dumps(list(env.recipients)),
-                         msg.headers.message_id, json.dumps(msg.headers.to_json()), json.dumps(msg.options.to_json()),
-                         json.dumps(envelope), len(msg.body), msg.body, json.dumps(list(msg.attachments))))
+        options, attachments = msg.options, msg.attachments
         rcpt = env.recipients[0]
-        deliveries.append((item.queue_id, rcpt.rpartition("@")[2].lower(), json.dumps([rcpt]), "queued",
-                           max(now, msg.options.deliver_by or 0.0), now, now))
+        rcpts = f"[{_json_string(rcpt)}]"  # == json.dumps([rcpt])
+        envelope = (env.client_ip, env.client_helo, env.auth_user, env.tls, env.transport, env.listener)
+        messages.append((item.queue_id, now, msg.direction, msg.domain, env.sender, rcpts,
+                         msg.headers.message_id, once(("h", msg.headers), msg.headers.to_json()),
+                         once(("o", id(options)), options.to_json()),
+                         once(("e",) + envelope, dict(zip(_ENVELOPE, envelope))), len(msg.body), msg.body,
+                         once(("a", id(attachments)), list(attachments))))
+        deliveries.append((item.queue_id, rcpt.rpartition("@")[2].lower(), rcpts, "queued",
+                           max(now, options.deliver_by or 0.0), now, now))
     execute_rows(conn, "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id,"
                  " headers, options, envelope, size, body, attachments)", 13, messages)
     execute_rows(conn, "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"
