@@ -133,7 +133,7 @@ def _outcome(f, *args):
 
 
 class _DkimpysOwn:
-    """Within: dkimpy's own functions back in place of dkimjob's replacements."""
+    """Within: dkimpy's own functions back in place of dkimjob's replacements, and its own ``DKIM.verify``."""
 
     NAMES = {"evaluate_pk": "dkim", "RSASSA_PKCS1_v1_5_verify": "dkim",
              "compress_whitespace": "dkim.canonicalization", "unfold_header_value": "dkim.canonicalization",
@@ -147,10 +147,12 @@ class _DkimpysOwn:
             mod = importlib.import_module(module)
             self.saved[name] = (mod, getattr(mod, name))
             setattr(mod, name, dkimjob.REPLACED[name])
+        dkimjob.OWN_STEPS = False  # each signature by dkimpy's DKIM.verify
 
     def __exit__(self, *exc):
         for name, (mod, value) in self.saved.items():
             setattr(mod, name, value)
+        dkimjob.OWN_STEPS = True
 
 
 def _rsa(bits: int):
@@ -255,10 +257,13 @@ def test_verification_with_the_replacements_gives_dkimpys_verdicts():
                             serialization.NoEncryption())
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     ed = nacl.signing.SigningKey.generate()
+    keys_ed = f"v=DKIM1; k=ed25519; p={base64.b64encode(bytes(ed.verify_key)).decode()}"
     keys = {"rsa._domainkey.a.test": f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}",
             "ed._domainkey.a.test": f"v=DKIM1; k=ed25519; p={base64.b64encode(bytes(ed.verify_key)).decode()}",
             "bad._domainkey.a.test": "v=DKIM1; k=rsa; p=AAAAnotakey",
-            "temp._domainkey.a.test": dkimjob.TEMP}
+            "temp._domainkey.a.test": dkimjob.TEMP,
+            "tlsrpt._domainkey.a.test": f"v=DKIM1; k=rsa; s=tlsrpt; p={base64.b64encode(der).decode()}",
+            "edrsa._domainkey.a.test": keys_ed}
     body = b"Hello \t there,  \r\n\ttabs\tand  spaces   \r\n\r\n\r\n"
     msg = b"From: A <a@a.test>\r\nTo: b@b.test\r\nSubject:  spaced \t subject\r\n\r\n" + body
 
@@ -285,6 +290,20 @@ def test_verification_with_the_replacements_gives_dkimpys_verdicts():
         b"DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=rsa; h=from; bh=AAAA; b=AAAA\r\n" + msg,
         b"DKIM-Signature: garbage\r\n" + msg,
         b"\x00\xff not a message at all",
+        # dkimjob's own steps (one parse, one canonical body per canonicalisation, only the signed fields):
+        sign(sign(msg, canon=(b"simple", b"simple")), canon=(b"relaxed", b"relaxed")),  # two bodies in one message
+        sign(sign(msg, canon=(b"relaxed", b"relaxed"), length=True), canon=(b"relaxed", b"relaxed")) + b"added\r\n",
+        sign(msg).replace(b"\r\n", b"\n"),  # bare LF line ends
+        sign(msg).replace(b"\r\n\r\n", b"\r\nFrom: B <b@a.test>\r\n\r\n", 1),  # a second From added
+        b"From mbox-line Mon Jun  3 10:00:00 2024\r\n" + signed,
+        b"\tcontinuation first\r\n" + signed,
+        b"Bad Name: x\r\n" + signed,
+        sign(msg.replace(b"Subject:", b"Received: by x\r\nSubject:"), include_headers=[b"from", b"subject", b"to", b"x"]),
+        signed.replace(b"a=rsa-sha256", b"a=rsa-sha512"),  # unknown algorithm
+        signed.replace(b"c=relaxed/relaxed", b"c=relaxed/odd"),
+        signed.replace(b"v=1;", b"v=1; v=1;"),  # a duplicate tag
+        sign(msg, b"tlsrpt"),  # a key for TLS reports only
+        sign(msg, b"edrsa"),  # an RSA signature under an Ed25519 key record
     ]
     for _ in range(2):  # the second time from the remembered keys
         for i, message in enumerate(messages):
