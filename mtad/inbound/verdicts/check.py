@@ -73,7 +73,8 @@ class Verifier:
 
     async def check(self, content: bytes, fields: list[headers.HeaderField], *, client_ip: str, helo: str,
                     sender: str, domains: Iterable[str]) -> Checked:
-        forged = results.forged(fields, self.authserv_id)
+        from_values, signed, suspects = _fields_of_interest(fields)
+        forged = results.forged(suspects, self.authserv_id)
         cleaned = headers.remove(content, forged)
         if not self.config.enabled:
             return Checked(cleaned)
@@ -81,7 +82,7 @@ class Verifier:
         async with self._slots:
             try:
                 async with asyncio.timeout(self.config.timeout.seconds):  # no task of its own, as wait_for makes
-                    verdicts = await self._verdicts(content, fields, client_ip, helo, sender)
+                    verdicts = await self._verdicts(content, from_values, signed, client_ip, helo, sender)
             except asyncio.TimeoutError:
                 self.counters.timeouts += 1
                 verdicts = _all_temperror(sender, helo, "checks timed out")
@@ -102,10 +103,10 @@ class Verifier:
         return Checked(block + cleaned, results.summary(verdicts, decision), decision.reply or None,
                        None if forged else _fields_after(lines, content, fields))
 
-    async def _verdicts(self, content: bytes, fields: list[headers.HeaderField], client_ip: str, helo: str,
-                        sender: str) -> results.Verdicts:
-        from_domain = dmarc.author_domain([f.value for f in fields if f.name.lower() == "from"])
-        names = dkimjob.key_names(((f.name, f.value) for f in fields), self.config.max_signatures)
+    async def _verdicts(self, content: bytes, from_values: list[str], signed: list[tuple[str, str]],
+                        client_ip: str, helo: str, sender: str) -> results.Verdicts:
+        from_domain = dmarc.author_domain(from_values)
+        names = dkimjob.key_names(signed, self.config.max_signatures)
         spf_domain = (sender.rpartition("@")[2] if "@" in sender else helo).lower().rstrip(".")
         known = getattr(self.dns, "known", None)
         if known is not None and all(known(n, "TXT") for n in (spf_domain, f"_dmarc.{from_domain}", *names)):
@@ -158,6 +159,32 @@ class Verifier:
     async def _keys(self, names: list[str]) -> dict[str, str | None]:
         found = await asyncio.gather(*(self._key(n) for n in names))
         return dict(zip(names, found))
+
+
+_SIGNED = frozenset(("dkim-signature", "arc-message-signature", "arc-seal"))
+_SUSPECT = frozenset(("authentication-results", *results.VERDICT_HEADERS))
+_FIRST = frozenset("fFdDaAxX")  # the first letters of every name above and of From
+
+
+def _fields_of_interest(fields: list[headers.HeaderField]
+                        ) -> tuple[list[str], list[tuple[str, str]], list[headers.HeaderField]]:
+    """One pass over the fields: the From values (DMARC), the signatures and seals as (name, value) (key
+    lookups), and the fields ``results.forged`` looks at; a name's first letter turns most fields away
+    (``Received``, ``To``, ``Subject``...) before it is lowered."""
+    from_values: list[str] = []
+    signed: list[tuple[str, str]] = []
+    suspects: list[headers.HeaderField] = []
+    for f in fields:
+        if f.name[:1] not in _FIRST:
+            continue
+        lower = f.name.lower()
+        if lower == "from":
+            from_values.append(f.value)
+        elif lower in _SIGNED:
+            signed.append((f.name, f.value))
+        elif lower in _SUSPECT:
+            suspects.append(f)
+    return from_values, signed, suspects
 
 
 def _fields_after(lines: list[tuple[bytes, str]], content: bytes, fields: list[headers.HeaderField]

@@ -63,6 +63,26 @@ def tags(value: str) -> dict[str, str]:
     return out
 
 
+def domain_selector(value: str) -> tuple[str, str]:
+    """``tags(value)``'s ``d`` and ``s`` ("" when absent), without making the other tags (``b=`` is most of a
+    signature)."""
+    d = s = None
+    for m in _TAG.finditer(value):
+        name = m.group(1)
+        if len(name) != 1:
+            continue
+        name = name.lower()
+        if name == "d" and d is None:
+            d = "".join(m.group(2).split())
+        elif name == "s" and s is None:
+            s = "".join(m.group(2).split())
+        else:
+            continue
+        if d is not None and s is not None:
+            break
+    return d or "", s or ""
+
+
 def key_names(fields: Iterable[tuple[str, str]], max_signatures: int) -> list[str]:
     """The key records (``s._domainkey.d``) the signatures and seals of a message name, at most
     ``max_signatures`` DKIM signatures, each name once, lower case."""
@@ -76,8 +96,8 @@ def key_names(fields: Iterable[tuple[str, str]], max_signatures: int) -> list[st
             dkim_count += 1
             if dkim_count > max_signatures:
                 continue
-        t = tags(value)
-        d, s = t.get("d", "").lower().rstrip("."), t.get("s", "").lower()
+        d, s = domain_selector(value)
+        d, s = d.lower().rstrip("."), s.lower()
         if d and s and len(d) + len(s) < 240:
             key = f"{s}._domainkey.{d}"
             if key not in names:
