@@ -22,7 +22,8 @@ Before/after in one run: ``--base-rev REV`` (``git archive REV mtad``) or ``--ba
 every round with the others (the order reversed every other round); its ratio is to the work tree's ``off``
 (the path with verification off is the same in both trees unless the base predates it).
 
-Printed: msgs/s and mtad's CPU (its process tree: the verification workers too) per run, the medians, and
+Printed: msgs/s and mtad's CPU (its process tree: the verification workers too, and the main process and the
+workers apart) per run, the medians, and
 **on / off** (issue 15's target: at least 0.7 at 20 sessions). Checks that every message of a run was stored and,
 with verification on, that the stored copy carries ``dkim=pass`` and ``dmarc=pass``.
 Needs smtp-source (``apt-get install postfix``).
@@ -35,7 +36,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +45,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from inbound_bench import Store, export_rev, free_port, wait_port  # noqa: E402
-from run_ingress import tree_cpu_rss  # noqa: E402
+from inbound_setup import Daemon, base_source, mx_config, smtp_source  # noqa: E402
+
 from tests.support.dns_server import DnsServer  # noqa: E402
 
 
@@ -72,67 +72,33 @@ def signed_message(path: Path, size: int) -> str:
     return base64.b64encode(der).decode()
 
 
-def write_config(work: Path, port: int, dns_port: int, enabled: bool, workers: int) -> Path:
-    import yaml
-    cfg = {
-        "hostname": "bench.localdomain",
-        "state_dir": str(work / "state"),
-        "listeners": [{"address": f"127.0.0.1:{port}", "role": "mx", "tls": "none", "name": "mx"}],
-        "receiving_domains": ["example.net"],
-        "limits": {"max_connections_per_ip": 1000},
-        "delivery": {"enabled": False, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port, "dns_timeout": "2s"},
-        "api": {"enabled": False},
-        "signing_key": "key-auth-bench",
-        "routing": {"routes": [{"expression": "match_recipient('keep@example.net')", "actions": ["stop()"]}]},
-        "authentication": {"enabled": enabled, "workers": workers},
-        "log": {"level": "warning"},
-    }
-    path = work / "mtad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def bench_config(work: Path, port: int, dns_port: int, enabled: bool, workers: int) -> dict:
+    return mx_config(
+        work, port, signing_key="key-auth-bench",
+        delivery={"enabled": False, "dns_nameservers": ["127.0.0.1"], "dns_port": dns_port, "dns_timeout": "2s"},
+        routing={"routes": [{"expression": "match_recipient('keep@example.net')", "actions": ["stop()"]}]},
+        authentication={"enabled": enabled, "workers": workers})
 
 
-class Mtad:
-    def __init__(self, label: str, work: Path, dns_port: int, enabled: bool, workers: int, src: str = str(REPO)):
-        self.label, self.work = label, work
-        work.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = write_config(work, self.port, dns_port, enabled, workers)
-        self.log = open(work / "mtad.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(config)], cwd=src,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.store: Store | None = None
-
-    def ready(self) -> None:
-        wait_port(self.port, self.proc)
-        self.store = Store(self.work / "state" / "mtad.sqlite3")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+def Mtad(label: str, work: Path, dns_port: int, enabled: bool, workers: int, src: str = str(REPO)) -> Daemon:
+    return Daemon(label, src, work, lambda port: bench_config(work, port, dns_port, enabled, workers))
 
 
-async def run(args: argparse.Namespace, m: Mtad, message: Path, n: int) -> dict:
+async def run(args: argparse.Namespace, m: Daemon, message: Path, n: int) -> dict:
     m.store.empty()
     await asyncio.sleep(0.5)
-    cpu0 = tree_cpu_rss(m.proc.pid)[0]
+    main0, workers0 = m.cpu()
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        args.smtp_source, "-s", str(args.sessions), "-m", str(n), "-F", str(message), "-f", "sender@example.com",
-        "-t", "keep@example.net", "-M", "client.example.com", f"127.0.0.1:{m.port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=600)
+    await smtp_source(args.smtp_source, m.port, args.sessions, n, "keep@example.net", message=message,
+                      helo="client.example.com")
     wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        sys.exit(f"smtp-source failed ({proc.returncode}): {err.decode()[-500:]}")
-    cpu = tree_cpu_rss(m.proc.pid)[0] - cpu0
+    main1, workers1 = m.cpu()
+    main, workers = main1 - main0, workers1 - workers0
+    cpu = main + workers
     stored = m.store.count("SELECT count(*) FROM messages")
     rec = {"mtad": m.label, "msgs": n, "wall_s": round(wall, 3), "msgs_per_s": round(n / wall, 1),
-           "mtad_cpu_pct": round(100 * cpu / wall, 1), "mtad_cpu_us_per_msg": round(1e6 * cpu / n)}
+           "mtad_cpu_pct": round(100 * cpu / wall, 1), "mtad_cpu_us_per_msg": round(1e6 * cpu / n),
+           "main_us_per_msg": round(1e6 * main / n), "workers_us_per_msg": round(1e6 * workers / n)}
     if stored != n:
         rec["problem"] = f"{stored} messages stored, expected {n}"
     if m.label.endswith("on"):
@@ -153,12 +119,8 @@ async def main_async(args: argparse.Namespace) -> int:
     dns.add_txt("_dmarc.example.com", "v=DMARC1; p=reject")
     trees = [Mtad("off", work / "off", dns.port, False, args.workers),
              Mtad("on", work / "on", dns.port, True, args.workers)]
-    if args.base_rev:
-        args.base_src = export_rev(args.base_rev, work / "base-src")
-    if args.base_src:
-        src = str(Path(args.base_src).resolve())
-        if not (Path(src) / "mtad" / "__init__.py").is_file():
-            sys.exit(f"--base-src {src}: no mtad/ package there")
+    src = base_source(work, args.base_rev, args.base_src)
+    if src:
         trees.append(Mtad("base-on", work / "base-on", dns.port, True, args.workers, src))
     records: list[dict] = []
     out = open(args.out, "a") if args.out else None
@@ -186,13 +148,13 @@ async def main_async(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     labels = [m.label for m in trees]
     med = {label: statistics.median(r["msgs_per_s"] for r in records if r["mtad"] == label) for label in labels}
-    cpu = {label: statistics.median(r["mtad_cpu_us_per_msg"] for r in records if r["mtad"] == label)
-           for label in labels}
-    print(f"\n| verification | msgs/s (median of {args.rounds}) | runs | mtad CPU µs/msg |")
-    print("|---|---|---|---|")
+    cpu, main, workers = ({label: statistics.median(r[key] for r in records if r["mtad"] == label) for label in labels}
+                          for key in ("mtad_cpu_us_per_msg", "main_us_per_msg", "workers_us_per_msg"))
+    print(f"\n| verification | msgs/s (median of {args.rounds}) | runs | mtad CPU µs/msg | main process | workers |")
+    print("|---|---|---|---|---|---|")
     for label in labels:
         runs = ", ".join(str(r["msgs_per_s"]) for r in records if r["mtad"] == label)
-        print(f"| {label} | {med[label]:.0f} | {runs} | {cpu[label]} |")
+        print(f"| {label} | {med[label]:.0f} | {runs} | {cpu[label]} | {main[label]} | {workers[label]} |")
     ratio = med["on"] / med["off"]
     print(f"\non / off = {ratio:.2f} (target >= 0.7: {'met' if ratio >= 0.7 else 'NOT met'})")
     if "base-on" in med:

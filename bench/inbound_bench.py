@@ -43,8 +43,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -58,6 +56,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from ab import compare, runs_text  # noqa: E402
+from inbound_setup import (TABLES, Daemon, Store, base_source, export_rev, free_port,  # noqa: E402,F401
+                           mx_config, wait_port)
+from inbound_setup import smtp_source as send  # noqa: E402
 from run_ingress import tree_cpu_rss  # noqa: E402
 
 # ``python -m mtad`` with every HttpClient made with fast_post=False (--no-fasthttp): the aiohttp path alone.
@@ -80,16 +81,6 @@ from mtad.cli import main
 sys.argv[0] = "mtad"
 raise SystemExit(main())
 """
-
-TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "event_variables", "stats", "stats_daily",
-          "stats_dims", "messages")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Application:
     """The route's destination: counts POSTs (each body read whole) and when the last one came."""
@@ -122,20 +113,12 @@ class Application:
         return runner
 
 
-def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurrent: int, src: str) -> Path:
-    """The bench config, checked by the mtad in ``src`` (``python -m mtad check-config`` run there)."""
-    import yaml
+def bench_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurrent: int) -> dict:
+    """The bench config (inbound_setup's MX config and the two routes)."""
     url = f"http://127.0.0.1:{app_port}/" + ("post_mime" if fmt == "mime" else "post")
-    cfg = {
-        "hostname": "bench.localdomain",
-        "state_dir": str(work / "state"),
-        "listeners": [{"address": f"127.0.0.1:{mx_port}", "role": "mx", "tls": "none", "name": "mx"}],
-        "receiving_domains": ["example.net"],
-        "limits": {"max_connections_per_ip": 1000},  # all load comes from 127.0.0.1
-        "delivery": {"enabled": False},
-        "api": {"enabled": False},
-        "signing_key": "key-inbound-bench",
-        "routing": {
+    return mx_config(
+        work, mx_port, signing_key="key-inbound-bench",
+        routing={
             "routes": [
                 {"expression": "match_recipient('keep@example.net')", "actions": ["stop()"],
                  "description": "accept only"},
@@ -144,58 +127,11 @@ def write_config(work: Path, mx_port: int, app_port: int, fmt: str, max_concurre
             ],
             "allowed_networks": ["127.0.0.0/8"], "max_concurrent": max_concurrent, "timeout": "30s",
             "retry_schedule": ["10s"],
-        },
-        "log": {"level": "warning"},
-    }
-    path = work / "mtad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    check = subprocess.run([sys.executable, "-m", "mtad", "check-config", str(path)], capture_output=True,
-                           text=True, cwd=src)
-    if check.returncode != 0:
-        sys.exit(f"mtad in {src} refuses the bench config: {check.stderr.strip()}")
-    return path
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"mtad exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"mtad did not open port {port}")
-
-
-class Store:
-    def __init__(self, path: Path):
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.conn.execute("PRAGMA busy_timeout=60000")
-
-    def count(self, sql: str) -> int:
-        return self.conn.execute(sql).fetchone()[0]
-
-    def empty(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        for table in TABLES:
-            try:
-                self.conn.execute(f"DELETE FROM {table}")
-            except sqlite3.OperationalError:
-                pass
-        self.conn.execute("COMMIT")
-        self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        })
 
 
 async def smtp_source(args: argparse.Namespace, port: int, rcpt: str, n: int) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        args.smtp_source, "-s", str(args.sessions), "-m", str(n), "-l", str(args.size), "-f", "sender@example.com",
-        "-t", rcpt, "-M", "client.localdomain", f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
-    if proc.returncode != 0:
-        sys.exit(f"smtp-source failed ({proc.returncode}): {err.decode()[-500:]}")
+    await send(args.smtp_source, port, args.sessions, n, rcpt, size=args.size, timeout=300)
 
 
 async def run_mode(mode: str, args: argparse.Namespace, app: Application, store: Store, mtad_pid: int,
@@ -241,42 +177,11 @@ async def run_mode(mode: str, args: argparse.Namespace, app: Application, store:
     return rec
 
 
-class Tree:
-    """One mtad under test: the package in ``src`` run with ``python -m mtad run`` from there (so that its
-    mtad/ comes first on sys.path), its own MX port and state folder in ``work``."""
-
-    def __init__(self, label: str, src: str, work: Path, app: Application, args: argparse.Namespace):
-        self.label, self.src, self.work = label, src, work
-        work.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = write_config(work, self.port, app.port, args.format, args.max_concurrent, src)
-        self.log = open(work / "mtad.log", "ab")
-        launch = ["-c", NO_FASTHTTP] if args.no_fasthttp else ["-m", "mtad"]
-        self.proc = subprocess.Popen([sys.executable, *launch, "run", "--config", str(config)], cwd=src,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.store: Store | None = None
-
-    def ready(self) -> None:
-        wait_port(self.port, self.proc)
-        self.store = Store(self.work / "state" / "mtad.sqlite3")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-def export_rev(rev: str, into: Path) -> str:
-    """``git archive REV mtad`` of this repository into ``into`` (a folder holding mtad/); its path."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "mtad"], capture_output=True)
-    if archive.returncode != 0:
-        sys.exit(f"cannot export mtad at {rev}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return str(into)
+def Tree(label: str, src: str, work: Path, app: Application, args: argparse.Namespace) -> Daemon:
+    """One mtad under test (inbound_setup.Daemon), its configuration checked by that tree's mtad."""
+    return Daemon(label, src, work,
+                  lambda port: bench_config(work, port, app.port, args.format, args.max_concurrent),
+                  launch=("-c", NO_FASTHTTP) if args.no_fasthttp else ("-m", "mtad"), check=True)
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -289,12 +194,8 @@ async def main_async(args: argparse.Namespace) -> int:
     out = open(args.out, "a") if args.out else None
     try:
         trees.append(Tree("mtad", args.mtad_src, work, app, args))
-        if args.base_rev:
-            args.base_src = export_rev(args.base_rev, work / "base-src")
+        args.base_src = base_source(work, args.base_rev, args.base_src)
         if args.base_src:
-            args.base_src = str(Path(args.base_src).resolve())
-            if not (Path(args.base_src) / "mtad" / "__init__.py").is_file():
-                sys.exit(f"--base-src {args.base_src}: no mtad/ package there")
             trees.append(Tree("base-mtad", args.base_src, work / "base-mtad", app, args))
         for tree in trees:
             tree.ready()

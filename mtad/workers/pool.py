@@ -11,6 +11,9 @@ Contract:
   nothing), each ``python -c`` running ``mtad.workers.child`` on ``kind.target``. Items submitted in one loop
   iteration go out together, up to ``kind.batch`` items per write, to the child with the fewest items
   outstanding; a child answers its batches in order. All I/O is on the event loop: no threads.
+  ``kind.hold_while_busy``: while every child has a batch unanswered, new items wait here and go out together
+  when one answers (fewer writes, reads and wake-ups on both sides when items come faster than a child does
+  them; an item waits no longer than it would have in the pipe behind that batch).
 - A child that dies, answers garbage or does not answer a batch within ``kind.timeout`` is killed and replaced
   after ``RESTART_DELAY`` seconds (doubling to ``MAX_RESTART_DELAY`` while it keeps failing); its outstanding
   items, and those submitted while no child runs, are done in process. A batch the job function failed as a
@@ -69,6 +72,7 @@ class JobKind(Generic[I, R]):
     target = ""
     batch = 32  # items per write to a child
     timeout: float | None = None  # seconds a child may take over a batch before it is replaced
+    hold_while_busy = False  # True: items wait while every child is busy, then go in one batch (module doc)
     log = logging.getLogger("mtad.workers")
 
     def encode(self, items: list[I], sent: set) -> Any:
@@ -192,6 +196,9 @@ class WorkerPool(Generic[I, R]):
             else:
                 self._run_here(pending)
             return
+        if self.kind.hold_while_busy and all(c.waiting for c in self._children):
+            self._pending = pending  # sent when a child answers (``_read``) or is lost (``_lost``)
+            return
         size = max(1, self.kind.batch)
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
@@ -241,6 +248,8 @@ class WorkerPool(Generic[I, R]):
                 self._answer(batch.items, answers)
                 if not child.waiting:
                     self._delay = RESTART_DELAY  # answering again: the next failure restarts quickly
+                    if self._pending:
+                        self._schedule_flush()  # items held while it was busy
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - EOF (the child died) or a broken answer
@@ -312,6 +321,7 @@ class WorkerPool(Generic[I, R]):
                                   len(unanswered))
         self._run_here(unanswered)
         self._schedule_restart()
+        self._schedule_flush()  # items held while it was busy: to another child, or here
 
     @staticmethod
     def _unanswered(child: _Child) -> list[tuple[asyncio.Future, Any]]:

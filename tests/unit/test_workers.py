@@ -20,7 +20,7 @@ HERE = os.getpid()
 
 def work(payload: list, memo: dict) -> list:
     """In the child: each item ``n`` gives ``(n * 2, batch size, pid)``; ``"fail"`` fails the batch, ``"skip"``
-    is left to the parent, ``"sleep"`` stalls."""
+    is left to the parent, ``"sleep"`` stalls, ``"nap"`` takes half a second."""
     memo["batches"] = memo.get("batches", 0) + 1
     out = []
     for n in payload:
@@ -28,6 +28,8 @@ def work(payload: list, memo: dict) -> list:
             raise RuntimeError("this batch is broken")
         if n == "sleep":
             time.sleep(30)
+        if n == "nap":
+            time.sleep(0.5)
         out.append(None if n == "skip" else (n * 2, len(payload), os.getpid(), memo["batches"]))
     return out
 
@@ -77,6 +79,57 @@ async def test_children_start_on_first_use_and_take_batches():
         assert {r[1] for r in out} == {8}
         assert {r[2] for r in out} == set(pool.pids) and len(pool.pids) == 2 and HERE not in pool.pids
         assert max(r[3] for r in out) >= 2  # a child kept its memo across batches
+    finally:
+        await pool.close()
+
+
+class Holding(Doubling):
+    hold_while_busy = True
+
+
+async def test_items_that_come_while_the_children_are_busy_go_out_together():
+    pool = WorkerPool(Holding(), 1)
+    try:
+        await pool.run(1)
+        busy = asyncio.ensure_future(pool.run("nap"))
+        await asyncio.sleep(0.05)  # the nap is with the child
+        later = []
+        for n in range(5):  # one at a time, in separate loop iterations
+            later.append(asyncio.ensure_future(pool.run(n)))
+            await asyncio.sleep(0.01)
+        out = await asyncio.gather(*later)
+        assert await busy == ("napnap", 1, pool.pids[0], 2)
+        assert [r[0] for r in out] == [0, 2, 4, 6, 8]
+        assert {r[1] for r in out} == {5} and {r[3] for r in out} == {3}  # one batch of 5, the child's third
+        plain = WorkerPool(Doubling(), 1)  # without hold_while_busy: one write per item
+        try:
+            await plain.run(1)
+            busy = asyncio.ensure_future(plain.run("nap"))
+            await asyncio.sleep(0.05)
+            later = []
+            for n in range(3):
+                later.append(asyncio.ensure_future(plain.run(n)))
+                await asyncio.sleep(0.01)
+            assert {r[1] for r in await asyncio.gather(*later)} == {1}
+            await busy
+        finally:
+            await plain.close()
+    finally:
+        await pool.close()
+
+
+async def test_items_held_for_a_child_that_dies_are_not_lost(fast_restart):
+    pool = WorkerPool(Holding(), 1)
+    try:
+        await pool.run(1)
+        (pid,) = pool.pids
+        busy = asyncio.ensure_future(pool.run("nap"))
+        await asyncio.sleep(0.05)
+        held = [asyncio.ensure_future(pool.run(n)) for n in range(3)]
+        await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        assert [r[0] for r in await asyncio.gather(*held)] == [0, 2, 4]
+        assert (await busy)[0] == "nap"  # done in process
     finally:
         await pool.close()
 

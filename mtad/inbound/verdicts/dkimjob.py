@@ -450,6 +450,7 @@ class _Verifying(JobKind[_Item, DkimOutcome]):
     target = f"{__name__}:verify_batch"
     batch = BATCH
     timeout = TIMEOUT
+    hold_while_busy = True  # one frame for the messages that came while the worker verified
     log = log
 
     def encode(self, items: list[_Item], sent: set) -> Any:
