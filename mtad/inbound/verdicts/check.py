@@ -96,8 +96,9 @@ class Verifier:
             self.counters.rejected += 1
         elif decision.action == "quarantine":
             self.counters.quarantined += 1
-        log.debug("verdicts spf=%s dkim=%s dmarc=%s arc=%s action=%s client=%s", verdicts.spf.result,
-                  verdicts.dkim_result, verdicts.dmarc.result, verdicts.arc, decision.action, client_ip)
+        if log.isEnabledFor(logging.DEBUG):  # its arguments cost a few µs per message to make
+            log.debug("verdicts spf=%s dkim=%s dmarc=%s arc=%s action=%s client=%s", verdicts.spf.result,
+                      verdicts.dkim_result, verdicts.dmarc.result, verdicts.arc, decision.action, client_ip)
         lines = results.encoded(results.header_fields(self.authserv_id, verdicts, decision))
         block = b"".join(line for line, _ in lines)
         return Checked(block + cleaned, results.summary(verdicts, decision), decision.reply or None,
