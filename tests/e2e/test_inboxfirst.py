@@ -360,7 +360,7 @@ async def test_a_url_domain_campaign_tracks_on_that_host(env):
     bad = _campaign("bad url domain", 0, "<p>x</p>", url_domain="links.example.com/evil?x=")
     refused = await api(daemon, "POST", f"{V2}/mailing_lists/{lid}/campaigns", json=bad, expect=400)
     assert "url_domain" in refused["error_message"]
-    html = '<p>Hi <a href="https://shop.example/sale">sale</a></p>'
+    html = '<p>Hi <a href="https://shop.example/sale">sale</a> <a href="%unsubscribe_url%">unsubscribe</a></p>'
     made = await api(daemon, "POST", f"{V2}/mailing_lists/{lid}/campaigns",
                      json=_campaign("url domain", 0, html, url_domain="Links.Example.com"))
     cid = made["data"]["id"]
@@ -374,11 +374,10 @@ async def test_a_url_domain_campaign_tracks_on_that_host(env):
     body = msg.get_body(("html",)).get_content()
     clicks = re.findall(re.escape(own) + r"/c/[A-Za-z0-9_-]+", body)
     opens = re.findall(re.escape(own) + r"/o/[A-Za-z0-9_-]+", body)
-    assert len(clicks) == 1 and len(opens) == 1, body
+    unsubscribes = re.findall(re.escape(own) + r"/u/[A-Za-z0-9_-]+", body)
+    assert len(clicks) == 1 and len(opens) == 1 and len(unsubscribes) == 1, body
     assert hostport not in body  # no URL left on the tracking base URL's own host
-    for header in ("List-Unsubscribe",):
-        if msg[header]:
-            assert hostport not in str(msg[header]) and "links.example.com" in str(msg[header])
+    assert f"<{unsubscribes[0]}>" in str(msg["List-Unsubscribe"]) and hostport not in str(msg["List-Unsubscribe"])
 
     async def fetch(url: str, agent: str = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 "
                                            "Thunderbird/115.10.1") -> aiohttp.ClientResponse:
@@ -399,6 +398,8 @@ async def test_a_url_domain_campaign_tracks_on_that_host(env):
     s = (await api(daemon, "GET", f"{V2}/campaigns/{cid}"))["data"]["stat_summary"]
     assert (s["opens_total"], s["opens_unique"], s["duplicate_opens"]) == (2, 1, 1)
     assert (s["clicks_total"], s["clicks_unique"]) == (1, 1)
+    page = await fetch(unsubscribes[0])  # the unsubscribe page answers on that host too
+    assert page.status == 200
     links = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats")
     assert [(r["url"], r["clicks_total"], r["clicks_unique"]) for r in links["data"]["links"]] == [
         ("https://shop.example/sale", 1, 1)]
