@@ -47,6 +47,7 @@ MAX_TEXT = 1_000_000  # characters of a content's body
 DESCRIPTIONS = {"idle": "Step 1: Pending", "scheduled": "Step 2: Scheduled", "sending": "Step 3: Sending",
                 "finished": "Step 4: Finished", "failed": "Failed", "cancelled": "Cancelled"}
 _ADDRESS = re.compile(r"^[^\s@<>(),;:\"\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Invalid(Exception):
@@ -281,7 +282,9 @@ async def _dispatch(request: web.Request, value: Any, old: Mapping[str, Any] | N
         if name in value:
             d[name] = _email(value[name], name)
     if "url_domain" in value:
-        d["url_domain"] = _text(value["url_domain"], "url_domain", 253).lower()
+        d["url_domain"] = _text(value["url_domain"], "url_domain", 253).strip().lower().rstrip(".")
+        if d["url_domain"] and not _HOSTNAME.match(d["url_domain"]):
+            raise Invalid(400, "invalid", "'url_domain': a host name (the copies' tracking URLs are made on it)")
     for name in ("track_opens", "track_links"):
         if name in value:
             d[name] = _bool(value[name], name)

@@ -21,7 +21,9 @@ page saying the link expired. Events are written through the store's group commi
 event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
 one write (``base.coalesce``), and the answer follows the commit. A store that refuses the write (disk full)
 loses that open or click (logged) but the reader still gets the link or image; an unsubscribe is answered 503.
-The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``).
+The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``);
+a machine's (``flags.is-machine``: Apple Mail Privacy Protection, link scanners) never is, so the first person's
+is.
 """
 
 from __future__ import annotations
@@ -108,10 +110,11 @@ class Tracker:
         now = time.time()
         event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
                                                 self.ctx.clients, url=url)
+        human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
         try:
             await self._recorder.submit(Engagement(
-                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
-                NewEvent(tracked.domain, engagement_mod.unique(event))))
+                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
+                NewEvent(tracked.domain, engagement_mod.unique(event)) if human else None))
         except StoreError as exc:  # the reader still gets the link or the image; the event is lost, and said so
             log.error("%s: %s of <%s> not recorded: %s", tracked.queue_id, kind, token.recipient, exc)
 

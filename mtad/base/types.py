@@ -39,6 +39,7 @@ class SendOptions:
     require_tls: bool = False
     skip_verification: bool = False
     unknown: tuple[tuple[str, str], ...] = ()  # X-Mailgun-* headers not understood, recorded then removed
+    tracking_host: str = ""  # the host of the tracking URLs instead of the tracking base URL's (a campaign's url_domain)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class SendOptions:
             "tracking_clicks": self.tracking_clicks, "tracking_opens": self.tracking_opens,
             "variables": dict(self.variables), "require_tls": self.require_tls,
             "skip_verification": self.skip_verification, "unknown": [list(u) for u in self.unknown],
+            **({"tracking_host": self.tracking_host} if self.tracking_host else {}),
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class SendOptions:
             require_tls=bool(data.get("require_tls")),
             skip_verification=bool(data.get("skip_verification")),
             unknown=tuple(tuple(u) for u in data.get("unknown", ())),  # type: ignore[misc]
+            tracking_host=str(data.get("tracking_host") or ""),
         )
 
 

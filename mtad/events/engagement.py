@@ -13,8 +13,11 @@ Mailgun-shaped ``opened``/``clicked``/``unsubscribed`` events built from it.
   default); ``scanner`` for a User-Agent matching ``tracking.machine_user_agents`` (security gateways and link
   scanners that name themselves), a ua-parser ``Spider``, or a fetch sooner than ``tracking.scanner_window``
   after the message was sent (scanners click every link at delivery). The event carries it as
-  ``client-info.bot`` (empty for a person) and ``flags.is-machine``: stats count machine events too, consumers
-  filter on the flag.
+  ``client-info.bot`` (empty for a person) and ``flags.is-machine``. A machine's open or click is recorded and
+  counted in the totals (stats ``total``, campaign counters, ``opens_total``), but is never the unique one
+  (``flags.is-unique`` false, whether or not a person opened first): the unique figures of the stats API, the
+  analytics logs' ``unique_opened``/``unique_clicked``, and the campaign reports count people only (as far as
+  mtad can tell); consumers of events and webhooks filter on the flag.
 - ``engagement_event(kind, tracked, recipient, now, fetch, url=...)``: the event, built with
   ``shape.base_event`` from the tracked message's stored data; ``unique(event)`` its variant for the first open
   or click of a message by a recipient (``flags.is-unique``: counted as ``unique`` in the stats and found by the

@@ -9,7 +9,9 @@ What mtad's events honestly give: sent by format, messages_sent, total_messages 
 mtad bounce is a remote one except the suppressed, so ``local``/``remote`` split permanent failures by
 ``suppress-*`` reasons is not made: local is 0, remote all), opens, clicks, unsubscribes, complaints (total,
 unique, duplicate), accepted (= unique ``delivered``), total_failure (permanent failures), in_queue (copies whose
-delivery is still queued), the rates. Always 0 or empty, as mtad has nothing they could count: skips_error and
+delivery is still queued), the rates. Opens and clicks flagged as a machine's (``flags.is-machine``: Apple Mail
+Privacy Protection, link scanners; the store's ``severity`` ``machine``) count in the totals and duplicates, never
+in the unique figures (nor in the rates made of them, nor ``clicks_unique_by_link``). Always 0 or empty, as mtad has nothing they could count: skips_error and
 skips_request (no Special Sending Rules), the *_status_updated figures, total_failure_toolong, bounces_unique_other,
 bounces_unique_local, bounces_unique_by_code.
 """
@@ -20,6 +22,7 @@ import re
 from typing import Any, Iterable
 
 from mtad.store.dispatch import CampaignFigures, Click, Link
+from mtad.store.events import MACHINE
 
 
 def _rate(a: int, b: int) -> float:
@@ -43,7 +46,7 @@ def summary(figures: CampaignFigures, content_id: int | None = None) -> dict[str
         if mine(e.content_id):
             t = ev.setdefault((e.event, e.severity), [0, 0])
             t[0] += e.total
-            t[1] += e.unique
+            t[1] += e.unique if e.severity != MACHINE else 0  # a machine's opens and clicks: totals only
 
     def count(kind: str, severity: str | None = None) -> tuple[int, int]:
         rows = [v for (k, s), v in ev.items() if k == kind and (severity is None or s == severity)]
@@ -85,7 +88,7 @@ def summary(figures: CampaignFigures, content_id: int | None = None) -> dict[str
 
 def with_unique_by_link(stat: dict[str, Any], clicks: Iterable[Click], content_id: int | None = None) -> None:
     stat["clicks_unique_by_link"] = len({(c.recipient, c.url) for c in clicks
-                                          if content_id is None or c.content_id == content_id})
+                                          if (content_id is None or c.content_id == content_id) and not c.machine})
 
 
 def link_stats(links: Iterable[Link], clicks: Iterable[Click], *, url: str | None = None,
@@ -108,6 +111,8 @@ def link_stats(links: Iterable[Link], clicks: Iterable[Click], *, url: str | Non
                                                  "clicks_unique": 0, "clicks_unique_by_link": 0, "_who": set()}
             extra_id -= 1
         row["clicks_total"] += 1
+        if c.machine:  # a link scanner's: in the total only
+            continue
         if c.recipient not in row["_who"]:
             row["_who"].add(c.recipient)
             row["clicks_unique_by_link"] += 1

@@ -11,6 +11,11 @@
   lacks becomes empty). ``cc`` and ``bcc`` get every copy, as Mailgun does.
 ``from_mime(raw, ...)`` does the same for a message the client built itself.
 
+Files: their names in RFC 2231 ``name*``/``filename*`` parameters when not ASCII; an ``inline`` file's
+``Content-ID`` is its name as Mailgun writes it (``<logo.png>``, referenced as ``cid:logo.png``) when that is a
+plain ASCII dot-atom, else an ASCII escape of it (``content_id``), and the HTML's ``cid:`` references to the name
+are rewritten to that id (``cid_references``), so they still resolve.
+
 Options go through ``options.parse``, the one parser SMTP's ``X-Mailgun-*`` headers use: ``o:`` fields
 and ``h:X-Mailgun-*`` headers (or, in a MIME upload, the message's ``X-Mailgun-*`` headers, which are
 removed) become the same ``SendOptions``.
@@ -55,12 +60,14 @@ import binascii
 import datetime
 import email.header
 import email.utils
+import html
 import json
 import mimetypes
 import random
 import re
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -281,6 +288,37 @@ def _param(name: str, value: str) -> str:
     return f"{name}*={email.utils.encode_rfc2231(value, 'utf-8')}"
 
 
+_CID_SAFE = re.compile(r"[A-Za-z0-9._+~!$*-]+")  # in a msg-id's dot-atom and in a cid: URL, unescaped
+
+
+def content_id(filename: str) -> str:
+    """The ``Content-ID`` (without ``<>``) of an inline file: its name, as Mailgun does, when every character of it
+    is ASCII and needs no escaping in a msg-id (RFC 5322) or a ``cid:`` URL (RFC 2392); else the name with each
+    other character's UTF-8 bytes written ``=XX`` (``logo ü.png`` -> ``logo=20=C3=BC.png``). ``=`` is always
+    escaped, so two names never share an id. ``cid_references`` rewrites the HTML's ``cid:`` references to it."""
+    if _CID_SAFE.fullmatch(filename) and not filename.startswith(".") and ".." not in filename \
+            and not filename.endswith("."):
+        return filename
+    return "".join(ch if _CID_SAFE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode("utf-8", "replace"))
+                   for ch in filename)
+
+
+def cid_references(body: str | None, filenames: Iterable[str]) -> str | None:
+    """``body`` (HTML) with each ``cid:NAME`` reference to an inline file whose Content-ID is not its name
+    (``content_id``) made ``cid:ID``: NAME as written, percent-encoded (RFC 2392) or HTML-escaped."""
+    if not body or "cid:" not in body.lower():
+        return body
+    for name in dict.fromkeys(filenames):
+        cid = content_id(name)
+        if cid == name:
+            continue
+        forms = sorted({name, urllib.parse.quote(name, safe="/@"), html.escape(name, quote=True)}, key=len,
+                       reverse=True)
+        pattern = re.compile(r"(?i)cid:(?:" + "|".join(re.escape(f) for f in forms) + r")(?=[\"'\s>)]|$)")
+        body = pattern.sub(lambda _m, cid=cid: "cid:" + cid, body)
+    return body
+
+
 def _file_part(upload: Upload) -> bytes:
     given = (upload.content_type or "").split(";")[0].strip()
     if not given or given == "application/octet-stream":
@@ -290,7 +328,7 @@ def _file_part(upload: Upload) -> bytes:
              f"Content-Disposition: {upload.kind}; {_param('filename', upload.filename)}",
              "Content-Transfer-Encoding: base64"]
     if upload.kind == "inline":
-        lines.append(f"Content-ID: <{upload.filename}>")
+        lines.append(f"Content-ID: <{content_id(upload.filename)}>")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + _base64(upload.data)
 
 
@@ -596,6 +634,9 @@ def compose(fields: Iterable[tuple[str, str]], uploads: Sequence[Upload], *, dom
         _template_headers(form, user_headers, rendered[1], domain)
     senders, to, cc, bcc = _recipients(form)
     bodies = rendered[0] if rendered is not None else _bodies(form)
+    inline_names = [u.filename for u in uploads if u.kind == "inline"]
+    if inline_names:  # the HTML's cid: references follow the inline files' ASCII Content-IDs
+        bodies = (bodies[0], cid_references(bodies[1], inline_names), cid_references(bodies[2], inline_names))
     subject = form.single.get("subject", "")
     check_header_value("subject", subject)
     batch = _batch(form)

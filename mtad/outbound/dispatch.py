@@ -24,12 +24,15 @@ A copy: the content (``html``, ``text`` or both, chosen per recipient by a stabl
 several contents) composed as an API send would be (``mail.compose``) from the dispatch settings (From, Reply-To,
 Sender, the bounce address as envelope sender), with options ``o:campaign`` and ``o:tag`` = ``campaign_tag(id)``,
 ``o:tracking-opens``/``o:tracking-clicks`` from ``track_opens``/``track_links``, then the member's variables written
-in (``mail.listcopy``: ``%recipient%``, names, ``%recipient.KEY%``, ``%mailing_list_unsubscribe_url%``).
+in (``mail.listcopy``: ``%recipient%``, names, ``%recipient.KEY%``, ``%mailing_list_unsubscribe_url%``). A
+``url_domain`` goes with each copy as its ``tracking_host`` option: its click, open and unsubscribe URLs are made
+on that host (``outbound.tracking``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import os
@@ -124,6 +127,7 @@ class Plan:
     sender: str
     fields: tuple[tuple[str, str], ...]
     personal: frozenset[int]  # ids of the contents that name variables
+    url_domain: str = ""  # dispatch.url_domain: the host of the copies' tracking URLs (empty: the tracking host)
 
 
 def plan(c: Campaign) -> Plan:
@@ -141,7 +145,7 @@ def plan(c: Campaign) -> Plan:
                                                          for t in (x.subject, x.html, x.text)))
     domain = domain_of(from_email)
     sender = str(d.get("bounce_email") or "") or compose_mod.envelope_sender(from_email, domain)
-    return Plan(c, domain, sender, tuple(fields), personal)
+    return Plan(c, domain, sender, tuple(fields), personal, str(d.get("url_domain") or ""))
 
 
 def content_fields(content: Content) -> list[tuple[str, str]]:
@@ -179,7 +183,8 @@ def member_copy(p: Plan, member: ListMember, seed: bool, unsubscribe_url: str, n
                                     variables_mod.substitute(summary.subject, ctx))
     envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip="", client_helo="",
                         auth_user="campaigns", tls=False, transport="http", listener="campaigns")
-    msg = NewMessage(envelope, body, "outbound", p.domain, summary, copy.options)
+    options = dataclasses.replace(copy.options, tracking_host=p.url_domain) if p.url_domain else copy.options
+    msg = NewMessage(envelope, body, "outbound", p.domain, summary, options)
     queue_id = spool.new_queue_id()
     return (spool.Enqueue(queue_id, msg, shape.accepted(msg, queue_id, now)),
             DispatchRow(member.address, queue_id, content.id, content.format, seed))

@@ -8,6 +8,8 @@ for the variables, ``bytes.find`` over a body already in memory.
 Which tracking is on for a message (Mailgun's rules): the sending domain's settings (``/v3/domains/{d}/tracking``,
 else ``tracking.defaults``), then ``o:tracking`` / ``X-Mailgun-Track`` (on or off for clicks and opens together),
 then ``o:tracking-clicks`` (yes, no, htmlonly) and ``o:tracking-opens``, each more specific one winning.
+The URLs are made under the domain's tracking base URL (``tracking.base_url`` or the domain's own), on the host
+of the message's ``tracking_host`` option when it has one (an InboxFirst campaign's ``url_domain``).
 Unsubscribe tracking (the footer, the List-Unsubscribe headers) follows the domain. Inbound mail forwarded to an
 address and mtad's own DSNs are never tracked, and never rendered.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from mtad.base import keys as keys_mod
 from mtad.base.types import DSN_TRANSPORT
@@ -46,6 +49,14 @@ class Effective:
     @property
     def any(self) -> bool:
         return self.clicks != "no" or self.opens or self.unsubscribe
+
+
+def with_host(base_url: str, host: str) -> str:
+    """``base_url`` on ``host``: its scheme, port and path kept (a campaign's ``url_domain`` is a name pointed at
+    the tracking listener, served on the same port)."""
+    parts = urlsplit(base_url)
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, host + port, parts.path, "", "")).rstrip("/")
 
 
 class Tracking:
@@ -96,8 +107,11 @@ class Tracking:
     def spec(self, job: DeliveryJob, recipient: str) -> render_mod.RenderSpec:
         e = self.effective(job)
         assert e is not None
+        base = self.base_for(e.settings)
+        if job.options.get("tracking_host"):
+            base = with_host(base, str(job.options["tracking_host"]))
         return render_mod.RenderSpec(
-            queue_id=job.queue_id, recipient=recipient, base_url=self.base_for(e.settings), clicks=e.clicks,
+            queue_id=job.queue_id, recipient=recipient, base_url=base, clicks=e.clicks,
             opens=e.opens, unsubscribe=e.unsubscribe, html_footer=e.settings.html_footer,
             text_footer=e.settings.text_footer, tracking_key=self.tracking_key, unsubscribe_key=self.unsubscribe_key,
             unsubscribe_email=unsubaddr.address(self.unsubscribe_email_key, job.queue_id, recipient,

@@ -19,6 +19,8 @@ Tables (migration step 7):
   table is stored in that order (``WITHOUT ROWID``): the rows a report reads, one kind of one campaign, lie
   together on disk however the campaigns' events were interleaved in time, so a report reads a few pages in a
   row instead of one page per event. ``(cid, timestamp)`` is indexed for the newest-first events page.
+  ``machine`` (step 17) is 1 for an open or click flagged as a machine's (``flags.is-machine``): counted in every
+  total, never in the distinct (unique) counts.
 
 How an event counts (``campaign_event``): ``accepted`` (outgoing) -> ``submitted``; ``delivered``; ``failed``
 permanent with reason ``bounce`` or ``delayed-bounce`` (the recipient's server said no) -> ``bounced``, any other
@@ -190,9 +192,10 @@ def _item(domain: str, event: Mapping[str, Any]) -> tuple | None:
     recipient = str(event.get("recipient") or "").lower()
     geo = event.get("geolocation") if isinstance(event.get("geolocation"), Mapping) else {}
     url = event.get("url") if kind == "clicked" else ""
+    machine = int(kind in ("opened", "clicked") and bool((event.get("flags") or {}).get("is-machine")))
     return (domain, ids, kind, ts, str(event.get("id") or ""), int(ts // 60), month_of(ts), recipient,
             recipient.rpartition("@")[2], url[:MAX_LINK] if isinstance(url, str) else "",
-            _text(geo.get("country"), 8), _text(geo.get("region")), _text(geo.get("city")))
+            _text(geo.get("country"), 8), _text(geo.get("region")), _text(geo.get("city")), machine)
 
 
 def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> None:
@@ -238,7 +241,7 @@ def write_items(conn: sqlite3.Connection, items: list[tuple]) -> None:
                 rows.append((cid, kind, *rest))
     rows.sort()  # in key order: neighbouring rows share B-tree pages
     execute_rows(conn, "INSERT INTO campaign_events (cid, event, timestamp, event_id, minute, month, recipient,"
-                       " recipient_domain, link, country, region, city)", 12, rows)
+                       " recipient_domain, link, country, region, city, machine)", 13, rows)
     execute_rows(conn, "INSERT INTO campaign_counts (cid, event, count)", 3,
                  [(*key, n) for key, n in sorted(counts.items())],
                  " ON CONFLICT (cid, event) DO UPDATE SET count = campaign_counts.count + excluded.count")
@@ -389,7 +392,7 @@ def events_count(conn: sqlite3.Connection, domain: str, campaign_id: str, q: Cam
 def _report_sql(conn: sqlite3.Connection, cid: int, q: ReportQuery) -> tuple[str, str, list[Any]]:
     """(SELECT list, rest of the statement from FROM, parameters) of a report."""
     groups = [f"{_GROUP_SQL[g]} AS g{i}" for i, g in enumerate(q.groupby)]
-    uniques = [f"count(DISTINCT {u})" for u in q.uniques]
+    uniques = [f"count(DISTINCT CASE WHEN machine = 0 THEN {u} END)" for u in q.uniques]
     places, values = _places(conn, q)
     where = " AND ".join(["cid = ?", "event = ?", *places])
     group_by = f" GROUP BY {', '.join(f'g{i}' for i in range(len(q.groupby)))}" if q.groupby else ""
@@ -421,10 +424,10 @@ def report_count(conn: sqlite3.Connection, domain: str, campaign_id: str, q: Rep
 
 
 def _uniques(conn: sqlite3.Connection, cid: int) -> tuple[int, int, int]:
-    opened = conn.execute("SELECT count(DISTINCT recipient) FROM campaign_events WHERE cid = ? AND event = 'opened'",
-                          (cid,)).fetchone()[0]
+    opened = conn.execute("SELECT count(DISTINCT recipient) FROM campaign_events WHERE cid = ? AND event = 'opened'"
+                          " AND machine = 0", (cid,)).fetchone()[0]
     clicked = conn.execute("SELECT count(DISTINCT recipient), count(DISTINCT link) FROM campaign_events"
-                           " WHERE cid = ? AND event = 'clicked'", (cid,)).fetchone()
+                           " WHERE cid = ? AND event = 'clicked' AND machine = 0", (cid,)).fetchone()
     return int(opened), int(clicked[0]), int(clicked[1])
 
 
@@ -441,9 +444,9 @@ def stats(conn: sqlite3.Connection, domain: str, campaign_id: str, groupby: str 
     sums = [f"sum(CASE WHEN event = '{k}' THEN 1 ELSE 0 END)" for k in EVENT_KINDS]
     rows = conn.execute(
         f"SELECT {_GROUP_SQL[groupby]} AS g, {', '.join(sums)},"
-        " count(DISTINCT CASE WHEN event = 'opened' THEN recipient END),"
-        " count(DISTINCT CASE WHEN event = 'clicked' THEN recipient END),"
-        " count(DISTINCT CASE WHEN event = 'clicked' THEN link END)"
+        " count(DISTINCT CASE WHEN event = 'opened' AND machine = 0 THEN recipient END),"
+        " count(DISTINCT CASE WHEN event = 'clicked' AND machine = 0 THEN recipient END),"
+        " count(DISTINCT CASE WHEN event = 'clicked' AND machine = 0 THEN link END)"
         " FROM campaign_events WHERE cid = ? GROUP BY g ORDER BY g LIMIT ? OFFSET ?", (cid, limit, offset)).fetchall()
     n = len(EVENT_KINDS)
     return tuple(StatsRow(r[0], dict(zip(EVENT_KINDS, (int(x) for x in r[1:1 + n]))), int(r[n + 1]), int(r[n + 2]),

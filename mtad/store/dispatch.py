@@ -173,6 +173,7 @@ class Click:
     content_id: int
     recipient: str
     url: str
+    machine: bool = False  # flags.is-machine: counted in the totals, never as unique
 
 
 # --- campaigns -------------------------------------------------------------------------------------------------
@@ -439,10 +440,11 @@ def campaign_clicks(conn: sqlite3.Connection, campaign_id: int) -> list[Click]:
                           " ON e.queue_id = d.queue_id WHERE d.campaign_id = ? AND d.seed = 0"
                           " AND e.event = 'clicked' ORDER BY e.seq", (campaign_id,)):
         try:
-            url = json.loads(r[2]).get("url") or ""
+            data = json.loads(r[2])
+            url, machine = data.get("url") or "", bool((data.get("flags") or {}).get("is-machine"))
         except (ValueError, AttributeError):
-            url = ""
-        out.append(Click(r[0], r[1], url))
+            url, machine = "", False
+        out.append(Click(r[0], r[1], url, machine))
     return out
 
 

@@ -103,6 +103,18 @@ def stat_key(event: Mapping[str, Any]) -> str:
     return kind
 
 
+def severity_of(event: Mapping[str, Any]) -> str:
+    """The ``severity`` column of an event: a failure's severity; ``machine`` for an open or click flagged as a
+    machine's (``flags.is-machine``), so that reports over the log can leave them out of unique figures
+    (``store.dispatch.campaign_figures``); else empty."""
+    if event.get("event") in ("opened", "clicked") and (event.get("flags") or {}).get("is-machine"):
+        return MACHINE
+    return event.get("severity", "")
+
+
+MACHINE = "machine"
+
+
 def stat_keys(event: Mapping[str, Any]) -> list[str]:
     """Hourly counter names of an event: the event itself, ``failed:temporary|permanent``, and the leaf key."""
     return list(_hourly_keys(stat_key(event)))
@@ -282,7 +294,7 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
     tags = event.get("tags")
     data, variables = _stored_form(event)
     item = ((event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
-             headers.get("message-id", ""), event.get("storage", {}).get("key", ""), event.get("severity", ""),
+             headers.get("message-id", ""), event.get("storage", {}).get("key", ""), severity_of(event),
              data, variables[0] if variables else None),
             None if system else
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),

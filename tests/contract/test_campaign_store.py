@@ -201,3 +201,27 @@ async def test_a_page_of_events_filters_by_kinds_recipient_and_place(backend_sto
     rows = await store.campaign_events(DOMAIN, "c1", CampaignEventQuery())
     assert [(r.event, r.data is None) for r in rows] == [("clicked", False), ("clicked", False), ("opened", True),
                                                          ("delivered", True)]
+
+
+async def test_machines_opens_and_clicks_count_in_totals_never_in_unique_figures(backend_store):
+    # flags.is-machine (Apple Mail Privacy Protection, link scanners: events.engagement): totals, not uniques
+    store = backend_store()
+    await store.create_campaign(DOMAIN, "c1", "One", T0)
+
+    def machine(e: dict) -> dict:
+        return {**e, "flags": {**e["flags"], "is-machine": True}}
+    await record(store,
+                 machine(event("opened", "mpp@x.test")), machine(event("opened", "a@x.test")), event("opened", "a@x.test"),
+                 machine(click("scan@x.test", "https://x.test/scanned")), click("a@x.test", "https://x.test/1"))
+    c1 = await store.get_campaign(DOMAIN, "c1")
+    assert (c1.count("opened"), c1.count("clicked")) == (3, 2)
+    [stats] = await store.campaign_stats(DOMAIN, "c1")
+    assert (stats.total["opened"], stats.total["clicked"]) == (3, 2)
+    assert (stats.opened_recipients, stats.clicked_recipients, stats.clicked_links) == (1, 1, 1)
+    [grouped] = await store.campaign_stats(DOMAIN, "c1", groupby="domain")
+    assert (grouped.opened_recipients, grouped.clicked_recipients, grouped.clicked_links) == (1, 1, 1)
+    rows = await store.campaign_report(DOMAIN, "c1", ReportQuery("clicked", ("link",), ("recipient",)))
+    assert sorted((r.groups[0], r.total, r.uniques[0]) for r in rows) == [
+        ("https://x.test/1", 1, 1), ("https://x.test/scanned", 1, 0)]
+    opens = await store.campaign_report(DOMAIN, "c1", ReportQuery("opened", (), ("recipient",)))
+    assert [(r.total, r.uniques) for r in opens] == [(3, (1,))]

@@ -13,6 +13,7 @@ import email
 import email.policy
 import email.utils
 import json
+import re
 import time
 
 import aiohttp
@@ -107,6 +108,43 @@ async def test_text_html_attachments_and_inline_images_arrive_intact(env):
     assert any(p.get_filename() == "logo.png" for p in related.iter_parts())
     assert "DKIM-Signature" in msg  # example.com signs by default
     assert got.data.startswith(b"DKIM-Signature:") and b"with HTTP id" in got.data
+
+
+async def test_a_non_ascii_inline_file_gets_an_ascii_content_id_its_cid_reference_follows(env):
+    # a Content-ID is an ASCII msg-id (RFC 2045/5322): a non-ASCII inline name is escaped in it, the HTML's
+    # cid:NAME references (as written, or percent-encoded as RFC 2392 says) are rewritten to match, and the
+    # file name stays whole in the RFC 2231 filename parameter
+    daemon, sink, _ = env
+    jpeg = bytes(range(256)) * 8
+    name = "Bild für Mama ☺.jpg"
+    form = aiohttp.FormData()
+    for field, value in [("from", FROM), ("to", f"inline@{DEST}"), ("subject", "Inline"),
+                         ("html", f'<p><img src="cid:{name}"> <img src="cid:Bild%20f%C3%BCr%20Mama%20%E2%98%BA.jpg">'
+                                  ' <img src="cid:logo.png"></p>')]:
+        form.add_field(field, value)
+    form.add_field("inline", jpeg, filename=name, content_type="image/jpeg")
+    form.add_field("inline", b"png", filename="logo.png", content_type="image/png")
+    await send(daemon, form)
+    got = (await sink.wait_for(f"inline@{DEST}"))[0]
+    assert got.data.isascii()  # every header (and, encoded, every body) is ASCII
+    msg = parse(got.data)
+    parts = {p.get_filename(): p for p in msg.walk() if p.get_filename()}
+    assert set(parts) == {name, "logo.png"}
+    part = parts[name]
+    assert part.get_content() == jpeg and part.get_content_disposition() == "inline"
+    assert "filename*=utf-8''Bild%20f%C3%BCr%20Mama%20%E2%98%BA.jpg" in got.data.decode()  # RFC 2231
+    cid = str(part["Content-ID"])
+    assert cid.startswith("<") and cid.endswith(">") and cid.isascii() and " " not in cid
+    ident = cid[1:-1]
+    id_left = email.utils.unquote(ident)
+    assert id_left == ident  # a bare dot-atom: nothing to quote
+    html = text(msg.get_body(("html",)))
+    refs = re.findall(r'src="cid:([^"]+)"', html)
+    assert refs == [ident, ident, "logo.png"]  # both spellings of the name resolve to the part
+    assert str(parts["logo.png"]["Content-ID"]) == "<logo.png>"  # ASCII names stay as Mailgun writes them
+    related = next(p for p in msg.walk() if p.get_content_type() == "multipart/related")
+    by_id = {str(p["Content-ID"])[1:-1]: p for p in related.iter_parts() if p["Content-ID"]}
+    assert by_id[refs[0]].get_content() == jpeg
 
 
 async def test_batch_send_makes_one_substituted_copy_per_recipient(env):

@@ -23,8 +23,16 @@ V2 = "/ga/api/v2"
 
 
 @pytest.fixture(scope="module")
-def env(delivering_env):
-    return delivering_env
+def env(daemon_factory, mx_farm):
+    """(daemon, sink): the module's mtad delivering ``DEST`` to a sink MX; the tests' fetches right after delivery
+    are a person's (``tracking.scanner_window`` 0: a machine's opens and clicks are never unique)."""
+    from tests.e2e.apihelpers import delivering
+    from tests.support.dns_server import DnsServer
+    dns = DnsServer(ttl=300).start()
+    sink = mx_farm.add("mx.sink.test")
+    daemon = daemon_factory(**delivering(dns, sink, [DEST]), tracking={"scanner_window": "0s"})
+    yield daemon, sink
+    dns.stop()
 
 
 async def _list(daemon, address: str, members: list) -> int:
@@ -341,3 +349,57 @@ async def test_an_ab_split_test_sends_the_winner_by_unique_opens_to_the_rest(env
     rest = [m for m in members if m not in got]
     assert rest and all(str(sink.to(m)[0].message["Subject"]) == "Subject B" for m in rest)
     assert done["stat_summary"]["total_messages"] == 40
+
+
+async def test_a_url_domain_campaign_tracks_on_that_host(env):
+    # dispatch.url_domain: the copies' click and open URLs are on that host (the tracking base URL's scheme and
+    # port); a request arriving for that host (Host header) redirects and is counted for the campaign
+    daemon, sink = env
+    members = [f"u{i}@{DEST}" for i in range(2)]
+    lid = await _list(daemon, "urldomain@example.com", members)
+    bad = _campaign("bad url domain", 0, "<p>x</p>", url_domain="links.example.com/evil?x=")
+    refused = await api(daemon, "POST", f"{V2}/mailing_lists/{lid}/campaigns", json=bad, expect=400)
+    assert "url_domain" in refused["error_message"]
+    html = '<p>Hi <a href="https://shop.example/sale">sale</a> <a href="%unsubscribe_url%">unsubscribe</a></p>'
+    made = await api(daemon, "POST", f"{V2}/mailing_lists/{lid}/campaigns",
+                     json=_campaign("url domain", 0, html, url_domain="Links.Example.com"))
+    cid = made["data"]["id"]
+    assert made["data"]["dispatch"]["url_domain_domain"] == "links.example.com"
+    await wait_for(lambda: all(sink.to(m) for m in members), timeout=15, what="2 copies")
+    await wait_for(lambda: _delivered(daemon, cid, 2), what="2 delivered")
+    scheme, _, hostport = daemon.api_url.partition("://")
+    port = hostport.rsplit(":", 1)[1]
+    own = f"{scheme}://links.example.com:{port}"
+    msg = email.message_from_bytes(sink.to(members[0])[0].data, policy=email.policy.default)
+    body = msg.get_body(("html",)).get_content()
+    clicks = re.findall(re.escape(own) + r"/c/[A-Za-z0-9_-]+", body)
+    opens = re.findall(re.escape(own) + r"/o/[A-Za-z0-9_-]+", body)
+    unsubscribes = re.findall(re.escape(own) + r"/u/[A-Za-z0-9_-]+", body)
+    assert len(clicks) == 1 and len(opens) == 1 and len(unsubscribes) == 1, body
+    assert hostport not in body  # no URL left on the tracking base URL's own host
+    assert f"<{unsubscribes[0]}>" in str(msg["List-Unsubscribe"]) and hostport not in str(msg["List-Unsubscribe"])
+
+    async def fetch(url: str, agent: str = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 "
+                                           "Thunderbird/115.10.1") -> aiohttp.ClientResponse:
+        path = url[len(own):]
+        async with aiohttp.ClientSession(headers={"User-Agent": agent}) as s:
+            async with s.get(daemon.api_url + path, headers={"Host": f"links.example.com:{port}"},
+                             allow_redirects=False) as resp:
+                await resp.read()
+                return resp
+
+    machine = await fetch(opens[0], "Mozilla/5.0")  # Apple Mail Privacy Protection's proxy: counted, not unique
+    assert machine.status == 200
+    opened = await fetch(opens[0])
+    assert opened.status == 200 and opened.headers["Content-Type"] == "image/gif"
+    clicked = await fetch(clicks[0])
+    assert clicked.status == 302 and clicked.headers["Location"] == "https://shop.example/sale"
+    await wait_for(lambda: _opens(daemon, cid, 2, 0), what="the opens and the click recorded")
+    s = (await api(daemon, "GET", f"{V2}/campaigns/{cid}"))["data"]["stat_summary"]
+    assert (s["opens_total"], s["opens_unique"], s["duplicate_opens"]) == (2, 1, 1)
+    assert (s["clicks_total"], s["clicks_unique"]) == (1, 1)
+    page = await fetch(unsubscribes[0])  # the unsubscribe page answers on that host too
+    assert page.status == 200
+    links = await api(daemon, "GET", f"{V2}/campaigns/{cid}/link_stats")
+    assert [(r["url"], r["clicks_total"], r["clicks_unique"]) for r in links["data"]["links"]] == [
+        ("https://shop.example/sale", 1, 1)]

@@ -316,6 +316,40 @@ async def test_machine_fetches_are_flagged(world):
     assert all(e["flags"]["is-machine"] for e in found)
 
 
+async def test_machine_opens_and_clicks_count_in_totals_never_as_unique(world):
+    # Apple Mail Privacy Protection fetches the pixel first (bare "Mozilla/5.0"), a link scanner clicks, then the
+    # person opens twice and clicks: every fetch is an event, the unique open and click are the person's
+    rcpt, tag = "mpp-reader@dest.test", "mpp-stats"
+    await send_api(world, rcpt, **{"o:tracking": "yes", "o:tag": tag})
+    html = parts((await world.sink.wait_for(rcpt))[0].data)["html"]
+    pixel, click = tracked_urls(world, html, "o")[0], tracked_urls(world, html, "c")[0]
+    assert (await fetch(pixel, "Mozilla/5.0"))[0] == 200
+    assert (await fetch(click, "Mozilla/5.0 (compatible; Barracuda Sentinel)"))[0] == 302
+    await engagement(world, "example.com", "clicked", rcpt, 1)  # the machines' events are written first
+    assert (await fetch(pixel, THUNDERBIRD))[0] == 200
+    assert (await fetch(pixel, THUNDERBIRD))[0] == 200
+    assert (await fetch(click, CHROME))[0] == 302
+    opened = await engagement(world, "example.com", "opened", rcpt, 3)
+    clicked = await engagement(world, "example.com", "clicked", rcpt, 2)
+    assert sorted((e["client-info"]["bot"], e["flags"]["is-machine"], e["flags"]["is-unique"]) for e in opened) == [
+        ("", False, False), ("", False, True), ("apple", True, False)]
+    assert sorted((e["client-info"]["bot"], e["flags"]["is-machine"], e["flags"]["is-unique"]) for e in clicked) == [
+        ("", False, True), ("scanner", True, False)]
+    machines = await events(world, "example.com", recipient=rcpt, severity="machine")
+    assert sorted(e["client-info"]["bot"] for e in machines) == ["apple", "scanner"]
+
+    stats = await api(world, "GET", f"/v3/example.com/tags/{tag}/stats",
+                      params=[("event", "opened"), ("event", "clicked")])
+    assert sum(s["opened"]["total"] for s in stats["stats"]) == 3
+    assert sum(s["opened"]["unique"] for s in stats["stats"]) == 1
+    assert sum(s["clicked"]["total"] for s in stats["stats"]) == 2
+    assert sum(s["clicked"]["unique"] for s in stats["stats"]) == 1
+    body = {"events": ["unique_opened"], "filter": {"AND": [{"attribute": "recipient", "comparator": "=",
+                                                             "values": [{"value": rcpt}]}]}}
+    logs = await api(world, "POST", "/v1/analytics/logs", json=body)
+    assert [(e["event"], e["client-info"]["bot"]) for e in logs["items"]] == [("opened", "")]
+
+
 # --- bad input -------------------------------------------------------------------------------------------------
 
 async def test_hostile_html_many_links_and_non_utf8_parts(world):

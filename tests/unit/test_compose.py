@@ -264,3 +264,17 @@ def test_a_mailing_list_recipient_keeps_its_variables_for_the_expansion():
     assert set(by_rcpt) == {("news@lists.test",), ("bo@x.test",)}
     assert b"Subject: Hi %recipient_fname%" in by_rcpt[("news@lists.test",)].content
     assert b"Subject: Hi Bo" in by_rcpt[("bo@x.test",)].content
+
+
+def test_inline_content_ids_are_ascii_and_cid_references_follow():
+    from mtad.mail.compose import cid_references, content_id
+    assert content_id("logo.png") == "logo.png"  # as Mailgun writes it
+    assert content_id("logo ü.png") == "logo=20=C3=BC.png"
+    assert content_id("a=b.png") == "a=3Db.png" != content_id("a=3Db.png")  # '=' escaped: no two names share one
+    assert all(content_id(n).isascii() for n in ("日本.gif", "x\u2028y", "\ud800.png"))
+    html = ('<img src="cid:logo ü.png"> <img src=\'cid:logo%20%C3%BC.png\'> <img src=cid:logo ü.png>'
+            ' cid:logo ü.pngx <img src="CID:logo.png">')
+    assert cid_references(html, ["logo ü.png", "logo.png"]) == (
+        '<img src="cid:logo=20=C3=BC.png"> <img src=\'cid:logo=20=C3=BC.png\'> <img src=cid:logo=20=C3=BC.png>'
+        ' cid:logo ü.pngx <img src="CID:logo.png">')
+    assert cid_references(None, ["x ü"]) is None

@@ -442,6 +442,10 @@ CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestam
 """)
 
 
+def _v17_machine(conn: Any) -> None:
+    conn.command("ALTER TABLE campaign_events ADD COLUMN IF NOT EXISTS machine SMALLINT NOT NULL DEFAULT 0")
+
+
 def _v16(conn: Any) -> None:
     conn.command("""
 CREATE TABLE IF NOT EXISTS if_campaigns (
@@ -520,6 +524,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(14, "report_keys: a replayed late report records nothing", _v14),
     Migration(15, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v15),
     Migration(16, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v16),
+    Migration(17, "campaign_events.machine: machines' opens and clicks left out of unique figures", _v17_machine),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)

@@ -486,6 +486,10 @@ CREATE INDEX IF NOT EXISTS campaign_events_time ON campaign_events(cid, timestam
 """)
 
 
+def _v17_machine(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE campaign_events ADD COLUMN machine INTEGER NOT NULL DEFAULT 0")
+
+
 def _v16(conn: sqlite3.Connection) -> None:
     run_script(conn, """
 CREATE TABLE IF NOT EXISTS if_campaigns (
@@ -564,6 +568,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(14, "report_keys: a replayed late report records nothing", _v14),
     Migration(15, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v15),
     Migration(16, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v16),
+    Migration(17, "campaign_events.machine: machines' opens and clicks left out of unique figures", _v17_machine),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
