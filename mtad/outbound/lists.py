@@ -63,6 +63,9 @@ class CopyPlan:
     headers: dict
     options: SendOptions
     attachments: tuple
+    envelope_fields: tuple = ()  # Envelope's fields after its recipients, as every copy has them
+    subject: tuple[str, ...] = ("",)  # the subject cut at its variables (variables.split)
+    events: list_events.CopyEvents | None = None  # the copies' accepted events
 
 
 def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | None, now: float) -> CopyPlan:
@@ -74,34 +77,41 @@ def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | Non
     if inbound and srs_key is not None:
         sender = srs.forward_address(sender, domain_of(lst.address), srs_key, now)
     personal = listcopy.Personaliser(body) if listcopy.has_any_variable(body) else None
+    env, headers = dict(message.envelope), dict(message.headers)
+    fields = (env.get("client_ip") or "", env.get("client_helo") or "", env.get("auth_user"), bool(env.get("tls")),
+              env.get("transport") or "smtp", env.get("listener") or "")
+    domain, options, attachments = domain_of(lst.address) if inbound else message.domain, \
+        SendOptions.from_json(message.options), tuple(message.attachments)
+    subject = headers.get("subject", "")
     return CopyPlan(message.id, lst, body, personal, not listcopy.has_header(body, "List-Unsubscribe"), sender,
-                    domain_of(lst.address) if inbound else message.domain, dict(message.envelope),
-                    dict(message.headers), SendOptions.from_json(message.options), tuple(message.attachments))
+                    domain, env, headers, options, attachments, fields,
+                    variables_mod.split(subject) if personal is not None else (subject,),
+                    list_events.CopyEvents(Envelope(sender, (), *fields), options, attachments, domain, lst.address))
 
 
 def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float,
-                unsubscribe_address: Callable[[int, str, str, str], str] | None = None) -> spool.Enqueue:
+                unsubscribe_address: Callable[[int, str, str, str], str] | None = None,
+                queue_id: str = "") -> spool.Enqueue:
     """One member's copy with its ``accepted`` event, ready to commit. ``unsubscribe_address(list id, queue id,
-    member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none)."""
+    member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none). ``queue_id``: the copy's (a new
+    one when empty)."""
     ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
                                          {"mailing_list_unsubscribe_url": unsubscribe_url})
     body = p.personal.render(ctx) if p.personal is not None else p.body
-    queue_id = spool.new_queue_id()
+    queue_id = queue_id or spool.new_queue_id()
     if p.list_unsubscribe:
         mailto = unsubscribe_address(p.list.id, queue_id, member.address, p.domain) if unsubscribe_address else ""
         body = listcopy.with_list_unsubscribe(body, unsubscribe_url, mailto)
-    env = p.envelope
-    envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip=env.get("client_ip") or "",
-                        client_helo=env.get("client_helo") or "", auth_user=env.get("auth_user"),
-                        tls=bool(env.get("tls")), transport=env.get("transport") or "smtp",
-                        listener=env.get("listener") or "")
+    envelope = Envelope(p.sender, (member.address,), *p.envelope_fields)
     h = p.headers
-    subject = h.get("subject", "")
-    if p.personal is not None and "%" in subject:
-        subject = variables_mod.substitute(subject, ctx)
+    subject = p.subject[0] if len(p.subject) == 1 else \
+        variables_mod.join(p.subject, variables_mod.values(p.subject[1::2], ctx))
     summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
     msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
-    events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
+    if p.events is not None:
+        events = p.events.accepted(queue_id, now, member.address, summary, len(body))
+    else:
+        events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
     return spool.Enqueue(queue_id, msg, events)
 
 
@@ -231,8 +241,9 @@ class Expander:
         return True
 
     def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
-        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address)
-                for m in members]
+        ids = spool.new_queue_ids(len(members))
+        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address, qid)
+                for m, qid in zip(members, ids)]
 
     async def stop(self) -> None:
         self._stopping = True
