@@ -30,7 +30,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return hmac.digest(key, payload, "sha256")[:_MAC_BYTES]
 
 
 def token(key: bytes, list_id: int, address: str) -> str:

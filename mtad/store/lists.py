@@ -20,9 +20,12 @@ never made again, the page in flight is made once by whoever resumes from the co
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any, Container, Literal, Mapping, Protocol, Sequence
+
+import orjson
 
 from mtad.store.changes import changed
 from mtad.store.dialect import dialect_of
@@ -187,7 +190,21 @@ def lists_skip(conn: sqlite3.Connection, skip: int, limit: int, address: str | N
 # --- members -------------------------------------------------------------------------------------------------
 
 def _member(r: Sequence[Any]) -> ListMember:
-    return ListMember(r[0], r[1], json.loads(r[2]), bool(r[3]))
+    return ListMember(r[0], r[1], _vars(r[2]), bool(r[3]))
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def _vars(text: str) -> Any:
+    """A member's stored vars: orjson (an expansion reads them by the hundred thousand); the stdlib for what
+    orjson refuses (NaN, a lone surrogate) or reads otherwise (an integer over 64 bits becomes a float)."""
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _list_id(conn: sqlite3.Connection, address: str) -> int | None:
