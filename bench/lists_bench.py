@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,9 +152,9 @@ def main() -> None:
                     report(label, r)
         if len(trees) > 1:
             for n in (int(x) for x in args.members.split(",")):
-                base, mine = (sorted(per_cpu[(label, n)]) for label, _ in trees)
-                print(f"{n} members, median copies per CPU-second: base {base[len(base) // 2]},"
-                      f" this tree {mine[len(mine) // 2]} ({mine[len(mine) // 2] / base[len(base) // 2] - 1:+.0%})")
+                base, mine = (statistics.median(per_cpu[(label, n)]) for label, _ in trees)
+                print(f"{n} members, median copies per CPU-second: base {base:.0f}, this tree {mine:.0f}"
+                      f" ({mine / base - 1:+.0%})")
 
 
 if __name__ == "__main__":

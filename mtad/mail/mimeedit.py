@@ -117,13 +117,14 @@ def _rewrite(body: bytes, part: mimewalk.Entity, text: str, charset: str) -> tup
         new_charset = charset
     except UnicodeEncodeError:
         data, new_charset = text.encode("utf-8"), "utf-8"
-    return _rewrite_data(body, part, data, charset, new_charset)
+    return _rewrite_data(body, part, part.encoding or "7bit", data, charset, new_charset)
 
 
-def _rewrite_data(body: bytes, part: mimewalk.Entity, data: bytes, charset: str,
+def _rewrite_data(body: bytes, part: mimewalk.Entity, original: str, data: bytes, charset: str,
                   new_charset: str) -> tuple[int, int, bytes]:
-    """``_rewrite`` from the new text already encoded (CRLF line ends) in ``new_charset``."""
-    encoding = part.encoding or "7bit"
+    """``_rewrite`` from the new text already encoded (CRLF line ends) in ``new_charset``; ``original``: the
+    part's transfer encoding (``part.encoding or "7bit"``)."""
+    encoding = original
     if encoding == "7bit" and (not data.isascii() or _long_lines(data)):
         encoding = "quoted-printable"
     elif encoding in ("8bit", "binary") and _long_lines(data):
@@ -134,10 +135,10 @@ def _rewrite_data(body: bytes, part: mimewalk.Entity, data: bytes, charset: str,
         encoded = encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
     elif encoded.endswith(b"\r\n"):
         encoded = encoded[:-2]
-    if new_charset == charset and encoding == (part.encoding or "7bit"):
+    if new_charset == charset and encoding == original:
         return part.body_start, part.end, encoded
     head = _patched_head(body[part.start:part.body_start], new_charset if new_charset != charset else None,
-                         encoding if encoding != (part.encoding or "7bit") else None, top_level=part.start == 0)
+                         encoding if encoding != original else None, top_level=part.start == 0)
     return part.start, part.end, head + encoded
 
 
@@ -274,7 +275,7 @@ class Slots:
             except UnicodeEncodeError:
                 self.usable = False
                 continue
-            parts.append((part, text, charset, codec, encoded, pieces[1::2], pieces))
+            parts.append((part, part.encoding or "7bit", text, charset, codec, encoded, pieces[1::2], pieces))
         wanted = {n.lower() for n in names}
         fields = []
         for f in prepared.fields:
@@ -292,11 +293,11 @@ class Slots:
         self.tokens = tuple(tokens)  # the slots named anywhere, each once
 
     def render(self, filled: Mapping[str, str]) -> bytes | None:
-        if not self.usable or any(_BREAK.search(v) for v in filled.values()):
+        if not self.usable or _BREAK.search("".join(filled.values())):
             return None
         body = self.prepared.body
         splices: list[tuple[int, int, bytes]] = []
-        for part, text, charset, codec, literals, slots, pieces in self.parts:
+        for part, original, text, charset, codec, literals, slots, pieces in self.parts:
             new = [filled.get(t, t) for t in slots]
             if not _changed(new, slots, pieces, text):
                 continue
@@ -307,7 +308,7 @@ class Slots:
                     out.append(literal)
             except UnicodeEncodeError:
                 return None
-            splice = _rewrite_data(body, part, b"".join(out), charset, charset)
+            splice = _rewrite_data(body, part, original, b"".join(out), charset, charset)
             if splice[0] < self.prepared.header_end:  # the top level's own head changes
                 return None
             splices.append(splice)

@@ -23,7 +23,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field, replace
-from typing import Any, Container, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Container, Literal, Mapping, Protocol, Sequence
 
 import orjson
 
@@ -366,25 +366,26 @@ def _enqueue_copies(conn: sqlite3.Connection, copies: Sequence[Enqueue], now: fl
                 enqueue(conn, item, now)
     messages, deliveries = [], []
     # The copies of one page share their options, attachments, envelope fields and mostly their header summary:
-    # each distinct value is JSON-encoded once per page (the same text json.dumps gives each copy).
+    # each distinct value is JSON-encoded once per page (the same text json.dumps gives each copy), and the dict
+    # that is encoded is made only then.
     encoded: dict[Any, str] = {}
 
-    def once(key: Any, value: Any) -> str:
+    def once(key: Any, make: Callable[[], Any]) -> str:
         text = encoded.get(key)
         if text is None:
-            text = encoded[key] = json.dumps(value)
+            text = encoded[key] = json.dumps(make())
         return text
     for item in simple:
         msg, env = item.message, item.message.envelope
-        options, attachments = msg.options, msg.attachments
+        options, attachments, headers = msg.options, msg.attachments, msg.headers
         rcpt = env.recipients[0]
         rcpts = f"[{_json_string(rcpt)}]"  # == json.dumps([rcpt])
         envelope = (env.client_ip, env.client_helo, env.auth_user, env.tls, env.transport, env.listener)
         messages.append((item.queue_id, now, msg.direction, msg.domain, env.sender, rcpts,
-                         msg.headers.message_id, once(("h", msg.headers), msg.headers.to_json()),
-                         once(("o", id(options)), options.to_json()),
-                         once(("e",) + envelope, dict(zip(_ENVELOPE, envelope))), len(msg.body), msg.body,
-                         once(("a", id(attachments)), list(attachments))))
+                         headers.message_id, once(("h", headers), headers.to_json),
+                         once(("o", id(options)), options.to_json),
+                         once(("e",) + envelope, lambda: dict(zip(_ENVELOPE, envelope))), len(msg.body), msg.body,
+                         once(("a", id(attachments)), lambda: list(attachments))))
         deliveries.append((item.queue_id, rcpt.rpartition("@")[2].lower(), rcpts, "queued",
                            max(now, options.deliver_by or 0.0), now, now))
     execute_rows(conn, "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id,"
