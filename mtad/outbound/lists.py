@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mtad.base.errors import StoreError
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions, domain_of
 from mtad.events import lists as list_events
 from mtad.events import shape
 from mtad.mail import listcopy, srs
 from mtad.mail import variables as variables_mod
 from mtad.store import queue as spool
-from mtad.store.leases import Leases, settle_call
+from mtad.store.leases import settle_call
 from mtad.store.lists import ExpansionJob, ListMember, MailingList
 from mtad.store.protocol import StoreProtocol
+from mtad.store.workloop import WorkLoop
 
 log = logging.getLogger("mtad.lists")
 
@@ -115,75 +114,30 @@ def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: floa
     return spool.Enqueue(queue_id, msg, events)
 
 
-class Expander:
-    """Claims expansion rows and expands them (see the module doc). ``unsubscribe_url(list_id, address)`` makes a
-    member's link, ``unsubscribe_address(list_id, queue_id, address, domain)`` its unsubscribe address (or ""); ``wake`` tells the scheduler that copies were committed."""
+class Expander(WorkLoop):
+    """Claims expansion rows and expands them (see the module doc): the durable claim loop of ``store.workloop``
+    (leases renewed while held, a failed expansion given back) over ``list_expansions``. ``unsubscribe_url(list_id,
+    address)`` makes a member's link, ``unsubscribe_address(list_id, queue_id, address, domain)`` its unsubscribe
+    address (or ""); ``wake`` tells the scheduler that copies were committed."""
 
     def __init__(self, *, store: StoreProtocol, unsubscribe_url: Callable[[int, str], str],
-                 unsubscribe_address: Callable[[int, str, str, str], str] | None = None, wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
+                 unsubscribe_address: Callable[[int, str, str, str], str] | None = None,
+                 wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
                  batch_size: int = BATCH, max_concurrent: int = 2, poll_interval: float = 1.0,
                  clock: Callable[[], float] = time.time):
-        self.store = store
+        super().__init__(name="lists", store=store, table="list_expansions", handle=self.expand,
+                         max_concurrent=max_concurrent, poll_interval=poll_interval, clock=clock, node_id=node_id)
+        self.store: StoreProtocol = store
         self.unsubscribe_url = unsubscribe_url
         self.unsubscribe_address = unsubscribe_address
         self.wake_scheduler = wake
         self.srs_key = srs_key
         self.batch_size = batch_size
-        self.max_concurrent = max_concurrent
-        self.poll_interval = poll_interval
-        self.clock = clock
-        self.worker = node_id or f"lists-{os.getpid()}-{os.urandom(3).hex()}"
-        self.leases = Leases(store, "list_expansions", self.worker, clock)
         self.copies = 0  # copies committed by this process (metrics, tests)
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        renewing = asyncio.create_task(self.leases.run(), name="lists-leases")
-        try:
-            while not self._stopping:
-                room = self.max_concurrent - len(self._tasks)
-                if room > 0:
-                    try:
-                        now = self.clock()
-                        jobs = await self.store.claim_expansions(self.worker, now, room,
-                                                                 lease_until=self.leases.until(now),
-                                                                 skip=self.leases.held)
-                    except Exception as exc:  # noqa: BLE001 - keep looping; the store may recover
-                        log.error("lists: cannot claim expansions: %s", exc, exc_info=not isinstance(exc, StoreError))
-                        jobs = []
-                    self.leases.claimed(job.id for job in jobs)
-                    for job in jobs:
-                        task = asyncio.create_task(self._run_one(job), name=f"list-expansion-{job.id}")
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            renewing.cancel()
-
-    async def _run_one(self, job: ExpansionJob) -> None:
-        try:
-            await self.expand(job)
-            self.leases.done(job.id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - given back, tried again later
-            log.error("lists: expansion %s of %s failed: %s; given back", job.id, job.queue_id, exc,
-                      exc_info=not isinstance(exc, StoreError))
-            try:
-                await self.leases.give_back(job.id, exc, f"lists: release of expansion {job.id}")
-            except Exception as again:  # noqa: BLE001 - the store closed: the next start releases it
-                log.error("lists: expansion %s could not be given back: %s", job.id, again)
-        finally:
-            self._wake.set()
+    async def claim(self, now: float, room: int) -> list[ExpansionJob]:  # type: ignore[override]
+        return await self.store.claim_expansions(self.worker, now, room, lease_until=self.leases.until(now),
+                                                 skip=self.leases.held)
 
     async def expand(self, job: ExpansionJob) -> None:
         """Expand one claimed row to its end (or until the claim is lost)."""
@@ -244,11 +198,3 @@ class Expander:
         ids = spool.new_queue_ids(len(members))
         return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address, qid)
                 for m, qid in zip(members, ids)]
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)

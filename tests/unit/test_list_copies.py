@@ -76,3 +76,70 @@ def test_new_queue_ids_look_like_new_queue_id_and_differ():
     for qid in ids + [one]:
         assert re.fullmatch(r"[0-9A-F]{19}", qid)
     assert ids[0][:11] <= one[:11]  # the same clock, in order
+
+
+async def _expansion_store(tmp_path, members: int):
+    import time
+
+    from mtad.base.types import Envelope, NewMessage
+    from mtad.store.sqlite import SqliteStore
+    store = SqliteStore(tmp_path / "t.sqlite3")
+    store.open()
+    lst = await store.create_list(MailingList(0, "list@example.com", created_at=time.time()))
+    await store.add_members("list@example.com", [ListMember(f"m{i:04d}@example.net", f"F{i} L", {"city": str(i)})
+                                                 for i in range(members)], "ignore", time.time())
+    msg = NewMessage(Envelope("news@example.com", ("list@example.com",), auth_user="api", transport="http"), BODY,
+                     "outbound", "example.com", HeaderSummary("m1@example.com", "news@example.com",
+                                                              "list@example.com", "Hello %recipient_fname%"),
+                     SendOptions(tags=("t",)))
+    qid = spool.new_queue_id()
+    await store.enqueue([spool.Enqueue(qid, msg, shape.accepted(msg, qid, time.time()), deliver_to=(),
+                                       lists=(lst.id,))], time.time())
+    return store
+
+
+async def _until(store, sql: str, want, seconds: float = 10.0):
+    import asyncio
+    for _ in range(int(seconds / 0.05)):
+        got = tuple(await store.read(lambda c: c.execute(sql).fetchone()))
+        if got == want:
+            return got
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def test_the_expander_is_a_work_loop_expanding_page_by_page_and_giving_back_a_failure(tmp_path):
+    """The claim loop is ``store.workloop``'s: a claimed row is expanded to its end in pages (each member once)
+    and released; an expansion that fails is given back at once (unlocked, due again later), not kept locked."""
+    import asyncio
+    store = await _expansion_store(tmp_path, 1203)
+    failing = [True]
+
+    def url(list_id: int, address: str) -> str:
+        if failing[0] and address == "m0700@example.net":
+            raise RuntimeError("a bug in the second page")
+        return f"https://mtad.example/u/{list_id}/{address}"
+    expander = lists.Expander(store=store, unsubscribe_url=url, batch_size=500, poll_interval=0.05)
+    task = asyncio.create_task(expander.run())
+    try:
+        import time
+        for _ in range(200):  # given back after the error: unlocked, due again RETRY_AFTER_ERROR later
+            locked, copies, due = await store.read(lambda c: c.execute(
+                "SELECT locked_by, copies, next_attempt_at FROM list_expansions").fetchone())
+            if locked is None and due > time.time() + 30:
+                break
+            await asyncio.sleep(0.05)
+        assert locked is None and due > time.time() + 30 and copies in (0, 500) and not expander.leases.held
+        failing[0] = False
+        await store.write(lambda c: c.execute("UPDATE list_expansions SET next_attempt_at = 0"))
+        expander.wake()
+        assert await _until(store, "SELECT state, locked_by, copies FROM list_expansions", ("done", None, 1203)) \
+            == ("done", None, 1203)
+        rows = tuple(await store.read(lambda c: c.execute(
+            "SELECT count(*), count(DISTINCT recipients) FROM deliveries").fetchone()))
+        assert rows == (1203, 1203)  # every member once
+    finally:
+        await expander.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
