@@ -36,7 +36,14 @@ class Personaliser:
         self.names = list(dict.fromkeys(
             f.name for f in self.prepared.fields
             if f.name.lower() not in _NOT_EDITED and variables_mod.has_variables(headers_mod.decode(f.value))))
-        self.slots = mimeedit.Slots(self.prepared, variables_mod.split, self.names)
+        self._slots: mimeedit.Slots | None = None
+
+    @property
+    def slots(self) -> mimeedit.Slots:
+        """The body cut at its variables (made at the first ``render``: a body rendered once is not cut)."""
+        if self._slots is None:
+            self._slots = mimeedit.Slots(self.prepared, variables_mod.split, self.names)
+        return self._slots
 
     def render(self, ctx: RecipientContext) -> bytes:
         fast = self.slots.render(variables_mod.values(self.slots.tokens, ctx))
@@ -55,7 +62,8 @@ class Personaliser:
 
 
 def personalise(body: bytes, ctx: RecipientContext) -> bytes:
-    return Personaliser(body).render(ctx)
+    """One copy of ``body`` for ``ctx`` (``Personaliser`` for many)."""
+    return Personaliser(body).render_slowly(ctx)
 
 
 def has_any_variable(body: bytes) -> bool:
