@@ -1,6 +1,7 @@
 """Mailing-list expansion: copies per second and peak memory (issue 14, "Benchmark").
 
-    python bench/lists_bench.py [--members 10000,100000] [--batch 500] [--plain]
+    python bench/lists_bench.py [--members 10000,100000] [--batch 500] [--plain] [--rounds 1]
+                                [--base-rev REV | --base-src DIR]
 
 For each size, in a fresh child process (so each peak RSS is its own): a SQLite store in a temporary folder
 (``synchronous=FULL``, as the daemon runs it), one list of N members (each with a name and vars, added 1,000 at a
@@ -12,6 +13,10 @@ the peak RSS of the process before the expansion (list loaded) and after it, and
 variables (``%recipient_fname%``, ``%recipient.city%``, ``%mailing_list_unsubscribe_url%``), so every copy is
 personalised; ``--plain`` sends one without variables (one body for every copy).
 
+``--base-rev REV`` (a ``git archive`` of REV, made in a temporary folder) or ``--base-src DIR`` (a checkout) runs
+the same sizes with that tree's mtad and bench too, alternating base and this tree ``--rounds`` times, each run a
+child process of its own: before/after figures from one session, as comparable as a shared machine allows.
+
 Targets (the issue): >= 5,000 copies/s; memory flat in the list's size (the growth of 100,000 about that of 10,000).
 """
 
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,26 +106,55 @@ async def one(members: int, batch: int, plain: bool, folder: Path) -> dict:
         store.close()
 
 
+def run_child(script: Path, n: int, batch: int, plain: bool) -> dict:
+    cmd = [sys.executable, str(script), "--child", str(n), "--batch", str(batch)] + (["--plain"] if plain else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def report(label: str, r: dict) -> None:
+    print(f"{label}{r['members']:>7} members: {r['copies_per_s']:>6} copies/s ({r['seconds']} s wall;"
+          f" {r['copies_per_cpu_s']} copies per CPU-second); peak RSS"
+          f" {r['rss_before_mb']} MB before, {r['rss_peak_mb']} MB after (+{r['rss_growth_mb']} MB);"
+          f" store {r['db_mb']} MB; personalised={r['personalised']}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", default="10000,100000")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--plain", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--base-rev", help="also run this git revision's tree (git archive), alternating")
+    ap.add_argument("--base-src", help="also run the tree checked out in this folder, alternating")
     ap.add_argument("--child", type=int)
     args = ap.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory(prefix="mtad-lists-bench-") as tmp:
             print(json.dumps(asyncio.run(one(args.child, args.batch, args.plain, Path(tmp)))))
         return
-    for n in (int(x) for x in args.members.split(",")):
-        cmd = [sys.executable, __file__, "--child", str(n), "--batch", str(args.batch)] + (["--plain"] if args.plain
-                                                                                           else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        print(f"{r['members']:>7} members: {r['copies_per_s']:>6} copies/s ({r['seconds']} s wall;"
-              f" {r['copies_per_cpu_s']} copies per CPU-second); peak RSS"
-              f" {r['rss_before_mb']} MB before, {r['rss_peak_mb']} MB after (+{r['rss_growth_mb']} MB);"
-              f" store {r['db_mb']} MB; personalised={r['personalised']}", flush=True)
+    here = Path(__file__).resolve()
+    with tempfile.TemporaryDirectory(prefix="mtad-lists-base-") as tmp:
+        trees = [("", here)]
+        if args.base_rev:
+            archive = subprocess.run(["git", "-C", str(here.parents[1]), "archive", args.base_rev], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            trees = [(f"base {args.base_rev}: ", Path(tmp) / "bench" / "lists_bench.py"), ("this tree: ", here)]
+        elif args.base_src:
+            trees = [("base: ", Path(args.base_src).resolve() / "bench" / "lists_bench.py"), ("this tree: ", here)]
+        per_cpu: dict[tuple[str, int], list[int]] = {}
+        for _ in range(args.rounds):
+            for n in (int(x) for x in args.members.split(",")):
+                for label, script in trees:
+                    r = run_child(script, n, args.batch, args.plain)
+                    per_cpu.setdefault((label, n), []).append(r["copies_per_cpu_s"])
+                    report(label, r)
+        if len(trees) > 1:
+            for n in (int(x) for x in args.members.split(",")):
+                base, mine = (statistics.median(per_cpu[(label, n)]) for label, _ in trees)
+                print(f"{n} members, median copies per CPU-second: base {base:.0f}, this tree {mine:.0f}"
+                      f" ({mine / base - 1:+.0%})")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import codecs
 import email.header
 import email.message
 import re
-from typing import Callable, Collection
+from typing import Callable, Collection, Mapping
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import mimewalk
@@ -117,7 +117,14 @@ def _rewrite(body: bytes, part: mimewalk.Entity, text: str, charset: str) -> tup
         new_charset = charset
     except UnicodeEncodeError:
         data, new_charset = text.encode("utf-8"), "utf-8"
-    encoding = part.encoding or "7bit"
+    return _rewrite_data(body, part, part.encoding or "7bit", data, charset, new_charset)
+
+
+def _rewrite_data(body: bytes, part: mimewalk.Entity, original: str, data: bytes, charset: str,
+                  new_charset: str) -> tuple[int, int, bytes]:
+    """``_rewrite`` from the new text already encoded (CRLF line ends) in ``new_charset``; ``original``: the
+    part's transfer encoding (``part.encoding or "7bit"``)."""
+    encoding = original
     if encoding == "7bit" and (not data.isascii() or _long_lines(data)):
         encoding = "quoted-printable"
     elif encoding in ("8bit", "binary") and _long_lines(data):
@@ -128,10 +135,10 @@ def _rewrite(body: bytes, part: mimewalk.Entity, text: str, charset: str) -> tup
         encoded = encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
     elif encoded.endswith(b"\r\n"):
         encoded = encoded[:-2]
-    if new_charset == charset and encoding == (part.encoding or "7bit"):
+    if new_charset == charset and encoding == original:
         return part.body_start, part.end, encoded
     head = _patched_head(body[part.start:part.body_start], new_charset if new_charset != charset else None,
-                         encoding if encoding != (part.encoding or "7bit") else None, top_level=part.start == 0)
+                         encoding if encoding != original else None, top_level=part.start == 0)
     return part.start, part.end, head + encoded
 
 
@@ -228,6 +235,107 @@ class Prepared:
                 splices.append((f.start, f.end, _header_line(f.name, new)))
             splices.sort()
         return _spliced(self.body, splices)
+
+
+# Codecs whose output for a text is the concatenation of their outputs for its pieces (stateless, no BOM).
+_PIECEWISE = re.compile(r"utf-8|ascii|iso8859-\d+|cp12\d\d|cp437|cp85\d|koi8-[ru]|mac-[a-z]+")
+_BREAK = re.compile(r"[\r\n\x00]")
+
+
+class Slots:
+    """``prepared``'s text parts and the header fields named in ``names`` cut once, by ``split`` (literal text and
+    slots alternating, as ``variables.split`` does), into literal bytes and slots, so that a copy with the slots
+    filled is a join of bytes, not a scan, a decode and an encode of the whole text.
+
+    ``render(filled)`` (slot text -> its value; a slot not in ``filled`` stays as written) gives the bytes that
+    ``prepared.render`` gives with edits that write those values into the same places (in text parts: every
+    part; in header fields: those of ``names``, their values decoded) — or None when it cannot promise that, and
+    the caller renders the slow way: a value holding CR, LF or NUL, a value the part's charset cannot encode, a
+    top-level part whose charset or encoding must change, a text in a charset that does not encode piecewise or
+    whose line ends are cut by a slot."""
+
+    def __init__(self, prepared: Prepared, split: Callable[[str], tuple[str, ...]], names: Collection[str] = ()):
+        self.prepared = prepared
+        self.usable = True
+        tokens: dict[str, None] = {}
+        parts = []
+        for part, _, text, charset in prepared.parts:
+            pieces = split(text)
+            if len(pieces) == 1:
+                continue
+            tokens.update(dict.fromkeys(pieces[1::2]))
+            literals = pieces[0::2]
+            codec = codecs.lookup(charset).name
+            if (not _PIECEWISE.fullmatch(codec) or any(lit.endswith("\r") for lit in literals[:-1])
+                    or any(lit.startswith("\n") for lit in literals[1:])):
+                self.usable = False
+                continue
+            try:
+                encoded = tuple(_crlf(lit).encode(codec) for lit in literals)
+            except UnicodeEncodeError:
+                self.usable = False
+                continue
+            parts.append((part, part.encoding or "7bit", text, charset, codec, encoded, pieces[1::2], pieces))
+        wanted = {n.lower() for n in names}
+        fields = []
+        for f in prepared.fields:
+            if f.name.lower() not in wanted:
+                continue
+            decoded = headers_mod.decode(f.value)
+            pieces = split(decoded)
+            if len(pieces) == 1:
+                continue
+            tokens.update(dict.fromkeys(pieces[1::2]))
+            if any(_BREAK.search(lit) for lit in pieces[0::2]):
+                self.usable = False
+            fields.append((f, decoded, pieces))
+        self.parts, self.fields = tuple(parts), tuple(fields)
+        self.tokens = tuple(tokens)  # the slots named anywhere, each once
+
+    def render(self, filled: Mapping[str, str]) -> bytes | None:
+        if not self.usable or _BREAK.search("".join(filled.values())):
+            return None
+        body = self.prepared.body
+        splices: list[tuple[int, int, bytes]] = []
+        for part, original, text, charset, codec, literals, slots, pieces in self.parts:
+            new = [filled.get(t, t) for t in slots]
+            if not _changed(new, slots, pieces, text):
+                continue
+            out = [literals[0]]
+            try:
+                for value, literal in zip(new, literals[1:]):
+                    out.append(value.encode(codec))
+                    out.append(literal)
+            except UnicodeEncodeError:
+                return None
+            splice = _rewrite_data(body, part, original, b"".join(out), charset, charset)
+            if splice[0] < self.prepared.header_end:  # the top level's own head changes
+                return None
+            splices.append(splice)
+        for f, decoded, pieces in self.fields:
+            slots = pieces[1::2]
+            new = [filled.get(t, t) for t in slots]
+            if not _changed(new, slots, pieces, decoded):
+                continue
+            value = _joined(pieces, new)
+            splices.append((f.start, f.end, _header_line(f.name, value)))
+        splices.sort()
+        return _spliced(body, splices)
+
+
+def _joined(pieces: tuple[str, ...], new: list[str]) -> str:
+    out = list(pieces)
+    out[1::2] = new
+    return "".join(out)
+
+
+def _changed(new: list[str], slots: tuple[str, ...], pieces: tuple[str, ...], text: str) -> bool:
+    """Whether filling ``slots`` with ``new`` changes ``text`` (as ``new_text != text`` tells the slow way)."""
+    if new == list(slots):
+        return False
+    if sum(map(len, new)) != sum(map(len, slots)):
+        return True
+    return _joined(pieces, new) != text
 
 
 def _spliced(body: bytes, splices: list[tuple[int, int, bytes]]) -> bytes:

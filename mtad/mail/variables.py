@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 SYSTEM_NAMES = ("unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "unsubscribe_email")
 
@@ -70,27 +70,70 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def value(name: str, ctx: RecipientContext, *, final: bool = False) -> str | None:
+    """The value of the variable ``name`` (``recipient.city``, no ``%``) for ``ctx``; None: left as written (a
+    system name ``ctx`` does not fill, unless ``final``)."""
+    if name == "recipient":
+        return recipient_spec(ctx.address, ctx.name)
+    if name == "recipient_email":
+        return ctx.address
+    if name == "recipient_name":
+        return ctx.name
+    if name.startswith("recipient."):
+        return value_text(ctx.variables.get(name[len("recipient."):], ""))
+    if name == "recipient_fname":
+        words = ctx.name.split()
+        return words[0] if words else ""
+    if name == "recipient_lname":
+        words = ctx.name.split()
+        return " ".join(words[1:]) if len(words) > 1 else ""
+    if name in ctx.system:
+        return ctx.system[name]
+    return "" if final else None
+
+
 def substitute(text: str, ctx: RecipientContext, *, final: bool = False) -> str:
     """``text`` with the variables of ``ctx`` written in (see the module's contract)."""
     if "%" not in text:
         return text
 
-    def value(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name == "recipient":
-            return recipient_spec(ctx.address, ctx.name)
-        if name == "recipient_email":
-            return ctx.address
-        if name == "recipient_name":
-            return ctx.name
-        if name.startswith("recipient."):
-            return value_text(ctx.variables.get(name[len("recipient."):], ""))
-        if name == "recipient_fname":
-            return ctx.name.split()[0] if ctx.name.split() else ""
-        if name == "recipient_lname":
-            words = ctx.name.split()
-            return " ".join(words[1:]) if len(words) > 1 else ""
-        if name in ctx.system:
-            return ctx.system[name]
-        return "" if final else m.group(0)
-    return _VARIABLE.sub(value, text)
+    def one(m: re.Match[str]) -> str:
+        found = value(m.group(1), ctx, final=final)
+        return m.group(0) if found is None else found
+    return _VARIABLE.sub(one, text)
+
+
+def split(text: str) -> tuple[str, ...]:
+    """``text`` cut at its variables, once for many recipients: literal text and variables alternate, starting and
+    ending with literal text (``"Hi %recipient_fname%!"`` -> ``("Hi ", "%recipient_fname%", "!")``); one piece
+    when it names none. ``join(split(text), values(...))`` is ``substitute(text, ...)``."""
+    if "%" not in text:
+        return (text,)
+    pieces: list[str] = []
+    last = 0
+    for m in _VARIABLE.finditer(text):
+        pieces.append(text[last:m.start()])
+        pieces.append(m.group(0))
+        last = m.end()
+    pieces.append(text[last:])
+    return tuple(pieces)
+
+
+def values(tokens: Iterable[str], ctx: RecipientContext, *, final: bool = False) -> dict[str, str]:
+    """Each variable of ``tokens`` (as ``split`` gives them: ``%recipient.city%``) -> its text for ``ctx`` (itself
+    when left as written)."""
+    out = {}
+    for token in tokens:
+        found = value(token[1:-1], ctx, final=final)
+        out[token] = token if found is None else found
+    return out
+
+
+def join(pieces: tuple[str, ...], filled: Mapping[str, str]) -> str:
+    """``split``'s pieces with each variable replaced by its value in ``filled`` (as ``values`` gives them)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    out = list(pieces)
+    for i in range(1, len(out), 2):
+        out[i] = filled.get(out[i], out[i])
+    return "".join(out)

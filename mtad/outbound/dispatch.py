@@ -35,13 +35,11 @@ import asyncio
 import dataclasses
 import email.utils
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from mtad.base.errors import StoreError
 from mtad.base.types import Envelope, NewMessage, domain_of
 from mtad.events import ifstats, shape
 from mtad.mail import compose as compose_mod
@@ -50,9 +48,10 @@ from mtad.mail import listcopy
 from mtad.mail import variables as variables_mod
 from mtad.store import queue as spool
 from mtad.store.dispatch import Campaign, Content, DispatchJob, DispatchRow, Segment
-from mtad.store.leases import Leases, settle_call
+from mtad.store.leases import settle_call
 from mtad.store.lists import ListMember
 from mtad.store.protocol import StoreProtocol
+from mtad.store.workloop import WorkLoop
 
 log = logging.getLogger("mtad.campaigns")
 
@@ -190,74 +189,30 @@ def member_copy(p: Plan, member: ListMember, seed: bool, unsubscribe_url: str, n
             DispatchRow(member.address, queue_id, content.id, content.format, seed))
 
 
-class Dispatcher:
-    """Claims due campaigns and sends them (see the module doc). ``unsubscribe_url(list_id, address)`` makes a
-    member's list-unsubscribe link; ``wake`` tells the scheduler that copies were committed."""
+class Dispatcher(WorkLoop):
+    """Claims due campaigns and sends them (see the module doc): the durable claim loop of ``store.workloop``
+    (leases renewed while held, a failed campaign given back) over ``if_campaigns``. ``unsubscribe_url(list_id,
+    address)`` makes a member's list-unsubscribe link; ``wake`` tells the scheduler that copies were committed."""
 
     def __init__(self, *, store: StoreProtocol, unsubscribe_url: Callable[[int, str], str],
                  wake: Callable[[], None] = lambda: None, node_id: str = "", batch_size: int = BATCH,
                  max_concurrent: int = 4, poll_interval: float = 0.5, clock: Callable[[], float] = time.time):
-        self.store = store
+        # the worker id (``node_id``, else campaigns-<pid>-<random>) is released at start by node id
+        super().__init__(name="campaigns", store=store, table="if_campaigns", handle=self.send,
+                         max_concurrent=max_concurrent, poll_interval=poll_interval, clock=clock, node_id=node_id)
+        self.store: StoreProtocol = store
         self.unsubscribe_url = unsubscribe_url
         self.wake_scheduler = wake
         self.batch_size = batch_size
-        self.max_concurrent = max_concurrent
-        self.poll_interval = poll_interval
-        self.clock = clock
-        self.worker = node_id or f"campaigns-{os.getpid()}-{os.urandom(3).hex()}"  # released at start by node id
-        self.leases = Leases(store, "if_campaigns", self.worker, clock)
         self.copies = 0
-        self._tasks: set[asyncio.Task] = set()
-        self._stopping = False
-        self._wake = asyncio.Event()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        renewing = asyncio.create_task(self.leases.run(), name="campaign-leases")
-        try:
-            while not self._stopping:
-                room = self.max_concurrent - len(self._tasks)
-                if room > 0:
-                    try:
-                        now = self.clock()
-                        due = [i for i in await self.store.due_campaigns(now, room + len(self.leases.held))
-                               if i not in self.leases.held]  # a read first: an idle daemon writes nothing
-                        jobs = await self.store.claim_campaigns(self.worker, now, room,
-                                                                lease_until=self.leases.until(now),
-                                                                skip=self.leases.held) if due else []
-                    except Exception as exc:  # noqa: BLE001 - keep looping; the store may recover
-                        log.error("campaigns: cannot claim: %s", exc, exc_info=not isinstance(exc, StoreError))
-                        jobs = []
-                    self.leases.claimed(job.id for job in jobs)
-                    for job in jobs:
-                        task = asyncio.create_task(self._run_one(job), name=f"campaign-{job.id}")
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            renewing.cancel()
-
-    async def _run_one(self, job: DispatchJob) -> None:
-        try:
-            await self.send(job)
-            self.leases.done(job.id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - given back, tried again later
-            log.error("campaigns: campaign %s failed: %s; given back", job.id, exc,
-                      exc_info=not isinstance(exc, StoreError))
-            try:
-                await self.leases.give_back(job.id, exc, f"campaigns: release of {job.id}")
-            except Exception as again:  # noqa: BLE001 - the store closed: the next start releases it
-                log.error("campaigns: campaign %s could not be given back: %s", job.id, again)
-        finally:
-            self._wake.set()
+    async def claim(self, now: float, room: int) -> list[DispatchJob]:  # type: ignore[override]
+        due = [i for i in await self.store.due_campaigns(now, room + len(self.leases.held))
+               if i not in self.leases.held]  # a read first: an idle daemon writes nothing
+        if not due:
+            return []
+        return await self.store.claim_campaigns(self.worker, now, room, lease_until=self.leases.until(now),
+                                                skip=self.leases.held)
 
     async def _fail(self, job: DispatchJob, note: str) -> None:
         log.warning("campaigns: campaign %s failed: %s", job.id, note)
@@ -358,11 +313,3 @@ class Dispatcher:
                 if decide_at is not None:
                     self.leases.done(c.id)  # given back by the write: due again at decide_at
                 return
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)

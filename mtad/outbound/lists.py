@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mtad.base.errors import StoreError
 from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions, domain_of
 from mtad.events import lists as list_events
 from mtad.events import shape
 from mtad.mail import listcopy, srs
 from mtad.mail import variables as variables_mod
 from mtad.store import queue as spool
-from mtad.store.leases import Leases, settle_call
+from mtad.store.leases import settle_call
 from mtad.store.lists import ExpansionJob, ListMember, MailingList
 from mtad.store.protocol import StoreProtocol
+from mtad.store.workloop import WorkLoop
 
 log = logging.getLogger("mtad.lists")
 
@@ -63,6 +62,9 @@ class CopyPlan:
     headers: dict
     options: SendOptions
     attachments: tuple
+    envelope_fields: tuple = ()  # Envelope's fields after its recipients, as every copy has them
+    subject: tuple[str, ...] = ("",)  # the subject cut at its variables (variables.split)
+    events: list_events.CopyEvents | None = None  # the copies' accepted events
 
 
 def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | None, now: float) -> CopyPlan:
@@ -74,106 +76,68 @@ def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | Non
     if inbound and srs_key is not None:
         sender = srs.forward_address(sender, domain_of(lst.address), srs_key, now)
     personal = listcopy.Personaliser(body) if listcopy.has_any_variable(body) else None
+    env, headers = dict(message.envelope), dict(message.headers)
+    fields = (env.get("client_ip") or "", env.get("client_helo") or "", env.get("auth_user"), bool(env.get("tls")),
+              env.get("transport") or "smtp", env.get("listener") or "")
+    domain, options, attachments = domain_of(lst.address) if inbound else message.domain, \
+        SendOptions.from_json(message.options), tuple(message.attachments)
+    subject = headers.get("subject", "")
     return CopyPlan(message.id, lst, body, personal, not listcopy.has_header(body, "List-Unsubscribe"), sender,
-                    domain_of(lst.address) if inbound else message.domain, dict(message.envelope),
-                    dict(message.headers), SendOptions.from_json(message.options), tuple(message.attachments))
+                    domain, env, headers, options, attachments, fields,
+                    variables_mod.split(subject) if personal is not None else (subject,),
+                    list_events.CopyEvents(Envelope(sender, (), *fields), options, attachments, domain, lst.address))
 
 
 def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float,
-                unsubscribe_address: Callable[[int, str, str, str], str] | None = None) -> spool.Enqueue:
+                unsubscribe_address: Callable[[int, str, str, str], str] | None = None,
+                queue_id: str = "") -> spool.Enqueue:
     """One member's copy with its ``accepted`` event, ready to commit. ``unsubscribe_address(list id, queue id,
-    member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none)."""
+    member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none). ``queue_id``: the copy's (a new
+    one when empty)."""
     ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
                                          {"mailing_list_unsubscribe_url": unsubscribe_url})
     body = p.personal.render(ctx) if p.personal is not None else p.body
-    queue_id = spool.new_queue_id()
+    queue_id = queue_id or spool.new_queue_id()
     if p.list_unsubscribe:
         mailto = unsubscribe_address(p.list.id, queue_id, member.address, p.domain) if unsubscribe_address else ""
         body = listcopy.with_list_unsubscribe(body, unsubscribe_url, mailto)
-    env = p.envelope
-    envelope = Envelope(sender=p.sender, recipients=(member.address,), client_ip=env.get("client_ip") or "",
-                        client_helo=env.get("client_helo") or "", auth_user=env.get("auth_user"),
-                        tls=bool(env.get("tls")), transport=env.get("transport") or "smtp",
-                        listener=env.get("listener") or "")
+    envelope = Envelope(p.sender, (member.address,), *p.envelope_fields)
     h = p.headers
-    subject = h.get("subject", "")
-    if p.personal is not None and "%" in subject:
-        subject = variables_mod.substitute(subject, ctx)
+    subject = p.subject[0] if len(p.subject) == 1 else \
+        variables_mod.join(p.subject, variables_mod.values(p.subject[1::2], ctx))
     summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
     msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
-    events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
+    if p.events is not None:
+        events = p.events.accepted(queue_id, now, member.address, summary, len(body))
+    else:
+        events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
     return spool.Enqueue(queue_id, msg, events)
 
 
-class Expander:
-    """Claims expansion rows and expands them (see the module doc). ``unsubscribe_url(list_id, address)`` makes a
-    member's link, ``unsubscribe_address(list_id, queue_id, address, domain)`` its unsubscribe address (or ""); ``wake`` tells the scheduler that copies were committed."""
+class Expander(WorkLoop):
+    """Claims expansion rows and expands them (see the module doc): the durable claim loop of ``store.workloop``
+    (leases renewed while held, a failed expansion given back) over ``list_expansions``. ``unsubscribe_url(list_id,
+    address)`` makes a member's link, ``unsubscribe_address(list_id, queue_id, address, domain)`` its unsubscribe
+    address (or ""); ``wake`` tells the scheduler that copies were committed."""
 
     def __init__(self, *, store: StoreProtocol, unsubscribe_url: Callable[[int, str], str],
-                 unsubscribe_address: Callable[[int, str, str, str], str] | None = None, wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
+                 unsubscribe_address: Callable[[int, str, str, str], str] | None = None,
+                 wake: Callable[[], None] = lambda: None, srs_key: bytes | None = None, node_id: str = "",
                  batch_size: int = BATCH, max_concurrent: int = 2, poll_interval: float = 1.0,
                  clock: Callable[[], float] = time.time):
-        self.store = store
+        super().__init__(name="lists", store=store, table="list_expansions", handle=self.expand,
+                         max_concurrent=max_concurrent, poll_interval=poll_interval, clock=clock, node_id=node_id)
+        self.store: StoreProtocol = store
         self.unsubscribe_url = unsubscribe_url
         self.unsubscribe_address = unsubscribe_address
         self.wake_scheduler = wake
         self.srs_key = srs_key
         self.batch_size = batch_size
-        self.max_concurrent = max_concurrent
-        self.poll_interval = poll_interval
-        self.clock = clock
-        self.worker = node_id or f"lists-{os.getpid()}-{os.urandom(3).hex()}"
-        self.leases = Leases(store, "list_expansions", self.worker, clock)
         self.copies = 0  # copies committed by this process (metrics, tests)
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        renewing = asyncio.create_task(self.leases.run(), name="lists-leases")
-        try:
-            while not self._stopping:
-                room = self.max_concurrent - len(self._tasks)
-                if room > 0:
-                    try:
-                        now = self.clock()
-                        jobs = await self.store.claim_expansions(self.worker, now, room,
-                                                                 lease_until=self.leases.until(now),
-                                                                 skip=self.leases.held)
-                    except Exception as exc:  # noqa: BLE001 - keep looping; the store may recover
-                        log.error("lists: cannot claim expansions: %s", exc, exc_info=not isinstance(exc, StoreError))
-                        jobs = []
-                    self.leases.claimed(job.id for job in jobs)
-                    for job in jobs:
-                        task = asyncio.create_task(self._run_one(job), name=f"list-expansion-{job.id}")
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            renewing.cancel()
-
-    async def _run_one(self, job: ExpansionJob) -> None:
-        try:
-            await self.expand(job)
-            self.leases.done(job.id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - given back, tried again later
-            log.error("lists: expansion %s of %s failed: %s; given back", job.id, job.queue_id, exc,
-                      exc_info=not isinstance(exc, StoreError))
-            try:
-                await self.leases.give_back(job.id, exc, f"lists: release of expansion {job.id}")
-            except Exception as again:  # noqa: BLE001 - the store closed: the next start releases it
-                log.error("lists: expansion %s could not be given back: %s", job.id, again)
-        finally:
-            self._wake.set()
+    async def claim(self, now: float, room: int) -> list[ExpansionJob]:  # type: ignore[override]
+        return await self.store.claim_expansions(self.worker, now, room, lease_until=self.leases.until(now),
+                                                 skip=self.leases.held)
 
     async def expand(self, job: ExpansionJob) -> None:
         """Expand one claimed row to its end (or until the claim is lost)."""
@@ -231,13 +195,6 @@ class Expander:
         return True
 
     def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
-        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address)
-                for m in members]
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        ids = spool.new_queue_ids(len(members))
+        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address, qid)
+                for m, qid in zip(members, ids)]

@@ -20,9 +20,12 @@ never made again, the page in flight is made once by whoever resumes from the co
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass, field, replace
-from typing import Any, Container, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Container, Literal, Mapping, Protocol, Sequence
+
+import orjson
 
 from mtad.store.changes import changed
 from mtad.store.dialect import dialect_of
@@ -187,7 +190,21 @@ def lists_skip(conn: sqlite3.Connection, skip: int, limit: int, address: str | N
 # --- members -------------------------------------------------------------------------------------------------
 
 def _member(r: Sequence[Any]) -> ListMember:
-    return ListMember(r[0], r[1], json.loads(r[2]), bool(r[3]))
+    return ListMember(r[0], r[1], _vars(r[2]), bool(r[3]))
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def _vars(text: str) -> Any:
+    """A member's stored vars: orjson (an expansion reads them by the hundred thousand); the stdlib for what
+    orjson refuses (NaN, a lone surrogate) or reads otherwise (an integer over 64 bits becomes a float)."""
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _list_id(conn: sqlite3.Connection, address: str) -> int | None:
@@ -349,25 +366,26 @@ def _enqueue_copies(conn: sqlite3.Connection, copies: Sequence[Enqueue], now: fl
                 enqueue(conn, item, now)
     messages, deliveries = [], []
     # The copies of one page share their options, attachments, envelope fields and mostly their header summary:
-    # each distinct value is JSON-encoded once per page (the same text json.dumps gives each copy).
+    # each distinct value is JSON-encoded once per page (the same text json.dumps gives each copy), and the dict
+    # that is encoded is made only then.
     encoded: dict[Any, str] = {}
 
-    def once(key: Any, value: Any) -> str:
+    def once(key: Any, make: Callable[[], Any]) -> str:
         text = encoded.get(key)
         if text is None:
-            text = encoded[key] = json.dumps(value)
+            text = encoded[key] = json.dumps(make())
         return text
     for item in simple:
         msg, env = item.message, item.message.envelope
-        options, attachments = msg.options, msg.attachments
+        options, attachments, headers = msg.options, msg.attachments, msg.headers
         rcpt = env.recipients[0]
         rcpts = f"[{_json_string(rcpt)}]"  # == json.dumps([rcpt])
         envelope = (env.client_ip, env.client_helo, env.auth_user, env.tls, env.transport, env.listener)
         messages.append((item.queue_id, now, msg.direction, msg.domain, env.sender, rcpts,
-                         msg.headers.message_id, once(("h", msg.headers), msg.headers.to_json()),
-                         once(("o", id(options)), options.to_json()),
-                         once(("e",) + envelope, dict(zip(_ENVELOPE, envelope))), len(msg.body), msg.body,
-                         once(("a", id(attachments)), list(attachments))))
+                         headers.message_id, once(("h", headers), headers.to_json),
+                         once(("o", id(options)), options.to_json),
+                         once(("e",) + envelope, lambda: dict(zip(_ENVELOPE, envelope))), len(msg.body), msg.body,
+                         once(("a", id(attachments)), lambda: list(attachments))))
         deliveries.append((item.queue_id, rcpt.rpartition("@")[2].lower(), rcpts, "queued",
                            max(now, options.deliver_by or 0.0), now, now))
     execute_rows(conn, "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id,"

@@ -31,6 +31,13 @@ def new_queue_id() -> str:
     return f"{int(time.time() * 1000):011X}{os.urandom(4).hex().upper()}"
 
 
+def new_queue_ids(n: int) -> list[str]:
+    """``n`` of ``new_queue_id`` (as unique: 32 random bits each) with one clock read and one system call."""
+    millis = f"{int(time.time() * 1000):011X}"
+    random = os.urandom(4 * n).hex().upper()
+    return [millis + random[i:i + 8] for i in range(0, 8 * n, 8)]
+
+
 @dataclass(frozen=True)
 class ForwardRow:
     """Inbound work created at acceptance: one route action destination for one recipient."""

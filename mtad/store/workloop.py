@@ -1,4 +1,5 @@
-"""A durable work loop over one of the store's HTTP work tables (route forwards, webhooks).
+"""A durable work loop over one of the store's leased work tables (route forwards, webhooks; and, claiming
+with their own ``claim``, mailing-list expansions and campaigns: ``outbound.lists``, ``outbound.dispatch``).
 
 Claims due rows (``WorkItem``s, leased to this process, ``store.leases``: renewed while held), runs ``handle(item)`` for each
 with at most ``max_concurrent`` in flight (a slow receiver holds one slot, never the loop), and wakes early when
