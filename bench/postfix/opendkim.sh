@@ -3,11 +3,12 @@
 #   sh opendkim.sh DIR PORT KEY_PEM SELECTOR DOMAIN
 # Writes DIR/opendkim.conf and starts `opendkim -x` as the unprivileged user opendkim (made by Debian's opendkim
 # package), listening on inet:PORT@127.0.0.1, pid in DIR/opendkim.pid, start-up errors in DIR/opendkim.log (no
-# syslog). It signs every message From DOMAIN it is given (Domain, Selector, KeyFile: the key read once at start;
-# a KeyTable/SigningTable set-up measured the same CPU per message) with KEY_PEM as d=DOMAIN s=SELECTOR, rsa-sha256, c=relaxed/relaxed, over the header fields mtad signs (mtad/mail/dkim.py
-# DEFAULT_SIGNED_HEADERS; OpenDKIM signs those present, From always), no over-signing (OversignHeaders unset), no
-# l=, no verification (Mode s). RequireSafeKeys is off: the scratch folder is under /tmp, world-writable, which
-# OpenDKIM counts as an unsafe path for any key below it (the key itself is mode 600, owned by opendkim).
+# syslog). It signs every message From DOMAIN it is given (Domain, Selector, KeyFile: the key read once at
+# start; a KeyTable/SigningTable set-up measured the same CPU per message) with KEY_PEM as d=DOMAIN s=SELECTOR,
+# rsa-sha256, c=relaxed/relaxed, over the header fields mtad signs (mtad/mail/dkim.py DEFAULT_SIGNED_HEADERS;
+# OpenDKIM signs those present, From always), no over-signing (OversignHeaders unset), no l=, no verification
+# (Mode s). RequireSafeKeys is off: the scratch folder is under /tmp, world-writable, which OpenDKIM counts as an
+# unsafe path for any key below it (the key itself is mode 600, owned by opendkim).
 # The system-wide opendkim (/etc/opendkim.conf) is not touched.
 set -eu
 DIR=$1; PORT=$2; KEY=$3; SELECTOR=$4; DOMAIN=$5
