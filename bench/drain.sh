@@ -46,7 +46,8 @@
 #
 # INSTALLS WHAT IS MISSING (root, Debian): apt-get install postfix (smtp-source, smtp-sink; the package's own
 # instance is preseeded "No configuration" and stays stopped); pip install -e <repo> if mtad's dependencies
-# are missing; py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
+# are missing; apt-get install opendkim for postfix-dkim (a private instance; the package's service unused);
+# py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
 # loopback only): no benchmark traffic can leave 127.0.0.1.
 # Bounded: every fill and every drain is given 240 s, the whole run 50 min. Default run (5000 x 1 KB, 3 rounds,
 # off+rsa): about 2 minutes.
@@ -73,7 +74,7 @@ while [ $# -gt 0 ]; do
     --pg) PG=1 ;;
     --html) HTML=1 ;;
     --pg-nodes) PG=1; PG_NODES=$2; shift ;;
-    -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,53p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
