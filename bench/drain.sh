@@ -50,7 +50,7 @@
 # py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
 # loopback only): no benchmark traffic can leave 127.0.0.1.
 # Bounded: every fill and every drain is given 240 s, the whole run 50 min. Default run (5000 x 1 KB, 3 rounds,
-# off+rsa): about 2 minutes.
+# off+rsa, postfix and postfix-dkim): about 3-5 minutes (postfix-dkim drains 5x slower than postfix).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
