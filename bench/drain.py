@@ -2,7 +2,8 @@
 """Outbound drain rate: how fast a full queue empties into smtp-sink, mtad beside Postfix (bench/drain.sh).
 
   python drain.py run --sink-port 2530 --sink-pid PID --work DIR --out results.jsonl \\
-                      [--postfix-dir PF --postfix-port 2525] [--mtad off,rsa] [--msgs 5000] [--size 1024] \\
+                      [--postfix-dir PF --postfix-port 2525] [--postfix-dkim-dir PFD --postfix-dkim-port 2526 \\
+                       --opendkim-pid PID --dkim-key KEY_PEM] [--mtad off,rsa] [--msgs 5000] [--size 1024] \\
                       [--rounds 3] [--mtad-src DIR] [--base-src DIR] [--profile DIR]
   python drain.py summarize results.jsonl     (with base-mtad-... rows: + a before/after table, mtad/base-mtad)
 
@@ -16,6 +17,14 @@ them alike.
 postfix  As ../shared/bench/postfix/drain.py measured the reference 3,619 msgs/s: smtp-source (20 sessions)
          fills the private instance's hold queue (bench/postfix/setup_postfix.sh, relayhost = the sink);
          the clock starts at `postsuper -H ALL; postqueue -f` and stops when no queue file is left.
+postfix-dkim  The same with a second private instance that DKIM-signs (RSA-2048, d=sender.bench.test s=rsa,
+         relaxed/relaxed, mtad's header fields) with a private OpenDKIM milter (bench/postfix/opendkim.sh) while the
+         queue drains: an after-queue content filter hands each released message to a re-injection smtpd with
+         the milter, which queues it signed for the relay (bench/postfix/setup_postfix.sh). smtp-source's sender
+         is mtad's (bench@sender.bench.test). Its CPU is Postfix's process tree plus OpenDKIM's process (also
+         recorded alone: milter_cpu_us_per_msg). --dkim-key KEY_PEM: that key, which mtad's rsa and both variants
+         then sign with too (instead of one `mtad dkim keygen` key each). drain.sh has checked before the rounds
+         that the instance's output verifies (bench/postfix/dkim_check.py).
 mtad     `python -m mtad run` with a submission listener; a DNS server on 127.0.0.1 (tests/support/
          dns_server.py) answers MX bench.test -> sink.bench.test -> 127.0.0.1, and delivery.port is the
          sink's. Delivery to bench.test is paused (`mtad queue pause --domain bench.test`) while 20 SMTP
@@ -132,10 +141,9 @@ def timed_drain(label: str, server_pid: int | list[int], sink_pid: int, held: in
 # --- Postfix -----------------------------------------------------------------------------------------------
 
 class Postfix:
-    label = "postfix"
-
-    def __init__(self, folder: str, port: int):
-        self.dir, self.port = folder, port
+    def __init__(self, folder: str, port: int, label: str = "postfix", sender: str = "a@example.com",
+                 milter_pid: int | None = None):
+        self.dir, self.port, self.label, self.sender, self.milter_pid = folder, port, label, sender, milter_pid
         self.etc = os.path.join(folder, "etc")
         self.master = int(open(os.path.join(folder, "spool/pid/master.pid")).read().split()[0])
 
@@ -148,7 +156,7 @@ class Postfix:
 
     def round(self, a: argparse.Namespace, profile: bool) -> dict:
         subprocess.run(["postsuper", "-c", self.etc, "-d", "ALL"], capture_output=True)
-        subprocess.run(["smtp-source", "-s", "20", "-m", str(a.msgs), "-l", str(a.size), "-f", "a@example.com",
+        subprocess.run(["smtp-source", "-s", "20", "-m", str(a.msgs), "-l", str(a.size), "-f", self.sender,
                         "-t", "b@example.net", "-M", "bench.localdomain", f"127.0.0.1:{self.port}"],
                        check=True, timeout=MAX_S)
         held = self.queued()
@@ -157,7 +165,12 @@ class Postfix:
         def release() -> None:
             subprocess.run(["postsuper", "-c", self.etc, "-H", "ALL"], capture_output=True)
             subprocess.run(["postqueue", "-c", self.etc, "-f"], capture_output=True)
-        return timed_drain(self.label, self.master, a.sink_pid, held, release, self.queued, a.size)
+        if self.milter_pid is None:
+            return timed_drain(self.label, self.master, a.sink_pid, held, release, self.queued, a.size)
+        rec = timed_drain(self.label, [self.master, self.milter_pid], a.sink_pid, held, release, self.queued, a.size)
+        milter_s = rec.pop("node_cpu_s")[1]  # not a cluster: Postfix + its milter, one server
+        rec["milter_cpu_us_per_msg"] = round(1e6 * milter_s / max(1, held - rec["left"]))
+        return rec
 
     def stop(self) -> None:
         pass
@@ -216,8 +229,8 @@ class Mtad:
         import yaml
         hash_password = import_hash_password()
         keys = []
-        if self.variant in ("rsa", "both"):
-            keys.append({"selector": "rsa", "key_file": self._keygen("rsa", "rsa")})
+        if self.variant in ("rsa", "both"):  # --dkim-key: postfix-dkim's key (the same signing work)
+            keys.append({"selector": "rsa", "key_file": a.dkim_key or self._keygen("rsa", "rsa")})
         if self.variant in ("ed25519", "both"):
             keys.append({"selector": "ed", "key_file": self._keygen("ed", "ed25519")})
         shaping = self.work / "shaping.yaml"
@@ -430,6 +443,8 @@ def cmd_run(a: argparse.Namespace) -> None:
             pg = (server.start(), int((server.data / "postmaster.pid").read_text().split()[0]))
         if a.postfix_dir:
             servers.append(Postfix(a.postfix_dir, a.postfix_port))
+        if a.postfix_dkim_dir:
+            servers.append(Postfix(a.postfix_dkim_dir, a.postfix_dkim_port, "postfix-dkim", LOGIN, a.opendkim_pid))
         variants = [v for v in a.mtad.split(",") if v]
         for n, variant in enumerate(variants):
             servers.append(Mtad(a, variant, dns.port, 2587 + n, a.mtad_src))
@@ -506,18 +521,24 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         rec = json.loads(line)
         runs.setdefault(rec["label"], []).append(rec)
     med = {label: statistics.median(r["msgs_per_s"] for r in recs) for label, recs in runs.items()}
-    base = med.get("postfix")
+    base, signed = med.get("postfix"), med.get("postfix-dkim")
     print("| drain to smtp-sink | msgs | rounds | median msgs/s | min-max | server CPU % | server CPU µs/msg |"
-          " main process CPU % | sink CPU % | ratio to Postfix | PostgreSQL CPU µs/msg | DB commits/msg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " main process CPU % | sink CPU % | ratio to Postfix | ratio to postfix-dkim | PostgreSQL CPU µs/msg |"
+          " DB commits/msg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, recs in runs.items():
         rates = [r["msgs_per_s"] for r in recs]
         ratio = f"{med[label] / base:.2f}" if base else "-"
+        ratio += f" | {med[label] / signed:.2f}" if signed else " | -"
         print(f"| {label} | {recs[0]['msgs']} x {recs[0]['size']} B | {len(recs)} | {med[label]:,.0f} |"
               f" {min(rates):,.0f}-{max(rates):,.0f} | {statistics.median(r['server_cpu_pct'] for r in recs):.0f} |"
               f" {statistics.median(r['server_cpu_us_per_msg'] for r in recs):.0f} |"
               f" {statistics.median(r.get('main_cpu_pct', 0) for r in recs):.0f} |"
               f" {statistics.median(r['sink_cpu_pct'] for r in recs):.0f} | {ratio} | {pgtxt(recs)} |")
+    milter = [r["milter_cpu_us_per_msg"] for r in runs.get("postfix-dkim", []) if "milter_cpu_us_per_msg" in r]
+    if milter:
+        print(f"\npostfix-dkim: Postfix signs with OpenDKIM after the queue (re-injection smtpd with the milter); its"
+              f" server CPU includes OpenDKIM's {statistics.median(milter):.0f} µs/msg (median).")
     nodes_table(runs)
     before_after(runs)
 
@@ -555,6 +576,10 @@ def main() -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--postfix-dir")
     r.add_argument("--postfix-port", type=int, default=2525)
+    r.add_argument("--postfix-dkim-dir", help="the signing Postfix instance (label postfix-dkim)")
+    r.add_argument("--postfix-dkim-port", type=int, default=2526)
+    r.add_argument("--opendkim-pid", type=int, help="postfix-dkim's OpenDKIM milter (its CPU counts as the server's)")
+    r.add_argument("--dkim-key", help="RSA key (PEM) for mtad's rsa/both variants; default: one keygen per mtad")
     r.add_argument("--mtad", default="off,rsa", help="DKIM variants: off, rsa, ed25519, both (comma-separated)")
     r.add_argument("--msgs", type=int, default=5000)
     r.add_argument("--size", type=int, default=1024)

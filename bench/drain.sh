@@ -4,7 +4,7 @@
 # markdown table of msgs/s, server and sink CPU, and the ratios mtad/Postfix (issue 3, "Benchmark").
 #
 #   bash bench/drain.sh [--msgs 5000] [--size 1024] [--rounds 3] [--dkim off,rsa] [--out DIR]
-#                       [--servers postfix,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep] [--pg]
+#                       [--servers postfix,postfix-dkim,mtad] [--profile] [--mtad-src DIR] [--base-src DIR | --base-rev REV] [--keep] [--pg]
 #                       [--pg-nodes N]
 #   --dkim LIST     mtad variants, any of off, rsa (RSA-2048), ed25519, both (RSA-2048 + Ed25519 at once); a
 #                   suffix /wN sets delivery.dkim_workers (rsa/w0: sign in mtad's process, rsa/w2: two workers)
@@ -25,8 +25,15 @@
 #   --pg-nodes N    (implies --pg) also N mtad-pg nodes on one database per DKIM variant (labels mtad-pg-xN-dkim-...):
 #                   the submission split among them, drained together; the summary adds each node's CPU per
 #                   message it delivered and the database's CPU per message
-#   --servers       postfix, mtad (SQLite); with --pg, a list naming neither (e.g. --servers pg) measures only the
-#                   PostgreSQL variants
+#   --servers       postfix, postfix-dkim, mtad (SQLite); with --pg, a list naming none of them (e.g. --servers pg)
+#                   measures only the PostgreSQL variants
+#                   postfix-dkim: a second private Postfix that DKIM-signs what it relays with OpenDKIM (the milter
+#                   Postfix users sign with) on the same RSA-2048 key, selector (rsa) and domain (sender.bench.test)
+#                   as mtad's rsa variants, relaxed/relaxed, the same header fields; signing happens while the queue
+#                   drains (an after-queue content filter re-injecting through an smtpd with the milter:
+#                   bench/postfix/setup_postfix.sh), as mtad signs at delivery. Before the rounds one message is
+#                   relayed to a capturing sink and its signature verified with dkimpy (bench/postfix/dkim_check.py);
+#                   the run stops if it is not signed. The summary adds mtad's ratio to postfix-dkim.
 #
 # How each server is measured (details in bench/drain.py's docstring): N messages of SIZE bytes, one
 # recipient each, are queued while delivery is held back, then released; the clock runs until the queue is
@@ -39,15 +46,16 @@
 #
 # INSTALLS WHAT IS MISSING (root, Debian): apt-get install postfix (smtp-source, smtp-sink; the package's own
 # instance is preseeded "No configuration" and stays stopped); pip install -e <repo> if mtad's dependencies
-# are missing; py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
+# are missing; apt-get install opendkim for postfix-dkim (a private instance; the package's service unused);
+# py-spy with --profile. Then re-executes itself in a private network namespace (unshare -n,
 # loopback only): no benchmark traffic can leave 127.0.0.1.
 # Bounded: every fill and every drain is given 240 s, the whole run 50 min. Default run (5000 x 1 KB, 3 rounds,
-# off+rsa): about 2 minutes.
+# off+rsa, postfix and postfix-dkim): about 3-5 minutes (postfix-dkim drains 5x slower than postfix).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
-MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
+MSGS=5000; SIZE=1024; ROUNDS=3; DKIM="off,rsa"; OUT=""; SERVERS="postfix,postfix-dkim,mtad"; PROFILE=0; MTAD_SRC=$REPO; KEEP=0
 BASE_SRC=""; BASE_REV=""; PG=0; HTML=0; PG_NODES=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
@@ -66,7 +74,7 @@ while [ $# -gt 0 ]; do
     --pg) PG=1 ;;
     --html) HTML=1 ;;
     --pg-nodes) PG=1; PG_NODES=$2; shift ;;
-    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,53p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -86,7 +94,12 @@ if [ -z "${BENCH_NETNS:-}" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null \
       || { echo "drain.sh: apt-get install postfix failed" >&2; exit 1; }
   fi
-  if want mtad && ! "$PY" -c 'import aiosmtpd, aiosmtplib, dns, yaml, uvloop, cryptography' 2>/dev/null; then
+  if want postfix-dkim && ! command -v opendkim >/dev/null; then
+    echo "== installing with apt: opendkim (its system service is not used: a private instance runs per bench)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opendkim >/dev/null; } \
+      || { echo "drain.sh: apt-get install opendkim failed" >&2; exit 1; }
+  fi
+  if { want mtad || want postfix-dkim; } && ! "$PY" -c 'import aiosmtpd, aiosmtplib, dns, yaml, uvloop, cryptography' 2>/dev/null; then
     echo "== installing mtad (pip install -e $REPO)"
     "$PY" -m pip install -q -e "$REPO" || { echo "drain.sh: pip install failed" >&2; exit 1; }
   fi
@@ -103,12 +116,14 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 RESULTS=$OUT/drain.jsonl
 : > "$RESULTS"
-SINK=""; PF=""
+SINK=""; PF=""; PFD=""; DKIMD=""
 cleanup() {
   [ -n "$PF" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1
+  [ -n "$PFD" ] && postfix -c "$PFD/etc" stop >/dev/null 2>&1
+  [ -n "$DKIMD" ] && [ -s "$DKIMD/opendkim.pid" ] && kill "$(cat "$DKIMD/opendkim.pid")" 2>/dev/null
   [ -n "$SINK" ] && kill "$SINK" 2>/dev/null
   if [ $KEEP = 0 ]; then
-    rm -rf "$WORK/postfix" "$WORK"/*mtad-* "$WORK/base-src"
+    rm -rf "$WORK/postfix" "$WORK/postfix-dkim" "$WORK/opendkim" "$WORK/dkim-key" "$WORK"/*mtad-* "$WORK/base-src"
     [ "$OUT" != "$WORK/results" ] && rmdir "$WORK" 2>/dev/null
   fi
 }
@@ -133,12 +148,33 @@ MTAD_DESC="$MTAD_SRC"
   [ -n "$BASE_SRC" ] && echo "base: ${BASE_REV:+revision $(git -C "$REPO" rev-parse --short "$BASE_REV") in }$BASE_SRC (labels base-mtad-...)"
 } | tee "$OUT/env.txt"
 
+ARGS=()
+if want postfix-dkim; then  # before smtp-sink: the signature check captures on its port
+  # one RSA-2048 key for OpenDKIM and mtad's rsa variants (drain.py --dkim-key): selector rsa, d=sender.bench.test
+  mkdir -p "$WORK/dkim-key"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/dkim-key/rsa.pem" 2>/dev/null
+  PFD=$WORK/postfix-dkim; DKIMD=$WORK/opendkim; mkdir -p "$PFD"
+  if sh "$HERE/postfix/opendkim.sh" "$DKIMD" 2528 "$WORK/dkim-key/rsa.pem" rsa sender.bench.test \
+       >"$OUT/opendkim-setup.log" 2>&1 \
+     && sh "$HERE/postfix/setup_postfix.sh" "$PFD" 2526 2530 inet:127.0.0.1:2528 2527 >"$OUT/postfix-dkim-setup.log" 2>&1 \
+     && wait_port 2526 && wait_port 2527; then
+    "$PY" "$HERE/postfix/dkim_check.py" --postfix-dir "$PFD" --port 2526 --capture-port 2530 \
+      --key "$WORK/dkim-key/rsa.pem" --selector rsa --domain sender.bench.test --size "$SIZE" 2>&1 | tee "$OUT/postfix-dkim-check.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "drain.sh: postfix-dkim does not sign: stopping (logs: $PFD/maillog," \
+                                        "$DKIMD/opendkim.log)" >&2; exit 1; }
+    ARGS+=(--postfix-dkim-dir "$PFD" --postfix-dkim-port 2526 --opendkim-pid "$(cat "$DKIMD/opendkim.pid")"
+           --dkim-key "$WORK/dkim-key/rsa.pem")
+  else
+    echo "drain.sh: postfix-dkim did not start (see $OUT/opendkim-setup.log, $OUT/postfix-dkim-setup.log)" >&2; exit 1
+  fi
+fi
+
 smtp-sink -u nobody 127.0.0.1:2530 1000 >/dev/null 2>&1 &
 SINK=$!
 wait_port 2530 || exit 1
 
-ARGS=(--sink-port 2530 --sink-pid "$SINK" --work "$WORK" --out "$RESULTS" --msgs "$MSGS" --size "$SIZE"
-      --rounds "$ROUNDS" --mtad-src "$MTAD_SRC" --mtad "")
+ARGS+=(--sink-port 2530 --sink-pid "$SINK" --work "$WORK" --out "$RESULTS" --msgs "$MSGS" --size "$SIZE"
+       --rounds "$ROUNDS" --mtad-src "$MTAD_SRC" --mtad "")
 if want postfix; then
   PF=$WORK/postfix; mkdir -p "$PF"
   if sh "$HERE/postfix/setup_postfix.sh" "$PF" 2525 2530 >"$OUT/postfix-setup.log" 2>&1 && wait_port 2525; then
@@ -152,7 +188,7 @@ want mtad && ARGS+=(--mtad "$DKIM")
 [ -n "$BASE_SRC" ] && ARGS+=(--base-src "$BASE_SRC")
 [ $PROFILE = 1 ] && ARGS+=(--profile "$OUT")
 [ $HTML = 1 ] && ARGS+=(--html)
-echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }$(want mtad && echo "mtad (DKIM $DKIM) ")$([ $PG = 1 ] && echo "mtad-pg (DKIM $DKIM)")"
+echo "== $ROUNDS rounds, servers taking turns: ${PF:+postfix }${PFD:+postfix-dkim }$(want mtad && echo "mtad (DKIM $DKIM) ")$([ $PG = 1 ] && echo "mtad-pg (DKIM $DKIM)")"
 timeout 3000 "$PY" "$HERE/drain.py" run "${ARGS[@]}" || echo "drain.py failed (logs: $WORK/*mtad-*/mtad.log)" >&2
 for log in "$WORK"/*mtad-*/mtad.log; do
   [ -f "$log" ] && cp "$log" "$OUT/$(basename "$(dirname "$log")").log"

@@ -360,24 +360,31 @@ class FinishedAttempt:
 DsnBuilder = Callable[[bytes], "Enqueue | None"]
 
 
+_DEFER_ROW = ("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
+              f" {UNLOCK}, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?")
+_DONE_ROW = (f"UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, {UNLOCK},"
+             " last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?")
+
+
 def finish_attempt(conn: sqlite3.Connection, job: DeliveryJob, attempt: FinishedAttempt, now: float,
-                   dsn: DsnBuilder | None = None) -> list[str]:
+                   dsn: DsnBuilder | None = None, *, rows: dict[str, list[tuple]] | None = None) -> list[str]:
     """Apply an attempt: its events, the bounce list, the row's next state, and the DSN (``dsn``, called with the
     message's header block when recipients failed, unless the attempt is a DSN's own). Returns the permanently
-    failed recipients."""
+    failed recipients. ``rows``: the row's UPDATE is added there (SQL text -> parameter rows) for the caller to
+    run with the others of its batch (``finish_attempts``) instead of at once."""
     record_all(conn, attempt.events)
     for rcpt, data in attempt.bounce_list:
         if not allowlisted(conn, job.sending_domain, rcpt):  # never put on the bounce list
             add_suppression(conn, job.sending_domain, "bounces", rcpt, now, dict(data))
     if attempt.deferred:
-        conn.execute("UPDATE deliveries SET recipients = ?, state = 'deferred', attempts = ?, next_attempt_at = ?,"
-                     f" {UNLOCK}, last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                     (json.dumps(list(attempt.deferred)), attempt.attempt_no, attempt.retry_at, attempt.last_code,
-                      attempt.last_reply, now, job.id))
+        sql, params = _DEFER_ROW, (json.dumps(list(attempt.deferred)), attempt.attempt_no, attempt.retry_at,
+                                   attempt.last_code, attempt.last_reply, now, job.id)
     else:
-        conn.execute(f"UPDATE deliveries SET recipients = '[]', state = 'done', attempts = ?, {UNLOCK},"
-                     " last_code = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                     (attempt.attempt_no, attempt.last_code, attempt.last_reply, now, job.id))
+        sql, params = _DONE_ROW, (attempt.attempt_no, attempt.last_code, attempt.last_reply, now, job.id)
+    if rows is None:
+        conn.execute(sql, params)
+    else:
+        rows.setdefault(sql, []).append(params)
     if attempt.failed and dsn is not None and not attempt.system:
         bounce = dsn(_header_block(conn, job.queue_id))
         if bounce is not None:
@@ -397,9 +404,14 @@ class AttemptDone:
 
 
 def finish_attempts(conn: sqlite3.Connection, items: Sequence[AttemptDone]) -> None:
-    """``finish_attempt`` of each item, in order, in the caller's transaction."""
+    """``finish_attempt`` of each item, in order, in the caller's transaction; the rows' UPDATEs together at the end,
+    one ``executemany`` per kind (done, deferred): on PostgreSQL one prepared statement, pipelined, instead of a
+    statement of its own per delivery. (Each item is a different delivery row: a claimed row has one outcome.)"""
+    rows: dict[str, list[tuple]] = {}
     for item in items:
-        finish_attempt(conn, item.job, item.attempt, item.now, item.dsn)
+        finish_attempt(conn, item.job, item.attempt, item.now, item.dsn, rows=rows)
+    for sql, params in rows.items():
+        conn.executemany(sql, params)
 
 
 def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],

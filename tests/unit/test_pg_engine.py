@@ -16,7 +16,7 @@ from mtad.base.errors import ConfigError, StoreError, StoreUnavailable
 from mtad.config import schema as config
 from mtad.store import new_store
 from mtad.store.migrations import postgresql as migrations
-from mtad.store.postgres.engine import pg_sql
+from mtad.store.postgres.engine import pg_raw_sql, pg_sql
 from mtad.store.postgres.store import PostgresStore
 
 
@@ -24,6 +24,12 @@ def test_placeholders_are_translated_outside_quotes_and_percent_signs_doubled():
     assert pg_sql("SELECT a FROM t WHERE b = ? AND c LIKE 'x?%' AND \"d?\" = ?") == \
         "SELECT a FROM t WHERE b = %s AND c LIKE 'x?%%' AND \"d?\" = %s"
     assert pg_sql("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+
+
+def test_raw_placeholders_are_numbered_outside_quotes_and_percent_signs_kept():
+    assert pg_raw_sql("SELECT a FROM t WHERE b = ? AND c LIKE 'x?%' AND \"d?\" = ?") == \
+        "SELECT a FROM t WHERE b = $1 AND c LIKE 'x?%' AND \"d?\" = $2"
+    assert pg_raw_sql("SELECT 'it''s ?', ?, ?") == "SELECT 'it''s ?', $1, $2"
 
 
 def store_of(dsn: str, **kwargs) -> PostgresStore:
@@ -78,6 +84,26 @@ def test_a_wrong_password_an_absent_server_and_a_standby_name_store_dsn(postgres
     postgres.psql(f"ALTER DATABASE {dsn.rsplit('/', 1)[1]} SET default_transaction_read_only = on")
     with pytest.raises(ConfigError, match="store.dsn: .* takes no writes"):
         store_of(dsn).open()
+
+
+async def test_statements_with_many_parameters_quotes_and_percent_signs_run_as_written(pg_database):
+    """The store's SQL runs on raw cursors ($n parameters): a literal ``%`` and ``?`` stay, values are bound in order,
+    executemany and a multi-row statement of hundreds of parameters (a group commit's events) too."""
+    store = store_of(pg_database())
+    store.open()
+    try:
+        def write(c):
+            c.execute("CREATE TABLE kvt (k text PRIMARY KEY, v text)")
+            c.executemany("INSERT INTO kvt (k, v) VALUES (?, ?)", [("a%", "1?"), ("b", "2")])
+            c.execute("INSERT INTO kvt (k, v) VALUES " + ", ".join(["(?, ?)"] * 300),
+                      [x for n in range(300) for x in (f"m{n}", f"{n}%")])
+            return c.execute("SELECT count(*), min(v) FROM kvt WHERE k LIKE 'm%' AND v <> '?' AND v LIKE ?",
+                             ("%\\%",)).fetchone()
+        assert await store.write(write) == (300, "0%")
+        assert await store.read(lambda c: c.execute("SELECT k, v FROM kvt WHERE k IN (?, ?) ORDER BY k",
+                                                    ("a%", "b")).fetchall()) == [("a%", "1?"), ("b", "2")]
+    finally:
+        store.close()
 
 
 async def test_a_lost_connection_fails_its_writes_and_the_next_write_reconnects(pg_database):

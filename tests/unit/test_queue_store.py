@@ -128,6 +128,12 @@ async def test_finish_attempts_writes_a_burst_of_outcomes_in_one_transaction_all
     rows = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
         "SELECT state, locked_by FROM deliveries")))
     assert rows == [("deferred", None)] + [("done", None)] * 4 + [("queued", "w1")]
+    # the rows' UPDATEs run together at the end of the burst (one executemany per kind): each row got its own values
+    detail = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
+        "SELECT id, state, recipients, attempts, last_code FROM deliveries WHERE state != 'queued'")))
+    assert detail == sorted([(job.id, "done", "[]", 1, 250) for job in jobs[:4]]
+                            + [(jobs[4].id, "deferred", json.dumps(list(jobs[4].recipients)), 1, 451)])
+    assert await count(store, f"SELECT next_attempt_at FROM deliveries WHERE id = {jobs[4].id}") == 600.0
     assert await count(store, "SELECT count(*) FROM events WHERE event = 'delivered'") == 4
     assert await count(store, "SELECT count(*) FROM events WHERE event = 'failed'") == 1
 
