@@ -539,11 +539,14 @@ def version(conn: Any) -> int:
 
 def migrate(conn: Any, where: str, node_id: str = "") -> tuple[int, int]:
     """Bring the database of ``conn`` (a ``PgConnection``, no transaction open) to ``SCHEMA_VERSION``: the steps
-    it lacks and their rows in ``mtad_schema`` in one transaction, under the advisory lock. Returns (version
-    before, version after); ``StoreError`` if the database is newer than this mtad (nothing written) or a step
-    fails (rolled back, nothing written)."""
+    it lacks and their rows in ``mtad_schema`` in one transaction, under the advisory lock and without
+    ``statement_timeout``. Returns (version before, version after); ``StoreError`` if the database is newer than
+    this mtad (nothing written) or a step fails (rolled back, nothing written)."""
     conn.command("BEGIN")
     try:
+        # A step may backfill a large table, and a node may wait here while another one migrates: neither is a
+        # runaway statement, so store.statement_timeout does not apply inside this transaction.
+        conn.command("SET LOCAL statement_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,)).fetchone()
         before = version(conn)
         steps = pending(STEPS, before, where)
