@@ -2,7 +2,7 @@
 """The web panel's pages with a large event log: each page's answer time over HTTP (issue 17: "each page rendered
 in <= 100 ms with 1,000,000 events stored").
 
-    python bench/panel_pages.py [--events 1000000] [--rounds 20] [--keep DIR]
+    python bench/panel_pages.py [--events 1000000] [--rounds 20] [--keep DIR] [--fill-only]
 
 1. Fills a fresh SQLite store with ``--events`` events of two sending domains over the last 30 days (a mix of
    accepted, delivered, temporary and permanent failures, opens; 50,000 recipients, 20 tags) through the store's
@@ -15,8 +15,9 @@ in <= 100 ms with 1,000,000 events stored").
    a message's timeline, the queue, routes, domains, a domain, suppressions, webhooks.
 3. Prints each page's median, p95 and max in milliseconds, and whether the median is within 100 ms.
 
-Figures depend on the machine and its load; run it on an idle one. The store is removed at the end unless
-``--keep``.
+``--fill-only``: step 1 only, printing events/s of ``record_events`` (copy this file into another checkout's
+bench/ and run it there to compare the write cost of two versions). Figures depend on the machine and its load;
+run it on an idle one. The store is removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -193,11 +194,21 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--keep", help="build the store in this folder and keep it (reused if it holds one)")
+    ap.add_argument("--fill-only", action="store_true",
+                    help="fill a fresh store, print its events/s (the write cost of record_events) and stop")
     args = ap.parse_args()
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mtad-panel-bench-"))
     (folder / "state").mkdir(parents=True, exist_ok=True)
     store_path = folder / "state" / "mtad.sqlite3"
     sample_path = folder / "sample.json"
+    if args.fill_only:
+        sample = asyncio.run(fill(store_path, args.events))
+        print(f"filled {args.events:,} events in {sample['fill_seconds']:.1f}s:"
+              f" {args.events / sample['fill_seconds']:,.0f} events/s; store"
+              f" {sum(p.stat().st_size for p in store_path.parent.iterdir()) / 1e6:,.0f} MB")
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     if store_path.exists() and sample_path.exists():
         sample = json.loads(sample_path.read_text())
         print(f"reusing the store in {folder} ({sample['events']:,} events)", file=sys.stderr)

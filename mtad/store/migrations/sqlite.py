@@ -569,7 +569,7 @@ CREATE TABLE IF NOT EXISTS message_text (
 );
 CREATE INDEX IF NOT EXISTS message_text_first ON message_text(first_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS message_text_fts USING fts5(subject, from_header, content='message_text',
-    content_rowid='id', tokenize='trigram');
+    content_rowid='id', tokenize='trigram', columnsize=0);
 CREATE TRIGGER IF NOT EXISTS message_text_added AFTER INSERT ON message_text BEGIN
     INSERT INTO message_text_fts (rowid, subject, from_header) VALUES (new.id, new.subject, new.from_header);
 END;
