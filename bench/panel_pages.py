@@ -2,7 +2,7 @@
 """The web panel's pages with a large event log: each page's answer time over HTTP (issue 17: "each page rendered
 in <= 100 ms with 1,000,000 events stored").
 
-    python bench/panel_pages.py [--events 1000000] [--rounds 20] [--keep DIR]
+    python bench/panel_pages.py [--events 1000000] [--rounds 20] [--keep DIR] [--fill-only]
 
 1. Fills a fresh SQLite store with ``--events`` events of two sending domains over the last 30 days (a mix of
    accepted, delivered, temporary and permanent failures, opens; 50,000 recipients, 20 tags) through the store's
@@ -10,12 +10,14 @@ in <= 100 ms with 1,000,000 events stored").
    hundred queued deliveries, suppressions and routes.
 2. Starts ``mtad run`` on that state (port 0 for everything, delivery off, so nothing changes meanwhile), signs in
    to the panel with the API key, and GETs each page ``--rounds`` times over loopback (after one warm-up):
-   the dashboard, the logs (first page, a filter on each indexed field, a text filter, a period, the next page),
+   the dashboard, the logs (first page, a filter on each indexed field, the text filters subject and from through
+   their index, a common text, a short one that is a scan of the last hour, a period, the next page),
    a message's timeline, the queue, routes, domains, a domain, suppressions, webhooks.
 3. Prints each page's median, p95 and max in milliseconds, and whether the median is within 100 ms.
 
-Figures depend on the machine and its load; run it on an idle one. The store is removed at the end unless
-``--keep``.
+``--fill-only``: step 1 only, printing events/s of ``record_events`` (copy this file into another checkout's
+bench/ and run it there to compare the write cost of two versions). Figures depend on the machine and its load;
+run it on an idle one. The store is removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -158,8 +160,13 @@ async def measure(base: str, sample: dict, rounds: int) -> list[tuple[str, list[
             ("logs: message-id, one domain", "/ui/logs?" + q({"domain": sample["domain"],
                                                                "message-id": sample["message_id"]})),
             ("logs: tags=tag7", "/ui/logs?" + q({"tags": "tag7"})),
-            ("logs: subject contains (scan, last hour)", "/ui/logs?" + q({"subject": "order 12345"})),
-            ("logs: subject contains (scan, last day)", "/ui/logs?" + q({"subject": "order 12345", "last": "1d"})),
+            ("logs: subject contains, any time (index)", "/ui/logs?" + q({"subject": "order 12345"})),
+            ("logs: subject contains, last day (index)", "/ui/logs?" + q({"subject": "order 12345", "last": "1d"})),
+            ("logs: subject, no match, last day (index)", "/ui/logs?" + q({"subject": "refund", "last": "1d"})),
+            ("logs: from contains, last day (common)", "/ui/logs?" + q({"from": "news@shop", "last": "1d"})),
+            ("logs: from, no match, last day (index)", "/ui/logs?" + q({"from": "nobody@nowhere", "last": "1d"})),
+            ("logs: subject 'order' (common), 30 days", "/ui/logs?" + q({"subject": "order", "last": "30d"})),
+            ("logs: subject of 2 chars (scan, last hour)", "/ui/logs?" + q({"subject": "12"})),
             ("message timeline", "/ui/message?" + q({"domain": sample["domain"], "id": sample["message_id"]})),
             ("queue (300 waiting)", "/ui/queue"),
             ("routes (50)", "/ui/routes"),
@@ -187,11 +194,21 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--keep", help="build the store in this folder and keep it (reused if it holds one)")
+    ap.add_argument("--fill-only", action="store_true",
+                    help="fill a fresh store, print its events/s (the write cost of record_events) and stop")
     args = ap.parse_args()
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mtad-panel-bench-"))
     (folder / "state").mkdir(parents=True, exist_ok=True)
     store_path = folder / "state" / "mtad.sqlite3"
     sample_path = folder / "sample.json"
+    if args.fill_only:
+        sample = asyncio.run(fill(store_path, args.events))
+        print(f"filled {args.events:,} events in {sample['fill_seconds']:.1f}s:"
+              f" {args.events / sample['fill_seconds']:,.0f} events/s; store"
+              f" {sum(p.stat().st_size for p in store_path.parent.iterdir()) / 1e6:,.0f} MB")
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     if store_path.exists() and sample_path.exists():
         sample = json.loads(sample_path.read_text())
         print(f"reusing the store in {folder} ({sample['events']:,} events)", file=sys.stderr)

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Mapping
 
 from mtad.store.eventquery import (METRIC_EVENTS, MAX_PAGE_BYTES, MAX_READ_EVENT_BYTES, AllOf, AnyOf,  # noqa: F401
                                    Cursor, EventQuery, EventRow, Filter, Match, Metric, Not)
+from mtad.store import textsearch
 from mtad.store.events import EventStore
 
 MAX_LIMIT = 300
@@ -218,6 +219,21 @@ def compile_node(name: str, node: Node) -> Filter:
         return Not(compile_node(name, node[1]))
     parts = tuple(compile_node(name, n) for n in node[1])
     return AllOf(parts) if kind == "and" else AnyOf(parts)
+
+
+TEXT_FIELDS = ("from", "subject")  # a substring of a header (store.textsearch: indexed from MIN_TEXT characters)
+MIN_TEXT = textsearch.MIN_CHARS
+
+
+def indexed_text(expression: str) -> bool:
+    """Whether a from/subject filter expression can be answered by the text index: it requires (ANDed, not
+    under OR or NOT) a term of at least ``MIN_TEXT`` characters. Else it is a scan of the period searched.
+    QueryError if it does not parse."""
+    def required(node: Node) -> list[str]:
+        if node[0] == "value":
+            return [node[1]]
+        return [t for n in node[1] for t in required(n)] if node[0] == "and" else []
+    return any(len(t.strip()) >= MIN_TEXT for t in required(parse_expression(expression)))
 
 
 EVENTS_FIELDS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id", "campaign")

@@ -175,9 +175,14 @@ def in_use(path: Path) -> str | None:
 # --- what to copy: read off the two schemas --------------------------------------------------------------------
 
 def sqlite_tables(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    """The store's tables (in creation order) and their columns."""
+    """The store's tables (in creation order) and their columns; not its full-text indexes (an FTS5 virtual
+    table and its shadow tables: ``store.textsearch``'s, kept by triggers; PostgreSQL indexes the copied rows
+    itself)."""
+    virtual = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                          " AND sql LIKE 'CREATE VIRTUAL TABLE%'")]
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                        " AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+                                        " AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
+             if not any(r[0] == v or r[0].startswith(v + "_") for v in virtual)]
     return {name: [r[1] for r in conn.execute(f"PRAGMA table_info({name})")] for name in names}
 
 

@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
+from mtad.store import textsearch
 from mtad.store.dialect import SQLITE, Dialect, dialect_of
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, bounded_text
 
@@ -226,9 +227,43 @@ class EventPage:
     rows: tuple[EventRow, ...]  # in the query's order, whichever side was asked
 
 
-def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list[Any]]:
+def _conjuncts(nodes: tuple[Filter, ...]) -> list[Filter]:
+    """The filters every event must match: ``nodes`` with the ANDs among them opened."""
+    out: list[Filter] = []
+    for node in nodes:
+        out += _conjuncts(node.nodes) if isinstance(node, AllOf) else [node]
+    return out
+
+
+def text_index(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, list[Any]] | None:
+    """SQL selecting the events of the messages whose headers hold every text term ``query`` requires (the
+    text index, ``store.textsearch``), or None: no such term, an equality on recipient or message-id
+    (``query.hint``) already picks a few events, or the index cannot answer (then the filters scan)."""
+    if query.hint is not None:
+        return None
+    terms = [(m.field, m.value.strip()) for m in _conjuncts(query.filters)
+             if isinstance(m, Match) and m.field in textsearch.FIELDS and len(m.value.strip()) >= textsearch.MIN_CHARS]
+    if not terms:
+        return None
+    return textsearch.condition(conn, tuple(dict.fromkeys(terms)), query.domains, query.lo, query.hi)
+
+
+def _where(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, list[Any], bool]:
+    """``query.where`` and the text index's condition (if any) added; True when it was."""
+    where, params = query.where(dialect_of(conn))
+    indexed = text_index(conn, query)
+    if indexed is None:
+        return where, params, False
+    return f"{indexed[0]} AND {where}", [*indexed[1], *params], True
+
+
+def _source(conn: sqlite3.Connection, query: EventQuery, indexed: bool = False) -> tuple[str, str, list[Any]]:
     """(WITH prefix, FROM clause, extra WHERE) for ``query``: an equality on recipient or message-id of one
-    domain probes the hour-bucketed index hour by hour over the query's range; anything else reads events."""
+    domain probes the hour-bucketed index hour by hour over the query's range; with the text index's condition
+    (``indexed``) SQLite reads its events by seq (NOT INDEXED: the time index must not drive the plan and test
+    every event of the period); anything else reads events."""
+    if indexed and dialect_of(conn).hour_probe:
+        return "", "events NOT INDEXED", []
     if query.hint is None or query.domains is None or len(query.domains) != 1 or not dialect_of(conn).hour_probe:
         return "", "events", []
     lo, hi = query.lo, query.hi
@@ -249,14 +284,14 @@ def _source(conn: sqlite3.Connection, query: EventQuery) -> tuple[str, str, list
 
 def fetch(conn: sqlite3.Connection, query: EventQuery, cursor: Cursor) -> EventPage:
     """One page of ``query`` at ``cursor``; rows in the query's order whichever side was asked."""
-    where, params = query.where(dialect_of(conn))
+    where, params, indexed = _where(conn, query)
     forward = query.ascending == (cursor.side == "after")  # walk the table upwards?
     if cursor.anchor is not None:
         op = (">" if forward else "<") + ("=" if cursor.inclusive else "")
         where += f" AND (timestamp, seq) {op} (?, ?)"
         params += list(cursor.anchor)
     order = "ASC" if forward else "DESC"
-    prefix, source, hours = _source(conn, query)
+    prefix, source, hours = _source(conn, query, indexed)
     if hours:
         where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
     rows: list[EventRow] = []
@@ -276,8 +311,8 @@ def fetch(conn: sqlite3.Connection, query: EventQuery, cursor: Cursor) -> EventP
 
 
 def count(conn: sqlite3.Connection, query: EventQuery) -> int:
-    where, params = query.where(dialect_of(conn))
-    prefix, source, hours = _source(conn, query)
+    where, params, indexed = _where(conn, query)
+    prefix, source, hours = _source(conn, query, indexed)
     if hours:
         where += " AND CAST(timestamp / 3600 AS INTEGER) IN hours"
     return conn.execute(f"{prefix}SELECT count(*) FROM {source} WHERE {where}", (*hours, *params)).fetchone()[0]

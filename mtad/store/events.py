@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from mtad.store import campaigns as campaigns_sql
 from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
+from mtad.store import textsearch
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
 from mtad.store.dialect import dialect_of
 from mtad.store.engine import execute_rows
@@ -309,6 +310,7 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
         staged.pending(_STAGED, write_events).append(item)
         if variables:
             staged.pending(_STAGED_VARIABLES, write_variables).append(variables)
+    textsearch.stage(conn, domain, event)  # its message's Subject and From, for the text filters
     if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
         campaigns_sql.stage(conn, domain, event)
     bus: EventBus | None = getattr(conn, "bus", None)
@@ -351,6 +353,7 @@ def prune_batch(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
     if old_events < limit:  # no event older than the cutoff is left, so none names variables last used before it
         deleted += conn.execute("DELETE FROM event_variables WHERE key IN (SELECT key FROM event_variables"
                                 " WHERE last_at < ? LIMIT ?)", (cutoff, limit)).rowcount
+        deleted += textsearch.prune_rows(conn, cutoff, limit)  # messages whose last event is older
     return deleted
 
 

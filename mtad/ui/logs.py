@@ -5,7 +5,8 @@ The search takes the events API's filters as the events API reads them (``events
 recipient, from, subject, tags, severity, message-id, each a Mailgun filter expression such as ``failed OR
 delivered``), a domain (every domain the session may see when none is chosen), a time range (``begin``/``end``:
 ``2024-05-01 12:00`` in UTC, an RFC 2822 date or epoch seconds, or a period ``last``; the text filters subject and
-from, a scan, search the last hour unless a range is given), newest first, 50 a page,
+from search every period through the text index when they require a term of at least three characters, else
+they are a scan of the last hour unless a range is given), newest first, 50 a page,
 paged by the events API's cursors (``events.query.Page``: a page keeps meaning the same events while new ones
 arrive). The timeline is every event of one Message-ID in one domain, oldest first (the hour-bucketed index the
 API's message-id filter uses), with each attempt's remote reply, each open and click (the link, who fetched it),
@@ -32,7 +33,7 @@ from mtad.ui.web import page, render, ui_context
 
 PAGE_SIZE = 50
 MAX_MERGED_DOMAINS = 50  # an indexed filter over every domain is asked domain by domain up to this many
-TEXT_FILTERS = ("from", "subject")  # a substring of a header: a scan, so a period is required (default: last hour)
+TEXT_FILTERS = eventquery.TEXT_FIELDS  # a substring of a header: indexed, else a scan of a period (default: last hour)
 PERIODS = {"1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 FILTERS = ("event", "recipient", "from", "subject", "tags", "severity", "message-id")
 MAX_BODY_SHOWN = 200_000  # bytes of a stored copy shown on the page
@@ -102,6 +103,7 @@ async def logs(request: web.Request) -> web.Response:
     q = request.query
     given = _search_params(q)
     error, rows, links = "", [], {}
+    scanned = False
     now = time.time()
     try:
         lo = hi = None
@@ -111,9 +113,11 @@ async def logs(request: web.Request) -> web.Response:
             lo = _time(given["begin"], "begin")
         if given.get("end"):
             hi = _time(given["end"], "end")
-        if lo is None and hi is None and any(given.get(f) for f in TEXT_FILTERS):
-            lo, hi = now - PERIODS["1h"], now
+        texts = [given[f] for f in TEXT_FILTERS if given.get(f)]
+        if lo is None and hi is None and texts and not any(eventquery.indexed_text(t) for t in texts):
+            lo, hi = now - PERIODS["1h"], now  # a text the index cannot find is a scan: of a bounded period
             given["last"] = "1h"  # shown in the form: the period searched
+            scanned = True
         if lo is not None and hi is not None and lo > hi:
             raise QueryError("begin must be before end")
         spec = eventquery.events_spec({k: v for k, v in given.items() if k in FILTERS}, now)
@@ -134,7 +138,8 @@ async def logs(request: web.Request) -> web.Response:
     except QueryError as exc:
         error = str(exc)
     return render(request, "logs.html", title="Logs", rows=rows, given=given, error=error, links=links,
-                  filters=FILTERS, periods=list(PERIODS), domains=_domain_choices(request))
+                  filters=FILTERS, periods=list(PERIODS), domains=_domain_choices(request), scanned=scanned,
+                  min_text=eventquery.MIN_TEXT)
 
 
 async def _fetch(ctx, query: eventquery.EventQuery, cursor: Page, known: tuple[str, ...]) -> eventquery.Result:

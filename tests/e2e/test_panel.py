@@ -283,6 +283,29 @@ def test_a_message_sent_now_appears_in_the_logs_with_its_delivery_attempt(page, 
     shots(page, "message")
 
 
+def test_the_subject_filter_finds_a_message_at_any_time_and_a_short_text_searches_the_last_hour(
+        page, daemon, certs, loopback_dns, mx_farm):
+    serve_domain(loopback_dns, mx_farm, "textsearch.panel.test")
+    sent = send_message(daemon, certs, "reader@textsearch.panel.test", "Invoice 8841 for Textsearch Ltd")
+    wait_final(daemon, sent)
+    sign_in(page)
+    page.click("nav >> text=Logs")
+    page.fill("input[name=subject]", "INVOICE 8841")  # any case, words ANDed: through the text index
+    page.click("button:has-text('Search')")
+    rows = page.locator("#events tbody tr")
+    sync_api.expect(rows).to_have_count(2)  # accepted, delivered
+    sync_api.expect(rows.first).to_contain_text("Invoice 8841 for Textsearch Ltd")
+    assert page.locator("select[name=last]").input_value() == ""  # every period was searched
+    assert page.locator("#text-scan").count() == 0
+    page.fill("input[name=subject]", "84")  # shorter than 3 characters: a scan, of the last hour
+    page.click("button:has-text('Search')")
+    sync_api.expect(page.locator("#text-scan")).to_contain_text("Searched the last hour only")
+    assert page.locator("select[name=last]").input_value() == "1h"
+    sync_api.expect(page.locator("#events tbody tr", has_text="Invoice 8841")).to_have_count(2)
+    page.goto("/ui/logs?subject=no+such+subject+anywhere")
+    sync_api.expect(page.locator("#events tbody")).to_contain_text("No events match.")
+
+
 def test_pause_a_domain_its_mail_waits_then_resume_and_it_is_delivered(page, daemon, certs, loopback_dns,
                                                                        mx_farm, shots):
     mx = serve_domain(loopback_dns, mx_farm, "paused.panel.test")

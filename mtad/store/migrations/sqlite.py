@@ -551,6 +551,41 @@ CREATE INDEX IF NOT EXISTS events_queue ON events(queue_id);
 """)
 
 
+def _v18(conn: sqlite3.Connection) -> None:
+    """``mtad.store.textsearch``: one row per message's Subject and From, an FTS5 trigram index of them kept by
+    triggers, filled from the events already stored."""
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.mtad_trigram_probe USING fts5(t, tokenize='trigram')")
+        conn.execute("DROP TABLE temp.mtad_trigram_probe")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"this SQLite ({sqlite3.sqlite_version}) lacks FTS5 with the trigram tokenizer"
+                         f" (SQLite 3.34 or later built with FTS5 is needed for the events' text index): {exc}")
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS message_text (
+    id INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    domain TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    from_header TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_text_first ON message_text(first_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS message_text_fts USING fts5(subject, from_header, content='message_text',
+    content_rowid='id', tokenize='trigram', columnsize=0);
+CREATE TRIGGER IF NOT EXISTS message_text_added AFTER INSERT ON message_text BEGIN
+    INSERT INTO message_text_fts (rowid, subject, from_header) VALUES (new.id, new.subject, new.from_header);
+END;
+CREATE TRIGGER IF NOT EXISTS message_text_deleted AFTER DELETE ON message_text BEGIN
+    INSERT INTO message_text_fts (message_text_fts, rowid, subject, from_header)
+        VALUES ('delete', old.id, old.subject, old.from_header);
+END;
+""")
+    from mtad.store import textsearch
+    textsearch.backfill(conn)
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -569,6 +604,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(15, "campaigns, campaign_aliases, campaign_counts, campaign_events: Mailgun's campaigns", _v15),
     Migration(16, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v16),
     Migration(17, "campaign_events.machine: machines' opens and clicks left out of unique figures", _v17_machine),
+    Migration(18, "message_text and message_text_fts: an index of the events' Subject and From", _v18),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
