@@ -19,14 +19,26 @@ A token that is not one of mtad's (forged, altered, of another kind or purpose):
 redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
 page saying the link expired. Events are written through the store's group commit (``record_engagements``:
 event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
-one write (``base.coalesce``), and the answer follows the commit. A store that refuses the write (disk full)
-loses that open or click (logged) but the reader still gets the link or image; an unsubscribe is answered 503.
-The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``).
+one write (``base.coalesce``).
+
+An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
+the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
+which is no part of following a link). While more than ``MAX_UNCOMMITTED`` opens and clicks wait for their
+commit, each further one is answered only after its own commit (back-pressure: an overloaded store slows the
+answers, memory stays bounded, nothing is dropped). A stop (SIGTERM) writes every queued one before the store
+closes (``flush``, on the application's cleanup). What a crash (SIGKILL, power loss) can lose: the opens and
+clicks answered but not yet committed, at most ``MAX_UNCOMMITTED``, in practice those of the last group commit
+or two (a few ms). A store that refuses the write (disk full) loses those opens or clicks, each logged at
+ERROR, but the reader still got the link or image. An unsubscribe is answered only after its commit (503 when
+the store refuses it): it changes who gets mail. The first open and the first click of a message by a
+recipient are recorded as unique (``flags.is-unique``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import html
 import logging
 import time
@@ -53,6 +65,7 @@ PATHS = ("/c/", "/o/", "/u/")  # public: no API key (api._middlewares)
 _NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
              "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 _CACHE_SIZE = 10_000
+MAX_UNCOMMITTED = 2048  # opens and clicks answered before their commit, at most (the crash window)
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved and already-escaped characters stay; spaces, controls, non-ASCII: %XX
 
 
@@ -81,6 +94,7 @@ class Tracker:
         # the opens and clicks arriving while a write runs go in the next one: one store write per burst
         self._recorder: Coalescer[Engagement, bool] = Coalescer(
             lambda items: ctx.store.record_engagements(items, time.time()), max_batch=512)
+        self._uncommitted: set[asyncio.Future[bool]] = set()  # answered, their write not finished
 
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
@@ -108,12 +122,27 @@ class Tracker:
         now = time.time()
         event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
                                                 self.ctx.clients, url=url)
-        try:
-            await self._recorder.submit(Engagement(
-                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
-                NewEvent(tracked.domain, engagement_mod.unique(event))))
-        except StoreError as exc:  # the reader still gets the link or the image; the event is lost, and said so
-            log.error("%s: %s of <%s> not recorded: %s", tracked.queue_id, kind, token.recipient, exc)
+        future = self._recorder.enqueue(Engagement(
+            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
+            NewEvent(tracked.domain, engagement_mod.unique(event))))
+        self._uncommitted.add(future)
+        future.add_done_callback(functools.partial(self._written, tracked.queue_id, kind, token.recipient))
+        if len(self._uncommitted) > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
+            await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
+
+    def _written(self, queue_id: str, kind: str, recipient: str, future: asyncio.Future[bool]) -> None:
+        """An open's or click's write finished: a failure is logged (the reader already has the link or image)."""
+        self._uncommitted.discard(future)
+        if future.cancelled():
+            log.error("%s: %s of <%s> not recorded: its write was cancelled", queue_id, kind, recipient)
+        elif (exc := future.exception()) is not None:
+            log.error("%s: %s of <%s> not recorded: %s", queue_id, kind, recipient, exc,
+                      exc_info=None if isinstance(exc, StoreError) else exc)
+
+    async def flush(self, _app: web.Application | None = None) -> None:
+        """Wait until every open and click answered so far is written (or failed, logged)."""
+        while self._uncommitted:
+            await asyncio.wait(tuple(self._uncommitted))
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:
@@ -214,6 +243,7 @@ def _expired() -> web.Response:
 def add_routes(app: web.Application, ctx: TrackingContext) -> None:
     """The tracking routes on ``app`` (the API's, or ``tracking_app``'s)."""
     tracker = app[TRACKING] = Tracker(ctx)
+    app.on_cleanup.append(tracker.flush)  # after the last request: the queued opens and clicks are written
     app.router.add_get("/c/{token}", tracker.click)
     app.router.add_get("/o/{token}", tracker.open)
     app.router.add_get("/u/{token}", tracker.unsubscribe_page)

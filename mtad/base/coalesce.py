@@ -1,7 +1,8 @@
 """Micro-batching on the event loop: many callers' items, one call per burst.
 
 ``Coalescer(run)``: ``await c.submit(item)`` returns that item's result of ``await run(items)``, where
-``items`` are all the items submitted since the previous call began (at most ``max_batch``). Calls
+``items`` are all the items submitted since the previous call began (at most ``max_batch``).
+``c.enqueue(item)`` submits without waiting: the future it returns gets that result (or exception) later. Calls
 never overlap, so a burst that arrives while one call runs becomes the next call: one thread hop or
 one store transaction for a whole burst instead of one per item. ``run`` returns one result per item,
 in order; if it raises, every caller of that batch gets the exception.
@@ -28,11 +29,15 @@ class Coalescer(Generic[T, R]):
         self.calls = 0  # batches run (for tests and metrics)
 
     async def submit(self, item: T) -> R:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """Submit ``item`` for the next call; the future of its result (call from the event loop)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
-        return await future
+        return future
 
     async def _drain(self) -> None:
         try:
