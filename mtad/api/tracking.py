@@ -19,7 +19,7 @@ A token that is not one of mtad's (forged, altered, of another kind or purpose):
 redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
 page saying the link expired. Events are written through the store's group commit (``record_engagements``:
 event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
-one write (``base.coalesce``).
+one write every ``WRITE_EVERY`` (10 ms) at most (``base.coalesce``).
 
 An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
 the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
@@ -27,8 +27,8 @@ which is no part of following a link). While more than ``MAX_UNCOMMITTED`` opens
 commit, each further one is answered only after its own commit (back-pressure: an overloaded store slows the
 answers, memory stays bounded, nothing is dropped). A stop (SIGTERM) writes every queued one before the store
 closes (``flush``, on the application's cleanup). What a crash (SIGKILL, power loss) can lose: the opens and
-clicks answered but not yet committed, at most ``MAX_UNCOMMITTED``, in practice those of the last group commit
-or two (a few ms). A store that refuses the write (disk full) loses those opens or clicks, each logged at
+clicks answered but not yet committed, at most ``MAX_UNCOMMITTED``; when the store keeps up, those answered in
+the last ``WRITE_EVERY`` plus the commit in flight (10-20 ms). A store that refuses the write (disk full) loses those opens or clicks, each logged at
 ERROR, but the reader still got the link or image. An unsubscribe is answered only after its commit (503 when
 the store refuses it): it changes who gets mail. The first open and the first click of a message by a
 recipient are recorded as unique (``flags.is-unique``).
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import html
 import logging
 import time
@@ -66,6 +65,7 @@ _NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", 
              "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 _CACHE_SIZE = 10_000
 MAX_UNCOMMITTED = 2048  # opens and clicks answered before their commit, at most (the crash window)
+WRITE_EVERY = 0.01  # seconds: the opens and clicks answered meanwhile go in one store write (one commit)
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved and already-escaped characters stay; spaces, controls, non-ASCII: %XX
 
 
@@ -92,9 +92,10 @@ class Tracker:
         self.ctx = ctx
         self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
         # the opens and clicks arriving while a write runs go in the next one: one store write per burst
-        self._recorder: Coalescer[Engagement, bool] = Coalescer(
-            lambda items: ctx.store.record_engagements(items, time.time()), max_batch=512)
-        self._uncommitted: set[asyncio.Future[bool]] = set()  # answered, their write not finished
+        self._recorder: Coalescer[Engagement, bool] = Coalescer(self._write, max_batch=512, linger=WRITE_EVERY)
+        self._uncommitted = 0  # opens and clicks queued or being written
+        self._written = asyncio.Event()  # set while none is
+        self._written.set()
 
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
@@ -125,24 +126,31 @@ class Tracker:
         future = self._recorder.enqueue(Engagement(
             NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
             NewEvent(tracked.domain, engagement_mod.unique(event))))
-        self._uncommitted.add(future)
-        future.add_done_callback(functools.partial(self._written, tracked.queue_id, kind, token.recipient))
-        if len(self._uncommitted) > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
+        self._uncommitted += 1
+        self._written.clear()
+        if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
             await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
 
-    def _written(self, queue_id: str, kind: str, recipient: str, future: asyncio.Future[bool]) -> None:
-        """An open's or click's write finished: a failure is logged (the reader already has the link or image)."""
-        self._uncommitted.discard(future)
-        if future.cancelled():
-            log.error("%s: %s of <%s> not recorded: its write was cancelled", queue_id, kind, recipient)
-        elif (exc := future.exception()) is not None:
-            log.error("%s: %s of <%s> not recorded: %s", queue_id, kind, recipient, exc,
-                      exc_info=None if isinstance(exc, StoreError) else exc)
+    async def _write(self, items: list[Engagement]) -> tuple[bool, ...]:
+        """One store write for a batch of opens and clicks; a failure is logged for each (the readers already
+        have their links or images), never raised."""
+        try:
+            return await self.ctx.store.record_engagements(items, time.time())
+        except Exception as exc:  # noqa: BLE001 - logged per event below; a bug's traceback once
+            if not isinstance(exc, StoreError):
+                log.exception("tracking: recording %d opens and clicks failed", len(items))
+            for item in items:
+                log.error("%s: %s of <%s> not recorded: %s", item.event.data.get("storage", {}).get("key"),
+                          item.event.data.get("event"), item.event.data.get("recipient"), exc)
+            return (False,) * len(items)
+        finally:
+            self._uncommitted -= len(items)
+            if self._uncommitted <= 0:
+                self._written.set()
 
     async def flush(self, _app: web.Application | None = None) -> None:
-        """Wait until every open and click answered so far is written (or failed, logged)."""
-        while self._uncommitted:
-            await asyncio.wait(tuple(self._uncommitted))
+        """Wait until every open and click answered so far is written (or its failure logged)."""
+        await self._written.wait()
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:

@@ -41,6 +41,25 @@ def test_a_failing_batch_fails_each_caller():
     assert all(isinstance(r, ValueError) for r in asyncio.run(main()))
 
 
+def test_enqueued_items_arriving_within_the_linger_share_one_call():
+    calls = []
+
+    async def run(items):
+        calls.append(list(items))
+        return [i * 2 for i in items]
+
+    async def main():
+        c = Coalescer(run, linger=0.2)
+        futures = []
+        for i in range(5):  # slower than a call takes: without the linger, one call each
+            futures.append(c.enqueue(i))
+            await asyncio.sleep(0.01)
+        assert not any(f.done() for f in futures)  # enqueue does not wait
+        return await asyncio.gather(*futures)
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1, 2, 3, 4]]
+
+
 def test_signed_parts_are_the_form_encode_form_makes():
     parts = routeform.form_parts(MESSAGE, "b@example.net", "a@example.com", raw=False)
     form = routeform.sign(parts, "key")
