@@ -3,9 +3,10 @@
 ``Coalescer(run)``: ``await c.submit(item)`` returns that item's result of ``await run(items)``, where
 ``items`` are all the items submitted since the previous call began (at most ``max_batch``).
 ``c.enqueue(item)`` submits without waiting: the future it returns gets that result (or exception) later.
-``linger`` (seconds, 0 by default) makes each call wait that long before taking its batch: callers that do not
-wait for their results (``enqueue``) then share one call per ``linger`` instead of one each when they come
-slower than a call takes. Calls
+``interval`` (seconds, 0 by default): a call starts at least that long after the previous one started, unless
+``max_batch`` items wait. The first item after a quiet spell is run at once; under a steady flow of callers that
+do not wait for their results (``enqueue``) each call takes what came in the interval, instead of one call per
+item whenever items come slower than a call takes (a store write's cost is mostly per call). Calls
 never overlap, so a burst that arrives while one call runs becomes the next call: one thread hop or
 one store transaction for a whole burst instead of one per item. ``run`` returns one result per item,
 in order; if it raises, every caller of that batch gets the exception.
@@ -25,10 +26,11 @@ R = TypeVar("R")
 
 class Coalescer(Generic[T, R]):
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 256,
-                 linger: float = 0.0):
+                 interval: float = 0.0):
         self.run = run
         self.max_batch = max_batch
-        self.linger = linger
+        self.interval = interval
+        self._started = float("-inf")  # when the last call started (loop time)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task | None = None
         self.calls = 0  # batches run (for tests and metrics)
@@ -46,9 +48,12 @@ class Coalescer(Generic[T, R]):
 
     async def _drain(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             while self._pending:
-                if self.linger:
-                    await asyncio.sleep(self.linger)
+                wait = self._started + self.interval - loop.time()
+                if wait > 0 and len(self._pending) < self.max_batch:
+                    await asyncio.sleep(wait)
+                self._started = loop.time()
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
                 batch = [(item, future) for item, future in batch if not future.cancelled()]
                 if not batch:
