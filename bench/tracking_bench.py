@@ -2,22 +2,37 @@
 """Engagement tracking's costs (issue 13, "Benchmark"): rewriting per message, and the click endpoint under load.
 
   python bench/tracking_bench.py rewrite [--repeats 200]
-  python bench/tracking_bench.py endpoint [--clients 200] [--requests 20000]
+  python bench/tracking_bench.py endpoint [--clients 200] [--requests 20000] [--rate 3000 [--duration 10]
+                                          [--processes 2]] [--no-closed] [--listeners api|own|both]
+                                          [--base-rev REV | --base-src DIR] [--profile FILE]
 
 rewrite   ``mtad.mail.render.render`` of one message for one recipient (click tracking on, open pixel), for HTML
           bodies of about 1 KB and 100 KB with 50 links each (quoted-printable, as compose writes long lines), in
           µs per message: ``first`` is a message's first copy (its HTML parsed: the link list and the link
           positions), ``next`` each further recipient's copy (the parse remembered: tokens, splice, re-encode),
           plus ``link_list`` alone. In this process, no DKIM: what the signing worker adds per copy.
-endpoint  The click endpoint (served on the API listener, then on a ``tracking.listen`` listener of its own)
-          against a bare aiohttp handler that answers 302 and records nothing (the limit), one after the other, each driven by ApacheBench (``ab -k -c CLIENTS -n REQUESTS``, keep-alive, a real
-          browser's User-Agent; ``apt-get install apache2-utils`` when ``ab`` is missing). mtad runs as
-          ``python -m mtad run`` with the API listener serving tracking; a tracked message with 50 links is put in
+endpoint  The click endpoint (served on the API listener, then on a ``tracking.listen`` listener of its own;
+          ``--listeners``) against a bare aiohttp handler that answers 302 and records nothing (the limit), one
+          server after the other. mtad runs as ``python -m mtad run``; a tracked message with 50 links is put in
           its store first (``track_message``) and the click URL is sealed with its signing key, so every request
-          is a valid click: token opened, message read (cached), event built (ua-parser, GeoIP none) and committed
-          through the group commit before the 302. Reports requests/s and latency p50/p90/p99 (ab's), and the
-          ``clicked`` events found in the store afterwards (recorded clicks/s = events / ab's wall time).
-The machine is shared: figures are noisy; compare the two lines of one run.
+          is a valid click: token opened, message read (cached), event built (ua-parser, GeoIP none) and queued
+          for the store's write. Each server gets:
+          - closed loop (saturation; skipped with ``--no-closed``): ApacheBench, ``ab -k -c CLIENTS -n
+            REQUESTS`` (keep-alive, a real browser's User-Agent; ``apt-get install apache2-utils`` when ``ab``
+            is missing): each client sends its next request when the previous one is answered, so this is the
+            most a server answers, and its latency is queueing (Little's law: clients / throughput).
+          - open loop (``--rate R[,R2...]``, ``--duration`` seconds each): ``bench/openloop.py``, wrk2's method:
+            R requests/s due at fixed instants over CLIENTS keep-alive connections split across ``--processes``
+            client processes, latency measured from when each request was DUE (a stalled server pays for every
+            request it delayed). Reports offered vs achieved rate, p50/p99/p99.9/max, errors, and the clients'
+            CPU per request (the load generator must stay well below a core: check that the bare handler
+            reaches the rate with a low p99).
+          For both: ``clicked`` events counted in the store afterwards (every answered click must be one), and
+          the server's CPU per request (user + system, all threads, ``/proc``): less noisy than latency on a
+          shared machine. ``--base-rev REV`` / ``--base-src DIR``: the same runs for mtad as committed at REV
+          (before/after in one run). ``--profile FILE``: py-spy raw stacks of mtad during its runs
+          (``bench/pyspy_top.py FILE``).
+The machine is shared: figures are noisy; compare the lines of one run.
 """
 
 from __future__ import annotations
@@ -200,6 +215,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def quiet(db: Path, wait: float = 0.5) -> int:
+    """``clicked`` events once their count has not moved for ``wait`` seconds (earlier clicks committed)."""
+    last, since = clicked(db), time.monotonic()
+    while time.monotonic() - since < wait:
+        time.sleep(0.05)
+        now = clicked(db)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def settled(db: Path, expect: int, wait: float = 10.0) -> int:
     """``clicked`` events once their count reaches ``expect`` or stops moving (clicks answered before their
     commit are written a moment later)."""
@@ -230,7 +256,7 @@ def cmd_endpoint(a: argparse.Namespace) -> None:
     def open_loop(name: str, url: str, db: Path | None, pid: int) -> None:
         port, path = int(url.split(":")[2].split("/")[0]), "/" + url.split("/", 3)[3]
         for rate in rates:
-            before, cpu = clicked(db) if db else 0, cpu_seconds(pid)
+            before, cpu = quiet(db) if db else 0, cpu_seconds(pid)
             r = openloop.run(port, path, {"User-Agent": CHROME}, rate=rate, duration=a.duration,
                              connections=a.clients, processes=a.processes)
             rec = settled(db, before + r.statuses.get(302, 0)) - before if db else None
@@ -272,7 +298,7 @@ def cmd_endpoint(a: argparse.Namespace) -> None:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1.0)
                 if a.closed:
-                    before, cpu = clicked(db), cpu_seconds(proc.pid)
+                    before, cpu = quiet(db), cpu_seconds(proc.pid)
                     results[name] = ab(url, a.clients, a.requests)
                     recorded[name] = settled(db, before + a.requests) - before
                     server_cpu[name] = cpu_seconds(proc.pid) - cpu
