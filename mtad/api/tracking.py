@@ -97,8 +97,6 @@ class Tracker:
         # the opens and clicks arriving while a write runs go in the next one: one store write per burst
         self._recorder: Coalescer[Engagement, bool] = Coalescer(self._write, max_batch=512, interval=WRITE_EVERY)
         self._uncommitted = 0  # opens and clicks queued or being written
-        self._written = asyncio.Event()  # set while none is
-        self._written.set()
 
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
@@ -130,7 +128,6 @@ class Tracker:
             NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind),
             NewEvent(tracked.domain, engagement_mod.unique(event))))
         self._uncommitted += 1
-        self._written.clear()
         if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
             await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
 
@@ -148,12 +145,11 @@ class Tracker:
             return (False,) * len(items)
         finally:
             self._uncommitted -= len(items)
-            if self._uncommitted <= 0:
-                self._written.set()
 
     async def flush(self, _app: web.Application | None = None) -> None:
         """Wait until every open and click answered so far is written (or its failure logged)."""
-        await self._written.wait()
+        while not self._recorder.idle:
+            await asyncio.sleep(0.01)
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:

@@ -35,6 +35,11 @@ class Coalescer(Generic[T, R]):
         self._task: asyncio.Task | None = None
         self.calls = 0  # batches run (for tests and metrics)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and no call runs."""
+        return self._task is None and not self._pending
+
     async def submit(self, item: T) -> R:
         return await self.enqueue(item)
 
