@@ -31,10 +31,10 @@ commit, each further one is answered only after its own commit (back-pressure: a
 answers, memory stays bounded, nothing is dropped). A stop (SIGTERM) writes every queued one before the store
 closes (``flush``, on the application's cleanup). What a crash (SIGKILL, power loss) can lose: the opens and
 clicks answered but not yet committed, at most ``MAX_UNCOMMITTED``; when the store keeps up, those answered in
-the last ``WRITE_EVERY`` plus the commit in flight (50-60 ms). A store that refuses the write (disk full) loses those opens or clicks, each logged at
-ERROR, but the reader still got the link or image. An unsubscribe is answered only after its commit (503 when
-the store refuses it): it changes who gets mail. The first open and the first click of a message by a
-recipient are recorded as unique (``flags.is-unique``).
+the last ``WRITE_EVERY`` plus the commit in flight (50-60 ms). A store that refuses the write (disk full) loses
+those opens or clicks, each logged at ERROR, but the reader still got the link or image. An unsubscribe is
+answered only after its commit (503 when the store refuses it): it changes who gets mail. The first open and
+the first click of a message by a recipient are recorded as unique (``flags.is-unique``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Tracker:
     def __init__(self, ctx: TrackingContext):
         self.ctx = ctx
         self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
-        # the opens and clicks arriving while a write runs go in the next one: one store write per burst
+        # the opens and clicks answered within WRITE_EVERY (or while a write runs) share one store write
         self._recorder: Coalescer[Engagement, bool] = Coalescer(self._write, max_batch=512, interval=WRITE_EVERY)
         self._uncommitted = 0  # opens and clicks queued or being written
 
