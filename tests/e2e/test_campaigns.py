@@ -397,10 +397,11 @@ async def test_opens_clicks_unsubscribes_and_a_complaint_count_number_for_number
     events = planned()
     counts = Counter(e["event"] for e in events)
 
-    async def complained():
+    async def complained():  # opens and clicks are committed just after their answers
         found = await campaign(world, "newsletter")
-        return found if found["complained_count"] == 1 and found["delivered_count"] == len(RECIPIENTS) else None
-    listed = await wait_for(complained, what="the complaint and the deliveries counted")
+        return found if found["complained_count"] == 1 and found["delivered_count"] == len(RECIPIENTS) and (
+            found["opened_count"], found["clicked_count"]) == (counts["opened"], counts["clicked"]) else None
+    listed = await wait_for(complained, what="the complaint, the deliveries, opens and clicks counted")
     finished = time.time()
     assert {k: v for k, v in listed.items() if k.endswith("_count")} == {
         "submitted_count": 6, "delivered_count": 6, "opened_count": 8, "clicked_count": 8, "unsubscribed_count": 2,
