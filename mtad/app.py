@@ -10,6 +10,7 @@ is told READY/STATUS/STOPPING.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -509,6 +510,7 @@ class App:
             raise
         self._started = True
         sdnotify.notify("READY=1\nSTATUS=accepting mail")
+        gc.freeze()  # what start built lives as long as the process: the cyclic GC's full passes skip it
         if self._reload_pending:
             self.reload()
         await self._stop.wait()

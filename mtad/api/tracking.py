@@ -19,15 +19,29 @@ A token that is not one of mtad's (forged, altered, of another kind or purpose):
 redirect. A token of a message whose tracking data is gone (older than ``tracking.retention``): ``410`` with a
 page saying the link expired. Events are written through the store's group commit (``record_engagements``:
 event, counters, webhook rows, first-open/click row, suppression together), the opens and clicks of a burst in
-one write (``base.coalesce``), and the answer follows the commit. A store that refuses the write (disk full)
-loses that open or click (logged) but the reader still gets the link or image; an unsubscribe is answered 503.
-The first open and the first click of a message by a recipient are recorded as unique (``flags.is-unique``);
+one write every ``WRITE_EVERY`` (50 ms) at most (``base.coalesce``): a commit costs about a millisecond of
+CPU whatever it holds (SQLite writes the same index and counter pages for one click as for hundreds), so under
+a steady flow of clicks batching them is what keeps their cost down, while a click after a quiet spell is
+written at once.
+
+An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
+the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
+which is no part of following a link). While more than ``MAX_UNCOMMITTED`` opens and clicks wait for their
+commit, each further one is answered only after its own commit (back-pressure: an overloaded store slows the
+answers, memory stays bounded, nothing is dropped). A stop (SIGTERM) writes every queued one before the store
+closes (``flush``, on the application's cleanup). What a crash (SIGKILL, power loss) can lose: the opens and
+clicks answered but not yet committed, at most ``MAX_UNCOMMITTED``; when the store keeps up, those answered in
+the last ``WRITE_EVERY`` plus the commit in flight (50-60 ms). A store that refuses the write (disk full) loses
+those opens or clicks, each logged at ERROR, but the reader still got the link or image. An unsubscribe is
+answered only after its commit (503 when the store refuses it): it changes who gets mail. The first open and
+the first click of a message by a recipient are recorded as unique (``flags.is-unique``);
 a machine's (``flags.is-machine``: Apple Mail Privacy Protection, link scanners) never is, so the first person's
 is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import logging
@@ -55,6 +69,8 @@ PATHS = ("/c/", "/o/", "/u/")  # public: no API key (api._middlewares)
 _NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
              "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 _CACHE_SIZE = 10_000
+MAX_UNCOMMITTED = 2048  # opens and clicks answered before their commit, at most (the crash window)
+WRITE_EVERY = 0.05  # seconds between store writes of opens and clicks: those answered meanwhile share one commit
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # reserved and already-escaped characters stay; spaces, controls, non-ASCII: %XX
 
 
@@ -80,9 +96,9 @@ class Tracker:
     def __init__(self, ctx: TrackingContext):
         self.ctx = ctx
         self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
-        # the opens and clicks arriving while a write runs go in the next one: one store write per burst
-        self._recorder: Coalescer[Engagement, bool] = Coalescer(
-            lambda items: ctx.store.record_engagements(items, time.time()), max_batch=512)
+        # the opens and clicks answered within WRITE_EVERY (or while a write runs) share one store write
+        self._recorder: Coalescer[Engagement, bool] = Coalescer(self._write, max_batch=512, interval=WRITE_EVERY)
+        self._uncommitted = 0  # opens and clicks queued or being written
 
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = self._messages.get(queue_id)
@@ -111,12 +127,32 @@ class Tracker:
         event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
                                                 self.ctx.clients, url=url)
         human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
+        future = self._recorder.enqueue(Engagement(
+            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
+            NewEvent(tracked.domain, engagement_mod.unique(event)) if human else None))
+        self._uncommitted += 1
+        if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
+            await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
+
+    async def _write(self, items: list[Engagement]) -> tuple[bool, ...]:
+        """One store write for a batch of opens and clicks; a failure is logged for each (the readers already
+        have their links or images), never raised."""
         try:
-            await self._recorder.submit(Engagement(
-                NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
-                NewEvent(tracked.domain, engagement_mod.unique(event)) if human else None))
-        except StoreError as exc:  # the reader still gets the link or the image; the event is lost, and said so
-            log.error("%s: %s of <%s> not recorded: %s", tracked.queue_id, kind, token.recipient, exc)
+            return await self.ctx.store.record_engagements(items, time.time())
+        except Exception as exc:  # noqa: BLE001 - logged per event below; a bug's traceback once
+            if not isinstance(exc, StoreError):
+                log.exception("tracking: recording %d opens and clicks failed", len(items))
+            for item in items:
+                log.error("%s: %s of <%s> not recorded: %s", item.event.data.get("storage", {}).get("key"),
+                          item.event.data.get("event"), item.event.data.get("recipient"), exc)
+            return (False,) * len(items)
+        finally:
+            self._uncommitted -= len(items)
+
+    async def flush(self, _app: web.Application | None = None) -> None:
+        """Wait until every open and click answered so far is written (or its failure logged)."""
+        while not self._recorder.idle:
+            await asyncio.sleep(0.01)
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.Request) -> web.StreamResponse:
@@ -217,6 +253,7 @@ def _expired() -> web.Response:
 def add_routes(app: web.Application, ctx: TrackingContext) -> None:
     """The tracking routes on ``app`` (the API's, or ``tracking_app``'s)."""
     tracker = app[TRACKING] = Tracker(ctx)
+    app.on_cleanup.append(tracker.flush)  # after the last request: the queued opens and clicks are written
     app.router.add_get("/c/{token}", tracker.click)
     app.router.add_get("/o/{token}", tracker.open)
     app.router.add_get("/u/{token}", tracker.unsubscribe_page)

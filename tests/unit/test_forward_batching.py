@@ -41,6 +41,42 @@ def test_a_failing_batch_fails_each_caller():
     assert all(isinstance(r, ValueError) for r in asyncio.run(main()))
 
 
+def test_with_an_interval_the_first_item_runs_at_once_and_the_next_ones_share_a_call():
+    calls = []
+
+    async def run(items):
+        calls.append(list(items))
+        return [i * 2 for i in items]
+
+    async def main():
+        c = Coalescer(run, interval=0.3)
+        first = c.enqueue(0)
+        assert await first == 0  # after a quiet spell: at once
+        futures = []
+        for i in range(1, 5):  # slower than a call takes: without the interval, one call each
+            futures.append(c.enqueue(i))
+            await asyncio.sleep(0.01)
+        assert not any(f.done() for f in futures)  # enqueue does not wait
+        return await asyncio.gather(*futures)
+    assert asyncio.run(main()) == [2, 4, 6, 8]
+    assert calls == [[0], [1, 2, 3, 4]]
+
+
+def test_with_an_interval_a_full_batch_does_not_wait():
+    calls = []
+
+    async def run(items):
+        calls.append(len(items))
+        return items
+
+    async def main():
+        c = Coalescer(run, interval=30, max_batch=4)
+        await c.enqueue(0)
+        return await asyncio.wait_for(asyncio.gather(*(c.enqueue(i) for i in range(1, 9))), 5)
+    assert asyncio.run(main()) == list(range(1, 9))
+    assert calls == [1, 4, 4]
+
+
 def test_signed_parts_are_the_form_encode_form_makes():
     parts = routeform.form_parts(MESSAGE, "b@example.net", "a@example.com", raw=False)
     form = routeform.sign(parts, "key")
