@@ -116,15 +116,17 @@ IF_BODY = ("From: news@example.com\r\nTo: someone@dest.test\r\nSubject: Newslett
            "Content-Type: text/html; charset=utf-8\r\n\r\n" + IF_HTML + "\r\n").encode()
 
 
-def if_copy_events(rng: random.Random, address: str, queue_id: str, sent: float) -> list[dict]:
+def if_copy_events(rng: random.Random, address: str, queue_id: str, sent: float, tag: str) -> list[dict]:
     """What the daemon records about one dispatched copy after its ``accepted`` event: its delivery (or a hard
     bounce; some soft bounces first), then for some the opens, clicks (tracked links), an unsubscribe or a
-    complaint, each at a later time."""
+    complaint, each at a later time; like the copy, they name the campaign's tag and ``o:campaign``
+    (``inboxfirst-ID``)."""
     msg = shape.message_part({"message-id": f"{queue_id}@example.com", "subject": "Newsletter"}, len(IF_BODY))
 
     def event(kind: str, delay: float, extra: dict) -> dict:
         return shape.base_event(kind, timestamp=sent + delay, recipient=address, queue_id=queue_id, message=msg,
-                                options={}, envelope={"sender": "bounces@example.com", "transport": "smtp"},
+                                options={"campaigns": [tag], "tags": [tag]},
+                                envelope={"sender": "bounces@example.com", "transport": "smtp"},
                                 flags={"is-unique": False}, extra=extra)
     out = []
     if rng.random() < 0.04:
@@ -214,11 +216,12 @@ async def fill_inboxfirst(store: SqliteStore, events: int, campaigns: int) -> tu
                 msg = NewMessage(Envelope("bounces@example.com", (address,), auth_user="campaigns",
                                           transport="http", listener="campaigns"), IF_BODY, "outbound",
                                  "example.com", HeaderSummary(f"{cid}.{n}@example.com", "News <news@example.com>",
-                                                              address, "Newsletter"), SendOptions())
+                                                              address, "Newsletter"),
+                                 SendOptions(tags=(f"inboxfirst-{cid}",), campaigns=(f"inboxfirst-{cid}",)))
                 qid = spool.new_queue_id()
                 batch.append(spool.Enqueue(qid, msg, shape.accepted(msg, qid, sent)))
                 rows.append(DispatchRow(address, qid, contents[cid], "html"))
-                later = if_copy_events(rng, address, qid, sent)
+                later = if_copy_events(rng, address, qid, sent, f"inboxfirst-{cid}")
                 counts[cid] += 1 + len(later)
                 pending.extend(later)
             async with sem:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from mtad.store import campaigns as campaigns_sql
+from mtad.store import ifcounts
 from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
@@ -299,6 +300,8 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
             staged.pending(_STAGED_VARIABLES, write_variables).append(variables)
     if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
         campaigns_sql.stage(conn, domain, event)
+    if not system and event.get("storage"):  # an InboxFirst campaign copy's counters (store.ifcounts)
+        ifcounts.stage(conn, event)
     bus: EventBus | None = getattr(conn, "bus", None)
     hook = None if system else webhook_id(event)
     if hook is not None:
