@@ -16,8 +16,9 @@ Tables (schema step "if_campaign_counts, if_campaign_seen, if_link_counts"):
 ``record`` (``store.events``) stages every event that has a queue id (``storage.key``), is not ``accepted`` and is
 not a system one; ``write_items`` runs with the group commit: the copies are found through ``if_dispatch(queue_id)``
 (one indexed lookup per distinct queue id, in a few statements), events of other messages cost that lookup only.
-The counters are therefore exactly as durable as the events. Reports read a campaign's rows by primary key:
-no scan, no join with ``events``, whatever the campaign's size.
+The counters are therefore exactly as durable as the events, and, like the stats counters, outlive the events the
+retention prunes. Reports read a campaign's rows by primary key: no scan, no join with ``events``, whatever the
+campaign's size. A store from before this step gets its counters recounted from its events by the migration.
 """
 
 from __future__ import annotations
