@@ -65,7 +65,11 @@ def fail(exc: Invalid) -> web.Response:
 
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2024-01-31T12:00:00Z`` (a list shapes five per campaign: ``time.gmtime`` costs a third of strftime)."""
+    if t is None:
+        return None
+    g = time.gmtime(t)
+    return f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}Z"
 
 
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
