@@ -1,25 +1,44 @@
 """Campaign reports: how fast they answer on a big store (issue 16, "Benchmark": p99 <= 100 ms each).
 
-    python bench/campaigns_bench.py [--events 1000000] [--campaigns 100] [--requests 200] [--keep]
+    python bench/campaigns_bench.py [--events 1000000] [--campaigns 100] [--requests 200] [--kinds mailgun,inboxfirst]
+                                    [--keep DIR [--fill-only]]
     python bench/campaigns_bench.py --write-cost 20000
 
-1. **fill** — a fresh SQLite store gets ``--campaigns`` campaigns (``create_campaign``) and ``--events`` events
-   spread evenly over them, recorded through the store's typed method (``record_events``: the event rows, the
-   stats counters, and the campaigns' counters and index rows, in the same group-committed writes as the daemon
-   makes them), in batches of 2,000 with 4 batches in flight. The mix per campaign, like a newsletter's:
-   accepted 22%, delivered 21%, failed 2% (bounces and drops), opened 30%, clicked 21%, unsubscribed 2%,
-   complained 2%; 2,000 recipients on 40 domains, 20 links, places from 12 cities, over 30 days.
-2. **reports** — mtad's real API app (``mtad.api.campaigns``) on a loopback port, asked over HTTP with aiohttp,
-   ``--requests`` times per kind, each time for a random campaign: the campaign's stats, clicks grouped by link,
-   by recipient, by link and recipient (the seed's "spy mode"), opens by country, stats by daily hour, the
-   campaign's first page of events, one event kind's page, and the campaigns list. Reported: p50/p99 per kind.
+1. **fill**, for each kind of campaign asked (``--kinds``), on one SQLite store:
+   - ``inboxfirst`` (seed 004): ``--campaigns`` dispatch campaigns on one mailing list, started as the dispatcher
+     starts them (``claim_campaigns``, ``record_campaign_links``: 20 links), their copies committed by
+     ``dispatch_batch`` (messages, deliveries, ``accepted`` events, ``if_dispatch`` rows; 250 per campaign per round,
+     round-robin), and each copy's later events recorded through ``record_events`` (batches of 2,000, 4 in flight)
+     as the daemon records them: delivered (or a hard bounce, 3%; a soft bounce first for 4%), opens (45% open,
+     1-6 times), clicks (55% of openers, 1-4 clicks on the 20 links), unsubscribes and complaints (1% each), all
+     naming the campaign's ``o:campaign``/tag ``inboxfirst-ID``; until ``--events`` events in all (with the
+     ``accepted`` ones): about 2,400 copies and 10,000 events per campaign at the defaults. Then finished.
+   - ``mailgun`` (seed 000): ``--campaigns`` campaigns (``create_campaign``) and ``--events`` events spread evenly
+     over them, recorded through ``record_events`` (the event rows, the stats counters, and the campaigns'
+     counters and index rows, in the same group-committed writes as the daemon makes them), in batches of 2,000
+     with 4 batches in flight. The mix per campaign, like a newsletter's: accepted 22%, delivered 21%, failed 2%
+     (bounces and drops), opened 30%, clicked 21%, unsubscribed 2%, complained 2%; 2,000 recipients on 40
+     domains, 20 links, places from 12 cities, over 30 days.
+2. **reports** — mtad's real API apps (``mtad.api.campaigns``, ``mtad.api.inboxfirst``) on a loopback port, asked
+   over HTTP with aiohttp, ``--requests`` times per kind, each time for a random campaign. Mailgun: the campaign's
+   stats, clicks grouped by link, by recipient, by link and recipient (the seed's "spy mode"), opens by country,
+   stats by daily hour, the campaign's first page of events, one event kind's page 5, and the campaigns list.
+   InboxFirst: the campaign with its ``stat_summary`` and ``content_stats`` (by id, by stat id), its
+   ``link_stats`` (all; ``url`` wildcard with ``scope=clicked``; a page of 5), and the list's campaigns.
+   Reported: p50/p99 per kind, and the mean CPU milliseconds of the process per request (client and server: on
+   a loaded machine, what a request costs beside what it waited).
+
+``--keep DIR`` keeps the store in DIR (created if needed) and reuses what a run filled there before: each kind's
+fill, once complete, writes ``DIR/filled-KIND.json``, and a later run with the same DIR skips that fill (the
+store is opened, and migrated if this mtad's schema is newer: the time is printed). ``--fill-only`` stops after
+the fill. So the slow fill runs once and the query phase can be rerun on an idle machine.
 
 ``--write-cost N`` measures instead what campaigns add to the event write path: ``record_events`` of N events
 naming a campaign, and of N events naming none, on one fresh store, alternated over 3 rounds (the same events
 but for their ``campaigns``): events/s each way.
 
-The store lives in a temporary folder (``--keep`` keeps it). Figures vary between machines and runs: on a shared
-machine read the order of magnitude.
+Without ``--keep`` the store lives in a temporary folder, removed at the end. Figures vary between machines and
+runs: on a shared machine read the order of magnitude and the CPU column.
 """
 
 from __future__ import annotations

@@ -95,8 +95,8 @@ def link_stats(links: Iterable[Link], counts: Iterable[LinkCount], *, url: str |
     """(all_unclicked_links_recorded, rows sorted by case-insensitive url then link id). ``clicks_unique`` counts
     a subscriber on the first link they clicked in the campaign (so the links' unique clicks add up to the
     campaign's), ``clicks_unique_by_link`` each subscriber once per link; a clicked URL that was not recorded as a
-    content link gets a row too (negative link ids, in the counts' order: by content then URL). Every content link is recorded when
-    sending starts, so the flag is always true."""
+    content link gets a row too (negative link ids, in the counts' order: by content then URL). Every content link
+    is recorded when sending starts, so the flag is always true."""
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     for link in links:
         rows.setdefault((link.content_id, link.url[:MAX_URL]), {

@@ -1,4 +1,4 @@
-"""The counters of InboxFirst campaigns (seed 004): what ``stat_summary`` and ``link_stats`` read, kept as events arrive.
+"""InboxFirst campaigns' counters (seed 004): what ``stat_summary`` and ``link_stats`` read, kept as events arrive.
 
 Tables (schema step "if_campaign_counts, if_campaign_seen, if_link_counts"):
 

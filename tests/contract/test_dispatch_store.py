@@ -193,7 +193,8 @@ async def test_figures_and_link_counts_are_counted_as_events_arrive_and_a_migrat
     await store.record_events([  # a later batch: m0's repeats are not unique any more
         _event("delivered", m3, 30), _event("opened", m1, 31), _event("clicked", m0, 32, url=u1),
         _event("clicked", m1, 33, url=u1), _event("clicked", m1, 34, url=u2), _event("opened", m0, 35),
-        _event("unsubscribed", m3, 36), _event("complained", m3, 37), _event("clicked", m3, 38, url="https://x.example/")])
+        _event("unsubscribed", m3, 36), _event("complained", m3, 37),
+        _event("clicked", m3, 38, url="https://x.example/")])
 
     async def read():
         f = await store.campaign_figures(c.id)
