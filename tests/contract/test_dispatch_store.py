@@ -212,11 +212,9 @@ async def test_figures_and_link_counts_are_counted_as_events_arrive_and_a_migrat
     # unique: the subscriber's first click in the campaign (m0: u2, m1: u1, m3: x)
     assert [(x.content_id, x.url, x.total, x.unique, x.unique_by_link) for x in links] == [
         (a, u1, 3, 1, 2), (a, u2, 2, 1, 2), (b, "https://x.example/", 1, 1, 1)]
-    # a store migrated from before the counters gets the same figures from its events
+    # a store migrated from before the counters (or again) gets the same figures from its events
     before = (sent, events, by_link, links)
-    conn = opener.direct()
-    for table in ("if_campaign_counts", "if_campaign_seen", "if_link_counts"):
-        conn.execute(f"DELETE FROM {table}")
+    conn = opener.direct()  # the step recounts from the events whatever the tables hold (it may run again)
     migrations = pg_migrations if opener.backend == "postgresql" else sqlite_migrations
     [step] = [s for s in migrations.STEPS if s.description.startswith("if_campaign_counts")]
     step.apply(conn)

@@ -574,6 +574,9 @@ CREATE TABLE IF NOT EXISTS if_link_counts (
     PRIMARY KEY (campaign_id, content_id, url)
 ) WITHOUT ROWID;
 
+DELETE FROM if_campaign_counts;  -- recounted from the events: the step may be applied again
+DELETE FROM if_campaign_seen;
+DELETE FROM if_link_counts;
 INSERT INTO if_campaign_counts (campaign_id, content_id, event, severity, total, uniq)
 SELECT campaign_id, content_id, CASE WHEN seed <> 0 THEN 'sent-seed' ELSE 'sent' END, format, count(*), count(*)
 FROM if_dispatch GROUP BY campaign_id, content_id, CASE WHEN seed <> 0 THEN 'sent-seed' ELSE 'sent' END, format;
