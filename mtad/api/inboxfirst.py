@@ -66,7 +66,11 @@ def fail(exc: Invalid) -> web.Response:
 
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2024-01-31T12:00:00Z`` (a list shapes five per campaign: ``time.gmtime`` costs a third of strftime)."""
+    if t is None:
+        return None
+    g = time.gmtime(t)
+    return f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}Z"
 
 
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
@@ -166,16 +170,15 @@ async def shape(request: web.Request, c: Campaign, lst: MailingList, *, stats: b
     stat = content_stats = None
     if started:
         figures = await store.campaign_figures(c.id)
-        clicks = await store.campaign_clicks(c.id)
         stat = ifstats.summary(figures)
-        ifstats.with_unique_by_link(stat, clicks)
+        ifstats.with_unique_by_link(stat, figures)
         stat["stat_id"] = c.id
     content_stats = []
     for x in c.contents:
         one = None
         if started:
             one = ifstats.summary(figures, x.id)
-            ifstats.with_unique_by_link(one, clicks, x.id)
+            ifstats.with_unique_by_link(one, figures, x.id)
             one["stat_id"] = c.id
         content_stats.append({"content": {"id": x.id, "name": x.name}, "stat_summary": one})
     data: dict[str, Any] = {
@@ -491,7 +494,7 @@ async def link_stats(request: web.Request) -> web.Response:
         raise Invalid(400, "invalid", "'scope': all or clicked")
     url = q.get("url") or None
     store = context(request).store
-    recorded, rows = ifstats.link_stats(await store.campaign_links(c.id), await store.campaign_clicks(c.id),
+    recorded, rows = ifstats.link_stats(await store.campaign_links(c.id), await store.campaign_link_counts(c.id),
                                         url=url, content_id=content_id)
     if scope == "clicked":
         rows = [r for r in rows if r["clicks_total"]]

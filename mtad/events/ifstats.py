@@ -1,8 +1,9 @@
 """An InboxFirst campaign's ``stat_summary`` and ``link_stats`` (seed 004), from the events of its copies: pure.
 
 The store gives the figures (``store.dispatch.campaign_figures``: copies made per content, format and seed; the
-events of the copies per content, kind and severity with their total and unique-by-recipient counts; the copies
-still queued) and the clicks (``campaign_clicks``); this module shapes them.
+events of the copies per content, kind and severity with their total and unique-by-recipient counts; unique clicks
+by link; the copies still queued) and the clicked URLs' counts (``campaign_link_counts``), all of them counters
+(``store.ifcounts``); this module shapes them.
 
 What mtad's events honestly give: sent by format, messages_sent, total_messages (seeds included), bounces
 (``failed`` events: ``permanent`` = hard, ``temporary`` = soft; mtad has no third kind, so ``other`` is 0; every
@@ -21,8 +22,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from mtad.store.dispatch import CampaignFigures, Click, Link
+from mtad.store.dispatch import CampaignFigures, Link, LinkCount
 from mtad.store.events import MACHINE
+from mtad.store.ifcounts import MAX_URL
 
 
 def _rate(a: int, b: int) -> float:
@@ -86,46 +88,38 @@ def summary(figures: CampaignFigures, content_id: int | None = None) -> dict[str
     }
 
 
-def with_unique_by_link(stat: dict[str, Any], clicks: Iterable[Click], content_id: int | None = None) -> None:
-    stat["clicks_unique_by_link"] = len({(c.recipient, c.url) for c in clicks
-                                          if (content_id is None or c.content_id == content_id) and not c.machine})
+def with_unique_by_link(stat: dict[str, Any], figures: CampaignFigures, content_id: int | None = None) -> None:
+    stat["clicks_unique_by_link"] = sum(n for cid, n in figures.unique_by_link
+                                        if content_id is None or cid == content_id)
 
 
-def link_stats(links: Iterable[Link], clicks: Iterable[Click], *, url: str | None = None,
+def link_stats(links: Iterable[Link], counts: Iterable[LinkCount], *, url: str | None = None,
                content_id: int | None = None) -> tuple[bool, list[dict[str, Any]]]:
     """(all_unclicked_links_recorded, rows sorted by case-insensitive url then link id). ``clicks_unique`` counts
     a subscriber on the first link they clicked in the campaign (so the links' unique clicks add up to the
     campaign's), ``clicks_unique_by_link`` each subscriber once per link; a clicked URL that was not recorded as a
-    content link gets a row too (negative link id). Every content link is recorded when sending starts, so the
-    flag is always true."""
+    content link gets a row too (negative link ids, in the counts' order: by content then URL). Every content link
+    is recorded when sending starts, so the flag is always true."""
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     for link in links:
-        rows[(link.content_id, link.url)] = {"link_id": link.id, "url": link.url, "clicks_total": 0,
-                                             "clicks_unique": 0, "clicks_unique_by_link": 0, "_who": set()}
-    seen: set[str] = set()
+        rows.setdefault((link.content_id, link.url[:MAX_URL]), {
+            "link_id": link.id, "url": link.url, "clicks_total": 0, "clicks_unique": 0, "clicks_unique_by_link": 0})
     extra_id = -1
-    for c in clicks:
+    for c in counts:
         row = rows.get((c.content_id, c.url))
         if row is None:
             row = rows[(c.content_id, c.url)] = {"link_id": extra_id, "url": c.url, "clicks_total": 0,
-                                                 "clicks_unique": 0, "clicks_unique_by_link": 0, "_who": set()}
+                                                 "clicks_unique": 0, "clicks_unique_by_link": 0}
             extra_id -= 1
-        row["clicks_total"] += 1
-        if c.machine:  # a link scanner's: in the total only
-            continue
-        if c.recipient not in row["_who"]:
-            row["_who"].add(c.recipient)
-            row["clicks_unique_by_link"] += 1
-        if c.recipient not in seen:
-            seen.add(c.recipient)
-            row["clicks_unique"] += 1
+        row["clicks_total"] += c.total
+        row["clicks_unique"] += c.unique
+        row["clicks_unique_by_link"] += c.unique_by_link
     out = []
     for (cid, u), row in rows.items():
         if content_id is not None and cid != content_id:
             continue
-        if url is not None and not re.fullmatch(".*".join(map(re.escape, url.split("*"))), u, re.IGNORECASE):
+        if url is not None and not re.fullmatch(".*".join(map(re.escape, url.split("*"))), row["url"], re.IGNORECASE):
             continue
-        row.pop("_who")
         out.append(row)
     out.sort(key=lambda r: (r["url"].lower(), r["link_id"]))
     return True, out

@@ -372,11 +372,16 @@ def events_page(conn: sqlite3.Connection, domain: str, campaign_id: str,
     if cid is None:
         return None
     where, params = _event_where(conn, cid, q)
+    # The page's index rows first (newest first, in the order of the index rows: a range read of the time index,
+    # or of the key for one event kind, with no sort), then the event data of those rows only: an OFFSET skips
+    # index rows, not joined and decoded events.
     rows = conn.execute(
-        "SELECT campaign_events.event, campaign_events.timestamp, campaign_events.recipient, link, country, region,"
-        f" city, CASE WHEN events.id IS NULL THEN NULL ELSE {EVENT_DATA} END FROM campaign_events"
-        f" LEFT JOIN events ON events.id = campaign_events.event_id WHERE {where}"
-        " ORDER BY campaign_events.timestamp DESC, campaign_events.event_id DESC LIMIT ? OFFSET ?",
+        "SELECT ce.event, ce.timestamp, ce.recipient, ce.link, ce.country, ce.region, ce.city,"
+        f" CASE WHEN events.id IS NULL THEN NULL ELSE {EVENT_DATA} END FROM (SELECT campaign_events.event,"
+        " campaign_events.timestamp, campaign_events.event_id, campaign_events.recipient, link, country, region,"
+        f" city FROM campaign_events WHERE {where} ORDER BY campaign_events.timestamp DESC, campaign_events.event"
+        " DESC, campaign_events.event_id DESC LIMIT ? OFFSET ?) AS ce LEFT JOIN events ON events.id = ce.event_id"
+        " ORDER BY ce.timestamp DESC, ce.event DESC, ce.event_id DESC",
         (*params, q.limit, q.offset)).fetchall()
     return tuple(CampaignEventRow(*r) for r in rows)
 

@@ -7,8 +7,8 @@ settings or NULL, the dispatch ``state`` idle | scheduled | sending | finished |
 a leased work row like ``list_expansions``: ``store.leases``), ``if_campaign_contents`` (its contents, in id order),
 ``if_dispatch`` (one row per copy made: campaign, member address, content, format, queue id, whether the address
 came from a seed list; primary key (campaign, address): nobody gets two copies) and ``if_campaign_links`` (the links
-of each content, recorded when sending starts). ``events(queue_id)`` is indexed so a campaign's figures are read
-through ``if_dispatch`` (indexed joins, never a scan of the events).
+of each content, recorded when sending starts). A campaign's figures are counters kept as its copies are made and
+their events recorded (``store.ifcounts``), read by key: never a join with, or a scan of, the events.
 
 The dispatch contract (what makes a kill -9 safe), as for list expansions: the worker holding a campaign reads the
 segment's members after the cursor in address order and commits each batch's copies, their ``if_dispatch`` rows
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Container, Literal, Mapping, Protocol, Sequence
 
 from mtad.store.dialect import dialect_of
+from mtad.store import ifcounts
 from mtad.store.engine import execute_rows
 from mtad.store.lists import ListMember, _enqueue_copies, _member
 from mtad.store.queue import CLAIMABLE, DEFAULT_LEASE, UNLOCK, Enqueue
@@ -151,7 +152,7 @@ class SentCount:
 
 @dataclass(frozen=True)
 class CampaignFigures:
-    """What a campaign's ``stat_summary`` is computed from (``events.campaigns``-free: read through ``if_dispatch``)."""
+    """What a campaign's ``stat_summary`` is computed from: its counters (``store.ifcounts``)."""
 
     sent: tuple[SentCount, ...]
     events: tuple[EventCount, ...]
@@ -167,13 +168,16 @@ class Link:
 
 
 @dataclass(frozen=True)
-class Click:
-    """One clicked event of a campaign's copy."""
+class LinkCount:
+    """The clicks on one URL of one content of a campaign (``store.ifcounts``): total, unique (subscribers whose
+    first click in the campaign it was) and unique by link (subscribers who clicked it). ``url``: at most
+    ``ifcounts.MAX_URL`` characters."""
 
     content_id: int
-    recipient: str
     url: str
-    machine: bool = False  # flags.is-machine: counted in the totals, never as unique
+    total: int
+    unique: int
+    unique_by_link: int
 
 
 # --- campaigns -------------------------------------------------------------------------------------------------
@@ -359,6 +363,7 @@ def dispatch_batch(conn: sqlite3.Connection, campaign_id: int, worker: str, afte
     execute_rows(conn, "INSERT INTO if_dispatch (campaign_id, address, queue_id, content_id, format, seed,"
                  " created_at)", 7, [(campaign_id, r.address, r.queue_id, r.content_id, r.format, int(r.seed), now)
                                       for r in rows])
+    ifcounts.count_copies(conn, campaign_id, [(r.content_id, r.format, r.seed) for r in rows])
     if done and decide_at is not None:
         conn.execute(f"UPDATE if_campaigns SET cursor = '', copies = copies + ?, updated_at = ?, ab_state ="
                      f" 'decision_delay', ab_decide_at = ?, next_attempt_at = ?, {UNLOCK} WHERE id = ?",
@@ -420,32 +425,26 @@ def campaign_links(conn: sqlite3.Connection, campaign_id: int) -> list[Link]:
 
 
 def campaign_figures(conn: sqlite3.Connection, campaign_id: int) -> CampaignFigures:
-    sent = tuple(SentCount(r[0], r[1], bool(r[2]), r[3]) for r in conn.execute(
-        "SELECT content_id, format, seed, count(*) FROM if_dispatch WHERE campaign_id = ?"
-        " GROUP BY content_id, format, seed", (campaign_id,)))
-    events = tuple(EventCount(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
-        "SELECT d.content_id, e.event, e.severity, count(*), count(DISTINCT d.address) FROM if_dispatch d"
-        " JOIN events e ON e.queue_id = d.queue_id WHERE d.campaign_id = ? AND d.seed = 0"
-        " GROUP BY d.content_id, e.event, e.severity", (campaign_id,)))
+    """The campaign's counters (``store.ifcounts``: read by key, never a join with the events) and its copies still
+    queued (``if_dispatch`` then ``deliveries(message)``)."""
+    sent, events = [], []
+    for content, event, severity, total, unique in ifcounts.counts(conn, campaign_id):
+        if event in ("sent", "sent-seed"):
+            sent.append(SentCount(content, severity, event == "sent-seed", total))
+        else:
+            events.append(EventCount(content, event, severity, total, unique))
+    by_link: dict[int, int] = {}
+    for content, _, _, _, unique_by_link in ifcounts.link_counts(conn, campaign_id):
+        by_link[content] = by_link.get(content, 0) + unique_by_link
     in_queue = tuple((r[0], r[1]) for r in conn.execute(
         "SELECT d.content_id, count(*) FROM if_dispatch d JOIN deliveries q ON q.message = d.queue_id"
         " WHERE d.campaign_id = ? AND q.state = 'queued' GROUP BY d.content_id", (campaign_id,)))
-    return CampaignFigures(sent, events, in_queue)
+    return CampaignFigures(tuple(sent), tuple(events), in_queue, tuple(sorted(by_link.items())))
 
 
-def campaign_clicks(conn: sqlite3.Connection, campaign_id: int) -> list[Click]:
-    """The clicked events of the campaign's copies (indexed: ``if_dispatch`` then ``events(queue_id)``)."""
-    out = []
-    for r in conn.execute("SELECT d.content_id, d.address, e.data FROM if_dispatch d JOIN events e"
-                          " ON e.queue_id = d.queue_id WHERE d.campaign_id = ? AND d.seed = 0"
-                          " AND e.event = 'clicked' ORDER BY e.seq", (campaign_id,)):
-        try:
-            data = json.loads(r[2])
-            url, machine = data.get("url") or "", bool((data.get("flags") or {}).get("is-machine"))
-        except (ValueError, AttributeError):
-            url, machine = "", False
-        out.append(Click(r[0], r[1], url, machine))
-    return out
+def campaign_link_counts(conn: sqlite3.Connection, campaign_id: int) -> list[LinkCount]:
+    """The clicked URLs of the campaign's copies with their counts (``store.ifcounts``), by content then URL."""
+    return [LinkCount(*r) for r in ifcounts.link_counts(conn, campaign_id)]
 
 
 # --- the typed methods -----------------------------------------------------------------------------------------
@@ -459,8 +458,8 @@ class DispatchStore(Protocol):
       scheduled one to ``sending``; ``dispatch_batch`` commits a batch's copies, their ``if_dispatch`` rows and the
       cursor's move only while the worker holds the row at that cursor and the campaign is sending and unpaused;
       after any crash, resuming from the committed cursor makes every recipient's copy exactly once.
-    - ``segment_members`` pages the segment in address order; ``campaign_figures``/``campaign_clicks`` read the
-      events of the campaign's copies through indexed joins.
+    - ``segment_members`` pages the segment in address order; ``campaign_figures``/``campaign_link_counts`` read
+      the campaign's counters (``store.ifcounts``, kept as its copies are made and their events recorded) by key.
     """
 
     async def create_dispatch_campaign(self, list_id: int, change: CampaignChange, now: float) -> Campaign: ...
@@ -486,7 +485,7 @@ class DispatchStore(Protocol):
     async def record_campaign_links(self, campaign_id: int, links: Sequence[tuple[int, str]]) -> None: ...
     async def campaign_links(self, campaign_id: int) -> list[Link]: ...
     async def campaign_figures(self, campaign_id: int) -> CampaignFigures: ...
-    async def campaign_clicks(self, campaign_id: int) -> list[Click]: ...
+    async def campaign_link_counts(self, campaign_id: int) -> list[LinkCount]: ...
 
 
 class DispatchMethods:
@@ -554,5 +553,5 @@ class DispatchMethods:
     async def campaign_figures(self, campaign_id: int) -> CampaignFigures:
         return await self.read(lambda c: campaign_figures(c, campaign_id))  # type: ignore[attr-defined]
 
-    async def campaign_clicks(self, campaign_id: int) -> list[Click]:
-        return await self.read(lambda c: campaign_clicks(c, campaign_id))  # type: ignore[attr-defined]
+    async def campaign_link_counts(self, campaign_id: int) -> list[LinkCount]:
+        return await self.read(lambda c: campaign_link_counts(c, campaign_id))  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from mtad.store import campaigns as campaigns_sql
+from mtad.store import ifcounts
 from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
 from mtad.store import textsearch
@@ -113,7 +114,7 @@ def severity_of(event: Mapping[str, Any]) -> str:
     return event.get("severity", "")
 
 
-MACHINE = "machine"
+MACHINE = ifcounts.MACHINE  # "machine"
 
 
 def stat_keys(event: Mapping[str, Any]) -> list[str]:
@@ -313,6 +314,8 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
     textsearch.stage(conn, domain, event)  # its message's Subject and From, for the text filters
     if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
         campaigns_sql.stage(conn, domain, event)
+    if not system and event.get("storage"):  # an InboxFirst campaign copy's counters (store.ifcounts)
+        ifcounts.stage(conn, event, severity_of(event))
     bus: EventBus | None = getattr(conn, "bus", None)
     hook = None if system else webhook_id(event)
     if hook is not None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from mtad.events import ifstats
-from mtad.store.dispatch import CampaignFigures, Click, EventCount, Link, SentCount
+from mtad.store.dispatch import CampaignFigures, EventCount, SentCount
 
 
 def test_summary_counts_machine_opens_and_clicks_in_totals_only():
@@ -12,19 +12,8 @@ def test_summary_counts_machine_opens_and_clicks_in_totals_only():
         sent=(SentCount(1, "html", False, 4),),
         events=(EventCount(1, "delivered", "", 4, 4), EventCount(1, "opened", "", 3, 2),
                 EventCount(1, "opened", "machine", 4, 4), EventCount(1, "clicked", "machine", 2, 2)),
-        in_queue=())
+        in_queue=(), unique_by_link=())
     s = ifstats.summary(figures)
     assert (s["opens_total"], s["opens_unique"], s["duplicate_opens"], s["open_rate"]) == (7, 2, 5, 0.5)
     assert (s["clicks_total"], s["clicks_unique"], s["click_rate"]) == (2, 0, 0.0)
 
-
-def test_link_stats_count_a_scanners_clicks_in_totals_only():
-    links = [Link(1, 1, "https://a.example/"), Link(2, 1, "https://b.example/")]
-    clicks = [Click(1, "x@t", "https://a.example/", machine=True), Click(1, "x@t", "https://b.example/", machine=True),
-              Click(1, "x@t", "https://b.example/"), Click(1, "y@t", "https://a.example/")]
-    _, rows = ifstats.link_stats(links, clicks)
-    assert [(r["url"], r["clicks_total"], r["clicks_unique"], r["clicks_unique_by_link"]) for r in rows] == [
-        ("https://a.example/", 2, 1, 1), ("https://b.example/", 2, 1, 1)]
-    stat: dict = {}
-    ifstats.with_unique_by_link(stat, clicks)
-    assert stat["clicks_unique_by_link"] == 2

@@ -586,6 +586,65 @@ END;
     textsearch.backfill(conn)
 
 
+def _v19(conn: sqlite3.Connection) -> None:
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS if_campaign_counts (
+    campaign_id INTEGER NOT NULL,
+    content_id INTEGER NOT NULL,
+    event TEXT NOT NULL,  -- an event kind, or sent / sent-seed (copies made; severity = their format)
+    severity TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    uniq INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, content_id, event, severity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS if_campaign_seen (
+    campaign_id INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    what TEXT NOT NULL,  -- event/severity, or L + a clicked url
+    PRIMARY KEY (campaign_id, address, what)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS if_link_counts (
+    campaign_id INTEGER NOT NULL,
+    content_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    uniq INTEGER NOT NULL,
+    uniq_by_link INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, content_id, url)
+) WITHOUT ROWID;
+
+DELETE FROM if_campaign_counts;  -- recounted from the events: the step may be applied again
+DELETE FROM if_campaign_seen;
+DELETE FROM if_link_counts;
+INSERT INTO if_campaign_counts (campaign_id, content_id, event, severity, total, uniq)
+SELECT campaign_id, content_id, CASE WHEN seed <> 0 THEN 'sent-seed' ELSE 'sent' END, format, count(*), count(*)
+FROM if_dispatch GROUP BY campaign_id, content_id, CASE WHEN seed <> 0 THEN 'sent-seed' ELSE 'sent' END, format;
+INSERT INTO if_campaign_counts (campaign_id, content_id, event, severity, total, uniq)
+SELECT d.campaign_id, d.content_id, e.event, e.severity, count(*),
+       CASE WHEN e.severity = 'machine' THEN 0 ELSE count(DISTINCT d.address) END
+FROM if_dispatch d JOIN events e ON e.queue_id = d.queue_id WHERE d.seed = 0
+GROUP BY d.campaign_id, d.content_id, e.event, e.severity;
+INSERT INTO if_campaign_seen (campaign_id, address, what)
+SELECT DISTINCT d.campaign_id, d.address, e.event || '/' || e.severity
+FROM if_dispatch d JOIN events e ON e.queue_id = d.queue_id WHERE d.seed = 0 AND e.event <> 'accepted';
+INSERT INTO if_link_counts (campaign_id, content_id, url, total, uniq, uniq_by_link)
+SELECT c.campaign_id, c.content_id, c.url, count(*), sum(c.first),
+       count(DISTINCT CASE WHEN c.machine = 0 THEN c.address END) FROM (
+    SELECT d.campaign_id, d.content_id, d.address, substr(coalesce(json_extract(e.data, '$.url'), ''), 1, 600) AS url,
+           CASE WHEN e.severity = 'machine' THEN 1 ELSE 0 END AS machine,
+           CASE WHEN e.severity <> 'machine' AND e.seq = min(e.seq) OVER (PARTITION BY d.campaign_id, d.address,
+               e.severity = 'machine') THEN 1 ELSE 0 END AS first
+    FROM if_dispatch d JOIN events e ON e.queue_id = d.queue_id WHERE d.seed = 0 AND e.event = 'clicked'
+) c GROUP BY c.campaign_id, c.content_id, c.url;
+INSERT INTO if_campaign_seen (campaign_id, address, what)
+SELECT DISTINCT campaign_id, address, 'L' || url FROM (
+    SELECT d.campaign_id, d.address, substr(coalesce(json_extract(e.data, '$.url'), ''), 1, 600) AS url
+    FROM if_dispatch d JOIN events e ON e.queue_id = d.queue_id
+    WHERE d.seed = 0 AND e.event = 'clicked' AND e.severity <> 'machine'
+) c;
+""")
+
+
 STEPS: tuple[Migration, ...] = (
     Migration(1, "the schema of release bebe064", _v1),
     Migration(2, "events.variables and event_variables: user variables stored once", _v2),
@@ -605,6 +664,7 @@ STEPS: tuple[Migration, ...] = (
     Migration(16, "if_campaigns and its contents, dispatch rows, links; events_queue: InboxFirst campaigns", _v16),
     Migration(17, "campaign_events.machine: machines' opens and clicks left out of unique figures", _v17_machine),
     Migration(18, "message_text and message_text_fts: an index of the events' Subject and From", _v18),
+    Migration(19, "if_campaign_counts, if_campaign_seen, if_link_counts: InboxFirst reports from counters", _v19),
 )
 check(STEPS)
 SCHEMA_VERSION = latest(STEPS)
