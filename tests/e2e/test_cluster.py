@@ -41,7 +41,9 @@ SHAPING = {"default": {"max_connections": 10, "max_message_rate": None, "max_del
                        "connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "10s"},
            # the kill test's domain: connection slots enough that those of the killed node (held in the store
            # until their own lease, 30 s, runs out) never starve the others; its subject is the rows' leases
-           "providers": {"kill": {"match_domain_suffix": ["kill.cluster.test"], "max_connections": 200}}}
+           "providers": {"kill": {"match_domain_suffix": ["kill.cluster.test"], "max_connections": 200,
+                                  "data_timeout": "60s"}}}  # DATA held at the sink does not time out
+INFLIGHT = 40  # delivery.max_inflight: what a node claims ahead
 FIGURES: dict[str, Any] = {}
 
 
@@ -84,7 +86,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, certs: Any, postgres: Any,
                                "port": mx_farm.port, "tls_ca_file": str(write_ca(certs, tmp)),
                                "retry": {"schedule": ["1s"]}, "poll_interval": "0.2s",
                                "shaping_file": str(shaping),
-                               "max_inflight": 40}  # what a node claims ahead: the load is shared
+                               "max_inflight": INFLIGHT}  # the load is shared
             cfg["routing"] = {"allowed_networks": ["127.0.0.0/8"], "retry_schedule": ["1s"], "timeout": "5s",
                               "routes": [{"expression": 'match_recipient("fw-.*@inbound.test")',
                                           "actions": [f'forward("{receiver.url("forward")}")', "stop()"]}]}
@@ -301,14 +303,14 @@ def test_events_logs_and_stats_of_any_node_answer_for_the_cluster(cluster, certs
     assert set(logs.values()) == {accepted} and set(stats.values()) == {accepted}, (logs, stats, accepted)
 
 
-KILL_LOAD = 50  # messages submitted to each node: more than a node claims ahead (max_inflight 40), so all three
-# hold rows when B dies and work is left unclaimed
+KILL_LOAD = 60  # messages submitted to each node: together more than the three nodes claim ahead, so that A and C
+# are full (INFLIGHT rows each) and work is left unclaimed when B dies
 
 
 def test_a_node_killed_mid_load_leaves_its_rows_to_the_others(cluster, certs):
     a, b, c = cluster.nodes
     sink = cluster.sink
-    sink.data_delay = 0.2  # deliveries take a while: rows are held on every node
+    sink.data_delay = 0.2  # deliveries take a while
     mtad_cli(a, "queue", "pause", "--domain", "kill.cluster.test")  # the whole load queued first
     sent: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -338,22 +340,25 @@ def test_a_node_killed_mid_load_leaves_its_rows_to_the_others(cluster, certs):
                      if line.startswith('mtad_queue_depth{') and 'state="queued"' in line)
         assert queued >= 3 * KILL_LOAD, (node.cfg["node_id"], queued)
 
+    def holds(node_id: str) -> int:
+        return cluster.query("SELECT count(*) FROM deliveries WHERE locked_by = ? AND state IN ('queued',"
+                             " 'deferred')", (node_id,))[0][0]
+
     def b_holds() -> int:
-        return cluster.query("SELECT count(*) FROM deliveries WHERE locked_by = 'node-b' AND state IN ('queued',"
-                             " 'deferred')")[0][0]
+        return holds("node-b")
 
     def in_flight() -> int:  # DATA the sink has begun and not answered
         return len([d for d in list(sink.data_attempts) if not d.reply])
 
+    # The sink answers the first 20 DATA, then holds the others: B dies with deliveries made, others in flight
+    # and rows claimed, and A and C, full (INFLIGHT claims each) and unable to end one, take nothing of B's
+    # until the gate opens
+    gate = threading.Event()
+    sink.data_gate, sink.data_gate_pass = gate, 20
     mtad_cli(a, "queue", "resume", "--domain", "kill.cluster.test")
     started = time.monotonic()
-    wait_until(lambda: len(set(sink.message_ids()) & ids) >= 10 and b_holds() > 0, 60,
-               "10 delivered while B holds rows")
-    # DATA is held at the sink from now on: B dies with deliveries in flight and rows claimed, and the others,
-    # whose claims are at max_inflight and cannot end, take nothing of B's until the gate opens
-    gate = threading.Event()
-    sink.data_gate = gate
-    wait_until(lambda: in_flight() >= 3, 30, "DATA in flight at the sink")
+    wait_until(lambda: in_flight() >= 3 and holds("node-a") == holds("node-c") == INFLIGHT and b_holds() > 0, 60,
+               "DATA in flight at the sink, A and C full, B holding rows")
     killed_at = time.time()
     b.kill()  # SIGKILL: its claims stay locked until their lease runs out
     killed = time.monotonic()
@@ -387,7 +392,7 @@ def test_a_node_killed_mid_load_leaves_its_rows_to_the_others(cluster, certs):
                        "seconds from the kill to the last delivery": round(drained - killed, 1)}
     print("\nkill:", FIGURES["kill"])
     sink.data_delay = 0.0
-    sink.data_gate = None
+    sink.data_gate, sink.data_gate_pass = None, 0
     assert pending == [(0,)]
     assert b_holds() == 0
     # a duplicate is a delivery B had in flight: its DATA began before the kill (the sink took the message, B
