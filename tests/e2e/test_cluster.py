@@ -28,7 +28,7 @@ import yaml
 from tests.e2e.helpers import queue_id, send, submission
 from tests.e2e.outbound_support import make_message, mtad_cli, write_ca
 from tests.support.api import api_sync
-from tests.support.daemon import PASSWORD, Mtad, base_config, start_cluster
+from tests.support.daemon import PASSWORD, Mtad, base_config
 from tests.support.dns_server import DnsServer
 from tests.support.receiver import Receiver
 from tests.support.sink import Mx, MxFarm, point
@@ -91,8 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, certs: Any, postgres: Any,
                               "routes": [{"expression": 'match_recipient("fw-.*@inbound.test")',
                                           "actions": [f'forward("{receiver.url("forward")}")', "stop()"]}]}
             cfg["webhooks"] = {"domains": {"example.com": {"delivered": {"urls": [receiver.url("hook/delivered")]}}}}
-            nodes.append(Mtad(tmp, cfg))
-        start_cluster(nodes)
+            nodes.append(Mtad(tmp, cfg).start())
         yield Cluster(nodes, sink, receiver, loopback_dns, mx_farm)
     finally:
         problems = []
@@ -357,8 +356,9 @@ def test_a_node_killed_mid_load_leaves_its_rows_to_the_others(cluster, certs):
     sink.data_gate, sink.data_gate_pass = gate, 20
     mtad_cli(a, "queue", "resume", "--domain", "kill.cluster.test")
     started = time.monotonic()
-    wait_until(lambda: in_flight() >= 3 and holds("node-a") == holds("node-c") == INFLIGHT and b_holds() > 0, 60,
-               "DATA in flight at the sink, A and C full, B holding rows")
+    wait_until(lambda: len(set(sink.message_ids()) & ids) >= 10 and in_flight() >= 3 and b_holds() > 0
+               and holds("node-a") == holds("node-c") == INFLIGHT, 60,
+               "10 delivered, DATA in flight at the sink, A and C full, B holding rows")
     killed_at = time.time()
     b.kill()  # SIGKILL: its claims stay locked until their lease runs out
     killed = time.monotonic()

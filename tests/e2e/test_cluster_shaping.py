@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.e2e.outbound_support import DEFAULT_SHAPING, Submitter
-from tests.support.daemon import Mtad, start_cluster
+from tests.support.daemon import Mtad
 from tests.support.sink import Gauge, point
 from tests.support.wait import wait_until
 
@@ -42,8 +42,8 @@ def cluster(outbound_mtad, postgres) -> list[Mtad]:
         daemon = outbound_mtad(shaping=SHAPING, delivery={"max_inflight": 40}, start=False)
         daemon.cfg["store"] = {"backend": "postgresql", "dsn": dsn}
         daemon.cfg["node_id"] = name
-        nodes.append(daemon)
-    return start_cluster(nodes)
+        nodes.append(daemon.start())
+    return nodes
 
 
 def submit_all(node: Mtad, certs, domain: str, count: int, sent: list) -> None:

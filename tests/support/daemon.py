@@ -204,13 +204,3 @@ class Mtad:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
-
-
-def start_cluster(nodes: list[Mtad]) -> list[Mtad]:
-    """Start the nodes of one shared store: the first alone (it creates or migrates the schema), then the others
-    at once (each in a thread: a start is mostly waiting for the process to come up)."""
-    from concurrent.futures import ThreadPoolExecutor
-    nodes[0].start()
-    with ThreadPoolExecutor(max(1, len(nodes) - 1)) as pool:
-        list(pool.map(Mtad.start, nodes[1:]))
-    return nodes
