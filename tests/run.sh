@@ -52,4 +52,6 @@ fi
 # PostgreSQL servers left by an earlier run killed with its watchdogs (kill -9 of everything): stopped, folders
 # removed; servers of runs still alive are left alone (tests/support/pg_watchdog.py)
 .venv/bin/python tests/support/pg_watchdog.py reap || true
-exec .venv/bin/python -m pytest -n 2 -rs "$@"  # -rs: every skip and its reason in the summary
+# --dist loadfile: a module's tests run on one worker, so its module-scoped daemons (and clusters, Postfix, browser)
+# are started once, not once per worker that gets some of its tests
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -rs "$@"  # -rs: every skip and its reason in the summary

@@ -8,12 +8,8 @@ config and queue folders, its own smtpd on a free loopback port; the system's Po
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +17,7 @@ from tests.e2e.helpers import LOGIN, queue_id, stored
 from tests.support import tools
 from tests.support.api import api_sync
 from tests.support.daemon import PASSWORD, free_port
-
-POSTFIX = Path("/usr/sbin/postfix")
-SENDMAIL = Path("/usr/sbin/sendmail")
+from tests.support.postfix import SENDMAIL, maillog, private_postfix, unavailable as postfix_unavailable
 
 
 @pytest.fixture(scope="module")
@@ -46,54 +40,13 @@ def wait_for_message(daemon, recipient: str, timeout: float = 30) -> str:
 
 # --- Postfix ----------------------------------------------------------------------------------------------
 
-MASTER_CF = """\
-127.0.0.1:{smtpd_port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
 # The seed manual's smarthost section, pointed at mtad's submission listener; the policy map makes
 # Postfix verify the certificate and its name ("secure"), not merely encrypt.
 MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {dir}/spool
-data_directory = {dir}/data
-mail_owner = postfix
-setgid_group = postdrop
 myhostname = postfix-client.test
 mydomain = postfix-client.test
 myorigin = example.com
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-mydestination =
-local_transport = error:local delivery disabled
 relay_domains =
-mynetworks = 127.0.0.0/8
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
-maillog_file = {dir}/maillog
-maillog_file_prefixes = {dir}
-biff = no
 relayhost = [127.0.0.1]:{relay_port}
 smtp_sasl_auth_enable = yes
 smtp_sasl_password_maps = static:{login}:{password}
@@ -107,27 +60,12 @@ smtp_tls_loglevel = 1
 
 @pytest.fixture
 def postfix(server, certs):
-    if not POSTFIX.exists() or not SENDMAIL.exists():
-        pytest.skip("Postfix is not installed (Debian package postfix; the test bootstrap installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root (mail_owner postfix, setgid postdrop)")
-    folder = Path(tempfile.mkdtemp(prefix="mtad-postfix-", dir="/tmp"))
-    folder.chmod(0o755)  # Postfix daemons run as the postfix user and must reach their queue
-    for sub in ("etc", "spool", "data"):
-        (folder / sub).mkdir()
-    shutil.chown(folder / "data", "postfix")
-    certs.ca.cert_pem.write_to_path(str(folder / "etc" / "ca.pem"))
-    (folder / "etc" / "main.cf").write_text(MAIN_CF.format(dir=folder, relay_port=server.submission,
-                                                           login=LOGIN, password=PASSWORD))
-    (folder / "etc" / "master.cf").write_text(MASTER_CF.format(smtpd_port=free_port()))
-    conf = str(folder / "etc")
-    try:
-        result = subprocess.run([str(POSTFIX), "-c", conf, "start"], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"postfix start: {result.stderr}"  # (start runs the checks)
+    reason = postfix_unavailable(sendmail=True)
+    if reason:
+        pytest.skip(reason)
+    with private_postfix("mtad-postfix-", f"127.0.0.1:{free_port()}", MAIN_CF, {"ca.pem": certs.ca.cert_pem.bytes()},
+                         relay_port=server.submission, login=LOGIN, password=PASSWORD) as folder:
         yield folder
-    finally:
-        subprocess.run([str(POSTFIX), "-c", conf, "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_postfix_relays_through_mtad_with_starttls_and_sasl(server, postfix):
@@ -139,8 +77,7 @@ def test_postfix_relays_through_mtad_with_starttls_and_sasl(server, postfix):
     try:
         qid = wait_for_message(server, "via-postfix@gmail.com")
     except AssertionError:
-        log = (postfix / "maillog").read_text(errors="replace") if (postfix / "maillog").exists() else ""
-        raise AssertionError(f"Postfix did not relay the message; its log:\n{log[-3000:]}") from None
+        raise AssertionError(f"Postfix did not relay the message; its log:\n{maillog(postfix, 3000)}") from None
     msg = stored(server, qid)
     assert msg["sender"] == "postmaster@example.com"
     assert msg["envelope"]["auth_user"] == LOGIN

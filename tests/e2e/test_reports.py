@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import re
-import shutil
 import signal
 import smtplib
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -33,11 +28,11 @@ from mtad.mail import returnpath
 from tests.e2e.engagement_support import FBL, arf, mx_send  # noqa: F401 (FBL, arf and mx_send: test_unsubmail too)
 from tests.e2e.events_support import SIGNING_KEY, World, events, running_world, seed_verify
 from tests.support.api import api
+from tests.support.postfix import maillog, private_postfix, unavailable as postfix_unavailable
 from tests.support.sink import by_local_part
 from tests.support.wait import wait_for, wait_until
 from tests.support.stores import both_backends as store_backend  # noqa: F401,E402 (fixture: on both backends)
 
-POSTFIX = Path("/usr/sbin/postfix")
 RETURN_PATH = re.compile(r"bounce\+([0-9a-f]{19})(?:\.[a-z2-7]{6})?-[a-z2-7]{10}@example\.com")
 
 
@@ -62,89 +57,32 @@ def world(tmp_path_factory, certs, daemons_store):
 
 # --- a private Postfix that accepts late.test mail, then bounces it to the return path ------------------------
 
-MASTER_CF = """\
-{ip}:{port} inet n - n - - smtpd
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
 # late.test is a relay domain (any recipient accepted, as a gateway does), relayed to the next hop; bounces for
-# example.com go to mtad's MX listener. Its smtpd listens on a loopback address of its own (master.cf).
+# example.com go to mtad's MX listener. Its smtpd listens on a loopback address of its own.
 MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {dir}/spool
-data_directory = {dir}/data
-mail_owner = postfix
-setgid_group = postdrop
 myhostname = gw.late.test
 mydomain = late.test
 myorigin = late.test
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-mydestination =
-local_transport = error:local delivery disabled
 default_transport = error:no other destination
 relay_domains = late.test
 transport_maps = inline:{{ {{ late.test = smtp:[{next_ip}]:{port} }}, {{ example.com = smtp:[127.0.0.1]:{mx} }} }}
-mynetworks = 127.0.0.0/8
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
 smtp_tls_security_level = none
-maillog_file = {dir}/maillog
-maillog_file_prefixes = {dir}
-biff = no
 """
 
 
 @pytest.fixture(scope="module")
 def postfix(world):
-    if not POSTFIX.exists():
-        pytest.skip("Postfix is not installed (Debian package postfix; the test bootstrap installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root (mail_owner postfix, setgid postdrop)")
+    reason = postfix_unavailable()
+    if reason:
+        pytest.skip(reason)
     ip = world.farm.address()  # a loopback address of its own, on the port mtad delivers to
     next_hop = world.farm.add("next.late.test")
     next_hop.rcpt_reply = by_local_part  # bad* -> 550 5.1.1 after Postfix said 250 to mtad
     world.dns.set_records("gw.late.test", "A", [ip])
     world.dns.set_records("late.test", "MX", [(10, "gw.late.test")])
-    folder = Path(tempfile.mkdtemp(prefix="mtad-postfix-late-", dir="/tmp"))
-    folder.chmod(0o755)
-    for sub in ("etc", "spool", "data"):
-        (folder / sub).mkdir()
-    shutil.chown(folder / "data", "postfix")
-    (folder / "etc" / "main.cf").write_text(MAIN_CF.format(dir=folder, ip=ip, next_ip=next_hop.ip,
-                                                           port=world.farm.port, mx=world.mtad.mx))
-    (folder / "etc" / "master.cf").write_text(MASTER_CF.format(ip=ip, port=world.farm.port))
-    conf = str(folder / "etc")
-    try:
-        result = subprocess.run([str(POSTFIX), "-c", conf, "start"], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"postfix start: {result.stdout}{result.stderr}\n{maillog(folder)}"
+    with private_postfix("mtad-postfix-late-", f"{ip}:{world.farm.port}", MAIN_CF, next_ip=next_hop.ip,
+                         port=world.farm.port, mx=world.mtad.mx) as folder:
         yield folder
-    finally:
-        subprocess.run([str(POSTFIX), "-c", conf, "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def maillog(folder: Path) -> str:
-    path = folder / "maillog"
-    return path.read_text(errors="replace")[-4000:] if path.exists() else "(no maillog)"
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class Mx:
     ``data_replies`` (replies for the next DATA commands, then ``data_reply``, else 250), ``drop_after_dot`` (how
     many of the next transactions lose the connection after the final dot), ``data_delay`` (seconds before
     answering DATA; a client that disconnects meanwhile gets nothing and the message is not accepted),
-    ``data_gate`` (a ``threading.Event``: DATA is answered once it is set; the message counts as accepted then).
+    ``data_gate`` (a ``threading.Event``: DATA is answered once it is set; the message counts as accepted then),
+    ``data_gate_pass`` (how many of the next DATA the gate lets through before it holds the others).
     """
 
     def __init__(self, name: str, ip: str, port: int, groups: tuple[Gauge, ...] = ()):
@@ -122,6 +123,7 @@ class Mx:
         self.drop_after_dot = 0
         self.data_delay = 0.0
         self.data_gate: threading.Event | None = None
+        self.data_gate_pass = 0
         self.pipelining = True  # advertise PIPELINING (mtad then pipelines MAIL, RCPT and DATA)
         self.gauge = Gauge()
         self.groups = groups
@@ -165,8 +167,11 @@ class Mx:
         self.data_attempts.append(attempt)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)  # cancelled by aiosmtpd if the client goes away meanwhile
-        while self.data_gate is not None and not self.data_gate.is_set():
-            await asyncio.sleep(0.02)
+        if self.data_gate is not None and self.data_gate_pass > 0:
+            self.data_gate_pass -= 1
+        else:
+            while self.data_gate is not None and not self.data_gate.is_set():
+                await asyncio.sleep(0.02)
         if self.data_replies or self.data_reply:
             attempt.reply = self.data_replies.popleft() if self.data_replies else str(self.data_reply)
             if not attempt.reply.startswith("2"):
