@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable, Literal, Protocol, Sequence
 
@@ -58,6 +59,7 @@ from mtad.store.suppressions import Suppression
 log = logging.getLogger("mtad.reports")
 Kind = Literal["report", "forged"]
 PARSE_IN_THREAD = 256 * 1024  # larger reports are parsed off the event loop
+SENT_WAIT = 5.0  # seconds an authentic return path's delivery is looked for before "not found" (_sent_by_token)
 
 
 class ListLookup(Protocol):
@@ -128,7 +130,7 @@ class Reports:
             return ReportPlan(fallback, outcome=f"feedback report of type {report.feedback_type}: not a complaint")
         token = self._token(envelope, report.original)
         if token is not None:
-            sent, how = await self.store.sent_by_queue_id(token.queue_id), f"return path of {token.queue_id}"
+            sent, how = await self._sent_by_token(token), f"return path of {token.queue_id}"
         elif report.original.message_id:
             sent, how = await self.store.sent_by_message_id(report.original.message_id), "Message-ID"
         else:
@@ -139,6 +141,15 @@ class Reports:
         if isinstance(report, reports_mod.DeliveryReport):
             return self._bounces(report, sent, token, now, how)
         return self._complaint(report, sent, token, now, how)
+
+    async def _sent_by_token(self, token: returnpath.Token) -> Sequence[SentRecord]:
+        """The deliveries a verified return path names. A report can arrive before the delivery it is about is
+        committed (a receiver that bounces at once, after its 250, while mtad's outcome waits for its group
+        commit): an authentic token whose delivery is not found yet is looked up again for ``SENT_WAIT``."""
+        deadline = time.monotonic() + SENT_WAIT
+        while not (sent := await self.store.sent_by_queue_id(token.queue_id)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return sent
 
     def _token(self, envelope: Envelope, original: reports_mod.OriginalHeaders) -> returnpath.Token | None:
         for rcpt in envelope.recipients:

@@ -16,10 +16,12 @@ Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
 from __future__ import annotations
 
 import email
+import asyncio
 import json
 import re
 import signal
 import smtplib
+import threading
 
 import pytest
 
@@ -201,6 +203,31 @@ async def test_a_delayed_report_is_recorded_but_suppresses_nothing(world):
     assert (event["severity"], event["reason"], event["flags"]["is-delayed-bounce"]) == ("temporary", "generic", True)
     assert (event["delivery-status"]["code"], event["delivery-status"]["mx-host"]) == (451, "inner.dest.test")
     await api(world, "GET", "/v3/example.com/bounces/slow@dest.test", expect=404)
+
+
+async def test_a_bounce_arriving_before_its_delivery_is_committed_is_still_a_failed_event(world):
+    """A receiver that bounces at once after its 250 can send the DSN before mtad has committed that delivery's
+    outcome: the authentic return path is looked up again for a few seconds instead of "not found"."""
+    world.sink.data_gate = gate = threading.Event()  # the delivery's DATA is held: no delivered event yet
+    try:
+        qid = world.send(["racing@dest.test"], "Racing")
+        return_path = returnpath.address(derive(SIGNING_KEY, returnpath.PURPOSE), qid, "example.com",
+                                         "racing@dest.test")
+        wait_until(lambda: any("racing@dest.test" in a.rcpt_tos for a in world.sink.data_attempts), timeout=15)
+        status = ("Reporting-MTA: dns; gw.dest.test\r\n\r\nFinal-Recipient: rfc822; racing@dest.test\r\n"
+                  "Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n")
+        sending = asyncio.ensure_future(asyncio.to_thread(
+            mx_send, world, "", [return_path], dsn_message(status, b"Message-ID: <racing@x>\r\n")))
+        await asyncio.sleep(1.0)
+        assert not sending.done()  # the report waits for the delivery it is about ...
+        gate.set()  # ... which the receiver now takes (250): mtad commits it as delivered
+        code, text = await sending
+        assert code == 250, text
+    finally:
+        world.sink.data_gate = None
+        gate.set()
+    event = await one_event(world, "example.com", "failed", "racing@dest.test")
+    assert (event["severity"], event["flags"]["is-delayed-bounce"]) == ("permanent", True)
 
 
 def dsn_message(status: str, original_headers: bytes, boundary: str = "B1") -> bytes:
