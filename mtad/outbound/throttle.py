@@ -295,9 +295,12 @@ def limiters(store: object, holder: str) -> tuple["ConcurrencyLimiter | SharedCo
                                                   "RateLimiter | SharedRateLimiter"]:
     """The connection and rate limiters of a scheduler over ``store``: shared through the store when it shares
     shaping between nodes (``holder``: this scheduler's unique name, prefix of its slot holders), in memory
-    otherwise."""
+    otherwise. A slot's lease is ``SLOT_LEASE``, or the store's claim lease (``store.claim_lease``) when shorter:
+    a node that dies holds its slots no longer than its work rows."""
     if shares_shaping(store):
-        return SharedConcurrencyLimiter(store, holder), SharedRateLimiter(store)  # type: ignore[arg-type]
+        lease = min(SLOT_LEASE, float(getattr(store, "lease", SLOT_LEASE)))
+        return (SharedConcurrencyLimiter(store, holder, lease=lease),  # type: ignore[arg-type]
+                SharedRateLimiter(store))  # type: ignore[arg-type]
     return ConcurrencyLimiter(), RateLimiter()
 
 
