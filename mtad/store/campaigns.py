@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows
+from mtad.store.engine import execute_rows, stage as stage_row
 from mtad.store.eventform import EVENT_DATA
 
 MAX_ID = 64  # characters of an id and of a name (Mailgun's limit)
@@ -204,11 +204,7 @@ def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> No
     item = _item(domain, event)
     if item is None:
         return
-    staged = getattr(conn, "staged", None)
-    if staged is None:
-        write_items(conn, [item])
-    else:
-        staged.pending(_STAGED, write_items).append(item)
+    stage_row(conn, _STAGED, write_items, item)
 
 
 def _resolve(conn: sqlite3.Connection, domain: str, campaign_id: str) -> int | None:

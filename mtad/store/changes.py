@@ -35,6 +35,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable, Protocol
 
+from mtad.store.engine import stage as stage_row
 from mtad.store import events as _events
 from mtad.store.dialect import dialect_of
 
@@ -59,11 +60,7 @@ def changed(conn: Any, kind: str) -> None:
     assert kind in KINDS, kind
     if not dialect_of(conn).is_postgresql:
         return
-    staged = getattr(conn, "staged", None)
-    if staged is None:  # outside a group commit (a command-line tool): in the caller's transaction
-        _notify(conn, [kind])
-    else:
-        staged.pending("changes", _notify).append(kind)
+    stage_row(conn, "changes", _notify, kind)  # outside a group commit: in the caller's transaction
 
 
 def _notify(conn: Any, kinds: list[str]) -> None:

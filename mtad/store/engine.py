@@ -89,6 +89,17 @@ class Staged:
                 apply(conn, items)
 
 
+def stage(conn: sqlite3.Connection, name: str, apply: Callable[[sqlite3.Connection, list], None], item: Any) -> None:
+    """Add ``item`` to the running group commit's list ``name`` (``Staged``: ``apply`` runs once per batch, in its
+    transaction); on a connection without a group commit (a command-line tool, a migration), ``apply`` runs at
+    once for it, in the caller's transaction."""
+    staged = getattr(conn, "staged", None)
+    if staged is None:
+        apply(conn, [item])
+    else:
+        staged.pending(name, apply).append(item)
+
+
 _MAX_ROWS = 512  # rows per multi-row statement: 512 x 9 columns stays far below SQLite's 32,766 variables
 
 

@@ -44,7 +44,7 @@ from mtad.store import eventquery as query_sql
 from mtad.store import textsearch
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows
+from mtad.store.engine import execute_rows, stage as stage_row
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, _encode, bounded, bounded_text  # noqa: F401
 from mtad.store.eventquery import Cursor, EventPage, EventQuery, EventRow
 
@@ -302,15 +302,9 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
              event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or "",
              engagement_dims(event)))
-    staged = getattr(conn, "staged", None)
-    if staged is None:
-        write_events(conn, [item])
-        if variables:
-            write_variables(conn, [variables])
-    else:
-        staged.pending(_STAGED, write_events).append(item)
-        if variables:
-            staged.pending(_STAGED_VARIABLES, write_variables).append(variables)
+    stage_row(conn, _STAGED, write_events, item)
+    if variables:
+        stage_row(conn, _STAGED_VARIABLES, write_variables, variables)
     textsearch.stage(conn, domain, event)  # its message's Subject and From, for the text filters
     if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
         campaigns_sql.stage(conn, domain, event)

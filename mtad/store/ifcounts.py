@@ -27,7 +27,7 @@ import sqlite3
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from mtad.store.engine import execute_rows
+from mtad.store.engine import execute_rows, stage as stage_row
 
 MACHINE = "machine"  # the severity of a machine's open or click (= store.events.MACHINE)
 MAX_URL = 600  # characters of a clicked URL kept as a link key (PostgreSQL bounds B-tree entries: 2,704 bytes)
@@ -53,11 +53,7 @@ def stage(conn: sqlite3.Connection, event: Mapping[str, Any], severity: str) -> 
     item = _item(event, severity)
     if item is None:
         return
-    staged = getattr(conn, "staged", None)
-    if staged is None:
-        write_items(conn, [item])
-    else:
-        staged.pending(_STAGED, write_items).append(item)
+    stage_row(conn, _STAGED, write_items, item)
 
 
 def _copies(conn: sqlite3.Connection, qids: Sequence[str]) -> dict[str, tuple[int, int, str]]:

@@ -33,7 +33,7 @@ import sqlite3
 from typing import Any, Mapping, Sequence
 
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows
+from mtad.store.engine import execute_rows, stage as stage_row
 
 MIN_CHARS = 3  # trigrams: a shorter text is not in the index (the caller scans a bounded period)
 MAX_TEXT = 4096  # characters of a header indexed (a text found only past them is not found by the index)
@@ -67,11 +67,7 @@ def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> No
     row = row_of(domain, event)
     if row is None:
         return
-    staged = getattr(conn, "staged", None)
-    if staged is None:
-        write_rows(conn, [row])
-    else:
-        staged.pending(_STAGED, write_rows).append(row)
+    stage_row(conn, _STAGED, write_rows, row)
 
 
 _UPSERT = ("INSERT INTO message_text (digest, domain, message_id, subject, from_header, first_at, last_at)",

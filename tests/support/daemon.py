@@ -195,9 +195,10 @@ class Mtad:
         store = self.cfg.get("store") or {}
         if store.get("backend") == "postgresql":  # the same SQL (``?`` placeholders) on the daemon's database
             import psycopg
-            from mtad.store.postgres.engine import pg_sql
+            from mtad.store.postgres.engine import pg_raw_sql
             with psycopg.connect(store["dsn"], autocommit=True, connect_timeout=10) as pg:
-                return [tuple(r) for r in pg.execute(pg_sql(sql), tuple(params)).fetchall()]
+                cur = psycopg.RawCursor(pg)
+                return [tuple(r) for r in cur.execute(pg_raw_sql(sql), tuple(params)).fetchall()]
         import sqlite3
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:

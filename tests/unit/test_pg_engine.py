@@ -16,14 +16,8 @@ from mtad.base.errors import ConfigError, StoreError, StoreUnavailable
 from mtad.config import schema as config
 from mtad.store import new_store
 from mtad.store.migrations import postgresql as migrations
-from mtad.store.postgres.engine import pg_raw_sql, pg_sql
+from mtad.store.postgres.engine import pg_raw_sql
 from mtad.store.postgres.store import PostgresStore
-
-
-def test_placeholders_are_translated_outside_quotes_and_percent_signs_doubled():
-    assert pg_sql("SELECT a FROM t WHERE b = ? AND c LIKE 'x?%' AND \"d?\" = ?") == \
-        "SELECT a FROM t WHERE b = %s AND c LIKE 'x?%%' AND \"d?\" = %s"
-    assert pg_sql("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
 
 
 def test_raw_placeholders_are_numbered_outside_quotes_and_percent_signs_kept():

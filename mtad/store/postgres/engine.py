@@ -44,29 +44,6 @@ T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=2048)
-def pg_sql(sql: str) -> str:
-    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (outside quoted strings and names) and every
-    literal ``%`` doubled: the only rewrite of the store's SQL (see ``store.dialect`` for the rest)."""
-    out: list[str] = []
-    quote = ""
-    for ch in sql:
-        if ch == "%":
-            out.append("%%")
-        elif quote:
-            out.append(ch)
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-            out.append(ch)
-        elif ch == "?":
-            out.append("%s")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-@functools.lru_cache(maxsize=2048)
 def pg_raw_sql(sql: str) -> str:
     """``sql`` with SQLite's ``?`` placeholders as PostgreSQL's own ``$1``, ``$2``... (outside quoted strings and
     names), for a ``psycopg.RawCursor``: the text goes to the server as it is, so psycopg does not parse it for
