@@ -316,6 +316,7 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
         targets = webhook_targets(conn, domain, hook)
         if targets:
             rows = webhook_rows(domain, event["id"], targets, event["timestamp"])
+            staged = getattr(conn, "staged", None)
             if staged is None:
                 write_webhook_rows(conn, rows)
             else:

@@ -46,14 +46,19 @@ _STAGED = "events.text"
 TextRow = tuple[str, str, str, str, str, float, float]
 
 
+def _text(value: Any) -> str:
+    """A header as indexed: at most ``MAX_TEXT`` characters, and valid UTF-8 (the undecodable bytes of a raw
+    8-bit header, kept as surrogates in the event, become ``?``: neither database takes a lone surrogate)."""
+    return str(value or "")[:MAX_TEXT].encode("utf-8", "replace").decode("utf-8")
+
+
 def row_of(domain: str, event: Mapping[str, Any]) -> TextRow | None:
     """The index row of one event: its message's domain, Message-ID and headers (None without either header)."""
     headers = (event.get("message") or {}).get("headers") or {}
     subject, sender = headers.get("subject"), headers.get("from")
     if not subject and not sender:
         return None
-    subject = str(subject or "")[:MAX_TEXT]
-    sender = str(sender or "")[:MAX_TEXT]
+    subject, sender = _text(subject), _text(sender)
     mid = str(headers.get("message-id") or "")
     digest = hashlib.blake2b("\0".join((domain, mid, subject, sender)).encode("utf-8", "surrogatepass"),
                              digest_size=16).hexdigest()

@@ -41,8 +41,11 @@ def mtad(*args: str, env: dict | None = None, timeout: float = 120) -> subproces
 def counts(db: Path) -> dict[str, int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                             " AND name NOT LIKE 'sqlite_%'")]
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        listed = [(name, sql or "") for name, sql in rows]
+        # FTS5 tables and their shadow tables are SQLite's own index of message_text (PostgreSQL indexes it itself)
+        virtual = [name for name, sql in listed if sql.upper().startswith("CREATE VIRTUAL TABLE")]
+        tables = [name for name, _ in listed if not any(name == v or name.startswith(v + "_") for v in virtual)]
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
     finally:
         conn.close()
