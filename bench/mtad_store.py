@@ -15,7 +15,7 @@ import sys
 # every table that grows with the messages taken in, at any revision (a missing one is skipped): plain SQL on
 # the file, so the helper works whatever the layout of the mtad measured (flat modules before the packages)
 TABLES = ("forwards", "deliveries", "webhook_deliveries", "events", "event_variables", "stats", "stats_daily",
-          "stats_dims", "messages")
+          "stats_dims", "message_text", "messages")
 
 
 def main() -> int:

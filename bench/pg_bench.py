@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 DATABASE = "mtadbench"
 # every table that grows with the messages taken in (routes, domains, credentials, webhooks, kv stay)
 TABLES = ("forwards", "deliveries", "webhook_deliveries", "event_variables", "events", "stats", "stats_daily",
-          "stats_dims", "messages")
+          "stats_dims", "message_text", "messages")
 
 
 def _server(folder: Path | None = None):
@@ -99,7 +99,8 @@ def main() -> int:
         elif action == "empty":
             present = [t for t in TABLES if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
             if present:
-                conn.execute(f"TRUNCATE {', '.join(present)}")
+                # CASCADE: the (empty) tables that reference messages, e.g. list_expansions, go with it
+                conn.execute(f"TRUNCATE {', '.join(present)} CASCADE")
         elif action == "xacts":
             print(conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
                   .fetchone()[0])

@@ -46,7 +46,7 @@ from mtad.mail import compose as compose_mod
 from mtad.mail import links as links_mod
 from mtad.mail import listcopy
 from mtad.mail import variables as variables_mod
-from mtad.store import queue as spool
+from mtad.store import ifcounts, queue as spool
 from mtad.store.dispatch import Campaign, Content, DispatchJob, DispatchRow, Segment
 from mtad.store.leases import settle_call
 from mtad.store.lists import ListMember
@@ -96,7 +96,7 @@ def winner(c: Campaign, figures, metric: str) -> tuple[int, list[dict[str, Any]]
 
 def campaign_tag(campaign_id: int) -> str:
     """The ``o:campaign`` and ``o:tag`` value of a campaign's copies (also its ``x_campaign_id``)."""
-    return f"inboxfirst-{campaign_id}"
+    return f"{ifcounts.CAMPAIGN_PREFIX}{campaign_id}"  # the store counts the events of copies by it
 
 
 def segment_of(c: Campaign) -> Segment:

@@ -13,9 +13,10 @@ Tables (schema step "if_campaign_counts, if_campaign_seen, if_link_counts"):
   campaign, so the links' unique clicks add up to the campaign's), unique by link (each subscriber once per link).
   URLs are kept to ``MAX_URL`` characters.
 
-``record`` (``store.events``) stages every event that has a queue id (``storage.key``), is not ``accepted`` and is
-not a system one; ``write_items`` runs with the group commit: the copies are found through ``if_dispatch(queue_id)``
-(one indexed lookup per distinct queue id, in a few statements), events of other messages cost that lookup only.
+``record`` (``store.events``) stages every event that has a queue id (``storage.key``), names an ``inboxfirst-``
+campaign (the ``o:campaign`` of every dispatched copy), is not ``accepted`` and is not a system one;
+``write_items`` runs with the group commit: the copies are found through ``if_dispatch(queue_id)`` (one indexed
+lookup per distinct queue id, in a few statements); the events of other messages cost nothing.
 The counters are therefore exactly as durable as the events, and, like the stats counters, outlive the events the
 retention prunes. Reports read a campaign's rows by primary key: no scan, no join with ``events``, whatever the
 campaign's size. A store from before this step gets its counters recounted from its events by the migration.
@@ -29,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from mtad.store.engine import execute_rows, stage as stage_row
 
+CAMPAIGN_PREFIX = "inboxfirst-"  # the o:campaign of a dispatched copy: inboxfirst-<campaign id> (outbound.dispatch)
 MACHINE = "machine"  # the severity of a machine's open or click (= store.events.MACHINE)
 MAX_URL = 600  # characters of a clicked URL kept as a link key (PostgreSQL bounds B-tree entries: 2,704 bytes)
 _STAGED = "ifcounts"
@@ -43,6 +45,10 @@ def _item(event: Mapping[str, Any], severity: str) -> tuple[str, str, str, str] 
     qid = storage.get("key") if isinstance(storage, Mapping) else None
     if not qid or not isinstance(kind, str) or kind == "accepted":
         return None
+    campaigns = event.get("campaigns")
+    if not isinstance(campaigns, list) or not any(  # a copy's campaign is its o:campaign (outbound.dispatch):
+            isinstance(c, Mapping) and str(c.get("id", "")).startswith(CAMPAIGN_PREFIX) for c in campaigns):
+        return None  # any other message's events cost no look-up (a read breaks a PostgreSQL batch's pipeline)
     url = event.get("url") if kind == "clicked" else ""
     return (str(qid), kind, severity, url[:MAX_URL] if isinstance(url, str) else "")
 

@@ -4,7 +4,9 @@ The events API's and the panel's ``subject`` and ``from`` filters are a case-ins
 (``store.eventquery``). Without an index each is a scan of every event's JSON in the period searched. This module
 keeps ``message_text``: one row per distinct (domain, Message-ID, Subject, From) of the recorded events, so one
 per message however many events it has (a row per distinct header pair keeps a Message-ID reused with another
-subject exact), with the times of its first and last event (``first_at``, ``last_at``). SQLite indexes the two
+subject exact), with the hours of its first and last event (``first_at``: the start of the first event's hour,
+``last_at``: the end of the last one's; events are bucketed by hour when read, and an hour's precision means a
+message's later events rewrite its row at most once an hour, not at every event). SQLite indexes the two
 headers in an FTS5 table with the ``trigram`` tokenizer (``message_text_fts``, external content, kept by
 triggers); PostgreSQL in GIN indexes of ``pg_trgm``. Both answer "contains this text" for texts of at least
 ``MIN_CHARS`` characters.
@@ -41,6 +43,7 @@ MAX_MESSAGES = 10_000  # messages matching a text read from the index; more: the
 MAX_PROBES = 50_000  # SQLite: (message, hour) probes of events_message_hour for one filter
 FIELDS = {"subject": "subject", "from": "from_header"}  # filter name -> column
 _STAGED = "events.text"
+HOUR_END = 3600 - 0.001  # last_at: the end of the last event's hour (first_at: the start of the first's)
 
 # (digest, domain, message_id, subject, from_header, first_at, last_at)
 TextRow = tuple[str, str, str, str, str, float, float]
@@ -62,8 +65,8 @@ def row_of(domain: str, event: Mapping[str, Any]) -> TextRow | None:
     mid = str(headers.get("message-id") or "")
     digest = hashlib.blake2b("\0".join((domain, mid, subject, sender)).encode("utf-8", "surrogatepass"),
                              digest_size=16).hexdigest()
-    ts = float(event["timestamp"])
-    return (digest, domain, mid, subject, sender, ts, ts)
+    hour = float(int(float(event["timestamp"]) // 3600) * 3600)
+    return (digest, domain, mid, subject, sender, hour, hour + HOUR_END)
 
 
 def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> None:
