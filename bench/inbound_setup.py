@@ -41,13 +41,13 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"mtad exited with {proc.returncode}")
+            sys.exit(f"server exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    sys.exit(f"mtad did not open port {port}")
+    sys.exit(f"the server did not open port {port}")
 
 
 class Store:

@@ -42,7 +42,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -107,23 +106,7 @@ def cmd_rewrite(a: argparse.Namespace) -> None:
 
 # --- the endpoint -------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
+from inbound_setup import free_port, wait_port  # noqa: E402 (bench/ is the script's folder)
 
 
 BARE = """

@@ -23,7 +23,7 @@ import codecs
 import email.header
 import email.message
 import re
-from typing import Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import mimewalk
@@ -64,8 +64,15 @@ def edit_text_parts(body: bytes, edit: TextEdit) -> bytes:
 def edit_headers(body: bytes, edit: HeaderEdit, names: Collection[str]) -> bytes:
     """``body`` with the top-level header fields named in ``names`` (any case) replaced by
     ``edit(name, decoded_value)`` (``None``: unchanged). Raises ``EditError`` for a value holding CR, LF or NUL."""
-    wanted = {n.lower() for n in names}
     fields, _ = headers_mod.parse_block(body, 10_000, 1 << 20)
+    return _spliced(body, _header_splices(fields, edit, names))
+
+
+def _header_splices(fields: Iterable[Any], edit: Callable[[str, str], str | None],
+                    names: Iterable[str]) -> list[tuple[int, int, bytes]]:
+    """The splices that replace the fields named in ``names`` (any case) by ``edit(name, decoded_value)``
+    (``None`` or the same value: left as they are). Raises ``EditError`` for a value holding CR, LF or NUL."""
+    wanted = {n.lower() for n in names}
     splices: list[tuple[int, int, bytes]] = []
     for f in fields:
         if f.name.lower() not in wanted:
@@ -77,7 +84,7 @@ def edit_headers(body: bytes, edit: HeaderEdit, names: Collection[str]) -> bytes
         if _CONTROL.search(new):
             raise EditError(f"the new value of {f.name} holds a line break or NUL")
         splices.append((f.start, f.end, _header_line(f.name, new)))
-    return _spliced(body, splices)
+    return splices
 
 
 def _header_line(name: str, value: str) -> bytes:
@@ -222,17 +229,7 @@ class Prepared:
         if header_edit is not None and names:
             if any(start < self.header_end for start, _, _ in splices):  # a part's head changed: the top level's
                 return edit_headers(_spliced(self.body, splices), header_edit, names)
-            wanted = {n.lower() for n in names}
-            for f in self.fields:
-                if f.name.lower() not in wanted:
-                    continue
-                decoded = headers_mod.decode(f.value)
-                new = header_edit(f.name, decoded)
-                if new is None or new == decoded:
-                    continue
-                if _CONTROL.search(new):
-                    raise EditError(f"the new value of {f.name} holds a line break or NUL")
-                splices.append((f.start, f.end, _header_line(f.name, new)))
+            splices.extend(_header_splices(self.fields, header_edit, names))
             splices.sort()
         return _spliced(self.body, splices)
 
