@@ -30,7 +30,9 @@ endpoint  The click endpoint (served on the API listener, then on a ``tracking.l
           For both: ``clicked`` events counted in the store afterwards (every answered click must be one), and
           the server's CPU per request (user + system, all threads, ``/proc``): less noisy than latency on a
           shared machine. ``--base-rev REV`` / ``--base-src DIR``: the same runs for mtad as committed at REV
-          (before/after in one run). ``--profile FILE``: py-spy raw stacks of mtad during its runs
+          (before/after in one run); each tree makes its own store (``prepare-store``) and gets the config
+          less the keys it does not know (said on stderr; without ``tracking.listen`` its own-listener run is
+          skipped). ``--profile FILE``: py-spy raw stacks of mtad during its runs
           (``bench/pyspy_top.py FILE``).
 The machine is shared: figures are noisy; compare the lines of one run.
 """
@@ -158,18 +160,48 @@ def prepare_store(state: Path) -> str:
     return Sealer(derive(SIGNING_KEY, "tracking")).seal(Token(CLICK, msg.queue_id, "r@example.net", 7))
 
 
-def start_mtad(work: Path, own_listener: bool, src: str | Path = REPO) -> tuple[subprocess.Popen, str, Path]:
-    """mtad (the package in ``src``) serving tracking on the API listener, or on ``tracking.listen``; (process,
-    click URL, its store)."""
+def accepted_config(cfg: dict, path: Path, src: str | Path) -> dict:
+    """``cfg`` written to ``path`` as the mtad in ``src`` accepts it (``mtad check-config``): a key that tree does
+    not know (an older tree, ``--base-rev``) is dropped and said so; any other refusal ends the bench."""
     import yaml
-    token = prepare_store(work / "state")
+    while True:
+        path.write_text(yaml.safe_dump(cfg))
+        checked = subprocess.run([sys.executable, "-m", "mtad", "check-config", str(path)], capture_output=True,
+                                 text=True, env=dict(os.environ, PYTHONPATH=str(src)), cwd=path.parent)
+        if checked.returncode == 0:
+            return cfg
+        refusal = (checked.stderr + checked.stdout).strip()
+        unknown = re.search(r"configuration error: ([\w.]+): unknown key", refusal)
+        if not unknown:
+            sys.exit(f"mtad in {src} refuses the bench config: {refusal}")
+        *parents, leaf = unknown.group(1).split(".")
+        section = cfg
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            sys.exit(f"mtad in {src} refuses the bench config: {refusal}")
+        del section[leaf]
+        print(f"# mtad in {src} does not know {unknown.group(1)}: left out of its config", file=sys.stderr)
+
+
+def start_mtad(work: Path, own_listener: bool, src: str | Path = REPO) -> tuple[subprocess.Popen, str, Path] | None:
+    """mtad (the package in ``src``) serving tracking on the API listener, or on ``tracking.listen``; (process,
+    click URL, its store), or None when that tree has no ``tracking.listen``. The store is made by that tree's
+    own code (a base tree refuses a store file newer than itself)."""
+    made = subprocess.run([sys.executable, __file__, "prepare-store", str(work / "state"), "--src", str(src)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        sys.exit(f"cannot prepare a store with mtad in {src}: {made.stderr.strip()}")
+    token = made.stdout.strip().splitlines()[-1]
     api_port, trk_port = free_port(), free_port()
     cfg = {"hostname": "mtad.bench.test", "state_dir": str(work / "state"), "listeners": [],
            "api": {"address": f"127.0.0.1:{api_port}"}, "signing_key": SIGNING_KEY,
            "delivery": {"enabled": False}, "log": {"level": "warning"}}
     if own_listener:
         cfg["tracking"] = {"listen": f"127.0.0.1:{trk_port}", "base_url": f"http://127.0.0.1:{trk_port}"}
-    (work / "mtad.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = accepted_config(cfg, work / "mtad.yaml", src)
+    if own_listener and "listen" not in cfg.get("tracking", {}):
+        return None
     log = open(work / "mtad.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "mtad", "run", "--config", str(work / "mtad.yaml")],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(src)), cwd=work)
@@ -270,7 +302,12 @@ def cmd_endpoint(a: argparse.Namespace) -> None:
         runs = [(lst, t) for lst in listeners[a.listeners] for t in trees]
         for n, ((where, own), (tree, src)) in enumerate(runs):
             name = f"{tree}, {where}"
-            proc, url, db = start_mtad(work / f"mtad-{n}", own, src)
+            (work / f"mtad-{n}").mkdir()
+            started = start_mtad(work / f"mtad-{n}", own, src)
+            if started is None:
+                print(f"# {name}: that tree has no tracking.listen, not measured", file=sys.stderr)
+                continue
+            proc, url, db = started
             try:
                 time.sleep(2.0)  # ua-parser's rules load in a thread at start
                 ab(url, 20, 500) if shutil.which("ab") else None  # warm-up (caches, connections)
@@ -337,7 +374,14 @@ def main() -> None:
     e.add_argument("--base-src", help="also measure the mtad package in this folder (holding mtad/)")
     e.add_argument("--listeners", choices=("api", "own", "both"), default="both",
                    help="which mtad listener(s) to measure (API listener, tracking.listen)")
+    s = sub.add_parser("prepare-store")  # internal: start_mtad's store, made by the tree under test
+    s.add_argument("state")
+    s.add_argument("--src", default=str(REPO))
     a = p.parse_args()
+    if a.cmd == "prepare-store":
+        sys.path.insert(0, a.src)  # that tree's mtad, ahead of this one's
+        print(prepare_store(Path(a.state)))
+        return
     {"rewrite": cmd_rewrite, "endpoint": cmd_endpoint}[a.cmd](a)
 
 
