@@ -12,6 +12,10 @@ under the API's public URL, or on a listener of their own (``tracking.listen``; 
   unsubscribe link) and records ``unsubscribed``, in one transaction; the next message to that address is
   suppressed. Already unsubscribed: the same answer, no second event.
 
+On either listener they are answered in front of the application (``Tracker.front``, ``api.server.FRONT``):
+a tracking path goes straight to its handler, without the router, middlewares and signals, and its errors are
+the tracking pages (HTML), never the API's JSON shape; every other request is the application's.
+
 The client address of an event (``ip``, geolocation, machine detection) is the TCP peer's, or, when the peer is a
 reverse proxy of ``tracking.trusted_proxies``, the one its ``X-Forwarded-For`` names (``net.forwarded``).
 
@@ -52,6 +56,7 @@ from typing import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mtad.api.server import FRONT, Handler
 from mtad.base.coalesce import Coalescer
@@ -91,46 +96,68 @@ class TrackingContext:
 TRACKING: web.AppKey["Tracker"] = web.AppKey("mtad_tracking")
 
 
+class _Cached:
+    """A tracked message as the endpoints keep it: its events' shared parts and its links' redirect headers,
+    each made once."""
+
+    __slots__ = ("tracked", "events", "_redirects")
+
+    def __init__(self, tracked: TrackedMessage):
+        self.tracked = tracked
+        self.events = engagement_mod.MessageEvents(tracked)
+        self._redirects: dict[int, CIMultiDictProxy[str]] = {}
+
+    def redirect(self, index: int) -> CIMultiDictProxy[str]:
+        """The headers of the 302 to link ``index`` (shared by its clicks: read-only)."""
+        found = self._redirects.get(index)
+        if found is None:
+            location = quote(self.tracked.links[index], safe=_URL_SAFE)
+            found = self._redirects[index] = CIMultiDictProxy(CIMultiDict({**_NO_CACHE, "Location": location}))
+        return found
+
+
 class Tracker:
     """The handlers, with a cache of tracked messages (they never change once written)."""
 
     def __init__(self, ctx: TrackingContext):
         self.ctx = ctx
-        self._messages: OrderedDict[str, TrackedMessage] = OrderedDict()
+        self._messages: OrderedDict[str, _Cached] = OrderedDict()
         # the opens and clicks answered within WRITE_EVERY (or while a write runs) share one store write
         self._recorder: Coalescer[Engagement, bool] = Coalescer(self._write, max_batch=512, interval=WRITE_EVERY)
         self._uncommitted = 0  # opens and clicks queued or being written
 
-    async def _message(self, queue_id: str) -> TrackedMessage | None:
+    async def _cached(self, queue_id: str) -> _Cached | None:
         found = self._messages.get(queue_id)
         if found is not None:
-            if found.created_at < time.time() - self.ctx.retention:
+            if found.tracked.created_at < time.time() - self.ctx.retention:
                 del self._messages[queue_id]
                 return None
             self._messages.move_to_end(queue_id)
             return found
-        found = await self.ctx.store.tracked_message(queue_id)
-        if found is not None and found.created_at < time.time() - self.ctx.retention:
-            return None  # not pruned yet
-        if found is not None:
-            self._messages[queue_id] = found
-            if len(self._messages) > _CACHE_SIZE:
-                self._messages.popitem(last=False)
+        tracked = await self.ctx.store.tracked_message(queue_id)
+        if tracked is None or tracked.created_at < time.time() - self.ctx.retention:
+            return None  # never tracked, or pruned, or not pruned yet
+        found = self._messages[queue_id] = _Cached(tracked)
+        if len(self._messages) > _CACHE_SIZE:
+            self._messages.popitem(last=False)
         return found
+
+    async def _message(self, queue_id: str) -> TrackedMessage | None:
+        found = await self._cached(queue_id)
+        return found.tracked if found is not None else None
 
     def _fetch(self, request: web.BaseRequest) -> engagement_mod.Fetch:
         ip = self.ctx.client_address.of(request.remote or "", tuple(request.headers.getall("X-Forwarded-For", ())))
         return engagement_mod.Fetch(ip, request.headers.get("User-Agent", "")[:1024])
 
-    async def _record(self, kind: str, tracked: TrackedMessage, token: tracktoken.Token, request: web.BaseRequest,
+    async def _record(self, kind: str, cached: _Cached, token: tracktoken.Token, request: web.BaseRequest,
                       url: str | None = None) -> None:
-        now = time.time()
-        event = engagement_mod.engagement_event(kind, tracked, token.recipient, now, self._fetch(request),
-                                                self.ctx.clients, url=url)
+        tracked = cached.tracked
+        event = engagement_mod.engagement_event(kind, tracked, token.recipient, time.time(), self._fetch(request),
+                                                self.ctx.clients, url=url, events=cached.events)
         human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
-        future = self._recorder.enqueue(Engagement(
-            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
-            NewEvent(tracked.domain, engagement_mod.unique(event)) if human else None))
+        future = self._recorder.enqueue(Engagement(  # the unique variant is made by the store if it is the first
+            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None))
         self._uncommitted += 1
         if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
             await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
@@ -183,25 +210,24 @@ class Tracker:
         token = self.ctx.tracking.open(request.path[3:])  # /c/{token}
         if token is None or token.kind != tracktoken.CLICK:
             return _page(404, "Not found", "This is not a link mtad made.")
-        tracked = await self._message(token.queue_id)
-        if tracked is None:
+        cached = await self._cached(token.queue_id)
+        if cached is None:
             return _expired()
-        if token.index >= len(tracked.links):
+        if token.index >= len(cached.tracked.links):
             return _page(404, "Not found", "This is not a link mtad made.")
-        url = tracked.links[token.index]
         if request.method == "GET":
-            await self._record("clicked", tracked, token, request, url)
-        return web.Response(status=302, headers={**_NO_CACHE, "Location": quote(url, safe=_URL_SAFE)})
+            await self._record("clicked", cached, token, request, cached.tracked.links[token.index])
+        return web.Response(status=302, headers=cached.redirect(token.index))
 
     async def open(self, request: web.BaseRequest) -> web.StreamResponse:
         token = self.ctx.tracking.open(request.path[3:])  # /o/{token}
         if token is None or token.kind != tracktoken.OPEN:
             return _page(404, "Not found", "This is not an image mtad made.")
-        tracked = await self._message(token.queue_id)
-        if tracked is None:
+        cached = await self._cached(token.queue_id)
+        if cached is None:
             return _expired()
         if request.method == "GET":
-            await self._record("opened", tracked, token, request)
+            await self._record("opened", cached, token, request)
         return web.Response(body=PIXEL, content_type="image/gif", headers=_NO_CACHE)
 
     # --- unsubscribes -----------------------------------------------------------------------------------

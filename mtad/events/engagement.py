@@ -18,9 +18,10 @@ Mailgun-shaped ``opened``/``clicked``/``unsubscribed`` events built from it.
   (``flags.is-unique`` false, whether or not a person opened first): the unique figures of the stats API, the
   analytics logs' ``unique_opened``/``unique_clicked``, and the campaign reports count people only (as far as
   mtad can tell); consumers of events and webhooks filter on the flag.
-- ``engagement_event(kind, tracked, recipient, now, fetch, url=...)``: the event, built with
-  ``shape.base_event`` from the tracked message's stored data; ``unique(event)`` its variant for the first open
-  or click of a message by a recipient (``flags.is-unique``: counted as ``unique`` in the stats and found by the
+- ``engagement_event(kind, tracked, recipient, now, fetch, url=..., events=...)``: the event, built with
+  ``shape.base_event`` from the tracked message's stored data (once per message and kind: ``MessageEvents``,
+  whose parts the message's events share); ``unique(event)`` its variant for the first open or click of a
+  message by a recipient (``flags.is-unique``: counted as ``unique`` in the stats and found by the
   logs API's ``unique_opened``/``unique_clicked``).
 """
 
@@ -33,6 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from mtad.base.types import domain_of
 from mtad.config.schema import TrackingConfig
 from mtad.events import shape
 from mtad.store.engagement import TrackedMessage
@@ -73,6 +75,7 @@ class Clients:
             import maxminddb
             self._geo = maxminddb.open_database(geoip_path)
         self.client_info = functools.lru_cache(maxsize=8192)(self._client_info)
+        self.event_info = functools.lru_cache(maxsize=8192)(self._event_info)
         self.geolocation = functools.lru_cache(maxsize=8192)(self._geolocation)
         self._in_networks = functools.lru_cache(maxsize=8192)(self._in_networks_uncached)
 
@@ -117,6 +120,10 @@ class Clients:
         return {"client-type": client_type, "client-os": os_family or UNKNOWN, "device-type": device_type,
                 "client-name": family or UNKNOWN, "user-agent": user_agent}
 
+    def _event_info(self, user_agent: str, bot: str) -> Mapping[str, str]:
+        """An event's ``client-info``: ``client_info`` and ``bot`` (shared by the events of that User-Agent)."""
+        return {**self.client_info(user_agent), "bot": bot}
+
     def _named_machine(self, user_agent: str) -> bool:
         return any(p.search(user_agent) for p in self._agents)
 
@@ -156,25 +163,53 @@ class Clients:
         return any(address in net for net in self._networks)
 
 
+class MessageEvents:
+    """What every event of one tracked message shows of it (message part, tags, campaigns, user variables,
+    storage key), built once per kind with ``shape.base_event`` and shared, read-only, by the events built from it
+    (``engagement_event(..., events=)``): a click then costs a dict copy, not a rebuild of the message's parts."""
+
+    __slots__ = ("tracked", "_bases")
+
+    def __init__(self, tracked: TrackedMessage):
+        self.tracked = tracked
+        self._bases: dict[str, dict[str, Any]] = {}
+
+    def base(self, kind: str) -> dict[str, Any]:
+        found = self._bases.get(kind)
+        if found is None:
+            data = self.tracked.data
+            found = self._bases[kind] = shape.base_event(
+                kind, timestamp=0.0, recipient="", queue_id=self.tracked.queue_id,
+                message=shape.message_part(data.get("headers") or {}, int(data.get("size") or 0),
+                                           data.get("attachments") or ()),
+                options=data.get("options") or {}, envelope={}, flags={})
+        return found
+
+
 def engagement_event(kind: str, tracked: TrackedMessage, recipient: str, now: float, fetch: Fetch,
-                     clients: Clients, *, url: str | None = None) -> dict[str, Any]:
-    """An ``opened``, ``clicked`` or ``unsubscribed`` event of ``recipient`` for the tracked message."""
+                     clients: Clients, *, url: str | None = None, events: MessageEvents | None = None) -> dict[str, Any]:
+    """An ``opened``, ``clicked`` or ``unsubscribed`` event of ``recipient`` for the tracked message (``events``:
+    its ``MessageEvents``, kept by the caller for the message's next events; the event shares their parts, and
+    its ``client-info`` and ``geolocation`` are shared with other events of the same User-Agent and address:
+    nobody may change an event's nested values)."""
     data = tracked.data
     options = data.get("options") or {}
     bot = clients.bot(fetch, tracked.created_at, now)
-    info = dict(clients.client_info(fetch.user_agent))
-    info["bot"] = bot
-    extra: dict[str, Any] = {"ip": fetch.ip, "client-info": info, "geolocation": dict(clients.geolocation(fetch.ip))}
+    event = (events if events is not None and events.tracked is tracked else MessageEvents(tracked)).base(kind).copy()
+    event["id"] = shape.new_event_id()
+    event["timestamp"] = now
+    event["recipient"] = recipient
+    event["recipient-domain"] = domain_of(recipient)
+    event["envelope"] = {"sender": data.get("sender", ""), "targets": recipient, "transport": "smtp"}
+    event["flags"] = {"is-authenticated": bool(data.get("authenticated")),
+                      "is-test-mode": bool(options.get("test_mode")), "is-routed": False, "is-machine": bool(bot),
+                      "is-unique": False}
+    event["ip"] = fetch.ip
+    event["client-info"] = clients.event_info(fetch.user_agent, bot)
+    event["geolocation"] = clients.geolocation(fetch.ip)
     if url is not None:
-        extra["url"] = url
-    flags = {"is-authenticated": bool(data.get("authenticated")), "is-test-mode": bool(options.get("test_mode")),
-             "is-routed": False, "is-machine": bool(bot), "is-unique": False}
-    return shape.base_event(kind, timestamp=now, recipient=recipient, queue_id=tracked.queue_id,
-                            message=shape.message_part(data.get("headers") or {}, int(data.get("size") or 0),
-                                                       data.get("attachments") or ()),
-                            options=options, envelope={"sender": data.get("sender", ""), "targets": recipient,
-                                                       "transport": "smtp"},
-                            flags=flags, extra=extra)
+        event["url"] = url
+    return event
 
 
 def unique(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,8 +66,9 @@ class TrackedMessage:
 class Engagement:
     """One open, click or unsubscribe to record: ``event`` (built by ``mtad.events``), and, for opens and clicks,
     ``first`` = (queue id, recipient, kind) with ``first_event``, the same event marked unique, recorded instead
-    when this is the first of its kind for that message and recipient. ``suppression``: an entry to add to
-    ``event.domain``'s lists with it (an unsubscribe)."""
+    when this is the first of its kind for that message and recipient (None: ``event`` with ``flags.is-unique``
+    true, made only if it is the first). ``suppression``: an entry to add to ``event.domain``'s lists with it (an
+    unsubscribe)."""
 
     event: NewEvent
     first: tuple[str, str, str] | None = None
@@ -129,7 +130,10 @@ def record_engagements(conn: sqlite3.Connection, items: Sequence[Engagement], no
         first = item.first is not None and item.first in inserted
         if first:
             inserted.discard(item.first)  # the same key twice in a batch: the earlier one is the first
-        event = item.first_event if first and item.first_event is not None else item.event
+        event = item.event
+        if first:
+            event = item.first_event if item.first_event is not None else NewEvent(
+                event.domain, {**event.data, "flags": {**event.data.get("flags", {}), "is-unique": True}}, event.system)
         if item.suppression is not None:
             add_entries(conn, event.domain, [item.suppression])
         record(conn, event.domain, event.data, system=event.system)

@@ -29,6 +29,7 @@ pruned too).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -61,12 +62,20 @@ def row_of(domain: str, event: Mapping[str, Any]) -> TextRow | None:
     subject, sender = headers.get("subject"), headers.get("from")
     if not subject and not sender:
         return None
+    hour = float(int(float(event["timestamp"]) // 3600) * 3600)
+    mid, subject, sender = str(headers.get("message-id") or ""), str(subject or ""), str(sender or "")
+    key = _message_key if len(subject) + len(sender) + len(mid) <= 2048 else _message_key.__wrapped__
+    return (*key(domain, mid, subject, sender), hour, hour + HOUR_END)
+
+
+@functools.lru_cache(maxsize=4096)
+def _message_key(domain: str, mid: str, subject: str, sender: str) -> tuple[str, str, str, str, str]:
+    """(digest, domain, Message-ID, subject, From) of a message as indexed; remembered for headers of usual
+    sizes (a message's events come in bursts: a campaign's opens and clicks)."""
     subject, sender = _text(subject), _text(sender)
-    mid = str(headers.get("message-id") or "")
     digest = hashlib.blake2b("\0".join((domain, mid, subject, sender)).encode("utf-8", "surrogatepass"),
                              digest_size=16).hexdigest()
-    hour = float(int(float(event["timestamp"]) // 3600) * 3600)
-    return (digest, domain, mid, subject, sender, hour, hour + HOUR_END)
+    return digest, domain, mid, subject, sender
 
 
 def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> None:

@@ -6,6 +6,7 @@ device/country, pruning deletes what is old."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -13,7 +14,7 @@ from mtad.events import engagement as engagement_mod
 from mtad.events import shape
 from mtad.store.counters import CounterQuery
 from mtad.store.engagement import DomainTracking, Engagement, TrackedMessage
-from mtad.store.eventquery import EventQuery, Match
+from mtad.store.eventquery import Cursor, EventQuery, Match
 from mtad.store.events import NewEvent
 from mtad.store.suppressions import Suppression
 from tests.support.stores import backend_store  # noqa: F401 - the fixture
@@ -59,16 +60,20 @@ async def test_the_first_open_is_unique_even_when_opens_race(backend_store):
     firsts = await asyncio.gather(*(store.record_engagements([engagement(tracked, "r@x.test", 100.0 + i)], 100.0 + i)
                                     for i in range(6)))
     assert sorted(f for (f,) in firsts) == [False] * 5 + [True]
-    (first_other,) = await store.record_engagements([engagement(tracked, "s@x.test", 200.0)], 200.0)
-    assert first_other is True
-    assert await store.count_events(EventQuery(None, (Match("event", "opened"),), limit=100)) == 7
+    # without its unique variant (``first_event`` None): the store marks the event unique if it is the first
+    plain = Engagement(NewEvent("example.com", opened(tracked, "s@x.test", 200.0)), (tracked.queue_id, "s@x.test", "opened"))
+    again = Engagement(NewEvent("example.com", opened(tracked, "s@x.test", 201.0)), (tracked.queue_id, "s@x.test", "opened"))
+    assert await store.record_engagements([plain, again], 201.0) == (True, False)
+    found = await store.query_events(EventQuery(None, (Match("recipient", "s@x.test"),), limit=10), Cursor())
+    assert sorted(json.loads(row.data)["flags"]["is-unique"] for row in found.rows) == [False, True]
+    assert await store.count_events(EventQuery(None, (Match("event", "opened"),), limit=100)) == 8
     (rows,) = await store.counter_rows(CounterQuery(("opened",), 0.0, ALL_TIME, "day", domains=("example.com",),
                                                     by_time=False))
     counts = {r.key: r.count for r in rows}
-    assert counts == {"opened:unique": 2, "opened:repeat": 5}
-    assert sorted(await store.provider_counts("example.com", "device")) == [("mobile", "opened:repeat", 5),
+    assert counts == {"opened:unique": 2, "opened:repeat": 6}
+    assert sorted(await store.provider_counts("example.com", "device")) == [("mobile", "opened:repeat", 6),
                                                                            ("mobile", "opened:unique", 2)]
-    assert sum(c for _, _, c in await store.provider_counts("example.com", "country")) == 7
+    assert sum(c for _, _, c in await store.provider_counts("example.com", "country")) == 8
 
 
 async def test_an_unsubscribe_commits_its_list_entry_with_its_event(backend_store):
