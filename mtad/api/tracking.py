@@ -147,7 +147,9 @@ class Tracker:
         return found.tracked if found is not None else None
 
     def _fetch(self, request: web.BaseRequest) -> engagement_mod.Fetch:
-        ip = self.ctx.client_address.of(request.remote or "", tuple(request.headers.getall("X-Forwarded-For", ())))
+        ip = request.remote or ""
+        if self.ctx.client_address.trusted:  # else X-Forwarded-For is never read (net.forwarded)
+            ip = self.ctx.client_address.of(ip, tuple(request.headers.getall("X-Forwarded-For", ())))
         return engagement_mod.Fetch(ip, request.headers.get("User-Agent", "")[:1024])
 
     async def _record(self, kind: str, cached: _Cached, token: tracktoken.Token, request: web.BaseRequest,
