@@ -15,7 +15,6 @@ the application's own handling.
 from __future__ import annotations
 
 import logging
-
 from typing import Awaitable, Callable
 
 from aiohttp import web
