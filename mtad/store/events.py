@@ -295,8 +295,9 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
     headers = event.get("message", {}).get("headers", {})
     tags = event.get("tags")
     data, variables = _stored_form(event)
+    severity = severity_of(event)
     item = ((event["id"], event["timestamp"], domain, event["event"], event.get("recipient", ""),
-             headers.get("message-id", ""), event.get("storage", {}).get("key", ""), severity_of(event),
+             headers.get("message-id", ""), event.get("storage", {}).get("key", ""), severity,
              data, variables[0] if variables else None),
             None if system else
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
@@ -309,7 +310,7 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
     if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
         campaigns_sql.stage(conn, domain, event)
     if not system and event.get("storage"):  # an InboxFirst campaign copy's counters (store.ifcounts)
-        ifcounts.stage(conn, event, severity_of(event))
+        ifcounts.stage(conn, event, severity)
     bus: EventBus | None = getattr(conn, "bus", None)
     hook = None if system else webhook_id(event)
     if hook is not None:
