@@ -81,6 +81,7 @@ SENDER_DOMAIN = "sender.bench.test"
 LOGIN, PASSWORD = f"bench@{SENDER_DOMAIN}", "bench-password"
 MAX_S = 240.0  # one fill, one drain
 IDLE = ["--idle"] if os.environ.get("DRAIN_PROFILE_IDLE") else []  # also sample threads waiting (epoll, locks)
+STATEMENTS = bool(os.environ.get("DRAIN_PG_STATEMENTS"))  # --pg: count the statements each drain ran
 
 
 HTML = False  # --html: every message an HTML one with 10 links (the tracking variants' comparison)
@@ -279,6 +280,9 @@ class Mtad:
             xact_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
             xacts0 = conn.execute(xact_sql).fetchone()[0] if self.dsn else None
             db0 = cpu(self.pg[1]) if self.pg else 0.0
+            if self.dsn and STATEMENTS:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT pg_stat_statements_reset()")
             spy = self._profile(a.profile) if profile else None
             rec = timed_drain(self.label, self.proc.pid, a.sink_pid, held,
                               lambda: conn.execute(unpause, (f"pause:domain:{DOMAIN}",)),
@@ -289,6 +293,9 @@ class Mtad:
                 if self.dsn:  # a new transaction sees fresh statistics (psycopg autocommit: each statement is one)
                     rec["db_commits_per_msg"] = round(
                         (conn.execute(xact_sql).fetchone()[0] - xacts0) / max(1, rec["msgs"] - rec["left"]), 2)
+                if self.dsn and STATEMENTS:
+                    rec["db_statements_per_msg"] = statements(conn, Path(a.out).with_name(
+                        f"{self.label.replace('/', '-')}-r{rnd_of(a)}-statements.log"), rec["msgs"] - rec["left"])
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
@@ -393,6 +400,25 @@ class MtadCluster:
             node.stop()
 
 
+def rnd_of(a: argparse.Namespace) -> int:
+    return getattr(a, "current_round", 0)
+
+
+def statements(conn, out: Path, done: int) -> float:
+    """Statements this database ran since the reset (pg_stat_statements; BEGIN/COMMIT included) per delivered
+    message; each statement's calls and rows per message written to ``out``, most called first."""
+    rows = conn.execute(
+        "SELECT calls, rows, round(total_exec_time::numeric, 1), query FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC").fetchall()
+    done = max(1, done)
+    with open(out, "w") as f:
+        for calls, nrows, ms, query in rows:
+            f.write(f"{calls / done:8.3f} calls/msg {nrows / done:8.3f} rows/msg {ms:10} ms  "
+                    f"{' '.join(query.split())[:300]}\n")
+    return round(sum(r[0] for r in rows) / done, 2)
+
+
 async def submit_all(port: int, msgs: int, size: int, sessions: int = 20, first: int = 0) -> None:
     import ssl
 
@@ -441,6 +467,12 @@ def cmd_run(a: argparse.Namespace) -> None:
             from pg_bench import _server
             server = _server()
             pg = (server.start(), int((server.data / "postmaster.pid").read_text().split()[0]))
+            if STATEMENTS:  # pg_stat_statements loaded: statements per delivered message (costs the server a little)
+                with open(server.data / "postgresql.conf", "a") as conf:
+                    conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n")
+                server.halt()
+                server.resume()
+                pg = (server, int((server.data / "postmaster.pid").read_text().split()[0]))
         if a.postfix_dir:
             servers.append(Postfix(a.postfix_dir, a.postfix_port))
         if a.postfix_dkim_dir:
@@ -461,6 +493,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         for rnd in range(1, a.rounds + 1):
             k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
             for server in servers[k:] + servers[:k]:
+                a.current_round = rnd
                 rec = {"round": rnd, **server.round(a, profile=bool(a.profile) and rnd == a.rounds)}
                 with open(a.out, "a") as f:
                     f.write(json.dumps(rec) + "\n")
