@@ -91,12 +91,14 @@ _UPSERT = ("INSERT INTO message_text (digest, domain, message_id, subject, from_
 # PostgreSQL: the rows as arrays (one statement shape whatever the batch's size), and only those whose message's
 # row does not already cover their hours: most events (a message's delivery, in the hour it was accepted) change
 # nothing, and an upsert that changes nothing still locks the row it conflicts with (a WAL record, a dirtied page).
+# The check is a scalar subquery, one probe of the digest's unique index per row (a NOT EXISTS would be planned
+# as an anti join, which on a small table reads it whole).
 _UPSERT_PG = ("INSERT INTO message_text (digest, domain, message_id, subject, from_header, first_at, last_at)"
               " SELECT v.digest, v.domain, v.message_id, v.subject, v.from_header, v.first_at, v.last_at"
               " FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[])"
               " AS v(digest, domain, message_id, subject, from_header, first_at, last_at)"
-              " WHERE NOT EXISTS (SELECT 1 FROM message_text m WHERE m.digest = v.digest"
-              " AND m.first_at <= v.first_at AND m.last_at >= v.last_at)" + _UPSERT[1])
+              " WHERE (SELECT m.first_at <= v.first_at AND m.last_at >= v.last_at FROM message_text m"
+              " WHERE m.digest = v.digest) IS NOT TRUE" + _UPSERT[1])
 
 
 def write_rows(conn: sqlite3.Connection, rows: list[TextRow]) -> None:
