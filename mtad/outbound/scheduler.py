@@ -93,6 +93,7 @@ class Site:
     jobs: deque = field(default_factory=deque)  # (job, its signed body, or None when it is read at sending)
     connections: int = 0
     idle: int = 0  # connections waiting for more mail (``ProviderPolicy.idle_timeout``)
+    starting: int = 0  # connection tasks that have no connection slot yet
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
 
 
@@ -331,6 +332,7 @@ class Scheduler:
         limit = self._limits(site.policy)[0]
         while site.jobs and site.connections < limit and site.connections < len(site.jobs):
             site.connections += 1
+            site.starting += 1
             self._spawn(self._connection(site))
 
     def _limits(self, policy: ProviderPolicy) -> tuple[int, object]:
@@ -339,9 +341,13 @@ class Scheduler:
 
     async def _connection(self, site: Site) -> None:
         policy = site.policy
+        starting = True
         try:
+            if not site.jobs:  # the site's open connections took them meanwhile: no slot taken for nothing
+                return
             limit, _ = self._limits(policy)
             async with self.limiter.acquire(policy.name, limit):
+                site.starting, starting = site.starting - 1, False
                 if not site.jobs:
                     return
                 if await self._defer_if_suspended(site):
@@ -361,6 +367,8 @@ class Scheduler:
                 finally:
                     await session.close()
         finally:
+            if starting:
+                site.starting -= 1
             site.connections -= 1
             if site.jobs:
                 self._start_connections(site)
@@ -409,13 +417,14 @@ class Scheduler:
         """Keep an emptied connection open up to the policy's ``idle_timeout`` for more mail to the site, as
         Postfix's connection cache does (no new TCP and TLS handshake for the next message); True when a job
         came. Not while the scheduler stops, nor while another site of the provider waits for a connection slot
-        (checked every 100 ms)."""
+        (checked every 100 ms). The site's own tasks waiting for a slot do not count: they would only open a
+        connection where this one is (on a shared store, a slot released and taken again each time)."""
         deadline = time.monotonic() + site.policy.idle_timeout.seconds
         site.idle += 1
         try:
             while not site.jobs:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping or self.limiter.waiting(site.policy.name):
+                if remaining <= 0 or self._stopping or self.limiter.waiting(site.policy.name) > site.starting:
                     return False
                 site.arrived.clear()
                 try:
