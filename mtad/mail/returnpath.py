@@ -21,7 +21,6 @@ whose original no longer carries the return path. Pure functions: no I/O.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
@@ -46,9 +45,14 @@ class Token:
         return bool(self.recipient_tag) and hmac.compare_digest(self.recipient_tag, recipient_tag(key, recipient))
 
 
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
+
+
 def _b32(digest: bytes, n: int) -> str:
     """The first ``n`` characters of ``digest`` in base32 (RFC 4648, lower case), without encoding the rest."""
-    return base64.b32encode(digest[:(5 * n + 7) // 8])[:n].decode("ascii").lower()
+    size = (5 * n + 7) // 8
+    bits = int.from_bytes(digest[:size], "big") >> (8 * size - 5 * n)
+    return "".join(_B32[(bits >> (5 * i)) & 31] for i in range(n - 1, -1, -1))
 
 
 @functools.lru_cache(maxsize=8)
