@@ -128,6 +128,8 @@ class Scheduler:
         self.shares_actions = shares_shaping(store)  # automation rules' actions go to every node through the store
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
+        self._policies: dict[tuple, ProviderPolicy] = {}  # (domain, MX hosts) -> its provider policy (``_policy``)
+        self._policies_of: ShapingConfig | None = None  # the shaping those policies came from
         self.inflight = 0
         # An outcome frees room for one more job; the next claim waits for a batch's worth of room (a tenth of
         # max_inflight) and only follows outcomes while the last claim took all it asked for: on a store shared
@@ -235,7 +237,7 @@ class Scheduler:
             except (PermFailure, TempFailure) as exc:
                 await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
                 return
-            policy = self._smarthost_policy or providers.for_destination(job.domain, list(mx_hosts), self.shaping)
+            policy = self._smarthost_policy or self._policy(job.domain, mx_hosts)
             if policy.name in self.paused.provider or set(job.options.get("tags") or ()) & self.paused.tag:
                 try:
                     await settle_call(self.store, lambda: self.store.hold(job.id),
@@ -305,6 +307,19 @@ class Scheduler:
         mx = await self.resolver.resolve_mx(domain)
         hosts = tuple(h.host for h in mx.hosts)
         return Destination(domain, hosts, cfg.port), hosts
+
+    def _policy(self, domain: str, mx_hosts: tuple[str, ...]) -> ProviderPolicy:
+        """``providers.for_destination``, remembered per (domain, MX hosts) while ``self.shaping`` stays the same
+        object (a reload gives a new one): an unknown domain's policy is a new copy of the default each time."""
+        if self._policies_of is not self.shaping:
+            self._policies, self._policies_of = {}, self.shaping
+        key = (domain, mx_hosts)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= 4096:
+                self._policies.clear()
+            policy = self._policies[key] = providers.for_destination(domain, list(mx_hosts), self.shaping)
+        return policy
 
     def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: DeliveryJob) -> Destination:
         if dest.name == "smarthost":

@@ -51,3 +51,16 @@ async def test_another_site_waiting_for_a_slot_closes_the_idle_connection_at_onc
     s.starting, limiter.waiters = 1, 2  # one of the waiters is another site's
     kept, waited = await linger(limiter, s)
     assert not kept and waited < 0.5
+
+
+def test_a_destinations_policy_is_made_once_per_shaping():
+    """``Scheduler._policy``: an unknown domain's policy (a copy of the default under its name) is made once, not
+    per message, and made again from a new shaping object (a reload)."""
+    from mtad.outbound.providers import ShapingConfig
+    first = ShapingConfig(default=ProviderPolicy(max_connections=7))
+    owner = SimpleNamespace(shaping=first, _policies={}, _policies_of=None)
+    policy = Scheduler._policy(owner, "d.test", ("mx.d.test",))  # type: ignore[arg-type]
+    assert (policy.name, policy.max_connections) == ("d.test", 7)
+    assert Scheduler._policy(owner, "d.test", ("mx.d.test",)) is policy  # type: ignore[arg-type]
+    owner.shaping = ShapingConfig(default=ProviderPolicy(max_connections=3))
+    assert Scheduler._policy(owner, "d.test", ("mx.d.test",)).max_connections == 3  # type: ignore[arg-type]
