@@ -427,8 +427,9 @@ def rnd_of(a: argparse.Namespace) -> int:
 
 
 def statements(conn, out: Path, done: int) -> float:
-    """Statements this database ran since the reset (pg_stat_statements; BEGIN/COMMIT included) per delivered
-    message; each statement's calls and rows per message written to ``out``, most called first."""
+    """Statements this database ran since the reset (pg_stat_statements: BEGIN and COMMIT are not among them, the
+    commits are db_commits_per_msg) per delivered message, the bench's own polls included (~0.1); each statement's
+    calls, rows and execution time per message written to ``out``, most called first."""
     rows = conn.execute(
         "SELECT calls, rows, round(total_exec_time::numeric, 1), query FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
