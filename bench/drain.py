@@ -81,6 +81,7 @@ SENDER_DOMAIN = "sender.bench.test"
 LOGIN, PASSWORD = f"bench@{SENDER_DOMAIN}", "bench-password"
 MAX_S = 240.0  # one fill, one drain
 IDLE = ["--idle"] if os.environ.get("DRAIN_PROFILE_IDLE") else []  # also sample threads waiting (epoll, locks)
+STATEMENTS = bool(os.environ.get("DRAIN_PG_STATEMENTS"))  # --pg: count the statements each drain ran
 
 
 HTML = False  # --html: every message an HTML one with 10 links (the tracking variants' comparison)
@@ -109,22 +110,34 @@ def own_cpu(pid: int) -> float:
     return proc_table().get(pid, {"cpu": 0})["cpu"] / TCK
 
 
+# mtad's queue, polled every 20 ms during a drain: whether any delivery is pending, then (if the drain did not
+# finish) how many are left. On PostgreSQL the poll's connection plans without sequential scans (the bench's own
+# session only): a count of the pending rows read the table whole, ~0.6-1 ms of the database server's CPU per poll,
+# ~60 µs per message delivered charged to mtad-pg's database CPU; the probe reads the index, ~0.2 ms.
+PENDING_SQL = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
+ANY_PENDING_SQL = ("SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
+                   " LIMIT 1) AS x")
+
+
 def timed_drain(label: str, server_pid: int | list[int], sink_pid: int, held: int, release, pending,
-                size: int) -> dict:
+                size: int, count=None) -> dict:
     """Release the queue, poll ``pending()`` until 0; the round's record. Several server pids (the nodes of a
-    cluster): their CPU is summed, and each node's CPU seconds are in ``node_cpu_s``."""
+    cluster): their CPU is summed, and each node's CPU seconds are in ``node_cpu_s``. ``count()``: how many are
+    left when the drain did not finish (``pending()`` may only say whether any is)."""
     pids = server_pid if isinstance(server_pid, list) else [server_pid]
     n0 = [cpu(pid) for pid in pids]
     c0, s0, m0 = sum(n0), cpu(sink_pid), sum(own_cpu(pid) for pid in pids)
     t0 = time.monotonic()
     release()
-    left = held
+    left, polls = held, 0
     while time.monotonic() - t0 < MAX_S:
-        left = pending()
+        left, polls = pending(), polls + 1
         if left == 0:
             break
         time.sleep(0.02)
     wall = time.monotonic() - t0
+    if left and count is not None:
+        left = count()
     n1 = [cpu(pid) for pid in pids]
     c1, s1, m1 = sum(n1), cpu(sink_pid), sum(own_cpu(pid) for pid in pids)
     done = held - left
@@ -133,6 +146,7 @@ def timed_drain(label: str, server_pid: int | list[int], sink_pid: int, held: in
            "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(1, done)),
            "main_cpu_pct": round(100 * (m1 - m0) / wall, 1),
            "sink_cpu_pct": round(100 * (s1 - s0) / wall, 1)}
+    rec["polls"] = polls  # the bench's own queries (each one transaction: not counted in db_commits_per_msg)
     if len(pids) > 1:
         rec["node_cpu_s"] = [round(b - a, 3) for a, b in zip(n0, n1)]
     return rec
@@ -267,28 +281,35 @@ class Mtad:
         if self.dsn:
             import psycopg
             conn = psycopg.connect(self.dsn, autocommit=True)
+            conn.execute("SET enable_seqscan = off")  # this session's polls read the index (see PENDING_SQL)
             unpause = "DELETE FROM kv WHERE key = %s"
         else:
             conn = sqlite3.connect(f"file:{self.db}", uri=True, timeout=60, isolation_level=None)
             unpause = "DELETE FROM kv WHERE key = ?"
         try:
-            pending_sql = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
-            held = conn.execute(pending_sql).fetchone()[0]
+            held = conn.execute(PENDING_SQL).fetchone()[0]
             delivered0 = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0]
             time.sleep(1.2)  # also: PostgreSQL's backends report their counters at most once a second when idle
             xact_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
             xacts0 = conn.execute(xact_sql).fetchone()[0] if self.dsn else None
             db0 = cpu(self.pg[1]) if self.pg else 0.0
+            if self.dsn and STATEMENTS:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT pg_stat_statements_reset()")
             spy = self._profile(a.profile) if profile else None
             rec = timed_drain(self.label, self.proc.pid, a.sink_pid, held,
                               lambda: conn.execute(unpause, (f"pause:domain:{DOMAIN}",)),
-                              lambda: conn.execute(pending_sql).fetchone()[0], a.size)
+                              lambda: conn.execute(ANY_PENDING_SQL).fetchone()[0], a.size,
+                              lambda: conn.execute(PENDING_SQL).fetchone()[0])
             if self.pg:  # the database server's process tree, over the same time as timed_drain's clock (+ a poll)
                 rec["db_cpu_us_per_msg"] = round(1e6 * (cpu(self.pg[1]) - db0) / max(1, rec["msgs"] - rec["left"]))
                 time.sleep(1.2)
                 if self.dsn:  # a new transaction sees fresh statistics (psycopg autocommit: each statement is one)
-                    rec["db_commits_per_msg"] = round(
-                        (conn.execute(xact_sql).fetchone()[0] - xacts0) / max(1, rec["msgs"] - rec["left"]), 2)
+                    rec["db_commits_per_msg"] = round((conn.execute(xact_sql).fetchone()[0] - xacts0 - bench_xacts(
+                        rec, 2 if STATEMENTS else 0)) / max(1, rec["msgs"] - rec["left"]), 2)
+                if self.dsn and STATEMENTS:
+                    rec["db_statements_per_msg"] = statements(conn, Path(a.out).with_name(
+                        f"{self.label.replace('/', '-')}-r{rnd_of(a)}-statements.log"), rec["msgs"] - rec["left"])
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
@@ -359,9 +380,9 @@ class MtadCluster:
                                    for n, node in enumerate(self.nodes)))
         asyncio.run(fill())
         conn = psycopg.connect(self.dsn, autocommit=True)
+        conn.execute("SET enable_seqscan = off")  # this session's polls read the index (see PENDING_SQL)
         try:
-            pending_sql = "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
-            held = conn.execute(pending_sql).fetchone()[0]
+            held = conn.execute(PENDING_SQL).fetchone()[0]
             delivered0 = conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0]
             time.sleep(1.2)
             xact_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
@@ -370,11 +391,13 @@ class MtadCluster:
             db0 = cpu(self.pg[1])
             rec = timed_drain(self.label, [node.proc.pid for node in self.nodes], a.sink_pid, held,
                               lambda: conn.execute("DELETE FROM kv WHERE key = %s", (f"pause:domain:{DOMAIN}",)),
-                              lambda: conn.execute(pending_sql).fetchone()[0], a.size)
+                              lambda: conn.execute(ANY_PENDING_SQL).fetchone()[0], a.size,
+                              lambda: conn.execute(PENDING_SQL).fetchone()[0])
             done = max(1, rec["msgs"] - rec["left"])
             rec["db_cpu_us_per_msg"] = round(1e6 * (cpu(self.pg[1]) - db0) / done)
             time.sleep(1.2)
-            rec["db_commits_per_msg"] = round((conn.execute(xact_sql).fetchone()[0] - xacts0) / done, 2)
+            rec["db_commits_per_msg"] = round((conn.execute(xact_sql).fetchone()[0] - xacts0 - bench_xacts(rec)) / done,
+                                              2)
             rec["node_delivered"] = [b - a_ for a_, b in zip(per_node0, self.delivered())]
             rec["node_cpu_us_per_msg"] = [round(1e6 * c / d) if d else None for c, d in zip(rec["node_cpu_s"],
                                                                                           rec["node_delivered"])]
@@ -391,6 +414,32 @@ class MtadCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def bench_xacts(rec: dict, more: int = 0) -> int:
+    """Transactions the bench itself ran on the database between its two reads of xact_commit: the first read,
+    the release (unpause), the polls, the count of what was left, ``more``."""
+    return 2 + rec.get("polls", 0) + (1 if rec["left"] else 0) + more
+
+
+def rnd_of(a: argparse.Namespace) -> int:
+    return getattr(a, "current_round", 0)
+
+
+def statements(conn, out: Path, done: int) -> float:
+    """Statements this database ran since the reset (pg_stat_statements: BEGIN and COMMIT are not among them, the
+    commits are db_commits_per_msg) per delivered message, the bench's own polls included (~0.1); each statement's
+    calls, rows and execution time per message written to ``out``, most called first."""
+    rows = conn.execute(
+        "SELECT calls, rows, round(total_exec_time::numeric, 1), query FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC").fetchall()
+    done = max(1, done)
+    with open(out, "w") as f:
+        for calls, nrows, ms, query in rows:
+            f.write(f"{calls / done:8.3f} calls/msg {nrows / done:8.3f} rows/msg {ms:10} ms  "
+                    f"{' '.join(query.split())[:300]}\n")
+    return round(sum(r[0] for r in rows) / done, 2)
 
 
 async def submit_all(port: int, msgs: int, size: int, sessions: int = 20, first: int = 0) -> None:
@@ -441,6 +490,12 @@ def cmd_run(a: argparse.Namespace) -> None:
             from pg_bench import _server
             server = _server()
             pg = (server.start(), int((server.data / "postmaster.pid").read_text().split()[0]))
+            if STATEMENTS:  # pg_stat_statements loaded: statements per delivered message (costs the server a little)
+                with open(server.data / "postgresql.conf", "a") as conf:
+                    conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n")
+                server.halt()
+                server.resume()
+                pg = (server, int((server.data / "postmaster.pid").read_text().split()[0]))
         if a.postfix_dir:
             servers.append(Postfix(a.postfix_dir, a.postfix_port))
         if a.postfix_dkim_dir:
@@ -461,6 +516,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         for rnd in range(1, a.rounds + 1):
             k = (rnd - 1) % len(servers)  # rotate the order so no server always goes first (as run_ingress.py)
             for server in servers[k:] + servers[:k]:
+                a.current_round = rnd
                 rec = {"round": rnd, **server.round(a, profile=bool(a.profile) and rnd == a.rounds)}
                 with open(a.out, "a") as f:
                     f.write(json.dumps(rec) + "\n")

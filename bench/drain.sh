@@ -21,7 +21,10 @@
 #                   a private PostgreSQL server (tests/support/postgres.py: initdb + pg_ctl as user mtadtest,
 #                   loopback, fsync and synchronous_commit on), a database per variant; the summary adds the
 #                   database server's CPU per message and its committed transactions per message; with
-#                   --base-src/--base-rev the base tree runs on PostgreSQL too (base-mtad-pg-dkim-...)
+#                   --base-src/--base-rev the base tree runs on PostgreSQL too (base-mtad-pg-dkim-...);
+#                   DRAIN_PG_STATEMENTS=1 loads pg_stat_statements into that server and adds the statements it ran
+#                   per delivered message (db_statements_per_msg; each statement's calls and rows per message in
+#                   OUT/LABEL-rN-statements.log); DB commits/msg leaves out the bench's own transactions (its polls)
 #   --pg-nodes N    (implies --pg) also N mtad-pg nodes on one database per DKIM variant (labels mtad-pg-xN-dkim-...):
 #                   the submission split among them, drained together; the summary adds each node's CPU per
 #                   message it delivered and the database's CPU per message
@@ -74,7 +77,7 @@ while [ $# -gt 0 ]; do
     --pg) PG=1 ;;
     --html) HTML=1 ;;
     --pg-nodes) PG=1; PG_NODES=$2; shift ;;
-    -h|--help) sed -n '2,53p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
     *) echo "drain.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

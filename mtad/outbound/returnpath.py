@@ -31,6 +31,7 @@ class ReturnPaths:
         self.policies = dict(policies)  # sending domain -> policy; others: auto
         self.smarthost = smarthost
         self.is_sending_domain = is_sending_domain
+        self._tokens: dict[tuple[str, str | None], str] = {}  # the last jobs' tokens: stamp, then sender, reuse it
 
     def _ours(self, job: DeliveryJob) -> bool:
         """A user's message of one of mtad's sending domains (see the module doc)."""
@@ -38,7 +39,13 @@ class ReturnPaths:
             and self.is_sending_domain(job.sending_domain)
 
     def _token(self, job: DeliveryJob) -> str:
-        return returnpath.token(self.key, job.queue_id, job.recipients[0] if len(job.recipients) == 1 else None)
+        which = (job.queue_id, job.recipients[0] if len(job.recipients) == 1 else None)
+        token = self._tokens.get(which)
+        if token is None:
+            if len(self._tokens) >= 4096:
+                del self._tokens[next(iter(self._tokens))]
+            token = self._tokens[which] = returnpath.token(self.key, *which)
+        return token
 
     def verp(self, domain: str) -> bool:
         policy = self.policies.get(domain, "auto")

@@ -93,6 +93,7 @@ class Site:
     jobs: deque = field(default_factory=deque)  # (job, its signed body, or None when it is read at sending)
     connections: int = 0
     idle: int = 0  # connections waiting for more mail (``ProviderPolicy.idle_timeout``)
+    starting: int = 0  # connection tasks that have no connection slot yet
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when jobs are queued
 
 
@@ -127,6 +128,8 @@ class Scheduler:
         self.shares_actions = shares_shaping(store)  # automation rules' actions go to every node through the store
         self.sites: dict[tuple, Site] = {}
         self._applied: dict[tuple, Destination] = {}  # (destination, provider, tls, verify) -> with the policy
+        self._policies: dict[tuple, ProviderPolicy] = {}  # (domain, MX hosts) -> its provider policy (``_policy``)
+        self._policies_of: ShapingConfig | None = None  # the shaping those policies came from
         self.inflight = 0
         # An outcome frees room for one more job; the next claim waits for a batch's worth of room (a tenth of
         # max_inflight) and only follows outcomes while the last claim took all it asked for: on a store shared
@@ -234,7 +237,7 @@ class Scheduler:
             except (PermFailure, TempFailure) as exc:
                 await self._finish(job, {r: classify.from_exception(exc) for r in job.recipients})
                 return
-            policy = self._smarthost_policy or providers.for_destination(job.domain, list(mx_hosts), self.shaping)
+            policy = self._smarthost_policy or self._policy(job.domain, mx_hosts)
             if policy.name in self.paused.provider or set(job.options.get("tags") or ()) & self.paused.tag:
                 try:
                     await settle_call(self.store, lambda: self.store.hold(job.id),
@@ -305,6 +308,19 @@ class Scheduler:
         hosts = tuple(h.host for h in mx.hosts)
         return Destination(domain, hosts, cfg.port), hosts
 
+    def _policy(self, domain: str, mx_hosts: tuple[str, ...]) -> ProviderPolicy:
+        """``providers.for_destination``, remembered per (domain, MX hosts) while ``self.shaping`` stays the same
+        object (a reload gives a new one): an unknown domain's policy is a new copy of the default each time."""
+        if self._policies_of is not self.shaping:
+            self._policies, self._policies_of = {}, self.shaping
+        key = (domain, mx_hosts)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= 4096:
+                self._policies.clear()
+            policy = self._policies[key] = providers.for_destination(domain, list(mx_hosts), self.shaping)
+        return policy
+
     def _apply_policy(self, dest: Destination, policy: ProviderPolicy, job: DeliveryJob) -> Destination:
         if dest.name == "smarthost":
             return dest
@@ -331,6 +347,7 @@ class Scheduler:
         limit = self._limits(site.policy)[0]
         while site.jobs and site.connections < limit and site.connections < len(site.jobs):
             site.connections += 1
+            site.starting += 1
             self._spawn(self._connection(site))
 
     def _limits(self, policy: ProviderPolicy) -> tuple[int, object]:
@@ -339,9 +356,13 @@ class Scheduler:
 
     async def _connection(self, site: Site) -> None:
         policy = site.policy
+        starting = True
         try:
+            if not site.jobs:  # the site's open connections took them meanwhile: no slot taken for nothing
+                return
             limit, _ = self._limits(policy)
             async with self.limiter.acquire(policy.name, limit):
+                site.starting, starting = site.starting - 1, False
                 if not site.jobs:
                     return
                 if await self._defer_if_suspended(site):
@@ -361,6 +382,8 @@ class Scheduler:
                 finally:
                     await session.close()
         finally:
+            if starting:
+                site.starting -= 1
             site.connections -= 1
             if site.jobs:
                 self._start_connections(site)
@@ -409,13 +432,14 @@ class Scheduler:
         """Keep an emptied connection open up to the policy's ``idle_timeout`` for more mail to the site, as
         Postfix's connection cache does (no new TCP and TLS handshake for the next message); True when a job
         came. Not while the scheduler stops, nor while another site of the provider waits for a connection slot
-        (checked every 100 ms)."""
+        (checked every 100 ms). The site's own tasks waiting for a slot do not count: they would only open a
+        connection where this one is (on a shared store, a slot released and taken again each time)."""
         deadline = time.monotonic() + site.policy.idle_timeout.seconds
         site.idle += 1
         try:
             while not site.jobs:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping or self.limiter.waiting(site.policy.name):
+                if remaining <= 0 or self._stopping or self.limiter.waiting(site.policy.name) > site.starting:
                     return False
                 site.arrived.clear()
                 try:

@@ -403,15 +403,37 @@ class AttemptDone:
     dsn: DsnBuilder | None = None
 
 
+# PostgreSQL: the rows of a burst of outcomes of one kind in ONE statement, their values as arrays (unnest), in
+# the column order of the parameters of _DONE_ROW and _DEFER_ROW, then the ids again (a statement per row costs the
+# server a Bind and an Execute each, and psycopg ~40 µs of Python each). ``d.id = ANY(ids)`` has the rows found by
+# their primary key: joined to the arrays alone, a small table is read whole (a hash join on a sequential scan).
+_ROWS_PG = {
+    _DONE_ROW: (f"UPDATE deliveries AS d SET recipients = '[]', state = 'done', attempts = v.attempts, {UNLOCK},"
+                " last_code = v.code, last_reply = v.reply, updated_at = v.at"
+                " FROM unnest(?::int[], ?::int[], ?::text[], ?::float8[], ?::bigint[])"
+                " AS v(attempts, code, reply, at, id) WHERE d.id = v.id AND d.id = ANY(?::bigint[])"),
+    _DEFER_ROW: ("UPDATE deliveries AS d SET recipients = v.recipients, state = 'deferred', attempts = v.attempts,"
+                 f" next_attempt_at = v.due, {UNLOCK}, last_code = v.code, last_reply = v.reply, updated_at = v.at"
+                 " FROM unnest(?::text[], ?::int[], ?::float8[], ?::int[], ?::text[], ?::float8[], ?::bigint[])"
+                 " AS v(recipients, attempts, due, code, reply, at, id) WHERE d.id = v.id AND d.id = ANY(?::bigint[])"),
+}
+
+
 def finish_attempts(conn: sqlite3.Connection, items: Sequence[AttemptDone]) -> None:
     """``finish_attempt`` of each item, in order, in the caller's transaction; the rows' UPDATEs together at the end,
-    one ``executemany`` per kind (done, deferred): on PostgreSQL one prepared statement, pipelined, instead of a
-    statement of its own per delivery. (Each item is a different delivery row: a claimed row has one outcome.)"""
+    per kind (done, deferred): on PostgreSQL one statement for all the rows of a kind (``_ROWS_PG``: the values as
+    arrays), on SQLite one ``executemany`` (a statement stepped per row). (Each item is a different delivery row:
+    a claimed row has one outcome.)"""
     rows: dict[str, list[tuple]] = {}
     for item in items:
         finish_attempt(conn, item.job, item.attempt, item.now, item.dsn, rows=rows)
+    batched = dialect_of(conn).is_postgresql
     for sql, params in rows.items():
-        conn.executemany(sql, params)
+        if batched and len(params) > 1:
+            columns = [list(column) for column in zip(*params)]
+            conn.execute(_ROWS_PG[sql], [*columns, columns[-1]])
+        else:
+            conn.executemany(sql, params)
 
 
 def settle_some(conn: sqlite3.Connection, job: DeliveryJob, worker: str, rest: tuple[str, ...],

@@ -13,7 +13,8 @@ triggers); PostgreSQL in GIN indexes of ``pg_trgm``. Both answer "contains this 
 
 Writing: ``record`` (``store.events``) stages one row per event with its event row, in the same group commit;
 ``write_rows`` folds a batch's rows per message and upserts them (a message seen before only moves its
-``first_at``/``last_at`` when an event widens them). A header value is indexed up to ``MAX_TEXT`` characters.
+``first_at``/``last_at`` when an event widens them; on PostgreSQL the rows its row already covers are not even
+upserted). A header value is indexed up to ``MAX_TEXT`` characters.
 
 Reading: ``condition`` turns the text terms a query requires (ANDed) into SQL that selects the events the
 scan would check: the messages whose headers contain every term (one index lookup, at most ``MAX_MESSAGES``),
@@ -96,6 +97,19 @@ _UPSERT = ("INSERT INTO message_text (digest, domain, message_id, subject, from_
            " WHERE excluded.first_at < message_text.first_at OR excluded.last_at > message_text.last_at")
 
 
+# PostgreSQL: the rows as arrays (one statement shape whatever the batch's size), and only those whose message's
+# row does not already cover their hours: most events (a message's delivery, in the hour it was accepted) change
+# nothing, and an upsert that changes nothing still locks the row it conflicts with (a WAL record, a dirtied page).
+# The check is a scalar subquery, one probe of the digest's unique index per row (a NOT EXISTS would be planned
+# as an anti join, which on a small table reads it whole).
+_UPSERT_PG = ("INSERT INTO message_text (digest, domain, message_id, subject, from_header, first_at, last_at)"
+              " SELECT v.digest, v.domain, v.message_id, v.subject, v.from_header, v.first_at, v.last_at"
+              " FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[])"
+              " AS v(digest, domain, message_id, subject, from_header, first_at, last_at)"
+              " WHERE (SELECT m.first_at <= v.first_at AND m.last_at >= v.last_at FROM message_text m"
+              " WHERE m.digest = v.digest) IS NOT TRUE" + _UPSERT[1])
+
+
 def write_rows(conn: sqlite3.Connection, rows: list[TextRow]) -> None:
     """Upsert ``rows``, one per message after folding a batch's rows (earliest first, latest last event)."""
     folded: dict[str, TextRow] = {}
@@ -105,7 +119,10 @@ def write_rows(conn: sqlite3.Connection, rows: list[TextRow]) -> None:
             folded[row[0]] = row
         elif row[5] < seen[5] or row[6] > seen[6]:
             folded[row[0]] = (*seen[:5], min(seen[5], row[5]), max(seen[6], row[6]))
-    execute_rows(conn, _UPSERT[0], 7, list(folded.values()), _UPSERT[1])
+    if dialect_of(conn).is_postgresql:
+        conn.execute(_UPSERT_PG, [list(column) for column in zip(*folded.values())])
+    else:
+        execute_rows(conn, _UPSERT[0], 7, list(folded.values()), _UPSERT[1])
 
 
 def prune_rows(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:

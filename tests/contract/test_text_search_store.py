@@ -9,7 +9,7 @@ import time
 
 from mtad.events import query as q
 from mtad.events import shape
-from mtad.store import eventquery
+from mtad.store import eventquery, textsearch
 from mtad.store.events import NewEvent
 from tests.support.stores import backend_store  # noqa: F401 (fixture)
 
@@ -162,3 +162,30 @@ async def test_index_rows_are_pruned_with_their_last_event(backend_store):
     rows = await store.read(lambda c: c.execute("SELECT message_id, subject FROM message_text").fetchall())
     assert [tuple(r) for r in rows] == [(MESSAGES[1][1], MESSAGES[1][2])]
     assert await ids(store, query("subject", "order 12345")) == []
+
+
+async def test_a_message_row_spans_the_hours_of_its_events_written_one_commit_at_a_time(backend_store):
+    """Each event in a commit of its own, in any order: the message's row moves its first or last hour only when
+    an event widens them (on PostgreSQL the events inside its hours are not even upserted), and stays one row."""
+    store = backend_store()
+    hour = float(int(NOW // 3600) * 3600)
+
+    def event(at: float) -> NewEvent:
+        headers = {"from": "Shop <s@a.test>", "to": "r@dest.test", "subject": "Widening hours", "message-id": "w@a.test"}
+        return NewEvent("a.test", shape.base_event("delivered", timestamp=at, recipient="r@dest.test", queue_id="QW",
+                                                   message=shape.message_part(headers, 100), options={},
+                                                   envelope={"sender": "s@a.test", "targets": "r@dest.test",
+                                                             "transport": "smtp"}, flags={}))
+
+    async def span() -> list[tuple[float, float]]:
+        rows = await store.read(lambda c: c.execute("SELECT first_at, last_at FROM message_text").fetchall())
+        return [(float(a), float(b)) for a, b in rows]
+    end = textsearch.HOUR_END
+    steps = [(hour + 10, (hour, hour + end)), (hour + 3000, (hour, hour + end)),  # the same hour: unchanged
+             (hour + 7300, (hour, hour + 7200 + end)),  # a later hour: last moves
+             (hour - 3500, (hour - 3600, hour + 7200 + end)),  # an earlier hour: first moves
+             (hour + 3700, (hour - 3600, hour + 7200 + end))]  # inside: unchanged
+    for at, want in steps:
+        await store.record_events([event(at)])
+        assert await span() == [want]
+    assert len(await ids(store, query("subject", "widening hours", lo=hour - 7200, hi=hour + 4 * 3600))) == 5

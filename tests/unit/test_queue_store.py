@@ -138,6 +138,41 @@ async def test_finish_attempts_writes_a_burst_of_outcomes_in_one_transaction_all
     assert await count(store, "SELECT count(*) FROM events WHERE event = 'failed'") == 1
 
 
+async def test_a_burst_of_outcomes_gives_each_row_its_own_values_in_every_kind(store):
+    """The rows of a burst are updated together per kind (on PostgreSQL one statement per kind, the values as
+    arrays): each row still gets exactly its own recipients, attempt number, due time, code and reply, and rows
+    outside the burst are untouched."""
+    await store.enqueue([item([f"r{i}@x{i}.test", f"s{i}@x{i}.test"]) for i in range(7)], 1.0)
+    jobs = (await store.claim_due("w1", 2.0, 10)).jobs
+    ok = Outcome("delivered", 250, "2.0.0", "Ok")
+
+    def attempt(job, n, outcomes, retry_at):
+        return spool.AttemptDone(job, finished(job, AttemptRecord(outcomes, n, retry_at), 3.0 + n), 3.0 + n)
+    burst = []
+    for n, job in enumerate(jobs[:3]):  # deferred: one recipient each left, due at its own time
+        first, second = job.recipients
+        burst.append(attempt(job, n + 1, {second: Outcome("deferred", 421 + n, "4.4.2", f"later {n}"), first: ok},
+                             600.0 + n))  # the row's last_code and last_reply: the first outcome's
+    for n, job in enumerate(jobs[3:6]):  # done: each with its own code and reply
+        burst.append(attempt(job, n + 1, {r: Outcome("delivered", 250, "2.0.0", f"ok {n}") for r in job.recipients},
+                             None))
+    await store.finish_attempts(burst)
+    rows = await store.read(lambda c: {r[0]: tuple(r[1:]) for r in c.execute(
+        "SELECT id, state, recipients, attempts, next_attempt_at, last_code, last_reply, locked_by, updated_at"
+        " FROM deliveries")})
+    for n, job in enumerate(jobs[:3]):
+        state, recipients, attempts, due, code, reply, locked_by, updated = rows[job.id]
+        assert (state, json.loads(recipients), attempts, due, code, locked_by, updated) == (
+            "deferred", [job.recipients[1]], n + 1, 600.0 + n, 421 + n, None, 4.0 + n)
+        assert f"later {n}" in reply
+    for n, job in enumerate(jobs[3:6]):
+        state, recipients, attempts, _, code, reply, locked_by, updated = rows[job.id]
+        assert (state, recipients, attempts, code, locked_by, updated) == ("done", "[]", n + 1, 250, None, 4.0 + n)
+        assert f"ok {n}" in reply
+    assert rows[jobs[6].id][0] == "queued" and rows[jobs[6].id][6] == "w1"  # not in the burst: still claimed
+    assert await count(store, "SELECT count(*) FROM events WHERE event = 'delivered'") == 9
+
+
 async def test_the_operator_bounce_fails_every_pending_recipient_without_a_dsn(store):
     queued = item(["a@x.test", "b@y.test"])
     await store.enqueue([queued], 1.0)
