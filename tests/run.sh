@@ -42,6 +42,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 elif [ -n "$missing" ]; then
   echo "tests/run.sh: not root with apt-get, so not installing:$missing; the tests that need them will skip" >&2
 fi
+# Python's bytecode cache, whatever the caller's environment says: with PYTHONDONTWRITEBYTECODE set, every daemon a
+# test starts (hundreds) compiled mtad from source again, and every pytest process re-rewrote its plugins' asserts
+# (about a quarter of an end-to-end module's CPU time). __pycache__/ is in .gitignore.
+unset PYTHONDONTWRITEBYTECODE
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 if command -v npm >/dev/null 2>&1; then  # mailgun.js 14 for tests/e2e/test_api_mailgun_js.py, in a private folder
