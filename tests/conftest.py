@@ -13,6 +13,8 @@ import trustme
 from tests.support.daemon import Mtad, base_config, daemon_store
 from tests.support.postgres import pg_database, postgres  # noqa: F401 (fixtures)
 
+pytest_plugins = ["tests.support.xdist_plan"]  # how the suite is spread over xdist's workers
+
 
 @dataclass
 class Certs:

@@ -42,6 +42,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 elif [ -n "$missing" ]; then
   echo "tests/run.sh: not root with apt-get, so not installing:$missing; the tests that need them will skip" >&2
 fi
+# Python's bytecode cache, whatever the caller's environment says: with PYTHONDONTWRITEBYTECODE set, every daemon a
+# test starts (hundreds) compiled mtad from source again, and every pytest process re-rewrote its plugins' asserts
+# (about a quarter of an end-to-end module's CPU time). __pycache__/ is in .gitignore.
+unset PYTHONDONTWRITEBYTECODE
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 if command -v npm >/dev/null 2>&1; then  # mailgun.js 14 for tests/e2e/test_api_mailgun_js.py, in a private folder
@@ -52,15 +56,12 @@ fi
 # PostgreSQL servers left by an earlier run killed with its watchdogs (kill -9 of everything): stopped, folders
 # removed; servers of runs still alive are left alone (tests/support/pg_watchdog.py)
 .venv/bin/python tests/support/pg_watchdog.py reap || true
-# The whole suite: --dist loadfile, so a module's tests run on one worker and its module-scoped daemons (clusters,
-# Postfix, the browser) start once, not once per worker; but the API fuzzing module runs apart with xdist's
-# default scheduling, because under loadfile/loadscope/loadgroup Schemathesis's generated cases collapse into 2
-# items (176 under -p no:xdist or --dist load). With paths given: one run, default scheduling.
+# The whole suite, one pytest run: --dist loadfile, so a module's tests run on one worker and its module-scoped
+# daemons (clusters, Postfix, the browser) start once, not once per worker; tests/support/xdist_plan.py sends the
+# slowest modules first and cuts the API fuzzing module's ~176 generated cases into two halves, one per worker.
+# With paths given: one run, default scheduling.
 # -rs: every skip and its reason in the summary.
 for arg in "$@"; do
   case $arg in -*) ;; *) exec .venv/bin/python -m pytest -n 2 -rs "$@" ;; esac
 done
-status=0
-.venv/bin/python -m pytest -n 2 --dist loadfile -rs --ignore=tests/e2e/test_api_fuzz.py "$@" || status=$?
-.venv/bin/python -m pytest -n 2 -rs "$@" tests/e2e/test_api_fuzz.py || status=$?
-exit $status
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -rs "$@"
