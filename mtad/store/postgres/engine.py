@@ -141,6 +141,7 @@ class PgConnection:
     ``EventBus`` on the writer's connection."""
 
     dialect = POSTGRESQL
+    isolates_staged = True  # a failed batch runs again with each write's staged rows in its savepoint (``PgEngine``)
 
     def __init__(self, connect: Callable[[], psycopg.Connection]):
         self._connect = connect
@@ -345,7 +346,12 @@ class PgEngine(Store):
                     raise _WriteFailed() from exc
                 staged.keep()
                 done.append((job, result))
-            staged.apply(conn)  # what the writes staged, e.g. the counters of their events: same transaction
+            try:
+                staged.apply(conn)  # what the writes staged (their messages, events, counters): same transaction
+            except psycopg.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a staged row psycopg cannot send: find its write one by one
+                raise _WriteFailed() from exc
             conn.command("COMMIT")
             conn.sync()
         except (psycopg.Error, _WriteFailed) as exc:
@@ -392,8 +398,8 @@ class PgEngine(Store):
             try:
                 conn.command("SAVEPOINT w")
                 result = job.fn(conn)
+                staged.apply(conn)  # this write's staged rows, in its savepoint: a row refused fails it alone
                 conn.command("RELEASE w")
-                staged.keep()
                 done.append((job, result))
             except BaseException as exc:  # noqa: BLE001 - any failure belongs to that caller alone
                 staged.drop()
