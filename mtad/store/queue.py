@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequence
@@ -27,9 +28,27 @@ from mtad.store.events import NewEvent, record_all
 from mtad.store.suppressions import add_suppression, allowlisted, suppressed_many
 
 
+_RANDOM_HEX: list[str] = []  # 8-hex-digit pieces of os.urandom, taken one per queue id (``_random_hex8``)
+_RANDOM_LOCK = threading.Lock()
+
+
+def _random_hex8() -> str:
+    """8 random hex digits from a pool refilled 512 at a time: ``os.urandom`` is a system call that lets go of
+    the GIL, and on the event loop taking it back waits for the store's writer thread (up to the interpreter's
+    switch interval) — once per accepted message before, once per 512 now."""
+    with _RANDOM_LOCK:
+        if not _RANDOM_HEX:
+            pool = os.urandom(2048).hex().upper()
+            _RANDOM_HEX.extend(pool[i:i + 8] for i in range(0, len(pool), 8))
+        return _RANDOM_HEX.pop()
+
+
+os.register_at_fork(after_in_child=_RANDOM_HEX.clear)  # a forked child never repeats its parent's ids
+
+
 def new_queue_id() -> str:
     """Sortable, unique: 11 hex digits of milliseconds then 8 random hex digits."""
-    return f"{int(time.time() * 1000):011X}{os.urandom(4).hex().upper()}"
+    return f"{int(time.time() * 1000):011X}{_random_hex8()}"
 
 
 def new_queue_ids(n: int) -> list[str]:
