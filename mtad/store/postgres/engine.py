@@ -5,7 +5,9 @@ Contract (the same as ``store.engine.Store``, whose group-commit loop this class
   returns only after PostgreSQL committed it (``synchronous_commit`` is the server's, ``on`` by default: the WAL
   is flushed). Writes queued while one commit is in progress are committed together in the next transaction,
   each inside its own SAVEPOINT so one failing write rolls back alone; ``conn.staged`` rows are applied once per
-  batch just before COMMIT. A failed commit or a lost connection raises ``StoreError`` in every waiting caller.
+  batch just before COMMIT. (How: ``PgEngine._pipelined`` sends a batch in pipeline mode, kept between batches,
+  without savepoints, one round trip; if anything of it fails, ``_one_by_one`` runs it again with a savepoint and
+  the staged rows of each write.) A failed commit or a lost connection raises ``StoreError`` in every waiting caller.
   A connection lost *during* COMMIT leaves the outcome unknown to mtad: the callers get ``StoreError`` (SMTP
   451), so a client may send again a message that was in fact stored (a duplicate, never a loss).
 - Reads run on ``pool_size - 1`` reader threads, each with its own connection, one ``REPEATABLE READ READ ONLY``
