@@ -102,7 +102,8 @@ class Enqueued:
     has_work: bool  # delivery or forward rows: the scheduler and forwarders have something to do
 
 
-STAGE_MAX_BODY = 256 * 1024  # a body up to this size may wait in a batch's staged rows (``enqueue(stage=True)``)
+STAGE_MAX_BODY = 64 * 1024  # a body up to this size may wait in a batch's staged rows (``enqueue(stage=True)``): at most
+# max_group (256) x 64 KB = 16 MB in one multi-row INSERT; a larger message is sent as its own statement
 _MESSAGES_HEAD = ("INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
                   " options, envelope, size, body, attachments)")
 _DELIVERIES_HEAD = ("INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"

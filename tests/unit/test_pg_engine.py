@@ -282,3 +282,31 @@ async def test_a_connection_lost_in_the_middle_of_a_batch_fails_the_batch_and_th
         assert await store.count_messages() == 1
     finally:
         store.close()
+
+
+async def test_staged_and_unstaged_acceptances_of_one_batch_keep_their_work_rows(pg_database):
+    """Outbound messages accepted together, one with a body over ``STAGE_MAX_BODY`` (its own INSERT, at once) and
+    the others staged: every message is stored with its delivery rows (a row per destination domain)."""
+    from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
+    from mtad.events import shape
+    from mtad.store import queue as spool
+    store = store_of(pg_database())
+    store.open()
+    try:
+        ids = spool.new_queue_ids(5)
+
+        def outbound(n: int, size: int):
+            rcpts = (f"a{n}@one.example", f"b{n}@two.example")
+            msg = NewMessage(Envelope("s@example.com", rcpts), b"Subject: t\r\n\r\n" + b"y" * size, "outbound",
+                             "example.com", HeaderSummary(f"<o{n}@example.com>", "s@example.com", rcpts[0], "t"),
+                             SendOptions())
+            return spool.Enqueue(ids[n], msg, tuple(shape.accepted(msg, ids[n], 1_000_000.0)))
+        items = [outbound(n, spool.STAGE_MAX_BODY + 10 if n == 2 else 500) for n in range(5)]
+        results = await _one_batch(store, [lambda i=i: store.enqueue([i], 1_000_000.0) for i in items])
+        assert results == [None] * 5
+        rows = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
+            "SELECT m.id, d.domain, m.size FROM messages m JOIN deliveries d ON d.message = m.id")))
+        assert rows == sorted((ids[n], domain, len(items[n].message.body))
+                              for n in range(5) for domain in ("one.example", "two.example"))
+    finally:
+        store.close()
