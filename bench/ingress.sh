@@ -24,6 +24,8 @@
 #                   `store: {backend: postgresql, dsn: ...}`, on :2529 (API :2582), driven in the same rotation;
 #                   the summary adds mtad-pg/Postfix, the database server's CPU per message (its process tree)
 #                   and its committed transactions per accepted message (pg_stat_database.xact_commit delta)
+#                   with --base-rev/--base-src also base-mtad-pg: the base tree on a second database of the
+#                   same server (:2540, API :2590), in the same rotation: before/after on PostgreSQL in one run
 #   --pg-nodes N    with N >= 2 also mtad-pg-xN: N mtad-pg nodes (node_id n1..nN, :2531.. API :2583..) on a second
 #                   database of the same server, driven as one server in the same rotation (one smtp-source per
 #                   node, messages and sessions split evenly); implies --pg. 1 vs N nodes in one run
@@ -282,24 +284,35 @@ start_mtadpg() {
   fi
   STORE_DSN=""
 }
+# base-mtad-pg: the base tree (--base-rev/--base-src) on a second database of the same server, beside mtad-pg
+start_basepg() {
+  [ -n "$PG_PID" ] || return
+  STORE_DSN=$("$PY" "$HERE/pg_bench.py" createdb "$(cat "$WORK/pg/dsn")" mtadbench_base) || { STORE_DSN=""; return; }
+  start_mtad_tree base-mtad-pg "$BASE_SRC" "$BASE_DESC" 2540 2590; BMP=$MPID
+  STORE_DSN=""
+}
+stop_basepg() { stop_mtad_tree base-mtad-pg "$BMP"; }
 stop_mtadpg() {
   stop_mtad_tree mtad-pg "$MP"
   local i=1 p; for p in "${MPN[@]}"; do stop_mtad_tree "mtad-pg-x$PG_NODES-n$i" "$p"; i=$((i + 1)); done
 }
 wanted() {
-  case $1 in base) [ -n "$BASE_SRC" ] && want mtad ;; mtadpg) want mtad-pg ;; *) want "$1" ;; esac
+  case $1 in base) [ -n "$BASE_SRC" ] && want mtad ;; mtadpg) want mtad-pg ;;
+    basepg) [ -n "$BASE_SRC" ] && want mtad-pg ;; *) want "$1" ;; esac
 }
 
-ORDER=(sink postfix haraka mtad base mtadpg)
+ORDER=(sink postfix haraka mtad base mtadpg basepg)
 if [ $SEQUENTIAL = 1 ]; then
   for s in "${ORDER[@]}"; do
-    wanted "$s" && [ "$s" != base ] || continue
+    wanted "$s" && [ "$s" != base ] && [ "$s" != basepg ] || continue
     : >"$SPEC"; "start_$s"
     # a before/after comparison stays within one run even here: base-mtad is measured together with mtad
     [ "$s" = mtad ] && wanted base && start_base
+    [ "$s" = mtadpg ] && wanted basepg && start_basepg
     [ -s "$SPEC" ] && "${RI[@]}" --spec "$SPEC"
     "stop_$s"
     [ "$s" = mtad ] && wanted base && stop_base
+    [ "$s" = mtadpg ] && wanted basepg && stop_basepg
   done
 else
   : >"$SPEC"

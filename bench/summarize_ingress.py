@@ -182,8 +182,12 @@ def main():
               "Those figures (and ratios built on them) are skewed; rerun on an idle machine.")
     if has_base:
         before_after(groups, cells, names["mtad"], names["base"])
-    for pg in sorted({label for label, _, _ in groups if label == args.pg or label.startswith(args.pg + "-x")}):
+    base_pg = names["base"] + "-pg"  # the base tree on PostgreSQL (ingress.sh --pg with --base-rev/--base-src)
+    for pg in sorted({label for label, _, _ in groups
+                      if label in (args.pg, base_pg) or label.startswith(args.pg + "-x")}):
         postgresql(groups, cells, names["mtad"], pg, names["postfix"])  # mtad-pg, and mtad-pg-xN (N nodes)
+    if any(label == base_pg for label, _, _ in groups):
+        before_after(groups, cells, args.pg, base_pg)
 
 
 def postgresql(groups, cells, mtad, pg, postfix):

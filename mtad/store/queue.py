@@ -16,19 +16,39 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequence
 
 from mtad.base.types import NewMessage, Outcome, domain_of
 from mtad.store.dialect import dialect_of
+from mtad.store.engine import execute_rows
 from mtad.store.events import NewEvent, record_all
 from mtad.store.suppressions import add_suppression, allowlisted, suppressed_many
 
 
+_RANDOM_HEX: list[str] = []  # 8-hex-digit pieces of os.urandom, taken one per queue id (``_random_hex8``)
+_RANDOM_LOCK = threading.Lock()
+
+
+def _random_hex8() -> str:
+    """8 random hex digits from a pool refilled 512 at a time: ``os.urandom`` is a system call that lets go of
+    the GIL, and on the event loop taking it back waits for the store's writer thread (up to the interpreter's
+    switch interval) — once per accepted message before, once per 512 now."""
+    with _RANDOM_LOCK:
+        if not _RANDOM_HEX:
+            pool = os.urandom(2048).hex().upper()
+            _RANDOM_HEX.extend(pool[i:i + 8] for i in range(0, len(pool), 8))
+        return _RANDOM_HEX.pop()
+
+
+os.register_at_fork(after_in_child=_RANDOM_HEX.clear)  # a forked child never repeats its parent's ids
+
+
 def new_queue_id() -> str:
     """Sortable, unique: 11 hex digits of milliseconds then 8 random hex digits."""
-    return f"{int(time.time() * 1000):011X}{os.urandom(4).hex().upper()}"
+    return f"{int(time.time() * 1000):011X}{_random_hex8()}"
 
 
 def new_queue_ids(n: int) -> list[str]:
@@ -82,51 +102,92 @@ class Enqueued:
     has_work: bool  # delivery or forward rows: the scheduler and forwarders have something to do
 
 
-def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float) -> None:
-    """Store the message once, its work rows (deliveries per destination domain, forwards) and its events."""
+STAGE_MAX_BODY = 64 * 1024  # a body up to this size may wait in a batch's staged rows (``enqueue(stage=True)``): at most
+# max_group (256) x 64 KB = 16 MB in one multi-row INSERT; a larger message is sent as its own statement
+_MESSAGES_HEAD = ("INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
+                  " options, envelope, size, body, attachments)")
+_DELIVERIES_HEAD = ("INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"
+                    " updated_at)")
+_SENDER_DELIVERIES_HEAD = ("INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender,"
+                           " created_at, updated_at)")
+_FORWARDS_HEAD = ("INSERT INTO forwards (message, recipient, route_id, action, destination, state, next_attempt_at,"
+                  " created_at, updated_at)")
+_LISTS_HEAD = "INSERT INTO list_expansions (message, list_id, state, next_attempt_at, created_at, updated_at)"
+
+
+def _insert_messages(conn: sqlite3.Connection, rows: list) -> None:
+    execute_rows(conn, _MESSAGES_HEAD, 13, rows)
+
+
+def _insert_deliveries(conn: sqlite3.Connection, rows: list) -> None:
+    execute_rows(conn, _DELIVERIES_HEAD, 7, rows)
+
+
+def _insert_sender_deliveries(conn: sqlite3.Connection, rows: list) -> None:
+    execute_rows(conn, _SENDER_DELIVERIES_HEAD, 8, rows)
+
+
+def _insert_forwards(conn: sqlite3.Connection, rows: list) -> None:
+    execute_rows(conn, _FORWARDS_HEAD, 9, rows)
+
+
+def _insert_lists(conn: sqlite3.Connection, rows: list) -> None:
+    execute_rows(conn, _LISTS_HEAD, 6, rows)
+
+
+def _rows(conn: sqlite3.Connection, staged: bool, name: str, insert: Callable[[sqlite3.Connection, list], None],
+          rows: list) -> None:
+    if not rows:
+        return
+    if staged:
+        conn.staged.pending(name, insert).extend(rows)  # type: ignore[attr-defined] - a group commit's ``Staged``
+    else:
+        insert(conn, rows)
+
+
+def enqueue(conn: sqlite3.Connection, item: Enqueue, now: float, *, stage: bool = False) -> None:
+    """Store the message once, its work rows (deliveries per destination domain, forwards) and its events.
+
+    ``stage``: the caller writes nothing else of the message in its write (``QueueMethods.enqueue``), so the
+    message's rows may be staged (``engine.Staged``: one multi-row INSERT per table for the whole group commit,
+    instead of statements per message), on an engine that isolates a write's staged rows when a batch fails
+    (``conn.isolates_staged``: PostgreSQL's runs the failed batch again applying each write's staged rows in its
+    savepoint, so a row the server refuses fails its own write alone) and for a body up to ``STAGE_MAX_BODY``."""
     queue_id, msg, forwards, deliver_to = item.queue_id, item.message, item.forwards, item.deliver_to
+    staged = (stage and len(msg.body) <= STAGE_MAX_BODY and getattr(conn, "staged", None) is not None
+              and getattr(conn, "isolates_staged", False))
     env = msg.envelope
     envelope = {"client_ip": env.client_ip, "client_helo": env.client_helo, "auth_user": env.auth_user,
                 "tls": env.tls, "transport": env.transport, "listener": env.listener}
     if env.verdicts is not None:
         envelope["verdicts"] = dict(env.verdicts)  # inbound authentication verdicts, for later events
-    conn.execute(
-        "INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id, headers,"
-        " options, envelope, size, body, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    _rows(conn, staged, "queue.messages", _insert_messages, [
         (queue_id, now, msg.direction, msg.domain, env.sender, json.dumps(list(env.recipients)),
          msg.headers.message_id, json.dumps(msg.headers.to_json()), json.dumps(msg.options.to_json()),
-         json.dumps(envelope), len(msg.body), msg.body, json.dumps(list(msg.attachments))))
+         json.dumps(envelope), len(msg.body), msg.body, json.dumps(list(msg.attachments)))])
     if deliver_to is None:
         deliver_to = env.recipients if msg.direction == "outbound" else ()
     deliver_to = list(deliver_to)
     if deliver_to:
         due = max(now, msg.options.deliver_by or 0.0)
-        conn.executemany(
-            "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"
-            " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-            [(queue_id, domain, json.dumps(rcpts), due, now, now)
-             for domain, rcpts in group_by_domain(deliver_to).items()])
+        _rows(conn, staged, "queue.deliveries", _insert_deliveries,
+              [(queue_id, domain, json.dumps(rcpts), "queued", due, now, now)
+               for domain, rcpts in group_by_domain(deliver_to).items()])
     forwards = list(forwards)
     by_sender: dict[tuple[str, str], list[str]] = {}
     for f in forwards:
         if f.action == "address":
             sender = env.sender if f.sender is None else f.sender  # "" is the null sender of a returned bounce
             by_sender.setdefault((domain_of(f.destination), sender), []).append(f.destination)
-    conn.executemany(
-        "INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, sender, created_at,"
-        " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-        [(queue_id, domain, json.dumps(sorted(set(rcpts))), now, sender, now, now)
-         for (domain, sender), rcpts in by_sender.items()])
-    conn.executemany(
-        "INSERT INTO forwards (message, recipient, route_id, action, destination, state, next_attempt_at,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-        [(queue_id, f.recipient, f.route_id, f.action, f.destination, now, now, now)
-         for f in forwards if f.action != "address"])
+    _rows(conn, staged, "queue.sender_deliveries", _insert_sender_deliveries,
+          [(queue_id, domain, json.dumps(sorted(set(rcpts))), "queued", now, sender, now, now)
+           for (domain, sender), rcpts in by_sender.items()])
+    _rows(conn, staged, "queue.forwards", _insert_forwards,
+          [(queue_id, f.recipient, f.route_id, f.action, f.destination, "queued", now, now, now)
+           for f in forwards if f.action != "address"])
     if item.lists:  # mailing lists: expanded later, durably (store.lists)
-        conn.executemany(
-            "INSERT INTO list_expansions (message, list_id, state, next_attempt_at, created_at, updated_at)"
-            " VALUES (?, ?, 'queued', ?, ?, ?)", [(queue_id, list_id, now, now, now)
-                                                  for list_id in dict.fromkeys(item.lists)])
+        _rows(conn, staged, "queue.lists", _insert_lists,
+              [(queue_id, list_id, "queued", now, now, now) for list_id in dict.fromkeys(item.lists)])
     record_all(conn, item.events)
 
 
@@ -711,7 +772,7 @@ class QueueMethods:
     async def enqueue(self, items: Sequence[Enqueue], now: float) -> None:
         def write(conn: sqlite3.Connection) -> None:
             for item in items:
-                enqueue(conn, item, now)
+                enqueue(conn, item, now, stage=True)  # nothing else of these messages is written here
         await self.write(write)  # type: ignore[attr-defined]
 
     async def enqueue_stream(self, make: Callable[[], Iterable[Enqueue]], now: float) -> tuple[Enqueued, ...]:

@@ -161,3 +161,152 @@ async def test_a_write_raising_by_itself_fails_alone_with_what_it_wrote_and_its_
         assert store.round_trips - before < 10 and store.commits > 0 and before > round_trips
     finally:
         store.close()
+
+
+# --- a group commit of acceptances on the wire (issue 12: round trips per accepted message) -------------------------
+
+def _inbound(n: int, queue_id: str):
+    """``QueueMethods.enqueue``'s item for a 1 KB inbound message, with its accepted event (what SMTP ingress
+    commits)."""
+    from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
+    from mtad.events import shape
+    from mtad.store import queue as spool
+    rcpt = f"r{n}@example.net"
+    msg = NewMessage(Envelope("s@example.com", (rcpt,)), b"Subject: t\r\n\r\n" + b"x" * 1000 + b"\r\n", "inbound",
+                     "example.net", HeaderSummary(f"<{n}@example.com>", "s@example.com", rcpt, "t"), SendOptions())
+    return spool.Enqueue(queue_id, msg, tuple(shape.accepted(msg, queue_id, 1_000_000.0)))
+
+
+async def _one_batch(store, calls):
+    """Run ``calls`` (coroutine factories of store writes) as ONE group commit: the writer is held inside a first
+    write until all of them are queued behind it. Their results (or exceptions), in order."""
+    hold, held = threading.Event(), threading.Event()
+
+    def gate(c):
+        held.set()
+        hold.wait(10)
+    first = asyncio.ensure_future(store.write(gate))
+    while not held.is_set():
+        await asyncio.sleep(0.01)
+    tasks = [asyncio.ensure_future(call()) for call in calls]
+    await asyncio.sleep(0.2)  # every write queued behind the gate
+    hold.set()
+    await first
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _frontend_messages(path: Path) -> list[str]:
+    """The protocol messages libpq's trace shows mtad sent (``F`` lines: Parse, Bind, Execute, Sync...)."""
+    names = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 4 and fields[1] == "F":
+            names.append(fields[3].split(" ", 1)[0])
+    return names
+
+
+async def test_a_group_commit_of_acceptances_is_one_sync_and_a_few_statements(pg_database, tmp_path):
+    """Twenty messages accepted together: one round trip (one Sync) for the whole transaction — the writer keeps
+    its connection in pipeline mode, leaving it would send a second Sync — and a few multi-row INSERTs for the
+    whole batch (messages, events, their text index and counters), not a statement per message."""
+    from mtad.store import queue as spool
+    store = store_of(pg_database())
+    store.open()
+    trace = tmp_path / "libpq.trace"
+    try:
+        ids = spool.new_queue_ids(21)
+        await store.enqueue([_inbound(20, ids[20])], 1_000_000.0)  # connected, in pipeline mode, webhooks cached
+        raw = store._writer_conn.raw  # noqa: SLF001 - the writer's own connection, traced for this test
+        with trace.open("w") as out:
+            raw.pgconn.trace(out.fileno())
+            results = await _one_batch(store, [lambda n=n: store.enqueue([_inbound(n, ids[n])], 1_000_000.0)
+                                               for n in range(20)])
+            raw.pgconn.untrace()
+        assert results == [None] * 20
+        sent = _frontend_messages(trace)
+        assert sent.count("Sync") == 2, sent  # the gate's batch, then the 20 acceptances' batch: one each
+        # the gate's BEGIN and COMMIT; then BEGIN, messages, events and their text index in at most 2 multi-row
+        # INSERTs each (chunks of power-of-two sizes: 16 + 4), 3 counter upserts, COMMIT
+        assert sent.count("Execute") <= 2 + 1 + 3 * 2 + 3 + 1, sent
+        assert await store.count_messages() == 21
+        stored = await store.read(lambda c: c.execute("SELECT count(*) FROM events WHERE event = 'accepted'")
+                                  .fetchone()[0])
+        assert stored == 21
+    finally:
+        store.close()
+
+
+async def test_a_staged_message_the_server_refuses_fails_its_acceptance_alone(pg_database):
+    """A message row is staged with its batch's (one INSERT for all): one the server refuses (here a queue id
+    already taken) makes the batch run again one write at a time, each write's staged rows in its savepoint, so
+    only that acceptance fails, with its event; the others are committed with theirs."""
+    from mtad.store import queue as spool
+    store = store_of(pg_database())
+    store.open()
+    try:
+        ids = spool.new_queue_ids(6)
+        await store.enqueue([_inbound(0, ids[0])], 1_000_000.0)
+        items = [_inbound(n, ids[n]) for n in range(1, 6)]
+        items[2] = _inbound(99, ids[0])  # the same queue id as the stored message
+        results = await _one_batch(store, [lambda i=i: store.enqueue([i], 1_000_000.0) for i in items])
+        assert isinstance(results[2], psycopg.errors.UniqueViolation)
+        assert [r for n, r in enumerate(results) if n != 2] == [None] * 4
+        assert await store.count_messages() == 5
+        recipients = await store.read(lambda c: sorted(r[0] for r in c.execute(
+            "SELECT recipient FROM events WHERE event = 'accepted'")))
+        assert recipients == sorted(f"r{n}@example.net" for n in (0, 1, 2, 4, 5))  # none of r99's
+    finally:
+        store.close()
+
+
+async def test_a_connection_lost_in_the_middle_of_a_batch_fails_the_batch_and_the_next_reconnects(pg_database):
+    """The writer's connection dies while a batch runs (its backend terminated): every acceptance of the batch
+    gets StoreUnavailable (SMTP 451), nothing of it is stored, and the next batch connects again."""
+    from mtad.store import queue as spool
+    dsn = pg_database()
+    store = store_of(dsn)
+    store.open()
+    try:
+        pid = await store.write(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        ids = spool.new_queue_ids(6)
+
+        def kill(c):  # a write of the batch: its connection dies after the writes before it queued statements
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        calls = [lambda n=n: store.enqueue([_inbound(n, ids[n])], 1_000_000.0) for n in range(5)]
+        calls.insert(2, lambda: store.write(kill))
+        results = await _one_batch(store, calls)
+        assert all(isinstance(r, StoreUnavailable) for n, r in enumerate(results) if n != 2), results
+        assert await store.count_messages() == 0
+        await store.enqueue([_inbound(5, ids[5])], 1_000_000.0)  # connected again
+        assert await store.count_messages() == 1
+    finally:
+        store.close()
+
+
+async def test_staged_and_unstaged_acceptances_of_one_batch_keep_their_work_rows(pg_database):
+    """Outbound messages accepted together, one with a body over ``STAGE_MAX_BODY`` (its own INSERT, at once) and
+    the others staged: every message is stored with its delivery rows (a row per destination domain)."""
+    from mtad.base.types import Envelope, HeaderSummary, NewMessage, SendOptions
+    from mtad.events import shape
+    from mtad.store import queue as spool
+    store = store_of(pg_database())
+    store.open()
+    try:
+        ids = spool.new_queue_ids(5)
+
+        def outbound(n: int, size: int):
+            rcpts = (f"a{n}@one.example", f"b{n}@two.example")
+            msg = NewMessage(Envelope("s@example.com", rcpts), b"Subject: t\r\n\r\n" + b"y" * size, "outbound",
+                             "example.com", HeaderSummary(f"<o{n}@example.com>", "s@example.com", rcpts[0], "t"),
+                             SendOptions())
+            return spool.Enqueue(ids[n], msg, tuple(shape.accepted(msg, ids[n], 1_000_000.0)))
+        items = [outbound(n, spool.STAGE_MAX_BODY + 10 if n == 2 else 500) for n in range(5)]
+        results = await _one_batch(store, [lambda i=i: store.enqueue([i], 1_000_000.0) for i in items])
+        assert results == [None] * 5
+        rows = await store.read(lambda c: sorted(tuple(r) for r in c.execute(
+            "SELECT m.id, d.domain, m.size FROM messages m JOIN deliveries d ON d.message = m.id")))
+        assert rows == sorted((ids[n], domain, len(items[n].message.body))
+                              for n in range(5) for domain in ("one.example", "two.example"))
+    finally:
+        store.close()

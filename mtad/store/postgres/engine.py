@@ -5,7 +5,9 @@ Contract (the same as ``store.engine.Store``, whose group-commit loop this class
   returns only after PostgreSQL committed it (``synchronous_commit`` is the server's, ``on`` by default: the WAL
   is flushed). Writes queued while one commit is in progress are committed together in the next transaction,
   each inside its own SAVEPOINT so one failing write rolls back alone; ``conn.staged`` rows are applied once per
-  batch just before COMMIT. A failed commit or a lost connection raises ``StoreError`` in every waiting caller.
+  batch just before COMMIT. (How: ``PgEngine._pipelined`` sends a batch in pipeline mode, kept between batches,
+  without savepoints, one round trip; if anything of it fails, ``_one_by_one`` runs it again with a savepoint and
+  the staged rows of each write.) A failed commit or a lost connection raises ``StoreError`` in every waiting caller.
   A connection lost *during* COMMIT leaves the outcome unknown to mtad: the callers get ``StoreError`` (SMTP
   451), so a client may send again a message that was in fact stored (a duplicate, never a loss).
 - Reads run on ``pool_size - 1`` reader threads, each with its own connection, one ``REPEATABLE READ READ ONLY``
@@ -141,6 +143,7 @@ class PgConnection:
     ``EventBus`` on the writer's connection."""
 
     dialect = POSTGRESQL
+    isolates_staged = True  # a failed batch runs again with each write's staged rows in its savepoint (``PgEngine``)
 
     def __init__(self, connect: Callable[[], psycopg.Connection]):
         self._connect = connect
@@ -149,6 +152,8 @@ class PgConnection:
         self.bus: Any = None
         self.round_trips = 0  # statements sent and answered (an executemany is one: psycopg pipelines it)
         self.pipe: psycopg.Pipeline | None = None  # set while a batch runs in pipeline mode (``PgEngine``)
+        self._kept: Any = None  # ``enter_pipeline``'s context, kept between batches, and its pipeline
+        self._kept_pipe: psycopg.Pipeline | None = None
 
     # --- the connection itself ------------------------------------------------------------------------------
     def ensure(self) -> psycopg.Connection:
@@ -164,7 +169,28 @@ class PgConnection:
     def broken(self) -> bool:
         return self.raw is None or self.raw.closed or self.raw.broken
 
+    def enter_pipeline(self) -> psycopg.Pipeline:
+        """The connection in pipeline mode, entered once and kept across batches (``PgEngine._pipelined``):
+        leaving pipeline mode costs a round trip of its own (psycopg syncs again on exit), so a batch pays only
+        for its one ``sync``. ``leave_pipeline`` before statements that must be answered one at a time."""
+        raw = self.ensure()
+        if self._kept_pipe is None:
+            self._kept = raw.pipeline()
+            self._kept_pipe = self._kept.__enter__()
+        return self._kept_pipe
+
+    def leave_pipeline(self) -> None:
+        """Out of pipeline mode: psycopg syncs, and whatever was queued is answered or discarded. A failure here is
+        not raised: the failed batch's error was raised already, and a broken connection stays ``broken``."""
+        kept, self._kept, self._kept_pipe = self._kept, None, None
+        if kept is not None and self.raw is not None and not self.raw.closed:
+            try:
+                kept.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - psycopg left pipeline mode anyway (``Pipeline._exit``)
+                pass
+
     def discard(self) -> None:
+        self._kept, self._kept_pipe = None, None
         if self.raw is not None:
             try:
                 self.raw.close()
@@ -311,23 +337,28 @@ class PgEngine(Store):
         done: list[tuple[_Job, Any]] = []
         staged = conn.staged = Staged()
         try:
-            with conn.raw.pipeline() as pipe:
-                conn.pipe = pipe
-                conn.command("BEGIN")
-                for job in batch:
-                    try:
-                        result = job.fn(conn)
-                    except psycopg.Error:
-                        raise
-                    except BaseException as exc:  # noqa: BLE001 - the caller's own failure: find it one by one
-                        raise _WriteFailed() from exc
-                    staged.keep()
-                    done.append((job, result))
-                staged.apply(conn)  # what the writes staged, e.g. the counters of their events: same transaction
-                conn.command("COMMIT")
-                conn.sync()
+            conn.pipe = conn.enter_pipeline()  # kept from the last batch: no round trip to enter nor to leave
+            conn.command("BEGIN")
+            for job in batch:
+                try:
+                    result = job.fn(conn)
+                except psycopg.Error:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - the caller's own failure: find it one by one
+                    raise _WriteFailed() from exc
+                staged.keep()
+                done.append((job, result))
+            try:
+                staged.apply(conn)  # what the writes staged (their messages, events, counters): same transaction
+            except psycopg.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a staged row psycopg cannot send: find its write one by one
+                raise _WriteFailed() from exc
+            conn.command("COMMIT")
+            conn.sync()
         except (psycopg.Error, _WriteFailed) as exc:
             conn.pipe = None
+            conn.leave_pipeline()  # the failed batch's queue answered or discarded: plain mode again
             if conn.broken:  # lost, maybe during COMMIT: committed or not, mtad cannot know
                 error = StoreUnavailable(f"PostgreSQL connection lost: {' '.join(str(exc).split())}")
                 log.error("store: %s; %d writes not committed", error, len(batch))
@@ -350,6 +381,7 @@ class PgEngine(Store):
         return True
 
     def _one_by_one(self, conn: PgConnection, batch: list[_Job]) -> list[_Job]:
+        conn.leave_pipeline()  # statement by statement, each answered before the next
         done: list[tuple[_Job, Any]] = []
         staged = conn.staged = Staged()
 
@@ -368,8 +400,8 @@ class PgEngine(Store):
             try:
                 conn.command("SAVEPOINT w")
                 result = job.fn(conn)
+                staged.apply(conn)  # this write's staged rows, in its savepoint: a row refused fails it alone
                 conn.command("RELEASE w")
-                staged.keep()
                 done.append((job, result))
             except BaseException as exc:  # noqa: BLE001 - any failure belongs to that caller alone
                 staged.drop()
