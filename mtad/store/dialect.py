@@ -26,7 +26,7 @@ What differs, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 
 def _sqlite_path(path: tuple[str, ...]) -> str:
@@ -112,3 +112,29 @@ POSTGRESQL = Dialect("postgresql", lock_rows=" FOR UPDATE SKIP LOCKED", creation
 def dialect_of(conn: Any) -> Dialect:
     """The dialect of a store connection: its ``dialect`` attribute, SQLite for a plain ``sqlite3`` one."""
     return getattr(conn, "dialect", SQLITE)
+
+
+def _pg_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (int, float)):
+        return repr(value)  # float: 'inf', 'nan' and exponents are PostgreSQL's input syntax too
+    raise TypeError(f"pg_array: no array element for {type(value).__name__}")
+
+
+def pg_array(values: Sequence[Any]) -> str:
+    """``values`` (str, int, float, bool or None) as PostgreSQL's text form of a one-dimensional array, for a
+    parameter the statement casts (``?::bigint[]``, ``?::text[]``): one text parameter, which psycopg passes in C,
+    where a Python list is dumped by psycopg's ``ListDumper`` in Python, element by element (~1-2 µs each: a
+    burst of outcomes or a claim of a thousand rows has thousands). Every string element is quoted (``"NULL"``,
+    braces, commas and spaces stay text); ``\\`` and ``"`` are escaped."""
+    kinds = set(map(type, values))
+    if kinds <= {int, float}:
+        return "{" + ",".join(map(repr, values)) + "}"
+    if kinds == {str}:
+        return '{"' + '","'.join([v.replace("\\", "\\\\").replace('"', '\\"') for v in values]) + '"}'
+    return "{" + ",".join(map(_pg_element, values)) + "}"

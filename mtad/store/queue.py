@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequence
 
 from mtad.base.types import NewMessage, Outcome, domain_of
-from mtad.store.dialect import dialect_of
+from mtad.store.dialect import dialect_of, pg_array
 from mtad.store.engine import execute_rows
 from mtad.store.events import NewEvent, record_all
 from mtad.store.suppressions import add_suppression, allowlisted, suppressed_many
@@ -324,15 +324,18 @@ def claim_due_deliveries(conn: sqlite3.Connection, worker: str, now: float, limi
         (now if due is None else due, now, *paused, limit)) if r[0] not in skip]
     if not ids:
         return []
-    marks = ",".join("?" * len(ids))
-    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ?, lease_until = ? WHERE id IN ({marks})",
-                 (worker, now, now + DEFAULT_LEASE if lease_until is None else lease_until, *ids))
+    if dialect_of(conn).is_postgresql:  # the ids as one array parameter: one statement text whatever their number
+        among, id_args = "= ANY(?::bigint[])", (pg_array(ids),)
+    else:
+        among, id_args = f"IN ({','.join('?' * len(ids))})", tuple(ids)
+    conn.execute(f"UPDATE deliveries SET locked_by = ?, locked_at = ?, lease_until = ? WHERE id {among}",
+                 (worker, now, now + DEFAULT_LEASE if lease_until is None else lease_until, *id_args))
     rows = conn.execute(
         "SELECT d.id, d.message, d.domain, d.recipients, d.attempts, COALESCE(d.sender, m.sender), m.domain, m.created_at, m.options,"
         " m.headers, m.envelope, m.size, CASE WHEN m.size <= ? THEN m.body END, m.attachments, m.direction"
         " FROM deliveries d"
-        f" JOIN messages m ON m.id = d.message WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
-        (preload_body, *ids)).fetchall()
+        f" JOIN messages m ON m.id = d.message WHERE d.id {among} ORDER BY d.next_attempt_at",
+        (preload_body, *id_args)).fetchall()
     return [DeliveryJob(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], json.loads(r[8]),
                         json.loads(r[9]), json.loads(r[10]), r[11], None if r[12] is None else bytes(r[12]),
                         json.loads(r[13]), r[14])
@@ -491,7 +494,7 @@ def finish_attempts(conn: sqlite3.Connection, items: Sequence[AttemptDone]) -> N
     batched = dialect_of(conn).is_postgresql
     for sql, params in rows.items():
         if batched and len(params) > 1:
-            columns = [list(column) for column in zip(*params)]
+            columns = [pg_array(column) for column in zip(*params)]
             conn.execute(_ROWS_PG[sql], [*columns, columns[-1]])
         else:
             conn.executemany(sql, params)

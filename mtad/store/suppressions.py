@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Protocol, Sequence
 
 from mtad.base.types import domain_of
+from mtad.store.dialect import dialect_of, pg_array
 
 KINDS = ("bounces", "unsubscribes", "complaints", "whitelists")
 Page = Literal["first", "last", "next", "previous", "prev"]
@@ -71,14 +72,16 @@ def suppressed_many(conn: sqlite3.Connection,
     for domain, addresses, _ in asks:
         keys.setdefault(domain, set()).update(*((a, domain_of(a)) for a in addresses.values()))
     entries: dict[tuple[str, str, str], str] = {}  # (domain, kind, address) -> data
+    as_array = dialect_of(conn).is_postgresql  # the addresses as one array parameter: one statement text
     for domain, wanted in keys.items():
         ordered = sorted(wanted)
         for start in range(0, len(ordered), 500):  # one query per 500 addresses, whatever the recipient count
             chunk = ordered[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+            among, args = ("= ANY(?::text[])", (pg_array(chunk),)) if as_array else (
+                f"IN ({','.join('?' * len(chunk))})", tuple(chunk))
             entries.update(((domain, kind, address), data) for kind, address, data in conn.execute(
-                f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address IN ({marks})",
-                (domain, *chunk)))
+                f"SELECT kind, address, data FROM suppressions WHERE domain = ? AND address {among}",
+                (domain, *args)))
     if not entries:
         return [{} for _ in asks]
     return [_reasons(domain, addresses, set(tags), entries) for domain, addresses, tags in asks]

@@ -36,7 +36,7 @@ import json
 import sqlite3
 from typing import Any, Mapping, Sequence
 
-from mtad.store.dialect import dialect_of
+from mtad.store.dialect import dialect_of, pg_array
 from mtad.store.engine import execute_rows, stage as stage_row
 
 MIN_CHARS = 3  # trigrams: a shorter text is not in the index (the caller scans a bounded period)
@@ -120,7 +120,7 @@ def write_rows(conn: sqlite3.Connection, rows: list[TextRow]) -> None:
         elif row[5] < seen[5] or row[6] > seen[6]:
             folded[row[0]] = (*seen[:5], min(seen[5], row[5]), max(seen[6], row[6]))
     if dialect_of(conn).is_postgresql:
-        conn.execute(_UPSERT_PG, [list(column) for column in zip(*folded.values())])
+        conn.execute(_UPSERT_PG, [pg_array(column) for column in zip(*folded.values())])
     else:
         execute_rows(conn, _UPSERT[0], 7, list(folded.values()), _UPSERT[1])
 
@@ -173,7 +173,7 @@ def condition(conn: sqlite3.Connection, terms: Sequence[tuple[str, str]], domain
     if dialect_of(conn).is_postgresql:
         pairs = sorted({(d, m) for d, m, _, _ in keys})
         return ("(domain, message_id) IN (SELECT k.d, k.m FROM unnest(?::text[], ?::text[]) AS k(d, m))",
-                [[d for d, _ in pairs], [m for _, m in pairs]])
+                [pg_array([d for d, _ in pairs]), pg_array([m for _, m in pairs])])
     probes: set[tuple[str, int, str]] = set()
     for d, m, first, last in keys:
         first_h = int((first if lo is None else max(first, lo)) // 3600)

@@ -211,6 +211,34 @@ async def test_a_claim_holds_until_its_lease_runs_out_and_is_then_taken_over(sto
     assert (await holders(store))[row] is None
 
 
+async def test_a_claim_takes_every_due_row_once_with_its_suppressed_recipients(store):
+    """A claim of many rows (their ids one array parameter on PostgreSQL) takes each due row once, with its job's
+    data, and says which recipients the domain's lists suppress (their addresses one array parameter too)."""
+    from mtad.store.suppressions import Suppression
+    odd = 'o"dd\\{x},y@x.test'  # quotes, a backslash, braces and a comma in one address
+    await store.add_suppressions("example.com", [
+        Suppression("bounces", "gone@x.test", 1.0), Suppression("bounces", odd, 1.0),
+        Suppression("unsubscribes", "unsub@x.test", 1.0, tags=("t2",)),
+        Suppression("bounces", "vip@x.test", 1.0), Suppression("whitelists", "vip@x.test", 1.0)])
+    sent = {}
+    for n in range(30):
+        rcpt = ("gone@x.test", odd, "unsub@x.test", "vip@x.test", f"ok{n}@x.test")[n % 5]
+        queue_id = new_id()
+        sent[queue_id] = rcpt
+        await enqueue(store, queue_id, message((rcpt,), tag=f"t{n % 3}"))
+    claim = await store.claim_due("w1", 2.0, 100, lease_until=12.0)
+    assert sorted(job.queue_id for job in claim.jobs) == sorted(sent)
+    assert len({job.id for job in claim.jobs}) == 30
+    for job, suppressed in zip(claim.jobs, claim.suppressed):
+        rcpt = sent[job.queue_id]
+        assert job.recipients == (rcpt,)
+        want = {"gone@x.test": "suppress-bounce", odd: "suppress-bounce"}.get(rcpt)
+        if rcpt == "unsub@x.test" and job.options.get("tags") == ["t2"]:
+            want = "suppress-unsubscribe"
+        assert suppressed == ({rcpt: want} if want else {})
+    assert (await store.claim_due("w2", 3.0, 100, lease_until=13.0)).jobs == ()
+
+
 async def test_racing_claimers_never_get_the_same_row(store):
     await asyncio.gather(*(enqueue(store, new_id(), message((f"r{i}@d{i}.test",))) for i in range(60)))
     claims = await asyncio.gather(*(claim_deliveries(store, f"w{i}", 2.0, lease_until=100.0, limit=7)
