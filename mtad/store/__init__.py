@@ -1,8 +1,9 @@
 """mtad.store: the durable state, and the only package that speaks SQL.
 
-Job: ``engine`` (SQLite in WAL mode, one writer thread, group commit, staged rows), ``migrations`` (numbered
-schema steps run at open), ``queue`` (messages, deliveries, forwards, pauses, operator actions), ``events`` (event
-rows, counters, webhook rows, the ``EventBus``) with ``eventquery`` and ``counters`` (reads), ``suppressions``,
+Job: ``engine`` (SQLite in WAL mode, one writer thread, group commit, staged rows) with ``batch`` (staging a
+row into the group commit, multi-row INSERTs), ``migrations`` (numbered schema steps run at open), ``queue``
+(messages, deliveries, forwards, pauses, operator actions), ``events`` (event rows, counters, webhook rows, the
+``EventBus``) with ``eventquery`` and ``counters`` (reads), ``suppressions``,
 ``accounts`` (API domains and credentials), ``routes`` (API routes as data), ``webhooks`` (webhook URLs),
 ``work`` (HTTP work rows), ``stored`` (messages kept by ``store()``), ``leases`` (claims as renewed leases,
 outcome writes retried), ``workloop`` (the claim loop of HTTP work rows); ``methods`` lists the typed-method

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows, stage as stage_row
+from mtad.store.batch import execute_rows, stage as stage_row
 from mtad.store.eventform import EVENT_DATA
 
 MAX_ID = 64  # characters of an id and of a name (Mailgun's limit)

@@ -35,7 +35,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable, Protocol
 
-from mtad.store.engine import stage as stage_row
+from mtad.store.batch import stage as stage_row
 from mtad.store import events as _events
 from mtad.store.dialect import dialect_of
 

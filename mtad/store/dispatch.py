@@ -28,7 +28,7 @@ from typing import Any, Container, Literal, Mapping, Protocol, Sequence
 
 from mtad.store.dialect import dialect_of
 from mtad.store import ifcounts
-from mtad.store.engine import execute_rows
+from mtad.store.batch import execute_rows
 from mtad.store.lists import ListMember, _enqueue_copies, _member
 from mtad.store.queue import CLAIMABLE, DEFAULT_LEASE, UNLOCK, Enqueue
 

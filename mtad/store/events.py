@@ -44,7 +44,7 @@ from mtad.store import eventquery as query_sql
 from mtad.store import textsearch
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows, stage as stage_row
+from mtad.store.batch import execute_rows, stage as stage_row
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, _encode, bounded, bounded_text  # noqa: F401
 from mtad.store.eventquery import Cursor, EventPage, EventQuery, EventRow
 

@@ -28,7 +28,7 @@ import sqlite3
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from mtad.store.engine import execute_rows, stage as stage_row
+from mtad.store.batch import execute_rows, stage as stage_row
 
 CAMPAIGN_PREFIX = "inboxfirst-"  # the o:campaign of a dispatched copy: inboxfirst-<campaign id> (outbound.dispatch)
 MACHINE = "machine"  # the severity of a machine's open or click (= store.events.MACHINE)

@@ -29,7 +29,7 @@ import orjson
 
 from mtad.store.changes import changed
 from mtad.store.dialect import dialect_of
-from mtad.store.engine import execute_rows
+from mtad.store.batch import execute_rows
 from mtad.store.events import NewEvent, record_all
 from mtad.store.queue import CLAIMABLE, DEFAULT_LEASE, UNLOCK, Enqueue, enqueue
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Container, Iterable, Mapping, Protocol, Sequen
 
 from mtad.base.types import NewMessage, Outcome, domain_of
 from mtad.store.dialect import dialect_of, pg_array
-from mtad.store.engine import execute_rows
+from mtad.store.batch import execute_rows
 from mtad.store.events import NewEvent, record_all
 from mtad.store.suppressions import add_suppression, allowlisted, suppressed_many
 

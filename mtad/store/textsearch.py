@@ -37,7 +37,7 @@ import sqlite3
 from typing import Any, Mapping, Sequence
 
 from mtad.store.dialect import dialect_of, pg_array
-from mtad.store.engine import execute_rows, stage as stage_row
+from mtad.store.batch import execute_rows, stage as stage_row
 
 MIN_CHARS = 3  # trigrams: a shorter text is not in the index (the caller scans a bounded period)
 MAX_TEXT = 4096  # characters of a header indexed (a text found only past them is not found by the index)

@@ -150,7 +150,7 @@ async def test_staged_rows_are_written_in_the_transaction_of_their_writes(store)
 
 @pytest.mark.parametrize("n", [0, 1, 3, 511, 1300])
 def test_execute_rows_inserts_every_row_in_order(n):
-    from mtad.store.engine import execute_rows
+    from mtad.store.batch import execute_rows
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a, b)")
     execute_rows(conn, "INSERT INTO t (a, b)", 2, [(i, str(i)) for i in range(n)])

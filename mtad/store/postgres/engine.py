@@ -50,7 +50,7 @@ def pg_raw_sql(sql: str) -> str:
     """``sql`` with SQLite's ``?`` placeholders as PostgreSQL's own ``$1``, ``$2``... (outside quoted strings and
     names), for a ``psycopg.RawCursor``: the text goes to the server as it is, so psycopg does not parse it for
     ``%s`` at every execution — it caches that parse only for statements under 50 parameters and 4 KB, and a
-    group commit's multi-row INSERTs (``store.execute_rows``) are far above, which made the parse most of the
+    group commit's multi-row INSERTs (``store.batch.execute_rows``) are far above, which made the parse most of the
     writer's Python time per event. ``%`` needs no escaping here."""
     out: list[str] = []
     quote = ""
