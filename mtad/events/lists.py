@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from mtad.base.types import DSN_TRANSPORT, Envelope, HeaderSummary, SendOptions, domain_of
+from mtad.base.types import DSN_TRANSPORT, Envelope, SendOptions, domain_of
 from mtad.events import shape
 from mtad.store.events import NewEvent
 
@@ -39,12 +39,13 @@ class CopyEvents:
                       "is-routed": False, "is-delayed-bounce": False, "is-system-test": False}
         self.block = mailing_list(list_address)
 
-    def accepted(self, queue_id: str, now: float, recipient: str, headers: HeaderSummary,
+    def accepted(self, queue_id: str, now: float, recipient: str, headers: Mapping[str, str],
                  size: int) -> tuple[NewEvent, ...]:
+        """The copy's events; ``headers``: its ``HeaderSummary.to_json()`` (kept as given)."""
         event = {
             "id": shape.new_event_id(), "event": "accepted", "timestamp": now, "log-level": "info",
             "recipient": recipient, "recipient-domain": domain_of(recipient),
-            "message": {"headers": headers.to_json(), "attachments": list(self.attachments), "size": size},
+            "message": {"headers": headers, "attachments": list(self.attachments), "size": size},
             "tags": self.tags, "campaigns": self.campaigns, "user-variables": self.variables,
             "envelope": {"sender": self.sender, "targets": recipient, "transport": self.transport,
                          "sending-ip": self.client_ip},

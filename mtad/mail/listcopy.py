@@ -14,6 +14,8 @@ adds ``Reply-To`` unless the message has one; ``with_list_unsubscribe(body, url,
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import mimeedit
@@ -23,6 +25,7 @@ from mtad.mail.variables import RecipientContext
 _NOT_EDITED = {"received", "dkim-signature", "content-type", "content-transfer-encoding", "mime-version",
                "message-id", "return-path", "arc-seal", "arc-message-signature", "arc-authentication-results"}
 _BREAKS = re.compile(r"[\r\n\x00]+")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _PROBE = RecipientContext("\x00probe\x00", "\x00", {}, {"mailing_list_unsubscribe_url": "\x00"})  # what a list fills
 
 
@@ -37,6 +40,7 @@ class Personaliser:
             f.name for f in self.prepared.fields
             if f.name.lower() not in _NOT_EDITED and variables_mod.has_variables(headers_mod.decode(f.value))))
         self._slots: mimeedit.Slots | None = None
+        self._fill: variables_mod.Filler | None = None
 
     @property
     def slots(self) -> mimeedit.Slots:
@@ -48,6 +52,15 @@ class Personaliser:
     def render(self, ctx: RecipientContext) -> bytes:
         fast = self.slots.render(variables_mod.values(self.slots.tokens, ctx))
         return fast if fast is not None else self.render_slowly(ctx)
+
+    def render_for(self, address: str, name: str = "", variables: Mapping[str, Any] = _EMPTY,
+                   system: Mapping[str, str] = _EMPTY) -> bytes:
+        """``render(RecipientContext(address, name, variables, system))``, the slots' values filled by a function
+        made once (``variables.filler``) and the context made only for the slow way."""
+        if self._fill is None:
+            self._fill = variables_mod.filler(self.slots.tokens)
+        fast = self.slots.render(self._fill(address, name, variables, system))
+        return fast if fast is not None else self.render_slowly(RecipientContext(address, name, variables, system))
 
     def render_slowly(self, ctx: RecipientContext) -> bytes:
         """``render`` by substitution in the decoded texts (what ``render`` falls back to; the reference)."""

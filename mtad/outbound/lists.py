@@ -37,7 +37,7 @@ from mtad.mail import listcopy, srs
 from mtad.mail import variables as variables_mod
 from mtad.store import queue as spool
 from mtad.store.leases import settle_call
-from mtad.store.lists import ExpansionJob, ListMember, MailingList
+from mtad.store.lists import CopyPage, CopyTemplate, ExpansionJob, ListMember, MailingList
 from mtad.store.protocol import StoreProtocol
 from mtad.store.workloop import WorkLoop
 
@@ -65,6 +65,8 @@ class CopyPlan:
     envelope_fields: tuple = ()  # Envelope's fields after its recipients, as every copy has them
     subject: tuple[str, ...] = ("",)  # the subject cut at its variables (variables.split)
     events: list_events.CopyEvents | None = None  # the copies' accepted events
+    rows: CopyTemplate | None = None  # the copies' rows (a page of them made here, executed by the store)
+    fill_subject: variables_mod.Filler | None = None  # the subject's variables' values (variables.filler)
 
 
 def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | None, now: float) -> CopyPlan:
@@ -82,10 +84,31 @@ def plan(message: spool.QueuedMessage, lst: MailingList, *, srs_key: bytes | Non
     domain, options, attachments = domain_of(lst.address) if inbound else message.domain, \
         SendOptions.from_json(message.options), tuple(message.attachments)
     subject = headers.get("subject", "")
+    pieces = variables_mod.split(subject) if personal is not None else (subject,)
+    envelope = Envelope(sender, (), *fields)
+    summary = HeaderSummary(headers.get("message-id", ""), headers.get("from", ""), headers.get("to", ""), subject)
     return CopyPlan(message.id, lst, body, personal, not listcopy.has_header(body, "List-Unsubscribe"), sender,
-                    domain, env, headers, options, attachments, fields,
-                    variables_mod.split(subject) if personal is not None else (subject,),
-                    list_events.CopyEvents(Envelope(sender, (), *fields), options, attachments, domain, lst.address))
+                    domain, env, headers, options, attachments, fields, pieces,
+                    list_events.CopyEvents(envelope, options, attachments, domain, lst.address),
+                    CopyTemplate(envelope, domain, summary, options, attachments),
+                    variables_mod.filler(pieces[1::2]) if len(pieces) > 1 else None)
+
+
+def copy_content(p: CopyPlan, member: ListMember, unsubscribe_url: str,
+                 unsubscribe_address: Callable[[int, str, str, str], str] | None, queue_id: str) -> tuple[bytes, str]:
+    """(body, subject) of one member's copy (see ``member_copy``)."""
+    system = {"mailing_list_unsubscribe_url": unsubscribe_url}
+    body = p.personal.render_for(member.address, member.name, member.vars, system) if p.personal is not None \
+        else p.body
+    if p.list_unsubscribe:
+        mailto = unsubscribe_address(p.list.id, queue_id, member.address, p.domain) if unsubscribe_address else ""
+        body = listcopy.with_list_unsubscribe(body, unsubscribe_url, mailto)
+    if len(p.subject) == 1:
+        return body, p.subject[0]
+    if p.fill_subject is not None:
+        return body, variables_mod.join(p.subject, p.fill_subject(member.address, member.name, member.vars, system))
+    ctx = variables_mod.RecipientContext(member.address, member.name, member.vars, system)
+    return body, variables_mod.join(p.subject, variables_mod.values(p.subject[1::2], ctx))
 
 
 def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: float,
@@ -94,21 +117,14 @@ def member_copy(p: CopyPlan, member: ListMember, unsubscribe_url: str, now: floa
     """One member's copy with its ``accepted`` event, ready to commit. ``unsubscribe_address(list id, queue id,
     member, domain)``: the copy's ``mailto:`` unsubscribe address, or "" (none). ``queue_id``: the copy's (a new
     one when empty)."""
-    ctx = variables_mod.RecipientContext(member.address, member.name, member.vars,
-                                         {"mailing_list_unsubscribe_url": unsubscribe_url})
-    body = p.personal.render(ctx) if p.personal is not None else p.body
     queue_id = queue_id or spool.new_queue_id()
-    if p.list_unsubscribe:
-        mailto = unsubscribe_address(p.list.id, queue_id, member.address, p.domain) if unsubscribe_address else ""
-        body = listcopy.with_list_unsubscribe(body, unsubscribe_url, mailto)
+    body, subject = copy_content(p, member, unsubscribe_url, unsubscribe_address, queue_id)
     envelope = Envelope(p.sender, (member.address,), *p.envelope_fields)
     h = p.headers
-    subject = p.subject[0] if len(p.subject) == 1 else \
-        variables_mod.join(p.subject, variables_mod.values(p.subject[1::2], ctx))
     summary = HeaderSummary(h.get("message-id", ""), h.get("from", ""), h.get("to", ""), subject)
     msg = NewMessage(envelope, body, "outbound", p.domain, summary, p.options, p.attachments)
     if p.events is not None:
-        events = p.events.accepted(queue_id, now, member.address, summary, len(body))
+        events = p.events.accepted(queue_id, now, member.address, summary.to_json(), len(body))
     else:
         events = list_events.with_list(shape.accepted(msg, queue_id, now), p.list.address)
     return spool.Enqueue(queue_id, msg, events)
@@ -175,8 +191,8 @@ class Expander(WorkLoop):
             if writing is not None and not writing.done():
                 writing.cancel()
 
-    async def _write(self, job: ExpansionJob, after: str, cursor: str, items: list[spool.Enqueue], done: bool,
-                     now: float, address: str) -> tuple[bool, int, str]:
+    async def _write(self, job: ExpansionJob, after: str, cursor: str, items: CopyPage | list[spool.Enqueue],
+                     done: bool, now: float, address: str) -> tuple[bool, int, str]:
         ok = await settle_call(self.store, lambda: self.store.expand_batch(job.id, self.worker, after, cursor, items,
                                                                            done, now),
                                f"lists: copies of {job.queue_id} to {address}")
@@ -194,7 +210,17 @@ class Expander(WorkLoop):
             self.wake_scheduler()
         return True
 
-    def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> list[spool.Enqueue]:
+    def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> CopyPage | list[spool.Enqueue]:
+        """A page's copies, as rows ready to execute (``store.lists.CopyPage``: what ``member_copy`` makes, with
+        no per-copy message object on the way)."""
         ids = spool.new_queue_ids(len(members))
-        return [member_copy(p, m, self.unsubscribe_url(p.list.id, m.address), now, self.unsubscribe_address, qid)
-                for m, qid in zip(members, ids)]
+        url, address = self.unsubscribe_url, self.unsubscribe_address
+        if p.rows is None or p.events is None:
+            return [member_copy(p, m, url(p.list.id, m.address), now, address, qid) for m, qid in zip(members, ids)]
+        page, accepted, h = p.rows.page(now), p.events.accepted, p.headers
+        mid, from_, to = h.get("message-id", ""), h.get("from", ""), h.get("to", "")
+        for m, qid in zip(members, ids):
+            body, subject = copy_content(p, m, url(p.list.id, m.address), address, qid)
+            headers = {"message-id": mid, "from": from_, "to": to, "subject": subject}  # HeaderSummary.to_json()
+            page.add(qid, m.address, subject, body, accepted(qid, now, m.address, headers, len(body)))
+        return page

@@ -27,6 +27,7 @@ from typing import Any, Callable, Container, Literal, Mapping, Protocol, Sequenc
 
 import orjson
 
+from mtad.base.types import Envelope, HeaderSummary, SendOptions
 from mtad.store.changes import changed
 from mtad.store.dialect import dialect_of
 from mtad.store.batch import execute_rows
@@ -335,15 +336,18 @@ def expansion_members(conn: sqlite3.Connection, list_id: int, after: str, limit:
 
 
 def expand_batch(conn: sqlite3.Connection, job_id: int, worker: str, after: str, cursor: str,
-                 copies: Sequence[Enqueue], done: bool, now: float) -> bool:
-    """Commit one page of an expansion (see the module doc): the copies and the cursor's move from ``after`` to
-    ``cursor`` (``done``: the expansion ends, unlocked), only if ``worker`` still holds the row at ``after``;
-    False (nothing written) otherwise."""
+                 copies: Sequence[Enqueue] | CopyPage, done: bool, now: float) -> bool:
+    """Commit one page of an expansion (see the module doc): the copies (``Enqueue`` items, or a ``CopyPage``
+    made by ``CopyTemplate``) and the cursor's move from ``after`` to ``cursor`` (``done``: the expansion ends,
+    unlocked), only if ``worker`` still holds the row at ``after``; False (nothing written) otherwise."""
     row = conn.execute(f"SELECT cursor, locked_by, state FROM list_expansions WHERE id = ?{dialect_of(conn).lock_rows}",
                        (job_id,)).fetchone()
     if row is None or row[0] != after or row[1] != worker or row[2] != "queued":
         return False
-    _enqueue_copies(conn, copies, now)
+    if isinstance(copies, CopyPage):
+        _insert_page(conn, copies)
+    else:
+        _enqueue_copies(conn, copies, now)
     conn.execute(f"UPDATE list_expansions SET cursor = ?, copies = copies + ?, state = ?, updated_at = ?"
                  f"{', ' + UNLOCK if done else ''} WHERE id = ?",
                  (cursor, len(copies), "done" if done else "queued", now, job_id))
@@ -395,6 +399,65 @@ def _enqueue_copies(conn: sqlite3.Connection, copies: Sequence[Enqueue], now: fl
     record_all(conn, [e for item in simple for e in item.events])
 
 
+_MESSAGES_HEAD = ("INSERT INTO messages (id, created_at, direction, domain, sender, recipients, message_id,"
+                  " headers, options, envelope, size, body, attachments)")
+_DELIVERIES_HEAD = ("INSERT INTO deliveries (message, domain, recipients, state, next_attempt_at, created_at,"
+                    " updated_at)")
+
+
+class CopyTemplate:
+    """What the rows of every copy of one message to one list share, encoded once per expansion, so that a page
+    of copies (``page``/``CopyPage.add``) is made in their rows' shape where the copies are made (off the store's
+    writer thread) and ``expand_batch`` only executes it. Each copy is an outbound message from ``sender`` in
+    ``domain`` with one recipient, the headers of ``headers`` but its own subject, and one delivery row: the rows
+    ``expand_batch`` writes for the same copies as ``Enqueue`` items (``queue.enqueue``), byte for byte."""
+
+    def __init__(self, envelope: Envelope, domain: str, headers: HeaderSummary, options: SendOptions,
+                 attachments: tuple):
+        self.sender, self.domain, self.message_id = envelope.sender, domain, headers.message_id
+        self.options, self.deliver_by = json.dumps(options.to_json()), options.deliver_by or 0.0
+        self.envelope = json.dumps(dict(zip(_ENVELOPE, (envelope.client_ip, envelope.client_helo, envelope.auth_user,
+                                                        envelope.tls, envelope.transport, envelope.listener))))
+        self.attachments = json.dumps(list(attachments))
+        whole = json.dumps(replace(headers, subject="").to_json())  # ... "subject": ""} (the subject is last)
+        assert whole.endswith('""}')
+        self.headers_head, self.subject = whole[:-3], headers.subject
+        self.headers = json.dumps(headers.to_json())
+
+    def page(self, now: float) -> CopyPage:
+        return CopyPage(self, now)
+
+
+class CopyPage:
+    """A page of copies as rows (``CopyTemplate``): ``add`` one copy at a time, then ``expand_batch`` it."""
+
+    __slots__ = ("template", "now", "due", "messages", "deliveries", "events")
+
+    def __init__(self, template: CopyTemplate, now: float):
+        self.template, self.now, self.due = template, now, max(now, template.deliver_by)
+        self.messages: list[tuple] = []
+        self.deliveries: list[tuple] = []
+        self.events: list[NewEvent] = []
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def add(self, queue_id: str, recipient: str, subject: str, body: bytes, events: Sequence[NewEvent]) -> None:
+        t, now = self.template, self.now
+        rcpts = f"[{_json_string(recipient)}]"  # == json.dumps([recipient])
+        headers = t.headers if subject == t.subject else f"{t.headers_head}{_json_string(subject)}}}"
+        self.messages.append((queue_id, now, "outbound", t.domain, t.sender, rcpts, t.message_id, headers, t.options,
+                              t.envelope, len(body), body, t.attachments))
+        self.deliveries.append((queue_id, recipient.rpartition("@")[2].lower(), rcpts, "queued", self.due, now, now))
+        self.events.extend(events)
+
+
+def _insert_page(conn: sqlite3.Connection, page: CopyPage) -> None:
+    execute_rows(conn, _MESSAGES_HEAD, 13, page.messages)
+    execute_rows(conn, _DELIVERIES_HEAD, 7, page.deliveries)
+    record_all(conn, page.events)
+
+
 # --- the typed methods -----------------------------------------------------------------------------------------
 
 class ListStore(Protocol):
@@ -407,8 +470,9 @@ class ListStore(Protocol):
       lists (not members) tell every node (``store.changes``, kind ``lists``).
     - Pages are in address order; ``members_count`` counts every member (subscribed or not).
     - Expansions (see the module doc): ``claim_expansions`` leases due rows to a worker (``skip``: the rows it holds);
-      ``expand_batch`` commits a page of copies with the cursor's move only while the worker holds the row at the
-      cursor it read; after any crash, resuming from the committed cursor makes every member's copy exactly once.
+      ``expand_batch`` commits a page of copies (``Enqueue`` items, or a ``CopyPage``: the same rows) with the
+      cursor's move only while the worker holds the row at the cursor it read; after any crash, resuming from the
+      committed cursor makes every member's copy exactly once.
     - ``unsubscribe_member`` sets ``subscribed`` false and records its events in one transaction.
     """
 
@@ -435,8 +499,8 @@ class ListStore(Protocol):
     async def claim_expansions(self, worker: str, now: float, limit: int, *, lease_until: float | None = None,
                                skip: Container[int] = ()) -> list[ExpansionJob]: ...
     async def expansion_members(self, list_id: int, after: str, limit: int) -> list[ListMember]: ...
-    async def expand_batch(self, job_id: int, worker: str, after: str, cursor: str, copies: Sequence[Enqueue],
-                           done: bool, now: float) -> bool: ...
+    async def expand_batch(self, job_id: int, worker: str, after: str, cursor: str,
+                           copies: Sequence[Enqueue] | CopyPage, done: bool, now: float) -> bool: ...
 
 
 class ListMethods:
@@ -506,7 +570,7 @@ class ListMethods:
     async def expansion_members(self, list_id: int, after: str, limit: int) -> list[ListMember]:
         return await self.read(lambda c: expansion_members(c, list_id, after, limit))  # type: ignore[attr-defined]
 
-    async def expand_batch(self, job_id: int, worker: str, after: str, cursor: str, copies: Sequence[Enqueue],
-                           done: bool, now: float) -> bool:
+    async def expand_batch(self, job_id: int, worker: str, after: str, cursor: str,
+                           copies: Sequence[Enqueue] | CopyPage, done: bool, now: float) -> bool:
         return await self.write(  # type: ignore[attr-defined]
             lambda c: expand_batch(c, job_id, worker, after, cursor, copies, done, now))

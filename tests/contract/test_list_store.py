@@ -165,3 +165,70 @@ async def test_member_vars_read_back_as_written_whatever_their_numbers(store):
     assert got["b@x.test"] == {"k": 1}
     assert got["a@x.test"] == odd and type(got["a@x.test"]["big"]) is int
     assert (await store.get_member("v@example.com", "a@x.test")).vars == odd
+
+
+async def test_a_page_of_copies_as_rows_writes_what_the_same_copies_as_enqueue_items_write(store):
+    """``expand_batch`` of a ``CopyPage`` (the rows made where the copies are made) writes the messages, deliveries
+    and events that the same copies as ``Enqueue`` items write (``queue.enqueue``'s rows), value for value."""
+    from mtad.events import lists as list_events
+    from mtad.store.lists import CopyTemplate
+    options = SendOptions(tags=("news", "t2"), campaigns=("c1",), variables={"k": "v\u00e9"}, deliver_by=50.0)
+    envelope = Envelope("s@example.com", (), "192.0.2.7", "helo.test", "api", True, "http", "api")
+    attachments = ({"filename": "a.pdf", "content-type": "application/pdf", "size": 3},)
+    events = list_events.CopyEvents(envelope, options, attachments, "example.com", "l@example.com")
+    template = CopyTemplate(envelope, "example.com", HeaderSummary("id@example.com", "S <s@example.com>",
+                                                                   "l@example.com", "hi"), options, attachments)
+    lists = []
+    for name in ("one", "two"):
+        lst = await store.create_list(MailingList(0, f"{name}@example.com", created_at=1.0))
+        await store.add_members(lst.address, [ListMember("m1@x.test"), ListMember("M2@Y.test")], "strict", 1.0)
+        qid = spool.new_queue_id()
+        original = _msg(lst.address)
+        await store.enqueue([spool.Enqueue(qid, original, shape.accepted(original, qid, 1.0), deliver_to=(),
+                                           lists=(lst.id,))], 1.0)
+        lists.append(lst)
+    jobs = await store.claim_expansions("w", 2.0, 10, lease_until=100.0)
+    subjects = {"m1@x.test": "hi", "M2@Y.test": "hi \u00c9mile \"q\""}
+    written = []
+    for job, as_rows in zip(sorted(jobs, key=lambda j: j.list_id), (False, True)):
+        ids = spool.new_queue_ids(2)
+        page, items = template.page(3.0), []
+        for qid, rcpt in zip(ids, subjects):
+            body = f"Subject: {subjects[rcpt]}\r\n\r\nhello {rcpt}\r\n".encode()
+            headers = HeaderSummary("id@example.com", "S <s@example.com>", "l@example.com", subjects[rcpt])
+            accepted = events.accepted(qid, 3.0, rcpt, headers.to_json(), len(body))
+            page.add(qid, rcpt, subjects[rcpt], body, accepted)
+            items.append(spool.Enqueue(qid, NewMessage(dataclasses.replace(envelope, recipients=(rcpt,)), body,
+                                                       "outbound", "example.com", headers, options, attachments),
+                                       accepted))
+        assert len(page) == 2
+        assert await store.expand_batch(job.id, "w", "", "z", page if as_rows else items, True, 3.0)
+        written.append(ids)
+
+    def rows(ids):
+        def read(c):
+            marks = ",".join("?" * len(ids))
+            out = []
+            for sql in (f"SELECT * FROM messages WHERE id IN ({marks}) ORDER BY id",
+                        f"SELECT message, domain, recipients, state, next_attempt_at, created_at, updated_at"
+                        f" FROM deliveries WHERE message IN ({marks}) ORDER BY message",
+                        f"SELECT timestamp, domain, event, recipient, message_id, queue_id, severity, data"
+                        f" FROM events WHERE queue_id IN ({marks}) ORDER BY queue_id"):
+                found = [[bytes(v) if isinstance(v, memoryview) else v for v in r] for r in c.execute(sql, ids)]
+                for r in found:  # the copies' own ids, normalised
+                    for i, v in enumerate(r):
+                        for n, qid in enumerate(ids):
+                            if isinstance(v, str):
+                                v = r[i] = v.replace(qid, f"Q{n}")
+                out.append(sorted(found, key=repr))
+            return out
+        return store.read(read)
+    before, after = await rows(written[0]), await rows(written[1])
+    assert [len(t) for t in after] == [2, 2, 2]
+    import json
+    for table in before[2], after[2]:  # the events' own ids differ: made per copy
+        for r in table:
+            data = json.loads(r[-1])
+            data["id"] = ""
+            r[-1] = data
+    assert before == after

@@ -159,3 +159,30 @@ def test_unsubscribe_tokens_are_hmac_sha256_of_their_payload_under_each_key():
         assert token.split(".")[1] == base64.urlsafe_b64encode(mac).decode().rstrip("=")
         assert listlinks.verify(key, token) == (list_id, address.lower())
         assert listlinks.verify(b"c" * 32, token) is None
+
+
+@pytest.mark.parametrize("message", [_message(BODY), _message(BODY.replace(b"%", b"#"), subject="Hello"),
+                                     _message(BODY, direction="inbound", subject="Re: %recipient% 50% off")],
+                         ids=["personal", "plain", "inbound"])
+def test_the_expanders_page_of_rows_holds_what_member_copy_makes(message, monkeypatch):
+    """``Expander._copies`` makes a page as rows (``store.lists.CopyPage``): each copy's body, subject, recipient
+    and accepted event are ``member_copy``'s (the rows themselves are checked against ``Enqueue``'s in the store's
+    contract tests)."""
+    import json
+    lst = MailingList(8, "posts@lists.example.com", access_level="members")
+    p = lists.plan(message, lst, srs_key=b"s" * 32, now=1.7e9)
+    ids = spool.new_queue_ids(len(MEMBERS))
+    monkeypatch.setattr(spool, "new_queue_ids", lambda n: ids[:n])
+    expander = lists.Expander(store=None, unsubscribe_url=lambda list_id, a: f"https://mtad.example/u/{list_id}/{a}",
+                              unsubscribe_address=lambda list_id, qid, a, d: f"u-{qid}-{a}@{d}")
+    page = expander._copies(p, MEMBERS, 1.7e9)
+    assert len(page) == len(MEMBERS)
+    for member, qid, row, delivery, event in zip(MEMBERS, ids, page.messages, page.deliveries, page.events):
+        ref = lists.member_copy(p, member, f"https://mtad.example/u/8/{member.address}", 1.7e9,
+                                expander.unsubscribe_address, qid)
+        assert row[0] == delivery[0] == qid and row[11] == ref.message.body and row[10] == len(ref.message.body)
+        assert json.loads(row[7]) == ref.message.headers.to_json() and json.loads(row[5]) == [member.address]
+        assert row[4] == ref.message.envelope.sender and row[3] == ref.message.domain
+        (r,) = ref.events
+        assert (event.domain, event.system) == (r.domain, r.system) and list(event.data) == list(r.data)
+        assert {**event.data, "id": ""} == {**r.data, "id": ""}
