@@ -40,10 +40,11 @@ class CopyEvents:
         self.block = mailing_list(list_address)
 
     def accepted(self, queue_id: str, now: float, recipient: str, headers: Mapping[str, str],
-                 size: int) -> tuple[NewEvent, ...]:
-        """The copy's events; ``headers``: its ``HeaderSummary.to_json()`` (kept as given)."""
+                 size: int, event_id: str = "") -> tuple[NewEvent, ...]:
+        """The copy's events; ``headers``: its ``HeaderSummary.to_json()`` (kept as given); ``event_id``: its
+        ``accepted`` event's id (a new one when empty: ``shape.new_event_id``)."""
         event = {
-            "id": shape.new_event_id(), "event": "accepted", "timestamp": now, "log-level": "info",
+            "id": event_id or shape.new_event_id(), "event": "accepted", "timestamp": now, "log-level": "info",
             "recipient": recipient, "recipient-domain": domain_of(recipient),
             "message": {"headers": headers, "attachments": list(self.attachments), "size": size},
             "tags": self.tags, "campaigns": self.campaigns, "user-variables": self.variables,

@@ -33,6 +33,14 @@ def new_event_id() -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def new_event_ids(n: int) -> list[str]:
+    """``n`` of ``new_event_id`` (as unique: 80 random bits each) with one clock read, in ascending order (the
+    events of a batch written in id order are appended to the ids' index)."""
+    millis = int(time.time() * 1000).to_bytes(6, "big")
+    randoms = _ids.getrandbits(80 * n).to_bytes(10 * n, "big") if n else b""
+    return sorted(base64.urlsafe_b64encode(millis + randoms[i:i + 10]).decode()[:22] for i in range(0, 10 * n, 10))
+
+
 def message_part(msg_headers: Mapping[str, str], size: int, attachments: Iterable[Mapping] = ()) -> dict[str, Any]:
     return {"headers": msg_headers, "attachments": list(attachments), "size": size}
 

@@ -213,14 +213,15 @@ class Expander(WorkLoop):
     def _copies(self, p: CopyPlan, members: list[ListMember], now: float) -> CopyPage | list[spool.Enqueue]:
         """A page's copies, as rows ready to execute (``store.lists.CopyPage``: what ``member_copy`` makes, with
         no per-copy message object on the way)."""
-        ids = spool.new_queue_ids(len(members))
+        # the ids in order, so are the page's rows: each index on them is appended to, not split in its middle
+        ids = sorted(spool.new_queue_ids(len(members)))
         url, address = self.unsubscribe_url, self.unsubscribe_address
         if p.rows is None or p.events is None:
             return [member_copy(p, m, url(p.list.id, m.address), now, address, qid) for m, qid in zip(members, ids)]
         page, accepted, h = p.rows.page(now), p.events.accepted, p.headers
         mid, from_, to = h.get("message-id", ""), h.get("from", ""), h.get("to", "")
-        for m, qid in zip(members, ids):
+        for m, qid, event_id in zip(members, ids, shape.new_event_ids(len(members))):
             body, subject = copy_content(p, m, url(p.list.id, m.address), address, qid)
             headers = {"message-id": mid, "from": from_, "to": to, "subject": subject}  # HeaderSummary.to_json()
-            page.add(qid, m.address, subject, body, accepted(qid, now, m.address, headers, len(body)))
+            page.add(qid, m.address, subject, body, accepted(qid, now, m.address, headers, len(body), event_id))
         return page

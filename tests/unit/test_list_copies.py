@@ -171,7 +171,7 @@ def test_the_expanders_page_of_rows_holds_what_member_copy_makes(message, monkey
     import json
     lst = MailingList(8, "posts@lists.example.com", access_level="members")
     p = lists.plan(message, lst, srs_key=b"s" * 32, now=1.7e9)
-    ids = spool.new_queue_ids(len(MEMBERS))
+    ids = sorted(spool.new_queue_ids(len(MEMBERS)))  # the page's are in order
     monkeypatch.setattr(spool, "new_queue_ids", lambda n: ids[:n])
     expander = lists.Expander(store=None, unsubscribe_url=lambda list_id, a: f"https://mtad.example/u/{list_id}/{a}",
                               unsubscribe_address=lambda list_id, qid, a, d: f"u-{qid}-{a}@{d}")
@@ -186,3 +186,12 @@ def test_the_expanders_page_of_rows_holds_what_member_copy_makes(message, monkey
         (r,) = ref.events
         assert (event.domain, event.system) == (r.domain, r.system) and list(event.data) == list(r.data)
         assert {**event.data, "id": ""} == {**r.data, "id": ""}
+
+
+def test_new_event_ids_look_like_new_event_id_differ_and_come_in_order():
+    ids = shape.new_event_ids(1000)
+    one = shape.new_event_id()
+    assert len(set(ids)) == 1000 and ids == sorted(ids) and shape.new_event_ids(0) == []
+    for event_id in ids + [one]:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", event_id)
+    assert ids[0][:8] <= one[:8]  # the same clock (48 bits of milliseconds: 8 characters)
