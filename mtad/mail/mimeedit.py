@@ -128,13 +128,14 @@ def _rewrite(body: bytes, part: mimewalk.Entity, text: str, charset: str) -> tup
 
 
 def _rewrite_data(body: bytes, part: mimewalk.Entity, original: str, data: bytes, charset: str,
-                  new_charset: str) -> tuple[int, int, bytes]:
+                  new_charset: str, short: bool = False) -> tuple[int, int, bytes]:
     """``_rewrite`` from the new text already encoded (CRLF line ends) in ``new_charset``; ``original``: the
-    part's transfer encoding (``part.encoding or "7bit"``)."""
+    part's transfer encoding (``part.encoding or "7bit"``); ``short``: the caller knows that no line of ``data``
+    is over ``MAX_LINE`` (not looked for again)."""
     encoding = original
-    if encoding == "7bit" and (not data.isascii() or _long_lines(data)):
+    if encoding == "7bit" and (not data.isascii() or (not short and _long_lines(data))):
         encoding = "quoted-printable"
-    elif encoding in ("8bit", "binary") and _long_lines(data):
+    elif encoding in ("8bit", "binary") and not short and _long_lines(data):
         encoding = "quoted-printable"
     encoded = _encode(data, encoding)
     # the CRLF before a multipart delimiter belongs to the delimiter: end as the original body ended
@@ -272,7 +273,14 @@ class Slots:
             except UnicodeEncodeError:
                 self.usable = False
                 continue
-            parts.append((part, part.encoding or "7bit", text, charset, codec, encoded, pieces[1::2], pieces))
+            # a copy's text: these pieces with the slots' values written in, encoded whole (the codec encodes
+            # piecewise); its lines are these literals' lines with some of the values in (values hold no break)
+            crlf = list(pieces)
+            crlf[0::2] = map(_crlf, literals)
+            joined = b"".join(encoded)
+            longest = max(map(len, joined.split(b"\r\n")))
+            parts.append((part, part.encoding or "7bit", text, charset, codec, tuple(crlf), len(joined), longest,
+                          pieces[1::2], pieces))
         wanted = {n.lower() for n in names}
         fields = []
         for f in prepared.fields:
@@ -294,18 +302,17 @@ class Slots:
             return None
         body = self.prepared.body
         splices: list[tuple[int, int, bytes]] = []
-        for part, original, text, charset, codec, literals, slots, pieces in self.parts:
+        for part, original, text, charset, codec, crlf, literal_bytes, longest, slots, pieces in self.parts:
             new = [filled.get(t, t) for t in slots]
             if not _changed(new, slots, pieces, text):
                 continue
-            out = [literals[0]]
             try:
-                for value, literal in zip(new, literals[1:]):
-                    out.append(value.encode(codec))
-                    out.append(literal)
+                data = _joined(crlf, new).encode(codec)
             except UnicodeEncodeError:
                 return None
-            splice = _rewrite_data(body, part, original, b"".join(out), charset, charset)
+            # no line is longer than the longest literal one with every value's bytes added
+            splice = _rewrite_data(body, part, original, data, charset, charset,
+                                   short=longest + len(data) - literal_bytes <= MAX_LINE)
             if splice[0] < self.prepared.header_end:  # the top level's own head changes
                 return None
             splices.append(splice)

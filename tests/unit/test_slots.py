@@ -137,3 +137,19 @@ def test_split_join_is_substitute(text):
     assert "".join(pieces) == text and len(pieces) % 2 == 1
     assert V.join(pieces, V.values(pieces[1::2], ctx)) == V.substitute(text, ctx)
     assert V.join(pieces, V.values(pieces[1::2], ctx, final=True)) == V.substitute(text, ctx, final=True)
+
+
+@pytest.mark.parametrize("cte", ["7bit", "8bit"])
+@pytest.mark.parametrize("length", range(930, 960, 3))
+def test_a_line_at_the_length_limit_is_encoded_as_substitution_does(cte, length):
+    # a copy's line at 998 octets stays as it is; at 999 the part becomes quoted-printable (the slow path's
+    # own check); the fast path skips looking for long lines only when no line can be that long
+    body = _single(cte, "us-ascii")
+    p = listcopy.Personaliser(body)
+    for extra in ("", "x" * 20):
+        ctx = V.RecipientContext("ann@example.net", "Ann Lee", {"city": "c" * length + extra},
+                                 {"mailing_list_unsubscribe_url": "https://u/1"})
+        assert p.render(ctx) == p.render_slowly(ctx)
+    lines = [len(line) for line in p.render(V.RecipientContext("a@example.net", "A B", {"city": "c" * 960}, {}))
+             .split(b"\r\n")]
+    assert max(lines) <= mimeedit.MAX_LINE
