@@ -279,8 +279,8 @@ class Slots:
             crlf[0::2] = map(_crlf, literals)
             joined = b"".join(encoded)
             longest = max(map(len, joined.split(b"\r\n")))
-            parts.append((part, part.encoding or "7bit", text, charset, codec, tuple(crlf), len(joined), longest,
-                          pieces[1::2], pieces))
+            parts.append((part, part.encoding or "7bit", text, charset, codec,
+                          pieces if tuple(crlf) == pieces else tuple(crlf), len(joined), longest, pieces[1::2], pieces))
         wanted = {n.lower() for n in names}
         fields = []
         for f in prepared.fields:
@@ -304,10 +304,11 @@ class Slots:
         splices: list[tuple[int, int, bytes]] = []
         for part, original, text, charset, codec, crlf, literal_bytes, longest, slots, pieces in self.parts:
             new = [filled.get(t, t) for t in slots]
-            if not _changed(new, slots, pieces, text):
+            new_text = _joined(pieces, new)
+            if new_text == text:  # as the slow way: an unchanged text is left as it is
                 continue
             try:
-                data = _joined(crlf, new).encode(codec)
+                data = (new_text if crlf is pieces else _joined(crlf, new)).encode(codec)
             except UnicodeEncodeError:
                 return None
             # no line is longer than the longest literal one with every value's bytes added
@@ -318,10 +319,9 @@ class Slots:
             splices.append(splice)
         for f, decoded, pieces in self.fields:
             slots = pieces[1::2]
-            new = [filled.get(t, t) for t in slots]
-            if not _changed(new, slots, pieces, decoded):
+            value = _joined(pieces, [filled.get(t, t) for t in slots])
+            if value == decoded:
                 continue
-            value = _joined(pieces, new)
             splices.append((f.start, f.end, _header_line(f.name, value)))
         splices.sort()
         return _spliced(body, splices)
@@ -331,15 +331,6 @@ def _joined(pieces: tuple[str, ...], new: list[str]) -> str:
     out = list(pieces)
     out[1::2] = new
     return "".join(out)
-
-
-def _changed(new: list[str], slots: tuple[str, ...], pieces: tuple[str, ...], text: str) -> bool:
-    """Whether filling ``slots`` with ``new`` changes ``text`` (as ``new_text != text`` tells the slow way)."""
-    if new == list(slots):
-        return False
-    if sum(map(len, new)) != sum(map(len, slots)):
-        return True
-    return _joined(pieces, new) != text
 
 
 def _spliced(body: bytes, splices: list[tuple[int, int, bytes]]) -> bytes:
