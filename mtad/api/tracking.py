@@ -65,7 +65,7 @@ from mtad.events import engagement as engagement_mod
 from mtad.mail import tracktoken
 from mtad.net.forwarded import ClientAddress
 from mtad.store.engagement import Engagement, EngagementStore, TrackedMessage
-from mtad.store.events import NewEvent
+from mtad.store.events import NewEvent, prepare
 from mtad.store.suppressions import Suppression
 
 log = logging.getLogger("mtad.tracking")
@@ -159,7 +159,8 @@ class Tracker:
                                                 self.ctx.clients, url=url, events=cached.events)
         human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
         future = self._recorder.enqueue(Engagement(  # the unique variant is made by the store if it is the first
-            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None))
+            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
+            prepared=prepare(tracked.domain, event)))  # its rows now: not all of a batch's on the writer thread
         self._uncommitted += 1
         if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
             await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
