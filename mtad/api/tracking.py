@@ -26,7 +26,9 @@ event, counters, webhook rows, first-open/click row, suppression together), the 
 one write every ``WRITE_EVERY`` (50 ms) at most (``base.coalesce``): a commit costs about a millisecond of
 CPU whatever it holds (SQLite writes the same index and counter pages for one click as for hundreds), so under
 a steady flow of clicks batching them is what keeps their cost down, while a click after a quiet spell is
-written at once.
+written at once. Each one's rows (event JSON, counter, index and campaign keys: ``store.events.prepare``) are
+made as it is answered, so that the store's writer thread, whose Python holds the GIL and stalls the event
+loop, only stages them: a batch of 150 clicks held it about 3 ms longer when it made them all itself.
 
 An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
 the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
