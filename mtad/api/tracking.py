@@ -28,7 +28,7 @@ CPU whatever it holds (SQLite writes the same index and counter pages for one cl
 a steady flow of clicks batching them is what keeps their cost down, while a click after a quiet spell is
 written at once. Each one's rows (event JSON, counter, index and campaign keys: ``store.events.prepare``) are
 made as it is answered, so that the store's writer thread, whose Python holds the GIL and stalls the event
-loop, only stages them: a batch of 150 clicks held it about 3 ms longer when it made them all itself.
+loop, only stages them: a batch of 150 clicks held it about 4 ms longer when it made them all itself.
 
 An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
 the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
