@@ -26,7 +26,9 @@ event, counters, webhook rows, first-open/click row, suppression together), the 
 one write every ``WRITE_EVERY`` (50 ms) at most (``base.coalesce``): a commit costs about a millisecond of
 CPU whatever it holds (SQLite writes the same index and counter pages for one click as for hundreds), so under
 a steady flow of clicks batching them is what keeps their cost down, while a click after a quiet spell is
-written at once.
+written at once. Each one's rows (event JSON, counter, index and campaign keys: ``store.events.prepare``) are
+made as it is answered, so that the store's writer thread, whose Python holds the GIL and stalls the event
+loop, only stages them: a batch of 150 clicks held it about 4 ms longer when it made them all itself.
 
 An open or a click is answered as soon as its event is built and queued for that write, not after the commit:
 the reader's browser waits for nothing but mtad's own work (a commit's fsync alone has a tail of several ms,
@@ -65,7 +67,7 @@ from mtad.events import engagement as engagement_mod
 from mtad.mail import tracktoken
 from mtad.net.forwarded import ClientAddress
 from mtad.store.engagement import Engagement, EngagementStore, TrackedMessage
-from mtad.store.events import NewEvent
+from mtad.store.events import NewEvent, prepare
 from mtad.store.suppressions import Suppression
 
 log = logging.getLogger("mtad.tracking")
@@ -159,7 +161,8 @@ class Tracker:
                                                 self.ctx.clients, url=url, events=cached.events)
         human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
         future = self._recorder.enqueue(Engagement(  # the unique variant is made by the store if it is the first
-            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None))
+            NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
+            prepared=prepare(tracked.domain, event)))  # its rows now: not all of a batch's on the writer thread
         self._uncommitted += 1
         if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
             await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)

@@ -207,6 +207,14 @@ def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> No
     stage_row(conn, _STAGED, write_items, item)
 
 
+item_of = _item  # what ``stage`` stages of an event, made ahead (``store.events.prepare``): None counts for nothing
+
+
+def stage_item(conn: sqlite3.Connection, item: tuple) -> None:
+    """``stage`` for an item made ahead (``item_of``)."""
+    stage_row(conn, _STAGED, write_items, item)
+
+
 def _resolve(conn: sqlite3.Connection, domain: str, campaign_id: str) -> int | None:
     """The number of the campaign ``campaign_id`` of ``domain`` is now, or was before a rename; None if none."""
     row = conn.execute("SELECT cid FROM campaigns WHERE domain = ? AND id = ?", (domain, campaign_id)).fetchone()

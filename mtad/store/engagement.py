@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from mtad.store.changes import changed
-from mtad.store.events import NewEvent, record
+from mtad.store.events import NewEvent, Prepared, record, record_prepared
 from mtad.store.suppressions import Suppression, add_entries
 
 DEFAULT_HTML_FOOTER = '\n<br>\n<p><a href="%unsubscribe_url%">unsubscribe</a></p>\n'  # Mailgun's defaults
@@ -68,12 +68,14 @@ class Engagement:
     ``first`` = (queue id, recipient, kind) with ``first_event``, the same event marked unique, recorded instead
     when this is the first of its kind for that message and recipient (None: ``event`` with ``flags.is-unique``
     true, made only if it is the first). ``suppression``: an entry to add to ``event.domain``'s lists with it (an
-    unsubscribe)."""
+    unsubscribe). ``prepared``: ``event``'s rows made ahead (``store.events.prepare``), written unless it is the
+    first (the unique variant's rows are made at the write)."""
 
     event: NewEvent
     first: tuple[str, str, str] | None = None
     first_event: NewEvent | None = None
     suppression: Suppression | None = None
+    prepared: Prepared | None = None
 
 
 # --- SQL --------------------------------------------------------------------------------------------------
@@ -136,7 +138,10 @@ def record_engagements(conn: sqlite3.Connection, items: Sequence[Engagement], no
                 event.domain, {**event.data, "flags": {**event.data.get("flags", {}), "is-unique": True}}, event.system)
         if item.suppression is not None:
             add_entries(conn, event.domain, [item.suppression])
-        record(conn, event.domain, event.data, system=event.system)
+        if item.prepared is not None and not first:
+            record_prepared(conn, item.prepared)
+        else:
+            record(conn, event.domain, event.data, system=event.system)
         firsts.append(first)
     return tuple(firsts)
 

@@ -284,14 +284,26 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
         execute_rows(conn, head, width, [(*key, n) for key, n in sorted(counts.items())], tail)
 
 
-def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, system: bool = False) -> None:
-    """Write one event, count it (hourly per tag, daily per tag, daily per provider and sending IP) and queue
-    its webhook POSTs, in the caller's transaction (``system``: see ``NewEvent``).
+class Prepared:
+    """An event's rows as ``record`` stages them, made ahead of its write (``prepare``): a pure function of the
+    event, so a caller that queues events for a later write (``api.tracking``: the clicks of 50 ms share one)
+    can make them as each event comes, instead of the store's writer thread making a whole batch's at once while
+    it holds the GIL. ``record_prepared`` stages them exactly as ``record`` would (webhook URLs and the
+    ``EventBus`` are still looked up and told at the write)."""
 
-    Inside ``Store.write`` the event row, its counter item and its webhook rows are staged (``conn.staged``)
-    and written with the rest of the group commit's (``write_events``, ``write_webhook_rows``) just before its
-    COMMIT: exactly as durable as the write that recorded them, and gone with it if it fails. On any other
-    connection they are written at once. The connection's ``EventBus`` (if any) is told."""
+    __slots__ = ("domain", "event", "system", "item", "variables", "text", "campaigns", "inboxfirst", "hook")
+
+    def __init__(self, domain: str, event: Mapping[str, Any], system: bool, item: tuple,
+                 variables: tuple[str, str, float] | None, text: tuple | None, campaigns: tuple | None,
+                 inboxfirst: tuple | None, hook: str | None):
+        self.domain, self.event, self.system, self.item = domain, event, system, item
+        self.variables, self.text, self.campaigns, self.inboxfirst, self.hook = \
+            variables, text, campaigns, inboxfirst, hook
+
+
+def prepare(domain: str, event: Mapping[str, Any], *, system: bool = False) -> Prepared:
+    """The rows ``record(conn, domain, event, system=system)`` writes (see ``Prepared``); the event must not
+    change afterwards."""
     headers = event.get("message", {}).get("headers", {})
     tags = event.get("tags")
     data, variables = _stored_form(event)
@@ -303,16 +315,37 @@ def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, s
             (domain, tuple(tags) if tags else (), stat_key(event), int(event["timestamp"] // 3600),
              event.get("recipient-domain") or "", (event.get("envelope") or {}).get("sending-ip") or "",
              engagement_dims(event)))
-    stage_row(conn, _STAGED, write_events, item)
-    if variables:
-        stage_row(conn, _STAGED_VARIABLES, write_variables, variables)
-    textsearch.stage(conn, domain, event)  # its message's Subject and From, for the text filters
-    if not system and event.get("campaigns"):  # the campaigns' counters and index (store.campaigns)
-        campaigns_sql.stage(conn, domain, event)
-    if not system and event.get("storage"):  # an InboxFirst campaign copy's counters (store.ifcounts)
-        ifcounts.stage(conn, event, severity)
+    return Prepared(domain, event, system, item, variables, textsearch.row_of(domain, event),
+                    None if system or not event.get("campaigns") else campaigns_sql.item_of(domain, event),
+                    None if system or not event.get("storage") else ifcounts.item_of(event, severity),
+                    None if system else webhook_id(event))
+
+
+def record(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any], *, system: bool = False) -> None:
+    """Write one event, count it (hourly per tag, daily per tag, daily per provider and sending IP) and queue
+    its webhook POSTs, in the caller's transaction (``system``: see ``NewEvent``).
+
+    Inside ``Store.write`` the event row, its counter item and its webhook rows are staged (``conn.staged``)
+    and written with the rest of the group commit's (``write_events``, ``write_webhook_rows``) just before its
+    COMMIT: exactly as durable as the write that recorded them, and gone with it if it fails. On any other
+    connection they are written at once. The connection's ``EventBus`` (if any) is told."""
+    record_prepared(conn, prepare(domain, event, system=system))
+
+
+def record_prepared(conn: sqlite3.Connection, prepared: Prepared) -> None:
+    """``record`` of an event whose rows were made ahead (``prepare``)."""
+    domain, event = prepared.domain, prepared.event
+    stage_row(conn, _STAGED, write_events, prepared.item)
+    if prepared.variables:
+        stage_row(conn, _STAGED_VARIABLES, write_variables, prepared.variables)
+    if prepared.text is not None:  # its message's Subject and From, for the text filters
+        textsearch.stage_row_of(conn, prepared.text)
+    if prepared.campaigns is not None:  # the campaigns' counters and index (store.campaigns)
+        campaigns_sql.stage_item(conn, prepared.campaigns)
+    if prepared.inboxfirst is not None:  # an InboxFirst campaign copy's counters (store.ifcounts)
+        ifcounts.stage_item(conn, prepared.inboxfirst)
     bus: EventBus | None = getattr(conn, "bus", None)
-    hook = None if system else webhook_id(event)
+    hook = prepared.hook
     if hook is not None:
         targets = webhook_targets(conn, domain, hook)
         if targets:

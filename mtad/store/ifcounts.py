@@ -64,6 +64,14 @@ def stage(conn: sqlite3.Connection, event: Mapping[str, Any], severity: str) -> 
     stage_row(conn, _STAGED, write_items, item)
 
 
+item_of = _item  # what ``stage`` stages of an event, made ahead (``store.events.prepare``): None counts for nothing
+
+
+def stage_item(conn: sqlite3.Connection, item: tuple[str, str, str, str]) -> None:
+    """``stage`` for an item made ahead (``item_of``)."""
+    stage_row(conn, _STAGED, write_items, item)
+
+
 def _copies(conn: sqlite3.Connection, qids: Sequence[str]) -> dict[str, tuple[int, int, str]]:
     """queue id -> (campaign, content, address) of the segment copies among ``qids``."""
     found: dict[str, tuple[int, int, str]] = {}

@@ -88,6 +88,11 @@ def stage(conn: sqlite3.Connection, domain: str, event: Mapping[str, Any]) -> No
     stage_row(conn, _STAGED, write_rows, row)
 
 
+def stage_row_of(conn: sqlite3.Connection, row: TextRow) -> None:
+    """``stage`` for a row made ahead (``row_of``: ``store.events.prepare``)."""
+    stage_row(conn, _STAGED, write_rows, row)
+
+
 _UPSERT = ("INSERT INTO message_text (digest, domain, message_id, subject, from_header, first_at, last_at)",
            " ON CONFLICT (digest) DO UPDATE SET"
            " first_at = CASE WHEN excluded.first_at < message_text.first_at THEN excluded.first_at"

@@ -103,3 +103,36 @@ async def test_pruning_deletes_old_tracking_rows(backend_store):
 async def test_unknown_queue_ids_read_as_none(backend_store, bad):
     store = backend_store()
     assert await store.tracked_message(bad) is None
+
+
+async def test_rows_made_ahead_are_the_rows_the_store_makes(backend_store):
+    """``Engagement.prepared`` (``store.events.prepare``, what the tracking endpoints make as each click comes): the
+    same events, counters and tags as the store makes at the write; a first is still written as the unique one."""
+    from mtad.store.events import prepare
+    results = []
+    store = backend_store()
+    for ahead in (False, True):
+        domain = f"{ahead}.example.com".lower()  # one store: each variant its own domain, message and event ids
+        tracked = TrackedMessage(f"Q5{ahead}", domain, 10.0,
+                                 {"headers": {"message-id": "m5@x", "subject": "Sale", "from": "s@example.com"}}, ())
+        await store.track_message(tracked)
+        items = []
+        for i, who in enumerate(("a@x.test", "a@x.test", "b@x.test", "a@x.test")):
+            event = opened(tracked, who, 300.0 + i) | {"tags": ["promo"], "id": f"ev{i}{ahead}"}
+            items.append(Engagement(NewEvent(domain, event), (tracked.queue_id, who, "opened"),
+                                    prepared=prepare(domain, event) if ahead else None))
+        firsts = await store.record_engagements(items[:2], 302.0) + await store.record_engagements(items[2:], 303.0)
+        found = await store.query_events(EventQuery((domain,), (Match("recipient", "a@x.test"),), limit=10), Cursor())
+        (rows,) = await store.counter_rows(CounterQuery(("opened",), 0.0, ALL_TIME, "day", domains=(domain,),
+                                                        by_time=False))
+        tagged = await store.counter_rows(CounterQuery(("opened",), 0.0, ALL_TIME, "day", domains=(domain,),
+                                                       tag="promo", by_time=False))
+        results.append((firsts, sorted((json.loads(r.data)["id"][:3], json.loads(r.data)["flags"]["is-unique"])
+                                       for r in found.rows),
+                        sorted((r.key, r.count) for r in rows), [sorted((r.key, r.count) for r in t) for t in tagged],
+                        sorted(await store.provider_counts(domain, "device"))))
+    assert results[0] == results[1]
+    firsts, unique, counts, _, _ = results[1]
+    assert firsts == (True, False, True, False)
+    assert unique == [("ev0", True), ("ev1", False), ("ev3", False)]
+    assert counts == [("opened:repeat", 2), ("opened:unique", 2)]
