@@ -270,8 +270,10 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
     """Insert (event row, counter item) pairs as ``record`` makes them, and add them to the counters: the
     events of a batch with the same counter item are counted once with their number, so a group commit of
     deliveries costs one UPSERT row per distinct counter, not several per event, and a few multi-row
-    statements in all (``store.execute_rows``). Counters are updated in key order (neighbouring keys share
-    B-tree pages)."""
+    statements in all (``store.execute_rows``; on PostgreSQL one statement per table, ``_EVENTS_PG``). Counters
+    are updated in key order (neighbouring keys share B-tree pages)."""
+    if not items:
+        return
     if dialect_of(conn).is_postgresql:  # one prepared statement, a text parameter per column (_EVENTS_PG)
         conn.execute(_EVENTS_PG, [pg_array(column) for column in zip(*[row for row, _ in items])])
     else:
