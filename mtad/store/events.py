@@ -43,7 +43,7 @@ from mtad.store import counters as counters_sql
 from mtad.store import eventquery as query_sql
 from mtad.store import textsearch
 from mtad.store.counters import CounterQuery, CounterRow, TagInfo
-from mtad.store.dialect import dialect_of
+from mtad.store.dialect import dialect_of, pg_array
 from mtad.store.batch import execute_rows, stage as stage_row
 from mtad.store.eventform import EVENT_DATA, MAX_EVENT_BYTES, _encode, bounded, bounded_text  # noqa: F401
 from mtad.store.eventquery import Cursor, EventPage, EventQuery, EventRow
@@ -228,6 +228,13 @@ def _stored_form(event: Mapping[str, Any]) -> tuple[str, tuple[str, str, float] 
             rest = {k: v for k, v in event.items() if k != "user-variables"}
             return bounded(rest), (key, text, event["timestamp"])
     return bounded(event), None
+# PostgreSQL: a group commit's events in ONE statement, each column one array parameter (``pg_array``: passed as
+# text, in C), so that the statement text is the same whatever the number of rows and the server prepares it once;
+# a multi-row VALUES list (``execute_rows``) is a new text per chunk size, 10 parameters a row dumped one by one.
+_EVENTS_PG = (_EVENT_ROWS + " SELECT * FROM unnest(?::text[], ?::float8[], ?::text[], ?::text[], ?::text[],"
+              " ?::text[], ?::text[], ?::text[], ?::text[], ?::text[])")
+_UPSERT_TYPES = (("text", "text", "text", "bigint", "bigint"), ("text", "text", "text", "bigint", "bigint"),
+                 ("text", "text", "text", "text", "bigint", "bigint"))  # the column types of _UPSERTS, in order
 _UPSERTS = (  # (head, columns, tail) of each counter table's multi-row UPSERT (store.execute_rows)
     ("INSERT INTO stats (domain, tag, event, hour, count)", 5,
      " ON CONFLICT (domain, tag, event, hour) DO UPDATE SET count = stats.count + excluded.count"),
@@ -263,9 +270,14 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
     """Insert (event row, counter item) pairs as ``record`` makes them, and add them to the counters: the
     events of a batch with the same counter item are counted once with their number, so a group commit of
     deliveries costs one UPSERT row per distinct counter, not several per event, and a few multi-row
-    statements in all (``store.execute_rows``). Counters are updated in key order (neighbouring keys share
-    B-tree pages)."""
-    execute_rows(conn, _EVENT_ROWS, 10, [row for row, _ in items])
+    statements in all (``store.execute_rows``; on PostgreSQL one statement per table, ``_EVENTS_PG``). Counters
+    are updated in key order (neighbouring keys share B-tree pages)."""
+    if not items:
+        return
+    if dialect_of(conn).is_postgresql:  # one prepared statement, a text parameter per column (_EVENTS_PG)
+        conn.execute(_EVENTS_PG, [pg_array(column) for column in zip(*[row for row, _ in items])])
+    else:
+        execute_rows(conn, _EVENT_ROWS, 10, [row for row, _ in items])
     hourly: Counter = Counter()
     daily: Counter = Counter()
     dims: Counter = Counter()
@@ -280,8 +292,14 @@ def write_events(conn: sqlite3.Connection, items: list[tuple[tuple, StatItem | N
             dims[(domain, "ip", ip, leaf, day)] += n
         for dim, value in extra:
             dims[(domain, dim, value, leaf, day)] += n
-    for (head, width, tail), counts in zip(_UPSERTS, (hourly, daily, dims)):
-        execute_rows(conn, head, width, [(*key, n) for key, n in sorted(counts.items())], tail)
+    pg = dialect_of(conn).is_postgresql
+    for (head, width, tail), types, counts in zip(_UPSERTS, _UPSERT_TYPES, (hourly, daily, dims)):
+        rows = [(*key, n) for key, n in sorted(counts.items())]
+        if pg and rows:  # each key once (the Counters): one UPSERT from the columns' arrays
+            conn.execute(f"{head} SELECT * FROM unnest({', '.join(f'?::{t}[]' for t in types)}){tail}",
+                         [pg_array(column) for column in zip(*rows)])
+        elif rows:
+            execute_rows(conn, head, width, rows, tail)
 
 
 class Prepared:

@@ -11,11 +11,13 @@ Runs on both store backends (``store_backend``: SQLite and PostgreSQL).
 from __future__ import annotations
 
 import re
+import time
+import urllib.request
 
 import pytest
 
-from tests.e2e.outbound_support import (RETRY_SCHEDULE, SENDER, deliveries, events, outcomes, serve_domain, submit,
-    wait_final)
+from tests.e2e.outbound_support import (DEFAULT_SHAPING, RETRY_SCHEDULE, SENDER, Submitter, deliveries, events,
+    mtad_cli, outcomes, serve_domain, submit, wait_final)
 from tests.support.api import api_sync
 from tests.support.wait import wait_until
 from tests.support.daemon import Mtad
@@ -233,3 +235,35 @@ def test_null_mx_and_nxdomain_fail_permanently_servfail_is_temporary(daemon, cer
     row = deliveries(daemon, broken.queue_id)[0]
     assert row["state"] == "deferred" and row["recipients"] == ["ivan@servfail.dlv.test"]
     assert not [e for e in events(daemon, broken.queue_id) if e["event"] == "delivered"]
+
+
+def store_commits(daemon: Mtad) -> float:
+    """The daemon's ``mtad_store_commits_total`` (``/metrics``)."""
+    with urllib.request.urlopen(daemon.api_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("mtad_store_commits_total ")]
+    return value
+
+
+def test_outcomes_of_a_steady_drain_share_transactions(outbound_mtad, certs, dns, mx_farm):
+    """One connection, a message every ~10 ms: the outcomes that come within ``OUTCOME_EVERY`` of a write's start
+    are written together, in a few transactions rather than one each; every one is recorded."""
+    daemon = outbound_mtad(shaping={"default": {**DEFAULT_SHAPING["default"], "max_connections": 1}})
+    mx = serve_domain(dns, mx_farm, "steady.dlv.test")
+    mx.data_delay = 0.01
+    mtad_cli(daemon, "queue", "pause", "--domain", "steady.dlv.test")
+    submitter = Submitter(daemon, certs)
+    try:
+        sent = [submitter.send([f"r{i}@steady.dlv.test"]) for i in range(40)]
+    finally:
+        submitter.close()
+    before, started = store_commits(daemon), time.monotonic()
+    mtad_cli(daemon, "queue", "resume", "--domain", "steady.dlv.test")
+    for s in sent:
+        assert wait_final(daemon, s, timeout=30)[s.recipients[0]]["event"] == "delivered"
+    during, took = store_commits(daemon) - before, time.monotonic() - started
+    assert len(mx.messages) == 40
+    time.sleep(took)  # as long again with nothing to deliver: the commits of the daemon's other loops (polls)
+    background = store_commits(daemon) - before - during
+    # 40 outcomes ~10 ms apart over >= 400 ms: ~9 writes of outcomes, and a claim or two; one each would be 40+
+    assert during - background <= 20, (during, background)
