@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import socket
 import ssl
 import time
@@ -142,11 +141,6 @@ log = logging.getLogger("mtad")
 # steady flow (clicks: their events wait up to 50 ms for their write) the default ran one every ~50 requests, about
 # 25 µs of CPU per click in all; 5000 makes them rare (a few ms each when they come). Set after start-up (``run``).
 GC_YOUNG = 5000
-# How long a thread waiting for the GIL lets the one holding it run before asking it to let go (CPython's default 5
-# ms). The store's writer thread waits for it after every round trip to the database while the event loop's thread
-# runs the SMTP sessions: a group commit took up to a few of those 5 ms more, and every session it answers waited
-# with it (bench/README.md, "PostgreSQL ingress, session 7"). Set after start-up (``run``).
-SWITCH_INTERVAL = 0.0005
 
 
 class App:
@@ -524,7 +518,6 @@ class App:
         sdnotify.notify("READY=1\nSTATUS=accepting mail")
         gc.freeze()  # what start built lives as long as the process: the cyclic GC's full passes skip it
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-        sys.setswitchinterval(SWITCH_INTERVAL)
         if self._reload_pending:
             self.reload()
         await self._stop.wait()
