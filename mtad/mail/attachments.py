@@ -20,7 +20,7 @@ from mtad.mail import mimewalk
 _WHITESPACE = b" \t\r\n"
 # A ``name``/``filename`` parameter (RFC 2231's ``name*``, ``name*0*`` included) anywhere in a header block: a
 # single-part message without one, nor ``attachment`` nor ``multipart/``, has nothing to list. A bare "name" is not
-# enough to walk: trace fields often say it (``Authentication-Results: ... nameservers failed``, host names).
+# enough to walk: trace fields often say it (``Authentication-Results: ... no nameserver answered``, host names).
 _NAME_PARAM = re.compile(rb"name\s*(?:\*[0-9]*\*?)?\s*=")
 
 

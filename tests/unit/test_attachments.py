@@ -36,7 +36,7 @@ def test_plain_and_odd_messages():
 
 
 def test_a_name_in_another_header_is_no_file_name_but_a_name_parameter_is():
-    traced = (b"Authentication-Results: mx.test; spf=temperror (All nameservers failed) smtp.mailfrom=a.test\r\n"
+    traced = (b"Authentication-Results: mx.test; spf=temperror (no nameserver answered) smtp.mailfrom=a.test\r\n"
               b"Received: from hostname.test\r\nSubject: the name of the game\r\n\r\nbody\r\n")
     assert listing(traced) == []
     for param in (b'Content-Type: text/plain; name="a.txt"', b"Content-Type: text/plain; name = a.txt",
