@@ -50,7 +50,7 @@ mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 M=""
 cleanup() {
   [ -n "$M" ] && kill "$M" 2>/dev/null
-  [ -s "$WORK/pg/dsn" ] && "$PY" "$HERE/pg_bench.py" stop "$WORK/pg" >/dev/null 2>&1
+  [ -s "$WORK/pg/dsn" ] && "$PY" "$HERE/pg_bench.py" stop "$WORK/pg" >/dev/null 2>&1 && rm -rf "$WORK/pg"
   rm -rf "$WORK/state" "$WORK/mtad-src"
 }
 trap cleanup EXIT
