@@ -2,7 +2,7 @@
 # bench/profile_mtad.sh -- where mtad's time goes under smtp-source load, sampled with py-spy.
 #
 #   bash bench/profile_mtad.sh [--size 1024] [--sessions 20] [--seconds 15] [--out DIR]
-#                              [--mtad-rev REV] [--native] [--gil] [--svg]
+#                              [--mtad-rev REV] [--native] [--gil] [--svg] [--pg]
 #
 # Starts mtad exactly as bench/ingress.sh does (config from mtad_config.py: MX listener, tls none,
 # example.net a receiving domain, SQLite store in a mktemp folder, log level warning), warms it with 3000 messages, then
@@ -13,12 +13,13 @@
 # --native adds C frames (uvloop, sqlite3, the kernel boundary) to the stacks; py-spy must then
 # pause mtad for each sample, which slows it more. --gil keeps only samples of the thread holding the
 # GIL: what a single mtad process can do at most is bounded by that work (all threads' Python code).
+# --pg: mtad's store on a private PostgreSQL server (bench/pg_bench.py, as bench/ingress.sh --pg starts it).
 # Installs py-spy with pip when missing. All traffic stays on 127.0.0.1 (unshare -n, as ingress.sh).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PY:-python3}
-SIZE=1024; SESSIONS=20; SECONDS_=15; OUT=""; MTAD_REV=""; NATIVE=(--nonblocking); SVG=0; GIL=()
+SIZE=1024; SESSIONS=20; SECONDS_=15; OUT=""; MTAD_REV=""; NATIVE=(--nonblocking); SVG=0; GIL=(); PG=0
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,6 +31,7 @@ while [ $# -gt 0 ]; do
     --native) NATIVE=(--native) ;;  # py-spy cannot unwind C frames without pausing the process
     --svg) SVG=1 ;;
     --gil) GIL=(--gil) ;;
+    --pg) PG=1 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "profile_mtad.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -48,6 +50,7 @@ mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 M=""
 cleanup() {
   [ -n "$M" ] && kill "$M" 2>/dev/null
+  [ -s "$WORK/pg/dsn" ] && "$PY" "$HERE/pg_bench.py" stop "$WORK/pg" >/dev/null 2>&1 && rm -rf "$WORK/pg"
   rm -rf "$WORK/state" "$WORK/mtad-src"
 }
 trap cleanup EXIT
@@ -57,23 +60,29 @@ if [ -n "$MTAD_REV" ]; then
   MTAD_SRC=$WORK/mtad-src; mkdir -p "$MTAD_SRC"
   git -C "$REPO" archive "$MTAD_REV" mtad | tar -x -C "$MTAD_SRC" || exit 1
 fi
-(cd "$WORK" && PYTHONPATH=$MTAD_SRC "$PY" "$HERE/mtad_config.py" "$WORK/mtad.yaml" "$WORK/state" 2527) || exit 1
+DSN=""; STORE=("$PY" "$HERE/mtad_store.py"); DB=$WORK/state/mtad.sqlite3
+if [ $PG = 1 ]; then
+  "$PY" "$HERE/pg_bench.py" start "$WORK/pg" >"$OUT/pg-start.log" 2>&1 || { echo "PostgreSQL did not start" >&2; exit 1; }
+  DSN=$(cat "$WORK/pg/dsn"); STORE=("$PY" "$HERE/pg_bench.py"); DB=$DSN
+fi
+(cd "$WORK" && PYTHONPATH=$MTAD_SRC "$PY" "$HERE/mtad_config.py" "$WORK/mtad.yaml" "$WORK/state" 2527 \
+   ${DSN:+--store-dsn "$DSN"}) || exit 1
 (cd "$WORK" && PYTHONPATH=$MTAD_SRC exec "$PY" -m mtad run --config "$WORK/mtad.yaml" >"$OUT/mtad.log" 2>&1) &
 M=$!
 for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/2527) 2>/dev/null && break; sleep 0.1; done
 SRC=(smtp-source -s "$SESSIONS" -l "$SIZE" -f a@example.com -t b@example.net -M bench.localdomain)
 "${SRC[@]}" -m 3000 127.0.0.1:2527 || { echo "warm-up failed; mtad.log:" >&2; tail "$OUT/mtad.log" >&2; exit 1; }
-"$PY" "$HERE/mtad_store.py" empty "$WORK/state/mtad.sqlite3"
+"${STORE[@]}" empty "$DB"
 
 load() {  # smtp-source for about $SECONDS_ seconds (bounded: at most 1,000,000 messages, killed at the end)
   local before after t0 t1
-  before=$("$PY" "$HERE/mtad_store.py" count "$WORK/state/mtad.sqlite3")
+  before=$("${STORE[@]}" count "$DB")
   t0=$(date +%s.%N)
   timeout "$SECONDS_" "${SRC[@]}" -m 1000000 127.0.0.1:2527 >/dev/null 2>&1
   t1=$(date +%s.%N)
-  after=$("$PY" "$HERE/mtad_store.py" count "$WORK/state/mtad.sqlite3")
+  after=$("${STORE[@]}" count "$DB")
   "$PY" -c "import sys; n, t = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'stored {n} messages in {t:.1f} s under the profiler: {n / t:,.0f} msgs/s')" "$((after - before))" "$t0" "$t1"
-  "$PY" "$HERE/mtad_store.py" empty "$WORK/state/mtad.sqlite3"
+  "${STORE[@]}" empty "$DB"
 }
 
 echo "== profiling mtad ($SIZE bytes, $SESSIONS sessions, ${SECONDS_}s) -> $OUT/profile.txt"

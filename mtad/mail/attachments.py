@@ -11,12 +11,17 @@ The walk is ``mimewalk``'s (byte-level, headers only). Pure functions.
 from __future__ import annotations
 
 import binascii
+import re
 from typing import Any
 
 from mtad.mail import headers as headers_mod
 from mtad.mail import mimewalk
 
 _WHITESPACE = b" \t\r\n"
+# A ``name``/``filename`` parameter (RFC 2231's ``name*``, ``name*0*`` included) anywhere in a header block: a
+# single-part message without one, nor ``attachment`` nor ``multipart/``, has nothing to list. A bare "name" is not
+# enough to walk: trace fields often say it (``Authentication-Results: ... no nameserver answered``, host names).
+_NAME_PARAM = re.compile(rb"name\s*(?:\*[0-9]*\*?)?\s*=")
 
 
 def _decoded_size(body: bytes, start: int, end: int, encoding: str) -> int:
@@ -36,7 +41,8 @@ def listing(body: bytes) -> list[dict[str, Any]]:
     """The attachments of a message (CRLF line endings, as stored), in MIME order."""
     head_end, _ = headers_mod.split(body)
     head = body[:head_end].lower()
-    if b"multipart/" not in head and b"attachment" not in head and b"name" not in head:
+    if b"multipart/" not in head and b"attachment" not in head and (b"name" not in head
+                                                                    or _NAME_PARAM.search(head) is None):
         return []  # the common single-part message: no part to walk, no file name
     out: list[dict[str, Any]] = []
     for part in mimewalk.leaves(body):

@@ -12,7 +12,9 @@
 (SPF, DKIM keys, DMARC: ``mtad.inbound.verdicts``): TXT as the record's strings joined, A/AAAA as addresses,
 MX and PTR as host names; NXDOMAIN or no records of that type -> ``()``; any other failure -> ``TempFailure``.
 Its answers are also kept as text for their TTL (a "none" for ``NEGATIVE_TTL``): the same few domains come back
-with every message.
+with every message. A failed lookup (SERVFAIL, timeout, no nameserver reachable) is kept too, for ``FAILURE_TTL``,
+as RFC 9520 asks of resolvers: while a domain's nameservers (or mtad's own) are failing, every message checking
+that domain gets the ``TempFailure`` at once instead of a query of its own (one query per name a few seconds).
 
 Positive and negative answers are cached in memory for their TTL by dnspython's bounded LRU cache, and MX answers
 also as ready host lists (a queue for one domain costs one lookup, not one per message); the caches can be lost at
@@ -38,6 +40,7 @@ from mtad.base.errors import PermFailure, TempFailure
 
 
 NEGATIVE_TTL = 60.0  # seconds a "no such record" answer of ``records`` is kept
+FAILURE_TTL = 5.0  # seconds a failed lookup of ``records`` is kept (RFC 9520: at least 1 s, at most 5 minutes)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Resolver:
         self._mx: dict[str, tuple[float, tuple[MxHost, ...]]] = {}  # domain -> (expires, hosts by preference)
         self._mx_size = cache_size
         self._records: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (name, type) -> (expires, text)
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (name, type) -> (expires, why), FAILURE_TTL
 
     async def _resolve(self, name: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
         """dnspython's lookup, shared by every caller asking for the same name and type meanwhile."""
@@ -148,12 +152,18 @@ class Resolver:
 
     async def records(self, name: str, rdtype: str) -> tuple[str, ...]:
         """The ``rdtype`` records of ``name`` as text (module doc); ``()`` for NXDOMAIN, none of that type, or a
-        name that cannot exist. Only a failed lookup (timeout, SERVFAIL, no nameserver) raises ``TempFailure``."""
+        name that cannot exist. Only a failed lookup (timeout, SERVFAIL, no nameserver) raises ``TempFailure`` (kept
+        ``FAILURE_TTL``: the same lookup fails at once meanwhile, without a query)."""
         key = (name.lower(), rdtype)
         cached = self._records.get(key)
         now = time.time()
         if cached is not None and cached[0] > now:
             return cached[1]
+        failed = self._failed.get(key)
+        if failed is not None:
+            if failed[0] > now:
+                raise TempFailure(failed[1])
+            del self._failed[key]
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException:
@@ -164,7 +174,11 @@ class Resolver:
             self._remember_records(key, now + NEGATIVE_TTL, ())
             return ()
         except dns.exception.DNSException as exc:
-            raise TempFailure(f"{name}: {rdtype} lookup failed: {_describe(exc)}") from exc
+            why = f"{name}: {rdtype} lookup failed: {_describe(exc)}"
+            if len(self._failed) >= self._mx_size:
+                self._failed.clear()
+            self._failed[key] = (time.time() + FAILURE_TTL, why)
+            raise TempFailure(why) from exc
         if rdtype == "TXT":
             found = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
         elif rdtype in ("A", "AAAA"):
@@ -177,8 +191,9 @@ class Resolver:
         return found
 
     def known(self, name: str, rdtype: str) -> bool:
-        """Whether ``records(name, rdtype)`` would answer from the cache now, without a query."""
-        cached = self._records.get((name.lower(), rdtype))
+        """Whether ``records(name, rdtype)`` would answer (or fail) from the cache now, without a query."""
+        key = (name.lower(), rdtype)
+        cached = self._records.get(key) or self._failed.get(key)
         return cached is not None and cached[0] > time.time()
 
     def _remember_records(self, key: tuple[str, str], expires: float, found: tuple[str, ...]) -> None:

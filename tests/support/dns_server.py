@@ -61,6 +61,10 @@ class DnsServer:
     def servfail(self, name: str) -> None:
         self._servfail.add(_norm(name))
 
+    def heal(self, name: str) -> None:
+        """``name`` answered again (no more SERVFAIL)."""
+        self._servfail.discard(_norm(name))
+
     def drop(self, name: str) -> None:
         self._drop.add(_norm(name))
 

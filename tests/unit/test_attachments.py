@@ -33,3 +33,13 @@ def test_plain_and_odd_messages():
                 b"Content-Disposition: attachment\r\n\r\nabc")
     assert listing(unclosed) == [{"filename": "", "content-type": "text/plain", "size": 3}]
     assert listing(b"Content-Type: multipart/mixed\r\n\r\n--x\r\n\r\nno boundary parameter\r\n") == []
+
+
+def test_a_name_in_another_header_is_no_file_name_but_a_name_parameter_is():
+    traced = (b"Authentication-Results: mx.test; spf=temperror (no nameserver answered) smtp.mailfrom=a.test\r\n"
+              b"Received: from hostname.test\r\nSubject: the name of the game\r\n\r\nbody\r\n")
+    assert listing(traced) == []
+    for param in (b'Content-Type: text/plain; name="a.txt"', b"Content-Type: text/plain; name = a.txt",
+                  b"Content-Disposition: inline; filename*=utf-8''a.txt", b'Content-Type: text/plain; name*0="a.txt"'):
+        head = param + b"\r\n\r\nabc\r\n"
+        assert [a["filename"] for a in listing(head)] == ["a.txt"], param

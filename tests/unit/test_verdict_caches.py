@@ -117,3 +117,31 @@ async def test_a_no_record_answer_is_kept_for_the_negative_ttl_then_a_published_
         assert (published["spf"], published["dkim"], published["dmarc"]) == ("pass", "pass", "pass")
     finally:
         await verifier.close()
+
+
+async def test_a_failed_lookup_is_kept_for_the_failure_ttl_then_asked_again(dns_server, monkeypatch):
+    """RFC 9520: while a domain's nameservers fail (SERVFAIL), each message gets ``temperror`` at once, without a
+    query of its own; once ``FAILURE_TTL`` ran out the next message asks again and a repaired domain passes."""
+    monkeypatch.setattr(resolver_mod, "FAILURE_TTL", 1.0)
+    dns_server.add_txt("example.com", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.servfail("example.com")
+    dns_server.servfail("_dmarc.example.com")
+    unsigned = b"From: A <a@example.com>\r\nTo: b@example.net\r\nSubject: x\r\n\r\nHi.\r\n"
+    verifier = _verifier(dns_server)
+    try:
+        failed = await _check(verifier, unsigned)
+        assert (failed["spf"], failed["dmarc"]) == ("temperror", "temperror")
+        asked = {name: len(dns_server.queries_for(name, "TXT")) for name in ("example.com", "_dmarc.example.com")}
+        assert all(asked.values())
+        for _ in range(5):
+            again = await _check(verifier, unsigned)
+            assert (again["spf"], again["dmarc"]) == ("temperror", "temperror")
+        assert {name: len(dns_server.queries_for(name, "TXT")) for name in asked} == asked  # nothing asked again
+        dns_server.heal("example.com")
+        dns_server.heal("_dmarc.example.com")
+        dns_server.add_txt("_dmarc.example.com", "v=DMARC1; p=none")
+        await asyncio.sleep(1.3)
+        repaired = await _check(verifier, unsigned)
+        assert (repaired["spf"], repaired["dmarc"]) == ("pass", "pass")
+    finally:
+        await verifier.close()
