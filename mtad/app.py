@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import os
 import secrets
@@ -33,7 +32,7 @@ from mtad.ingress.directory import Directory
 from mtad.base.errors import ConfigError, StoreError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
-from mtad.inbound.routing import Routing, check_config_routes, route_of
+from mtad.inbound.routing import Routing, check_config_routes, config_routes, route_of
 from mtad.ingress.lists import ListDirectory
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
@@ -103,14 +102,6 @@ def api_keys(cfg: Config) -> tuple[list, str | None]:
             f.write("key-" + secrets.token_hex(16))
     key = path.read_text().strip()
     return [ApiKey(hash_key(key))], key
-
-
-def config_routes(cfg: Config) -> list[Route]:
-    routes = []
-    for r in cfg.routing.routes:
-        rid = r.id or hashlib.sha1(f"{r.priority}|{r.expression}|{r.actions}".encode()).hexdigest()[:24]
-        routes.append(Route(rid, r.priority, r.description, r.expression, tuple(r.actions)))
-    return routes
 
 
 def api_base_url(cfg: Config, address: str | None = None) -> str:

@@ -62,3 +62,16 @@ def test_tracking_is_in_use_once_the_defaults_or_some_domain_turn_a_kind_on():
     tracking = _tracking()
     tracking.update({"example.com": DomainTracking(open=True)})
     assert tracking.in_use()
+
+
+def test_routes_test_on_the_command_line_does_not_load_the_daemon(tmp_path):
+    import subprocess
+    import sys
+    config = tmp_path / "mtad.yaml"
+    config.write_text(f"hostname: mtad.test\nstate_dir: {tmp_path / 'state'}\nreceiving_domains: [inbound.test]\n"
+                      "routing:\n  routes:\n    - {expression: 'match_recipient(\"a@inbound.test\")', actions: [stop()]}\n")
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mtad", "routes", "test", "--config", str(config),
+                          "--recipient", "a@inbound.test"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "stop" in out.stdout, out
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "mtad.inbound.routing" in imported and "mtad.app" not in imported and "aiohttp" not in imported
