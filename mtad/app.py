@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import os
 import secrets
@@ -33,7 +32,7 @@ from mtad.ingress.directory import Directory
 from mtad.base.errors import ConfigError, StoreError
 from mtad.inbound.forward import Forwarder
 from mtad.net.httpclient import HttpClient
-from mtad.inbound.routing import Routing, check_config_routes, route_of
+from mtad.inbound.routing import Routing, check_config_routes, config_routes, route_of
 from mtad.ingress.lists import ListDirectory
 from mtad.ingress.pipeline import Ingress
 from mtad.net.resolver import Resolver
@@ -103,14 +102,6 @@ def api_keys(cfg: Config) -> tuple[list, str | None]:
             f.write("key-" + secrets.token_hex(16))
     key = path.read_text().strip()
     return [ApiKey(hash_key(key))], key
-
-
-def config_routes(cfg: Config) -> list[Route]:
-    routes = []
-    for r in cfg.routing.routes:
-        rid = r.id or hashlib.sha1(f"{r.priority}|{r.expression}|{r.actions}".encode()).hexdigest()[:24]
-        routes.append(Route(rid, r.priority, r.description, r.expression, tuple(r.actions)))
-    return routes
 
 
 def api_base_url(cfg: Config, address: str | None = None) -> str:
@@ -276,7 +267,7 @@ class App:
 
     async def _setup_tracking(self) -> None:
         """Engagement tracking: the per-recipient rendering policy (the scheduler's), the endpoints' context, the
-        settings reloaded on every change (any node), ua-parser's rules loaded in a thread."""
+        settings reloaded on every change (any node), ua-parser's rules loaded in a thread once some domain tracks."""
         from mtad.api.tracking import TrackingContext
         from mtad.base.keys import derive
         from mtad.events.engagement import Clients
@@ -291,13 +282,18 @@ class App:
 
         async def reload_settings() -> None:
             self.tracking.update(await self.store.tracking_settings())
+            warm_if_used()
         self._unsubscribe.append(self.store.on_change("tracking", reload_settings))
         geoip = str(cfg.path(cfg.tracking.geoip_database)) if cfg.tracking.geoip_database else None
         try:
             clients = Clients(cfg.tracking, geoip)
         except (OSError, ValueError) as exc:
             raise ConfigError("tracking.geoip_database", f"cannot read {geoip}: {exc}") from None
-        self._background.append(asyncio.create_task(asyncio.to_thread(clients.warm), name="ua-rules"))
+
+        def warm_if_used() -> None:  # ua-parser's rules (~0.3 s of CPU) only once tracking is on for some domain
+            if self.tracking.in_use() and not any(t.get_name() == "ua-rules" for t in self._background):
+                self._background.append(asyncio.create_task(asyncio.to_thread(clients.warm), name="ua-rules"))
+        warm_if_used()
 
         async def listed(domain: str, address: str, tags: tuple[str, ...]) -> bool:
             entry = await self.store.get_suppression(domain, "unsubscribes", address)

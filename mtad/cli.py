@@ -335,8 +335,8 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_test(args: argparse.Namespace) -> int:
-    from mtad.app import config_routes
     from mtad.inbound.router import RouteTable
+    from mtad.inbound.routing import config_routes  # not mtad.app: the whole daemon, a second of imports
     cfg, _ = _load(args)
     routes = config_routes(cfg)
     if cfg.store.backend == "postgresql" or cfg.store_path.exists():  # routes created through the API too

@@ -10,6 +10,7 @@ and returned to the original sender.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Awaitable, Callable, Iterable
@@ -17,7 +18,7 @@ from typing import Awaitable, Callable, Iterable
 from mtad.mail import headers as headers_mod
 from mtad.mail import srs
 from mtad.base.errors import ConfigError, RouteSyntaxError
-from mtad.config.schema import RoutingConfig
+from mtad.config.schema import Config, RoutingConfig
 from mtad.inbound.router import Route, RouteTable, compile_route
 from mtad.store.queue import ForwardRow
 from mtad.store.routes import RouteRecord
@@ -28,6 +29,15 @@ log = logging.getLogger("mtad.inbound")
 def route_of(record: RouteRecord) -> Route:
     """The route an API route record holds (compiled when a table is built)."""
     return Route(record.id, record.priority, record.description, record.expression, tuple(record.actions))
+
+
+def config_routes(cfg: Config) -> list[Route]:
+    """The config file's routes (an id made from its content for a route without one)."""
+    routes = []
+    for r in cfg.routing.routes:
+        rid = r.id or hashlib.sha1(f"{r.priority}|{r.expression}|{r.actions}".encode()).hexdigest()[:24]
+        routes.append(Route(rid, r.priority, r.description, r.expression, tuple(r.actions)))
+    return routes
 
 
 def record_of(route: Route, created_at: float) -> RouteRecord:

@@ -15,10 +15,6 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiospamc
-from aiospamc.client import Client
-from aiospamc.connections import TcpConnectionManager, UnixConnectionManager
-from aiospamc.requests import Request
 
 
 @dataclass(frozen=True)
@@ -38,6 +34,9 @@ class SpamdClient:
     certificates, ~70 ms of CPU on the event loop) twice per call even for plain TCP (bench/README.md)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 783, socket_path: str = "", timeout: float = 10.0):
+        import aiospamc  # here, not at the top: a daemon without spamd never loads it (nor its loguru)
+        from aiospamc.client import Client
+        from aiospamc.connections import TcpConnectionManager, UnixConnectionManager
         self.host, self.port, self.socket_path, self.timeout = host, port, socket_path, timeout
         limit = aiospamc.Timeout(total=timeout)  # the outer asyncio.timeout of each call is the one that counts
         manager = (UnixConnectionManager(Path(socket_path), limit) if socket_path
@@ -49,6 +48,7 @@ class SpamdClient:
         return f"unix:{self.socket_path}" if self.socket_path else f"{self.host}:{self.port}"
 
     async def _request(self, verb: str, body: bytes, timeout: float):
+        from aiospamc.requests import Request
         async with asyncio.timeout(timeout):
             return await self._client.request(Request(verb, body=body))
 

@@ -77,6 +77,10 @@ class Tracking:
     def settings_for(self, domain: str) -> DomainTracking:
         return self.settings.get(domain, self.defaults)
 
+    def in_use(self) -> bool:
+        """Whether the defaults or some domain's settings turn a kind of tracking on (per-message options aside)."""
+        return any(s.open or s.click != "no" or s.unsubscribe for s in (self.defaults, *self.settings.values()))
+
     def effective(self, job: DeliveryJob) -> Effective | None:
         """What is on for ``job``'s message; None for a message never rendered (a forward, a DSN)."""
         if job.direction != "outbound" or job.envelope.get("transport") == DSN_TRANSPORT:

@@ -12,14 +12,13 @@ import os
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 
 def make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
     """An ECDSA P-256 certificate for ``hostname`` (and 127.0.0.1), valid ten years; key mode 0600."""
+    from cryptography import x509  # here: a daemon given its certificate never loads the X.509 builder
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hmac
 import json
 import logging
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-import jinja2
 from aiohttp import web
 from markupsafe import escape
 
@@ -60,11 +60,17 @@ class Panel:
                                             max_auth_failures_per_account=c.max_sign_in_failures_per_account,
                                             auth_failure_window=c.sign_in_failure_window,
                                             auth_lockout=c.sign_in_lockout))
-        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                            trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters["when"] = when
-        self.templates.filters["ago"] = ago
-        self.templates.filters["seconds"] = seconds
+
+    @functools.cached_property
+    def templates(self) -> "jinja2.Environment":
+        """Made at the first page: a daemon whose panel nobody opens never loads Jinja2 (a tenth of its start-up imports)."""
+        import jinja2
+        templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                       trim_blocks=True, lstrip_blocks=True)
+        templates.filters["when"] = when
+        templates.filters["ago"] = ago
+        templates.filters["seconds"] = seconds
+        return templates
 
 
 STATE: web.AppKey[Panel] = web.AppKey("mtad_ui")

@@ -156,7 +156,7 @@ class Mtad:
             found = ports.read(self.config_path.parent / self.cfg.get("state_dir", "mtad-state"))
             if found is not None and found.get("pid") == self.proc.pid:
                 return found
-            time.sleep(0.05)
+            time.sleep(0.01)  # a start takes about a second: polled finely, a test waits no longer than it
         raise TimeoutError(f"mtad wrote no ports file in {timeout}s:\n{self.log()[-3000:]}")
 
     def _pin_ports(self, found: dict[str, Any]) -> None:

@@ -183,3 +183,14 @@ def test_shipped_config_loads_with_every_named_provider(shipped):
     assert {"google", "yahoo", "outlook", "office365", "apple", "comcast", "gmx-webde", "orange", "mailru",
             "yandex", "zoho", "proton"} <= names
     assert shipped.automation[-1].name == "ip-reputation" and shipped.automation[-1].providers == ()
+
+
+def test_a_shaping_file_reads_the_same_with_libyaml_and_errors_keep_their_line(tmp_path):
+    import yaml
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert load_shaping(SHIPPED) == build(yaml.safe_load(text))  # libyaml's parse builds what PyYAML's does
+    bad = tmp_path / "providers.yaml"
+    bad.write_text("default:\n  max_connections: 3\nproviders: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_shaping(bad)
+    assert "line 3, column 12" in info.value.problem and "but got '<stream end>'" in info.value.problem  # PyYAML's
