@@ -10,10 +10,15 @@ the log has one line naming the client and the parse error, escaped. Everything 
 the application does: the tracking endpoints (``api.tracking``) answer their paths there without the router,
 middlewares and signals (a click's answer costs a fifth less CPU), and hand every other request to ``fallback``,
 the application's own handling.
+
+``LEAN``: an application may also name a ``api.lean.LeanHandler`` (the tracking endpoints' opens and clicks): its
+listener then serves each connection with ``api.lean.LeanProtocol``, which answers the requests that handler
+takes without aiohttp's request machinery and hands the connection to aiohttp's protocol for anything else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -23,11 +28,13 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from mtad.api import printable
+from mtad.api.lean import LeanConnections, LeanHandler, LeanProtocol
 
 log = logging.getLogger("mtad.api")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 FRONT: web.AppKey[Callable[[Handler], Handler]] = web.AppKey("mtad_front")
+LEAN: web.AppKey[LeanHandler] = web.AppKey("mtad_lean")
 
 
 def parse_error_answer(exc: HttpProcessingError) -> tuple[int, str]:
@@ -56,8 +63,21 @@ class _Handler(RequestHandler):
 
 
 class _Server(web.Server):
-    def __call__(self) -> RequestHandler:
+    lean: LeanHandler | None = None
+    lean_connections: LeanConnections | None = None
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.lean is not None and self.lean_connections is not None:
+            return LeanProtocol(self.lean, self._aiohttp_protocol, self.lean_connections)
+        return self._aiohttp_protocol()
+
+    def _aiohttp_protocol(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.lean_connections is not None:
+            await self.lean_connections.close(timeout if timeout is not None else 10.0)
+        await super().shutdown(timeout)
 
 
 class ApiRunner(web.AppRunner):
@@ -70,4 +90,7 @@ class ApiRunner(web.AppRunner):
         front = self._app.get(FRONT)
         if front is not None:
             server.request_handler = front(server.request_handler)
+        lean = self._app.get(LEAN)
+        if lean is not None:
+            server.lean, server.lean_connections = lean, LeanConnections()
         return server

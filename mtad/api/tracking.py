@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -60,7 +61,8 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from mtad.api.server import FRONT, Handler
+from mtad.api.lean import LeanAnswer
+from mtad.api.server import FRONT, LEAN, Handler
 from mtad.base.coalesce import Coalescer
 from mtad.base.errors import StoreError
 from mtad.events import engagement as engagement_mod
@@ -102,12 +104,20 @@ class _Cached:
     """A tracked message as the endpoints keep it: its events' shared parts and its links' redirect headers,
     each made once."""
 
-    __slots__ = ("tracked", "events", "_redirects")
+    __slots__ = ("tracked", "events", "_redirects", "_lean")
 
     def __init__(self, tracked: TrackedMessage):
         self.tracked = tracked
         self.events = engagement_mod.MessageEvents(tracked)
         self._redirects: dict[int, CIMultiDictProxy[str]] = {}
+        self._lean: dict[int, tuple[bytes, bytes]] = {}
+
+    def lean_redirect(self, index: int) -> tuple[bytes, bytes]:
+        """The 302 to link ``index`` as ``api.lean`` writes it (the headers of ``redirect``)."""
+        found = self._lean.get(index)
+        if found is None:
+            found = self._lean[index] = (_lean_head(302, "Found", self.redirect(index).items(), 0), b"")
+        return found
 
     def redirect(self, index: int) -> CIMultiDictProxy[str]:
         """The headers of the 302 to link ``index`` (shared by its clicks: read-only)."""
@@ -144,28 +154,46 @@ class Tracker:
             self._messages.popitem(last=False)
         return found
 
+    def _cached_now(self, queue_id: str) -> _Cached | None:
+        """The message when it is in the cache and still tracked (``_cached`` without a store read), else None."""
+        found = self._messages.get(queue_id)
+        if found is None or found.tracked.created_at < time.time() - self.ctx.retention:
+            return None
+        self._messages.move_to_end(queue_id)
+        return found
+
     async def _message(self, queue_id: str) -> TrackedMessage | None:
         found = await self._cached(queue_id)
         return found.tracked if found is not None else None
 
     def _fetch(self, request: web.BaseRequest) -> engagement_mod.Fetch:
-        ip = request.remote or ""
+        return self._fetch_of(request.remote or "", request.headers)
+
+    def _fetch_of(self, remote: str, headers: CIMultiDict | CIMultiDictProxy) -> engagement_mod.Fetch:
+        ip = remote
         if self.ctx.client_address.trusted:  # else X-Forwarded-For is never read (net.forwarded)
-            ip = self.ctx.client_address.of(ip, tuple(request.headers.getall("X-Forwarded-For", ())))
-        return engagement_mod.Fetch(ip, request.headers.get("User-Agent", "")[:1024])
+            ip = self.ctx.client_address.of(ip, tuple(headers.getall("X-Forwarded-For", ())))
+        return engagement_mod.Fetch(ip, headers.get("User-Agent", "")[:1024])
 
     async def _record(self, kind: str, cached: _Cached, token: tracktoken.Token, request: web.BaseRequest,
                       url: str | None = None) -> None:
+        future = self._queue(kind, cached, token, self._fetch(request), url)
+        if future is not None:  # back-pressure: this one is answered after its commit
+            await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
+
+    def _queue(self, kind: str, cached: _Cached, token: tracktoken.Token, fetch: engagement_mod.Fetch,
+               url: str | None = None) -> asyncio.Future | None:
+        """Queue an open or click for the next store write; its future when the answer must wait for its commit
+        (more than ``MAX_UNCOMMITTED`` wait), else None."""
         tracked = cached.tracked
-        event = engagement_mod.engagement_event(kind, tracked, token.recipient, time.time(), self._fetch(request),
+        event = engagement_mod.engagement_event(kind, tracked, token.recipient, time.time(), fetch,
                                                 self.ctx.clients, url=url, events=cached.events)
         human = not event["flags"]["is-machine"]  # a machine's fetch is never the unique one (events.engagement)
         future = self._recorder.enqueue(Engagement(  # the unique variant is made by the store if it is the first
             NewEvent(tracked.domain, event), (tracked.queue_id, token.recipient.lower(), kind) if human else None,
             prepared=prepare(tracked.domain, event)))  # its rows now: not all of a batch's on the writer thread
         self._uncommitted += 1
-        if self._uncommitted > MAX_UNCOMMITTED:  # back-pressure: this one is answered after its commit
-            await asyncio.wait((future,))  # (not cancelled with the request: it is written all the same)
+        return future if self._uncommitted > MAX_UNCOMMITTED else None
 
     async def _write(self, items: list[Engagement]) -> tuple[bool, ...]:
         """One store write for a batch of opens and clicks; a failure is logged for each (the readers already
@@ -209,6 +237,42 @@ class Tracker:
             except Exception as exc:  # noqa: BLE001 - never a stack trace to the client
                 return _error_page(request, exc)
         return handle
+
+    def lean(self, method: str, path: str, headers: CIMultiDict, remote: str) -> LeanAnswer | Awaitable[LeanAnswer]:
+        """``api.lean``'s handler (``api.server.LEAN``): the whole answer to a ``GET`` or ``HEAD`` of a good click
+        or open token, as ``click`` and ``open`` give it; None for anything else, before recording anything (the
+        application answers it: 404 and 410 pages, other paths). Answered at once, without a task, when the
+        message is cached and the store keeps up; else awaitable."""
+        if not path.startswith(("/c/", "/o/")) or "/" in path[3:] or len(path) == 3:
+            return None
+        click = path.startswith("/c/")
+        token = self.ctx.tracking.open(path[3:])
+        if token is None or token.kind != (tracktoken.CLICK if click else tracktoken.OPEN):
+            return None
+        cached = self._cached_now(token.queue_id)
+        if cached is None:
+            return self._lean_later(method, click, token, headers, remote)
+        return self._lean_answer(method, click, token, cached, headers, remote)
+
+    async def _lean_later(self, method: str, click: bool, token: tracktoken.Token, headers: CIMultiDict,
+                          remote: str) -> LeanAnswer:
+        cached = await self._cached(token.queue_id)
+        if cached is None:
+            return None
+        answer = self._lean_answer(method, click, token, cached, headers, remote)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def _lean_answer(self, method: str, click: bool, token: tracktoken.Token, cached: _Cached,
+                     headers: CIMultiDict, remote: str) -> LeanAnswer | Awaitable[LeanAnswer]:
+        if click and token.index >= len(cached.tracked.links):
+            return None
+        answer = cached.lean_redirect(token.index) if click else \
+            (_LEAN_PIXEL if method == "GET" else (_LEAN_PIXEL[0], b""))
+        if method != "GET":
+            return answer
+        future = self._queue("clicked" if click else "opened", cached, token, self._fetch_of(remote, headers),
+                             cached.tracked.links[token.index] if click else None)
+        return answer if future is None else _after(future, answer)
 
     # --- clicks and opens -------------------------------------------------------------------------------
     async def click(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -311,6 +375,21 @@ def _page(status: int, title: str, text: str, raw: bool = False) -> web.Response
     return web.Response(status=status, text=page, content_type="text/html", headers=headers)
 
 
+def _lean_head(status: int, reason: str, headers, length: int) -> bytes:
+    """A response's status line and header lines for ``api.lean`` (the values are ASCII: quoted URLs, constants)."""
+    lines = [f"HTTP/1.1 {status} {reason}"] + [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + f"\r\nContent-Length: {length}\r\n").encode("ascii")
+
+
+_LEAN_PIXEL = (_lean_head(200, "OK", [("Content-Type", "image/gif"), *_NO_CACHE.items()], len(PIXEL)), PIXEL)
+
+
+async def _after(future: asyncio.Future, answer: LeanAnswer) -> LeanAnswer:
+    """``answer`` once ``future`` (its event's commit) is done: back-pressure (``MAX_UNCOMMITTED``)."""
+    await asyncio.wait((future,))
+    return answer
+
+
 def _expired() -> web.Response:
     return _page(410, "Link expired", "This link has expired: its message is no longer tracked.")
 
@@ -320,6 +399,7 @@ def add_routes(app: web.Application, ctx: TrackingContext) -> None:
     (``front``) when it is served by ``api.server.ApiRunner``, by its router otherwise."""
     tracker = app[TRACKING] = Tracker(ctx)
     app[FRONT] = tracker.front
+    app[LEAN] = tracker.lean
     app.on_cleanup.append(tracker.flush)  # after the last request: the queued opens and clicks are written
     app.router.add_get("/c/{token}", tracker.click)
     app.router.add_get("/o/{token}", tracker.open)
