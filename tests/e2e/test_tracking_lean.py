@@ -202,3 +202,22 @@ async def test_split_heads_http10_keep_alive_close_and_limits(world):
     assert len(clicks) == 3  # the split head, the Connection: close one and the one before the garbage
     opens = await recorded(world, "opened", rcpt, 2)
     assert len(opens) == 2 and all(re.match(r"\d+\.\d+\.\d+\.\d+", e["ip"]) for e in opens)
+
+
+def test_a_stop_closes_idle_and_half_sent_lean_connections_at_once(mtad_factory):
+    """SIGTERM with keep-alive connections still open (one silent, one half-way through a head): the daemon
+    stops within seconds, closing them, as aiohttp closes its own."""
+    import socket
+    import time
+    daemon = mtad_factory().start()
+    url = urlsplit(daemon.api_url)
+    silent = socket.create_connection((url.hostname, url.port), timeout=10)
+    half = socket.create_connection((url.hostname, url.port), timeout=10)
+    half.sendall(b"GET /c/abc HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert daemon.stop(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    for conn in (silent, half):
+        assert conn.recv(1) == b""  # closed by the daemon
+        conn.close()
