@@ -253,7 +253,7 @@ class DeliveryConfig:
     poll_interval: Duration = Duration(1)
     dsn: bool = True  # bounce messages on permanent failure, as each sending domain's ``dsn`` policy says
     message_retention: Duration = Duration(3 * 86400)  # finished messages kept for inspection
-    dkim_workers: int = 1  # DKIM signing processes, started on first use; 0: sign in the main process
+    dkim_workers: int = 2  # DKIM signing processes, started on first use; 0: sign in the main process
 
     def __post_build__(self, path: str) -> None:
         if not 0 <= self.dkim_workers <= 64:
