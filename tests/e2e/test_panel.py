@@ -416,7 +416,8 @@ def test_every_main_page_renders_fits_a_phone_and_is_saved(page, daemon, shots):
         page.goto(path)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
     shots(page, "dashboard-phone")
-    assert len(list(shots.folder.glob("*.png"))) >= 10
+    for name in ("dashboard", "domains", "webhooks", "domain", "dashboard-phone"):  # this test's own pages
+        assert (shots.folder / f"{name}.png").stat().st_size > 1000, name
 
 
 # --- domain settings, engagement, lists, templates (issue 17 follow-up) --------------------------------------
