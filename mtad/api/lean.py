@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from email.utils import formatdate
 from typing import Awaitable, Callable, Union
 
 import httptools
 from multidict import CIMultiDict
+
+from mtad.mail.compose import http_date
 
 MAX_HEAD = 8190  # bytes of a request head taken on the lean path (aiohttp's own line limit)
 MAX_BUFFER = 65536  # bytes read ahead of the answers before reading pauses
@@ -45,20 +46,6 @@ LeanAnswer = Union[tuple[bytes, bytes], None]
 # (method, path, headers, peer address) -> (the response's status line and header lines, with Content-Length,
 # without Date and Connection (added here) and without the blank line; its body), or None: the application answers
 LeanHandler = Callable[[str, str, CIMultiDict, str], Union[LeanAnswer, Awaitable[LeanAnswer]]]
-
-
-class _Date:
-    """The ``Date`` header line, made once per second."""
-
-    second = -1
-    line = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.line = second, f"Date: {formatdate(second, usegmt=True)}\r\n".encode()
-        return cls.line
 
 
 class _Head:
@@ -205,10 +192,11 @@ class LeanProtocol(asyncio.Protocol):
             return False
         del self._buffer[:size]
         head, body = answer
+        date = f"Date: {http_date(time.time())}\r\n".encode()
         if keep_alive:
-            transport.write(b"".join((head, _Date.now(), b"Connection: keep-alive\r\n\r\n" if http10 else b"\r\n", body)))
+            transport.write(b"".join((head, date, b"Connection: keep-alive\r\n\r\n" if http10 else b"\r\n", body)))
             return True
-        transport.write(b"".join((head, _Date.now(), b"Connection: close\r\n\r\n", body)))
+        transport.write(b"".join((head, date, b"Connection: close\r\n\r\n", body)))
         self.close()
         return False
 
