@@ -37,7 +37,7 @@ def demo_credentials(state_dir: Path, create: bool = True) -> dict[str, str] | N
     if not create:
         return None
     state_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(18)
+    password = secrets.token_hex(16)  # 128 bits, letters and digits only: never read as an option ("-x...")
     creds = {"sending_domain": DEMO_SENDING_DOMAIN, "receiving_domain": DEMO_RECEIVING_DOMAIN,
              "login": f"{DEMO_USER}@{DEMO_SENDING_DOMAIN}", "password": password,
              "password_hash": hash_password(password)}

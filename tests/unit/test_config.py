@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,13 @@ def test_value_types_round_trip():
     assert Size.parse("64KiB").bytes == 65536
     with pytest.raises(ValueError):
         Rate.parse("5 per s")
+
+
+def test_demo_passwords_are_safe_to_type_on_a_command_line(tmp_path):
+    """README's "Try it" passes the demo password to swaks as ``--auth-password "$PASS"``: one that began with "-"
+    was read as an option ("Unknown option: 3ij..."), so a generated password is letters and digits only."""
+    from mtad.config.demo import demo_credentials
+    for n in range(10):  # with the old urlsafe alphabet all ten were clean one time in 2,000
+        creds = demo_credentials(tmp_path / str(n))
+        assert re.fullmatch(r"[A-Za-z0-9]{24,}", creds["password"]), creds["password"]
+        assert demo_credentials(tmp_path / str(n))["password"] == creds["password"]  # kept, not made again
