@@ -514,6 +514,7 @@ class App:
         sdnotify.notify("READY=1\nSTATUS=accepting mail")
         gc.freeze()  # what start built lives as long as the process: the cyclic GC's full passes skip it
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+        gc.enable()  # off while ``mtad run`` imported and started (mtad.cli.cmd_run)
         if self._reload_pending:
             self.reload()
         await self._stop.wait()

@@ -41,6 +41,11 @@ def _load(args: argparse.Namespace, create: bool = False) -> tuple[Config, dict 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import gc
+    # No cyclic GC while the daemon imports and starts (its passes over the growing heap cost ~0.1 s of CPU per
+    # start and find little: what start builds lives as long as the process); App.run freezes what start built
+    # and turns the GC back on once the listeners are up.
+    gc.disable()
     from mtad.base import logsetup
     from mtad.app import run
     from mtad.base.memory import pin_mmap_threshold
