@@ -32,17 +32,18 @@ import email.utils
 import hashlib
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import dns.asyncresolver
 import dns.exception
-import dns.resolver
 from aiohttp import web
 
 from mtad.store import accounts as accounts_mod
 from mtad.mail import dkim
 from mtad.api import ApiContext, context, error
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 from mtad.api.formdata import read_post
 from mtad.base.passwords import hash_password
 
@@ -184,6 +185,10 @@ def _lookup(request: web.Request, name: str) -> tuple[str, dict[str, Any]] | Non
 def _resolver(request: web.Request) -> dns.asyncresolver.Resolver:
     holder = request.app[RESOLVER]
     if not holder:
+        # here, not at the top: dnspython's resolver (~75 ms of CPU to import) loads at the first use, not at start;
+        # it also binds ``dns.resolver``, whose exceptions ``_query`` catches
+        import dns.asyncresolver
+        import dns.resolver
         d = _cfg(context(request)).delivery
         resolver = dns.asyncresolver.Resolver(configure=not d.dns_nameservers)
         if d.dns_nameservers:

@@ -30,13 +30,16 @@ import ipaddress
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
 import dns.exception
-import dns.name
-import dns.resolver
 
 from mtad.base.errors import PermFailure, TempFailure
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.name
+    import dns.resolver
 
 
 NEGATIVE_TTL = 60.0  # seconds a "no such record" answer of ``records`` is kept
@@ -60,21 +63,32 @@ class Resolver:
 
     def __init__(self, nameservers: list[str] | None = None, port: int = 53, timeout: float = 5.0,
                  cache_size: int = 10_000):
+        if nameservers is not None and not nameservers:
+            raise ValueError("nameservers: give at least one address, or None for the system resolver")
+        self._settings = (nameservers, port, timeout, cache_size)
+        self._resolver: dns.asyncresolver.Resolver | None = None  # made at the first lookup (``_load``)
+        self._pending: dict[tuple[dns.name.Name, str], asyncio.Future[dns.resolver.Answer]] = {}
+        self._mx: dict[str, tuple[float, tuple[MxHost, ...]]] = {}  # domain -> (expires, hosts by preference)
+        self._mx_size = cache_size
+        self._records: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (name, type) -> (expires, text)
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (name, type) -> (expires, why), FAILURE_TTL
+
+    def _load(self) -> None:
+        """dnspython's resolver, made at the first lookup: a daemon that looks nothing up (a test, a start that
+        delivers nothing yet) never imports it (~75 ms of CPU). Also binds ``dns.name`` and ``dns.resolver``, which
+        the lookups below use."""
+        import dns.asyncresolver
+        import dns.name
+        import dns.resolver
+        nameservers, port, timeout, cache_size = self._settings
         resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
         if nameservers is not None:
-            if not nameservers:
-                raise ValueError("nameservers: give at least one address, or None for the system resolver")
             resolver.nameservers = list(nameservers)
         resolver.port = port
         resolver.lifetime = timeout  # the whole lookup, retries included
         resolver.timeout = min(resolver.timeout, timeout)  # one try
         resolver.cache = dns.resolver.LRUCache(cache_size)
         self._resolver = resolver
-        self._pending: dict[tuple[dns.name.Name, str], asyncio.Future[dns.resolver.Answer]] = {}
-        self._mx: dict[str, tuple[float, tuple[MxHost, ...]]] = {}  # domain -> (expires, hosts by preference)
-        self._mx_size = cache_size
-        self._records: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (name, type) -> (expires, text)
-        self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (name, type) -> (expires, why), FAILURE_TTL
 
     async def _resolve(self, name: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
         """dnspython's lookup, shared by every caller asking for the same name and type meanwhile."""
@@ -96,6 +110,8 @@ class Resolver:
         cached = self._mx.get(domain)
         if cached is not None and cached[0] > time.time():
             return _in_order(list(cached[1]))
+        if self._resolver is None:
+            self._load()
         name = _name(domain)
         try:
             answer = await self._resolve(name, "MX")
@@ -131,6 +147,8 @@ class Resolver:
             return [str(ipaddress.ip_address(host.strip("[]")))]
         except ValueError:
             pass
+        if self._resolver is None:
+            self._load()
         name = _name(host)
         results = await asyncio.gather(*(self._resolve(name, rdtype)
                                          for rdtype in ("A", "AAAA")), return_exceptions=True)
@@ -164,6 +182,8 @@ class Resolver:
             if failed[0] > now:
                 raise TempFailure(failed[1])
             del self._failed[key]
+        if self._resolver is None:
+            self._load()
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException:
