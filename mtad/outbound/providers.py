@@ -26,6 +26,7 @@ Suffixes match whole labels: ``google.com`` matches ``google.com`` and ``aspmx.l
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -166,9 +167,15 @@ def build(data: Mapping[str, Any]) -> ShapingConfig:
 _T = TypeVar("_T")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """``cls``'s field types, evaluated once per class (a shaping file builds ~30 policies and rules)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type[_T], spec: Any, path: str, base: _T, skip: tuple[str, ...]) -> _T:
     """``base`` with the keys of ``spec`` converted to ``cls``'s field types and checked."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     allowed = [f.name for f in fields(cls) if f.name not in skip]  # type: ignore[arg-type]
     _keys(_mapping(spec, path), path, allowed)
     values = {key: _check(key, _convert(hints[key], value, f"{path}.{key}"), f"{path}.{key}")
