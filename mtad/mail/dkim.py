@@ -24,11 +24,14 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+# ``cryptography`` (~30 ms of CPU to import) is imported in the functions that make or load a key: a daemon whose
+# domains have no DKIM keys never loads it; the one per-message step (``_signature_header``) uses what a loaded key
+# already brought in.
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
@@ -55,6 +58,9 @@ class DkimKey:
 
 def load_key(domain: str, selector: str, pem_bytes: bytes) -> DkimKey:
     """Load a PEM private key (PKCS#8 or traditional). Raises ``ValueError`` for unusable keys."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
     try:
         key = serialization.load_pem_private_key(pem_bytes, password=None)
     except (TypeError, UnsupportedAlgorithm) as exc:  # encrypted, or of a kind OpenSSL cannot load
@@ -70,6 +76,8 @@ def load_key(domain: str, selector: str, pem_bytes: bytes) -> DkimKey:
 
 def generate_key(algorithm: Literal["rsa", "ed25519"], bits: int = 2048) -> bytes:
     """Make a new private key, returned as unencrypted PKCS#8 PEM (``bits`` applies to RSA only)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
     key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if algorithm == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
@@ -83,6 +91,7 @@ def generate_key(algorithm: Literal["rsa", "ed25519"], bits: int = 2048) -> byte
 
 def private_pem(key: DkimKey) -> bytes:
     """The key as unencrypted PKCS#8 PEM, what ``load_key`` reads (to hand it to a signing worker)."""
+    from cryptography.hazmat.primitives import serialization
     return key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption())
 
@@ -92,6 +101,8 @@ def dns_record(key: DkimKey) -> tuple[str, str]:
 
     RSA publishes the DER SubjectPublicKeyInfo; Ed25519 the raw 32-byte public key (RFC 8463 §4).
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
     public = key.private_key.public_key()
     if isinstance(public, rsa.RSAPublicKey):
         kind, raw = "rsa", public.public_bytes(serialization.Encoding.DER,
@@ -191,7 +202,9 @@ def _signature_header(key: DkimKey, names: list[bytes], signed: list[bytes], bod
               f" t={timestamp};", " h=" + h_list[0], *h_list[1:], ";", f" bh={body_hash};", " b="]
     unsigned = _fold("DKIM-Signature:", pieces)
     data = b"".join(signed) + canonicalize_header(unsigned)
-    if isinstance(key.private_key, rsa.RSAPrivateKey):
+    if key.algorithm == "rsa-sha256":  # an RSA key (``load_key``, which imported these: ~1 µs beside the signature)
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
         signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
     else:
         signature = key.private_key.sign(hashlib.sha256(data).digest())

@@ -24,9 +24,10 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 VERSION = b"\x01"
 CLICK, OPEN, UNSUBSCRIBE, TAG_UNSUBSCRIBE = "c", "o", "u", "t"
@@ -49,13 +50,21 @@ class Token:
 class Sealer:
     """Makes and opens tokens under one purpose key (see the module doc)."""
 
-    __slots__ = ("_aead", "_nonce_key")
+    __slots__ = ("_aead", "_enc_key", "_nonce_key")
 
     def __init__(self, key: bytes):
         if len(key) != 32:
             raise ValueError("a 32-byte purpose key is required")
-        self._aead = AESGCM(hmac.new(key, b"enc", hashlib.sha256).digest())
+        self._enc_key = hmac.new(key, b"enc", hashlib.sha256).digest()
+        self._aead: AESGCM | None = None  # made at the first seal or open (``_load``)
         self._nonce_key = hmac.new(key, b"siv", hashlib.sha256).digest()
+
+    def _load(self) -> AESGCM:
+        """The AEAD, made at the first use: ``cryptography`` (~30 ms of CPU to import) is not loaded at every start
+        (the sealers are made there) but when a token is first made or read."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        self._aead = AESGCM(self._enc_key)
+        return self._aead
 
     def seal(self, token: Token) -> str:
         qid = token.queue_id.encode("ascii")
@@ -64,7 +73,7 @@ class Sealer:
         plain = token.kind.encode("ascii") + bytes((len(qid),)) + qid + _INDEX.pack(token.index) + \
             token.recipient.encode("utf-8")
         nonce = hmac.new(self._nonce_key, plain, hashlib.sha256).digest()[:12]
-        sealed = VERSION + nonce + self._aead.encrypt(nonce, plain, VERSION)
+        sealed = VERSION + nonce + (self._aead or self._load()).encrypt(nonce, plain, VERSION)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def open(self, text: str) -> Token | None:
@@ -79,9 +88,12 @@ class Sealer:
         if raw[:1] != VERSION or len(raw) < 1 + 12 + 16 + 7:
             return None
         try:
-            plain = self._aead.decrypt(raw[1:13], raw[13:], VERSION)
-        except InvalidTag:
-            return None
+            plain = (self._aead or self._load()).decrypt(raw[1:13], raw[13:], VERSION)
+        except Exception as exc:
+            from cryptography.exceptions import InvalidTag  # loaded with the AEAD: the forged token's path only
+            if isinstance(exc, InvalidTag):
+                return None
+            raise
         try:
             kind = plain[:1].decode("ascii")
             n = plain[1]

@@ -22,6 +22,7 @@ LAZY = {
     "jinja2": "the web panel (mtad.ui.web)",
     "aiospamc": "a configured spamd (mtad.net.spamd)",
     "ua_parser": "engagement tracking in use (mtad.events.engagement)",
+    "cryptography": "DKIM keys (mtad.mail.dkim), tracking tokens (mtad.mail.tracktoken), a self-signed certificate",
 }
 
 _PROGRAM = """
@@ -30,6 +31,8 @@ import mtad.cli, mtad.app, mtad.api, mtad.api.features, mtad.api.metrics, mtad.a
 from mtad.net.resolver import Resolver
 Resolver(["127.0.0.1"], 53, 1.0)
 Resolver(None)
+from mtad.mail.tracktoken import Sealer
+Sealer(bytes(32))
 print(json.dumps(sorted(sys.modules)))
 """
 
