@@ -16,21 +16,27 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mtad.events import shape
 from mtad.base.coalesce import Coalescer
 from mtad.config.schema import RoutingConfig
-from mtad.inbound.form.jobs import FormJob, form_pool
 from mtad.net import retry
 from mtad.net.httpclient import HttpClient, HttpResult
 from mtad.store.leases import settle_call
-from mtad.inbound.form.build import Form, FormParts, encode_form, form_parts, is_raw_format, sign
 from mtad.store.events import NewEvent
 from mtad.store.queue import QueuedMessage
 from mtad.store.work import WorkItem, WorkOutcome, WorkStore
 
-__all__ = ["Form", "Forwarder", "build_form", "encode_form"]
+if TYPE_CHECKING:
+    from mtad.inbound.form.build import Form, FormParts
+    from mtad.inbound.form.jobs import FormJob
+    from mtad.workers.pool import WorkerPool
+
+# ``form.build`` and ``form.jobs`` (MIME parsing and the quote patterns: ~15 ms of CPU to import) are imported at
+# the first forward, not at every start.
+
+__all__ = ["Forwarder", "build_form"]
 
 log = logging.getLogger("mtad.forward")
 
@@ -40,6 +46,7 @@ MAX_BATCH = 200  # forwards per coalesced read, form batch or outcome write
 
 def build_form(message: QueuedMessage, recipient: str, url: str, key: str, max_depth: int = 20) -> Form:
     """The multipart body of a route POST (parsed or raw MIME), signed. Always multipart, as Mailgun posts."""
+    from mtad.inbound.form.build import form_parts, is_raw_format, sign
     return sign(form_parts(message.body, recipient, message.sender, is_raw_format(url), max_depth), key)
 
 
@@ -69,13 +76,23 @@ class Forwarder:
         self.clock = clock
         self.max_depth = max_depth
         self.counters = {"delivered": 0, "retried": 0, "failed": 0}
-        processes = getattr(config, "form_workers", 1)
-        self.workers = form_pool(processes)
+        self._processes = getattr(config, "form_workers", 1)
+        self._workers: WorkerPool[FormJob, FormParts] | None = None  # at the first form (``workers``)
         self._messages: Coalescer[str, QueuedMessage | None] = Coalescer(self._read_messages, max_batch=MAX_BATCH)
         self._forms: Coalescer[FormJob, FormParts] = Coalescer(self._build_forms, max_batch=MAX_BATCH)
         self._settlements: Coalescer[Settlement, None] = Coalescer(self._write_settlements, max_batch=MAX_BATCH)
 
+    @property
+    def workers(self) -> WorkerPool[FormJob, FormParts]:
+        """The form builders' pool (its processes start at its first batch: ``mtad.workers.pool``)."""
+        if self._workers is None:
+            from mtad.inbound.form.jobs import form_pool
+            self._workers = form_pool(self._processes)
+        return self._workers
+
     async def handle(self, row: WorkItem) -> None:
+        from mtad.inbound.form.build import form_parts, is_raw_format, sign  # loaded by the first: ~1 µs
+        from mtad.inbound.form.jobs import FormJob
         message = await self._messages.submit(row.message)
         if message is None:  # deleted meanwhile
             await self._settlements.submit(Settlement(WorkOutcome(row.id, "failed", row.attempts, None, None,
@@ -92,7 +109,8 @@ class Forwarder:
         await self._record(row, message, result, time.monotonic() - started)
 
     async def close(self) -> None:
-        await self.workers.close()
+        if self._workers is not None:
+            await self._workers.close()
 
     # --- the batched steps --------------------------------------------------------------------------
 

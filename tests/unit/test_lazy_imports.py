@@ -22,12 +22,14 @@ LAZY = {
     "jinja2": "the web panel (mtad.ui.web)",
     "aiospamc": "a configured spamd (mtad.net.spamd)",
     "ua_parser": "engagement tracking in use (mtad.events.engagement)",
+    "mtad.inbound.form.quotes": "the first route forward (mtad.inbound.forward) or t:text=yes (mtad.ingress.templates)",
     "cryptography": "DKIM keys (mtad.mail.dkim), tracking tokens (mtad.mail.tracktoken), a self-signed certificate",
 }
 
 _PROGRAM = """
 import json, sys
 import mtad.cli, mtad.app, mtad.api, mtad.api.features, mtad.api.metrics, mtad.api.domains, mtad.api.server
+import mtad.api.messages, mtad.ingress.templates, mtad.inbound.forward
 from mtad.net.resolver import Resolver
 Resolver(["127.0.0.1"], 53, 1.0)
 Resolver(None)
