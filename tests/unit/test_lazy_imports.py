@@ -29,7 +29,8 @@ LAZY = {
 _PROGRAM = """
 import json, sys
 import mtad.cli, mtad.app, mtad.api, mtad.api.features, mtad.api.metrics, mtad.api.domains, mtad.api.server
-import mtad.api.messages, mtad.ingress.templates, mtad.inbound.forward
+import mtad.ingress.templates, mtad.inbound.forward, mtad.api.tracking
+mtad.api.features.all_features()
 from mtad.net.resolver import Resolver
 Resolver(["127.0.0.1"], 53, 1.0)
 Resolver(None)
