@@ -28,9 +28,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from dotpromptz_handlebars import Handlebars, TemplateRecursionError
+if TYPE_CHECKING:
+    from dotpromptz_handlebars import Handlebars
+
+# The engine (``dotpromptz_handlebars``, ~10 ms of CPU to import) is imported by the first template compiled, not at
+# every start; ``render`` runs only what ``compile_source`` made, so it is loaded there.
 
 ENGINE = "handlebars"
 
@@ -66,6 +70,7 @@ class Compiled:
 
 
 def _engine(escape: bool, depth: int) -> Handlebars:
+    from dotpromptz_handlebars import Handlebars
     hb = Handlebars(escape_html=escape, max_depth=depth)
     hb.unregister_helper("log")
     return hb
@@ -96,6 +101,7 @@ def compile_source(source: str, *, escape: bool = True, limits: RenderLimits = D
     if _PARTIAL.search(source):
         raise TemplateError("uses a partial, an inline partial or a decorator ({{> ...}}, {{#*inline}}), which"
                             " stored templates cannot use")
+    from dotpromptz_handlebars import TemplateRecursionError
     try:
         render = _engine(escape, limits.max_depth).compile(source)
     except TemplateRecursionError:
@@ -185,6 +191,7 @@ def _wrap(value: Any, budget: _Budget) -> Any:
 def render(compiled: Compiled, variables: dict[str, Any]) -> str:
     """The template rendered with ``variables`` (JSON values); ``TemplateError`` past the limits or on a render
     error (a helper that does not exist, a bad argument)."""
+    from dotpromptz_handlebars import TemplateRecursionError  # loaded by compile_source: ~1 µs
     budget = _Budget(compiled.limits, compiled.iteration_cost)
     try:
         out = compiled.render(_wrap(variables, budget))

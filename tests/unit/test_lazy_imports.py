@@ -22,6 +22,7 @@ LAZY = {
     "jinja2": "the web panel (mtad.ui.web)",
     "aiospamc": "a configured spamd (mtad.net.spamd)",
     "ua_parser": "engagement tracking in use (mtad.events.engagement)",
+    "dotpromptz_handlebars": "the first stored template compiled (mtad.mail.templating)",
     "mtad.inbound.form.quotes": "the first route forward (mtad.inbound.forward) or t:text=yes (mtad.ingress.templates)",
     "cryptography": "DKIM keys (mtad.mail.dkim), tracking tokens (mtad.mail.tracktoken), a self-signed certificate",
 }
