@@ -72,11 +72,13 @@ class Resolver:
         self._mx_size = cache_size
         self._records: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}  # (name, type) -> (expires, text)
         self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (name, type) -> (expires, why), FAILURE_TTL
+        if nameservers is None:  # the system configuration is read at start, as ever (unreadable: the start stops)
+            self._load()
 
     def _load(self) -> None:
-        """dnspython's resolver, made at the first lookup: a daemon that looks nothing up (a test, a start that
-        delivers nothing yet) never imports it (~75 ms of CPU). Also binds ``dns.name`` and ``dns.resolver``, which
-        the lookups below use."""
+        """dnspython's resolver, made at the first lookup when the nameservers are given (``delivery.dns_nameservers``,
+        as the tests do): a daemon that looks nothing up never imports it (~75 ms of CPU). Also binds ``dns.name``
+        and ``dns.resolver``, which the lookups below use."""
         import dns.asyncresolver
         import dns.name
         import dns.resolver

@@ -16,8 +16,8 @@ import sys
 LAZY = {
     "prometheus_client": "GET /metrics (mtad.api.metrics)",
     "regex": "routes allowed to backtrack (mtad.inbound.router)",
-    "dns.resolver": "the first DNS lookup (mtad.net.resolver, mtad.api.domains)",
-    "dns.asyncresolver": "the first DNS lookup (mtad.net.resolver, mtad.api.domains)",
+    "dns.resolver": "the first DNS lookup with delivery.dns_nameservers set (mtad.net.resolver, mtad.api.domains)",
+    "dns.asyncresolver": "the first DNS lookup with delivery.dns_nameservers set (mtad.net.resolver, mtad.api.domains)",
     "importlib.metadata": "dnspython's optional features, at its import",
     "jinja2": "the web panel (mtad.ui.web)",
     "aiospamc": "a configured spamd (mtad.net.spamd)",
@@ -33,8 +33,7 @@ import mtad.cli, mtad.app, mtad.api, mtad.api.features, mtad.api.metrics, mtad.a
 import mtad.ingress.templates, mtad.inbound.forward, mtad.api.tracking
 mtad.api.features.all_features()
 from mtad.net.resolver import Resolver
-Resolver(["127.0.0.1"], 53, 1.0)
-Resolver(None)
+Resolver(["127.0.0.1"], 53, 1.0)  # given nameservers (the system's configuration is read at start, as ever)
 from mtad.mail.tracktoken import Sealer
 Sealer(bytes(32))
 print(json.dumps(sorted(sys.modules)))
