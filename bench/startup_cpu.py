@@ -51,8 +51,18 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime (fields 14 and 15)
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+RSS: dict[Path, list[float]] = {}
+
+
 def one_start(src: Path, certs: _Certs) -> float:
-    """Seconds of CPU the daemon of tree ``src`` used until its ports file appeared."""
+    """Seconds of CPU the daemon of tree ``src`` used until its ports file appeared (its RSS then: ``RSS``)."""
     with tempfile.TemporaryDirectory(prefix="mtad-startup-") as tmp:
         daemon = Mtad(Path(tmp), base_config(Path(tmp), certs))
         daemon.write_config()
@@ -64,7 +74,9 @@ def one_start(src: Path, certs: _Certs) -> float:
                                            env=env, cwd=src)
         try:
             daemon._wait_ports()
-            return _cpu(daemon.proc.pid)
+            cpu = _cpu(daemon.proc.pid)
+            RSS.setdefault(src, []).append(_rss_mb(daemon.proc.pid))
+            return cpu
         finally:
             daemon.stop()
 
@@ -109,7 +121,7 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.2f}")
         for name, values in cpu.items():
             print(f"{name:5} start CPU median {statistics.median(values):.2f}s  (min {min(values):.2f}, "
-                  f"max {max(values):.2f}, n={len(values)})")
+                  f"max {max(values):.2f}, n={len(values)}); RSS median {statistics.median(RSS[trees[name]]):.1f} MB")
         for args in (["--help"], ["check-config", str(scratch / "cfg.yaml")]):
             if args[0] == "check-config":
                 d = Mtad(scratch, base_config(scratch, certs))
