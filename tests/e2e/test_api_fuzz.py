@@ -78,7 +78,7 @@ def _answers_within_contract(case, daemon, http):
 def test_every_operation_answers_within_its_documented_contract(operation, request, fuzzed_schema):
     # One item per operation, its cases (~40 coverage cases, then the generated ones) built when it runs
     # (``from_fixture``, Schemathesis' lazy loader), by the worker that runs it: ``schema.parametrize()`` builds every
-    # operation's cases at collection, in every xdist worker, most of them for operations another worker runs.
+    # operation's cases at collection, in every xdist worker, half of them for operations the other worker runs.
     lazy = schemathesis.pytest.from_fixture("fuzzed_schema").include(name=operation)
     lazy.parametrize()(_answers_within_contract)(request=request)
 
