@@ -1,9 +1,9 @@
-"""How the whole suite is spread over xdist's workers (``tests/run.sh``: ``-n 2 --dist loadfile``), as a pytest
+"""How the whole suite is spread over xdist's workers (``tests/run.sh``: ``-n <cores + 1> --dist loadfile``), as a pytest
 plugin loaded by tests/conftest.py.
 
 - One work unit per test file, as ``--dist loadfile``: a module's daemons, clusters, Postfix and browser start once.
-- The API fuzzing module (``SPLIT_MODULES``) is the exception: its ~176 generated cases are cut into two halves, one
-  per worker, each half with its own daemon (its module-scoped fixture), so it runs in the same pytest invocation
+- The API fuzzing module (``SPLIT_MODULES``) is the exception: its 175 operations are cut into two halves that
+  run on different workers, each half with its own daemon (its module-scoped fixture), so it runs in the same pytest invocation
   as the rest instead of a second one.
 - Work units go out longest first (``SLOW_FIRST``: measured slow modules; then the end-to-end modules, then the
   rest by number of tests), so no long module starts last while the other worker has nothing left to do.
