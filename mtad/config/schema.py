@@ -17,7 +17,7 @@ from typing import Literal
 
 import yaml
 
-from mtad.config.load import Secret, build, dump
+from mtad.config.load import Secret, build, dump, parse_yaml
 from mtad.base.errors import ConfigError
 from mtad.base.rates import Duration, Rate, Size
 
@@ -646,10 +646,7 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError("", f"cannot read {file}: {exc.strerror}") from None
     try:
-        try:  # libyaml's parser (a few times faster: every start reads the file) ...
-            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        except yaml.YAMLError:  # ... and on an error, the pure-Python parser's message
-            data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{file} is not valid YAML: {exc}") from None
     return parse(data, file.resolve().parent)

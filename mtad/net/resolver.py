@@ -78,7 +78,9 @@ class Resolver:
     def _load(self) -> None:
         """dnspython's resolver, made at the first lookup when the nameservers are given (``delivery.dns_nameservers``,
         as the tests do): a daemon that looks nothing up never imports it (~75 ms of CPU). Also binds ``dns.name``
-        and ``dns.resolver``, which the lookups below use."""
+        and ``dns.resolver``, which the lookups below use. Once made, a call returns at once."""
+        if self._resolver is not None:
+            return
         import dns.asyncresolver
         import dns.name
         import dns.resolver
@@ -112,8 +114,7 @@ class Resolver:
         cached = self._mx.get(domain)
         if cached is not None and cached[0] > time.time():
             return _in_order(list(cached[1]))
-        if self._resolver is None:
-            self._load()
+        self._load()
         name = _name(domain)
         try:
             answer = await self._resolve(name, "MX")
@@ -149,8 +150,7 @@ class Resolver:
             return [str(ipaddress.ip_address(host.strip("[]")))]
         except ValueError:
             pass
-        if self._resolver is None:
-            self._load()
+        self._load()
         name = _name(host)
         results = await asyncio.gather(*(self._resolve(name, rdtype)
                                          for rdtype in ("A", "AAAA")), return_exceptions=True)
@@ -184,8 +184,7 @@ class Resolver:
             if failed[0] > now:
                 raise TempFailure(failed[1])
             del self._failed[key]
-        if self._resolver is None:
-            self._load()
+        self._load()
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException:

@@ -75,3 +75,14 @@ def test_demo_passwords_are_safe_to_type_on_a_command_line(tmp_path):
         creds = demo_credentials(tmp_path / str(n))
         assert re.fullmatch(r"[A-Za-z0-9]{24,}", creds["password"]), creds["password"]
         assert demo_credentials(tmp_path / str(n))["password"] == creds["password"]  # kept, not made again
+
+
+def test_a_config_file_that_is_not_yaml_is_refused_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "mtad.yaml"
+    path.write_text("hostname: mx.example.com\nlimits:\n  max_message_size: [1, 2\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value) and "not valid YAML" in str(caught.value)
+    assert "line 3" in str(caught.value) or "line 4" in str(caught.value), str(caught.value)
+    path.write_text("hostname: mx.example.com\nlimits:\n  max_message_size: 10 MB\n")
+    assert config.load(path).limits.max_message_size.bytes == 10_000_000
